@@ -1,0 +1,101 @@
+//! Text rendering of a trace, in the style of traceroute(8).
+
+use std::fmt::Write as _;
+
+use crate::result::{ProbeReply, StopReason, TraceResult};
+
+/// traceroute's annotation for an ICMP Destination Unreachable code (RFC 792, RFC 1812 §5.2.7.1).
+fn unreachable_mark(p: &ProbeReply) -> Option<String> {
+    if p.icmp_type != Some(3) {
+        return None;
+    }
+    Some(match p.icmp_code? {
+        0 => "!N".to_string(),
+        1 => "!H".to_string(),
+        2 => "!P".to_string(),
+        3 => return None, // port unreachable: the destination answered
+        4 => "!F".to_string(),
+        5 => "!S".to_string(),
+        9 | 10 | 13 => "!X".to_string(),
+        14 => "!V".to_string(),
+        15 => "!C".to_string(),
+        c => format!("!<{c}>"),
+    })
+}
+
+fn stop_text(r: &TraceResult) -> String {
+    let why = match r.stop_reason {
+        StopReason::RemoteReached => "the remote answered".to_string(),
+        StopReason::RemoteDistance => match r.remote_distance {
+            Some(d) => format!("probed every router: the remote is {} hops away by its packets' TTL", u16::from(d) + 1),
+            None => "probed every router before the remote".to_string(),
+        },
+        StopReason::StopAt => "reached a --stop-at address".to_string(),
+        StopReason::MaxMissing => "too many silent hops in a row".to_string(),
+        StopReason::MaxTtl => "reached the max TTL".to_string(),
+        StopReason::Unreachable => "a router reported the remote unreachable".to_string(),
+        StopReason::FlowEnded => "the flow ended (FIN or RST)".to_string(),
+        StopReason::FlowTimeout => "the flow went idle".to_string(),
+        StopReason::Interrupted => "interrupted".to_string(),
+        StopReason::NothingToProbe => "nothing to probe: the remote is directly connected".to_string(),
+    };
+    format!("stop: {} ({why})", r.stop_reason.as_str())
+}
+
+/// Renders a trace as text: a header line, one line per TTL (addresses, RTTs, `*` for
+/// silence, unreachable marks, MPLS labels) and the stop reason.
+pub fn render_text(r: &TraceResult) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "service-traceroute {} {}:{} -> {}:{}, {} algorithm, {} probes sent",
+        r.flow.protocol.as_str(),
+        r.flow.local.ip,
+        r.flow.local.port,
+        r.flow.remote.ip,
+        r.flow.remote.port,
+        r.algorithm.as_str(),
+        r.probes_sent
+    );
+    for hop in &r.hops {
+        let _ = write!(out, "{:2} ", hop.ttl);
+        let mut last_addr = None;
+        let mut mpls = Vec::new();
+        for p in &hop.probes {
+            match (p.addr, p.rtt_ms) {
+                (Some(a), rtt) => {
+                    if last_addr != Some(a) {
+                        let _ = write!(out, " {a}");
+                        last_addr = Some(a);
+                    }
+                    match rtt {
+                        Some(ms) => {
+                            let _ = write!(out, "  {ms:.3} ms");
+                        }
+                        None => out.push_str("  ? ms"),
+                    }
+                    if let Some(m) = unreachable_mark(p) {
+                        let _ = write!(out, " {m}");
+                    }
+                    for e in &p.mpls {
+                        if !mpls.contains(e) {
+                            mpls.push(*e);
+                        }
+                    }
+                }
+                (None, _) => out.push_str(" *"),
+            }
+        }
+        out.push('\n');
+        for e in mpls {
+            let _ = writeln!(out, "     [MPLS: Lbl {}, TC {}, S {}, TTL {}]", e.label, e.tc, u8::from(e.s), e.ttl);
+        }
+    }
+    if r.stop_reason == StopReason::RemoteDistance {
+        if let Some(d) = r.remote_distance {
+            let _ = writeln!(out, "{:2}  {}  (the remote, not probed)", u16::from(d) + 1, r.flow.remote.ip);
+        }
+    }
+    let _ = writeln!(out, "{}", stop_text(r));
+    out
+}

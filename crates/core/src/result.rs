@@ -1,0 +1,161 @@
+//! The result of one trace. Its JSON form is a contract other programs parse: fields may be
+//! added, the ones documented in the README must not be renamed.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Algorithm;
+use crate::flow::Protocol;
+
+/// Why a trace stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StopReason {
+    /// A reply came from the remote itself.
+    RemoteReached,
+    /// Every TTL short of the remote was probed; the remote's distance comes from the TTL of its
+    /// packets (probes stop there so they never reach the remote application).
+    RemoteDistance,
+    /// A reply came from a `stop_at` address.
+    StopAt,
+    /// `max_missing` consecutive TTLs stayed silent.
+    MaxMissing,
+    /// The max TTL was probed.
+    MaxTtl,
+    /// A router answered with Destination Unreachable: the flow's packets go no further.
+    Unreachable,
+    /// The flow ended (TCP FIN or RST) during the trace.
+    FlowEnded,
+    /// The UDP flow was idle longer than the flow timeout during the trace.
+    FlowTimeout,
+    /// The trace was cut short (interrupt, end of the run).
+    Interrupted,
+    /// Nothing to probe: the remote is directly connected or closer than the first TTL.
+    NothingToProbe,
+}
+
+impl StopReason {
+    /// The JSON / text name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RemoteReached => "remote-reached",
+            Self::RemoteDistance => "remote-distance",
+            Self::StopAt => "stop-at",
+            Self::MaxMissing => "max-missing",
+            Self::MaxTtl => "max-ttl",
+            Self::Unreachable => "unreachable",
+            Self::FlowEnded => "flow-ended",
+            Self::FlowTimeout => "flow-timeout",
+            Self::Interrupted => "interrupted",
+            Self::NothingToProbe => "nothing-to-probe",
+        }
+    }
+}
+
+/// One end of a flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// Address.
+    pub ip: IpAddr,
+    /// Port.
+    pub port: u16,
+}
+
+/// The traced flow.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowInfo {
+    /// tcp or udp.
+    pub protocol: Protocol,
+    /// This host's end.
+    pub local: Endpoint,
+    /// The far end.
+    pub remote: Endpoint,
+}
+
+/// One MPLS label stack entry quoted in an RFC 4950 extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MplsEntry {
+    /// Label.
+    pub label: u32,
+    /// Traffic class.
+    pub tc: u8,
+    /// Bottom of stack.
+    pub s: bool,
+    /// TTL.
+    pub ttl: u8,
+}
+
+/// One probe and its reply (all reply fields are null for a probe nobody answered).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProbeReply {
+    /// Who replied.
+    pub addr: Option<IpAddr>,
+    /// Round-trip time in milliseconds, from the kernel timestamps of the probe's own capture
+    /// and of the reply.
+    pub rtt_ms: Option<f64>,
+    /// ICMP type of the reply.
+    pub icmp_type: Option<u8>,
+    /// ICMP code of the reply.
+    pub icmp_code: Option<u8>,
+    /// TTL of the reply packet as it arrived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_ttl: Option<u8>,
+    /// TTL the router saw in the quoted probe (1 unless a middlebox rewrote it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quoted_ttl: Option<u8>,
+    /// IP identification of the probe.
+    pub ip_id: u16,
+    /// MPLS labels from an RFC 4950 extension.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mpls: Vec<MplsEntry>,
+    /// Why the probe could not be sent, if it could not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One TTL.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hop {
+    /// The probes' TTL.
+    pub ttl: u8,
+    /// The probes sent with this TTL, in send order.
+    pub probes: Vec<ProbeReply>,
+}
+
+impl Hop {
+    /// The distinct addresses that answered, in order of first answer.
+    pub fn addrs(&self) -> Vec<IpAddr> {
+        let mut out: Vec<IpAddr> = Vec::new();
+        for a in self.probes.iter().filter_map(|p| p.addr) {
+            if !out.contains(&a) {
+                out.push(a);
+            }
+        }
+        out
+    }
+}
+
+/// The result of tracing one flow.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TraceResult {
+    /// The flow.
+    pub flow: FlowInfo,
+    /// Scheduling used.
+    pub algorithm: Algorithm,
+    /// When the first probe was sent (RFC 3339, UTC).
+    pub start: String,
+    /// When the trace finished (RFC 3339, UTC).
+    pub end: String,
+    /// Why it stopped.
+    pub stop_reason: StopReason,
+    /// One entry per TTL probed, in TTL order.
+    pub hops: Vec<Hop>,
+    /// Routers between this host and the remote, read from the TTL of the remote's packets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_distance: Option<u8>,
+    /// Probes sent.
+    pub probes_sent: u32,
+    /// Replies matched to a probe.
+    pub replies: u32,
+}

@@ -1,0 +1,520 @@
+//! The state machine of one trace: which probe goes out when, which reply belongs to which
+//! probe, and when the trace is over.
+//!
+//! Probes are laid out TTL-major: index `(ttl - first_ttl) * probes_per_hop + attempt`. They are
+//! sent in index order; the algorithm only decides *when* the next one may go:
+//! * concurrent: right after the previous one (plus the inter-probe / inter-hop gap);
+//! * hop-by-hop: the next TTL waits until every probe of the previous TTL is resolved;
+//! * packet-by-packet: every probe waits until the previous one is resolved.
+//!
+//! Stop rules are evaluated on the resolved *prefix* of TTLs, in TTL order, so that the outcome
+//! is the same whatever order replies arrive in. A reply from the remote, from a `stop_at`
+//! address, or a Destination Unreachable lowers the TTL limit at once, cancelling the probes
+//! above it, so the trace does not wait for them.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::{Duration, Instant, SystemTime};
+
+use svctr_wire::icmp::{ErrorKind, IcmpError};
+
+use crate::config::{Algorithm, TraceConfig};
+use crate::flow::FlowKey;
+use crate::probe::ProbeShape;
+use crate::result::{Endpoint, FlowInfo, Hop, MplsEntry, ProbeReply, StopReason, TraceResult};
+
+#[derive(Debug, Clone, PartialEq)]
+enum ProbeState {
+    NotSent,
+    Awaiting { deadline: Instant },
+    Replied,
+    TimedOut,
+    Failed(String),
+    /// Never sent, or no longer awaited, because the trace stopped below its TTL.
+    Cancelled { was_sent: bool },
+}
+
+impl ProbeState {
+    fn is_resolved(&self) -> bool {
+        !matches!(self, Self::NotSent | Self::Awaiting { .. })
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Reply {
+    addr: IpAddr,
+    wall: SystemTime,
+    icmp_type: u8,
+    icmp_code: u8,
+    reply_ttl: u8,
+    quoted_ttl: u8,
+    unreachable: bool,
+    mpls: Vec<MplsEntry>,
+}
+
+#[derive(Debug, Clone)]
+struct Probe {
+    ttl: u8,
+    ident: u16,
+    shape: Option<ProbeShape>,
+    state: ProbeState,
+    /// Wall clock read just before the send: used only if the capture of the probe is missing.
+    sent_wall: Option<SystemTime>,
+    /// Kernel timestamp of the probe's own capture.
+    captured_wall: Option<SystemTime>,
+    reply: Option<Reply>,
+}
+
+impl Probe {
+    fn send_time(&self) -> Option<SystemTime> {
+        self.captured_wall.or(self.sent_wall)
+    }
+}
+
+/// A probe the trace wants sent now.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Due {
+    pub(crate) index: usize,
+    pub(crate) ttl: u8,
+    pub(crate) ident: u16,
+}
+
+/// What a reply did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReplyOutcome {
+    Matched,
+    /// No probe awaits this identification (late, duplicate, another tool's, spoofed).
+    NoProbe,
+}
+
+#[derive(Debug)]
+pub(crate) struct Trace {
+    key: FlowKey,
+    algorithm: Algorithm,
+    first_ttl: u8,
+    probes_per_hop: u8,
+    /// TTL limit from the config and the remote's distance.
+    cap_ttl: u8,
+    cap_from_remote: bool,
+    /// Highest TTL still of interest; lowered by stop rules.
+    limit_ttl: u8,
+    remote_distance: Option<u8>,
+    probes: Vec<Probe>,
+    by_ident: HashMap<u16, usize>,
+    next_ident: u16,
+    cursor: usize,
+    next_send: Option<Instant>,
+    /// TTLs of the prefix already evaluated by the stop rules.
+    evaluated: u8,
+    missing: u8,
+    stop: Option<StopReason>,
+    /// Set when probing must stop for a reason outside the path (flow end, interrupt).
+    halt: Option<StopReason>,
+    pending: usize,
+    sent: u32,
+    replies: u32,
+    inter_probe: Duration,
+    inter_hop: Duration,
+    timeout: Duration,
+    max_missing: u8,
+    stop_at: Vec<IpAddr>,
+}
+
+impl Trace {
+    pub(crate) fn new(
+        key: FlowKey,
+        cfg: &TraceConfig,
+        remote_distance: Option<u8>,
+        first_ident: u16,
+        now: Instant,
+    ) -> Self {
+        let (cap_ttl, cap_from_remote) = match remote_distance {
+            Some(d) if !cfg.probe_remote && d < cfg.max_ttl => (d, true),
+            _ => (cfg.max_ttl, false),
+        };
+        let hops = usize::from(cap_ttl.saturating_sub(cfg.first_ttl)) + 1;
+        let count = if cap_ttl < cfg.first_ttl { 0 } else { hops * usize::from(cfg.probes_per_hop) };
+        let probes = (0..count)
+            .map(|i| Probe {
+                ttl: cfg.first_ttl + (i / usize::from(cfg.probes_per_hop)) as u8,
+                ident: 0,
+                shape: None,
+                state: ProbeState::NotSent,
+                sent_wall: None,
+                captured_wall: None,
+                reply: None,
+            })
+            .collect();
+        let mut t = Self {
+            key,
+            algorithm: cfg.algorithm,
+            first_ttl: cfg.first_ttl,
+            probes_per_hop: cfg.probes_per_hop,
+            cap_ttl,
+            cap_from_remote,
+            limit_ttl: cap_ttl,
+            remote_distance,
+            probes,
+            by_ident: HashMap::new(),
+            next_ident: if first_ident == 0 { 1 } else { first_ident },
+            cursor: 0,
+            next_send: Some(now),
+            evaluated: 0,
+            missing: 0,
+            stop: None,
+            halt: None,
+            pending: 0,
+            sent: 0,
+            replies: 0,
+            inter_probe: cfg.inter_probe,
+            inter_hop: cfg.inter_hop,
+            timeout: cfg.timeout,
+            max_missing: cfg.max_missing,
+            stop_at: cfg.stop_at.clone(),
+        };
+        if t.probes.is_empty() {
+            t.stop = Some(StopReason::NothingToProbe);
+            t.next_send = None;
+        }
+        t
+    }
+
+    /// The probe to send now, if one is due.
+    pub(crate) fn due(&self, now: Instant) -> Option<Due> {
+        if self.halt.is_some() || self.stop.is_some() {
+            return None;
+        }
+        let at = self.next_send?;
+        if at > now {
+            return None;
+        }
+        let p = self.probes.get(self.cursor)?;
+        if p.ttl > self.limit_ttl || p.state != ProbeState::NotSent {
+            return None;
+        }
+        let ident = self.next_ident;
+        Some(Due { index: self.cursor, ttl: p.ttl, ident })
+    }
+
+    /// Records that probe `due` was handed to the driver at `now` (`wall` read before sending).
+    pub(crate) fn mark_sent(&mut self, due: Due, shape: ProbeShape, now: Instant, wall: SystemTime) {
+        let p = &mut self.probes[due.index];
+        p.ident = due.ident;
+        p.shape = Some(shape);
+        p.sent_wall = Some(wall);
+        p.state = ProbeState::Awaiting { deadline: now + self.timeout };
+        self.by_ident.insert(due.ident, due.index);
+        self.pending += 1;
+        self.sent += 1;
+        // Identification 0 is skipped: Linux fills in its own value for 0 (see probe.rs).
+        self.next_ident = match self.next_ident.wrapping_add(1) {
+            0 => 1,
+            n => n,
+        };
+        self.cursor += 1;
+        self.schedule_next(now);
+    }
+
+    /// The probe could not be built (flow state missing); the trace cannot go on.
+    pub(crate) fn cannot_build(&mut self) {
+        let idx = self.cursor;
+        if let Some(p) = self.probes.get_mut(idx) {
+            p.state = ProbeState::Failed("no TCP state to build a probe from".into());
+        }
+        self.halt(StopReason::Interrupted);
+    }
+
+    /// The driver failed to send probe `ident`.
+    pub(crate) fn send_failed(&mut self, ident: u16, error: String, now: Instant) {
+        if let Some(&i) = self.by_ident.get(&ident) {
+            if matches!(self.probes[i].state, ProbeState::Awaiting { .. }) {
+                self.probes[i].state = ProbeState::Failed(error);
+                self.pending -= 1;
+                self.advance(now);
+            }
+        }
+    }
+
+    fn gap_before(&self, index: usize) -> Duration {
+        if index > 0 && index % usize::from(self.probes_per_hop) == 0 {
+            self.inter_hop
+        } else {
+            self.inter_probe
+        }
+    }
+
+    /// Decides when the probe at the cursor may go, given the algorithm.
+    fn schedule_next(&mut self, now: Instant) {
+        let i = self.cursor;
+        if i >= self.probes.len() {
+            self.next_send = None;
+            return;
+        }
+        let ready = match self.algorithm {
+            Algorithm::Concurrent => true,
+            Algorithm::HopByHop => {
+                let pph = usize::from(self.probes_per_hop);
+                // Within a TTL no waiting; the first probe of a TTL waits for the previous TTL.
+                i % pph != 0 || self.probes[i - pph..i].iter().all(|p| p.state.is_resolved())
+            }
+            Algorithm::PacketByPacket => i == 0 || self.probes[i - 1].state.is_resolved(),
+        };
+        self.next_send = ready.then(|| now + self.gap_before(i));
+    }
+
+    /// Is this outgoing packet (identification, TTL, shape) one of our probes? Records its
+    /// capture time if so.
+    pub(crate) fn capture_of_probe(&mut self, ident: u16, ttl: u8, ip_len: u16, tcp_seq: Option<u32>, ts: SystemTime) -> bool {
+        let Some(&i) = self.by_ident.get(&ident) else { return false };
+        let p = &mut self.probes[i];
+        let shape_ok = p.shape.is_some_and(|s| s.ip_len == ip_len && (s.tcp_seq.is_none() || s.tcp_seq == tcp_seq));
+        if p.ttl != ttl || !shape_ok {
+            return false;
+        }
+        if p.captured_wall.is_none() {
+            p.captured_wall = Some(ts);
+        }
+        true
+    }
+
+    /// Matches an ICMP error (already demultiplexed to this flow by its quoted 5-tuple) to a
+    /// probe by the quoted identification, and checks the quoted length and TCP sequence number
+    /// so that an error about one of the flow's own packets is never taken for a probe's.
+    pub(crate) fn handle_reply(
+        &mut self,
+        now: Instant,
+        ts: SystemTime,
+        from: IpAddr,
+        reply_ttl: u8,
+        err: &IcmpError<'_>,
+    ) -> ReplyOutcome {
+        let Some(&i) = self.by_ident.get(&err.quote.ident) else { return ReplyOutcome::NoProbe };
+        let p = &mut self.probes[i];
+        let Some(shape) = p.shape else { return ReplyOutcome::NoProbe };
+        if err.quote.length != shape.ip_len {
+            return ReplyOutcome::NoProbe;
+        }
+        if let (Some(want), Some(got)) = (shape.tcp_seq, err.quote.tcp_seq()) {
+            if want != got {
+                return ReplyOutcome::NoProbe;
+            }
+        }
+        if !matches!(p.state, ProbeState::Awaiting { .. }) {
+            return ReplyOutcome::NoProbe;
+        }
+        p.state = ProbeState::Replied;
+        p.reply = Some(Reply {
+            addr: from,
+            wall: ts,
+            icmp_type: err.icmp_type,
+            icmp_code: err.icmp_code,
+            reply_ttl,
+            quoted_ttl: err.quote.ttl,
+            unreachable: err.kind == ErrorKind::DestinationUnreachable,
+            mpls: err
+                .mpls
+                .iter()
+                .map(|m| MplsEntry { label: m.label, tc: m.tc, s: m.bottom, ttl: m.ttl })
+                .collect(),
+        });
+        let ttl = p.ttl;
+        self.pending -= 1;
+        self.replies += 1;
+        // Early limits: nothing beyond the remote, a stop address, or an unreachable.
+        let unreachable = err.kind == ErrorKind::DestinationUnreachable;
+        if from == self.key.remote.ip() || self.is_stop_at(from) || unreachable {
+            self.lower_limit(ttl);
+        }
+        self.advance(now);
+        ReplyOutcome::Matched
+    }
+
+    fn is_stop_at(&self, addr: IpAddr) -> bool {
+        self.stop_at.contains(&addr)
+    }
+
+    /// Cancels everything above `ttl`.
+    fn lower_limit(&mut self, ttl: u8) {
+        if ttl >= self.limit_ttl {
+            return;
+        }
+        self.limit_ttl = ttl;
+        for p in self.probes.iter_mut().filter(|p| p.ttl > ttl) {
+            match p.state {
+                ProbeState::NotSent => p.state = ProbeState::Cancelled { was_sent: false },
+                ProbeState::Awaiting { .. } => {
+                    p.state = ProbeState::Cancelled { was_sent: true };
+                    self.pending -= 1;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Stops sending for a reason outside the path. Probes in flight are still awaited unless
+    /// `interrupted`.
+    pub(crate) fn halt(&mut self, reason: StopReason) {
+        if self.halt.is_some() || self.stop.is_some() {
+            return;
+        }
+        self.halt = Some(reason);
+        self.next_send = None;
+        for p in &mut self.probes {
+            match p.state {
+                ProbeState::NotSent => p.state = ProbeState::Cancelled { was_sent: false },
+                ProbeState::Awaiting { .. } if reason == StopReason::Interrupted => {
+                    p.state = ProbeState::TimedOut;
+                    self.pending -= 1;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Expires probes whose reply is overdue.
+    pub(crate) fn handle_timeout(&mut self, now: Instant) {
+        let mut changed = false;
+        for p in &mut self.probes {
+            if let ProbeState::Awaiting { deadline } = p.state {
+                if deadline <= now {
+                    p.state = ProbeState::TimedOut;
+                    self.pending -= 1;
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            self.advance(now);
+        }
+    }
+
+    /// The next instant this trace needs `handle_timeout` or `poll_transmit`.
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
+        let deadline = self
+            .probes
+            .iter()
+            .filter_map(|p| match p.state {
+                ProbeState::Awaiting { deadline } => Some(deadline),
+                _ => None,
+            })
+            .min();
+        let send = if self.halt.is_none() && self.stop.is_none() { self.next_send } else { None };
+        match (deadline, send) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Evaluates the stop rules on the resolved prefix and reschedules a waiting algorithm.
+    fn advance(&mut self, now: Instant) {
+        let pph = usize::from(self.probes_per_hop);
+        while self.stop.is_none() {
+            let ttl = self.first_ttl.saturating_add(self.evaluated);
+            if ttl > self.limit_ttl || self.evaluated as usize * pph >= self.probes.len() {
+                break;
+            }
+            let start = usize::from(self.evaluated) * pph;
+            let hop = &self.probes[start..start + pph];
+            if !hop.iter().all(|p| p.state.is_resolved()) {
+                break;
+            }
+            if hop.iter().all(|p| matches!(p.state, ProbeState::Cancelled { was_sent: false })) {
+                // Never probed (halted before this TTL): not a silent hop.
+                break;
+            }
+            self.evaluated += 1;
+            let replies: Vec<&Reply> = hop.iter().filter_map(|p| p.reply.as_ref()).collect();
+            let remote = self.key.remote.ip();
+            let reason = if replies.iter().any(|r| r.addr == remote) {
+                Some(StopReason::RemoteReached)
+            } else if replies.iter().any(|r| self.is_stop_at(r.addr)) {
+                Some(StopReason::StopAt)
+            } else if !replies.is_empty() && replies.iter().all(|r| r.unreachable) {
+                Some(StopReason::Unreachable)
+            } else if replies.is_empty() {
+                self.missing += 1;
+                (self.max_missing > 0 && self.missing >= self.max_missing).then_some(StopReason::MaxMissing)
+            } else {
+                self.missing = 0;
+                None
+            };
+            let reason = reason.or_else(|| {
+                (ttl == self.limit_ttl && ttl == self.cap_ttl).then_some(if self.cap_from_remote {
+                    StopReason::RemoteDistance
+                } else {
+                    StopReason::MaxTtl
+                })
+            });
+            if let Some(r) = reason {
+                self.lower_limit(ttl);
+                self.stop = Some(r);
+                self.next_send = None;
+            }
+        }
+        if self.stop.is_none() && self.halt.is_none() && self.next_send.is_none() {
+            self.schedule_next(now);
+        }
+    }
+
+    pub(crate) fn is_finished(&self) -> bool {
+        self.pending == 0 && (self.stop.is_some() || self.halt.is_some())
+    }
+
+    pub(crate) fn finish(&self, end: SystemTime) -> TraceResult {
+        let last_sent_ttl = self
+            .probes
+            .iter()
+            .filter(|p| p.sent_wall.is_some())
+            .map(|p| p.ttl)
+            .max()
+            .unwrap_or(0);
+        let last = last_sent_ttl.min(self.limit_ttl);
+        let mut hops: Vec<Hop> = Vec::new();
+        for p in self.probes.iter().filter(|p| p.ttl <= last && p.sent_wall.is_some()) {
+            if hops.last().is_none_or(|h| h.ttl != p.ttl) {
+                hops.push(Hop { ttl: p.ttl, probes: Vec::new() });
+            }
+            let r = p.reply.as_ref();
+            let rtt_ms = match (r, p.send_time()) {
+                (Some(r), Some(s)) => r.wall.duration_since(s).ok().map(|d| d.as_secs_f64() * 1e3),
+                _ => None,
+            };
+            let error = match &p.state {
+                ProbeState::Failed(e) => Some(e.clone()),
+                _ => None,
+            };
+            if let Some(h) = hops.last_mut() {
+                h.probes.push(ProbeReply {
+                    addr: r.map(|r| r.addr),
+                    rtt_ms,
+                    icmp_type: r.map(|r| r.icmp_type),
+                    icmp_code: r.map(|r| r.icmp_code),
+                    reply_ttl: r.map(|r| r.reply_ttl),
+                    quoted_ttl: r.map(|r| r.quoted_ttl),
+                    ip_id: p.ident,
+                    mpls: r.map(|r| r.mpls.clone()).unwrap_or_default(),
+                    error,
+                });
+            }
+        }
+        let start = self.probes.iter().filter_map(Probe::send_time).min().unwrap_or(end);
+        // A path stop found in the evaluated prefix explains the trace better than a halt that
+        // came later; otherwise the halt (flow end, interrupt) is why it stopped.
+        let stop_reason = self.stop.or(self.halt).unwrap_or(StopReason::Interrupted);
+        TraceResult {
+            flow: FlowInfo {
+                protocol: self.key.protocol,
+                local: Endpoint { ip: self.key.local.ip(), port: self.key.local.port() },
+                remote: Endpoint { ip: self.key.remote.ip(), port: self.key.remote.port() },
+            },
+            algorithm: self.algorithm,
+            start: humantime::format_rfc3339_micros(start).to_string(),
+            end: humantime::format_rfc3339_micros(end.max(start)).to_string(),
+            stop_reason,
+            hops,
+            remote_distance: self.remote_distance,
+            probes_sent: self.sent,
+            replies: self.replies,
+        }
+    }
+}
