@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs what service-traceroute needs on a fresh Debian machine, only what is missing:
+# libpcap (capture), iproute2 + nftables + conntrack (the namespace lab and the UDP shield),
+# traceroute (the demo's comparison), and a Rust toolchain check.
+set -euo pipefail
+
+need=(libpcap-dev pkg-config iproute2 nftables conntrack traceroute procps)
+missing=()
+for p in "${need[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "setup: missing Debian packages: ${missing[*]} (run as root, or apt-get install them)" >&2
+    exit 1
+  fi
+  echo "setup: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+if ! command -v cargo >/dev/null; then
+  for d in "$HOME/.cargo/bin" /usr/local/cargo/bin; do [[ -x $d/cargo ]] && export PATH="$d:$PATH"; done
+fi
+command -v cargo >/dev/null || { echo "setup: cargo not found: install Rust (rustup) first" >&2; exit 1; }
