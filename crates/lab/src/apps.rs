@@ -1,0 +1,932 @@
+//! Test applications run as threads inside the lab's namespaces (each thread
+//! `setns`es into the namespace first; no extra binaries needed).
+//!
+//! * TCP: the client sends an 8-byte big-endian length; the server answers with that
+//!   many bytes of the deterministic pattern [`pattern_byte`], paced at the server's
+//!   rate, then closes.
+//! * UDP: requests are `"SVTR" + seq (u32 BE) + 24 pattern bytes`; the server
+//!   answers each non-empty datagram with the datagram followed by its FNV-1a-32
+//!   checksum (BE). Empty datagrams are only counted, never answered.
+
+use std::collections::BTreeSet;
+use std::io::{ErrorKind, IoSliceMut, Read, Write};
+use std::net::{Ipv4Addr, Shutdown, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use nix::sys::socket::{recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, SockaddrIn};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+use crate::util::spawn_in_netns;
+use crate::Lab;
+
+/// Poll granularity of every application thread (stop flag checks).
+const TICK: Duration = Duration::from_millis(100);
+/// How long `tcp_server`/`udp_server` wait for their socket to be bound.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// A download with no progress for this long gives up.
+const IDLE_LIMIT: Duration = Duration::from_secs(30);
+/// How long a UDP request waits for its response.
+const UDP_REPLY_TIMEOUT: Duration = Duration::from_secs(1);
+/// Errors recorded at most (then the app gives up).
+const MAX_ERRORS: usize = 1000;
+
+/// Byte `i` of the TCP stream pattern (cheap, non-periodic over small spans).
+pub fn pattern_byte(i: u64) -> u8 {
+    let mut x = (i >> 3).wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    x ^= x >> 29;
+    (x >> ((i & 7) * 8)) as u8
+}
+
+fn fill_pattern(buf: &mut [u8], offset: u64) {
+    for (j, b) in buf.iter_mut().enumerate() {
+        *b = pattern_byte(offset + j as u64);
+    }
+}
+
+fn fnv1a32(data: &[u8]) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for &b in data {
+        h ^= b as u32;
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h
+}
+
+/// Shared "has it started" state between an app thread and its handle.
+#[derive(Default)]
+struct Started {
+    state: Mutex<Option<Result<u16, String>>>,
+    cv: Condvar,
+}
+
+impl Started {
+    fn set(&self, v: Result<u16, String>) {
+        let mut g = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if g.is_none() {
+            *g = Some(v);
+        }
+        self.cv.notify_all();
+    }
+    fn get(&self) -> Option<Result<u16, String>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+    fn wait(&self, timeout: Duration, what: &str) -> Result<u16> {
+        let deadline = Instant::now() + timeout;
+        let mut g = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            match &*g {
+                Some(Ok(p)) => return Ok(*p),
+                Some(Err(e)) => bail!("{what} failed: {e}"),
+                None => {}
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                bail!("{what}: not ready after {timeout:?}");
+            }
+            g = self
+                .cv
+                .wait_timeout(g, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
+fn is_timeout(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+    )
+}
+
+fn join_thread<T>(h: Option<JoinHandle<Result<T>>>, what: &str) -> Result<T> {
+    match h {
+        None => bail!("{what}: already joined"),
+        Some(h) => match h.join() {
+            Ok(r) => r,
+            Err(_) => Err(anyhow!("{what}: thread panicked")),
+        },
+    }
+}
+
+// ---------------------------------------------------------------- TCP server
+
+/// A paced pattern-streaming TCP server in the server namespace.
+pub struct TcpServer {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    connections: Arc<AtomicU64>,
+    bytes_sent: Arc<AtomicU64>,
+    thread: Option<JoinHandle<Result<()>>>,
+}
+
+impl TcpServer {
+    /// The listening port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+    /// Connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::SeqCst)
+    }
+    /// Payload bytes written so far (all connections).
+    pub fn bytes_sent(&self) -> u64 {
+        self.bytes_sent.load(Ordering::SeqCst)
+    }
+    /// Stops the server and joins its threads (also done on drop).
+    pub fn stop(mut self) -> Result<()> {
+        self.stop.store(true, Ordering::SeqCst);
+        join_thread(self.thread.take(), "tcp server")
+    }
+}
+
+impl Drop for TcpServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.thread.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Starts a TCP server on `server_addr:port` that streams the pattern at
+/// `rate_bytes_per_sec` (0 = unpaced) to every client, as many bytes as the client
+/// asks for in its 8-byte big-endian request.
+pub fn tcp_server(lab: &Lab, port: u16, rate_bytes_per_sec: u64) -> Result<TcpServer> {
+    let stop = Arc::new(AtomicBool::new(false));
+    lab.register_stop(&stop);
+    let started = Arc::new(Started::default());
+    let connections = Arc::new(AtomicU64::new(0));
+    let bytes_sent = Arc::new(AtomicU64::new(0));
+    let addr = SocketAddrV4::new(lab.server_addr(), port);
+    let (st, stp, conns, bs) = (
+        started.clone(),
+        stop.clone(),
+        connections.clone(),
+        bytes_sent.clone(),
+    );
+    let thread = spawn_in_netns(lab.server_ns(), &format!("tcpsrv{port}"), move || {
+        let listener =
+            match TcpListener::bind(addr).and_then(|l| l.set_nonblocking(true).map(|_| l)) {
+                Ok(l) => l,
+                Err(e) => {
+                    st.set(Err(format!("bind {addr}: {e}")));
+                    return Err(anyhow!("bind {addr}: {e}"));
+                }
+            };
+        st.set(Ok(port));
+        let mut workers: Vec<JoinHandle<()>> = Vec::new();
+        while !stp.load(Ordering::SeqCst) {
+            match listener.accept() {
+                Ok((stream, _peer)) => {
+                    conns.fetch_add(1, Ordering::SeqCst);
+                    let (stp2, bs2) = (stp.clone(), bs.clone());
+                    let h = std::thread::Builder::new()
+                        .name(format!("tcpconn{port}"))
+                        .spawn(move || serve_tcp(stream, rate_bytes_per_sec, &stp2, &bs2))?;
+                    workers.push(h);
+                    workers.retain(|w| !w.is_finished());
+                }
+                Err(e) if is_timeout(&e) => std::thread::sleep(Duration::from_millis(20)),
+                Err(e) => {
+                    eprintln!("svctr-lab tcp server: accept: {e}");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+        for w in workers {
+            let _ = w.join();
+        }
+        Ok(())
+    })?;
+    let mut srv = TcpServer {
+        port,
+        stop,
+        connections,
+        bytes_sent,
+        thread: Some(thread),
+    };
+    if let Err(e) = started.wait(START_TIMEOUT, "tcp server") {
+        srv.stop.store(true, Ordering::SeqCst);
+        let r = join_thread(srv.thread.take(), "tcp server");
+        return Err(match r {
+            Err(te) => te,
+            Ok(()) => e,
+        });
+    }
+    Ok(srv)
+}
+
+fn serve_tcp(mut stream: TcpStream, rate: u64, stop: &AtomicBool, bytes_sent: &AtomicU64) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(TICK));
+    let _ = stream.set_write_timeout(Some(TICK));
+    // Request: 8-byte big-endian length.
+    let mut req = [0u8; 8];
+    let mut have = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while have < 8 {
+        if stop.load(Ordering::SeqCst) || Instant::now() > deadline {
+            return;
+        }
+        match stream.read(&mut req[have..]) {
+            Ok(0) => return,
+            Ok(n) => have += n,
+            Err(e) if is_timeout(&e) => {}
+            Err(_) => return,
+        }
+    }
+    let total = u64::from_be_bytes(req);
+    let chunk = if rate == 0 {
+        16384
+    } else {
+        (rate / 100).clamp(1024, 16384)
+    } as usize;
+    let mut buf = vec![0u8; chunk];
+    let start = Instant::now();
+    let mut last_progress = Instant::now();
+    let mut sent: u64 = 0;
+    while sent < total {
+        if stop.load(Ordering::SeqCst) || last_progress.elapsed() > IDLE_LIMIT {
+            return;
+        }
+        if rate > 0 {
+            let due = Duration::from_secs_f64(sent as f64 / rate as f64);
+            let el = start.elapsed();
+            if due > el {
+                std::thread::sleep((due - el).min(Duration::from_millis(50)));
+                continue;
+            }
+        }
+        let n = (chunk as u64).min(total - sent) as usize;
+        fill_pattern(&mut buf[..n], sent);
+        match stream.write(&buf[..n]) {
+            Ok(0) => return,
+            Ok(w) => {
+                sent += w as u64;
+                bytes_sent.fetch_add(w as u64, Ordering::SeqCst);
+                last_progress = Instant::now();
+            }
+            Err(e) if is_timeout(&e) => {}
+            Err(_) => return,
+        }
+    }
+    let _ = stream.shutdown(Shutdown::Write);
+    // Let the client close first (bounded), so the client sees a clean EOF.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut sink = [0u8; 512];
+    while Instant::now() < deadline && !stop.load(Ordering::SeqCst) {
+        match stream.read(&mut sink) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if is_timeout(&e) => {}
+            Err(_) => break,
+        }
+    }
+}
+
+// -------------------------------------------------------------- TCP download
+
+/// Result of a [`tcp_download`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DownloadReport {
+    /// Payload bytes received.
+    pub bytes: u64,
+    /// All requested bytes arrived, each equal to the pattern, nothing extra.
+    pub intact: bool,
+    /// Socket errors seen (e.g. "recv: No route to host (os error 113)"), SO_ERROR at the end.
+    pub errors: Vec<String>,
+    /// From the connect() call to the end of the transfer.
+    pub duration: Duration,
+    /// Local port the client used.
+    pub local_port: u16,
+}
+
+/// A running download in the client namespace.
+pub struct TcpDownload {
+    started: Arc<Started>,
+    stop: Arc<AtomicBool>,
+    received: Arc<AtomicU64>,
+    thread: Option<JoinHandle<Result<DownloadReport>>>,
+}
+
+impl TcpDownload {
+    /// Blocks until the connection is established; returns the local port.
+    pub fn wait_established(&self, timeout: Duration) -> Result<u16> {
+        self.started.wait(timeout, "tcp download connect")
+    }
+    /// Whether the connection has been established (false also if it failed).
+    pub fn started(&self) -> bool {
+        matches!(self.started.get(), Some(Ok(_)))
+    }
+    /// The local port, once connected.
+    pub fn local_port(&self) -> Option<u16> {
+        self.started.get().and_then(|r| r.ok())
+    }
+    /// Bytes received so far.
+    pub fn bytes_received(&self) -> u64 {
+        self.received.load(Ordering::SeqCst)
+    }
+    /// Whether the download thread has finished.
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|h| h.is_finished())
+    }
+    /// Waits for the end of the download.
+    pub fn wait(mut self) -> Result<DownloadReport> {
+        join_thread(self.thread.take(), "tcp download")
+    }
+}
+
+impl Drop for TcpDownload {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.thread.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn set_recverr(sock: &Socket) -> Result<()> {
+    setsockopt(sock, sockopt::Ipv4RecvErr, &true).context("setsockopt IP_RECVERR")
+}
+
+fn client_socket(
+    lab_client: Ipv4Addr,
+    local_port: u16,
+    ty: Type,
+    proto: Protocol,
+    recverr: bool,
+) -> Result<Socket> {
+    let sock = Socket::new(Domain::IPV4, ty, Some(proto)).context("socket")?;
+    sock.set_reuse_address(true).context("SO_REUSEADDR")?;
+    let local = SocketAddrV4::new(lab_client, local_port);
+    sock.bind(&SockAddr::from(local))
+        .with_context(|| format!("bind {local}"))?;
+    if recverr {
+        set_recverr(&sock)?;
+    }
+    Ok(sock)
+}
+
+fn local_port_of(sock: &Socket) -> Result<u16> {
+    sock.local_addr()?
+        .as_socket_ipv4()
+        .map(|a| a.port())
+        .ok_or_else(|| anyhow!("local address is not IPv4"))
+}
+
+/// Starts downloading `bytes` bytes from `server_addr:server_port` in the client
+/// namespace, from local port `local_port` (0 = ephemeral), optionally with
+/// IP_RECVERR so ICMP errors matching the connection surface as socket errors.
+pub fn tcp_download(
+    lab: &Lab,
+    server_port: u16,
+    local_port: u16,
+    bytes: u64,
+    recverr: bool,
+) -> Result<TcpDownload> {
+    let stop = Arc::new(AtomicBool::new(false));
+    lab.register_stop(&stop);
+    let started = Arc::new(Started::default());
+    let received = Arc::new(AtomicU64::new(0));
+    let client = lab.client_addr();
+    let server = SocketAddrV4::new(lab.server_addr(), server_port);
+    let (st, stp, rcv) = (started.clone(), stop.clone(), received.clone());
+    let thread = spawn_in_netns(lab.client_ns(), "tcpdl", move || {
+        let r = download(client, server, local_port, bytes, recverr, &st, &stp, &rcv);
+        if let Err(e) = &r {
+            st.set(Err(format!("{e:#}")));
+        }
+        r
+    })?;
+    Ok(TcpDownload {
+        started,
+        stop,
+        received,
+        thread: Some(thread),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn download(
+    client: Ipv4Addr,
+    server: SocketAddrV4,
+    local_port: u16,
+    bytes: u64,
+    recverr: bool,
+    started: &Started,
+    stop: &AtomicBool,
+    received: &AtomicU64,
+) -> Result<DownloadReport> {
+    let sock = client_socket(client, local_port, Type::STREAM, Protocol::TCP, recverr)?;
+    let t0 = Instant::now();
+    sock.connect_timeout(&SockAddr::from(server), Duration::from_secs(5))
+        .with_context(|| format!("connect to {server}"))?;
+    let port = local_port_of(&sock)?;
+    started.set(Ok(port));
+    let mut stream: TcpStream = sock.into();
+    stream.set_read_timeout(Some(TICK))?;
+    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let mut errors = Vec::new();
+    let mut req_sent = false;
+    for _ in 0..3 {
+        match stream.write_all(&bytes.to_be_bytes()) {
+            Ok(()) => {
+                req_sent = true;
+                break;
+            }
+            Err(e) => errors.push(format!("send request: {e}")),
+        }
+    }
+    if !req_sent {
+        bail!("could not send the request: {errors:?}");
+    }
+    let mut buf = vec![0u8; 65536];
+    let mut got: u64 = 0;
+    let mut intact = true;
+    let mut last_progress = Instant::now();
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            errors.push(format!("stopped after {got} of {bytes} bytes"));
+            intact = false;
+            break;
+        }
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if intact {
+                    for (j, &b) in buf[..n].iter().enumerate() {
+                        let off = got + j as u64;
+                        if off >= bytes {
+                            errors.push(format!("received more than the {bytes} bytes requested"));
+                            intact = false;
+                            break;
+                        }
+                        if b != pattern_byte(off) {
+                            errors.push(format!("corrupt byte at offset {off}"));
+                            intact = false;
+                            break;
+                        }
+                    }
+                }
+                got += n as u64;
+                received.store(got, Ordering::SeqCst);
+                last_progress = Instant::now();
+            }
+            Err(e) if is_timeout(&e) => {
+                if last_progress.elapsed() > IDLE_LIMIT {
+                    errors.push(format!(
+                        "stalled: no data for {IDLE_LIMIT:?} after {got} bytes"
+                    ));
+                    break;
+                }
+            }
+            Err(e) => {
+                // With IP_RECVERR an ICMP error for this connection (e.g. time exceeded
+                // -> EHOSTUNREACH) is reported once; the connection itself lives on.
+                errors.push(format!("recv: {e}"));
+                let fatal = matches!(
+                    e.raw_os_error(),
+                    Some(
+                        libc::ECONNRESET
+                            | libc::EPIPE
+                            | libc::ENOTCONN
+                            | libc::ETIMEDOUT
+                            | libc::ECONNABORTED
+                    )
+                );
+                if fatal || errors.len() >= MAX_ERRORS {
+                    break;
+                }
+            }
+        }
+    }
+    if got < bytes {
+        intact = false;
+        errors.push(format!("connection ended after {got} of {bytes} bytes"));
+    }
+    match stream.take_error() {
+        Ok(Some(e)) => errors.push(format!("SO_ERROR: {e}")),
+        Ok(None) => {}
+        Err(e) => errors.push(format!("getsockopt SO_ERROR: {e}")),
+    }
+    let duration = t0.elapsed();
+    let _ = stream.shutdown(Shutdown::Both);
+    Ok(DownloadReport {
+        bytes: got,
+        intact,
+        errors,
+        duration,
+        local_port: port,
+    })
+}
+
+// ---------------------------------------------------------------- UDP server
+
+/// Request/response UDP server in the server namespace.
+pub struct UdpServer {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    datagrams: Arc<AtomicU64>,
+    empty: Arc<AtomicU64>,
+    thread: Option<JoinHandle<Result<()>>>,
+}
+
+impl UdpServer {
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+    /// Datagrams received, empty ones included.
+    pub fn datagrams(&self) -> u64 {
+        self.datagrams.load(Ordering::SeqCst)
+    }
+    /// Datagrams with an empty payload received (never answered).
+    pub fn empty_datagrams(&self) -> u64 {
+        self.empty.load(Ordering::SeqCst)
+    }
+    /// Stops the server (also done on drop).
+    pub fn stop(mut self) -> Result<()> {
+        self.stop.store(true, Ordering::SeqCst);
+        join_thread(self.thread.take(), "udp server")
+    }
+}
+
+impl Drop for UdpServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.thread.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn udp_response(req: &[u8]) -> Vec<u8> {
+    let mut v = req.to_vec();
+    v.extend_from_slice(&fnv1a32(req).to_be_bytes());
+    v
+}
+
+/// Starts a UDP server on `server_addr:port`: each non-empty datagram is answered
+/// with itself followed by its FNV-1a-32 (BE); empty datagrams are counted only.
+pub fn udp_server(lab: &Lab, port: u16) -> Result<UdpServer> {
+    let stop = Arc::new(AtomicBool::new(false));
+    lab.register_stop(&stop);
+    let started = Arc::new(Started::default());
+    let datagrams = Arc::new(AtomicU64::new(0));
+    let empty = Arc::new(AtomicU64::new(0));
+    let addr = SocketAddrV4::new(lab.server_addr(), port);
+    let (st, stp, dg, em) = (
+        started.clone(),
+        stop.clone(),
+        datagrams.clone(),
+        empty.clone(),
+    );
+    let thread = spawn_in_netns(lab.server_ns(), &format!("udpsrv{port}"), move || {
+        let sock =
+            match UdpSocket::bind(addr).and_then(|s| s.set_read_timeout(Some(TICK)).map(|_| s)) {
+                Ok(s) => s,
+                Err(e) => {
+                    st.set(Err(format!("bind {addr}: {e}")));
+                    return Err(anyhow!("bind {addr}: {e}"));
+                }
+            };
+        st.set(Ok(port));
+        let mut buf = vec![0u8; 65536];
+        while !stp.load(Ordering::SeqCst) {
+            match sock.recv_from(&mut buf) {
+                Ok((n, peer)) => {
+                    dg.fetch_add(1, Ordering::SeqCst);
+                    if n == 0 {
+                        em.fetch_add(1, Ordering::SeqCst);
+                        continue;
+                    }
+                    let _ = sock.send_to(&udp_response(&buf[..n]), peer);
+                }
+                Err(e) if is_timeout(&e) => {}
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+        Ok(())
+    })?;
+    let mut srv = UdpServer {
+        port,
+        stop,
+        datagrams,
+        empty,
+        thread: Some(thread),
+    };
+    if let Err(e) = started.wait(START_TIMEOUT, "udp server") {
+        srv.stop.store(true, Ordering::SeqCst);
+        let r = join_thread(srv.thread.take(), "udp server");
+        return Err(match r {
+            Err(te) => te,
+            Ok(()) => e,
+        });
+    }
+    Ok(srv)
+}
+
+// --------------------------------------------------------------- UDP session
+
+/// Result of a [`udp_session`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UdpReport {
+    /// Requests sent.
+    pub sent: u32,
+    /// Distinct requests that got their correct response.
+    pub answered: u32,
+    /// Every datagram received was the correct response to a request sent.
+    pub intact: bool,
+    /// Socket errors (send/recv errors, MSG_ERRQUEUE entries), unexpected datagrams.
+    pub errors: Vec<String>,
+    /// Local port the client used.
+    pub local_port: u16,
+}
+
+/// A running UDP request/response session in the client namespace.
+pub struct UdpSession {
+    started: Arc<Started>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Result<UdpReport>>>,
+}
+
+impl UdpSession {
+    /// Blocks until the socket is bound and connected; returns the local port.
+    pub fn wait_started(&self, timeout: Duration) -> Result<u16> {
+        self.started.wait(timeout, "udp session")
+    }
+    /// Whether the socket is set up.
+    pub fn started(&self) -> bool {
+        matches!(self.started.get(), Some(Ok(_)))
+    }
+    /// The local port, once bound.
+    pub fn local_port(&self) -> Option<u16> {
+        self.started.get().and_then(|r| r.ok())
+    }
+    /// Whether the session thread has finished.
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|h| h.is_finished())
+    }
+    /// Waits for the end of the session.
+    pub fn wait(mut self) -> Result<UdpReport> {
+        join_thread(self.thread.take(), "udp session")
+    }
+}
+
+impl Drop for UdpSession {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.thread.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn udp_request(seq: u32) -> Vec<u8> {
+    let mut v = Vec::with_capacity(32);
+    v.extend_from_slice(b"SVTR");
+    v.extend_from_slice(&seq.to_be_bytes());
+    let mut pad = [0u8; 24];
+    fill_pattern(&mut pad, seq as u64 * 24);
+    v.extend_from_slice(&pad);
+    v
+}
+
+/// Starts a UDP session in the client namespace: a socket bound to `local_port`
+/// (0 = ephemeral) and connected to `server_addr:server_port` sends `requests`
+/// numbered requests every `interval`, each waiting up to 1 s for its response.
+/// With `recverr`, IP_RECVERR is set and the error queue is drained into the report.
+pub fn udp_session(
+    lab: &Lab,
+    server_port: u16,
+    local_port: u16,
+    requests: u32,
+    interval: Duration,
+    recverr: bool,
+) -> Result<UdpSession> {
+    let stop = Arc::new(AtomicBool::new(false));
+    lab.register_stop(&stop);
+    let started = Arc::new(Started::default());
+    let client = lab.client_addr();
+    let server = SocketAddrV4::new(lab.server_addr(), server_port);
+    let (st, stp) = (started.clone(), stop.clone());
+    let thread = spawn_in_netns(lab.client_ns(), "udpsess", move || {
+        let r = session(
+            client, server, local_port, requests, interval, recverr, &st, &stp,
+        );
+        if let Err(e) = &r {
+            st.set(Err(format!("{e:#}")));
+        }
+        r
+    })?;
+    Ok(UdpSession {
+        started,
+        stop,
+        thread: Some(thread),
+    })
+}
+
+/// Reads the socket error queue (MSG_ERRQUEUE) into `errors`.
+fn drain_errqueue(sock: &UdpSocket, errors: &mut Vec<String>) {
+    for _ in 0..64 {
+        let mut data = [0u8; 256];
+        let mut iov = [IoSliceMut::new(&mut data)];
+        let mut cmsg = nix::cmsg_space!(libc::sock_extended_err, libc::sockaddr_in);
+        let r = recvmsg::<SockaddrIn>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_ERRQUEUE | MsgFlags::MSG_DONTWAIT,
+        );
+        let msg = match r {
+            Ok(m) => m,
+            Err(_) => return, // EAGAIN: queue empty
+        };
+        let Ok(cmsgs) = msg.cmsgs() else { return };
+        for c in cmsgs {
+            if let ControlMessageOwned::Ipv4RecvErr(ee, offender) = c {
+                let off = offender
+                    .map(|a| Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)).to_string())
+                    .unwrap_or_else(|| "?".into());
+                errors.push(format!(
+                    "errqueue: {} origin={} type={} code={} from {off}",
+                    std::io::Error::from_raw_os_error(ee.ee_errno as i32),
+                    ee.ee_origin,
+                    ee.ee_type,
+                    ee.ee_code
+                ));
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn session(
+    client: Ipv4Addr,
+    server: SocketAddrV4,
+    local_port: u16,
+    requests: u32,
+    interval: Duration,
+    recverr: bool,
+    started: &Started,
+    stop: &AtomicBool,
+) -> Result<UdpReport> {
+    let sock = client_socket(client, local_port, Type::DGRAM, Protocol::UDP, recverr)?;
+    sock.connect(&SockAddr::from(server))
+        .with_context(|| format!("connect to {server}"))?;
+    let port = local_port_of(&sock)?;
+    let sock: UdpSocket = sock.into();
+    started.set(Ok(port));
+    let mut errors: Vec<String> = Vec::new();
+    let mut rx = UdpRx {
+        buf: vec![0u8; 65536],
+        answered: BTreeSet::new(),
+        intact: true,
+        recverr,
+    };
+    let mut sent: u32 = 0;
+    let t0 = Instant::now();
+
+    'outer: for i in 0..requests {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        match sock.send(&udp_request(i)) {
+            Ok(_) => {}
+            Err(e) => {
+                errors.push(format!("send: {e}"));
+                if recverr {
+                    drain_errqueue(&sock, &mut errors);
+                }
+            }
+        }
+        sent = i + 1;
+        let reply_deadline = Instant::now() + UDP_REPLY_TIMEOUT;
+        let next_send = t0 + interval * (i + 1);
+        loop {
+            if stop.load(Ordering::SeqCst) {
+                break 'outer;
+            }
+            let now = Instant::now();
+            let done_waiting = rx.answered.contains(&i) || now >= reply_deadline;
+            if done_waiting && now >= next_send {
+                break;
+            }
+            let until = if done_waiting {
+                next_send
+            } else {
+                reply_deadline
+            };
+            rx.recv_some(
+                &sock,
+                sent,
+                until.saturating_duration_since(now),
+                &mut errors,
+            );
+            if errors.len() >= MAX_ERRORS {
+                break 'outer;
+            }
+        }
+    }
+    // Late answers.
+    let end = Instant::now() + UDP_REPLY_TIMEOUT;
+    while (rx.answered.len() as u32) < sent && Instant::now() < end && !stop.load(Ordering::SeqCst)
+    {
+        rx.recv_some(
+            &sock,
+            sent,
+            end.saturating_duration_since(Instant::now()),
+            &mut errors,
+        );
+    }
+    if recverr {
+        drain_errqueue(&sock, &mut errors);
+    }
+    if let Ok(Some(e)) = sock.take_error() {
+        errors.push(format!("SO_ERROR: {e}"));
+    }
+    Ok(UdpReport {
+        sent,
+        answered: rx.answered.len() as u32,
+        intact: rx.intact,
+        errors,
+        local_port: port,
+    })
+}
+
+struct UdpRx {
+    buf: Vec<u8>,
+    answered: BTreeSet<u32>,
+    intact: bool,
+    recverr: bool,
+}
+
+impl UdpRx {
+    /// Receives for at most `max_wait` (capped at one tick); true if something arrived.
+    fn recv_some(
+        &mut self,
+        sock: &UdpSocket,
+        sent: u32,
+        max_wait: Duration,
+        errors: &mut Vec<String>,
+    ) -> bool {
+        let _ = sock.set_read_timeout(Some(max_wait.clamp(Duration::from_millis(1), TICK)));
+        match sock.recv(&mut self.buf) {
+            Ok(n) => {
+                let d = &self.buf[..n];
+                let seq = (n >= 8 && &d[..4] == b"SVTR")
+                    .then(|| u32::from_be_bytes([d[4], d[5], d[6], d[7]]));
+                match seq {
+                    Some(s) if s < sent && d == udp_response(&udp_request(s)).as_slice() => {
+                        self.answered.insert(s);
+                    }
+                    _ => {
+                        self.intact = false;
+                        if errors.len() < MAX_ERRORS {
+                            errors.push(format!("unexpected datagram of {n} bytes"));
+                        }
+                    }
+                }
+                true
+            }
+            Err(e) if is_timeout(&e) => false,
+            Err(e) => {
+                if errors.len() < MAX_ERRORS {
+                    errors.push(format!("recv: {e}"));
+                }
+                if self.recverr {
+                    drain_errqueue(sock, errors);
+                }
+                true
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    #[test]
+    fn pattern_is_not_trivially_periodic() {
+        let a: Vec<u8> = (0..4096).map(pattern_byte).collect();
+        let b: Vec<u8> = (4096..8192).map(pattern_byte).collect();
+        assert_ne!(a, b);
+        assert!(a.iter().collect::<BTreeSet<_>>().len() > 200);
+    }
+
+    #[test]
+    fn udp_roundtrip_format() {
+        let r = udp_request(7);
+        assert_eq!(r.len(), 32);
+        let resp = udp_response(&r);
+        assert_eq!(&resp[..32], &r[..]);
+        assert_eq!(resp.len(), 36);
+    }
+}

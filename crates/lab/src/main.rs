@@ -1,0 +1,423 @@
+//! `svctr-lab`: build/remove an emulated multi-path network, or run the project's demo.
+
+use std::io::{BufRead, BufReader};
+use std::net::Ipv4Addr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use svctr_lab::{parse_traceroute, tcp_download, tcp_server, Lab, LabConfig, Proto};
+
+#[derive(Parser)]
+#[command(
+    name = "svctr-lab",
+    about = "Emulated ECMP network of Linux network namespaces for service-traceroute"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build a lab, print its names and addresses, keep it until Ctrl-C / SIGTERM.
+    Up {
+        /// Masquerade the client's traffic on r1.
+        #[arg(long)]
+        nat: bool,
+        /// Stateful firewall on r2 (only the service ports admit new flows).
+        #[arg(long)]
+        firewall: bool,
+        /// Lab name (prefix of its namespaces); default st<pid>x0.
+        #[arg(long)]
+        name: Option<String>,
+        /// Number of ECMP branches.
+        #[arg(long, default_value_t = 3)]
+        branches: usize,
+    },
+    /// Remove the namespaces of a leftover lab (`NAME-*`).
+    Down {
+        /// Lab name (the prefix printed by `up`).
+        name: String,
+    },
+    /// Demo: trace a live TCP download with the tracer, compare with ground truth
+    /// and with a classic `traceroute -T`.
+    Demo {
+        /// Path of the service-traceroute binary.
+        #[arg(long)]
+        tracer: PathBuf,
+        #[arg(long)]
+        nat: bool,
+        #[arg(long)]
+        firewall: bool,
+        /// Number of ECMP branches.
+        #[arg(long, default_value_t = 3)]
+        branches: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(e) = signal_hook::flag::register(sig, stop.clone()) {
+            eprintln!("svctr-lab: cannot install signal handler: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    let r = match cli.cmd {
+        Cmd::Up {
+            nat,
+            firewall,
+            name,
+            branches,
+        } => up(nat, firewall, name, branches, &stop),
+        Cmd::Down { name } => down(&name),
+        Cmd::Demo {
+            tracer,
+            nat,
+            firewall,
+            branches,
+        } => demo(&tracer, nat, firewall, branches, &stop),
+    };
+    match r {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("svctr-lab: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn config(nat: bool, firewall: bool, branches: usize) -> LabConfig {
+    LabConfig {
+        branches,
+        nat,
+        firewall,
+        ..LabConfig::default()
+    }
+}
+
+fn describe_hop(lab: &Lab, a: Ipv4Addr) -> String {
+    match lab.addr_owner(a) {
+        Some(o) => format!("{a} ({o})"),
+        None => a.to_string(),
+    }
+}
+
+fn print_summary(lab: &Lab) {
+    let c = lab.config();
+    println!(
+        "lab {}: {} branches, nat={}, firewall={}",
+        lab.name(),
+        c.branches,
+        c.nat,
+        c.firewall
+    );
+    println!(
+        "  client  ns {:<16} {} dev {}",
+        lab.client_ns(),
+        lab.client_addr(),
+        lab.client_iface()
+    );
+    println!(
+        "  server  ns {:<16} {} dev {}",
+        lab.server_ns(),
+        lab.server_addr(),
+        lab.server_iface()
+    );
+    for r in lab.router_names() {
+        let addrs: Vec<String> = lab
+            .links()
+            .iter()
+            .filter_map(|l| {
+                if l.a == r {
+                    Some(format!("{}={}", l.a_if, l.addr_a()))
+                } else if l.b == r {
+                    Some(format!("{}={}", l.b_if, l.addr_b()))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        println!(
+            "  {:<7} ns {:<16} {}",
+            r,
+            lab.router_ns(&r).unwrap_or("?"),
+            addrs.join(" ")
+        );
+    }
+    println!(
+        "  service ports: tcp {:?}, udp {:?}",
+        c.service_ports_tcp, c.service_ports_udp
+    );
+    for k in 1..=lab.branches() {
+        let p: Vec<String> = lab.branch_path(k).iter().map(|a| a.to_string()).collect();
+        println!("  path via b{k}: {} -> {}", p.join(" "), lab.server_addr());
+    }
+    println!(
+        "  e.g.: ip netns exec {} traceroute -T -n -p 8080 {}",
+        lab.client_ns(),
+        lab.server_addr()
+    );
+}
+
+fn up(
+    nat: bool,
+    firewall: bool,
+    name: Option<String>,
+    branches: usize,
+    stop: &AtomicBool,
+) -> Result<u8> {
+    let cfg = config(nat, firewall, branches);
+    let lab = match &name {
+        Some(n) => Lab::build_named(cfg, n)?,
+        None => Lab::build(cfg)?,
+    };
+    print_summary(&lab);
+    println!(
+        "lab is up; Ctrl-C or SIGTERM tears it down (or `svctr-lab down {}` if this process dies)",
+        lab.name()
+    );
+    while !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!("tearing down lab {}", lab.name());
+    drop(lab);
+    Ok(0)
+}
+
+fn down(name: &str) -> Result<u8> {
+    let removed = svctr_lab::remove_lab(name)?;
+    if removed.is_empty() {
+        println!("no namespace named {name}-*");
+    }
+    for ns in removed {
+        println!("removed {ns}");
+    }
+    Ok(0)
+}
+
+/// Runs `cmd`, echoing its stdout live (and keeping it), stderr passed through.
+/// Killed on `stop` or after `timeout`. Returns (success, stdout, note).
+fn run_tracer(
+    mut cmd: std::process::Command,
+    stop: &AtomicBool,
+    timeout: Duration,
+) -> Result<(bool, String, String)> {
+    // Own process group: `ip netns exec` forks, so killing the group reaches the tracer.
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .process_group(0);
+    let line = svctr_lab::describe(&cmd);
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start `{line}`"))?;
+    let out = child.stdout.take().expect("piped");
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for l in BufReader::new(out).lines().map_while(|l| l.ok()) {
+            println!("  | {l}");
+            all.push_str(&l);
+            all.push('\n');
+        }
+        all
+    });
+    let deadline = Instant::now() + timeout;
+    let (ok, note) = loop {
+        if let Some(st) = child.try_wait()? {
+            break (st.success(), format!("tracer exited: {st}"));
+        }
+        if stop.load(Ordering::SeqCst) {
+            kill_group(&mut child);
+            break (false, "interrupted: tracer killed".to_string());
+        }
+        if Instant::now() >= deadline {
+            kill_group(&mut child);
+            break (false, format!("tracer killed after {timeout:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let text = reader.join().unwrap_or_default();
+    Ok((ok, text, note))
+}
+
+/// SIGTERM, then SIGKILL after 1 s, to the child's process group; reaps the child.
+fn kill_group(child: &mut std::process::Child) {
+    use nix::sys::signal::{killpg, Signal};
+    let pg = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = killpg(pg, Signal::SIGTERM);
+    let end = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < end {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = killpg(pg, Signal::SIGKILL);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn demo(
+    tracer: &Path,
+    nat: bool,
+    firewall: bool,
+    branches: usize,
+    stop: &AtomicBool,
+) -> Result<u8> {
+    let tracer = match tracer.canonicalize() {
+        Ok(p) if p.is_file() => p,
+        _ => bail!(
+            "tracer binary not found: {} (build it first, e.g. cargo build -p svctr-cli)",
+            tracer.display()
+        ),
+    };
+    let cfg = config(nat, firewall, branches);
+    let port = cfg.service_ports_tcp.first().copied().unwrap_or(8080);
+    let lab = Lab::build(cfg)?;
+    print_summary(&lab);
+    let server = tcp_server(&lab, port, 2_000_000)?;
+    // 40 MB at 2 MB/s: the flow lives ~20 s.
+    let dl = tcp_download(&lab, port, 0, 40_000_000, true)?;
+    let lport = dl.wait_established(Duration::from_secs(10))?;
+    println!(
+        "\napplication flow: tcp {}:{lport} -> {}:{port} (2 MB/s download, IP_RECVERR on)",
+        lab.client_addr(),
+        lab.server_addr()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let truth = lab.expected_path(Proto::Tcp, lport, port)?;
+    if stop.load(Ordering::SeqCst) {
+        println!("interrupted");
+        return Ok(130);
+    }
+
+    let mut cmd = lab.command(lab.client_ns(), &tracer.to_string_lossy());
+    cmd.args(["flow", "--iface", lab.client_iface(), "--tcp", "--remote"])
+        .arg(format!("{}:{port}", lab.server_addr()))
+        .args(["--count", "1", "--duration", "15"]);
+    println!("\n$ {}", svctr_lab::describe(&cmd));
+    let (tracer_ok, tracer_out, note) = run_tracer(cmd, stop, Duration::from_secs(60))?;
+    println!("  ({note})");
+    if stop.load(Ordering::SeqCst) {
+        println!("interrupted: tearing down");
+        return Ok(130);
+    }
+
+    println!("\nground truth for the application flow (from r2's `ip route get`):");
+    for (i, a) in truth.iter().enumerate() {
+        println!(" {:>2}  {}", i + 1, describe_hop(&lab, *a));
+    }
+    println!(" {:>2}  {} (server)", truth.len() + 1, lab.server_addr());
+    let seen: Vec<Ipv4Addr> = tracer_out
+        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .filter_map(|t| t.parse::<Ipv4Addr>().ok())
+        .collect();
+    let mut it = seen.iter();
+    let tracer_match = truth.iter().all(|h| it.any(|s| s == h));
+    println!(
+        "tracer output {} the ground-truth hops in order",
+        if tracer_match {
+            "CONTAINS"
+        } else {
+            "does NOT contain"
+        }
+    );
+
+    let mut tr = lab.command(lab.client_ns(), "traceroute");
+    tr.args([
+        "-T",
+        "-n",
+        "-p",
+        &port.to_string(),
+        "-q",
+        "1",
+        "-w",
+        "1",
+        &lab.server_addr().to_string(),
+    ]);
+    println!(
+        "\n$ {}   # classic traceroute: a fresh flow",
+        svctr_lab::describe(&tr)
+    );
+    let out = svctr_lab::output_with_timeout(&mut tr, None, Duration::from_secs(60))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    for l in text.lines() {
+        println!("  | {l}");
+    }
+    let hops = parse_traceroute(&text);
+    let app_branch = lab.branch_of_addr(truth[2]).unwrap_or(0);
+    // Branches revealed by the fresh traceroute's hops 3 (bK) and 4 (r3's bK-side address).
+    // Without a fixed source port, Debian's traceroute -T gives each probe its own
+    // source port, so different TTLs may even take different branches.
+    let mut fresh: Vec<usize> = hops
+        .iter()
+        .take(4)
+        .flatten()
+        .filter_map(|a| lab.branch_of_addr(*a))
+        .collect();
+    fresh.dedup();
+    let names = |v: &[usize]| {
+        v.iter()
+            .map(|k| format!("b{k}"))
+            .collect::<Vec<_>>()
+            .join("+")
+    };
+    match fresh.as_slice() {
+        [] => println!("verdict: cannot tell (traceroute did not show hops 3-4)"),
+        [f] if *f == app_branch => println!(
+            "verdict: SAME path by chance (both through b{f}; 1 in {} odds): run the demo again to see them differ",
+            lab.branches()
+        ),
+        [f] => println!(
+            "verdict: DIFFERENT paths: the fresh traceroute flow went through b{f}, the application flow goes through b{app_branch}"
+        ),
+        v => println!(
+            "verdict: DIFFERENT paths: the fresh traceroute mixes branches {} across TTLs, the application flow goes through b{app_branch} only",
+            names(v)
+        ),
+    }
+
+    // Let the download finish (bounded), then report what the application saw.
+    let end = Instant::now() + Duration::from_secs(25);
+    while !dl.is_finished() && Instant::now() < end && !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if dl.is_finished() {
+        let r = dl.wait()?;
+        println!(
+            "\napplication: {} bytes in {:.1?}, intact={}, socket errors: {}",
+            r.bytes,
+            r.duration,
+            r.intact,
+            if r.errors.is_empty() {
+                "none".to_string()
+            } else {
+                r.errors.join("; ")
+            }
+        );
+    } else {
+        println!(
+            "\napplication: {} bytes received so far (stopped)",
+            dl.bytes_received()
+        );
+        drop(dl);
+    }
+    drop(server);
+    drop(lab);
+    if stop.load(Ordering::SeqCst) {
+        return Ok(130);
+    }
+    if !tracer_ok {
+        eprintln!("svctr-lab: the tracer failed ({note})");
+        return Ok(1);
+    }
+    Ok(0)
+}
