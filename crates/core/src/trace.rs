@@ -103,6 +103,10 @@ pub(crate) struct Trace {
     by_ident: HashMap<u16, usize>,
     next_ident: u16,
     cursor: usize,
+    /// Every probe below this index is resolved. Probes are sent in index order at
+    /// non-decreasing times with one timeout, so the awaited probe with the earliest deadline
+    /// is the first awaited one at or above `oldest`: timers cost O(1) amortized, not a scan.
+    oldest: usize,
     next_send: Option<Instant>,
     /// TTLs of the prefix already evaluated by the stop rules.
     evaluated: u8,
@@ -158,6 +162,7 @@ impl Trace {
             by_ident: HashMap::new(),
             next_ident: if first_ident == 0 { 1 } else { first_ident },
             cursor: 0,
+            oldest: 0,
             next_send: Some(now),
             evaluated: 0,
             missing: 0,
@@ -371,33 +376,48 @@ impl Trace {
         }
     }
 
+    /// Moves `oldest` past resolved probes.
+    fn skip_resolved(&mut self) {
+        while self.probes.get(self.oldest).is_some_and(|p| p.state.is_resolved()) {
+            self.oldest += 1;
+        }
+    }
+
+    /// The earliest deadline among awaited probes.
+    fn earliest_deadline(&self) -> Option<Instant> {
+        self.probes[self.oldest.min(self.probes.len())..self.cursor.max(self.oldest).min(self.probes.len())]
+            .iter()
+            .find_map(|p| match p.state {
+                ProbeState::Awaiting { deadline } => Some(deadline),
+                _ => None,
+            })
+    }
+
     /// Expires probes whose reply is overdue.
     pub(crate) fn handle_timeout(&mut self, now: Instant) {
+        self.skip_resolved();
         let mut changed = false;
-        for p in &mut self.probes {
-            if let ProbeState::Awaiting { deadline } = p.state {
-                if deadline <= now {
+        for p in &mut self.probes[self.oldest..self.cursor.max(self.oldest)] {
+            match p.state {
+                ProbeState::Awaiting { deadline } if deadline <= now => {
                     p.state = ProbeState::TimedOut;
                     self.pending -= 1;
                     changed = true;
                 }
+                // Later probes were sent later: their deadlines are later too.
+                ProbeState::Awaiting { .. } => break,
+                _ => {}
             }
         }
         if changed {
+            self.skip_resolved();
             self.advance(now);
         }
     }
 
     /// The next instant this trace needs `handle_timeout` or `poll_transmit`.
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
-        let deadline = self
-            .probes
-            .iter()
-            .filter_map(|p| match p.state {
-                ProbeState::Awaiting { deadline } => Some(deadline),
-                _ => None,
-            })
-            .min();
+        let deadline = self.earliest_deadline();
         let send = if self.halt.is_none() && self.stop.is_none() { self.next_send } else { None };
         match (deadline, send) {
             (Some(a), Some(b)) => Some(a.min(b)),
