@@ -496,7 +496,8 @@ impl Trace {
             }
             let r = p.reply.as_ref();
             let rtt_ms = match (r, p.send_time()) {
-                (Some(r), Some(s)) => r.wall.duration_since(s).ok().map(|d| d.as_secs_f64() * 1e3),
+                // Rounded to the nanosecond: the timestamps' own resolution.
+                (Some(r), Some(s)) => r.wall.duration_since(s).ok().map(|d| (d.as_nanos() as f64) / 1e6),
                 _ => None,
             };
             let error = match &p.state {
