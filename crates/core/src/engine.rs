@@ -117,6 +117,9 @@ pub struct Engine {
     /// Flows already traced: never traced twice in one run.
     done: HashSet<FlowKey>,
     events: VecDeque<Event>,
+    /// Flows with a probe due, served round-robin so that flows interleave; refilled by one
+    /// scan when empty, so a burst of N probes costs one scan, not N.
+    tx_queue: VecDeque<FlowKey>,
     accepting: bool,
     stats: EngineStats,
 }
@@ -136,6 +139,7 @@ impl Engine {
             flows: HashMap::new(),
             done: HashSet::new(),
             events: VecDeque::new(),
+            tx_queue: VecDeque::new(),
             accepting: true,
             stats: EngineStats::default(),
         })
@@ -342,28 +346,26 @@ impl Engine {
 
     /// The next probe to send, written into `buf`. Call until it returns `None`.
     pub fn poll_transmit(&mut self, now: Now, buf: &mut Vec<u8>) -> Option<Transmit> {
-        let mut finished = None;
-        let mut out = None;
-        for (key, e) in &mut self.flows {
-            let Phase::Tracing(t) = &mut e.phase else { continue };
+        if self.tx_queue.is_empty() {
+            let due = self.flows.iter().filter(|(_, e)| matches!(&e.phase, Phase::Tracing(t) if t.due(now.mono).is_some()));
+            self.tx_queue.extend(due.map(|(k, _)| *k));
+        }
+        while let Some(key) = self.tx_queue.pop_front() {
+            let Some(Entry { state, phase: Phase::Tracing(t) }) = self.flows.get_mut(&key) else { continue };
             let Some(due) = t.due(now.mono) else { continue };
-            match probe::build(&e.state, key, due.ttl, due.ident, buf) {
-                Some(shape) => {
-                    t.mark_sent(due, shape, now.mono, now.wall);
-                    self.stats.probes_sent += 1;
-                    out = Some(Transmit { dst: key.remote.ip(), len: buf.len(), flow: *key, ttl: due.ttl, ident: due.ident });
-                }
-                None => {
-                    t.cannot_build();
-                    finished = Some(*key);
-                }
+            let Some(shape) = probe::build(state, &key, due.ttl, due.ident, buf) else {
+                t.cannot_build();
+                self.finish_if_done(&key, now.wall);
+                continue;
+            };
+            t.mark_sent(due, shape, now.mono, now.wall);
+            if t.due(now.mono).is_some() {
+                self.tx_queue.push_back(key);
             }
-            break;
+            self.stats.probes_sent += 1;
+            return Some(Transmit { dst: key.remote.ip(), len: buf.len(), flow: key, ttl: due.ttl, ident: due.ident });
         }
-        if let Some(k) = finished {
-            self.finish_if_done(&k, now.wall);
-        }
-        out
+        None
     }
 
     /// The driver could not send the probe `ident` of `flow`.
