@@ -1,4 +1,7 @@
-//! `svctr-lab`: build/remove an emulated multi-path network, or run the project's demo.
+//! `svctr-lab`: build/remove an emulated multi-path network, run the project's demo or its
+//! benchmark.
+
+mod bench;
 
 use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
@@ -59,6 +62,19 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         branches: usize,
     },
+    /// Benchmark: time to trace one path (vs scamper and traceroute) and CPU/memory per
+    /// traced flow; prints a Markdown report.
+    Bench {
+        /// Path of the service-traceroute binary.
+        #[arg(long)]
+        tracer: PathBuf,
+        /// Repetitions of the timing measurement.
+        #[arg(long, default_value_t = 15)]
+        runs: usize,
+        /// Concurrent flows for the CPU/memory measurement.
+        #[arg(long, default_value_t = 200)]
+        flows: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -84,6 +100,18 @@ fn main() -> ExitCode {
             firewall,
             branches,
         } => demo(&tracer, nat, firewall, branches, &stop),
+        Cmd::Bench {
+            tracer,
+            runs,
+            flows,
+        } => bench::run(
+            &bench::BenchArgs {
+                tracer,
+                runs,
+                flows,
+            },
+            &stop,
+        ),
     };
     match r {
         Ok(code) => ExitCode::from(code),
