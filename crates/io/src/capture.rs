@@ -70,7 +70,7 @@ impl Capture {
             .snaplen(SNAPLEN)
             .immediate_mode(true)
             .timeout(100)
-            .buffer_size(8 << 20)
+            .buffer_size(2 << 20)
             .precision(pcap::Precision::Nano)
             .open()
             .map_err(|e| privilege_or(e, iface))?;
