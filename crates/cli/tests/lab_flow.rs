@@ -7,7 +7,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::process::Output;
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use svctr_core::{StopReason, TraceResult};
@@ -16,17 +15,8 @@ use svctr_lab::{
     Proto,
 };
 
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn root_guard() -> Option<MutexGuard<'static, ()>> {
-    if !nix::unistd::geteuid().is_root() {
-        if std::env::var_os("CI").is_some() {
-            panic!("the lab tests need root (network namespaces, raw sockets); CI is set, so they must not be skipped");
-        }
-        eprintln!("skipping: needs root");
-        return None;
-    }
-    Some(SERIAL.lock().unwrap_or_else(|e| e.into_inner()))
+fn root_guard() -> Option<std::sync::MutexGuard<'static, ()>> {
+    svctr_lab::lab_test_guard()
 }
 
 const TRACER: &str = env!("CARGO_BIN_EXE_service-traceroute");
@@ -68,6 +58,18 @@ fn assert_path_matches(r: &TraceResult, expected: &[Ipv4Addr]) {
     }
 }
 
+/// Each result's path equals its flow's ground truth; the flows used at least two branches.
+fn assert_all_match(results: &[TraceResult], expected: &BTreeMap<u16, Vec<Ipv4Addr>>) {
+    assert_eq!(results.len(), expected.len());
+    let mut branches = BTreeSet::new();
+    for r in results {
+        let want = &expected[&r.flow.local.port];
+        assert_path_matches(r, want);
+        branches.insert(want[2]);
+    }
+    assert!(branches.len() >= 2, "flows spread over branches {branches:?}");
+}
+
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
 }
@@ -90,14 +92,7 @@ fn accuracy(nat: bool) {
         expected.insert(port, lab.expected_path(Proto::Tcp, port, 8080).expect("ground truth"));
     }
     let results = trace_jsonl(&lab, &["flow", "--tcp", "--remote", &format!("{server}:8080"), "--count", "20", "--duration", "30"]);
-    assert_eq!(results.len(), usize::from(n));
-    let mut branches = BTreeSet::new();
-    for r in &results {
-        let want = &expected[&r.flow.local.port];
-        assert_path_matches(r, want);
-        branches.insert(want[2]);
-    }
-    assert!(branches.len() >= 2, "flows spread over branches {branches:?}");
+    assert_all_match(&results, &expected);
     for d in downloads {
         let rep = d.wait().expect("download report");
         assert!(rep.intact && rep.errors.is_empty(), "{rep:?}");
@@ -122,14 +117,7 @@ fn accuracy(nat: bool) {
     assert!(out.status.success(), "tracer failed: {}", stderr(&out));
     let results: Vec<TraceResult> =
         String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("json")).collect();
-    assert_eq!(results.len(), usize::from(n));
-    let mut branches = BTreeSet::new();
-    for r in &results {
-        let want = &expected[&r.flow.local.port];
-        assert_path_matches(r, want);
-        branches.insert(want[2]);
-    }
-    assert!(branches.len() >= 2, "flows spread over branches {branches:?}");
+    assert_all_match(&results, &expected);
     for s in sessions {
         let rep = s.wait().expect("udp report");
         assert!(rep.intact && rep.answered == rep.sent && rep.errors.is_empty(), "{rep:?}");

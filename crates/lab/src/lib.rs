@@ -63,7 +63,8 @@ pub use apps::{
     TcpServer, UdpReport, UdpServer, UdpSession,
 };
 pub use util::{
-    describe, enter_netns, open_netns, output_with_timeout, run_checked, spawn_in_netns, NETNS_DIR,
+    describe, enter_netns, lab_test_guard, open_netns, output_with_timeout, run_checked, spawn_in_netns,
+    NETNS_DIR,
 };
 
 use std::collections::BTreeMap;

@@ -137,3 +137,20 @@ where
         })
         .context("cannot spawn thread")
 }
+
+/// Lab tests run one at a time within a test binary: they time ICMP replies on a small machine.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The guard every lab test takes first. `None` means "skip": not root and `CI` unset (the
+/// reason is printed). With `CI` set and no root it panics, so lab tests can never be skipped
+/// silently in CI.
+pub fn lab_test_guard() -> Option<std::sync::MutexGuard<'static, ()>> {
+    if !nix::unistd::geteuid().is_root() {
+        if std::env::var_os("CI").is_some() {
+            panic!("lab tests need root (network namespaces, raw sockets); CI is set, so they must not be skipped");
+        }
+        eprintln!("skipping: needs root");
+        return None;
+    }
+    Some(SERIAL.lock().unwrap_or_else(|e| e.into_inner()))
+}

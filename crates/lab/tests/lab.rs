@@ -3,7 +3,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use svctr_lab::{
@@ -11,18 +10,8 @@ use svctr_lab::{
     udp_server, udp_session, Lab, LabConfig, Proto,
 };
 
-/// Lab tests run one at a time: they time ICMP replies on a 2-core machine.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn root_guard() -> Option<MutexGuard<'static, ()>> {
-    if !nix::unistd::geteuid().is_root() {
-        if std::env::var_os("CI").is_some() {
-            panic!("svctr-lab tests need root (network namespaces); CI is set, so they must not be skipped");
-        }
-        eprintln!("skipping: needs root");
-        return None;
-    }
-    Some(SERIAL.lock().unwrap_or_else(|e| e.into_inner()))
+fn root_guard() -> Option<std::sync::MutexGuard<'static, ()>> {
+    svctr_lab::lab_test_guard()
 }
 
 /// Runs traceroute in the client namespace and parses its hops.
