@@ -80,6 +80,9 @@ pub struct TraceConfig {
     pub udp_reply_wait: Duration,
     /// Seed of the per-flow IP identification sequences (the driver passes a random value).
     pub ident_seed: u16,
+    /// At most this many probes of one trace awaiting a reply at once (0: no limit). Like
+    /// traceroute's `-N`: it bounds how far past the destination a trace probes.
+    pub max_in_flight: usize,
 }
 
 impl Default for TraceConfig {
@@ -99,6 +102,7 @@ impl Default for TraceConfig {
             max_flows: 0,
             udp_reply_wait: Duration::from_secs(1),
             ident_seed: 0x5eed,
+            max_in_flight: 0,
         }
     }
 }

@@ -10,9 +10,9 @@ use svctr_wire::packet::{parse_ip, Transport};
 
 use crate::config::{ConfigError, TraceConfig};
 use crate::flow::{FlowKey, FlowSelector, FlowState, Protocol};
-use crate::probe;
+use crate::probe::{self, ProbeShape};
 use crate::result::{StopReason, TraceResult};
-use crate::trace::{ReplyOutcome, Trace};
+use crate::trace::{ReplyInfo, ReplyOutcome, Trace};
 
 /// The time of an input: a monotonic instant for timers and the wall clock for results.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,7 +207,17 @@ impl Engine {
                 let Some(Entry { phase: Phase::Tracing(trace), .. }) = self.flows.get_mut(&key) else {
                     return;
                 };
-                match trace.handle_reply(now, ts, pkt.ip.src, pkt.ip.ttl, err) {
+                // The quoted length and TCP sequence number must be the probe's: an error about
+                // one of the flow's own packets (same 5-tuple) is never taken for a probe's.
+                let verify = |shape: &ProbeShape| {
+                    err.quote.length == shape.ip_len
+                        && match (shape.tcp_seq, err.quote.tcp_seq()) {
+                            (Some(want), Some(got)) => want == got,
+                            _ => true,
+                        }
+                };
+                let reply = ReplyInfo::from_icmp_error(pkt.ip.src, pkt.ip.ttl, err);
+                match trace.handle_reply(now, ts, err.quote.ident, verify, reply) {
                     ReplyOutcome::Matched => self.stats.replies_matched += 1,
                     ReplyOutcome::NoProbe => self.stats.replies_unmatched += 1,
                 }
@@ -283,6 +293,8 @@ impl Engine {
             Protocol::Tcp => s.tcp.established && probe::tcp_probe_numbers(s).is_some(),
             // The remote's reply gives its distance; without one, wait a little for it.
             Protocol::Udp => s.packets_out > 0 && (s.packets_in > 0 || now >= s.first_seen + self.cfg.udp_reply_wait),
+            // Never selected: flows are TCP or UDP.
+            Protocol::Icmp => false,
         };
         if !ready {
             return;

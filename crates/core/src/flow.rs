@@ -17,6 +17,8 @@ pub enum Protocol {
     Tcp,
     /// UDP
     Udp,
+    /// ICMP echo (classic traceroute only; flows are TCP or UDP)
+    Icmp,
 }
 
 impl Protocol {
@@ -25,6 +27,7 @@ impl Protocol {
         match self {
             Self::Tcp => 6,
             Self::Udp => 17,
+            Self::Icmp => 1,
         }
     }
     /// Lower-case name.
@@ -32,6 +35,7 @@ impl Protocol {
         match self {
             Self::Tcp => "tcp",
             Self::Udp => "udp",
+            Self::Icmp => "icmp",
         }
     }
 }

@@ -26,6 +26,7 @@
 //! let _ = Duration::ZERO;
 //! ```
 
+mod classic;
 mod config;
 mod engine;
 mod flow;
@@ -34,8 +35,9 @@ mod report;
 mod result;
 mod trace;
 
+pub use classic::{ProbeOut, Strategy, TargetError, Traceroute, TracerouteConfig, TracerouteEvent, TracerouteResult};
 pub use config::{Algorithm, ConfigError, TraceConfig};
 pub use engine::{Engine, EngineStats, Event, Now, Transmit};
 pub use flow::{FlowKey, FlowSelector, Protocol};
-pub use report::render_text;
+pub use report::{render_text, render_traceroute_text};
 pub use result::{Endpoint, FlowInfo, Hop, MplsEntry, ProbeReply, StopReason, TraceResult};

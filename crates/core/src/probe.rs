@@ -117,5 +117,6 @@ pub(crate) fn build(
             emit_udp_v4(&ip, &udp, &[], buf);
             Some(ProbeShape { ip_len: UDP_V4_LEN, tcp_seq: None })
         }
+        Protocol::Icmp => None,
     }
 }

@@ -2,7 +2,8 @@
 
 use std::fmt::Write as _;
 
-use crate::result::{ProbeReply, StopReason, TraceResult};
+use crate::classic::TracerouteResult;
+use crate::result::{Hop, ProbeReply, StopReason, TraceResult};
 
 /// traceroute's annotation for an ICMP Destination Unreachable code (RFC 792, RFC 1812 §5.2.7.1).
 fn unreachable_mark(p: &ProbeReply) -> Option<String> {
@@ -42,22 +43,9 @@ fn stop_text(r: &TraceResult) -> String {
     format!("stop: {} ({why})", r.stop_reason.as_str())
 }
 
-/// Renders a trace as text: a header line, one line per TTL (addresses, RTTs, `*` for
-/// silence, unreachable marks, MPLS labels) and the stop reason.
-pub fn render_text(r: &TraceResult) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "service-traceroute {} {}:{} -> {}:{}, {} algorithm, {} probes sent",
-        r.flow.protocol.as_str(),
-        r.flow.local.ip,
-        r.flow.local.port,
-        r.flow.remote.ip,
-        r.flow.remote.port,
-        r.algorithm.as_str(),
-        r.probes_sent
-    );
-    for hop in &r.hops {
+/// One line per TTL: addresses, RTTs, `*` for silence, unreachable marks, MPLS labels.
+fn render_hops(out: &mut String, hops: &[Hop]) {
+    for hop in hops {
         let _ = write!(out, "{:2} ", hop.ttl);
         let mut last_addr = None;
         let mut mpls = Vec::new();
@@ -91,6 +79,50 @@ pub fn render_text(r: &TraceResult) -> String {
             let _ = writeln!(out, "     [MPLS: Lbl {}, TC {}, S {}, TTL {}]", e.label, e.tc, u8::from(e.s), e.ttl);
         }
     }
+}
+
+/// Renders a classic/Paris/Dublin traceroute as text, like traceroute(8).
+pub fn render_traceroute_text(r: &TracerouteResult) -> String {
+    let mut out = String::new();
+    let port = r.port.map(|p| format!(" port {p}")).unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "traceroute to {}{port}, {} {} from {}, {} probes sent",
+        r.destination,
+        r.protocol.as_str(),
+        r.strategy.as_str(),
+        r.source,
+        r.probes_sent
+    );
+    render_hops(&mut out, &r.hops);
+    let why = match r.stop_reason {
+        StopReason::RemoteReached => "the destination answered",
+        StopReason::MaxMissing => "too many silent hops in a row",
+        StopReason::MaxTtl => "reached the max TTL",
+        StopReason::Unreachable => "a router reported the destination unreachable",
+        StopReason::Interrupted => "interrupted",
+        _ => "",
+    };
+    let _ = writeln!(out, "stop: {} ({why})", r.stop_reason.as_str());
+    out
+}
+
+/// Renders a trace as text: a header line, one line per TTL (addresses, RTTs, `*` for
+/// silence, unreachable marks, MPLS labels) and the stop reason.
+pub fn render_text(r: &TraceResult) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "service-traceroute {} {}:{} -> {}:{}, {} algorithm, {} probes sent",
+        r.flow.protocol.as_str(),
+        r.flow.local.ip,
+        r.flow.local.port,
+        r.flow.remote.ip,
+        r.flow.remote.port,
+        r.algorithm.as_str(),
+        r.probes_sent
+    );
+    render_hops(&mut out, &r.hops);
     if r.stop_reason == StopReason::RemoteDistance {
         if let Some(d) = r.remote_distance {
             let _ = writeln!(out, "{:2}  {}  (the remote, not probed)", u16::from(d) + 1, r.flow.remote.ip);

@@ -104,7 +104,10 @@ pub struct ProbeReply {
     /// TTL the router saw in the quoted probe (1 unless a middlebox rewrote it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quoted_ttl: Option<u8>,
-    /// IP identification of the probe.
+    /// TCP flags of a TCP reply from the destination (SYN-ACK 18, RST 4 or 20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_flags: Option<u8>,
+    /// IP identification of the probe (for the flow tracer; other engines: the probe's number).
     pub ip_id: u16,
     /// MPLS labels from an RFC 4950 extension.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant, SystemTime};
 
-use svctr_wire::icmp::{ErrorKind, IcmpError};
+use svctr_wire::icmp::{ErrorKind, IcmpError, MplsLabel};
 
 use crate::config::{Algorithm, TraceConfig};
 use crate::flow::FlowKey;
@@ -44,12 +44,46 @@ impl ProbeState {
 struct Reply {
     addr: IpAddr,
     wall: SystemTime,
-    icmp_type: u8,
-    icmp_code: u8,
+    icmp_type: Option<u8>,
+    icmp_code: Option<u8>,
     reply_ttl: u8,
-    quoted_ttl: u8,
+    quoted_ttl: Option<u8>,
+    tcp_flags: Option<u8>,
     unreachable: bool,
     mpls: Vec<MplsEntry>,
+}
+
+/// A reply as the engines hand it to a trace.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ReplyInfo<'a> {
+    pub(crate) from: IpAddr,
+    pub(crate) reply_ttl: u8,
+    /// ICMP type and code (None for a TCP reply from the destination).
+    pub(crate) icmp_type: Option<u8>,
+    pub(crate) icmp_code: Option<u8>,
+    /// The TTL the router saw, from the quote (None for a reply that quotes nothing).
+    pub(crate) quoted_ttl: Option<u8>,
+    /// TCP flags of a TCP reply (SYN-ACK or RST from the destination).
+    pub(crate) tcp_flags: Option<u8>,
+    /// A Destination Unreachable: the probe's packets go no further.
+    pub(crate) unreachable: bool,
+    pub(crate) mpls: &'a [MplsLabel],
+}
+
+impl<'a> ReplyInfo<'a> {
+    /// The reply carried by an ICMP error.
+    pub(crate) fn from_icmp_error(from: IpAddr, reply_ttl: u8, err: &'a IcmpError<'_>) -> Self {
+        Self {
+            from,
+            reply_ttl,
+            icmp_type: Some(err.icmp_type),
+            icmp_code: Some(err.icmp_code),
+            quoted_ttl: Some(err.quote.ttl),
+            tcp_flags: None,
+            unreachable: err.kind == ErrorKind::DestinationUnreachable,
+            mpls: &err.mpls,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -122,6 +156,9 @@ pub(crate) struct Trace {
     timeout: Duration,
     max_missing: u8,
     stop_at: Vec<IpAddr>,
+    max_in_flight: usize,
+    /// TTLs already handed out by `take_new_hops`.
+    emitted: u8,
 }
 
 impl Trace {
@@ -176,6 +213,8 @@ impl Trace {
             timeout: cfg.timeout,
             max_missing: cfg.max_missing,
             stop_at: cfg.stop_at.clone(),
+            max_in_flight: cfg.max_in_flight,
+            emitted: 0,
         };
         if t.probes.is_empty() {
             t.stop = Some(StopReason::NothingToProbe);
@@ -184,21 +223,31 @@ impl Trace {
         t
     }
 
-    /// The probe to send now, if one is due.
-    pub(crate) fn due(&self, now: Instant) -> Option<Due> {
-        if self.halt.is_some() || self.stop.is_some() {
-            return None;
-        }
-        let at = self.next_send?;
-        if at > now {
+    fn window_full(&self) -> bool {
+        self.max_in_flight != 0 && self.pending >= self.max_in_flight
+    }
+
+    /// When the probe at the cursor may go, if it may go at all: not halted or stopped, the
+    /// window not full, and the probe still wanted (a stop rule may have cancelled it).
+    fn send_at(&self) -> Option<Instant> {
+        if self.halt.is_some() || self.stop.is_some() || self.window_full() {
             return None;
         }
         let p = self.probes.get(self.cursor)?;
         if p.ttl > self.limit_ttl || p.state != ProbeState::NotSent {
             return None;
         }
-        let ident = self.next_ident;
-        Some(Due { index: self.cursor, ttl: p.ttl, ident })
+        self.next_send
+    }
+
+    /// The probe to send now, if one is due.
+    pub(crate) fn due(&self, now: Instant) -> Option<Due> {
+        let at = self.send_at()?;
+        if at > now {
+            return None;
+        }
+        let p = &self.probes[self.cursor];
+        Some(Due { index: self.cursor, ttl: p.ttl, ident: self.next_ident })
     }
 
     /// Records that probe `due` was handed to the driver at `now` (`wall` read before sending).
@@ -282,52 +331,40 @@ impl Trace {
         true
     }
 
-    /// Matches an ICMP error (already demultiplexed to this flow by its quoted 5-tuple) to a
-    /// probe by the quoted identification, and checks the quoted length and TCP sequence number
-    /// so that an error about one of the flow's own packets is never taken for a probe's.
+    /// Records a reply to the probe with identification `ident`, if that probe is awaiting one
+    /// and `verify` accepts its shape (the caller checks the quoted fields that must equal the
+    /// probe's, so that an error about another packet is never taken for a probe's).
     pub(crate) fn handle_reply(
         &mut self,
         now: Instant,
         ts: SystemTime,
-        from: IpAddr,
-        reply_ttl: u8,
-        err: &IcmpError<'_>,
+        ident: u16,
+        verify: impl FnOnce(&ProbeShape) -> bool,
+        reply: ReplyInfo<'_>,
     ) -> ReplyOutcome {
-        let Some(&i) = self.by_ident.get(&err.quote.ident) else { return ReplyOutcome::NoProbe };
+        let Some(&i) = self.by_ident.get(&ident) else { return ReplyOutcome::NoProbe };
         let p = &mut self.probes[i];
         let Some(shape) = p.shape else { return ReplyOutcome::NoProbe };
-        if err.quote.length != shape.ip_len {
-            return ReplyOutcome::NoProbe;
-        }
-        if let (Some(want), Some(got)) = (shape.tcp_seq, err.quote.tcp_seq()) {
-            if want != got {
-                return ReplyOutcome::NoProbe;
-            }
-        }
-        if !matches!(p.state, ProbeState::Awaiting { .. }) {
+        if !verify(&shape) || !matches!(p.state, ProbeState::Awaiting { .. }) {
             return ReplyOutcome::NoProbe;
         }
         p.state = ProbeState::Replied;
         p.reply = Some(Reply {
-            addr: from,
+            addr: reply.from,
             wall: ts,
-            icmp_type: err.icmp_type,
-            icmp_code: err.icmp_code,
-            reply_ttl,
-            quoted_ttl: err.quote.ttl,
-            unreachable: err.kind == ErrorKind::DestinationUnreachable,
-            mpls: err
-                .mpls
-                .iter()
-                .map(|m| MplsEntry { label: m.label, tc: m.tc, s: m.bottom, ttl: m.ttl })
-                .collect(),
+            icmp_type: reply.icmp_type,
+            icmp_code: reply.icmp_code,
+            reply_ttl: reply.reply_ttl,
+            quoted_ttl: reply.quoted_ttl,
+            tcp_flags: reply.tcp_flags,
+            unreachable: reply.unreachable,
+            mpls: reply.mpls.iter().map(|m| MplsEntry { label: m.label, tc: m.tc, s: m.bottom, ttl: m.ttl }).collect(),
         });
         let ttl = p.ttl;
         self.pending -= 1;
         self.replies += 1;
         // Early limits: nothing beyond the remote, a stop address, or an unreachable.
-        let unreachable = err.kind == ErrorKind::DestinationUnreachable;
-        if from == self.key.remote.ip() || self.is_stop_at(from) || unreachable {
+        if reply.from == self.key.remote.ip() || self.is_stop_at(reply.from) || reply.unreachable {
             self.lower_limit(ttl);
         }
         self.advance(now);
@@ -418,7 +455,7 @@ impl Trace {
     /// The next instant this trace needs `handle_timeout` or `poll_transmit`.
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
         let deadline = self.earliest_deadline();
-        let send = if self.halt.is_none() && self.stop.is_none() { self.next_send } else { None };
+        let send = self.send_at();
         match (deadline, send) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -480,6 +517,57 @@ impl Trace {
         self.pending == 0 && (self.stop.is_some() || self.halt.is_some())
     }
 
+    fn probe_reply(p: &Probe) -> ProbeReply {
+        let r = p.reply.as_ref();
+        let rtt_ms = match (r, p.send_time()) {
+            // Rounded to the nanosecond: the timestamps' own resolution.
+            (Some(r), Some(s)) => r.wall.duration_since(s).ok().map(|d| (d.as_nanos() as f64) / 1e6),
+            _ => None,
+        };
+        ProbeReply {
+            addr: r.map(|r| r.addr),
+            rtt_ms,
+            icmp_type: r.and_then(|r| r.icmp_type),
+            icmp_code: r.and_then(|r| r.icmp_code),
+            reply_ttl: r.map(|r| r.reply_ttl),
+            quoted_ttl: r.and_then(|r| r.quoted_ttl),
+            tcp_flags: r.and_then(|r| r.tcp_flags),
+            ip_id: p.ident,
+            mpls: r.map(|r| r.mpls.clone()).unwrap_or_default(),
+            error: match &p.state {
+                ProbeState::Failed(e) => Some(e.clone()),
+                _ => None,
+            },
+        }
+    }
+
+    /// The hops up to TTL `last` (probes that were sent), in TTL order.
+    fn hops_between(&self, first: u8, last: u8) -> Vec<Hop> {
+        let mut hops: Vec<Hop> = Vec::new();
+        for p in self.probes.iter().filter(|p| p.ttl >= first && p.ttl <= last && p.sent_wall.is_some()) {
+            if hops.last().is_none_or(|h| h.ttl != p.ttl) {
+                hops.push(Hop { ttl: p.ttl, probes: Vec::new() });
+            }
+            if let Some(h) = hops.last_mut() {
+                h.probes.push(Self::probe_reply(p));
+            }
+        }
+        hops
+    }
+
+    /// Hops whose probes are all resolved and that the stop rules have passed over, not yet
+    /// handed out: a caller streams them in TTL order as the trace goes.
+    pub(crate) fn take_new_hops(&mut self) -> Vec<Hop> {
+        let done = self.evaluated.min(self.limit_ttl.saturating_sub(self.first_ttl).saturating_add(1));
+        if done <= self.emitted {
+            return Vec::new();
+        }
+        let first = self.first_ttl.saturating_add(self.emitted);
+        let last = self.first_ttl.saturating_add(done - 1);
+        self.emitted = done;
+        self.hops_between(first, last)
+    }
+
     pub(crate) fn finish(&self, end: SystemTime) -> TraceResult {
         let last_sent_ttl = self
             .probes
@@ -489,35 +577,7 @@ impl Trace {
             .max()
             .unwrap_or(0);
         let last = last_sent_ttl.min(self.limit_ttl);
-        let mut hops: Vec<Hop> = Vec::new();
-        for p in self.probes.iter().filter(|p| p.ttl <= last && p.sent_wall.is_some()) {
-            if hops.last().is_none_or(|h| h.ttl != p.ttl) {
-                hops.push(Hop { ttl: p.ttl, probes: Vec::new() });
-            }
-            let r = p.reply.as_ref();
-            let rtt_ms = match (r, p.send_time()) {
-                // Rounded to the nanosecond: the timestamps' own resolution.
-                (Some(r), Some(s)) => r.wall.duration_since(s).ok().map(|d| (d.as_nanos() as f64) / 1e6),
-                _ => None,
-            };
-            let error = match &p.state {
-                ProbeState::Failed(e) => Some(e.clone()),
-                _ => None,
-            };
-            if let Some(h) = hops.last_mut() {
-                h.probes.push(ProbeReply {
-                    addr: r.map(|r| r.addr),
-                    rtt_ms,
-                    icmp_type: r.map(|r| r.icmp_type),
-                    icmp_code: r.map(|r| r.icmp_code),
-                    reply_ttl: r.map(|r| r.reply_ttl),
-                    quoted_ttl: r.map(|r| r.quoted_ttl),
-                    ip_id: p.ident,
-                    mpls: r.map(|r| r.mpls.clone()).unwrap_or_default(),
-                    error,
-                });
-            }
-        }
+        let hops = self.hops_between(self.first_ttl, last);
         let start = self.probes.iter().filter_map(Probe::send_time).min().unwrap_or(end);
         // A path stop found in the evaluated prefix explains the trace better than a halt that
         // came later; otherwise the halt (flow end, interrupt) is why it stopped.

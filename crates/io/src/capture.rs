@@ -8,7 +8,9 @@ use std::net::IpAddr;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, SystemTime};
 
-use svctr_core::{FlowSelector, Protocol};
+use svctr_core::FlowSelector;
+#[cfg(test)]
+use svctr_core::Protocol;
 
 use crate::Error;
 
@@ -20,11 +22,7 @@ pub const SNAPLEN: i32 = 1024;
 /// (Destination Unreachable 3, Time Exceeded 11, Parameter Problem 12) whose quoted protocol
 /// (ICMP byte 8 + 9) and quoted destination (ICMP bytes 8 + 16..20) are the flow's.
 pub fn bpf_filter(sel: &FlowSelector) -> String {
-    let proto = match sel.protocol {
-        Protocol::Tcp => "tcp",
-        Protocol::Udp => "udp",
-    };
-    let mut flow = vec![format!("{proto}")];
+    let mut flow = vec![sel.protocol.as_str().to_string()];
     let mut quote = vec![format!("icmp[17] == {}", sel.protocol.number())];
     if let Some(ip) = sel.remote_ip {
         flow.push(format!("host {ip}"));

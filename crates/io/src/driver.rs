@@ -162,7 +162,7 @@ fn now() -> Now {
     Now { mono: Instant::now(), wall: SystemTime::now() }
 }
 
-fn wait_readable(fd: BorrowedFd<'_>, d: Duration) {
+pub(crate) fn wait_readable(fd: BorrowedFd<'_>, d: Duration) {
     let ms = u16::try_from(d.as_millis().max(1)).unwrap_or(u16::MAX);
     let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
     // EINTR (a signal) just ends the wait early: the loop checks the stop flag.

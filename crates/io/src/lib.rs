@@ -27,8 +27,10 @@ mod error;
 mod iface;
 mod sender;
 mod shield;
+mod traceroute;
 
 pub use capture::{bpf_filter, SNAPLEN};
 pub use driver::{trace_flows, FlowTraceOptions, RunSummary};
 pub use error::Error;
 pub use iface::interface_addresses;
+pub use traceroute::{spawn_traceroute, traceroute, traceroute_one, TracerouteHandle, TracerouteOptions};

@@ -147,10 +147,50 @@ impl Quote<'_> {
         }
         crate::be16(self.transport, 6)
     }
+    /// The quoted TCP acknowledgment number (transport bytes 8..12), if protocol is TCP and at
+    /// least 12 transport bytes are quoted (more than the RFC 792 minimum of 8).
+    pub fn tcp_ack(&self) -> Option<u32> {
+        if self.protocol != PROTO_TCP {
+            return None;
+        }
+        crate::be32(self.transport, 8)
+    }
+    /// The quoted ICMP/ICMPv6 echo identifier and sequence (transport bytes 4..8), if the quoted
+    /// protocol is ICMP (1, in an IPv4 quote) / ICMPv6 (58, in an IPv6 quote) and the bytes are
+    /// quoted. The quoted type is not checked (errors are about echo requests in practice;
+    /// `transport[0]` has the type: 8 / 128 for an echo request).
+    pub fn icmp_echo(&self) -> Option<(u16, u16)> {
+        if !self.is_icmp() {
+            return None;
+        }
+        Some((
+            crate::be16(self.transport, 4)?,
+            crate::be16(self.transport, 6)?,
+        ))
+    }
+    /// The quoted ICMP/ICMPv6 checksum (transport bytes 2..4), if the quoted protocol is ICMP
+    /// (IPv4 quote) / ICMPv6 (IPv6 quote). With Paris traceroute for ICMP it is constant across
+    /// the probes of a flow. (The TCP checksum sits at bytes 16..18 and the UDP one at 6..8,
+    /// see [`Quote::udp_checksum`].)
+    pub fn icmp_checksum(&self) -> Option<u16> {
+        if !self.is_icmp() {
+            return None;
+        }
+        crate::be16(self.transport, 2)
+    }
+    /// Whether the quoted protocol is the ICMP of the quoted IP version.
+    fn is_icmp(&self) -> bool {
+        matches!(
+            (self.src, self.protocol),
+            (IpAddr::V4(_), PROTO_ICMP) | (IpAddr::V6(_), PROTO_ICMPV6)
+        )
+    }
 }
 
+const PROTO_ICMP: u8 = 1;
 const PROTO_TCP: u8 = 6;
 const PROTO_UDP: u8 = 17;
+const PROTO_ICMPV6: u8 = 58;
 
 /// Length of the fixed ICMP/ICMPv6 header: type, code, checksum and the 4-byte "rest of
 /// header" (RFC 792, RFC 4443 §2.1). Every message this module interprets has it.
@@ -875,6 +915,130 @@ mod tests {
             let e = error(parse_icmpv4(icmp4(&TE_MPLS_4884[..cut])));
             assert_tcp_probe_quote(&e.quote);
             assert!(e.mpls.is_empty(), "the object does not fit in {cut} bytes");
+        }
+    }
+
+    #[test]
+    fn time_exceeded_quoting_icmp_echo() {
+        let e = error(parse_icmpv4(icmp4(TE_ICMP_ECHO)));
+        assert_eq!(e.kind, ErrorKind::TimeExceeded);
+        let q = &e.quote;
+        assert_eq!((q.src, q.dst), (PROBER, TARGET));
+        assert_eq!((q.protocol, q.ttl, q.tos, q.ident), (1, 1, 0, 0x3333));
+        assert_eq!((q.flow_label, q.length), (0, 32));
+        assert_eq!(q.transport.len(), 8);
+        assert_eq!(q.icmp_echo(), Some((0x1234, 7)));
+        assert_eq!(q.icmp_checksum(), Some(0x20fe));
+        // The quoted echo is the one in V4_ECHO_REQUEST (checked independently).
+        assert_eq!(q.transport, &V4_ECHO_REQUEST[20..28]);
+        assert_eq!(
+            (q.tcp_seq(), q.tcp_ack(), q.udp_checksum()),
+            (None, None, None)
+        );
+    }
+
+    #[test]
+    fn icmpv6_time_exceeded_quoting_icmpv6_echo() {
+        let e = error(parse_icmpv6(icmp6(V6_TE_ICMP_ECHO)));
+        assert_eq!(e.kind, ErrorKind::TimeExceeded);
+        assert_eq!((e.icmp_type, e.icmp_code), (3, 0));
+        let q = &e.quote;
+        assert_eq!((q.src, q.dst), (PROBER6, TARGET6));
+        assert_eq!((q.protocol, q.ttl, q.tos, q.ident), (58, 1, 0, 0));
+        // length = the quoted IPv6 payload length; the quoted flow label.
+        assert_eq!((q.flow_label, q.length), (0x54321, 13));
+        assert_eq!(q.transport, &V6_ECHO_PROBE[40..]);
+        assert_eq!(q.icmp_echo(), Some((0x1234, 7)));
+        assert_eq!(q.icmp_checksum(), Some(0xe813));
+        assert_eq!(
+            (q.tcp_seq(), q.tcp_ack(), q.udp_checksum()),
+            (None, None, None)
+        );
+        // The whole message, through parse_ip.
+        let p = crate::packet::parse_ip(V6_TE_ICMP_ECHO).unwrap();
+        let crate::packet::Transport::Icmp(IcmpMessage::Error(e)) = p.transport else {
+            panic!("not an ICMP error: {:?}", p.transport)
+        };
+        assert_eq!(e.quote.icmp_echo(), Some((0x1234, 7)));
+    }
+
+    #[test]
+    fn quoted_tcp_ack_needs_12_bytes() {
+        let e = error(parse_icmpv4(icmp4(TE_TCP_FULL)));
+        assert_eq!(e.quote.tcp_ack(), Some(0x5566_7788));
+        assert_eq!((e.quote.icmp_echo(), e.quote.icmp_checksum()), (None, None));
+        let mut q = e.quote.clone();
+        q.transport = &q.transport[..12];
+        assert_eq!(q.tcp_ack(), Some(0x5566_7788));
+        q.transport = &q.transport[..11];
+        assert_eq!(q.tcp_ack(), None);
+        assert_eq!(q.tcp_seq(), Some(0x1122_3344));
+        // RFC 792 minimum quote: 8 bytes, no acknowledgment number.
+        let e = error(parse_icmpv4(icmp4(TE_TCP_8)));
+        assert_eq!(e.quote.tcp_ack(), None);
+        // Not TCP.
+        let e = error(parse_icmpv4(icmp4(PORT_UNREACH_UDP)));
+        assert_eq!(e.quote.transport.len(), 16);
+        assert_eq!(e.quote.tcp_ack(), None);
+        // IPv6: the quoted TCP header after a destination options header, 8 bytes only;
+        // an IPv6 quote of a whole TCP header.
+        assert_eq!(error(parse_icmpv6(icmp6(V6_PTB))).quote.tcp_ack(), None);
+        let mut v = icmp6(V6_TE_UDP).to_vec();
+        v[8 + 6] = 6; // quoted next header: TCP; the 16 quoted bytes are then a TCP prefix
+        let e = error(parse_icmpv6(&v));
+        assert_eq!(e.quote.tcp_ack(), Some(u32::from_be_bytes(*b"svct")));
+    }
+
+    #[test]
+    fn icmp_quote_accessors_need_the_bytes_and_the_right_family() {
+        let e = error(parse_icmpv4(icmp4(TE_ICMP_ECHO)));
+        let mut q = e.quote.clone();
+        q.transport = &TE_ICMP_ECHO[48..55];
+        assert_eq!((q.icmp_echo(), q.icmp_checksum()), (None, Some(0x20fe)));
+        q.transport = &TE_ICMP_ECHO[48..51];
+        assert_eq!((q.icmp_echo(), q.icmp_checksum()), (None, None));
+        q.transport = &[];
+        assert_eq!((q.icmp_echo(), q.icmp_checksum()), (None, None));
+        // Protocol 58 in an IPv4 quote and 1 in an IPv6 quote are not "the ICMP".
+        let v = edited(TE_ICMP_ECHO, &[(37, 58)]);
+        let q = error(parse_icmpv4(icmp4(&v))).quote;
+        assert_eq!((q.icmp_echo(), q.icmp_checksum()), (None, None));
+        let v = edited(V6_TE_ICMP_ECHO, &[(54, 1)]);
+        let q = error(parse_icmpv6(icmp6(&v))).quote;
+        assert_eq!(q.protocol, 1);
+        assert_eq!((q.icmp_echo(), q.icmp_checksum()), (None, None));
+        // TCP and UDP quotes have no ICMP fields.
+        for v in [TE_TCP_FULL, PORT_UNREACH_UDP] {
+            let q = error(parse_icmpv4(icmp4(v))).quote;
+            assert_eq!((q.icmp_echo(), q.icmp_checksum()), (None, None));
+        }
+        let q = error(parse_icmpv6(icmp6(V6_TE_UDP))).quote;
+        assert_eq!((q.icmp_echo(), q.icmp_checksum()), (None, None));
+    }
+
+    /// A Paris ICMP probe as emitted, quoted by a router: the quoted checksum is the constant
+    /// the prober chose and the quoted sequence identifies the probe.
+    #[test]
+    fn paris_icmp_probe_round_trips_through_a_quote() {
+        use crate::probe::{emit_icmp_echo_v4, paris_icmp_ident_v4, EchoFields, Ipv4Fields};
+        let ip = Ipv4Fields {
+            src: Ipv4Addr::new(192, 0, 2, 10),
+            dst: Ipv4Addr::new(198, 51, 100, 20),
+            ttl: 1,
+            tos: 0,
+            dont_fragment: false,
+            ident: 0x3333,
+        };
+        let mut probe = Vec::new();
+        for seq in [0u16, 1, 2, 0x8000, 0xffff] {
+            let ident = paris_icmp_ident_v4(seq, b"abcd", 0xc0de);
+            emit_icmp_echo_v4(&ip, &EchoFields { ident, seq }, b"abcd", &mut probe);
+            // Time Exceeded header (checksum not verified by the parser) + the first 28 bytes.
+            let mut msg = vec![11, 0, 0, 0, 0, 0, 0, 0];
+            msg.extend_from_slice(&probe[..28]);
+            let q = error(parse_icmpv4(&msg)).quote;
+            assert_eq!(q.icmp_checksum(), Some(0xc0de));
+            assert_eq!(q.icmp_echo(), Some((ident, seq)));
         }
     }
 }

@@ -10,7 +10,9 @@
 //! - [`icmp`]: ICMP/ICMPv6 error messages and the datagram they quote, even when only 8 bytes of
 //!   the transport header are quoted, with IP options in the quote, and with RFC 4884 multi-part
 //!   extensions (MPLS label stacks, RFC 4950).
-//! - [`probe`]: emits TCP/UDP probe packets (IPv4 with IP_HDRINCL-ready headers).
+//! - [`probe`]: emits TCP/UDP/ICMP-echo probe packets, IPv4 (IP_HDRINCL-ready headers) and
+//!   IPv6 (header included), and computes the Paris traceroute fields (UDP payload that fixes
+//!   the UDP checksum, ICMP identifier that keeps the ICMP checksum constant).
 //!
 //! What it does not do: no sockets, no clock, no allocation on the parse path except where a
 //! message carries a variable list (MPLS labels).

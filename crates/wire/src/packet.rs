@@ -693,24 +693,12 @@ mod tests {
         }
     }
 
-    /// xorshift64* (Vigna): deterministic, dependency-free pseudo-random numbers.
-    pub(crate) struct XorShift(pub(crate) u64);
-    impl XorShift {
-        pub(crate) fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-        pub(crate) fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-    }
-
     /// Exercises everything a caller would touch on a parse result.
     fn poke(p: &Packet<'_>) {
         if let Transport::Icmp(IcmpMessage::Error(e)) = &p.transport {
-            let _ = (e.quote.ports(), e.quote.tcp_seq(), e.quote.udp_checksum());
+            let q = &e.quote;
+            let _ = (q.ports(), q.tcp_seq(), q.tcp_ack(), q.udp_checksum());
+            let _ = (q.icmp_echo(), q.icmp_checksum());
             assert!(e.quote.transport.len() <= 65535);
         }
     }

@@ -520,6 +520,169 @@ pub(crate) const V4_FRAGMENT: &[u8] = &[
     0xde, 0xad, 0xbe, 0xef, 0x00, 0x11, 0x22, 0x33,
 ];
 
+/// TCP/IPv6 probe 2001:db8::10:40000 -> 2001:db8::20:443 (PSH|ACK, payload "hi"), hop limit 5,
+/// traffic class 0x02, flow label 0x12345: what `probe::emit_tcp_v6` must write.
+/// (62 bytes)
+#[rustfmt::skip]
+pub(crate) const V6_TCP_PROBE: &[u8] = &[
+    // IPv6 (RFC 8200): version 6, traffic class 0x02, flow label 0x12345
+    0x60, 0x21, 0x23, 0x45,
+    // payload length 22, next header 6, hop limit 5
+    0x00, 0x16, 0x06, 0x05,
+    // source 2001:db8::10
+    0x20, 0x01, 0x0d, 0xb8, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x10,
+    // destination 2001:db8::20
+    0x20, 0x01, 0x0d, 0xb8, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x20,
+    // TCP (RFC 9293 §3.1): source port 40000, destination port 443
+    0x9c, 0x40, 0x01, 0xbb,
+    // sequence number 0x11223344
+    0x11, 0x22, 0x33, 0x44,
+    // acknowledgment number 0x55667788
+    0x55, 0x66, 0x77, 0x88,
+    // data offset 5, flags 0x18 (PSH|ACK), window 501
+    0x50, 0x18, 0x01, 0xf5,
+    // checksum 0x3a7a (RFC 8200 §8.1 pseudo-header), urgent pointer 0
+    0x3a, 0x7a, 0x00, 0x00,
+    // payload "hi"
+    0x68, 0x69,
+];
+
+/// UDP/IPv6 probe 2001:db8::10:40001 -> 2001:db8::20:33435 (payload "svctr"), hop limit 3,
+/// traffic class 0xb8 (DSCP EF), flow label 0xabcde: what `probe::emit_udp_v6` must write.
+/// (53 bytes)
+#[rustfmt::skip]
+pub(crate) const V6_UDP_PROBE: &[u8] = &[
+    // IPv6 (RFC 8200): version 6, traffic class 0xb8, flow label 0xabcde
+    0x6b, 0x8a, 0xbc, 0xde,
+    // payload length 13, next header 17, hop limit 3
+    0x00, 0x0d, 0x11, 0x03,
+    // source 2001:db8::10
+    0x20, 0x01, 0x0d, 0xb8, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x10,
+    // destination 2001:db8::20
+    0x20, 0x01, 0x0d, 0xb8, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x20,
+    // UDP (RFC 768): source port 40001, destination port 33435
+    0x9c, 0x41, 0x82, 0x9b,
+    // length 13, checksum 0x3c6a (RFC 8200 §8.1 pseudo-header)
+    0x00, 0x0d, 0x3c, 0x6a,
+    // payload "svctr" (odd length: the checksum pads it with a zero byte)
+    0x73, 0x76, 0x63, 0x74, 0x72,
+];
+
+/// ICMPv6 echo request probe (RFC 4443 §4.1) 2001:db8::10 -> 2001:db8::20, identifier 0x1234,
+/// sequence 7, payload "abcde", hop limit 1, flow label 0x54321: what
+/// `probe::emit_icmp_echo_v6` must write.
+/// (53 bytes)
+#[rustfmt::skip]
+pub(crate) const V6_ECHO_PROBE: &[u8] = &[
+    // IPv6 (RFC 8200): version 6, traffic class 0x00, flow label 0x54321
+    0x60, 0x05, 0x43, 0x21,
+    // payload length 13, next header 58, hop limit 1
+    0x00, 0x0d, 0x3a, 0x01,
+    // source 2001:db8::10
+    0x20, 0x01, 0x0d, 0xb8, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x10,
+    // destination 2001:db8::20
+    0x20, 0x01, 0x0d, 0xb8, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x20,
+    // ICMPv6: type 128, code 0, checksum 0xe813 (RFC 4443 §2.3 pseudo-header)
+    0x80, 0x00, 0xe8, 0x13,
+    // identifier 0x1234, sequence 7
+    0x12, 0x34, 0x00, 0x07,
+    // payload "abcde"
+    0x61, 0x62, 0x63, 0x64, 0x65,
+];
+
+/// ICMP echo request probe (RFC 792 type 8) 192.0.2.10 -> 198.51.100.20, identifier 0xbeef,
+/// sequence 0x0102, payload "abcde" (odd), TTL 2, TOS 0x10, DF: what
+/// `probe::emit_icmp_echo_v4` must write.
+/// (33 bytes)
+#[rustfmt::skip]
+pub(crate) const V4_ECHO_PROBE: &[u8] = &[
+    // IPv4 (RFC 791): version 4, IHL 5, TOS 0x10, total length 33
+    0x45, 0x10, 0x00, 0x21,
+    // ident 0x5151, flags DF, fragment offset 0
+    0x51, 0x51, 0x40, 0x00,
+    // TTL 2, protocol 1, header checksum 0x3b29
+    0x02, 0x01, 0x3b, 0x29,
+    // source 192.0.2.10
+    0xc0, 0x00, 0x02, 0x0a,
+    // destination 198.51.100.20
+    0xc6, 0x33, 0x64, 0x14,
+    // ICMP: type 8, code 0, checksum 0x0e47
+    0x08, 0x00, 0x0e, 0x47,
+    // identifier 0xbeef, sequence 0x0102
+    0xbe, 0xef, 0x01, 0x02,
+    // payload "abcde"
+    0x61, 0x62, 0x63, 0x64, 0x65,
+];
+
+/// Time Exceeded (RFC 792 type 11 code 0) from router 203.0.113.1 quoting the ICMP echo
+/// request of [`V4_ECHO_REQUEST`] (as it left the prober, with TTL 1) with the RFC 792 minimum
+/// of 8 ICMP bytes: type, code, checksum, identifier 0x1234, sequence 7.
+/// (56 bytes)
+#[rustfmt::skip]
+pub(crate) const TE_ICMP_ECHO: &[u8] = &[
+    // outer IPv4 (RFC 791): version 4, IHL 5, TOS 0xc0, total length 56
+    0x45, 0xc0, 0x00, 0x38,
+    // ident 0x0000, flags, fragment offset 0
+    0x00, 0x00, 0x00, 0x00,
+    // TTL 64, protocol 1, header checksum 0x7bf9
+    0x40, 0x01, 0x7b, 0xf9,
+    // source 203.0.113.1
+    0xcb, 0x00, 0x71, 0x01,
+    // destination 192.0.2.10
+    0xc0, 0x00, 0x02, 0x0a,
+    // ICMP (RFC 792): type 11, code 0, checksum 0xb9c6
+    0x0b, 0x00, 0xb9, 0xc6,
+    // unused (RFC 4884 length 0)
+    0x00, 0x00, 0x00, 0x00,
+    // quoted IPv4 (RFC 791): version 4, IHL 5, TOS 0x00, total length 32
+    0x45, 0x00, 0x00, 0x20,
+    // ident 0x3333, flags, fragment offset 0
+    0x33, 0x33, 0x00, 0x00,
+    // TTL 1, protocol 1, header checksum 0x9a58
+    0x01, 0x01, 0x9a, 0x58,
+    // source 192.0.2.10
+    0xc0, 0x00, 0x02, 0x0a,
+    // destination 198.51.100.20
+    0xc6, 0x33, 0x64, 0x14,
+    // quoted ICMP: type 8, code 0, checksum 0x20fe
+    0x08, 0x00, 0x20, 0xfe,
+    // identifier 0x1234, sequence 7
+    0x12, 0x34, 0x00, 0x07,
+];
+
+/// ICMPv6 Time Exceeded (RFC 4443 §3.3 type 3 code 0) from 2001:db8:ffff::1 quoting the whole
+/// ICMPv6 echo request [`V6_ECHO_PROBE`] (flow label 0x54321, payload length 13).
+/// (101 bytes)
+#[rustfmt::skip]
+pub(crate) const V6_TE_ICMP_ECHO: &[u8] = &[
+    // outer IPv6 (RFC 8200): version 6, traffic class 0x00, flow label 0x00000
+    0x60, 0x00, 0x00, 0x00,
+    // payload length 61, next header 58, hop limit 64
+    0x00, 0x3d, 0x3a, 0x40,
+    // source 2001:db8:ffff::1
+    0x20, 0x01, 0x0d, 0xb8, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01,
+    // destination 2001:db8::10
+    0x20, 0x01, 0x0d, 0xb8, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x10,
+    // ICMPv6 (RFC 4443): type 3, code 0, checksum 0xc417
+    0x03, 0x00, 0xc4, 0x17,
+    // RFC 4884 length 0, unused
+    0x00, 0x00, 0x00, 0x00,
+    // quoted IPv6 (RFC 8200): version 6, traffic class 0x00, flow label 0x54321
+    0x60, 0x05, 0x43, 0x21,
+    // payload length 13, next header 58, hop limit 1
+    0x00, 0x0d, 0x3a, 0x01,
+    // source 2001:db8::10
+    0x20, 0x01, 0x0d, 0xb8, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x10,
+    // destination 2001:db8::20
+    0x20, 0x01, 0x0d, 0xb8, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x20,
+    // quoted ICMPv6: type 128, code 0, checksum 0xe813
+    0x80, 0x00, 0xe8, 0x13,
+    // identifier 0x1234, sequence 7
+    0x12, 0x34, 0x00, 0x07,
+    // payload "abcde"
+    0x61, 0x62, 0x63, 0x64, 0x65,
+];
+
 /// Every vector above, with its name (fuzz seeds, truncation tests).
 pub(crate) const ALL: &[(&str, &[u8])] = &[
     ("te_tcp_8", TE_TCP_8),
@@ -537,7 +700,27 @@ pub(crate) const ALL: &[(&str, &[u8])] = &[
     ("v4_udp", V4_UDP),
     ("v4_echo_request", V4_ECHO_REQUEST),
     ("v4_fragment", V4_FRAGMENT),
+    ("v6_tcp_probe", V6_TCP_PROBE),
+    ("v6_udp_probe", V6_UDP_PROBE),
+    ("v6_echo_probe", V6_ECHO_PROBE),
+    ("v4_echo_probe", V4_ECHO_PROBE),
+    ("te_icmp_echo", TE_ICMP_ECHO),
+    ("v6_te_icmp_echo", V6_TE_ICMP_ECHO),
 ];
+
+/// xorshift64* (Vigna): deterministic, dependency-free pseudo-random numbers for the tests.
+pub(crate) struct XorShift(pub(crate) u64);
+impl XorShift {
+    pub(crate) fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    pub(crate) fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
 
 /// Writes every vector to `fuzz/seeds/parse_ip/` and, wrapped in a raw-IP link header
 /// selector, to `fuzz/seeds/link/` (see fuzz/README.md). Run on demand:

@@ -1,0 +1,680 @@
+//! Classic, Paris and Dublin traceroute to many targets at once, IPv4 and IPv6, with UDP, TCP
+//! SYN or ICMP echo probes (sans-IO, like [`crate::Engine`]).
+//!
+//! Per-flow load balancers hash the fields that identify a flow: addresses, protocol, ports
+//! (for ICMP the first four bytes of the header: type, code and checksum; for IPv6 also the
+//! flow label). Where a traceroute writes its probe number decides which path it sees:
+//!
+//! | strategy | the flow identifier | the probe number is in |
+//! |---|---|---|
+//! | `classic` | changes with every probe: each probe may take another path | UDP destination port (33434 + n), TCP source port, ICMP sequence (which changes the checksum) |
+//! | `paris` | constant (Augustin et al., IMC 2006) | UDP checksum (two payload bytes make it so), TCP sequence number, ICMP sequence with the identifier compensating so the checksum stays constant |
+//! | `dublin` | constant | IPv4 identification; IPv6 payload length |
+//!
+//! Every probe also carries this process's marker (its reserved source port for UDP and TCP,
+//! the `marker` for ICMP, the high 16 bits of every TCP sequence number), and every reply is
+//! checked against it, so several processes tracing at once never take each other's replies.
+//! Targets are told apart by destination address: one trace per address at a time.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use svctr_wire::icmp::IcmpMessage;
+use svctr_wire::packet::{parse_ip, Transport};
+use svctr_wire::probe::{
+    emit_icmp_echo_v4, emit_icmp_echo_v6, emit_tcp_v4, emit_tcp_v6, emit_udp_v4, emit_udp_v6, EchoFields, Ipv4Fields,
+    Ipv6Fields, TcpFields, UdpFields,
+};
+
+use crate::config::{Algorithm, ConfigError, TraceConfig};
+use crate::engine::Now;
+use crate::flow::{FlowKey, Protocol};
+use crate::probe::ProbeShape;
+use crate::result::{Hop, StopReason};
+use crate::trace::{ReplyInfo, ReplyOutcome, Trace};
+
+/// Where the probe number goes (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    /// The probe number changes the flow identifier.
+    Classic,
+    /// Constant flow identifier; the probe number in a checksum or sequence number.
+    #[default]
+    Paris,
+    /// Constant flow identifier; the probe number in the IPv4 ID or IPv6 payload length.
+    Dublin,
+}
+
+impl Strategy {
+    /// The name on the command line and in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Classic => "classic",
+            Self::Paris => "paris",
+            Self::Dublin => "dublin",
+        }
+    }
+}
+
+impl FromStr for Strategy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "classic" => Ok(Self::Classic),
+            "paris" => Ok(Self::Paris),
+            "dublin" => Ok(Self::Dublin),
+            _ => Err(format!("unknown strategy {s:?} (expected classic, paris or dublin)")),
+        }
+    }
+}
+
+/// Parameters of a traceroute run. `Default` gives the documented defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TracerouteConfig {
+    /// Probe protocol (default UDP).
+    pub protocol: Protocol,
+    /// Where the probe number goes (default Paris).
+    pub strategy: Strategy,
+    /// Destination port: UDP base port (33434) or TCP port (80). Unused for ICMP.
+    pub port: Option<u16>,
+    /// Source port (UDP, TCP): the driver reserves one per process by binding a socket.
+    pub sport: u16,
+    /// This process's marker (see the module doc); the driver picks it.
+    pub marker: u16,
+    /// Extra payload bytes per probe.
+    pub payload_size: u16,
+    /// IPv6 flow label of every probe (constant: it is part of the IPv6 flow identifier).
+    pub flow_label: u32,
+    /// TOS / traffic class of the probes.
+    pub tos: u8,
+    /// Scheduling (default concurrent).
+    pub algorithm: Algorithm,
+    /// First TTL (1).
+    pub first_ttl: u8,
+    /// Max TTL (30).
+    pub max_ttl: u8,
+    /// Probes per TTL (3).
+    pub probes_per_hop: u8,
+    /// Reply wait per probe (3 s).
+    pub timeout: Duration,
+    /// Gaps between probes of a TTL and between TTLs (0).
+    pub inter_probe: Duration,
+    /// See `inter_probe`.
+    pub inter_hop: Duration,
+    /// Stop after this many consecutive silent TTLs (5; 0: never).
+    pub max_missing: u8,
+    /// Probes of one trace awaiting a reply at once (16, like traceroute's `-N`; 0: all).
+    pub max_in_flight: usize,
+}
+
+impl Default for TracerouteConfig {
+    fn default() -> Self {
+        Self {
+            protocol: Protocol::Udp,
+            strategy: Strategy::Paris,
+            port: None,
+            sport: 0,
+            marker: 0x5356,
+            payload_size: 0,
+            flow_label: 0,
+            tos: 0,
+            algorithm: Algorithm::Concurrent,
+            first_ttl: 1,
+            max_ttl: 30,
+            probes_per_hop: 3,
+            timeout: Duration::from_secs(3),
+            inter_probe: Duration::ZERO,
+            inter_hop: Duration::ZERO,
+            max_missing: 5,
+            max_in_flight: 16,
+        }
+    }
+}
+
+impl TracerouteConfig {
+    /// The destination port probes use (UDP base port for classic UDP).
+    pub fn dest_port(&self) -> u16 {
+        self.port.unwrap_or(match self.protocol {
+            Protocol::Tcp => 80,
+            _ => 33434,
+        })
+    }
+
+    /// The ICMP checksum a Paris probe holds constant: derived from the marker, never 0.
+    fn paris_checksum(&self) -> u16 {
+        match !self.marker {
+            0 | 0xffff => 0x5356,
+            c => c,
+        }
+    }
+
+    fn trace_config(&self) -> TraceConfig {
+        TraceConfig {
+            algorithm: self.algorithm,
+            first_ttl: self.first_ttl,
+            max_ttl: self.max_ttl,
+            probes_per_hop: self.probes_per_hop,
+            inter_probe: self.inter_probe,
+            inter_hop: self.inter_hop,
+            timeout: self.timeout,
+            max_missing: self.max_missing,
+            probe_remote: true,
+            max_in_flight: self.max_in_flight,
+            ..TraceConfig::default()
+        }
+    }
+}
+
+/// A finished traceroute to one target.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TracerouteResult {
+    /// The target.
+    pub destination: IpAddr,
+    /// Destination port (UDP base port for classic UDP); absent for ICMP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// The probes' source address.
+    pub source: IpAddr,
+    /// Probe protocol.
+    pub protocol: Protocol,
+    /// classic, paris or dublin.
+    pub strategy: Strategy,
+    /// 4 or 6.
+    pub ip_version: u8,
+    /// Scheduling.
+    pub algorithm: Algorithm,
+    /// First probe (RFC 3339).
+    pub start: String,
+    /// Finish (RFC 3339).
+    pub end: String,
+    /// Why it stopped (`remote-reached`: the destination answered).
+    pub stop_reason: StopReason,
+    /// One entry per TTL, same shape as the flow tracer's.
+    pub hops: Vec<Hop>,
+    /// Probes sent.
+    pub probes_sent: u32,
+    /// Replies matched.
+    pub replies: u32,
+}
+
+/// Something the traceroute engine reports.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum TracerouteEvent {
+    /// A TTL of a target is complete (streamed in TTL order while the trace goes on).
+    Hop {
+        /// The target.
+        target: IpAddr,
+        /// The hop.
+        hop: Hop,
+    },
+    /// A target's trace is complete.
+    Finished(Box<TracerouteResult>),
+}
+
+/// A probe to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub struct ProbeOut {
+    /// Destination (for `sendto`).
+    pub dst: IpAddr,
+    /// Bytes of the buffer to send.
+    pub len: usize,
+    /// TTL / hop limit.
+    pub ttl: u8,
+    /// The probe's number within its trace.
+    pub probe: u16,
+}
+
+/// Why a target cannot be added.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TargetError {
+    /// Already being traced.
+    #[error("{0} is already being traced")]
+    Duplicate(IpAddr),
+    /// Source and destination families differ.
+    #[error("source {src} and destination {dst} are not the same IP version")]
+    Family {
+        /// source
+        src: IpAddr,
+        /// destination
+        dst: IpAddr,
+    },
+}
+
+#[derive(Debug)]
+struct Target {
+    src: IpAddr,
+    trace: Trace,
+}
+
+/// The traceroute engine. Same contract as [`crate::Engine`]: inputs `handle_packet` and
+/// `handle_timeout`; outputs `poll_transmit`, `poll_event`, `poll_timeout`; time is monotonic.
+#[derive(Debug)]
+pub struct Traceroute {
+    cfg: TracerouteConfig,
+    trace_cfg: TraceConfig,
+    targets: HashMap<IpAddr, Target>,
+    events: VecDeque<TracerouteEvent>,
+    tx_queue: VecDeque<IpAddr>,
+    scratch: Vec<u8>,
+}
+
+/// One's-complement 16-bit addition (RFC 1071).
+fn ones_add(a: u16, b: u16) -> u16 {
+    let s = u32::from(a) + u32::from(b);
+    ((s & 0xffff) + (s >> 16)) as u16
+}
+
+/// Makes the checksum at `csum_at` of an emitted packet equal `want` by writing the 16-bit word
+/// at `word_at` (which must hold 0 and lie inside the checksummed data, at an even offset from
+/// its start). Adding `x` to the one's-complement sum `s` turns the checksum `!s` into
+/// `!(s + x)`: so `x = !want - s` (RFC 1624 incremental update, in reverse).
+fn force_checksum(buf: &mut [u8], csum_at: usize, word_at: usize, want: u16) {
+    let current = u16::from_be_bytes([buf[csum_at], buf[csum_at + 1]]);
+    let sum = !current;
+    let x = ones_add(!want, !sum);
+    buf[word_at..word_at + 2].copy_from_slice(&x.to_be_bytes());
+    buf[csum_at..csum_at + 2].copy_from_slice(&want.to_be_bytes());
+}
+
+fn be16(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]))
+}
+
+fn be32(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_be_bytes([*b.get(at)?, *b.get(at + 1)?, *b.get(at + 2)?, *b.get(at + 3)?]))
+}
+
+/// IP header length of our own probes (no options, no extension headers).
+fn ip_header_len(v6: bool) -> usize {
+    if v6 {
+        40
+    } else {
+        20
+    }
+}
+
+impl Traceroute {
+    /// A new engine.
+    pub fn new(cfg: TracerouteConfig) -> Result<Self, ConfigError> {
+        let trace_cfg = cfg.trace_config();
+        trace_cfg.validate()?;
+        Ok(Self { cfg, trace_cfg, targets: HashMap::new(), events: VecDeque::new(), tx_queue: VecDeque::new(), scratch: Vec::new() })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &TracerouteConfig {
+        &self.cfg
+    }
+
+    /// Starts tracing `dst` from source address `src`.
+    pub fn add_target(&mut self, now: Instant, dst: IpAddr, src: IpAddr) -> Result<(), TargetError> {
+        if dst.is_ipv4() != src.is_ipv4() {
+            return Err(TargetError::Family { src, dst });
+        }
+        if self.targets.contains_key(&dst) {
+            return Err(TargetError::Duplicate(dst));
+        }
+        let key = FlowKey {
+            protocol: self.cfg.protocol,
+            local: SocketAddr::new(src, self.cfg.sport),
+            remote: SocketAddr::new(dst, self.cfg.dest_port()),
+        };
+        // Probe numbers start at 1: 0 would be an IPv4 ID Linux rewrites, a UDP checksum
+        // meaning "none", and an empty Dublin payload.
+        let trace = Trace::new(key, &self.trace_cfg, None, 1, now);
+        self.targets.insert(dst, Target { src, trace });
+        Ok(())
+    }
+
+    /// Number of traces in progress.
+    pub fn active(&self) -> usize {
+        self.targets.len()
+    }
+
+    /// Stops every trace now; results come out as `interrupted` (with what was found).
+    pub fn cancel_all(&mut self, now: Now) {
+        for t in self.targets.values_mut() {
+            t.trace.halt(StopReason::Interrupted);
+        }
+        self.collect(now.wall);
+    }
+
+    /// Stops one trace now.
+    pub fn cancel(&mut self, now: Now, dst: IpAddr) {
+        if let Some(t) = self.targets.get_mut(&dst) {
+            t.trace.halt(StopReason::Interrupted);
+        }
+        self.collect(now.wall);
+    }
+
+    /// The probes' IP protocol / next header: ICMPv6 is 58, not ICMP's 1 (RFC 4443).
+    fn wire_protocol(&self, v6: bool) -> u8 {
+        match (self.cfg.protocol, v6) {
+            (Protocol::Icmp, true) => 58,
+            (p, _) => p.number(),
+        }
+    }
+
+    /// Payload length of probe `n` (Dublin over IPv6 carries `n` in the payload length).
+    fn payload_len(&self, v6: bool, n: u16) -> usize {
+        let base = usize::from(self.cfg.payload_size);
+        match (self.cfg.strategy, self.cfg.protocol) {
+            // Two bytes that set the checksum (Paris) or carry n (Dublin), plus two that
+            // keep the ICMP checksum constant (Dublin).
+            (Strategy::Paris, Protocol::Udp) => base.max(2),
+            (Strategy::Dublin, Protocol::Icmp) => base.max(4) + if v6 { usize::from(n) } else { 0 },
+            (Strategy::Dublin, _) if v6 => base + usize::from(n),
+            _ => base,
+        }
+    }
+
+    /// Writes probe number `n` with TTL `ttl` from `src` to `dst` into `buf`.
+    fn build(&self, src: IpAddr, dst: IpAddr, ttl: u8, n: u16, buf: &mut Vec<u8>) -> ProbeShape {
+        let c = &self.cfg;
+        let v6 = dst.is_ipv6();
+        let payload = vec![0u8; self.payload_len(v6, n)];
+        let dport = c.dest_port();
+        // Dublin: the IPv4 identification is the probe number; otherwise n too (it is free).
+        let ident = n;
+        let tcp_seq = (u32::from(c.marker) << 16) | u32::from(n);
+        let v4f = |src, dst| Ipv4Fields { src, dst, ttl, tos: c.tos, dont_fragment: true, ident };
+        let v6f = |src, dst| Ipv6Fields { src, dst, hop_limit: ttl, traffic_class: c.tos, flow_label: c.flow_label };
+        let tcp = TcpFields {
+            src_port: if c.strategy == Strategy::Classic { c.sport.wrapping_add(n - 1) } else { c.sport },
+            dst_port: dport,
+            seq: tcp_seq,
+            ack: 0,
+            flags: 0x02, // SYN, like traceroute -T: answered by SYN-ACK or RST at the destination
+            window: 64240,
+        };
+        let udp = UdpFields {
+            src_port: c.sport,
+            dst_port: if c.strategy == Strategy::Classic { dport.wrapping_add(n - 1) } else { dport },
+        };
+        let (echo_ident, echo_seq) = match c.strategy {
+            Strategy::Classic | Strategy::Paris => (c.marker, n),
+            Strategy::Dublin => (c.marker, c.marker),
+        };
+        let echo = EchoFields { ident: if c.strategy == Strategy::Paris { 0 } else { echo_ident }, seq: echo_seq };
+        let len = match (c.protocol, src, dst) {
+            (Protocol::Udp, IpAddr::V4(s), IpAddr::V4(d)) => emit_udp_v4(&v4f(s, d), &udp, &payload, buf),
+            (Protocol::Udp, IpAddr::V6(s), IpAddr::V6(d)) => emit_udp_v6(&v6f(s, d), &udp, &payload, buf),
+            (Protocol::Tcp, IpAddr::V4(s), IpAddr::V4(d)) => emit_tcp_v4(&v4f(s, d), &tcp, &payload, buf),
+            (Protocol::Tcp, IpAddr::V6(s), IpAddr::V6(d)) => emit_tcp_v6(&v6f(s, d), &tcp, &payload, buf),
+            (Protocol::Icmp, IpAddr::V4(s), IpAddr::V4(d)) => emit_icmp_echo_v4(&v4f(s, d), &echo, &payload, buf),
+            (Protocol::Icmp, IpAddr::V6(s), IpAddr::V6(d)) => emit_icmp_echo_v6(&v6f(s, d), &echo, &payload, buf),
+            _ => 0,
+        };
+        let h = ip_header_len(v6);
+        match (c.protocol, c.strategy) {
+            // Paris UDP: the checksum is the probe number, set by the first two payload bytes.
+            (Protocol::Udp, Strategy::Paris) => force_checksum(buf, h + 6, h + 8, n),
+            // Paris ICMP: constant checksum; the identifier compensates for the sequence.
+            (Protocol::Icmp, Strategy::Paris) => force_checksum(buf, h + 2, h + 4, c.paris_checksum()),
+            // Dublin ICMP: n in the payload (echoed back by the destination), the next two
+            // bytes keep the checksum constant.
+            (Protocol::Icmp, Strategy::Dublin) => {
+                buf[h + 8..h + 10].copy_from_slice(&n.to_be_bytes());
+                // The checksum field still describes the data without n: add n to its sum.
+                let c0 = be16(buf, h + 2).unwrap_or(0);
+                buf[h + 2..h + 4].copy_from_slice(&(!ones_add(!c0, n)).to_be_bytes());
+                force_checksum(buf, h + 2, h + 10, c.paris_checksum());
+            }
+            _ => {}
+        }
+        ProbeShape { ip_len: len.min(usize::from(u16::MAX)) as u16, tcp_seq: (c.protocol == Protocol::Tcp).then_some(tcp_seq) }
+    }
+
+    /// Recovers the probe number from a probe's fields (its own capture, or the quote in an
+    /// ICMP error): `ident` and `length` are the IPv4 identification / total length or the
+    /// IPv6 payload length, `t` the transport bytes. Checks the process marker.
+    fn probe_number(&self, v6: bool, ident: u16, length: u16, t: &[u8]) -> Option<u16> {
+        let c = &self.cfg;
+        let base = c.dest_port();
+        let n = match c.protocol {
+            Protocol::Udp => {
+                let (sport, dport) = (be16(t, 0)?, be16(t, 2)?);
+                if sport != c.sport {
+                    return None;
+                }
+                match c.strategy {
+                    Strategy::Classic => dport.checked_sub(base)?.checked_add(1)?,
+                    Strategy::Paris => (dport == base).then(|| be16(t, 6)).flatten()?,
+                    Strategy::Dublin if dport != base => return None,
+                    Strategy::Dublin if v6 => length.checked_sub(8 + c.payload_size)?,
+                    Strategy::Dublin => ident,
+                }
+            }
+            Protocol::Tcp => {
+                let (sport, dport, seq) = (be16(t, 0)?, be16(t, 2)?, be32(t, 4)?);
+                if dport != base || (seq >> 16) as u16 != c.marker {
+                    return None;
+                }
+                let n = (seq & 0xffff) as u16;
+                let want_sport = if c.strategy == Strategy::Classic { c.sport.wrapping_add(n.wrapping_sub(1)) } else { c.sport };
+                if sport != want_sport {
+                    return None;
+                }
+                n
+            }
+            Protocol::Icmp => {
+                let (csum, eident, eseq) = (be16(t, 2)?, be16(t, 4)?, be16(t, 6)?);
+                match c.strategy {
+                    Strategy::Classic => (eident == c.marker).then_some(eseq)?,
+                    Strategy::Paris => (csum == c.paris_checksum()).then_some(eseq)?,
+                    Strategy::Dublin if eident != c.marker || eseq != c.marker => return None,
+                    Strategy::Dublin if v6 => length.checked_sub(8 + c.payload_size.max(4))?,
+                    Strategy::Dublin => ident,
+                }
+            }
+        };
+        (n != 0).then_some(n)
+    }
+
+    /// Handles one captured IP packet (our probes leaving, and replies).
+    pub fn handle_packet(&mut self, now: Instant, ts: SystemTime, bytes: &[u8]) {
+        let Ok(pkt) = parse_ip(bytes) else { return };
+        let v6 = pkt.ip.src.is_ipv6();
+        // Our own probe leaving: its kernel timestamp is the send time.
+        if let Some(target) = self.targets.get(&pkt.ip.dst) {
+            if target.src == pkt.ip.src && pkt.ip.protocol == self.wire_protocol(v6) {
+                let h = ip_header_len(v6);
+                let length = be16(bytes, if v6 { 4 } else { 2 }).unwrap_or(0);
+                let is_request = match pkt.transport {
+                    Transport::Icmp(IcmpMessage::EchoRequest { .. }) => true,
+                    Transport::Icmp(_) => false,
+                    _ => true,
+                };
+                if is_request {
+                    if let Some(n) = self.probe_number(v6, pkt.ip.ident, length, bytes.get(h..).unwrap_or_default()) {
+                        let seq = match pkt.transport {
+                            Transport::Tcp(t) => Some(t.seq),
+                            _ => None,
+                        };
+                        let len = (bytes.len().min(usize::from(u16::MAX))) as u16;
+                        let dst = pkt.ip.dst;
+                        if let Some(t) = self.targets.get_mut(&dst) {
+                            t.trace.capture_of_probe(n, pkt.ip.ttl, len, seq, ts);
+                        }
+                        return;
+                    }
+                }
+            }
+        }
+        let (dst, n, reply) = match &pkt.transport {
+            Transport::Icmp(IcmpMessage::Error(err)) => {
+                let q = &err.quote;
+                let Some(target) = self.targets.get(&q.dst) else { return };
+                if target.src != q.src || q.protocol != self.wire_protocol(v6) {
+                    return;
+                }
+                let Some(n) = self.probe_number(v6, q.ident, q.length, q.transport) else { return };
+                (q.dst, n, ReplyInfo::from_icmp_error(pkt.ip.src, pkt.ip.ttl, err))
+            }
+            Transport::Icmp(IcmpMessage::EchoReply { ident, seq }) if self.cfg.protocol == Protocol::Icmp => {
+                let Some(target) = self.targets.get(&pkt.ip.src) else { return };
+                if target.src != pkt.ip.dst {
+                    return;
+                }
+                let n = match self.cfg.strategy {
+                    Strategy::Classic if *ident == self.cfg.marker => *seq,
+                    // The identifier was computed for this sequence: rebuild the probe to check.
+                    Strategy::Paris => {
+                        let mut scratch = std::mem::take(&mut self.scratch);
+                        self.build(target.src, pkt.ip.src, 1, *seq, &mut scratch);
+                        let h = ip_header_len(v6);
+                        let ok = be16(&scratch, h + 4) == Some(*ident);
+                        self.scratch = scratch;
+                        if !ok {
+                            return;
+                        }
+                        *seq
+                    }
+                    Strategy::Dublin if *ident == self.cfg.marker && *seq == self.cfg.marker => {
+                        // The destination echoes the payload, whose first two bytes are n.
+                        let h = if v6 { 40 } else { usize::from(bytes[0] & 0x0f) * 4 };
+                        let Some(n) = be16(bytes, h + 8) else { return };
+                        n
+                    }
+                    _ => return,
+                };
+                let reply = ReplyInfo {
+                    from: pkt.ip.src,
+                    reply_ttl: pkt.ip.ttl,
+                    icmp_type: Some(if v6 { 129 } else { 0 }),
+                    icmp_code: Some(0),
+                    quoted_ttl: None,
+                    tcp_flags: None,
+                    unreachable: false,
+                    mpls: &[],
+                };
+                (pkt.ip.src, n, reply)
+            }
+            Transport::Tcp(t) if self.cfg.protocol == Protocol::Tcp => {
+                // SYN-ACK or RST from the destination acknowledges seq + 1 (RFC 9293 §3.5).
+                let Some(target) = self.targets.get(&pkt.ip.src) else { return };
+                if target.src != pkt.ip.dst || t.src_port != self.cfg.dest_port() || t.flags & 0x14 == 0 {
+                    return;
+                }
+                let seq = t.ack.wrapping_sub(1);
+                if (seq >> 16) as u16 != self.cfg.marker {
+                    return;
+                }
+                let n = (seq & 0xffff) as u16;
+                let reply = ReplyInfo {
+                    from: pkt.ip.src,
+                    reply_ttl: pkt.ip.ttl,
+                    icmp_type: None,
+                    icmp_code: None,
+                    quoted_ttl: None,
+                    tcp_flags: Some(t.flags),
+                    unreachable: false,
+                    mpls: &[],
+                };
+                (pkt.ip.src, n, reply)
+            }
+            _ => return,
+        };
+        let Some(target) = self.targets.get_mut(&dst) else { return };
+        if target.trace.handle_reply(now, ts, n, |_| true, reply) == ReplyOutcome::Matched {
+            self.stream_hops(dst);
+        }
+        self.finish_if_done(dst, ts);
+    }
+
+    fn stream_hops(&mut self, dst: IpAddr) {
+        if let Some(t) = self.targets.get_mut(&dst) {
+            for hop in t.trace.take_new_hops() {
+                self.events.push_back(TracerouteEvent::Hop { target: dst, hop });
+            }
+        }
+    }
+
+    fn finish_if_done(&mut self, dst: IpAddr, wall: SystemTime) {
+        if !self.targets.get(&dst).is_some_and(|t| t.trace.is_finished()) {
+            return;
+        }
+        self.stream_hops(dst);
+        if let Some(t) = self.targets.remove(&dst) {
+            let r = t.trace.finish(wall);
+            self.events.push_back(TracerouteEvent::Finished(Box::new(TracerouteResult {
+                destination: dst,
+                port: (self.cfg.protocol != Protocol::Icmp).then(|| self.cfg.dest_port()),
+                source: t.src,
+                protocol: self.cfg.protocol,
+                strategy: self.cfg.strategy,
+                ip_version: if dst.is_ipv4() { 4 } else { 6 },
+                algorithm: r.algorithm,
+                start: r.start,
+                end: r.end,
+                stop_reason: r.stop_reason,
+                hops: r.hops,
+                probes_sent: r.probes_sent,
+                replies: r.replies,
+            })));
+        }
+    }
+
+    fn collect(&mut self, wall: SystemTime) {
+        let keys: Vec<IpAddr> = self.targets.keys().copied().collect();
+        for k in keys {
+            self.stream_hops(k);
+            self.finish_if_done(k, wall);
+        }
+    }
+
+    /// Expires overdue probes.
+    pub fn handle_timeout(&mut self, now: Now) {
+        for t in self.targets.values_mut() {
+            t.trace.handle_timeout(now.mono);
+        }
+        self.collect(now.wall);
+    }
+
+    /// The next probe to send, into `buf`. Call until `None`.
+    pub fn poll_transmit(&mut self, now: Now, buf: &mut Vec<u8>) -> Option<ProbeOut> {
+        if self.tx_queue.is_empty() {
+            let due = self.targets.iter().filter(|(_, t)| t.trace.due(now.mono).is_some()).map(|(k, _)| *k);
+            self.tx_queue.extend(due);
+        }
+        while let Some(dst) = self.tx_queue.pop_front() {
+            let Some(t) = self.targets.get(&dst) else { continue };
+            let Some(due) = t.trace.due(now.mono) else { continue };
+            let src = t.src;
+            let shape = self.build(src, dst, due.ttl, due.ident, buf);
+            let Some(t) = self.targets.get_mut(&dst) else { continue };
+            t.trace.mark_sent(due, shape, now.mono, now.wall);
+            if t.trace.due(now.mono).is_some() {
+                self.tx_queue.push_back(dst);
+            }
+            return Some(ProbeOut { dst, len: buf.len(), ttl: due.ttl, probe: due.ident });
+        }
+        None
+    }
+
+    /// The driver could not send probe `probe` to `dst`.
+    pub fn handle_send_error(&mut self, now: Now, dst: IpAddr, probe: u16, error: String) {
+        if let Some(t) = self.targets.get_mut(&dst) {
+            t.trace.send_failed(probe, error, now.mono);
+        }
+        self.stream_hops(dst);
+        self.finish_if_done(dst, now.wall);
+    }
+
+    /// When to call `handle_timeout` / `poll_transmit` next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.targets.values().filter_map(|t| t.trace.poll_timeout()).min()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<TracerouteEvent> {
+        self.events.pop_front()
+    }
+}

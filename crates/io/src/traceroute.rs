@@ -1,0 +1,271 @@
+//! The live driver of the classic/Paris/Dublin traceroute engine: source-address selection,
+//! a per-process source port, raw IPv4 and IPv6 sockets, and the libpcap capture that gives
+//! kernel timestamps of probes and replies.
+//!
+//! Several processes can trace at once: each reserves its source port by binding a socket to
+//! it (for as long as it runs) and uses it as its marker, and the engine checks every reply
+//! against it, so no process takes another's replies.
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use socket2::{Domain, SockAddr, Socket, Type};
+use svctr_core::{Now, Protocol, Traceroute, TracerouteConfig, TracerouteEvent, TracerouteResult};
+
+use crate::capture::Capture;
+use crate::Error;
+
+/// What to trace.
+#[derive(Debug, Clone)]
+pub struct TracerouteOptions {
+    /// Destinations (IPv4 and IPv6 may be mixed).
+    pub targets: Vec<IpAddr>,
+    /// Probe parameters. `sport` 0 and `marker` 0 mean "reserve one for this process".
+    pub config: TracerouteConfig,
+    /// Interface to send from and capture on (`None`: chosen by the routing table, captured
+    /// on `any`).
+    pub iface: Option<String>,
+    /// At most this many targets traced at once (0: all).
+    pub parallel: usize,
+    /// At most this many probes per second over all targets (0: no limit).
+    pub rate: u32,
+}
+
+impl Default for TracerouteOptions {
+    fn default() -> Self {
+        Self { targets: Vec::new(), config: TracerouteConfig::default(), iface: None, parallel: 1024, rate: 0 }
+    }
+}
+
+/// The address this host would use to reach `dst` (a connected UDP socket sends nothing).
+fn source_for(dst: IpAddr, iface: Option<&str>) -> Result<IpAddr, Error> {
+    let domain = if dst.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 };
+    let sock = Socket::new(domain, Type::DGRAM, None).map_err(|e| Error::Socket { what: "opening a UDP socket".into(), source: e })?;
+    if let Some(i) = iface {
+        sock.bind_device(Some(i.as_bytes())).map_err(|e| Error::Socket { what: format!("binding to {i}"), source: e })?;
+    }
+    sock.connect(&SockAddr::from(SocketAddr::new(dst, 33434)))
+        .map_err(|e| Error::Socket { what: format!("no route to {dst}"), source: e })?;
+    let local = sock.local_addr().map_err(|e| Error::Socket { what: "reading the source address".into(), source: e })?;
+    local.as_socket().map(|s| s.ip()).ok_or_else(|| Error::Unsupported(format!("no source address for {dst}")))
+}
+
+/// A socket held for the whole run so that no other process gets our source port.
+fn reserve_port(protocol: Protocol) -> Result<(Socket, u16), Error> {
+    let ty = if protocol == Protocol::Tcp { Type::STREAM } else { Type::DGRAM };
+    let what = |e: io::Error| Error::Socket { what: "reserving a source port".into(), source: e };
+    // Dual-stack: one port for IPv4 and IPv6 alike.
+    let (sock, addr): (Socket, SocketAddr) = match Socket::new(Domain::IPV6, ty, None) {
+        Ok(s) => {
+            s.set_only_v6(false).map_err(what)?;
+            (s, "[::]:0".parse().expect("literal"))
+        }
+        Err(_) => (Socket::new(Domain::IPV4, ty, None).map_err(what)?, "0.0.0.0:0".parse().expect("literal")),
+    };
+    sock.bind(&SockAddr::from(addr)).map_err(what)?;
+    let port = sock.local_addr().map_err(what)?.as_socket().map(|s| s.port()).unwrap_or(0);
+    Ok((sock, port))
+}
+
+struct RawSockets {
+    v4: Option<Socket>,
+    v6: Option<Socket>,
+}
+
+impl RawSockets {
+    fn open(iface: Option<&str>, v4: bool, v6: bool) -> Result<Self, Error> {
+        let open = |domain: Domain| -> Result<Socket, Error> {
+            // IPPROTO_RAW implies IP_HDRINCL / IPV6_HDRINCL on Linux: we write the IP header.
+            let s = Socket::new(domain, Type::RAW, Some(socket2::Protocol::from(libc::IPPROTO_RAW))).map_err(|e| {
+                if e.kind() == io::ErrorKind::PermissionDenied {
+                    Error::Privilege { what: "sending probes (raw socket)".into() }
+                } else {
+                    Error::Socket { what: "opening a raw socket".into(), source: e }
+                }
+            })?;
+            if let Some(i) = iface {
+                s.bind_device(Some(i.as_bytes())).map_err(|e| Error::Socket { what: format!("binding to {i}"), source: e })?;
+            }
+            Ok(s)
+        };
+        Ok(Self { v4: if v4 { Some(open(Domain::IPV4)?) } else { None }, v6: if v6 { Some(open(Domain::IPV6)?) } else { None } })
+    }
+
+    fn send(&self, dst: IpAddr, buf: &[u8]) -> io::Result<()> {
+        let sock = if dst.is_ipv4() { self.v4.as_ref() } else { self.v6.as_ref() };
+        let sock = sock.ok_or_else(|| io::Error::other("no raw socket for this IP version"))?;
+        sock.send_to(buf, &SockAddr::from(SocketAddr::new(dst, 0))).map(|_| ())
+    }
+}
+
+/// Traces every target, calling `on_event` for each hop as it is found and each finished
+/// trace, until all are done or `stop` is set (remaining traces end as `interrupted`).
+/// Returns the results in the order they finished.
+pub fn traceroute(
+    opts: &TracerouteOptions,
+    stop: &AtomicBool,
+    mut on_event: impl FnMut(&TracerouteEvent),
+) -> Result<Vec<TracerouteResult>, Error> {
+    let iface = opts.iface.as_deref();
+    if let Some(i) = iface {
+        if nix::net::if_::if_nametoindex(i).is_err() {
+            return Err(Error::UnknownInterface(i.to_string()));
+        }
+    }
+    let mut cfg = opts.config.clone();
+    let _reservation = if cfg.protocol != Protocol::Icmp && cfg.sport == 0 {
+        let (sock, port) = reserve_port(cfg.protocol)?;
+        cfg.sport = port;
+        Some(sock)
+    } else {
+        None
+    };
+    if cfg.marker == 0 {
+        // UDP/TCP: the reserved port is unique on this host; ICMP: the process id.
+        cfg.marker = if cfg.protocol == Protocol::Icmp { (std::process::id() as u16) | 1 } else { cfg.sport };
+    }
+    let mut pending: VecDeque<(IpAddr, IpAddr)> = VecDeque::new();
+    for &dst in &opts.targets {
+        pending.push_back((dst, source_for(dst, iface)?));
+    }
+    let raw = RawSockets::open(iface, opts.targets.iter().any(IpAddr::is_ipv4), opts.targets.iter().any(IpAddr::is_ipv6))?;
+    // Kernel-side filter: ICMP/ICMPv6 and this process's TCP port range or UDP port; the
+    // engine checks the marker of every reply on top.
+    let filter = match cfg.protocol {
+        Protocol::Icmp => "icmp or icmp6".to_string(),
+        Protocol::Udp => format!("icmp or icmp6 or (udp and src port {})", cfg.sport),
+        Protocol::Tcp => format!(
+            "icmp or icmp6 or (tcp and (portrange {lo}-{hi}))",
+            lo = cfg.sport,
+            hi = cfg.sport.saturating_add(u16::from(cfg.max_ttl) * u16::from(cfg.probes_per_hop))
+        ),
+    };
+    let mut capture = Capture::open(iface.unwrap_or("any"), &filter)?;
+    let mut engine = Traceroute::new(cfg).map_err(|e| Error::Unsupported(e.to_string()))?;
+
+    let parallel = if opts.parallel == 0 { usize::MAX } else { opts.parallel };
+    let mut results = Vec::new();
+    let mut buf = Vec::with_capacity(256);
+    // Token bucket for --rate: one token per probe, refilled continuously, burst of 10 ms.
+    let mut tokens = f64::from(opts.rate.max(1)) / 100.0;
+    let mut last_refill = Instant::now();
+    let mut interrupted = false;
+    loop {
+        let now = Now { mono: Instant::now(), wall: SystemTime::now() };
+        if stop.load(Ordering::Relaxed) && !interrupted {
+            interrupted = true;
+            pending.clear();
+            engine.cancel_all(now);
+        }
+        while engine.active() < parallel {
+            let Some((dst, src)) = pending.pop_front() else { break };
+            if let Err(e) = engine.add_target(now.mono, dst, src) {
+                return Err(Error::Unsupported(e.to_string()));
+            }
+        }
+        capture
+            .drain(|ts, ip| engine.handle_packet(Instant::now(), ts, ip))
+            .map_err(|e| Error::Capture { iface: iface.unwrap_or("any").to_string(), source: e })?;
+        let now = Now { mono: Instant::now(), wall: SystemTime::now() };
+        engine.handle_timeout(now);
+        if opts.rate > 0 {
+            let dt = now.mono.duration_since(last_refill).as_secs_f64();
+            last_refill = now.mono;
+            tokens = (tokens + dt * f64::from(opts.rate)).min(f64::from(opts.rate) / 100.0 + 1.0);
+        }
+        while opts.rate == 0 || tokens >= 1.0 {
+            let Some(tx) = engine.poll_transmit(now, &mut buf) else { break };
+            tokens -= 1.0;
+            if let Err(e) = raw.send(tx.dst, &buf[..tx.len]) {
+                engine.handle_send_error(now, tx.dst, tx.probe, e.to_string());
+            }
+        }
+        while let Some(ev) = engine.poll_event() {
+            on_event(&ev);
+            if let TracerouteEvent::Finished(r) = ev {
+                results.push(*r);
+            }
+        }
+        if engine.active() == 0 && pending.is_empty() {
+            break;
+        }
+        let mut sleep = Duration::from_millis(50);
+        if let Some(at) = engine.poll_timeout() {
+            sleep = sleep.min(at.saturating_duration_since(Instant::now()));
+        }
+        if opts.rate > 0 && tokens < 1.0 {
+            sleep = sleep.min(Duration::from_secs_f64((1.0 - tokens) / f64::from(opts.rate)).max(Duration::from_micros(100)));
+        }
+        if !sleep.is_zero() {
+            crate::driver::wait_readable(capture.fd(), sleep);
+        }
+    }
+    Ok(results)
+}
+
+/// Traces one target and returns its result (blocking).
+pub fn traceroute_one(target: IpAddr, config: TracerouteConfig, iface: Option<String>) -> Result<TracerouteResult, Error> {
+    let opts = TracerouteOptions { targets: vec![target], config, iface, ..TracerouteOptions::default() };
+    traceroute(&opts, &AtomicBool::new(false), |_| {})?
+        .pop()
+        .ok_or_else(|| Error::Unsupported(format!("no result for {target}")))
+}
+
+/// A traceroute running in the background: iterate over its events as hops are found, cancel
+/// it at any time, then `wait` for the results.
+pub struct TracerouteHandle {
+    events: mpsc::Receiver<TracerouteEvent>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Result<Vec<TracerouteResult>, Error>>>,
+}
+
+impl TracerouteHandle {
+    /// The next event, blocking until one comes; `None` once the run is over.
+    pub fn next_event(&self) -> Option<TracerouteEvent> {
+        self.events.recv().ok()
+    }
+
+    /// The next event if one is ready.
+    pub fn try_next_event(&self) -> Option<TracerouteEvent> {
+        self.events.try_recv().ok()
+    }
+
+    /// Stops the run: traces in flight finish as `interrupted`.
+    pub fn cancel(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// Waits for the end of the run and returns every result.
+    pub fn wait(mut self) -> Result<Vec<TracerouteResult>, Error> {
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(r)) => r,
+            _ => Err(Error::Unsupported("the traceroute thread panicked".into())),
+        }
+    }
+}
+
+impl Iterator for TracerouteHandle {
+    type Item = TracerouteEvent;
+    fn next(&mut self) -> Option<TracerouteEvent> {
+        self.next_event()
+    }
+}
+
+/// Starts tracing in a background thread (non-blocking).
+pub fn spawn_traceroute(opts: TracerouteOptions) -> TracerouteHandle {
+    let (tx, rx) = mpsc::channel();
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    let thread = std::thread::spawn(move || {
+        traceroute(&opts, &flag, |ev| {
+            let _ = tx.send(ev.clone());
+        })
+    });
+    TracerouteHandle { events: rx, stop, thread: Some(thread) }
+}
