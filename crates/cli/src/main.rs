@@ -5,15 +5,15 @@
 //! a failure to start (privileges, unknown interface), with a one-line error on stderr.
 
 use std::io::{self, Write};
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use svctr_core::{Algorithm, FlowSelector, Protocol, TraceConfig, TraceResult};
-use svctr_io::{trace_flows, Error, FlowTraceOptions};
+use svctr_core::{Algorithm, FlowSelector, Protocol, Strategy, TraceConfig, TraceResult, TracerouteConfig, TracerouteEvent};
+use svctr_io::{trace_flows, traceroute, Error, FlowTraceOptions, TracerouteOptions};
 
 #[derive(Parser)]
 #[command(name = "service-traceroute", version, about = "Shows the network path that a live application flow really takes")]
@@ -26,6 +26,279 @@ struct Cli {
 enum Command {
     /// Trace the path of live TCP or UDP flows with probes that carry the flow's own 5-tuple.
     Flow(FlowArgs),
+    /// Classic, Paris or Dublin traceroute to one or more targets, with the flags of traceroute(8).
+    Trace(TraceArgs),
+    /// Trace a live flow, then fresh Paris flows to the same destination and port, and show
+    /// where their paths differ (the Service Traceroute paper's experiment).
+    Compare(CompareArgs),
+}
+
+#[derive(Args)]
+struct CompareArgs {
+    /// Interface to capture on and send from.
+    #[arg(long, short = 'i')]
+    iface: String,
+    /// The flow is TCP.
+    #[arg(long, conflicts_with = "udp", required_unless_present = "udp")]
+    tcp: bool,
+    /// The flow is UDP.
+    #[arg(long)]
+    udp: bool,
+    /// The flow's remote end: IP:PORT.
+    #[arg(long, value_parser = parse_remote, value_name = "IP:PORT")]
+    remote: (IpAddr, Option<u16>),
+    /// The flow's local port.
+    #[arg(long, value_parser = parse_port)]
+    local_port: Option<u16>,
+    /// How many fresh Paris flows to compare with.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=32))]
+    fresh: u8,
+    /// Wait at most this long for the flow.
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Probes per TTL, for both.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..))]
+    probes: u8,
+    /// Per-probe timeout.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    timeout: Duration,
+    /// Output format (json: the comparison with both traces).
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
+}
+
+fn run_compare(a: CompareArgs) -> Result<ExitCode, Error> {
+    let (remote_ip, Some(remote_port)) = a.remote else {
+        return Err(Error::Unsupported("--remote needs a port for compare (IP:PORT)".into()));
+    };
+    let protocol = if a.udp { Protocol::Udp } else { Protocol::Tcp };
+    let opts = FlowTraceOptions {
+        iface: a.iface.clone(),
+        selector: FlowSelector { protocol, remote_ip: Some(remote_ip), remote_port: Some(remote_port), local_port: a.local_port },
+        trace: TraceConfig { probes_per_hop: a.probes, timeout: a.timeout, ..TraceConfig::default() },
+        count: 1,
+        duration: a.duration,
+        udp_shield: true,
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&stop))
+            .map_err(|e| Error::Socket { what: "installing the signal handler".into(), source: e })?;
+    }
+    let mut flow = None;
+    trace_flows(&opts, &stop, |r| flow = Some(r))?;
+    let Some(flow) = flow else {
+        return Err(Error::Unsupported("the flow trace was interrupted".into()));
+    };
+    // Fresh flows: Paris probes to the same port, each from its own new source port. They stop
+    // where the flow's probes stopped, short of the remote, so the application never sees them.
+    let max_ttl = flow.hops.last().map_or(1, |h| h.ttl).max(1);
+    let mut fresh = Vec::new();
+    for _ in 0..a.fresh {
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            break;
+        }
+        let config = TracerouteConfig {
+            protocol,
+            strategy: Strategy::Paris,
+            port: Some(remote_port),
+            max_ttl,
+            probes_per_hop: a.probes,
+            timeout: a.timeout,
+            marker: 0,
+            ..TracerouteConfig::default()
+        };
+        let topts = TracerouteOptions { targets: vec![remote_ip], config, iface: Some(a.iface.clone()), parallel: 1, rate: 0 };
+        fresh.extend(traceroute(&topts, &stop, |_| {})?);
+    }
+    let c = svctr_core::compare(flow, fresh);
+    let mut out = io::stdout().lock();
+    let res = match a.format {
+        Format::Text => write!(out, "{}", svctr_core::render_comparison(&c)),
+        Format::Json | Format::Jsonl => serde_json::to_string(&c).map_err(io::Error::other).and_then(|t| writeln!(out, "{t}")),
+    };
+    if let Err(e) = res {
+        if e.kind() != io::ErrorKind::BrokenPipe {
+            eprintln!("service-traceroute: error: writing output: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+struct TraceArgs {
+    /// Targets: IP addresses or host names.
+    #[arg(required = true, value_name = "TARGET")]
+    targets: Vec<String>,
+    /// ICMP echo probes.
+    #[arg(short = 'I', long = "icmp", group = "proto")]
+    icmp: bool,
+    /// UDP probes (the default).
+    #[arg(short = 'U', long = "udp", group = "proto")]
+    udp: bool,
+    /// TCP SYN probes.
+    #[arg(short = 'T', long = "tcp", group = "proto")]
+    tcp: bool,
+    /// IPv4 only.
+    #[arg(short = '4', conflicts_with = "ipv6")]
+    ipv4: bool,
+    /// IPv6 only.
+    #[arg(short = '6')]
+    ipv6: bool,
+    /// classic (probe number in a port: each probe may take another path), paris or dublin
+    /// (constant flow identifier).
+    #[arg(long, default_value = "paris", value_parser = parse_strategy)]
+    strategy: Strategy,
+    /// First TTL.
+    #[arg(short = 'f', long = "first", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..))]
+    first_ttl: u8,
+    /// Max TTL.
+    #[arg(short = 'm', long = "max-hops", default_value_t = 30, value_parser = clap::value_parser!(u8).range(1..))]
+    max_ttl: u8,
+    /// Probes per hop.
+    #[arg(short = 'q', long = "queries", default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=10))]
+    queries: u8,
+    /// Wait for each reply (seconds, or with a unit).
+    #[arg(short = 'w', long = "wait", default_value = "3", value_parser = parse_duration)]
+    wait: Duration,
+    /// Destination port (UDP: the base port, 33434; TCP: 80).
+    #[arg(short = 'p', long = "port", value_parser = parse_port)]
+    port: Option<u16>,
+    /// Source port (default: one reserved for this process).
+    #[arg(long, value_parser = parse_port)]
+    sport: Option<u16>,
+    /// Extra payload bytes per probe.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=1400))]
+    payload: u16,
+    /// Probes in flight per target (like traceroute -N).
+    #[arg(short = 'N', long = "sim-queries", default_value_t = 16)]
+    sim_queries: usize,
+    /// Extra rounds for a hop nobody answered (each sends --queries more probes).
+    #[arg(long, default_value_t = 0)]
+    retries: u8,
+    /// Do not resolve hop addresses to names.
+    #[arg(short = 'n')]
+    numeric: bool,
+    /// Interface to send from and capture on.
+    #[arg(short = 'i', long = "interface")]
+    iface: Option<String>,
+    /// Targets traced at once.
+    #[arg(long, default_value_t = 1024)]
+    parallel: usize,
+    /// Probes per second over all targets (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    rate: u32,
+    /// Stop after this many consecutive silent hops (0: never).
+    #[arg(long, default_value_t = 5)]
+    max_missing: u8,
+    /// Probe scheduling.
+    #[arg(long, default_value = "concurrent", value_parser = parse_algorithm)]
+    algorithm: Algorithm,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
+}
+
+fn parse_strategy(s: &str) -> Result<Strategy, String> {
+    s.parse()
+}
+
+/// Resolves a target to one address of the wanted family.
+fn resolve(target: &str, v4: bool, v6: bool) -> Result<IpAddr, Error> {
+    let pick = |ip: IpAddr| (!v4 || ip.is_ipv4()) && (!v6 || ip.is_ipv6());
+    if let Ok(ip) = target.parse::<IpAddr>() {
+        return if pick(ip) {
+            Ok(ip)
+        } else {
+            Err(Error::Unsupported(format!("{target} is an IPv{} address but -{} was given", if ip.is_ipv4() { 4 } else { 6 }, if v4 { 4 } else { 6 })))
+        };
+    }
+    let addrs = (target, 0u16)
+        .to_socket_addrs()
+        .map_err(|e| Error::Unsupported(format!("cannot resolve {target:?}: {e}")))?;
+    addrs
+        .map(|a| a.ip())
+        .find(|ip| pick(*ip))
+        .ok_or_else(|| Error::Unsupported(format!("{target:?} has no IPv{} address", if v6 { 6 } else { 4 })))
+}
+
+fn run_trace(a: TraceArgs) -> Result<ExitCode, Error> {
+    if a.first_ttl > a.max_ttl {
+        return Err(Error::Unsupported(format!("-f {} is above -m {}", a.first_ttl, a.max_ttl)));
+    }
+    let protocol = if a.icmp {
+        Protocol::Icmp
+    } else if a.tcp {
+        Protocol::Tcp
+    } else {
+        Protocol::Udp
+    };
+    let mut targets = Vec::new();
+    for t in &a.targets {
+        let ip = resolve(t, a.ipv4, a.ipv6)?;
+        if targets.contains(&ip) {
+            return Err(Error::Unsupported(format!("{t} ({ip}) is given twice")));
+        }
+        targets.push(ip);
+    }
+    if a.retries > 0 {
+        return Err(Error::Unsupported("--retries is not supported yet: raise -q instead".into()));
+    }
+    let config = TracerouteConfig {
+        protocol,
+        strategy: a.strategy,
+        port: a.port,
+        sport: a.sport.unwrap_or(0),
+        marker: 0,
+        payload_size: a.payload,
+        algorithm: a.algorithm,
+        first_ttl: a.first_ttl,
+        max_ttl: a.max_ttl,
+        probes_per_hop: a.queries,
+        timeout: a.wait,
+        max_missing: a.max_missing,
+        max_in_flight: a.sim_queries,
+        ..TracerouteConfig::default()
+    };
+    let _ = a.numeric; // names are not resolved yet: output is numeric either way
+    let opts = TracerouteOptions { targets, config, iface: a.iface, parallel: a.parallel, rate: a.rate };
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&stop))
+            .map_err(|e| Error::Socket { what: "installing the signal handler".into(), source: e })?;
+    }
+    let stdout = io::stdout();
+    let mut write_error = None;
+    let results = traceroute(&opts, &stop, |ev| {
+        if let TracerouteEvent::Finished(r) = ev {
+            let text = match a.format {
+                Format::Text => Some(svctr_core::render_traceroute_text(r)),
+                Format::Jsonl => serde_json::to_string(r).ok(),
+                Format::Json => None,
+            };
+            if let Some(t) = text {
+                let mut out = stdout.lock();
+                if let Err(e) = writeln!(out, "{t}").and_then(|()| out.flush()) {
+                    write_error.get_or_insert(e);
+                }
+            }
+        }
+    })?;
+    if matches!(a.format, Format::Json) {
+        let text = if results.len() == 1 { serde_json::to_string_pretty(&results[0]) } else { serde_json::to_string_pretty(&results) };
+        let mut out = stdout.lock();
+        if let Err(e) = text.map_err(io::Error::other).and_then(|t| writeln!(out, "{t}")) {
+            write_error.get_or_insert(e);
+        }
+    }
+    if let Some(e) = write_error {
+        if e.kind() != io::ErrorKind::BrokenPipe {
+            eprintln!("service-traceroute: error: writing output: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -264,6 +537,8 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Flow(a) => run_flow(a),
+        Command::Trace(a) => run_trace(a),
+        Command::Compare(a) => run_compare(a),
     };
     match result {
         Ok(code) => code,

@@ -179,6 +179,9 @@ pub struct TracerouteResult {
     pub port: Option<u16>,
     /// The probes' source address.
     pub source: IpAddr,
+    /// Source port (UDP, TCP; classic TCP: the port of probe 1, probe n uses port + n - 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_port: Option<u16>,
     /// Probe protocol.
     pub protocol: Protocol,
     /// classic, paris or dublin.
@@ -608,6 +611,7 @@ impl Traceroute {
                 destination: dst,
                 port: (self.cfg.protocol != Protocol::Icmp).then(|| self.cfg.dest_port()),
                 source: t.src,
+                source_port: (self.cfg.protocol != Protocol::Icmp).then_some(self.cfg.sport),
                 protocol: self.cfg.protocol,
                 strategy: self.cfg.strategy,
                 ip_version: if dst.is_ipv4() { 4 } else { 6 },

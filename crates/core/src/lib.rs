@@ -27,6 +27,7 @@
 //! ```
 
 mod classic;
+mod compare;
 mod config;
 mod engine;
 mod flow;
@@ -36,6 +37,7 @@ mod result;
 mod trace;
 
 pub use classic::{ProbeOut, Strategy, TargetError, Traceroute, TracerouteConfig, TracerouteEvent, TracerouteResult};
+pub use compare::{compare, render_comparison, Comparison, TtlComparison};
 pub use config::{Algorithm, ConfigError, TraceConfig};
 pub use engine::{Engine, EngineStats, Event, Now, Transmit};
 pub use flow::{FlowKey, FlowSelector, Protocol};
