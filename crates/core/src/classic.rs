@@ -373,7 +373,9 @@ impl Traceroute {
             // keep the ICMP checksum constant (Dublin).
             (Strategy::Paris, Protocol::Udp) => base.max(2),
             (Strategy::Dublin, Protocol::Icmp) => base.max(4) + if v6 { usize::from(n) } else { 0 },
-            (Strategy::Dublin, _) if v6 => base + usize::from(n),
+            // TCP carries n in its sequence number in every strategy; data in a SYN would also
+            // be acknowledged by a closed port's RST (RFC 9293 §3.10.7.1), hiding n.
+            (Strategy::Dublin, Protocol::Udp) if v6 => base + usize::from(n),
             _ => base,
         }
     }

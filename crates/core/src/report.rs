@@ -5,8 +5,21 @@ use std::fmt::Write as _;
 use crate::classic::TracerouteResult;
 use crate::result::{Hop, ProbeReply, StopReason, TraceResult};
 
-/// traceroute's annotation for an ICMP Destination Unreachable code (RFC 792, RFC 1812 §5.2.7.1).
+/// traceroute's annotation for a Destination Unreachable code (ICMP: RFC 792, RFC 1812
+/// §5.2.7.1; ICMPv6: RFC 4443 §3.1).
 fn unreachable_mark(p: &ProbeReply) -> Option<String> {
+    if p.addr.is_some_and(|a| a.is_ipv6()) {
+        if p.icmp_type != Some(1) {
+            return None;
+        }
+        return Some(match p.icmp_code? {
+            0 => "!N".to_string(),
+            1 | 5 | 6 => "!X".to_string(),
+            3 => "!H".to_string(),
+            4 => return None, // port unreachable: the destination answered
+            c => format!("!<{c}>"),
+        });
+    }
     if p.icmp_type != Some(3) {
         return None;
     }

@@ -62,13 +62,19 @@ fn privilege_or(e: pcap::Error, iface: &str) -> Error {
 
 impl Capture {
     pub(crate) fn open(iface: &str, filter: &str) -> Result<Self, Error> {
+        Self::open_with_buffer(iface, filter, 2 << 20)
+    }
+
+    /// Opens with a kernel ring of `buffer` bytes (bursts of replies from many targets need
+    /// more room than one flow's).
+    pub(crate) fn open_with_buffer(iface: &str, filter: &str, buffer: i32) -> Result<Self, Error> {
         let inactive = pcap::Capture::from_device(iface).map_err(|e| privilege_or(e, iface))?;
         let cap = inactive
             .promisc(false)
             .snaplen(SNAPLEN)
             .immediate_mode(true)
             .timeout(100)
-            .buffer_size(2 << 20)
+            .buffer_size(buffer)
             .precision(pcap::Precision::Nano)
             .open()
             .map_err(|e| privilege_or(e, iface))?;

@@ -104,6 +104,28 @@ impl RawSockets {
     }
 }
 
+/// The kernel-side filter: this process's probes leaving, and replies that can only be for it.
+/// An ICMP error is kept when its quoted source port (IPv4: ICMP bytes 28-29 behind a 20-byte
+/// quoted header, as our probes have no options; IPv6: bytes 88-89 of the outer packet, behind
+/// the 40-byte outer header, 8 ICMPv6 bytes and the 40-byte quoted header) is ours, so several
+/// processes each see only their own replies; the engine checks every reply again.
+fn bpf_filter(cfg: &TracerouteConfig) -> String {
+    let (lo, hi) = match (cfg.protocol, cfg.strategy) {
+        (Protocol::Tcp, svctr_core::Strategy::Classic) => {
+            (cfg.sport, cfg.sport.saturating_add(u16::from(cfg.max_ttl) * u16::from(cfg.probes_per_hop)))
+        }
+        _ => (cfg.sport, cfg.sport),
+    };
+    let quoted = format!(
+        "(icmp and icmp[28:2] >= {lo} and icmp[28:2] <= {hi}) or (icmp6 and ip6[88:2] >= {lo} and ip6[88:2] <= {hi})"
+    );
+    match cfg.protocol {
+        Protocol::Icmp => "icmp or icmp6".to_string(),
+        Protocol::Udp => format!("{quoted} or (udp and src port {lo})"),
+        Protocol::Tcp => format!("{quoted} or (tcp and portrange {lo}-{hi})"),
+    }
+}
+
 /// Traces every target, calling `on_event` for each hop as it is found and each finished
 /// trace, until all are done or `stop` is set (remaining traces end as `interrupted`).
 /// Returns the results in the order they finished.
@@ -135,18 +157,8 @@ pub fn traceroute(
         pending.push_back((dst, source_for(dst, iface)?));
     }
     let raw = RawSockets::open(iface, opts.targets.iter().any(IpAddr::is_ipv4), opts.targets.iter().any(IpAddr::is_ipv6))?;
-    // Kernel-side filter: ICMP/ICMPv6 and this process's TCP port range or UDP port; the
-    // engine checks the marker of every reply on top.
-    let filter = match cfg.protocol {
-        Protocol::Icmp => "icmp or icmp6".to_string(),
-        Protocol::Udp => format!("icmp or icmp6 or (udp and src port {})", cfg.sport),
-        Protocol::Tcp => format!(
-            "icmp or icmp6 or (tcp and (portrange {lo}-{hi}))",
-            lo = cfg.sport,
-            hi = cfg.sport.saturating_add(u16::from(cfg.max_ttl) * u16::from(cfg.probes_per_hop))
-        ),
-    };
-    let mut capture = Capture::open(iface.unwrap_or("any"), &filter)?;
+    let filter = bpf_filter(&cfg);
+    let mut capture = Capture::open_with_buffer(iface.unwrap_or("any"), &filter, 16 << 20)?;
     let mut engine = Traceroute::new(cfg).map_err(|e| Error::Unsupported(e.to_string()))?;
 
     let parallel = if opts.parallel == 0 { usize::MAX } else { opts.parallel };
@@ -193,6 +205,10 @@ pub fn traceroute(
             }
         }
         if engine.active() == 0 && pending.is_empty() {
+            let drops = capture.drops();
+            if drops > 0 {
+                eprintln!("service-traceroute: warning: the capture dropped {drops} packets; some replies may be missing");
+            }
             break;
         }
         let mut sleep = Duration::from_millis(50);

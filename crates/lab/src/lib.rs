@@ -31,29 +31,85 @@
 //! (`net.ipv4.icmp_errors_use_inbound_ifaddr=1`), so for branch K the hops are
 //! `198.18.1.1, 198.18.2.2, 198.18.(10+K).2, 198.19.(10+K).2, 198.19.2.2`.
 //!
-//! r2 splits traffic towards 198.19.0.0/16 over the branches with an ECMP route,
-//! r3 splits the return traffic towards 198.18.0.0/16 the same way. Both use
-//! `fib_multipath_hash_policy=3` with `fib_multipath_hash_fields=0x0037`
-//! (src/dst address, protocol, src/dst port). Policy 1 is NOT used: it reuses the
-//! sending socket's flow hash, which veth carries across namespaces, so an
+//! ## Address plan (IPv6, all inside the benchmarking prefix 2001:2::/48, RFC 5180)
+//! Every link also has an IPv6 /64 that spells its IPv4 /24 ([`plan::v6_net`]):
+//! `198.A.B.0/24` -> `2001:2:0:ABB::/64` (A and two-digit B written as decimal digits
+//! in a hex group), host `.h` -> `::h`. Client half 2001:2:0:1800::/56, server half
+//! 2001:2:0:1900::/56, whole lab 2001:2:0:1800::/55.
+//!
+//! | link          | subnet                  | addresses             |
+//! |---------------|-------------------------|-----------------------|
+//! | client — r1   | 2001:2:0:1801::/64      | r1 ::1, client ::2    |
+//! | r1 — r2       | 2001:2:0:1802::/64      | r1 ::1, r2 ::2        |
+//! | r2 — bK       | 2001:2:0:18(10+K)::/64  | r2 ::1, bK ::2        |
+//! | bK — r3       | 2001:2:0:19(10+K)::/64  | bK ::1, r3 ::2        |
+//! | r3 — r4       | 2001:2:0:1902::/64      | r3 ::1, r4 ::2        |
+//! | r4 — server   | 2001:2:0:1901::/64      | r4 ::1, server ::2    |
+//!
+//! Client 2001:2:0:1801::2, server 2001:2:0:1901::2. Addresses are added with
+//! `nodad` (and `accept_dad=0`), so they are usable at once; routers have
+//! `net.ipv6.conf.all.forwarding=1`, nobody accepts RAs or sends RSs, ICMPv6 is not
+//! rate-limited (`net.ipv6.icmp.ratelimit=0`; the global `icmp_msgs_per_sec` budget
+//! is shared with IPv4), and `net.ipv6.auto_flowlabels=0`, so packets carry flow
+//! label 0 unless the application sets one. For branch K the IPv6 hops are
+//! `2001:2:0:1801::1, 2001:2:0:1802::2, 2001:2:0:18(10+K)::2, 2001:2:0:19(10+K)::2,
+//! 2001:2:0:1902::2` ([`Lab::branch_path6`]).
+//!
+//! **ICMPv6 error source address.** Linux has no `icmp_errors_use_inbound_ifaddr` for
+//! IPv6 and needs none: `icmp6_send` (net/ipv6/icmp.c) uses the packet's destination if
+//! it is local (port unreachable from a host), else, unless the route back to the
+//! sender has a preferred source (`src`, `icmpv6_rt_has_prefsrc`), calls
+//! `ipv6_dev_get_saddr()` with the *input* interface as the preferred device (commit
+//! fac6fce9bdb5 "net: icmp6: provide input address for traceroute6"; the `src`
+//! exception came with a later fix). RFC 6724
+//! rule 5 (prefer the outgoing interface) then picks the input interface's global
+//! address. The lab sets no `src` on any route and each interface has one global
+//! address, so each hop answers from its inbound interface, like IPv4, whatever the
+//! return path.
+//!
+//! r2 splits traffic towards the server half over the branches with an ECMP route,
+//! r3 splits the return traffic towards the client half the same way, in both
+//! families. Both use `fib_multipath_hash_policy=3`, IPv4 with
+//! `fib_multipath_hash_fields=0x0037` (src/dst address, protocol, src/dst port),
+//! IPv6 with `0x003f` (the same plus the flow label). Policy 1 is NOT used: it reuses
+//! the sending socket's flow hash, which veth carries across namespaces, so an
 //! application's packets and raw-socket probes with the same 5-tuple could diverge.
+//!
+//! ## Fan-out
+//! With `LabConfig::fanout = n`, the server also owns 198.19.128.1.. (n /32s) and
+//! 2001:2:0:1980::1.. (n /128s) on its loopback; r3 and r4 route 198.19.128.0/17 and
+//! 2001:2:0:1980::/64 towards it (r2 and the branches already cover the server half).
+//! They answer UDP with port unreachable, TCP SYN with RST and echo requests, from the
+//! probed address. Building a lab with 1000 takes about as long as without (~1.3 s):
+//! all addresses go through one `ip -batch`.
 //!
 //! Optional NAT: nftables `masquerade random` on r1's uplink for 198.18.1.0/24
 //! (the client's source port is randomised, so ground truth must read conntrack).
-//! Optional stateful firewall on r2 (forward policy drop; established/related,
-//! ICMP echo and NEW flows to the configured service ports arriving from r1). It sits
-//! on the second router so that everything behind it (the ECMP stage, r3, r4) is what a
-//! classic traceroute cannot see: r2 still answers TTL-expired probes (the TTL check
-//! comes before the forward hook), every later hop is silent to new flows.
+//! IPv6 is never translated. Optional stateful firewall on r2 (forward policy drop;
+//! established/related, ICMP/ICMPv6 echo and NEW flows to the configured service
+//! ports arriving from r1; both families). It sits on the second router so that
+//! everything behind it (the ECMP stage, r3, r4) is what a classic traceroute cannot
+//! see: r2 still answers TTL-expired probes (the TTL check comes before the forward
+//! hook), every later hop is silent to new flows.
 //!
 //! ## Ground truth
-//! [`Lab::expected_path`] asks the ECMP router itself:
-//! `ip route get <server> from <src> iif r1 ipproto <p> sport <S> dport <D>` in r2's
+//! [`Lab::expected_path_ip`] (and [`Lab::expected_path`] for the client-to-server
+//! IPv4 case) asks the ECMP router itself. IPv4:
+//! `ip route get <dst> from <src> iif r1 ipproto <p> sport <S> dport <D>` in r2's
 //! namespace, where (src, S) is the client's address/port or, with NAT, the translated
-//! pair read from r1's conntrack table.
+//! pair read from r1's conntrack table. The kernel builds a dummy packet for an IPv4
+//! `route get` with `iif`, so the answer goes through the same hash as forwarding.
 //!
-//! IPv6 is not configured yet; the topology is described by tables of nodes and links
-//! (see [`LinkSpec`]) so a second address family can be added per link.
+//! IPv6 cannot use `ip -6 route get`: with `iif` it looks the route up without a
+//! packet, and under policy 3 the packet-less hash (`rt6_multipath_custom_hash_fl6`)
+//! differs from the forwarding one (`rt6_multipath_custom_hash_skb`, which also mixes
+//! in an inner-header hash with `jhash_2words`, and takes the flow label in host byte
+//! order). Observed on 6.18: it agreed with `traceroute -6 -T` for 7 of 16 source ports,
+//! i.e. by chance. So the lab asks by experiment: r1 sends into r2 a packet with the
+//! flow's addresses, next header, ports and flow label, marked with traffic class 0xff
+//! and hop limit 255 (the hash ignores both); an nftables chain on r2
+//! (`table ip6 svctr_oracle`, forward hook, priority -200) drops marked packets with a
+//! counter per output branch. One query costs a raw send and an `nft -j list`.
 
 mod apps;
 mod util;
@@ -63,12 +119,12 @@ pub use apps::{
     TcpServer, UdpReport, UdpServer, UdpSession,
 };
 pub use util::{
-    describe, enter_netns, lab_test_guard, open_netns, output_with_timeout, run_checked, spawn_in_netns,
-    NETNS_DIR,
+    describe, enter_netns, lab_test_guard, open_netns, output_with_timeout, run_checked,
+    spawn_in_netns, NETNS_DIR,
 };
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -78,8 +134,13 @@ use anyhow::{anyhow, bail, Context, Result};
 
 /// Timeout for the small configuration commands (`ip`, `sysctl`, `nft`, ...).
 const CMD_TIMEOUT: Duration = Duration::from_secs(20);
+/// `net.ipv6.fib_multipath_hash_fields` on r2 and r3: source and destination address,
+/// next header, flow label, source and destination port.
+pub const IPV6_HASH_FIELDS: u32 = 0x003f;
 /// Maximum number of ECMP branches.
 pub const MAX_BRANCHES: usize = 32;
+/// Maximum number of fan-out destinations per family (198.19.128.0/17 holds 32767).
+pub const MAX_FANOUT: usize = 32767;
 
 /// Lab parameters.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,11 +155,15 @@ pub struct LabConfig {
     pub service_ports_tcp: Vec<u16>,
     /// UDP ports the firewall admits new flows to (the lab's UDP servers' ports).
     pub service_ports_udp: Vec<u16>,
+    /// Number of extra destinations behind r4: the server also owns the IPv4 /32s
+    /// 198.19.128.1.. and the IPv6 /128s 2001:2:0:1980::1.. (`fanout` of each, on its
+    /// loopback), see [`Lab::fanout_targets`]. 0..=[`MAX_FANOUT`].
+    pub fanout: usize,
 }
 
 impl Default for LabConfig {
     /// 3 branches, no NAT, no firewall, TCP service ports 8080..=8089,
-    /// UDP service ports 9000..=9009.
+    /// UDP service ports 9000..=9009, no fan-out.
     fn default() -> Self {
         LabConfig {
             branches: 3,
@@ -106,6 +171,7 @@ impl Default for LabConfig {
             firewall: false,
             service_ports_tcp: (8080..=8089).collect(),
             service_ports_udp: (9000..=9009).collect(),
+            fanout: 0,
         }
     }
 }
@@ -115,15 +181,34 @@ impl Default for LabConfig {
 pub enum Proto {
     Tcp,
     Udp,
+    /// ICMP (IPv4) or ICMPv6 (IPv6), e.g. echo requests. Has no ports: the ECMP hash
+    /// only sees addresses and protocol (and the IPv6 flow label).
+    Icmp,
 }
 
 impl Proto {
-    /// Name as used by `ip route get ipproto` and `conntrack -p`.
+    /// Name as used by `ip route get ipproto` and `conntrack -p` (IPv4: "icmp").
     pub fn name(self) -> &'static str {
         match self {
             Proto::Tcp => "tcp",
             Proto::Udp => "udp",
+            Proto::Icmp => "icmp",
         }
+    }
+
+    /// IP protocol number: 6, 17, 1 (ICMP) or 58 (ICMPv6 when `v6`).
+    pub fn number(self, v6: bool) -> u8 {
+        match self {
+            Proto::Tcp => 6,
+            Proto::Udp => 17,
+            Proto::Icmp if v6 => 58,
+            Proto::Icmp => 1,
+        }
+    }
+
+    /// Whether the protocol has ports (TCP, UDP).
+    pub fn has_ports(self) -> bool {
+        !matches!(self, Proto::Icmp)
     }
 }
 
@@ -152,6 +237,8 @@ pub struct LinkSpec {
     pub b_host: u8,
     /// The link's IPv4 /24.
     pub net_v4: Ipv4Addr,
+    /// The link's IPv6 /64 ([`plan::v6_net`] of `net_v4`).
+    pub net_v6: Ipv6Addr,
 }
 
 impl LinkSpec {
@@ -163,6 +250,19 @@ impl LinkSpec {
     pub fn addr_b(&self) -> Ipv4Addr {
         host(self.net_v4, self.b_host)
     }
+    /// IPv6 address of the `a` end (interface identifier `::a_host`).
+    pub fn addr6_a(&self) -> Ipv6Addr {
+        host6(self.net_v6, self.a_host)
+    }
+    /// IPv6 address of the `b` end (interface identifier `::b_host`).
+    pub fn addr6_b(&self) -> Ipv6Addr {
+        host6(self.net_v6, self.b_host)
+    }
+}
+
+fn host6(net: Ipv6Addr, h: u8) -> Ipv6Addr {
+    let s = net.segments();
+    Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, u16::from(h))
 }
 
 fn host(net: Ipv4Addr, h: u8) -> Ipv4Addr {
@@ -172,7 +272,7 @@ fn host(net: Ipv4Addr, h: u8) -> Ipv4Addr {
 
 /// Address plan constants (see the crate documentation).
 pub mod plan {
-    use std::net::Ipv4Addr;
+    use std::net::{Ipv4Addr, Ipv6Addr};
     /// Client-side half of the lab.
     pub const CLIENT_HALF: &str = "198.18.0.0/16";
     /// Server-side half of the lab.
@@ -193,6 +293,43 @@ pub mod plan {
     pub fn branch_r3_net(k: usize) -> Ipv4Addr {
         Ipv4Addr::new(198, 19, (10 + k) as u8, 0)
     }
+
+    /// The whole lab in IPv6: inside the benchmarking prefix 2001:2::/48 (RFC 5180).
+    pub const LAB6: &str = "2001:2:0:1800::/55";
+    /// Client-side half of the lab (mirrors 198.18.0.0/16).
+    pub const CLIENT_HALF6: &str = "2001:2:0:1800::/56";
+    /// Server-side half of the lab (mirrors 198.19.0.0/16).
+    pub const SERVER_HALF6: &str = "2001:2:0:1900::/56";
+    /// The IPv6 /64 of the link whose IPv4 /24 is `198.A.B.0`: `2001:2:0:ABB::/64`, the
+    /// fourth group spelling A and B (two digits) in decimal, e.g. 198.18.1.0/24 ->
+    /// 2001:2:0:1801::/64, 198.19.12.0/24 -> 2001:2:0:1912::/64. The host `.h` of the
+    /// IPv4 link is `::h` (hex, h < 10 in the lab) on the IPv6 link.
+    pub fn v6_net(v4: Ipv4Addr) -> Ipv6Addr {
+        let o = v4.octets();
+        let group = u16::from_str_radix(&format!("{}{:02}", o[1], o[2]), 16)
+            .expect("lab IPv4 subnets map to a hex group");
+        Ipv6Addr::new(0x2001, 2, 0, group, 0, 0, 0, 0)
+    }
+
+    /// Fan-out destinations (IPv4): 198.19.128.0/17, target i (1-based) is
+    /// 198.19.128.0 + i, i.e. 198.19.128.1, ..., 198.19.129.0, ...
+    pub const FANOUT_NET: Ipv4Addr = Ipv4Addr::new(198, 19, 128, 0);
+    /// Prefix length of [`FANOUT_NET`].
+    pub const FANOUT_PREFIX_LEN: u8 = 17;
+    /// Fan-out destinations (IPv6): 2001:2:0:1980::/64, target i is 2001:2:0:1980::i
+    /// (i in hex), e.g. 2001:2:0:1980::1, ..., 2001:2:0:1980::3e8.
+    pub const FANOUT_NET6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0x1980, 0, 0, 0, 0);
+    /// Prefix length of [`FANOUT_NET6`].
+    pub const FANOUT_PREFIX_LEN6: u8 = 64;
+
+    /// IPv4 fan-out target i (1-based).
+    pub fn fanout_v4(i: usize) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(FANOUT_NET) + i as u32)
+    }
+    /// IPv6 fan-out target i (1-based).
+    pub fn fanout_v6(i: usize) -> Ipv6Addr {
+        Ipv6Addr::from(u128::from(FANOUT_NET6) + i as u128)
+    }
 }
 
 static LAB_COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -208,6 +345,8 @@ pub struct Lab {
     created: Vec<String>,
     /// Stop flags of the application threads started on this lab.
     stops: Mutex<Vec<Weak<AtomicBool>>>,
+    /// Last-read packet counters of r2's IPv6 routing oracle (one query at a time).
+    oracle: Mutex<Vec<u64>>,
 }
 
 impl std::fmt::Debug for Lab {
@@ -306,6 +445,9 @@ impl Lab {
                 cfg.branches
             );
         }
+        if cfg.fanout > MAX_FANOUT {
+            bail!("fanout must be at most {MAX_FANOUT}, got {}", cfg.fanout);
+        }
         if !nix::unistd::geteuid().is_root() {
             bail!("building a lab needs root (network namespaces)");
         }
@@ -317,6 +459,7 @@ impl Lab {
             links,
             created: Vec::new(),
             stops: Mutex::new(Vec::new()),
+            oracle: Mutex::new(Vec::new()),
         };
         // On any error `lab` is dropped here, which deletes what was created.
         lab.setup()
@@ -343,24 +486,45 @@ impl Lab {
         // sysctls before creating interfaces so that conf.default applies to them.
         for n in &self.nodes {
             let mut kv: Vec<String> = vec![
-                // IPv4-only lab for now: keep IPv6 ND/RS chatter off the links.
-                "net.ipv6.conf.all.disable_ipv6=1".into(),
-                "net.ipv6.conf.default.disable_ipv6=1".into(),
                 "net.ipv4.conf.all.rp_filter=0".into(),
                 "net.ipv4.conf.default.rp_filter=0".into(),
                 // No ICMP rate limiting anywhere (routers' time-exceeded, server's
-                // port-unreachable): tests send bursts of probes.
+                // port-unreachable): tests send bursts of probes. The global
+                // msgs_per_sec/burst budget is shared by ICMP and ICMPv6.
                 "net.ipv4.icmp_ratelimit=0".into(),
                 "net.ipv4.icmp_msgs_per_sec=1000000".into(),
                 "net.ipv4.icmp_msgs_burst=1000000".into(),
+                // Unprivileged-style ICMP echo sockets (used by `Lab::ping`).
+                "net.ipv4.ping_group_range=0 2147483647".into(),
+                // IPv6: on, usable at once (no DAD), no autoconfiguration chatter.
+                "net.ipv6.conf.all.disable_ipv6=0".into(),
+                "net.ipv6.conf.default.disable_ipv6=0".into(),
+                "net.ipv6.conf.all.accept_dad=0".into(),
+                "net.ipv6.conf.default.accept_dad=0".into(),
+                "net.ipv6.conf.all.accept_ra=0".into(),
+                "net.ipv6.conf.default.accept_ra=0".into(),
+                "net.ipv6.conf.all.router_solicitations=0".into(),
+                "net.ipv6.conf.default.router_solicitations=0".into(),
+                "net.ipv6.icmp.ratelimit=0".into(),
+                // Packets carry flow label 0 unless the application sets one, so that
+                // the ECMP choice is a function of the 5-tuple (as for IPv4). With
+                // the default (1), each TCP connection gets a random label, re-drawn
+                // on retransmission timeouts, and UDP/raw labels are a flow hash.
+                "net.ipv6.auto_flowlabels=0".into(),
             ];
             if n.router {
                 kv.push("net.ipv4.ip_forward=1".into());
                 kv.push("net.ipv4.icmp_errors_use_inbound_ifaddr=1".into());
+                kv.push("net.ipv6.conf.all.forwarding=1".into());
+                kv.push("net.ipv6.conf.default.forwarding=1".into());
             }
             if n.role == "r2" || n.role == "r3" {
                 kv.push("net.ipv4.fib_multipath_hash_policy=3".into());
                 kv.push("net.ipv4.fib_multipath_hash_fields=0x0037".into());
+                kv.push("net.ipv6.fib_multipath_hash_policy=3".into());
+                kv.push(format!(
+                    "net.ipv6.fib_multipath_hash_fields={IPV6_HASH_FIELDS:#06x}"
+                ));
             }
             let mut c = self.command(&n.ns, "sysctl");
             c.arg("-q").arg("-w").args(&kv);
@@ -398,12 +562,29 @@ impl Lab {
             c.args(["-f", "-"]);
             run_checked(&mut c, Some(&script), CMD_TIMEOUT)?;
         }
+        {
+            // IPv6 routing oracle on r2 (see `oracle_branch`).
+            let ns = self.ns_of("r2")?.to_string();
+            let mark = "ip6 dscp 0x3f ip6 ecn ce ip6 hoplimit 254 iifname \"r1\"";
+            let mut rules = String::new();
+            for k in 1..=self.cfg.branches {
+                rules.push_str(&format!("    {mark} oifname \"b{k}\" counter drop\n"));
+            }
+            rules.push_str(&format!("    {mark} counter drop\n"));
+            let script = format!(
+                "table ip6 svctr_oracle {{\n  chain forward {{\n    type filter hook forward priority -200; policy accept;\n{rules}  }}\n}}\n"
+            );
+            let mut c = self.command(&ns, "nft");
+            c.args(["-f", "-"]);
+            run_checked(&mut c, Some(&script), CMD_TIMEOUT)?;
+        }
         if self.cfg.firewall {
             let ns = self.ns_of("r2")?.to_string();
             let mut rules = String::new();
             rules.push_str("    ct state established,related accept\n");
             rules.push_str("    ct state invalid drop\n");
             rules.push_str("    icmp type echo-request accept\n");
+            rules.push_str("    icmpv6 type echo-request accept\n");
             let join = |v: &[u16]| {
                 v.iter()
                     .map(|p| p.to_string())
@@ -429,85 +610,155 @@ impl Lab {
             c.args(["-f", "-"]);
             run_checked(&mut c, Some(&script), CMD_TIMEOUT)?;
         }
-        Ok(())
+        self.verify_reachability()
     }
 
     fn ip_batch(&self, n: &Node) -> String {
         let mut b = String::new();
         b.push_str("link set lo up\n");
         for l in &self.links {
-            let (ifn, addr) = if l.a == n.role {
-                (&l.a_if, l.addr_a())
+            let (ifn, addr, addr6) = if l.a == n.role {
+                (&l.a_if, l.addr_a(), l.addr6_a())
             } else if l.b == n.role {
-                (&l.b_if, l.addr_b())
+                (&l.b_if, l.addr_b(), l.addr6_b())
             } else {
                 continue;
             };
             b.push_str(&format!("addr add {addr}/24 dev {ifn}\n"));
+            // nodad: usable at once (accept_dad=0 covers the link-local address).
+            b.push_str(&format!("addr add {addr6}/64 dev {ifn} nodad\n"));
             b.push_str(&format!("link set {ifn} up\n"));
         }
         let k = self.cfg.branches;
-        let client_link = &self.links[0];
-        let ecmp = |hops: Vec<(Ipv4Addr, String)>| {
+        let v6 = |net: Ipv4Addr, h: u8| host6(plan::v6_net(net), h);
+        let ecmp = |hops: Vec<(String, String)>| {
             hops.iter()
                 .map(|(gw, dev)| format!(" nexthop via {gw} dev {dev}"))
                 .collect::<String>()
         };
+        let fanout = self.cfg.fanout > 0;
+        let fan4 = format!("{}/{}", plan::FANOUT_NET, plan::FANOUT_PREFIX_LEN);
+        let fan6 = format!("{}/{}", plan::FANOUT_NET6, plan::FANOUT_PREFIX_LEN6);
+        let mut route = |dst: &str, gw: String, dev: &str| {
+            b.push_str(&format!("route add {dst} via {gw} dev {dev}\n"));
+        };
         match n.role.as_str() {
-            "client" => b.push_str(&format!(
-                "route add default via {} dev eth0\n",
-                client_link.addr_a()
-            )),
-            "server" => b.push_str(&format!(
-                "route add default via {} dev eth0\n",
-                host(plan::SERVER_NET, 1)
-            )),
-            "r1" => b.push_str(&format!(
-                "route add 198.18.0.0/15 via {} dev r2\n",
-                host(plan::R1_R2_NET, 2)
-            )),
+            "client" => {
+                route("default", host(plan::CLIENT_NET, 1).to_string(), "eth0");
+                route("::/0", v6(plan::CLIENT_NET, 1).to_string(), "eth0");
+            }
+            "server" => {
+                route("default", host(plan::SERVER_NET, 1).to_string(), "eth0");
+                route("::/0", v6(plan::SERVER_NET, 1).to_string(), "eth0");
+            }
+            "r1" => {
+                route("198.18.0.0/15", host(plan::R1_R2_NET, 2).to_string(), "r2");
+                route(plan::LAB6, v6(plan::R1_R2_NET, 2).to_string(), "r2");
+            }
             "r2" => {
-                b.push_str(&format!(
-                    "route add {}/24 via {} dev r1\n",
-                    plan::CLIENT_NET,
-                    host(plan::R1_R2_NET, 1)
-                ));
+                let client4 = format!("{}/24", plan::CLIENT_NET);
+                let client6 = format!("{}/64", plan::v6_net(plan::CLIENT_NET));
+                route(&client4, host(plan::R1_R2_NET, 1).to_string(), "r1");
+                route(&client6, v6(plan::R1_R2_NET, 1).to_string(), "r1");
                 let hops = (1..=k)
-                    .map(|i| (host(plan::r2_branch_net(i), 2), format!("b{i}")))
+                    .map(|i| (host(plan::r2_branch_net(i), 2).to_string(), format!("b{i}")))
                     .collect();
                 b.push_str(&format!("route add {}{}\n", plan::SERVER_HALF, ecmp(hops)));
+                let hops = (1..=k)
+                    .map(|i| (v6(plan::r2_branch_net(i), 2).to_string(), format!("b{i}")))
+                    .collect();
+                b.push_str(&format!("route add {}{}\n", plan::SERVER_HALF6, ecmp(hops)));
             }
             "r3" => {
-                b.push_str(&format!(
-                    "route add {}/24 via {} dev r4\n",
-                    plan::SERVER_NET,
-                    host(plan::R3_R4_NET, 2)
-                ));
+                let server4 = format!("{}/24", plan::SERVER_NET);
+                let server6 = format!("{}/64", plan::v6_net(plan::SERVER_NET));
+                route(&server4, host(plan::R3_R4_NET, 2).to_string(), "r4");
+                route(&server6, v6(plan::R3_R4_NET, 2).to_string(), "r4");
+                if fanout {
+                    route(&fan4, host(plan::R3_R4_NET, 2).to_string(), "r4");
+                    route(&fan6, v6(plan::R3_R4_NET, 2).to_string(), "r4");
+                }
                 let hops = (1..=k)
-                    .map(|i| (host(plan::branch_r3_net(i), 1), format!("b{i}")))
+                    .map(|i| (host(plan::branch_r3_net(i), 1).to_string(), format!("b{i}")))
                     .collect();
                 b.push_str(&format!("route add {}{}\n", plan::CLIENT_HALF, ecmp(hops)));
+                let hops = (1..=k)
+                    .map(|i| (v6(plan::branch_r3_net(i), 1).to_string(), format!("b{i}")))
+                    .collect();
+                b.push_str(&format!("route add {}{}\n", plan::CLIENT_HALF6, ecmp(hops)));
             }
-            "r4" => b.push_str(&format!(
-                "route add 198.18.0.0/15 via {} dev r3\n",
-                host(plan::R3_R4_NET, 1)
-            )),
+            "r4" => {
+                route("198.18.0.0/15", host(plan::R3_R4_NET, 1).to_string(), "r3");
+                route(plan::LAB6, v6(plan::R3_R4_NET, 1).to_string(), "r3");
+                if fanout {
+                    route(&fan4, host(plan::SERVER_NET, 2).to_string(), "server");
+                    route(&fan6, v6(plan::SERVER_NET, 2).to_string(), "server");
+                }
+            }
             role => {
                 // branch router bK
                 let i: usize = role[1..].parse().expect("branch role");
-                b.push_str(&format!(
-                    "route add {} via {} dev r2\n",
-                    plan::CLIENT_HALF,
-                    host(plan::r2_branch_net(i), 1)
-                ));
-                b.push_str(&format!(
-                    "route add {} via {} dev r3\n",
-                    plan::SERVER_HALF,
-                    host(plan::branch_r3_net(i), 2)
-                ));
+                route(plan::CLIENT_HALF, host(plan::r2_branch_net(i), 1).to_string(), "r2");
+                route(plan::CLIENT_HALF6, v6(plan::r2_branch_net(i), 1).to_string(), "r2");
+                route(plan::SERVER_HALF, host(plan::branch_r3_net(i), 2).to_string(), "r3");
+                route(plan::SERVER_HALF6, v6(plan::branch_r3_net(i), 2).to_string(), "r3");
+            }
+        }
+        if n.role == "server" {
+            // Fan-out destinations as host addresses on the loopback. Errors the
+            // server sends for them (port unreachable, RST, echo reply) come from the
+            // probed address (IPv4: RTCF_LOCAL; IPv6: icmp6_send uses a local daddr).
+            for i in 1..=self.cfg.fanout {
+                b.push_str(&format!("addr add {}/32 dev lo\n", plan::fanout_v4(i)));
+                b.push_str(&format!("addr add {}/128 dev lo nodad\n", plan::fanout_v6(i)));
             }
         }
         b
+    }
+
+    /// Checks after setup that both families reach the server (and the first and
+    /// last fan-out targets): an ICMP echo from the client, up to 3 tries of 1 s each.
+    /// Also fails if any IPv6 address is still tentative.
+    fn verify_reachability(&self) -> Result<()> {
+        for n in &self.nodes {
+            let out = run_checked(
+                &mut ip(&["-n", &n.ns, "-6", "-o", "addr", "show", "tentative"]),
+                None,
+                CMD_TIMEOUT,
+            )?;
+            if !out.trim().is_empty() {
+                bail!("tentative IPv6 addresses in {}: {out}", n.ns);
+            }
+        }
+        let mut dsts = vec![IpAddr::V4(self.server_addr()), IpAddr::V6(self.server_addr6())];
+        if self.cfg.fanout > 0 {
+            for i in [1, self.cfg.fanout] {
+                dsts.push(IpAddr::V4(plan::fanout_v4(i)));
+                dsts.push(IpAddr::V6(plan::fanout_v6(i)));
+            }
+        }
+        for dst in dsts {
+            let mut last = None;
+            for _ in 0..3 {
+                match self.ping(self.client_ns(), dst, Duration::from_secs(1)) {
+                    Ok(_) => {
+                        last = None;
+                        break;
+                    }
+                    Err(e) => last = Some(e),
+                }
+            }
+            if let Some(e) = last {
+                return Err(e.context(format!("{dst} is unreachable from the client")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends one ICMP/ICMPv6 echo request from namespace `ns` to `dst` and waits up to
+    /// `timeout` for the reply. Returns the round-trip time.
+    pub fn ping(&self, ns: &str, dst: IpAddr, timeout: Duration) -> Result<Duration> {
+        util::ping_in_netns(ns, dst, timeout)
     }
 
     fn ns_of(&self, role: &str) -> Result<&str> {
@@ -589,6 +840,57 @@ impl Lab {
         self.links[self.links.len() - 1].addr_b()
     }
 
+    /// 2001:2:0:1801::2
+    pub fn client_addr6(&self) -> Ipv6Addr {
+        self.links[0].addr6_b()
+    }
+
+    /// 2001:2:0:1901::2
+    pub fn server_addr6(&self) -> Ipv6Addr {
+        self.links[self.links.len() - 1].addr6_b()
+    }
+
+    /// The client's address in the family of `like` (to pair with a destination).
+    pub fn client_addr_for(&self, like: IpAddr) -> IpAddr {
+        match like {
+            IpAddr::V4(_) => IpAddr::V4(self.client_addr()),
+            IpAddr::V6(_) => IpAddr::V6(self.client_addr6()),
+        }
+    }
+
+    /// The IPv4 fan-out destinations: 198.19.128.1, 198.19.128.2, ... (`cfg.fanout`).
+    pub fn fanout_targets_v4(&self) -> Vec<Ipv4Addr> {
+        (1..=self.cfg.fanout).map(plan::fanout_v4).collect()
+    }
+
+    /// The IPv6 fan-out destinations: 2001:2:0:1980::1, ::2, ... (`cfg.fanout`).
+    pub fn fanout_targets_v6(&self) -> Vec<Ipv6Addr> {
+        (1..=self.cfg.fanout).map(plan::fanout_v6).collect()
+    }
+
+    /// All fan-out destinations, IPv4 first, then IPv6 (2 * `cfg.fanout`).
+    pub fn fanout_targets(&self) -> Vec<IpAddr> {
+        self.fanout_targets_v4()
+            .into_iter()
+            .map(IpAddr::V4)
+            .chain(self.fanout_targets_v6().into_iter().map(IpAddr::V6))
+            .collect()
+    }
+
+    /// Whether `dst` is a destination behind r4: the server's address or a fan-out target.
+    pub fn is_destination(&self, dst: IpAddr) -> bool {
+        match dst {
+            IpAddr::V4(a) => {
+                let i = u32::from(a).wrapping_sub(u32::from(plan::FANOUT_NET)) as usize;
+                a == self.server_addr() || (1..=self.cfg.fanout).contains(&i)
+            }
+            IpAddr::V6(a) => {
+                let i = u128::from(a).wrapping_sub(u128::from(plan::FANOUT_NET6));
+                a == self.server_addr6() || (1..=self.cfg.fanout as u128).contains(&i)
+            }
+        }
+    }
+
     /// Number of routers on the client→server path (5).
     pub fn hop_count(&self) -> usize {
         5
@@ -608,6 +910,54 @@ impl Lab {
             host(plan::branch_r3_net(k), 2),
             host(plan::R3_R4_NET, 2),
         ]
+    }
+
+    /// The IPv6 hop addresses of the path through branch `k` (1-based):
+    /// `2001:2:0:1801::1, 2001:2:0:1802::2, 2001:2:0:18(10+K)::2, 2001:2:0:19(10+K)::2,
+    /// 2001:2:0:1902::2` (each router answers from its inbound interface).
+    pub fn branch_path6(&self, k: usize) -> Vec<Ipv6Addr> {
+        self.branch_path(k)
+            .into_iter()
+            .map(|a| v4_to_v6(a).expect("lab address"))
+            .collect()
+    }
+
+    /// [`Lab::branch_path`] or [`Lab::branch_path6`].
+    pub fn branch_path_ip(&self, k: usize, v6: bool) -> Vec<IpAddr> {
+        if v6 {
+            self.branch_path6(k).into_iter().map(IpAddr::V6).collect()
+        } else {
+            self.branch_path(k).into_iter().map(IpAddr::V4).collect()
+        }
+    }
+
+    /// Which branch (1-based) a hop list of either family goes through (3rd hop).
+    pub fn branch_of_path_ip(&self, path: &[Option<IpAddr>]) -> Option<usize> {
+        let h3 = (*path.get(2)?)?;
+        (1..=self.cfg.branches).find(|&k| self.branch_path_ip(k, h3.is_ipv6())[2] == h3)
+    }
+
+    /// The branch (1-based) an address of either family belongs to.
+    pub fn branch_of_ip(&self, addr: IpAddr) -> Option<usize> {
+        match addr {
+            IpAddr::V4(a) => self.branch_of_addr(a),
+            IpAddr::V6(a) => self.branch_of_addr(v6_to_v4(a)?),
+        }
+    }
+
+    /// Name of the node owning an address of either family (fan-out targets: "server").
+    pub fn addr_owner_ip(&self, addr: IpAddr) -> Option<&str> {
+        if self.is_destination(addr) {
+            return Some(&self.nodes[self.nodes.len() - 1].role);
+        }
+        match addr {
+            IpAddr::V4(a) => self.addr_owner(a),
+            IpAddr::V6(a) => {
+                let v4 = v6_to_v4(a)?;
+                (v4_to_v6(v4)? == a).then_some(())?;
+                self.addr_owner(v4)
+            }
+        }
     }
 
     /// Which branch (1-based) a hop list goes through, judged by its 3rd hop.
@@ -657,6 +1007,20 @@ impl Lab {
         client_port: u16,
         server_port: u16,
     ) -> Result<(Ipv4Addr, u16)> {
+        self.nat_translation_to(proto, client_port, self.server_addr(), server_port)
+    }
+
+    /// [`Lab::nat_translation`] for a flow to any IPv4 destination `dst` (e.g. a
+    /// fan-out target). For [`Proto::Icmp`] the ports are ignored and the returned
+    /// port is 0 (the translated source address is read from any ICMP entry
+    /// client -> dst).
+    pub fn nat_translation_to(
+        &self,
+        proto: Proto,
+        client_port: u16,
+        dst: Ipv4Addr,
+        dport: u16,
+    ) -> Result<(Ipv4Addr, u16)> {
         if !self.cfg.nat {
             return Ok((self.client_addr(), client_port));
         }
@@ -664,13 +1028,19 @@ impl Lab {
         let mut c = self.command(&ns, "conntrack");
         c.args(["-L", "-p", proto.name()])
             .args(["--orig-src", &self.client_addr().to_string()])
-            .args(["--orig-dst", &self.server_addr().to_string()])
-            .args(["--orig-port-src", &client_port.to_string()])
-            .args(["--orig-port-dst", &server_port.to_string()]);
+            .args(["--orig-dst", &dst.to_string()]);
+        if proto.has_ports() {
+            c.args(["--orig-port-src", &client_port.to_string()])
+                .args(["--orig-port-dst", &dport.to_string()]);
+        }
         let out = run_checked(&mut c, None, CMD_TIMEOUT)?;
         for line in out.lines() {
-            if let Some(t) = parse_conntrack_reply(line) {
-                return Ok(t);
+            if proto.has_ports() {
+                if let Some(t) = parse_conntrack_reply(line) {
+                    return Ok(t);
+                }
+            } else if let Some(a) = parse_conntrack_reply_addr(line) {
+                return Ok((a, 0));
             }
         }
         bail!(
@@ -678,8 +1048,8 @@ impl Lab {
             proto.name(),
             self.client_addr(),
             client_port,
-            self.server_addr(),
-            server_port
+            dst,
+            dport
         )
     }
 
@@ -692,6 +1062,35 @@ impl Lab {
         dst: Ipv4Addr,
         dport: u16,
     ) -> Result<usize> {
+        self.route_branch_ip(proto, src.into(), sport, dst.into(), dport, 0)
+    }
+
+    /// Branch (1-based) that r2 picks for a packet arriving from r1, either family.
+    /// Ports are ignored for [`Proto::Icmp`]; `flow_label` is ignored for IPv4.
+    ///
+    /// IPv4 asks `ip route get ... iif r1 ipproto P [sport S dport D]` in r2. IPv6
+    /// cannot (see the crate documentation: under hash policy 3 `ip -6 route get`
+    /// hashes differently from forwarding), so it injects a marked copy of the packet
+    /// into r2 from r1 and reads which branch r2 forwarded it to; r2 drops it there.
+    pub fn route_branch_ip(
+        &self,
+        proto: Proto,
+        src: IpAddr,
+        sport: u16,
+        dst: IpAddr,
+        dport: u16,
+        flow_label: u32,
+    ) -> Result<usize> {
+        if src.is_ipv4() != dst.is_ipv4() {
+            bail!("source {src} and destination {dst} are of different families");
+        }
+        let v6 = dst.is_ipv6();
+        if v6 && flow_label > 0xf_ffff {
+            bail!("flow label {flow_label:#x} has more than 20 bits");
+        }
+        if v6 {
+            return self.oracle_branch(proto, src, sport, dst, dport, flow_label);
+        }
         let ns = self.router_ns("r2")?.to_string();
         let mut c = Command::new("ip");
         c.args([
@@ -706,15 +1105,12 @@ impl Lab {
             &src.to_string(),
             "iif",
             "r1",
-        ])
-        .args([
             "ipproto",
             proto.name(),
-            "sport",
-            &sport.to_string(),
-            "dport",
-            &dport.to_string(),
         ]);
+        if proto.has_ports() {
+            c.args(["sport", &sport.to_string(), "dport", &dport.to_string()]);
+        }
         let out = run_checked(&mut c, None, CMD_TIMEOUT)?;
         let toks: Vec<&str> = out.split_whitespace().collect();
         let dev = toks
@@ -736,6 +1132,78 @@ impl Lab {
         Ok(k)
     }
 
+    /// IPv6 ground truth by experiment: r1 sends a packet with the flow's header
+    /// fields (addresses, next header, ports, flow label) into r2, marked with traffic
+    /// class 0xff and hop limit 255, which the ECMP hash ignores. r2 routes it like the
+    /// flow, and its `svctr_oracle` forward chain drops it with a per-branch counter.
+    fn oracle_branch(
+        &self,
+        proto: Proto,
+        src: IpAddr,
+        sport: u16,
+        dst: IpAddr,
+        dport: u16,
+        flow_label: u32,
+    ) -> Result<usize> {
+        let (IpAddr::V6(src6), IpAddr::V6(dst6)) = (src, dst) else {
+            bail!("the routing oracle is IPv6-only");
+        };
+        let pkt = util::oracle_packet6(
+            proto.number(true),
+            src6,
+            dst6,
+            sport,
+            dport,
+            flow_label,
+        );
+        let r1 = self.router_ns("r1")?.to_string();
+        let r2 = self.router_ns("r2")?.to_string();
+        let mut seen = self.oracle.lock().unwrap_or_else(|e| e.into_inner());
+        util::send_raw6(&r1, dst6, pkt)?;
+        // r2 forwards in softirq context right after r1's transmit; poll briefly.
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        loop {
+            let now = self.oracle_counters(&r2)?;
+            if now.len() != self.cfg.branches + 1 {
+                bail!("unexpected svctr_oracle chain on r2: {now:?}");
+            }
+            let old = std::mem::replace(&mut *seen, now.clone());
+            let grown: Vec<usize> = (0..now.len())
+                .filter(|&i| now[i] > old.get(i).copied().unwrap_or(0))
+                .collect();
+            match grown.as_slice() {
+                [] if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                [] => bail!(
+                    "routing oracle: r2 did not forward the probe {src}:{sport} -> {dst}:{dport} ({})",
+                    proto.name()
+                ),
+                [i] if *i < self.cfg.branches => return Ok(i + 1),
+                [_] => bail!("routing oracle: r2 routes {src} -> {dst} to no branch"),
+                _ => bail!("routing oracle: counters moved on several branches {grown:?}"),
+            }
+        }
+    }
+
+    /// Packet counters of r2's oracle rules: one per branch, then the catch-all.
+    fn oracle_counters(&self, r2: &str) -> Result<Vec<u64>> {
+        let mut c = self.command(r2, "nft");
+        c.args(["-j", "list", "table", "ip6", "svctr_oracle"]);
+        let out = run_checked(&mut c, None, CMD_TIMEOUT)?;
+        let v: serde_json::Value = serde_json::from_str(&out).context("nft -j output")?;
+        let mut counters = Vec::new();
+        for item in v["nftables"].as_array().into_iter().flatten() {
+            let Some(exprs) = item["rule"]["expr"].as_array() else {
+                continue;
+            };
+            if let Some(n) = exprs.iter().find_map(|e| e["counter"]["packets"].as_u64()) {
+                counters.push(n);
+            }
+        }
+        Ok(counters)
+    }
+
     /// Ground truth: the hop addresses (hop 1..=hop_count) that packets of this flow
     /// meet. `client_port` is the client socket's local port, `server_port` the
     /// server's. With NAT, the tuple seen by r2 is read from r1's conntrack (error if
@@ -746,9 +1214,57 @@ impl Lab {
         client_port: u16,
         server_port: u16,
     ) -> Result<Vec<Ipv4Addr>> {
-        let (src, sport) = self.nat_translation(proto, client_port, server_port)?;
-        let k = self.route_branch(proto, src, sport, self.server_addr(), server_port)?;
-        Ok(self.branch_path(k))
+        let path = self.expected_path_ip(
+            proto,
+            self.client_addr().into(),
+            self.server_addr().into(),
+            client_port,
+            server_port,
+            0,
+        )?;
+        Ok(path
+            .into_iter()
+            .filter_map(|a| match a {
+                IpAddr::V4(a) => Some(a),
+                IpAddr::V6(_) => None,
+            })
+            .collect())
+    }
+
+    /// Ground truth for either family: the hop addresses (hop 1..=hop_count) that the
+    /// packets `src:sport -> dst:dport` (protocol `proto`, IPv6 flow label
+    /// `flow_label`) sent by the client meet. `dst` is the server or a fan-out target
+    /// ([`Lab::is_destination`]); ports are ignored for [`Proto::Icmp`], the flow label
+    /// for IPv4. With NAT (IPv4 only) and `src` = the client, the tuple seen by r2 is
+    /// read from r1's conntrack (error if the flow has no entry yet); other sources
+    /// are taken as they are.
+    pub fn expected_path_ip(
+        &self,
+        proto: Proto,
+        src: IpAddr,
+        dst: IpAddr,
+        sport: u16,
+        dport: u16,
+        flow_label: u32,
+    ) -> Result<Vec<IpAddr>> {
+        if src.is_ipv4() != dst.is_ipv4() {
+            bail!("source {src} and destination {dst} are of different families");
+        }
+        if !self.is_destination(dst) {
+            bail!(
+                "{dst} is not a destination behind r4 (the server or one of the {} fan-out targets)",
+                self.cfg.fanout
+            );
+        }
+        let (src, sport) = match (src, dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) if self.cfg.nat && s == self.client_addr() => {
+                let (a, p) = self.nat_translation_to(proto, sport, d, dport)?;
+                (IpAddr::V4(a), if proto.has_ports() { p } else { sport })
+            }
+            _ => (src, sport),
+        };
+        let k = self.route_branch_ip(proto, src, sport, dst, dport, flow_label)?;
+        Ok(self.branch_path_ip(k, dst.is_ipv6()))
     }
 
     /// Absolute SNMP/netstat counters of a namespace (`nstat -asz --json`), e.g.
@@ -794,6 +1310,32 @@ impl Drop for Lab {
     }
 }
 
+/// The IPv6 twin of a lab IPv4 link address (see [`plan::v6_net`]).
+fn v4_to_v6(a: Ipv4Addr) -> Option<Ipv6Addr> {
+    let o = a.octets();
+    if o[0] != 198 || !(18..=19).contains(&o[1]) || o[2] > 99 || o[3] > 9 {
+        return None;
+    }
+    Some(host6(plan::v6_net(host(a, 0)), o[3]))
+}
+
+/// The IPv4 twin of a lab IPv6 link address (inverse of [`v4_to_v6`]).
+fn v6_to_v4(a: Ipv6Addr) -> Option<Ipv4Addr> {
+    let s = a.segments();
+    if s[..3] != [0x2001, 2, 0] || s[4..7] != [0, 0, 0] || s[7] > 9 {
+        return None;
+    }
+    let digits = format!("{:04x}", s[3]);
+    if !digits.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    let (hi, lo): (u8, u8) = (digits[..2].parse().ok()?, digits[2..].parse().ok()?);
+    if !(18..=19).contains(&hi) {
+        return None;
+    }
+    Some(Ipv4Addr::new(198, hi, lo, s[7] as u8))
+}
+
 /// Nodes and links of the topology for `branches` branches.
 fn topology(prefix: &str, branches: usize) -> (Vec<Node>, Vec<LinkSpec>) {
     let node = |role: &str, router: bool| Node {
@@ -818,6 +1360,7 @@ fn topology(prefix: &str, branches: usize) -> (Vec<Node>, Vec<LinkSpec>) {
             b_if: b_if.into(),
             b_host,
             net_v4: net,
+            net_v6: plan::v6_net(net),
         }
     };
     // links[0] is the client link (the client is its `b` end so the router gets .1),
@@ -860,6 +1403,15 @@ fn parse_conntrack_reply(line: &str) -> Option<(Ipv4Addr, u16)> {
     Some((dsts[1].parse().ok()?, dports[1].parse().ok()?))
 }
 
+/// From a `conntrack -L` line, the reply tuple's dst (for ICMP entries, which have no ports).
+fn parse_conntrack_reply_addr(line: &str) -> Option<Ipv4Addr> {
+    line.split_whitespace()
+        .filter_map(|t| t.strip_prefix("dst="))
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
 fn parse_nstat_json(s: &str) -> Result<BTreeMap<String, u64>> {
     let v: serde_json::Value = serde_json::from_str(s).context("parsing nstat --json output")?;
     let obj = v
@@ -877,8 +1429,20 @@ fn parse_nstat_json(s: &str) -> Result<BTreeMap<String, u64>> {
 
 /// Parses a traceroute-style output (one hop per line starting with the hop
 /// number) into `hops[i] = Some(addr)` for hop i+1, `None` for `*`.
+/// IPv4 only: see [`parse_traceroute_ip`] for `traceroute -6`.
 pub fn parse_traceroute(out: &str) -> Vec<Option<Ipv4Addr>> {
-    let mut hops: Vec<Option<Ipv4Addr>> = Vec::new();
+    parse_traceroute_ip(out)
+        .into_iter()
+        .map(|h| match h {
+            Some(IpAddr::V4(a)) => Some(a),
+            _ => None,
+        })
+        .collect()
+}
+
+/// [`parse_traceroute`] for either family (`traceroute -6` output too).
+pub fn parse_traceroute_ip(out: &str) -> Vec<Option<IpAddr>> {
+    let mut hops: Vec<Option<IpAddr>> = Vec::new();
     for line in out.lines() {
         let mut toks = line.split_whitespace();
         let Some(n) = toks.next().and_then(|t| t.parse::<usize>().ok()) else {
@@ -889,7 +1453,7 @@ pub fn parse_traceroute(out: &str) -> Vec<Option<Ipv4Addr>> {
         }
         let addr = toks
             .map(|t| t.trim_matches(|c| c == '(' || c == ')'))
-            .find_map(|t| t.parse::<Ipv4Addr>().ok());
+            .find_map(|t| t.parse::<IpAddr>().ok());
         if hops.len() < n {
             hops.resize(n, None);
         }
@@ -938,6 +1502,55 @@ mod unit {
         assert_eq!(links.len(), 4 + 2 * 4);
         assert_eq!(links[0].addr_b(), Ipv4Addr::new(198, 18, 1, 2));
         assert_eq!(links.last().unwrap().addr_b(), Ipv4Addr::new(198, 19, 1, 2));
+    }
+
+    #[test]
+    fn v6_plan() {
+        assert_eq!(plan::v6_net(plan::CLIENT_NET).to_string(), "2001:2:0:1801::");
+        assert_eq!(plan::v6_net(plan::branch_r3_net(32)).to_string(), "2001:2:0:1942::");
+        let (_, links) = topology("t", 3);
+        assert_eq!(links[0].addr6_a().to_string(), "2001:2:0:1801::1");
+        assert_eq!(links[0].addr6_b().to_string(), "2001:2:0:1801::2");
+        assert_eq!(links.last().unwrap().addr6_b().to_string(), "2001:2:0:1901::2");
+        for l in &links {
+            for (a4, a6) in [(l.addr_a(), l.addr6_a()), (l.addr_b(), l.addr6_b())] {
+                assert_eq!(v4_to_v6(a4), Some(a6));
+                assert_eq!(v6_to_v4(a6), Some(a4));
+            }
+        }
+        assert_eq!(v6_to_v4("2001:2:0:1a01::1".parse().unwrap()), None);
+        assert_eq!(plan::fanout_v4(256), Ipv4Addr::new(198, 19, 129, 0));
+        assert_eq!(plan::fanout_v6(1000).to_string(), "2001:2:0:1980::3e8");
+        assert_eq!(plan::fanout_v4(MAX_FANOUT), Ipv4Addr::new(198, 19, 255, 255));
+    }
+
+    #[test]
+    fn traceroute_parse_v6() {
+        let out = "traceroute to 2001:2:0:1901::2 (2001:2:0:1901::2), 6 hops max, 80 byte packets\n 1  2001:2:0:1801::1  0.054 ms\n 2  *\n 3  2001:2:0:1813::2  0.060 ms\n";
+        let h = parse_traceroute_ip(out);
+        assert_eq!(
+            h,
+            vec![
+                Some("2001:2:0:1801::1".parse().unwrap()),
+                None,
+                Some("2001:2:0:1813::2".parse().unwrap())
+            ]
+        );
+        // The IPv4-only parser sees no addresses in it.
+        assert_eq!(parse_traceroute(out), vec![None, None, None]);
+    }
+
+    #[test]
+    fn oracle_packet_layout() {
+        let (s, d): (Ipv6Addr, Ipv6Addr) =
+            ("2001:2:0:1801::2".parse().unwrap(), "2001:2:0:1901::2".parse().unwrap());
+        let p = util::oracle_packet6(17, s, d, 1234, 9000, 0x12345);
+        assert_eq!(p.len(), 48);
+        assert_eq!(&p[..4], &[0x6f, 0xf1, 0x23, 0x45], "version 6, tclass 0xff, label");
+        assert_eq!((p[6], p[7]), (17, 255));
+        assert_eq!(&p[40..44], &[0x04, 0xd2, 0x23, 0x28]);
+        assert_eq!(util::oracle_packet6(6, s, d, 1, 2, 0).len(), 60);
+        assert_eq!(util::oracle_packet6(58, s, d, 1, 2, 0)[40], 128);
     }
 
     #[test]

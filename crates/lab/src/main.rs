@@ -42,6 +42,9 @@ enum Cmd {
         /// Number of ECMP branches.
         #[arg(long, default_value_t = 3)]
         branches: usize,
+        /// Extra destinations behind r4 (IPv4 198.19.128.1.., IPv6 2001:2:0:1980::1..).
+        #[arg(long, default_value_t = 0)]
+        fanout: usize,
     },
     /// Remove the namespaces of a leftover lab (`NAME-*`).
     Down {
@@ -92,7 +95,8 @@ fn main() -> ExitCode {
             firewall,
             name,
             branches,
-        } => up(nat, firewall, name, branches, &stop),
+            fanout,
+        } => up(nat, firewall, name, branches, fanout, &stop),
         Cmd::Down { name } => down(&name),
         Cmd::Demo {
             tracer,
@@ -148,15 +152,17 @@ fn print_summary(lab: &Lab) {
         c.firewall
     );
     println!(
-        "  client  ns {:<16} {} dev {}",
+        "  client  ns {:<16} {} {} dev {}",
         lab.client_ns(),
         lab.client_addr(),
+        lab.client_addr6(),
         lab.client_iface()
     );
     println!(
-        "  server  ns {:<16} {} dev {}",
+        "  server  ns {:<16} {} {} dev {}",
         lab.server_ns(),
         lab.server_addr(),
+        lab.server_addr6(),
         lab.server_iface()
     );
     for r in lab.router_names() {
@@ -165,9 +171,9 @@ fn print_summary(lab: &Lab) {
             .iter()
             .filter_map(|l| {
                 if l.a == r {
-                    Some(format!("{}={}", l.a_if, l.addr_a()))
+                    Some(format!("{}={},{}", l.a_if, l.addr_a(), l.addr6_a()))
                 } else if l.b == r {
-                    Some(format!("{}={}", l.b_if, l.addr_b()))
+                    Some(format!("{}={},{}", l.b_if, l.addr_b(), l.addr6_b()))
                 } else {
                     None
                 }
@@ -187,6 +193,19 @@ fn print_summary(lab: &Lab) {
     for k in 1..=lab.branches() {
         let p: Vec<String> = lab.branch_path(k).iter().map(|a| a.to_string()).collect();
         println!("  path via b{k}: {} -> {}", p.join(" "), lab.server_addr());
+        let p: Vec<String> = lab.branch_path6(k).iter().map(|a| a.to_string()).collect();
+        println!("               {} -> {}", p.join(" "), lab.server_addr6());
+    }
+    if c.fanout > 0 {
+        let (v4, v6) = (lab.fanout_targets_v4(), lab.fanout_targets_v6());
+        println!(
+            "  fan-out: {} targets per family, {}..{} and {}..{} (server loopback)",
+            c.fanout,
+            v4[0],
+            v4[v4.len() - 1],
+            v6[0],
+            v6[v6.len() - 1]
+        );
     }
     println!(
         "  e.g.: ip netns exec {} traceroute -T -n -p 8080 {}",
@@ -200,9 +219,13 @@ fn up(
     firewall: bool,
     name: Option<String>,
     branches: usize,
+    fanout: usize,
     stop: &AtomicBool,
 ) -> Result<u8> {
-    let cfg = config(nat, firewall, branches);
+    let cfg = LabConfig {
+        fanout,
+        ..config(nat, firewall, branches)
+    };
     let lab = match &name {
         Some(n) => Lab::build_named(cfg, n)?,
         None => Lab::build(cfg)?,

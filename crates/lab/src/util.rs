@@ -2,7 +2,9 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv6Addr};
 use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -153,4 +155,116 @@ pub fn lab_test_guard() -> Option<std::sync::MutexGuard<'static, ()>> {
         return None;
     }
     Some(SERIAL.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+/// Sends one ICMP (IPv4) or ICMPv6 echo request from namespace `ns` to `dst` over a
+/// ping socket (`SOCK_DGRAM`, needs `net.ipv4.ping_group_range` to include our gid,
+/// which the lab sets) and waits up to `timeout` for the matching reply.
+pub(crate) fn ping_in_netns(ns: &str, dst: IpAddr, timeout: Duration) -> Result<Duration> {
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    static SEQ: AtomicU16 = AtomicU16::new(1);
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    let h = spawn_in_netns(ns, "ping", move || {
+        let (domain, proto, request, reply) = match dst {
+            IpAddr::V4(_) => (Domain::IPV4, Protocol::ICMPV4, 8u8, 0u8),
+            IpAddr::V6(_) => (Domain::IPV6, Protocol::ICMPV6, 128u8, 129u8),
+        };
+        let s = Socket::new(domain, Type::DGRAM, Some(proto)).context("ping socket")?;
+        s.connect(&SockAddr::from(std::net::SocketAddr::new(dst, 0)))
+            .with_context(|| format!("connect ping socket to {dst}"))?;
+        // The kernel fills in the identifier and the checksum.
+        let [hi, lo] = seq.to_be_bytes();
+        let pkt = [request, 0, 0, 0, 0, 0, hi, lo, b'S', b'V', b'T', b'R'];
+        let t0 = Instant::now();
+        s.send(&pkt).with_context(|| format!("echo request to {dst}"))?;
+        let deadline = t0 + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                bail!("no echo reply from {dst} within {timeout:?}");
+            }
+            s.set_read_timeout(Some(left))?;
+            let mut buf = [0u8; 1500];
+            match (&s).read(&mut buf) {
+                Ok(n) if n >= 8 && buf[0] == reply && buf[6..8] == [hi, lo] => {
+                    return Ok(t0.elapsed())
+                }
+                Ok(_) => continue,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    continue
+                }
+                Err(e) => return Err(e).with_context(|| format!("echo to {dst}")),
+            }
+        }
+    })?;
+    h.join().map_err(|_| anyhow!("ping thread panicked"))?
+}
+
+/// An IPv6 packet with the given header fields for the lab's routing oracle: traffic
+/// class 0xff and hop limit 255 mark it; the ECMP hash does not look at either.
+/// TCP gets a bare 20-byte header (ACK), UDP an 8-byte one, ICMPv6 an echo request;
+/// checksums are left 0 (routers do not check them; the packet never reaches a host).
+pub(crate) fn oracle_packet6(
+    next_header: u8,
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    sport: u16,
+    dport: u16,
+    flow_label: u32,
+) -> Vec<u8> {
+    let l4: Vec<u8> = match next_header {
+        6 => {
+            let mut t = Vec::with_capacity(20);
+            t.extend_from_slice(&sport.to_be_bytes());
+            t.extend_from_slice(&dport.to_be_bytes());
+            t.extend_from_slice(&[0; 8]);
+            t.extend_from_slice(&[0x50, 0x10, 0x04, 0x00, 0, 0, 0, 0]);
+            t
+        }
+        17 => {
+            let mut u = Vec::with_capacity(8);
+            u.extend_from_slice(&sport.to_be_bytes());
+            u.extend_from_slice(&dport.to_be_bytes());
+            u.extend_from_slice(&8u16.to_be_bytes());
+            u.extend_from_slice(&[0, 0]);
+            u
+        }
+        _ => vec![128, 0, 0, 0, 0, 0, 0, 1],
+    };
+    let first = (6u32 << 28) | (0xffu32 << 20) | (flow_label & 0xf_ffff);
+    let mut p = Vec::with_capacity(40 + l4.len());
+    p.extend_from_slice(&first.to_be_bytes());
+    p.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+    p.push(next_header);
+    p.push(255);
+    p.extend_from_slice(&src.octets());
+    p.extend_from_slice(&dst.octets());
+    p.extend_from_slice(&l4);
+    p
+}
+
+/// Sends a complete IPv6 packet (header included) from namespace `ns`
+/// (`AF_INET6`/`SOCK_RAW`/`IPPROTO_RAW` implies IPV6_HDRINCL).
+pub(crate) fn send_raw6(ns: &str, dst: Ipv6Addr, pkt: Vec<u8>) -> Result<()> {
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    let h = spawn_in_netns(ns, "raw6", move || {
+        let s = Socket::new(
+            Domain::IPV6,
+            Type::RAW,
+            Some(Protocol::from(libc::IPPROTO_RAW)),
+        )
+        .context("raw IPv6 socket")?;
+        s.send_to(
+            &pkt,
+            &SockAddr::from(std::net::SocketAddrV6::new(dst, 0, 0, 0)),
+        )
+        .with_context(|| format!("raw send to {dst}"))?;
+        Ok(())
+    })?;
+    h.join().map_err(|_| anyhow!("raw send thread panicked"))?
 }

@@ -2,12 +2,12 @@
 //! they are skipped, unless the CI environment variable is set (then they fail).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use svctr_lab::{
-    list_netns, output_with_timeout, parse_traceroute, spawn_in_netns, tcp_download, tcp_server,
-    udp_server, udp_session, Lab, LabConfig, Proto,
+    list_netns, output_with_timeout, parse_traceroute, parse_traceroute_ip, spawn_in_netns,
+    tcp_download, tcp_server, udp_server, udp_session, Lab, LabConfig, Proto,
 };
 
 fn root_guard() -> Option<std::sync::MutexGuard<'static, ()>> {
@@ -26,6 +26,83 @@ fn traceroute(lab: &Lab, args: &[String]) -> (Vec<Option<Ipv4Addr>>, String) {
         String::from_utf8_lossy(&out.stderr)
     );
     (parse_traceroute(&text), text)
+}
+
+/// [`traceroute`] for either family: hops as `IpAddr`.
+fn traceroute_ip(lab: &Lab, args: &[String]) -> (Vec<Option<IpAddr>>, String) {
+    let mut c = lab.command(lab.client_ns(), "traceroute");
+    c.args(args);
+    let out = output_with_timeout(&mut c, None, Duration::from_secs(60)).expect("traceroute runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "traceroute {args:?} failed: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (parse_traceroute_ip(&text), text)
+}
+
+/// Debian traceroute to `dst` (either family) with one probe per hop, TTL 1..=max_ttl:
+/// `method` is "-T" (TCP SYN), "-U" (UDP to a fixed port) or "-I" (ICMP echo);
+/// `sport` fixes the source port (not for -I), `label` sets the IPv6 flow label.
+/// Retried once if a hop was lost.
+fn trace_to(
+    lab: &Lab,
+    method: &str,
+    dst: IpAddr,
+    sport: Option<u16>,
+    dport: u16,
+    label: u32,
+    max_ttl: usize,
+) -> (Vec<Option<IpAddr>>, String) {
+    let mut args: Vec<String> = vec![method.into()];
+    if dst.is_ipv6() {
+        args.push("-6".into());
+        if label != 0 {
+            args.push("-l".into());
+            args.push(label.to_string());
+        }
+    }
+    for a in ["-n", "-q", "1", "-N", "1", "-f", "1", "-w", "2"] {
+        args.push(a.into());
+    }
+    args.push("-m".into());
+    args.push(max_ttl.to_string());
+    if let Some(p) = sport {
+        args.push(format!("--sport={p}"));
+    }
+    if method != "-I" {
+        args.push("-p".into());
+        args.push(dport.to_string());
+    }
+    args.push(dst.to_string());
+    let mut r = traceroute_ip(lab, &args);
+    if r.0.len() != max_ttl || r.0.iter().any(|h| h.is_none()) {
+        r = traceroute_ip(lab, &args);
+    }
+    r
+}
+
+/// Checks a `trace_to` result against the ground truth: hops 1..=hop_count are the
+/// expected routers, the next hop is `dst` itself. Returns the branch.
+fn assert_trace_matches(
+    lab: &Lab,
+    what: &str,
+    hops: &[Option<IpAddr>],
+    text: &str,
+    expected: &[IpAddr],
+    dst: IpAddr,
+) -> usize {
+    let n = lab.hop_count();
+    assert_eq!(expected.len(), n, "{what}");
+    assert_eq!(hops.len(), n + 1, "{what}:\n{text}");
+    let routers: Vec<IpAddr> = hops[..n]
+        .iter()
+        .map(|h| h.unwrap_or_else(|| panic!("{what}: lost hop:\n{text}")))
+        .collect();
+    assert_eq!(&routers, expected, "{what}: traceroute vs ground truth\n{text}");
+    assert_eq!(hops[n], Some(dst), "{what}: last hop is the destination\n{text}");
+    lab.branch_of_path_ip(hops).expect("path has a branch hop")
 }
 
 /// Traceroute of a fixed 5-tuple: TCP SYN probes (`-T`) or UDP probes to a fixed
@@ -519,5 +596,184 @@ fn recverr_reports_icmp_errors_for_in_window_quotes() {
         assert!(rep.intact, "the connection survives: {rep:?}");
         let ehostunreach = rep.errors.iter().any(|e| e.contains("No route to host"));
         assert_eq!(ehostunreach, recverr, "recverr={recverr}: {rep:?}");
+    }
+}
+
+/// IPv6: every router answers from the address of the interface the probe came in
+/// on, so `traceroute -6` shows the branch; the ground truth (routing oracle on r2)
+/// matches fixed-tuple TCP and UDP traceroutes, and with a flow label too.
+#[test]
+fn ipv6_ground_truth_matches_fixed_tuple_traceroute() {
+    let Some(_g) = root_guard() else { return };
+    let t0 = Instant::now();
+    let lab = Lab::build(LabConfig::default()).expect("build lab");
+    eprintln!("lab built in {:?}", t0.elapsed());
+    let (src, dst) = (IpAddr::V6(lab.client_addr6()), IpAddr::V6(lab.server_addr6()));
+    for (proto, method, dport, ports) in [
+        (Proto::Tcp, "-T", 8080u16, 41000u16..41030),
+        (Proto::Udp, "-U", 9000u16, 42000u16..42030),
+    ] {
+        // Spread the source ports over the branches by ground truth.
+        let mut by_branch: BTreeMap<usize, Vec<(u16, Vec<IpAddr>)>> = BTreeMap::new();
+        for p in ports {
+            let path = lab
+                .expected_path_ip(proto, src, dst, p, dport, 0)
+                .expect("expected_path_ip");
+            let k = lab
+                .branch_of_path_ip(&path.iter().map(|a| Some(*a)).collect::<Vec<_>>())
+                .expect("branch");
+            assert_eq!(path, lab.branch_path_ip(k, true));
+            by_branch.entry(k).or_default().push((p, path));
+        }
+        assert!(by_branch.len() >= 2, "{proto:?}: one branch only: {by_branch:?}");
+        let picked: Vec<(u16, Vec<IpAddr>)> = (0..2)
+            .flat_map(|round| by_branch.values().filter_map(move |v| v.get(round).cloned()))
+            .take(6)
+            .collect();
+        let mut seen = BTreeSet::new();
+        for (sport, expected) in &picked {
+            let (hops, text) =
+                trace_to(&lab, method, dst, Some(*sport), dport, 0, lab.hop_count() + 1);
+            let what = format!("v6 {proto:?} sport {sport}");
+            seen.insert(assert_trace_matches(&lab, &what, &hops, &text, expected, dst));
+        }
+        assert!(seen.len() >= 2, "{proto:?}: traceroute saw only branches {seen:?}");
+        eprintln!("v6 {proto:?}: {} ports verified over branches {seen:?}", picked.len());
+    }
+
+    // The flow label is part of the IPv6 ECMP hash (fib_multipath_hash_fields=0x3f):
+    // one UDP 5-tuple, several labels (`traceroute -l`), at least two branches.
+    let (sport, dport) = (43000u16, 9000u16);
+    let mut by_branch: BTreeMap<usize, Vec<u32>> = BTreeMap::new();
+    for label in (1..=40u32).map(|i| i * 0x1111) {
+        let path = lab
+            .expected_path_ip(Proto::Udp, src, dst, sport, dport, label)
+            .expect("expected_path_ip with a label");
+        let k = lab
+            .branch_of_path_ip(&path.iter().map(|a| Some(*a)).collect::<Vec<_>>())
+            .unwrap();
+        by_branch.entry(k).or_default().push(label);
+    }
+    assert!(by_branch.len() >= 2, "the flow label does not move the flow: {by_branch:?}");
+    let mut seen = BTreeSet::new();
+    for labels in by_branch.values() {
+        for &label in labels.iter().take(2) {
+            let expected = lab
+                .expected_path_ip(Proto::Udp, src, dst, sport, dport, label)
+                .unwrap();
+            let (hops, text) =
+                trace_to(&lab, "-U", dst, Some(sport), dport, label, lab.hop_count() + 1);
+            let what = format!("v6 UDP sport {sport} label {label:#x}");
+            seen.insert(assert_trace_matches(&lab, &what, &hops, &text, &expected, dst));
+        }
+    }
+    assert!(seen.len() >= 2, "labels: traceroute saw only branches {seen:?}");
+}
+
+/// ICMP echo probes (`traceroute -I`, both families) follow `Proto::Icmp` ground
+/// truth. ICMP has no ports, so the path only depends on the addresses (and the
+/// IPv6 flow label): fan-out destinations provide several flows.
+#[test]
+fn icmp_ground_truth_matches_traceroute_i() {
+    let Some(_g) = root_guard() else { return };
+    let lab = Lab::build(LabConfig {
+        fanout: 12,
+        ..LabConfig::default()
+    })
+    .expect("build lab");
+    let mut seen: BTreeMap<bool, BTreeSet<usize>> = BTreeMap::new();
+    let dsts: Vec<IpAddr> = [lab.server_addr().into(), lab.server_addr6().into()]
+        .into_iter()
+        .chain(lab.fanout_targets())
+        .collect();
+    for dst in dsts {
+        let src = lab.client_addr_for(dst);
+        let expected = lab
+            .expected_path_ip(Proto::Icmp, src, dst, 0, 0, 0)
+            .expect("expected_path_ip");
+        let (hops, text) = trace_to(&lab, "-I", dst, None, 0, 0, lab.hop_count() + 1);
+        let k = assert_trace_matches(&lab, &format!("ICMP to {dst}"), &hops, &text, &expected, dst);
+        seen.entry(dst.is_ipv6()).or_default().insert(k);
+    }
+    eprintln!("ICMP branches seen (v6?, branches): {seen:?}");
+    for (v6, branches) in &seen {
+        assert!(branches.len() >= 2, "ICMP v6={v6}: 13 destinations all on {branches:?}");
+    }
+}
+
+/// Fan-out: 200 (then 1000) extra destinations per family on the server, all behind
+/// r4. UDP to a closed port is answered by port unreachable from the target itself,
+/// TCP SYN by a RST, ICMP echo by a reply.
+#[test]
+fn fanout_targets_answer() {
+    let Some(_g) = root_guard() else { return };
+    for n in [200usize, 1000] {
+        let t0 = Instant::now();
+        let lab = Lab::build(LabConfig {
+            fanout: n,
+            ..LabConfig::default()
+        })
+        .expect("build lab");
+        let built = t0.elapsed();
+        eprintln!("lab with fanout {n} built in {built:?}");
+        assert!(built < Duration::from_secs(30), "fanout {n}: build took {built:?}");
+        let (v4, v6) = (lab.fanout_targets_v4(), lab.fanout_targets_v6());
+        assert_eq!((v4.len(), v6.len()), (n, n));
+        assert_eq!(v4[0], Ipv4Addr::new(198, 19, 128, 1));
+        assert_eq!(v6[0].to_string(), "2001:2:0:1980::1");
+        assert_eq!(lab.fanout_targets().len(), 2 * n);
+        assert!(lab.fanout_targets()[..n].iter().all(|a| a.is_ipv4()));
+        assert!(!lab.is_destination(IpAddr::V4(svctr_lab::plan::fanout_v4(n + 1))));
+        assert!(lab
+            .expected_path_ip(
+                Proto::Udp,
+                lab.client_addr().into(),
+                svctr_lab::plan::fanout_v4(n + 1).into(),
+                1,
+                2,
+                0
+            )
+            .is_err());
+        if n > 200 {
+            // The bigger lab: spot checks only.
+            for dst in [IpAddr::V4(v4[n - 1]), IpAddr::V6(v6[n - 1])] {
+                lab.ping(lab.client_ns(), dst, Duration::from_secs(2))
+                    .unwrap_or_else(|e| panic!("ping {dst}: {e:#}"));
+            }
+            continue;
+        }
+        let picks = [0usize, n / 2, n - 1];
+        for dst in picks
+            .iter()
+            .map(|&i| IpAddr::V4(v4[i]))
+            .chain(picks.iter().map(|&i| IpAddr::V6(v6[i])))
+        {
+            let src = lab.client_addr_for(dst);
+            for (proto, method, dport) in [(Proto::Udp, "-U", 33999u16), (Proto::Tcp, "-T", 7)] {
+                let sport = 44000u16;
+                let expected = lab
+                    .expected_path_ip(proto, src, dst, sport, dport, 0)
+                    .expect("expected_path_ip");
+                let (hops, text) =
+                    trace_to(&lab, method, dst, Some(sport), dport, 0, lab.hop_count() + 1);
+                assert_trace_matches(
+                    &lab,
+                    &format!("{proto:?} to fan-out target {dst}"),
+                    &hops,
+                    &text,
+                    &expected,
+                    dst,
+                );
+            }
+            lab.ping(lab.client_ns(), dst, Duration::from_secs(2))
+                .unwrap_or_else(|e| panic!("ping {dst}: {e:#}"));
+        }
+        // Every target answers an echo request (no ICMP rate limit on the server).
+        let t = Instant::now();
+        for dst in lab.fanout_targets() {
+            lab.ping(lab.client_ns(), dst, Duration::from_secs(2))
+                .unwrap_or_else(|e| panic!("ping {dst}: {e:#}"));
+        }
+        eprintln!("pinged all {} fan-out targets in {:?}", 2 * n, t.elapsed());
     }
 }

@@ -1,0 +1,246 @@
+//! End-to-end tests of `service-traceroute trace` in the namespace lab: every protocol ×
+//! strategy × IP version against the ECMP router's ground truth for each probe's own flow
+//! identifier, agreement with Debian traceroute and scamper on the same 5-tuple, several
+//! processes at once, and bad input. Root only (see `svctr_lab::lab_test_guard`).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::process::Output;
+use std::time::Duration;
+
+use svctr_core::{Protocol, StopReason, Strategy, TracerouteResult};
+use svctr_lab::{lab_test_guard, output_with_timeout, parse_traceroute, Lab, LabConfig, Proto};
+
+const TRACER: &str = env!("CARGO_BIN_EXE_service-traceroute");
+
+fn tracer(lab: &Lab, args: &[&str]) -> Output {
+    let mut c = lab.command(lab.client_ns(), TRACER);
+    c.args(args);
+    output_with_timeout(&mut c, None, Duration::from_secs(120)).expect("tracer runs")
+}
+
+fn trace_json(lab: &Lab, args: &[&str]) -> Vec<TracerouteResult> {
+    let mut all = vec!["trace", "-n", "--format", "jsonl"];
+    all.extend_from_slice(args);
+    let out = tracer(lab, &all);
+    assert!(out.status.success(), "tracer {all:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("json")).collect()
+}
+
+fn lab_proto(p: Protocol) -> Proto {
+    match p {
+        Protocol::Tcp => Proto::Tcp,
+        Protocol::Udp => Proto::Udp,
+        Protocol::Icmp => Proto::Icmp,
+    }
+}
+
+fn proto_flag(p: Protocol) -> Vec<&'static str> {
+    match p {
+        Protocol::Udp => vec!["-U"],
+        Protocol::Tcp => vec!["-T", "-p", "8080"],
+        Protocol::Icmp => vec!["-I"],
+    }
+}
+
+/// The flow identifier (sport, dport) of probe number `n` of a result.
+fn probe_ports(r: &TracerouteResult, n: u16) -> (u16, u16) {
+    let sport = r.source_port.unwrap_or(0);
+    let dport = r.port.unwrap_or(0);
+    match (r.protocol, r.strategy) {
+        (Protocol::Udp, Strategy::Classic) => (sport, dport + n - 1),
+        (Protocol::Tcp, Strategy::Classic) => (sport + n - 1, dport),
+        _ => (sport, dport),
+    }
+}
+
+/// Every probe's reply came from the router that the ECMP router's own routing decision for
+/// that probe's flow identifier names; the destination answered last.
+fn assert_ground_truth(lab: &Lab, r: &TracerouteResult, cache: &mut HashMap<(u16, u16), Vec<IpAddr>>) {
+    assert_eq!(r.stop_reason, StopReason::RemoteReached, "{r:?}");
+    assert_eq!(r.hops.len(), lab.hop_count() + 1, "{r:?}");
+    for hop in &r.hops {
+        let mut addrs = Vec::new();
+        for p in &hop.probes {
+            let got = p.addr.unwrap_or_else(|| panic!("ttl {} unanswered: {r:?}", hop.ttl));
+            addrs.push(got);
+            if usize::from(hop.ttl) > lab.hop_count() {
+                assert_eq!(got, r.destination, "{r:?}");
+                continue;
+            }
+            let ports = probe_ports(r, p.ip_id);
+            let path = cache.entry(ports).or_insert_with(|| {
+                lab.expected_path_ip(lab_proto(r.protocol), r.source, r.destination, ports.0, ports.1, 0).expect("ground truth")
+            });
+            assert_eq!(got, path[usize::from(hop.ttl) - 1], "ttl {} probe {} {:?}: {r:?}", hop.ttl, p.ip_id, ports);
+        }
+        if r.strategy != Strategy::Classic {
+            addrs.dedup();
+            assert_eq!(addrs.len(), 1, "one path per flow identifier: {r:?}");
+        }
+    }
+}
+
+#[test]
+fn every_protocol_strategy_and_ip_version_matches_ground_truth() {
+    let Some(_g) = lab_test_guard() else { return };
+    let lab = Lab::build(LabConfig::default()).expect("build lab");
+    let _srv = svctr_lab::tcp_server(&lab, 8080, 0).expect("tcp server");
+    for dst in [IpAddr::V4(lab.server_addr()), IpAddr::V6(lab.server_addr6())] {
+        for protocol in [Protocol::Udp, Protocol::Tcp, Protocol::Icmp] {
+            for strategy in ["classic", "paris", "dublin"] {
+                let d = dst.to_string();
+                let mut args = proto_flag(protocol);
+                args.extend(["--strategy", strategy, "-q", "3", "-w", "1", &d]);
+                let r = trace_json(&lab, &args);
+                assert_eq!(r.len(), 1);
+                assert_eq!(r[0].strategy.as_str(), strategy);
+                assert_eq!(r[0].ip_version, if dst.is_ipv4() { 4 } else { 6 });
+                assert_ground_truth(&lab, &r[0], &mut HashMap::new());
+            }
+        }
+    }
+}
+
+/// Debian traceroute and scamper, given the same 5-tuple, see the same routers.
+#[test]
+fn agrees_with_debian_traceroute_and_scamper() {
+    let Some(_g) = lab_test_guard() else { return };
+    let lab = Lab::build(LabConfig::default()).expect("build lab");
+    let _srv = svctr_lab::tcp_server(&lab, 8080, 0).expect("tcp server");
+    let dst = lab.server_addr().to_string();
+    for sport in [41001u16, 41002, 41003, 41004] {
+        let sp = sport.to_string();
+        for (ours, theirs) in [
+            (vec!["-U", "-p", "33434"], vec!["-U", "-p", "33434"]),
+            (vec!["-T", "-p", "8080"], vec!["-T", "-p", "8080"]),
+        ] {
+            let mut args = ours.clone();
+            args.extend(["--sport", &sp, "-q", "1", "-w", "1", &dst]);
+            let r = trace_json(&lab, &args).remove(0);
+            let mut c = lab.command(lab.client_ns(), "traceroute");
+            c.args(&theirs).args(["-n", "-q", "1", "-N", "1", "-w", "1", &format!("--sport={sport}"), &dst]);
+            let out = output_with_timeout(&mut c, None, Duration::from_secs(60)).expect("traceroute");
+            let debian = parse_traceroute(&String::from_utf8_lossy(&out.stdout));
+            let mine: Vec<Option<IpAddr>> = r.hops.iter().map(|h| h.probes[0].addr).collect();
+            let debian: Vec<Option<IpAddr>> = debian.into_iter().map(|a| a.map(IpAddr::V4)).collect();
+            assert_eq!(mine, debian, "{ours:?} sport {sport}");
+        }
+        // scamper's UDP-Paris trace with the same ports.
+        let mut c = lab.command(lab.client_ns(), "scamper");
+        c.args(["-O", "json", "-c", &format!("trace -P udp-paris -s {sport} -d 33434 -q 1 -w 1"), "-i", &dst]);
+        let out = output_with_timeout(&mut c, None, Duration::from_secs(60)).expect("scamper");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let trace: serde_json::Value = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["type"] == "trace")
+            .unwrap_or_else(|| panic!("no scamper trace in {text}"));
+        let mut theirs: Vec<(u64, String)> = trace["hops"]
+            .as_array()
+            .expect("hops")
+            .iter()
+            .map(|h| (h["probe_ttl"].as_u64().unwrap(), h["addr"].as_str().unwrap().to_string()))
+            .collect();
+        theirs.sort();
+        let r = trace_json(&lab, &["-U", "-p", "33434", "--sport", &sp, "-q", "1", "-w", "1", &dst]).remove(0);
+        let mine: Vec<(u64, String)> =
+            r.hops.iter().map(|h| (u64::from(h.ttl), h.probes[0].addr.unwrap().to_string())).collect();
+        assert_eq!(mine, theirs, "scamper udp-paris sport {sport}");
+    }
+}
+
+/// Three processes trace the same 500 targets at once; each result is its own (its own port)
+/// and matches the ground truth of its own flow identifier.
+#[test]
+fn three_processes_five_hundred_targets_each() {
+    let Some(_g) = lab_test_guard() else { return };
+    let lab = Lab::build(LabConfig { fanout: 500, ..LabConfig::default() }).expect("build lab");
+    let targets: Vec<String> = lab.fanout_targets_v4().iter().map(ToString::to_string).collect();
+    let mut handles = Vec::new();
+    for _ in 0..3 {
+        let mut c = lab.command(lab.client_ns(), TRACER);
+        c.args(["trace", "-n", "--format", "jsonl", "-U", "-q", "1", "-w", "2", "-m", "8"]).args(&targets);
+        handles.push(std::thread::spawn(move || output_with_timeout(&mut c, None, Duration::from_secs(300))));
+    }
+    let mut ports = Vec::new();
+    for h in handles {
+        let out = h.join().unwrap().expect("tracer");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let results: Vec<TracerouteResult> =
+            String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("json")).collect();
+        assert_eq!(results.len(), 500);
+        let port = results[0].source_port.unwrap();
+        ports.push(port);
+        let mut cache = HashMap::new();
+        for r in &results {
+            assert_eq!(r.source_port, Some(port));
+            // Ground truth per target: one `ip route get` each (same sport/dport, other dst).
+            cache.clear();
+            assert_ground_truth(&lab, r, &mut cache);
+        }
+    }
+    ports.sort();
+    ports.dedup();
+    assert_eq!(ports.len(), 3, "each process has its own source port");
+}
+
+#[test]
+fn bad_input_gives_one_line_and_nonzero_exit() {
+    let Some(_g) = lab_test_guard() else { return };
+    let lab = Lab::build(LabConfig::default()).expect("build lab");
+    let cases: &[(&[&str], &str)] = &[
+        (&["trace", "-n", "no-such-host.invalid"], "cannot resolve"),
+        (&["trace", "-n", "-4", "2001:db8::1"], "IPv6 address but -4"),
+        (&["trace", "-n", "-6", "198.19.1.2"], "IPv4 address but -6"),
+        (&["trace", "-n", "-q", "0", "198.19.1.2"], "-q"),
+        (&["trace", "-n", "-f", "9", "-m", "3", "198.19.1.2"], "-f 9 is above -m 3"),
+        (&["trace", "-n", "-I", "-T", "198.19.1.2"], "cannot be used with"),
+        (&["trace", "-n", "--strategy", "zigzag", "198.19.1.2"], "unknown strategy"),
+        (&["trace", "-n", "-i", "nosuch0", "198.19.1.2"], "unknown interface"),
+        (&["trace", "-n"], "TARGET"),
+    ];
+    for (args, text) in cases {
+        let out = tracer(&lab, args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "one line for {args:?}: {err:?}");
+        assert!(err.contains(text), "{args:?}: {err}");
+    }
+}
+
+/// `compare` on 30 flows over the 3-way ECMP stage: "differs" exactly when the ground truth of
+/// the flow and of the fresh flow name different branches, at a rate consistent with hashing
+/// (2/3 expected).
+#[test]
+fn compare_reports_differences_exactly_where_ground_truth_has_them() {
+    let Some(_g) = lab_test_guard() else { return };
+    let lab = Lab::build(LabConfig::default()).expect("build lab");
+    let _srv = svctr_lab::tcp_server(&lab, 8080, 50_000).expect("tcp server");
+    let server = lab.server_addr();
+    let remote = format!("{server}:8080");
+    let mut differ = 0;
+    let n = 30u16;
+    let mut downloads = Vec::new();
+    for i in 0..n {
+        let d = svctr_lab::tcp_download(&lab, 8080, 33000 + i, 5_000_000, false).expect("download");
+        let port = d.wait_established(Duration::from_secs(10)).expect("established");
+        let out = tracer(&lab, &["compare", "--iface", lab.client_iface(), "--tcp", "--remote", &remote, "--local-port", &port.to_string(), "--duration", "10", "--format", "json"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let c: svctr_core::Comparison = serde_json::from_slice(&out.stdout).expect("comparison json");
+        let flow_path = lab.expected_path(Proto::Tcp, port, 8080).expect("flow ground truth");
+        let fresh = &c.fresh[0];
+        let fresh_path = lab
+            .expected_path_ip(Proto::Tcp, IpAddr::V4(lab.client_addr()), IpAddr::V4(server), fresh.source_port.unwrap(), 8080, 0)
+            .expect("fresh ground truth");
+        let truth_differs = IpAddr::V4(flow_path[2]) != fresh_path[2];
+        assert_eq!(c.differs, truth_differs, "flow {flow_path:?} fresh {fresh_path:?}: {:?}", c.per_ttl);
+        if truth_differs {
+            assert_eq!(c.differing_ttls, vec![3, 4], "the branch hops");
+            differ += 1;
+        }
+        downloads.push(d);
+    }
+    // 2/3 expected: 20 of 30, 3 standard deviations is about 8.
+    assert!((12..=28).contains(&differ), "{differ} of {n} differ");
+}
