@@ -244,3 +244,22 @@ fn compare_reports_differences_exactly_where_ground_truth_has_them() {
     // 2/3 expected: 20 of 30, 3 standard deviations is about 8.
     assert!((12..=28).contains(&differ), "{differ} of {n} differ");
 }
+
+/// Without -n, hop names come from reverse DNS (answered in the lab by its hosts file), in
+/// traceroute's `name (address)` form, and in JSON as `name`.
+#[test]
+fn hop_names_are_resolved_unless_numeric() {
+    let Some(_g) = lab_test_guard() else { return };
+    let lab = Lab::build(LabConfig::default()).expect("build lab");
+    let dst = lab.server_addr().to_string();
+    let out = tracer(&lab, &["trace", "-q", "1", "-w", "1", &dst]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(" r1.lab.test (198.18.1.1)"), "{text}");
+    assert!(text.contains(" server.lab.test (198.19.1.2)"), "{text}");
+    let out = tracer(&lab, &["trace", "--format", "json", "-q", "1", "-w", "1", &dst]);
+    let r: TracerouteResult = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(r.hops[1].probes[0].name.as_deref(), Some("r2.lab.test"));
+    let out = tracer(&lab, &["trace", "-n", "-q", "1", "-w", "1", &dst]);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(".lab.test"));
+}

@@ -66,7 +66,15 @@ fn render_hops(out: &mut String, hops: &[Hop]) {
             match (p.addr, p.rtt_ms) {
                 (Some(a), rtt) => {
                     if last_addr != Some(a) {
-                        let _ = write!(out, " {a}");
+                        match &p.name {
+                            // traceroute(8) style: name (address).
+                            Some(n) => {
+                                let _ = write!(out, " {n} ({a})");
+                            }
+                            None => {
+                                let _ = write!(out, " {a}");
+                            }
+                        }
                         last_addr = Some(a);
                     }
                     match rtt {

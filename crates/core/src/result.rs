@@ -91,6 +91,9 @@ pub struct MplsEntry {
 pub struct ProbeReply {
     /// Who replied.
     pub addr: Option<IpAddr>,
+    /// Its name by reverse DNS, when resolved (traceroute without `-n`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// Round-trip time in milliseconds, from the kernel timestamps of the probe's own capture
     /// and of the reply.
     pub rtt_ms: Option<f64>,

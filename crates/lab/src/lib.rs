@@ -403,6 +403,7 @@ pub fn remove_lab(prefix: &str) -> Result<Vec<String>> {
         if ns.starts_with(&pat) {
             kill_ns_processes(&ns);
             run_checked(&mut ip(&["netns", "del", &ns]), None, CMD_TIMEOUT)?;
+            remove_name_files(&ns);
             removed.push(ns);
         }
     }
@@ -483,6 +484,7 @@ impl Lab {
             run_checked(&mut ip(&["netns", "add", &ns]), None, CMD_TIMEOUT)?;
             self.created.push(ns);
         }
+        self.write_name_files()?;
         // sysctls before creating interfaces so that conf.default applies to them.
         for n in &self.nodes {
             let mut kv: Vec<String> = vec![
@@ -1284,6 +1286,38 @@ impl Lab {
     }
 }
 
+impl Lab {
+    /// Per-namespace name files, bind-mounted by `ip netns exec` (ip-netns(8)): a `hosts`
+    /// naming every lab address `<node>.lab.test`, so reverse DNS in the lab is answered
+    /// locally and deterministically, and a `resolv.conf` whose only nameserver is the
+    /// namespace's own loopback, so no DNS query from a lab namespace can leave the lab.
+    fn write_name_files(&self) -> Result<()> {
+        let mut hosts = String::from("127.0.0.1 localhost\n::1 localhost\n");
+        for l in &self.links {
+            hosts.push_str(&format!("{} {}.lab.test\n", l.addr_a(), l.a));
+            hosts.push_str(&format!("{} {}.lab.test\n", l.addr_b(), l.b));
+            hosts.push_str(&format!("{} {}.lab.test\n", l.addr6_a(), l.a));
+            hosts.push_str(&format!("{} {}.lab.test\n", l.addr6_b(), l.b));
+        }
+        for ns in &self.created {
+            let dir = std::path::Path::new("/etc/netns").join(ns);
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            std::fs::write(dir.join("hosts"), &hosts).with_context(|| format!("writing {}/hosts", dir.display()))?;
+            std::fs::write(dir.join("resolv.conf"), "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
+                .with_context(|| format!("writing {}/resolv.conf", dir.display()))?;
+        }
+        Ok(())
+    }
+}
+
+/// Removes the `/etc/netns/<ns>` files a lab wrote.
+fn remove_name_files(ns: &str) {
+    let dir = std::path::Path::new("/etc/netns").join(ns);
+    if dir.exists() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
         let stops = std::mem::take(&mut *self.stops.lock().unwrap_or_else(|e| e.into_inner()));
@@ -1305,6 +1339,7 @@ impl Drop for Lab {
             if let Err(e) = run_checked(&mut ip(&["netns", "del", ns]), None, CMD_TIMEOUT) {
                 eprintln!("svctr-lab: cleanup of {ns} failed: {e:#}");
             }
+            remove_name_files(ns);
         }
         self.created.clear();
     }
