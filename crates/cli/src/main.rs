@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use svctr_core::{Algorithm, FlowSelector, Protocol, Strategy, TraceConfig, TraceResult, TracerouteConfig, TracerouteEvent, TracerouteResult};
-use svctr_io::{trace_flows, traceroute, Error, FlowTraceOptions, NameResolver, TracerouteOptions, NAME_WAIT};
+use svctr_core::{Algorithm, FlowSelector, Protocol, Strategy, TraceConfig, TraceResult, TracerouteConfig, TracerouteEvent};
+use svctr_io::{trace_flows, traceroute, Error, FlowTraceOptions, TracerouteOptions};
 
 #[derive(Parser)]
 #[command(name = "service-traceroute", version, about = "Shows the network path that a live application flow really takes")]
@@ -108,7 +108,7 @@ fn run_compare(a: CompareArgs) -> Result<ExitCode, Error> {
             marker: 0,
             ..TracerouteConfig::default()
         };
-        let topts = TracerouteOptions { targets: vec![remote_ip], config, iface: Some(a.iface.clone()), parallel: 1, rate: 0 };
+        let topts = TracerouteOptions { targets: vec![remote_ip], config, iface: Some(a.iface.clone()), parallel: 1, rate: 0, resolve_names: false };
         fresh.extend(traceroute(&topts, &stop, |_| {})?);
     }
     let c = svctr_core::compare(flow, fresh);
@@ -262,8 +262,7 @@ fn run_trace(a: TraceArgs) -> Result<ExitCode, Error> {
         ..TracerouteConfig::default()
     };
     // Names are resolved in the background as hops come in, never on the probing path.
-    let resolver = (!a.numeric).then(|| NameResolver::new(4));
-    let opts = TracerouteOptions { targets, config, iface: a.iface, parallel: a.parallel, rate: a.rate };
+    let opts = TracerouteOptions { targets, config, iface: a.iface, parallel: a.parallel, rate: a.rate, resolve_names: !a.numeric };
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, Arc::clone(&stop))
@@ -271,22 +270,8 @@ fn run_trace(a: TraceArgs) -> Result<ExitCode, Error> {
     }
     let stdout = io::stdout();
     let mut write_error = None;
-    let name_all = |r: &mut TracerouteResult| {
-        let Some(res) = &resolver else { return };
-        let ips: Vec<IpAddr> = r.hops.iter().flat_map(|h| h.probes.iter().filter_map(|p| p.addr)).collect();
-        let names = res.names(&ips, std::time::Instant::now() + NAME_WAIT);
-        for p in r.hops.iter_mut().flat_map(|h| h.probes.iter_mut()) {
-            p.name = p.addr.and_then(|a| names.get(&a).cloned());
-        }
-    };
-    let mut results = traceroute(&opts, &stop, |ev| {
-        if let (Some(res), TracerouteEvent::Hop { hop, .. }) = (&resolver, ev) {
-            hop.probes.iter().filter_map(|p| p.addr).for_each(|a| res.request(a));
-        }
+    let results = traceroute(&opts, &stop, |ev| {
         if let TracerouteEvent::Finished(r) = ev {
-            let mut r = (**r).clone();
-            name_all(&mut r);
-            let r = &r;
             let text = match a.format {
                 Format::Text => Some(svctr_core::render_traceroute_text(r)),
                 Format::Jsonl => serde_json::to_string(r).ok(),
@@ -301,7 +286,6 @@ fn run_trace(a: TraceArgs) -> Result<ExitCode, Error> {
         }
     })?;
     if matches!(a.format, Format::Json) {
-        results.iter_mut().for_each(name_all);
         let text = if results.len() == 1 { serde_json::to_string_pretty(&results[0]) } else { serde_json::to_string_pretty(&results) };
         let mut out = stdout.lock();
         if let Err(e) = text.map_err(io::Error::other).and_then(|t| writeln!(out, "{t}")) {

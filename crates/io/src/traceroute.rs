@@ -19,6 +19,7 @@ use socket2::{Domain, SockAddr, Socket, Type};
 use svctr_core::{Now, Protocol, Traceroute, TracerouteConfig, TracerouteEvent, TracerouteResult};
 
 use crate::capture::Capture;
+use crate::names::{NameResolver, NAME_WAIT};
 use crate::Error;
 
 /// What to trace.
@@ -35,11 +36,15 @@ pub struct TracerouteOptions {
     pub parallel: usize,
     /// At most this many probes per second over all targets (0: no limit).
     pub rate: u32,
+    /// Resolve hop addresses to names (reverse DNS) in background threads: names are asked
+    /// for as hops are found and attached to each result (`ProbeReply::name`) when it
+    /// finishes, waiting at most [`crate::NAME_WAIT`] for pending ones. Probing never waits.
+    pub resolve_names: bool,
 }
 
 impl Default for TracerouteOptions {
     fn default() -> Self {
-        Self { targets: Vec::new(), config: TracerouteConfig::default(), iface: None, parallel: 1024, rate: 0 }
+        Self { targets: Vec::new(), config: TracerouteConfig::default(), iface: None, parallel: 1024, rate: 0, resolve_names: false }
     }
 }
 
@@ -161,6 +166,7 @@ pub fn traceroute(
     let mut capture = Capture::open_with_buffer(iface.unwrap_or("any"), &filter, 16 << 20)?;
     let mut engine = Traceroute::new(cfg).map_err(|e| Error::Unsupported(e.to_string()))?;
 
+    let resolver = opts.resolve_names.then(|| NameResolver::new(4));
     let parallel = if opts.parallel == 0 { usize::MAX } else { opts.parallel };
     let mut results = Vec::new();
     let mut buf = Vec::with_capacity(256);
@@ -198,7 +204,14 @@ pub fn traceroute(
                 engine.handle_send_error(now, tx.dst, tx.probe, e.to_string());
             }
         }
-        while let Some(ev) = engine.poll_event() {
+        while let Some(mut ev) = engine.poll_event() {
+            if let Some(res) = &resolver {
+                match &mut ev {
+                    TracerouteEvent::Hop { hop, .. } => hop.probes.iter().filter_map(|p| p.addr).for_each(|a| res.request(a)),
+                    TracerouteEvent::Finished(r) => attach_names(res, r),
+                    _ => {}
+                }
+            }
             on_event(&ev);
             if let TracerouteEvent::Finished(r) = ev {
                 results.push(*r);
@@ -223,6 +236,15 @@ pub fn traceroute(
         }
     }
     Ok(results)
+}
+
+/// Fills in `name` of every answered probe, waiting at most [`NAME_WAIT`] for pending names.
+fn attach_names(res: &NameResolver, r: &mut TracerouteResult) {
+    let ips: Vec<IpAddr> = r.hops.iter().flat_map(|h| h.probes.iter().filter_map(|p| p.addr)).collect();
+    let names = res.names(&ips, Instant::now() + NAME_WAIT);
+    for p in r.hops.iter_mut().flat_map(|h| h.probes.iter_mut()) {
+        p.name = p.addr.and_then(|a| names.get(&a).cloned());
+    }
 }
 
 /// Traces one target and returns its result (blocking).
