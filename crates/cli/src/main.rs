@@ -117,13 +117,7 @@ fn run_compare(a: CompareArgs) -> Result<ExitCode, Error> {
         Format::Text => write!(out, "{}", svctr_core::render_comparison(&c)),
         Format::Json | Format::Jsonl => serde_json::to_string(&c).map_err(io::Error::other).and_then(|t| writeln!(out, "{t}")),
     };
-    if let Err(e) = res {
-        if e.kind() != io::ErrorKind::BrokenPipe {
-            eprintln!("service-traceroute: error: writing output: {e}");
-            return Ok(ExitCode::from(2));
-        }
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(output_failure(res.err()).unwrap_or(ExitCode::SUCCESS))
 }
 
 #[derive(Args)]
@@ -286,17 +280,12 @@ fn run_trace(a: TraceArgs) -> Result<ExitCode, Error> {
         }
     })?;
     if matches!(a.format, Format::Json) {
-        let text = if results.len() == 1 { serde_json::to_string_pretty(&results[0]) } else { serde_json::to_string_pretty(&results) };
-        let mut out = stdout.lock();
-        if let Err(e) = text.map_err(io::Error::other).and_then(|t| writeln!(out, "{t}")) {
+        if let Err(e) = write_json_collection(&results) {
             write_error.get_or_insert(e);
         }
     }
-    if let Some(e) = write_error {
-        if e.kind() != io::ErrorKind::BrokenPipe {
-            eprintln!("service-traceroute: error: writing output: {e}");
-            return Ok(ExitCode::from(2));
-        }
+    if let Some(code) = output_failure(write_error) {
+        return Ok(code);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -417,6 +406,24 @@ fn parse_algorithm(s: &str) -> Result<Algorithm, String> {
     s.parse()
 }
 
+/// Prints collected results as JSON: one object for one result, else an array.
+fn write_json_collection<T: serde::Serialize>(items: &[T]) -> io::Result<()> {
+    let text = if items.len() == 1 { serde_json::to_string_pretty(&items[0]) } else { serde_json::to_string_pretty(items) };
+    let text = text.map_err(io::Error::other)?;
+    writeln!(io::stdout().lock(), "{text}")
+}
+
+/// The exit status for an output error: a closed pipe (`| head`) is not a failure.
+fn output_failure(e: Option<io::Error>) -> Option<ExitCode> {
+    match e {
+        Some(e) if e.kind() != io::ErrorKind::BrokenPipe => {
+            eprintln!("service-traceroute: error: writing output: {e}");
+            Some(ExitCode::from(2))
+        }
+        _ => None,
+    }
+}
+
 fn print_result(format: Format, r: &TraceResult, out: &mut impl Write) -> io::Result<()> {
     match format {
         Format::Text => writeln!(out, "{}", svctr_core::render_text(r)),
@@ -480,21 +487,12 @@ fn run_flow(a: FlowArgs) -> Result<ExitCode, Error> {
         }
     })?;
     if matches!(a.format, Format::Json) {
-        let text = if collected.len() == 1 {
-            serde_json::to_string_pretty(&collected[0])
-        } else {
-            serde_json::to_string_pretty(&collected)
-        };
-        let mut out = stdout.lock();
-        if let Err(e) = text.map_err(io::Error::other).and_then(|t| writeln!(out, "{t}")) {
+        if let Err(e) = write_json_collection(&collected) {
             write_error.get_or_insert(e);
         }
     }
-    if let Some(e) = write_error {
-        if e.kind() != io::ErrorKind::BrokenPipe {
-            eprintln!("service-traceroute: error: writing output: {e}");
-            return Ok(ExitCode::from(2));
-        }
+    if let Some(code) = output_failure(write_error) {
+        return Ok(code);
     }
     if summary.capture_drops > 0 {
         eprintln!(

@@ -14,21 +14,13 @@ fn root_guard() -> Option<std::sync::MutexGuard<'static, ()>> {
     svctr_lab::lab_test_guard()
 }
 
-/// Runs traceroute in the client namespace and parses its hops.
+/// Runs traceroute in the client namespace and parses its (IPv4) hops.
 fn traceroute(lab: &Lab, args: &[String]) -> (Vec<Option<Ipv4Addr>>, String) {
-    let mut c = lab.command(lab.client_ns(), "traceroute");
-    c.args(args);
-    let out = output_with_timeout(&mut c, None, Duration::from_secs(60)).expect("traceroute runs");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "traceroute failed: {}\n{text}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (_, text) = traceroute_ip(lab, args);
     (parse_traceroute(&text), text)
 }
 
-/// [`traceroute`] for either family: hops as `IpAddr`.
+/// Runs traceroute in the client namespace (either family): hops as `IpAddr`.
 fn traceroute_ip(lab: &Lab, args: &[String]) -> (Vec<Option<IpAddr>>, String) {
     let mut c = lab.command(lab.client_ns(), "traceroute");
     c.args(args);
