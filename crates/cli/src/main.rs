@@ -236,9 +236,6 @@ fn run_trace(a: TraceArgs) -> Result<ExitCode, Error> {
         }
         targets.push(ip);
     }
-    if a.retries > 0 {
-        return Err(Error::Unsupported("--retries is not supported yet: raise -q instead".into()));
-    }
     let config = TracerouteConfig {
         protocol,
         strategy: a.strategy,
@@ -253,6 +250,7 @@ fn run_trace(a: TraceArgs) -> Result<ExitCode, Error> {
         timeout: a.wait,
         max_missing: a.max_missing,
         max_in_flight: a.sim_queries,
+        retries: a.retries,
         ..TracerouteConfig::default()
     };
     // Names are resolved in the background as hops come in, never on the probing path.
@@ -353,6 +351,9 @@ struct FlowArgs {
     /// A UDP flow silent this long has ended (0: never).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     flow_timeout: Duration,
+    /// Extra rounds of --probes probes for a TTL nobody answered.
+    #[arg(long, default_value_t = 0)]
+    retries: u8,
     /// Probe up to --max-ttl even past the remote (by default probing stops one TTL short of
     /// the remote, whose distance comes from its packets' TTL, so the remote application never
     /// receives a probe).
@@ -459,6 +460,7 @@ fn run_flow(a: FlowArgs) -> Result<ExitCode, Error> {
         stop_at: a.stop_at,
         flow_timeout: a.flow_timeout,
         probe_remote: a.probe_remote,
+        retries: a.retries,
         ..TraceConfig::default()
     };
     trace.validate().map_err(|e| Error::Unsupported(e.to_string()))?;

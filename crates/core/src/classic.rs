@@ -109,6 +109,8 @@ pub struct TracerouteConfig {
     pub max_missing: u8,
     /// Probes of one trace awaiting a reply at once (16, like traceroute's `-N`; 0: all).
     pub max_in_flight: usize,
+    /// Extra rounds for a TTL nobody answered (0).
+    pub retries: u8,
 }
 
 impl Default for TracerouteConfig {
@@ -131,6 +133,7 @@ impl Default for TracerouteConfig {
             inter_hop: Duration::ZERO,
             max_missing: 5,
             max_in_flight: 16,
+            retries: 0,
         }
     }
 }
@@ -164,6 +167,7 @@ impl TracerouteConfig {
             max_missing: self.max_missing,
             probe_remote: true,
             max_in_flight: self.max_in_flight,
+            retries: self.retries,
             ..TraceConfig::default()
         }
     }

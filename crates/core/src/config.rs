@@ -83,6 +83,9 @@ pub struct TraceConfig {
     /// At most this many probes of one trace awaiting a reply at once (0: no limit). Like
     /// traceroute's `-N`: it bounds how far past the destination a trace probes.
     pub max_in_flight: usize,
+    /// Extra rounds of `probes_per_hop` probes for a TTL whose probes all went unanswered
+    /// (default 0).
+    pub retries: u8,
 }
 
 impl Default for TraceConfig {
@@ -103,6 +106,7 @@ impl Default for TraceConfig {
             udp_reply_wait: Duration::from_secs(1),
             ident_seed: 0x5eed,
             max_in_flight: 0,
+            retries: 0,
         }
     }
 }

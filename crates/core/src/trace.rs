@@ -157,6 +157,9 @@ pub(crate) struct Trace {
     max_missing: u8,
     stop_at: Vec<IpAddr>,
     max_in_flight: usize,
+    /// Extra rounds for a TTL nobody answered, and the rounds used per TTL.
+    retries: u8,
+    retries_used: Vec<u8>,
     /// TTLs already handed out by `take_new_hops`.
     emitted: u8,
 }
@@ -214,6 +217,8 @@ impl Trace {
             max_missing: cfg.max_missing,
             stop_at: cfg.stop_at.clone(),
             max_in_flight: cfg.max_in_flight,
+            retries: cfg.retries,
+            retries_used: vec![0; hops],
             emitted: 0,
         };
         if t.probes.is_empty() {
@@ -463,22 +468,52 @@ impl Trace {
     }
 
     /// Evaluates the stop rules on the resolved prefix and reschedules a waiting algorithm.
+    /// Inserts one more round of probes for silent TTL `ttl` at the send cursor, so they go
+    /// next (before the next TTL in hop-by-hop and packet-by-packet order). Only probes at or
+    /// after the cursor move, and none of them has been sent, so the identification map and
+    /// the `oldest` timer cursor stay valid.
+    fn retry(&mut self, ttl: u8, now: Instant) {
+        let round = (0..self.probes_per_hop).map(|_| Probe {
+            ttl,
+            ident: 0,
+            shape: None,
+            state: ProbeState::NotSent,
+            sent_wall: None,
+            captured_wall: None,
+            reply: None,
+        });
+        let at = self.cursor.min(self.probes.len());
+        self.probes.splice(at..at, round);
+        if let Some(used) = self.retries_used.get_mut(usize::from(ttl - self.first_ttl)) {
+            *used += 1;
+        }
+        if self.next_send.is_none() {
+            self.next_send = Some(now + self.inter_probe);
+        }
+    }
+
     fn advance(&mut self, now: Instant) {
-        let pph = usize::from(self.probes_per_hop);
         while self.stop.is_none() {
             let ttl = self.first_ttl.saturating_add(self.evaluated);
-            if ttl > self.limit_ttl || self.evaluated as usize * pph >= self.probes.len() {
+            if ttl > self.limit_ttl || ttl > self.cap_ttl {
                 break;
             }
-            let start = usize::from(self.evaluated) * pph;
-            let hop = &self.probes[start..start + pph];
-            if !hop.iter().all(|p| p.state.is_resolved()) {
+            // All probes of this TTL, rounds of retries included (they are not contiguous).
+            let hop: Vec<&Probe> = self.probes.iter().filter(|p| p.ttl == ttl).collect();
+            if hop.is_empty() || !hop.iter().all(|p| p.state.is_resolved()) {
                 break;
             }
             if hop.iter().all(|p| matches!(p.state, ProbeState::Cancelled { was_sent: false })) {
                 // Never probed (halted before this TTL): not a silent hop.
                 break;
             }
+            let silent = hop.iter().all(|p| p.reply.is_none());
+            let used = self.retries_used.get(usize::from(ttl - self.first_ttl)).copied().unwrap_or(u8::MAX);
+            if silent && used < self.retries && self.halt.is_none() {
+                self.retry(ttl, now);
+                break;
+            }
+            let hop: Vec<&Probe> = self.probes.iter().filter(|p| p.ttl == ttl).collect();
             self.evaluated += 1;
             let replies: Vec<&Reply> = hop.iter().filter_map(|p| p.reply.as_ref()).collect();
             let remote = self.key.remote.ip();
@@ -542,18 +577,16 @@ impl Trace {
         }
     }
 
-    /// The hops up to TTL `last` (probes that were sent), in TTL order.
+    /// The hops from TTL `first` to `last` (probes that were sent), in TTL order; a TTL's
+    /// retry rounds follow its first round, wherever they sit in the probe list.
     fn hops_between(&self, first: u8, last: u8) -> Vec<Hop> {
-        let mut hops: Vec<Hop> = Vec::new();
-        for p in self.probes.iter().filter(|p| p.ttl >= first && p.ttl <= last && p.sent_wall.is_some()) {
-            if hops.last().is_none_or(|h| h.ttl != p.ttl) {
-                hops.push(Hop { ttl: p.ttl, probes: Vec::new() });
-            }
-            if let Some(h) = hops.last_mut() {
-                h.probes.push(Self::probe_reply(p));
-            }
-        }
-        hops
+        (first..=last)
+            .filter_map(|ttl| {
+                let probes: Vec<ProbeReply> =
+                    self.probes.iter().filter(|p| p.ttl == ttl && p.sent_wall.is_some()).map(Self::probe_reply).collect();
+                (!probes.is_empty()).then_some(Hop { ttl, probes })
+            })
+            .collect()
     }
 
     /// Hops whose probes are all resolved and that the stop rules have passed over, not yet

@@ -56,6 +56,8 @@ struct Sim {
     started: Vec<(FlowKey, Option<u8>)>,
     /// Packets per probe identification that the sim should not answer (lost replies).
     drop_replies: Vec<u16>,
+    /// Per TTL, how many of its first probes go unanswered (a lossy hop).
+    drop_first: BTreeMap<u8, usize>,
 }
 
 fn key(proto: Protocol, lport: u16, rport: u16) -> FlowKey {
@@ -82,6 +84,7 @@ impl Sim {
             results: Vec::new(),
             started: Vec::new(),
             drop_replies: Vec::new(),
+            drop_first: BTreeMap::new(),
         }
     }
 
@@ -178,6 +181,12 @@ impl Sim {
         self.push(at, bytes.clone());
         if self.drop_replies.contains(&tx.ident) {
             return;
+        }
+        if let Some(n) = self.drop_first.get_mut(&tx.ttl) {
+            if *n > 0 {
+                *n -= 1;
+                return;
+            }
         }
         let ttl = usize::from(tx.ttl);
         let rtt = self.rtt_per_hop * tx.ttl as u32;
@@ -704,4 +713,39 @@ fn garbage_never_panics_the_engine() {
     // complete trace.
     assert_eq!(sim.only_result().hops.len(), 3);
     assert!(sim.engine.stats().malformed > 0);
+}
+
+#[test]
+fn retries_resend_a_silent_ttl_before_the_next_one() {
+    let cfg = TraceConfig { algorithm: Algorithm::HopByHop, timeout: 100 * MS, retries: 1, ..TraceConfig::default() };
+    let mut sim = Sim::new(cfg, tcp_sel(), vec![HopKind::Answers; 3]);
+    sim.drop_first.insert(2, 3); // TTL 2's first round is lost
+    sim.tcp_flow(&key(Protocol::Tcp, 40000, 443));
+    sim.run(10 * SEC);
+    let r = sim.only_result();
+    assert_eq!(r.stop_reason, StopReason::RemoteDistance);
+    assert_eq!(r.hops[1].probes.len(), 6, "3 probes + 1 retry round");
+    assert!(r.hops[1].probes[..3].iter().all(|p| p.addr.is_none()));
+    assert!(r.hops[1].probes[3..].iter().all(|p| p.addr == Some(IpAddr::V4(router(2)))));
+    // TTL 1 at 0, TTL 2 at 1 ms (times out at 101), its retry at 101, TTL 3 after the retry's
+    // replies (103 ms).
+    let order: Vec<(u8, Duration)> = sim.sent.iter().map(|(at, tx, _)| (tx.ttl, *at)).collect();
+    assert_eq!(order[3..9].iter().map(|o| o.0).collect::<Vec<_>>(), vec![2, 2, 2, 2, 2, 2]);
+    assert_eq!(order[6].1, 101 * MS);
+    assert_eq!(order[9], (3, 103 * MS));
+    assert_eq!(r.probes_sent, 12);
+}
+
+#[test]
+fn retries_give_up_after_the_last_round_and_count_as_one_silent_hop() {
+    let cfg = TraceConfig { timeout: 100 * MS, retries: 2, max_missing: 2, ..TraceConfig::default() };
+    let mut sim = Sim::new(cfg, tcp_sel(), vec![HopKind::Answers, HopKind::Silent, HopKind::Answers]);
+    sim.tcp_flow(&key(Protocol::Tcp, 40000, 443));
+    sim.run(10 * SEC);
+    let r = sim.only_result();
+    assert_eq!(r.stop_reason, StopReason::RemoteDistance, "one silent TTL is not two");
+    assert_eq!(r.hops[1].probes.len(), 9, "3 probes + 2 retry rounds");
+    assert!(r.hops[1].probes.iter().all(|p| p.addr.is_none()));
+    assert_eq!(hop_addrs(r)[2], Some(IpAddr::V4(router(3))));
+    assert_eq!(sim.results[0].0, 300 * MS, "three rounds of 100 ms");
 }
