@@ -9,7 +9,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use svctr_core::{Protocol, StopReason, Strategy, TracerouteResult};
-use svctr_lab::{lab_test_guard, output_with_timeout, parse_traceroute, Lab, LabConfig, Proto};
+use svctr_lab::{lab_test_guard, output_with_timeout, parse_traceroute_ip, Lab, LabConfig, Proto};
 
 const TRACER: &str = env!("CARGO_BIN_EXE_service-traceroute");
 
@@ -102,51 +102,53 @@ fn every_protocol_strategy_and_ip_version_matches_ground_truth() {
     }
 }
 
-/// Debian traceroute and scamper, given the same 5-tuple, see the same routers.
+/// Debian traceroute and scamper, given the same 5-tuple, see the same routers (IPv4 and
+/// IPv6, UDP and TCP).
 #[test]
 fn agrees_with_debian_traceroute_and_scamper() {
     let Some(_g) = lab_test_guard() else { return };
     let lab = Lab::build(LabConfig::default()).expect("build lab");
     let _srv = svctr_lab::tcp_server(&lab, 8080, 0).expect("tcp server");
-    let dst = lab.server_addr().to_string();
-    for sport in [41001u16, 41002, 41003, 41004] {
-        let sp = sport.to_string();
-        for (ours, theirs) in [
-            (vec!["-U", "-p", "33434"], vec!["-U", "-p", "33434"]),
-            (vec!["-T", "-p", "8080"], vec!["-T", "-p", "8080"]),
-        ] {
-            let mut args = ours.clone();
-            args.extend(["--sport", &sp, "-q", "1", "-w", "1", &dst]);
-            let r = trace_json(&lab, &args).remove(0);
-            let mut c = lab.command(lab.client_ns(), "traceroute");
-            c.args(&theirs).args(["-n", "-q", "1", "-N", "1", "-w", "1", &format!("--sport={sport}"), &dst]);
-            let out = output_with_timeout(&mut c, None, Duration::from_secs(60)).expect("traceroute");
-            let debian = parse_traceroute(&String::from_utf8_lossy(&out.stdout));
-            let mine: Vec<Option<IpAddr>> = r.hops.iter().map(|h| h.probes[0].addr).collect();
-            let debian: Vec<Option<IpAddr>> = debian.into_iter().map(|a| a.map(IpAddr::V4)).collect();
-            assert_eq!(mine, debian, "{ours:?} sport {sport}");
+    for dst in [IpAddr::V4(lab.server_addr()), IpAddr::V6(lab.server_addr6())] {
+        let dst = dst.to_string();
+        for sport in [41001u16, 41002, 41003, 41004] {
+            let sp = sport.to_string();
+            for proto in [["-U", "33434"], ["-T", "8080"]] {
+                let r = trace_json(&lab, &[proto[0], "-p", proto[1], "--sport", &sp, "-q", "1", "-w", "1", &dst]).remove(0);
+                let mut c = lab.command(lab.client_ns(), "traceroute");
+                c.args([proto[0], "-p", proto[1], "-n", "-q", "1", "-N", "1", "-w", "1", &format!("--sport={sport}"), &dst]);
+                let out = output_with_timeout(&mut c, None, Duration::from_secs(60)).expect("traceroute");
+                let debian = parse_traceroute_ip(&String::from_utf8_lossy(&out.stdout));
+                let mine: Vec<Option<IpAddr>> = r.hops.iter().map(|h| h.probes[0].addr).collect();
+                assert_eq!(mine, debian, "{proto:?} sport {sport} to {dst}");
+            }
+            // scamper's UDP-Paris trace with the same ports. IPv4 only: Debian's scamper
+            // 20211212 receives no reply at all over IPv6 in the lab (every run ends GAPLIMIT
+            // with zero hops, with or without a fixed port), while Debian traceroute above and
+            // this tool agree hop for hop over IPv6.
+            if dst.contains(':') {
+                continue;
+            }
+            let mut c = lab.command(lab.client_ns(), "scamper");
+            c.args(["-O", "json", "-c", &format!("trace -P udp-paris -s {sport} -d 33434 -q 1 -w 1"), "-i", &dst]);
+            let out = output_with_timeout(&mut c, None, Duration::from_secs(60)).expect("scamper");
+            let text = String::from_utf8_lossy(&out.stdout);
+            let trace: serde_json::Value = text
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .find(|v| v["type"] == "trace")
+                .unwrap_or_else(|| panic!("no scamper trace in {text}"));
+            let mut theirs: Vec<(u64, IpAddr)> = trace["hops"]
+                .as_array()
+                .expect("hops")
+                .iter()
+                .map(|h| (h["probe_ttl"].as_u64().unwrap(), h["addr"].as_str().unwrap().parse().unwrap()))
+                .collect();
+            theirs.sort();
+            let r = trace_json(&lab, &["-U", "-p", "33434", "--sport", &sp, "-q", "1", "-w", "1", &dst]).remove(0);
+            let mine: Vec<(u64, IpAddr)> = r.hops.iter().map(|h| (u64::from(h.ttl), h.probes[0].addr.unwrap())).collect();
+            assert_eq!(mine, theirs, "scamper udp-paris sport {sport} to {dst}");
         }
-        // scamper's UDP-Paris trace with the same ports.
-        let mut c = lab.command(lab.client_ns(), "scamper");
-        c.args(["-O", "json", "-c", &format!("trace -P udp-paris -s {sport} -d 33434 -q 1 -w 1"), "-i", &dst]);
-        let out = output_with_timeout(&mut c, None, Duration::from_secs(60)).expect("scamper");
-        let text = String::from_utf8_lossy(&out.stdout);
-        let trace: serde_json::Value = text
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .find(|v| v["type"] == "trace")
-            .unwrap_or_else(|| panic!("no scamper trace in {text}"));
-        let mut theirs: Vec<(u64, String)> = trace["hops"]
-            .as_array()
-            .expect("hops")
-            .iter()
-            .map(|h| (h["probe_ttl"].as_u64().unwrap(), h["addr"].as_str().unwrap().to_string()))
-            .collect();
-        theirs.sort();
-        let r = trace_json(&lab, &["-U", "-p", "33434", "--sport", &sp, "-q", "1", "-w", "1", &dst]).remove(0);
-        let mine: Vec<(u64, String)> =
-            r.hops.iter().map(|h| (u64::from(h.ttl), h.probes[0].addr.unwrap().to_string())).collect();
-        assert_eq!(mine, theirs, "scamper udp-paris sport {sport}");
     }
 }
 
