@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs what service-traceroute needs on a fresh Debian machine, only what is missing:
 # libpcap (capture), iproute2 + nftables + conntrack (the namespace lab and the UDP shield),
+# scamper (the lab tests compare trace with it), util-linux (setpriv, for the privilege test),
 # traceroute (the demo's comparison), and a Rust toolchain check.
 set -euo pipefail
 
-need=(libpcap-dev pkg-config iproute2 nftables conntrack traceroute procps)
+need=(libpcap-dev pkg-config iproute2 nftables conntrack traceroute scamper procps util-linux)
 missing=()
 for p in "${need[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
