@@ -126,7 +126,7 @@ impl Net {
         let v6 = dst.is_ipv6();
         let src = src_for(dst);
         let branch = branch_of(&probe);
-        if ttl >= ECMP_HOP && ttl <= HOPS + 1 {
+        if (ECMP_HOP..=HOPS + 1).contains(&ttl) {
             self.branches.entry(dst).or_default().insert(branch);
         }
         let rtt = Duration::from_millis(u64::from(ttl));
