@@ -1,10 +1,42 @@
 #!/usr/bin/env bash
 # The benchmark: builds the namespace lab and measures, in one run, the time service-traceroute
 # takes to trace a live flow's path against scamper and Debian traceroute, then its CPU time
-# and memory per traced flow. Prints a Markdown report (see BENCHMARKS.md).
-# Needs root (network namespaces, raw sockets). Options: --runs N (15), --flows M (200).
+# and memory per traced flow (`svctr-lab bench`); then, on a lab with 1000 destinations, the
+# time, probes/s, CPU and memory to trace all of them against scamper, trippy and traceroute
+# (`svctr-lab bench-trace`). Prints one Markdown report on stdout (see BENCHMARKS.md).
+# Needs root (network namespaces, raw sockets).
+#
+# Options:
+#   --runs N (15), --flows M (200)                   flow benchmark (`bench`)
+#   --targets T (1000), --parallel P (50), --reps R (3)
+#                                                    many-destination benchmark (`bench-trace`)
+#   --skip-flow, --skip-trace                        run only one of the two
+#
+# Time: about 20 s for `bench` and 2-3 min for `bench-trace` (mostly trippy with its default
+# 1 s rounds). The first run also installs trippy with `cargo install trippy --locked` if
+# `trip` is missing, which compiles for several minutes on 2 cores (skipped if cargo or the
+# build fails: the report then says trippy was not run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+bench_args=()
+trace_args=()
+skip_flow=0
+skip_trace=0
+while (($#)); do
+  case "$1" in
+    --runs | --flows)
+      (($# >= 2)) || { echo "bench: $1 needs a value" >&2; exit 2; }
+      bench_args+=("$1" "$2"); shift 2 ;;
+    --targets | --parallel | --reps)
+      (($# >= 2)) || { echo "bench: $1 needs a value" >&2; exit 2; }
+      trace_args+=("$1" "$2"); shift 2 ;;
+    --skip-flow) skip_flow=1; shift ;;
+    --skip-trace) skip_trace=1; shift ;;
+    *) echo "bench: unknown option $1 (see the comment at the top of $0)" >&2; exit 2 ;;
+  esac
+done
+
 source scripts/setup.sh
 # Peers and measurement tools, only what is missing: scamper (peer), time (GNU time: max RSS).
 missing=()
@@ -21,5 +53,28 @@ if ((${#missing[@]})); then
   apt-get update -qq
   apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+
+# trippy (peer of bench-trace), from crates.io, only if missing.
+cargo_bin="${CARGO_HOME:-$HOME/.cargo}/bin"
+trip="$(command -v trip || true)"
+[[ -n $trip || ! -x $cargo_bin/trip ]] || trip="$cargo_bin/trip"
+if ((!skip_trace)) && [[ -z $trip ]]; then
+  echo "bench: installing trippy (cargo install trippy --locked; several minutes on 2 cores)" >&2
+  if timeout 3600 cargo install --quiet trippy --locked >&2; then
+    trip="$cargo_bin/trip"
+  else
+    echo "bench: cargo install trippy failed; bench-trace runs without trippy" >&2
+  fi
+fi
+
 cargo build --release --quiet -p service-traceroute -p svctr-lab
-exec target/release/svctr-lab bench --tracer "$PWD/target/release/service-traceroute" "$@"
+bin="${CARGO_TARGET_DIR:-$PWD/target}/release"
+status=0
+if ((!skip_flow)); then
+  "$bin/svctr-lab" bench --tracer "$bin/service-traceroute" "${bench_args[@]}" || status=$?
+fi
+if ((!skip_trace)); then
+  if [[ -n $trip ]]; then trace_args+=(--trip "$trip"); fi
+  "$bin/svctr-lab" bench-trace --tracer "$bin/service-traceroute" "${trace_args[@]}" || status=$?
+fi
+exit "$status"

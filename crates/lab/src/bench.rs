@@ -1,6 +1,7 @@
-//! `svctr-lab bench`: a reproducible benchmark of service-traceroute against classic tools,
-//! all measured in one run on one freshly built lab (default config: 3 branches, no NAT,
-//! no firewall; every router and the server answer).
+//! `svctr-lab bench` and `svctr-lab bench-trace`: a reproducible benchmark of
+//! service-traceroute against classic tools, each measured in one run on a freshly built
+//! lab (default config: 3 branches, no NAT, no firewall; every router and the server
+//! answer). `bench` runs sections 1 and 2, `bench-trace` section 3.
 //!
 //! # Method
 //!
@@ -41,12 +42,43 @@
 //! each answered, and the hop addresses equal the lab's ground truth for that flow (r2's
 //! `ip route get` for the flow's 5-tuple).
 //!
+//! **3. Trace many destinations** (`svctr-lab bench-trace`, its own lab with fan-out N,
+//! default 1000: destinations 198.19.128.1.. on the server, each 6 hops away, answering
+//! UDP probes with port unreachable). Every setting runs `--reps` times (settings
+//! interleaved), in the client namespace, under
+//! `/usr/bin/time -f "%M %e" timeout -k 5 300 bash -c '"$@"; times' bash CMD...`:
+//!
+//! * ours, one process for all destinations: `service-traceroute trace -n -U --strategy
+//!   paris -q 1 -w 1 --format jsonl <N addresses>`, with its defaults (16 probes in flight
+//!   per destination, so up to 10 probes beyond a destination at TTL 6; no rate limit) and
+//!   with `--rate 10000` (scamper's highest rate) and with `-N 1` (one probe in flight per
+//!   destination: no probe beyond the destination, as scamper).
+//! * scamper, one process: `scamper -O json -p 10000 -w 0 -c 'trace -P udp-paris -q 1 -w 1'
+//!   -f targets.txt`. 10000 packets/s is the highest `-p` it accepts (default 20) and
+//!   `-w 0` puts no limit on parallel tasks, so this is its fastest setting.
+//! * trippy, which traces one destination per process in its report modes (several
+//!   targets are only accepted by its TUI): `trip -m json -C 1 --udp -R paris [-i 0ms -g
+//!   10ms] TARGET` through `xargs -P --parallel` (default 50), each process writing its
+//!   report to a file; with its default round timing (a round lasts at least 1 s) and
+//!   with the shortest it accepts (the round ends 10 ms after the destination answers).
+//! * Debian `traceroute -n -U -q 1 -w 1 TARGET` the same way (not Paris: each probe gets
+//!   its own source port).
+//!
+//! Measured per run: wall time (spawn → exit of the whole run), CPU time of all processes
+//! (bash's `times`: getrusage(RUSAGE_CHILDREN) covers every waited-for descendant), the
+//! largest max RSS of any single process (GNU time `%M`), the packets the client's
+//! interface sent (`/sys/class/net/eth0/statistics/tx_packets` before and after: every
+//! probe, whatever the tool reports) and each tool's own probe count where it has one.
+//! Each destination's result is checked: *complete* means TTL 1-5 answered by exactly the
+//! 5 routers of one ECMP branch and TTL 6 by the destination; *reached* only requires 6
+//! answered TTLs, the 6th from the destination.
+//!
 //! Only addresses of the lab (198.18.0.0/15) are probed.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::io::Read;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -58,7 +90,10 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitid, Id, WaitPidFlag};
 use nix::unistd::Pid;
 use serde_json::Value;
-use svctr_lab::{describe, parse_traceroute, tcp_download, tcp_server, Lab, LabConfig, Proto};
+use svctr_lab::{
+    describe, parse_traceroute, parse_traceroute_ip, tcp_download, tcp_server, Lab, LabConfig,
+    Proto,
+};
 
 /// Server port of the timing section's download.
 const TIMING_PORT: u16 = 8080;
@@ -1154,6 +1189,921 @@ fn load_report(results: &[LoadRun], flows: usize, alive: usize) -> Result<String
     Ok(o)
 }
 
+// ------------------------------------------------- section 3: many destinations
+
+/// Options of `svctr-lab bench-trace`.
+pub(crate) struct TraceBenchArgs {
+    /// service-traceroute binary.
+    pub(crate) tracer: PathBuf,
+    /// Number of destinations (the lab's fan-out).
+    pub(crate) targets: usize,
+    /// Processes run at once for the tools that trace one destination per process.
+    pub(crate) parallel: usize,
+    /// Repetitions of every setting (interleaved).
+    pub(crate) reps: usize,
+    /// trippy's `trip` binary; default: `trip` in $PATH, else `~/.cargo/bin/trip`.
+    pub(crate) trip: Option<PathBuf>,
+}
+
+/// Inner limit of one run (coreutils `timeout`, which signals the whole process group).
+const MANY_TIMEOUT: Duration = Duration::from_secs(300);
+/// TTL at which the destinations answer: 5 routers, then the destination.
+const DEST_TTL: usize = HOPS + 1;
+/// scamper's highest accepted packet rate (`-p`, 1..=10000).
+const SCAMPER_MAX_PPS: u32 = 10_000;
+/// The shell wrapper that reports the CPU time of everything it ran: bash's `times` prints
+/// getrusage(RUSAGE_CHILDREN), which includes every descendant that was waited for.
+const TIMES_WRAPPER: &str = r#""$@"; s=$?; times > "$SVCTR_TIMES"; exit $s"#;
+
+/// Runs section 3 on its own (`svctr-lab bench-trace`) and prints its Markdown report.
+pub(crate) fn run_trace(args: &TraceBenchArgs, stop: &AtomicBool) -> Result<u8> {
+    if !(1..=svctr_lab::MAX_FANOUT).contains(&args.targets) {
+        bail!("--targets must be in 1..={}", svctr_lab::MAX_FANOUT);
+    }
+    if args.parallel == 0 || args.reps == 0 {
+        bail!("--parallel and --reps must be at least 1");
+    }
+    let tracer = match args.tracer.canonicalize() {
+        Ok(p) if p.is_file() => p,
+        _ => bail!(
+            "tracer binary not found: {} (build it first: cargo build --release -p service-traceroute)",
+            args.tracer.display()
+        ),
+    };
+    for tool in ["/usr/bin/time", "xargs", "timeout"] {
+        if !(Path::new(tool).is_file() || in_path(tool)) {
+            bail!("`{tool}` is needed to measure the tools (Debian packages time, findutils, coreutils)");
+        }
+    }
+    let trip = find_trip(args.trip.as_deref());
+    let command_line = std::env::args().collect::<Vec<_>>().join(" ");
+    let lab = Lab::build(LabConfig {
+        fanout: args.targets,
+        ..LabConfig::default()
+    })
+    .with_context(|| format!("building a lab with {} destinations", args.targets))?;
+    eprintln!(
+        "bench-trace: lab {} is up ({} destinations)",
+        lab.name(),
+        args.targets
+    );
+    let report = many_section(&lab, &tracer, trip, args, &command_line, stop);
+    drop(lab);
+    let report = report?;
+    if stop.load(Ordering::SeqCst) {
+        eprintln!("bench-trace: interrupted");
+        return Ok(130);
+    }
+    print!("{report}");
+    Ok(0)
+}
+
+/// `trip` as given, else in $PATH, else where `cargo install` puts it.
+fn find_trip(given: Option<&Path>) -> Result<PathBuf, String> {
+    if let Some(p) = given {
+        return p
+            .canonicalize()
+            .map_err(|e| format!("{} not usable: {e}", p.display()));
+    }
+    if let Some(p) = std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join("trip"))
+            .find(|f| f.is_file())
+    }) {
+        return Ok(p);
+    }
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")));
+    match cargo_home.map(|c| c.join("bin/trip")) {
+        Some(p) if p.is_file() => Ok(p),
+        _ => Err("`trip` not found (cargo install trippy --locked)".to_string()),
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum ManyTool {
+    Ours,
+    Scamper,
+    Trippy,
+    Traceroute,
+}
+
+/// One tool with one setting, and its runs.
+struct ManySetting {
+    tool: ManyTool,
+    name: &'static str,
+    setting: String,
+    /// Program and arguments; the targets are appended (ours: all of them; per-target
+    /// tools: one per process), scamper reads the target file.
+    argv: Vec<String>,
+    /// One process per destination, `--parallel` at a time.
+    per_target: bool,
+    skipped: Option<String>,
+    runs: Vec<ManyRun>,
+    failures: Vec<String>,
+}
+
+impl ManySetting {
+    fn new(tool: ManyTool, name: &'static str, setting: &str, argv: Vec<String>) -> Self {
+        ManySetting {
+            tool,
+            name,
+            setting: setting.to_string(),
+            per_target: matches!(tool, ManyTool::Trippy | ManyTool::Traceroute),
+            argv,
+            skipped: None,
+            runs: Vec::new(),
+            failures: Vec::new(),
+        }
+    }
+
+    /// The command as shown in the report (the binary's directory left out).
+    fn display(&self, n: usize, parallel: usize) -> String {
+        let mut argv = self.argv.clone();
+        if let Some(p) = argv.first_mut() {
+            if let Some(f) = Path::new(p.as_str()).file_name() {
+                *p = f.to_string_lossy().into_owned();
+            }
+        }
+        let quoted: Vec<String> = argv
+            .iter()
+            .map(|a| {
+                if a.contains(' ') {
+                    format!("'{a}'")
+                } else {
+                    a.clone()
+                }
+            })
+            .collect();
+        let line = quoted.join(" ");
+        match self.tool {
+            ManyTool::Ours => format!("{line} <{n} addresses>"),
+            ManyTool::Scamper => line.replace(TARGETS_FILE_MARK, "targets.txt"),
+            ManyTool::Trippy | ManyTool::Traceroute => format!(
+                "xargs -a targets.txt -P {parallel} -n 1 sh -c 'exec {line} \"$0\" > \"$SVCTR_OUT/$0.out\" 2> \"$SVCTR_OUT/$0.err\"'"
+            ),
+        }
+    }
+}
+
+/// Placeholder for the target file's path in `argv`.
+const TARGETS_FILE_MARK: &str = "@TARGETS@";
+
+/// Measurements of one run of one setting.
+#[derive(Debug, Clone, Default)]
+struct ManyRun {
+    /// Spawn → exit of the whole run (`ip netns exec` included).
+    wall_s: f64,
+    user_s: f64,
+    sys_s: f64,
+    /// Largest max RSS of any one process of the run (GNU time `%M`).
+    maxrss_kib: f64,
+    /// Packets sent by the client's interface during the run: the probes.
+    tx_packets: u64,
+    /// The tool's own count of probes, when it reports one.
+    tool_probes: Option<u64>,
+    /// Destinations with a result.
+    results: usize,
+    /// Destinations whose result has 6 answered TTLs, the 6th from the destination.
+    reached: usize,
+    /// Of those, TTL 1-5 answered by the routers of one lab branch (no mixed branches).
+    complete: usize,
+    notes: Vec<String>,
+}
+
+impl ManyRun {
+    fn cpu_s(&self) -> f64 {
+        self.user_s + self.sys_s
+    }
+    fn pps(&self) -> f64 {
+        if self.wall_s > 0.0 {
+            self.tx_packets as f64 / self.wall_s
+        } else {
+            0.0
+        }
+    }
+}
+
+/// What one tool reported for one destination: the distinct answering addresses per TTL
+/// (index 0 = TTL 1).
+#[derive(Debug, Default, PartialEq)]
+struct DestResult {
+    hops: Vec<BTreeSet<IpAddr>>,
+}
+
+impl DestResult {
+    fn add(&mut self, ttl: usize, addr: Option<IpAddr>) {
+        if ttl == 0 {
+            return;
+        }
+        if self.hops.len() < ttl {
+            self.hops.resize_with(ttl, BTreeSet::new);
+        }
+        if let Some(a) = addr {
+            self.hops[ttl - 1].insert(a);
+        }
+    }
+
+    /// 6 TTLs, each answered, TTL 6 by the destination only.
+    fn reached(&self, dst: IpAddr) -> bool {
+        self.hops.len() == DEST_TTL
+            && self.hops.iter().all(|h| !h.is_empty())
+            && self.hops[DEST_TTL - 1] == BTreeSet::from([dst])
+    }
+
+    /// [`Self::reached`], and TTL 1-5 answered each by exactly the router of one branch.
+    fn complete(&self, dst: IpAddr, lab: &Lab) -> bool {
+        self.reached(dst)
+            && (1..=lab.branches()).any(|k| {
+                lab.branch_path_ip(k, dst.is_ipv6())
+                    .iter()
+                    .zip(&self.hops)
+                    .all(|(want, got)| got.len() == 1 && got.contains(want))
+            })
+    }
+}
+
+/// Our JSON lines: one object per destination.
+fn parse_ours_many(out: &str) -> Result<(BTreeMap<IpAddr, DestResult>, u64)> {
+    let mut res = BTreeMap::new();
+    let mut probes = 0;
+    for (i, l) in out.lines().filter(|l| !l.trim().is_empty()).enumerate() {
+        let v: Value = serde_json::from_str(l)
+            .with_context(|| format!("tracer output line {} is not JSON", i + 1))?;
+        let dst: IpAddr = v
+            .get("destination")
+            .and_then(Value::as_str)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| anyhow!("result {} has no destination address", i + 1))?;
+        probes += v.get("probes_sent").and_then(Value::as_u64).unwrap_or(0);
+        let mut r = DestResult::default();
+        for h in v
+            .get("hops")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let ttl = h.get("ttl").and_then(Value::as_u64).unwrap_or(0) as usize;
+            r.add(ttl, None);
+            for p in h
+                .get("probes")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                r.add(
+                    ttl,
+                    p.get("addr")
+                        .and_then(Value::as_str)
+                        .and_then(|a| a.parse().ok()),
+                );
+            }
+        }
+        res.insert(dst, r);
+    }
+    Ok((res, probes))
+}
+
+/// scamper's JSON lines: one `trace` object per destination (TTLs without an answer are
+/// absent from `hops`).
+fn parse_scamper_many(out: &str) -> Result<(BTreeMap<IpAddr, DestResult>, u64)> {
+    let mut res = BTreeMap::new();
+    let mut probes = 0;
+    for l in out.lines() {
+        let Ok(v) = serde_json::from_str::<Value>(l) else {
+            continue;
+        };
+        if v.get("type").and_then(Value::as_str) != Some("trace") {
+            continue;
+        }
+        let dst: IpAddr = v
+            .get("dst")
+            .and_then(Value::as_str)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| anyhow!("scamper trace without dst: {l}"))?;
+        probes += v.get("probe_count").and_then(Value::as_u64).unwrap_or(0);
+        let mut r = DestResult::default();
+        for h in v
+            .get("hops")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let ttl = h.get("probe_ttl").and_then(Value::as_u64).unwrap_or(0) as usize;
+            r.add(
+                ttl,
+                h.get("addr")
+                    .and_then(Value::as_str)
+                    .and_then(|a| a.parse().ok()),
+            );
+        }
+        res.insert(dst, r);
+    }
+    Ok((res, probes))
+}
+
+/// One trippy `--mode json` report: (its target, its hops, probes sent).
+fn parse_trippy(out: &str) -> Result<(IpAddr, DestResult, u64)> {
+    let v: Value = serde_json::from_str(out).context("trippy output is not JSON")?;
+    let dst: IpAddr = v
+        .pointer("/info/target/ip")
+        .and_then(Value::as_str)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow!("trippy report without info.target.ip"))?;
+    let mut r = DestResult::default();
+    let mut sent = 0;
+    for h in v
+        .get("hops")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let ttl = h.get("ttl").and_then(Value::as_u64).unwrap_or(0) as usize;
+        sent += h.get("sent").and_then(Value::as_u64).unwrap_or(0);
+        r.add(ttl, None);
+        for host in h
+            .get("hosts")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            r.add(
+                ttl,
+                host.get("ip")
+                    .and_then(Value::as_str)
+                    .and_then(|a| a.parse().ok()),
+            );
+        }
+    }
+    Ok((dst, r, sent))
+}
+
+/// `s` as one single-quoted POSIX shell word.
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// The client interface's transmitted-packet counter.
+fn client_tx_packets(lab: &Lab) -> Result<u64> {
+    let path = format!(
+        "/sys/class/net/{}/statistics/tx_packets",
+        lab.client_iface()
+    );
+    let mut cmd = lab.command(lab.client_ns(), "cat");
+    cmd.arg(&path);
+    let out = svctr_lab::output_with_timeout(&mut cmd, None, Duration::from_secs(10))?;
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .with_context(|| format!("reading {path} in {}", lab.client_ns()))
+}
+
+fn many_settings(
+    tracer: &Path,
+    trip: &Result<PathBuf, String>,
+    parallel: usize,
+) -> Vec<ManySetting> {
+    let s = |a: &[&str]| a.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let tr = tracer.to_string_lossy().into_owned();
+    let ours = |extra: &[&str]| {
+        let mut v = s(&[
+            &tr,
+            "trace",
+            "-n",
+            "-U",
+            "--strategy",
+            "paris",
+            "-q",
+            "1",
+            "-w",
+            "1",
+        ]);
+        v.extend(s(extra));
+        v.extend(s(&["--format", "jsonl"]));
+        v
+    };
+    let mut v = vec![
+        ManySetting::new(
+            ManyTool::Ours,
+            "service-traceroute (ours)",
+            "defaults (`-N 16` in flight per target, `--parallel 1024`, no `--rate`)",
+            ours(&[]),
+        ),
+        ManySetting::new(
+            ManyTool::Ours,
+            "service-traceroute (ours)",
+            "`--rate 10000` (scamper's highest rate)",
+            ours(&["--rate", "10000"]),
+        ),
+        ManySetting::new(
+            ManyTool::Ours,
+            "service-traceroute (ours)",
+            "`-N 1` (one probe in flight per target, like scamper)",
+            ours(&["-N", "1"]),
+        ),
+        ManySetting::new(
+            ManyTool::Scamper,
+            "scamper",
+            "`-p 10000 -w 0` (highest rate, no window limit)",
+            s(&[
+                "scamper",
+                "-O",
+                "json",
+                "-p",
+                &SCAMPER_MAX_PPS.to_string(),
+                "-w",
+                "0",
+                "-c",
+                "trace -P udp-paris -q 1 -w 1",
+                "-f",
+                TARGETS_FILE_MARK,
+            ]),
+        ),
+    ];
+    let trip_argv = |extra: &[&str]| {
+        let mut a = vec![trip
+            .as_ref()
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "trip".into())];
+        a.extend(s(&["-m", "json", "-C", "1", "--udp", "-R", "paris"]));
+        a.extend(s(extra));
+        a
+    };
+    let mut t1 = ManySetting::new(
+        ManyTool::Trippy,
+        "trippy",
+        &format!("`-i 0ms -g 10ms` (shortest round), {parallel} processes at once"),
+        trip_argv(&["-i", "0ms", "-g", "10ms"]),
+    );
+    let mut t2 = ManySetting::new(
+        ManyTool::Trippy,
+        "trippy",
+        &format!("default round (`-i 1s -g 100ms`), {parallel} processes at once"),
+        trip_argv(&[]),
+    );
+    if let Err(why) = trip {
+        t1.skipped = Some(why.clone());
+        t2.skipped = Some(why.clone());
+    }
+    v.push(t1);
+    v.push(t2);
+    v.push(ManySetting::new(
+        ManyTool::Traceroute,
+        "traceroute",
+        &format!("`-U` (not Paris), default `-N 16`, {parallel} processes at once"),
+        s(&["traceroute", "-n", "-U", "-q", "1", "-w", "1"]),
+    ));
+    for st in &mut v {
+        if st.skipped.is_none() {
+            let prog = st.argv[0].clone();
+            if !(Path::new(&prog).is_file() || in_path(&prog)) {
+                st.skipped = Some(format!("`{prog}` is not installed"));
+            }
+        }
+    }
+    v
+}
+
+/// Files of one section-3 session, removed on drop.
+struct ManyFiles {
+    dir: PathBuf,
+    targets: PathBuf,
+}
+
+impl Drop for ManyFiles {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn many_section(
+    lab: &Lab,
+    tracer: &Path,
+    trip: Result<PathBuf, String>,
+    args: &TraceBenchArgs,
+    command_line: &str,
+    stop: &AtomicBool,
+) -> Result<String> {
+    let targets = lab.fanout_targets_v4();
+    let dir = std::env::temp_dir().join(format!("svctr-bench-trace-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let files = ManyFiles {
+        targets: dir.join("targets.txt"),
+        dir,
+    };
+    let list: String = targets.iter().map(|t| format!("{t}\n")).collect();
+    std::fs::write(&files.targets, list)
+        .with_context(|| format!("writing {}", files.targets.display()))?;
+    let mut settings = many_settings(tracer, &trip, args.parallel);
+    for rep in 1..=args.reps {
+        for (idx, s) in settings.iter_mut().enumerate() {
+            if s.skipped.is_some() {
+                continue;
+            }
+            if stop.load(Ordering::SeqCst) {
+                return Ok(String::new());
+            }
+            eprintln!(
+                "bench-trace: {} [{}] ({rep}/{})",
+                s.name, s.setting, args.reps
+            );
+            // Late replies of the previous run must not land in this one.
+            std::thread::sleep(Duration::from_millis(500));
+            match many_run(lab, s, idx, &targets, &files, args.parallel, rep) {
+                Ok(r) => {
+                    eprintln!(
+                        "bench-trace:   {:.2} s, {} packets, {}/{} complete",
+                        r.wall_s,
+                        r.tx_packets,
+                        r.complete,
+                        targets.len()
+                    );
+                    s.runs.push(r);
+                }
+                Err(e) => {
+                    eprintln!("bench-trace:   run {rep} failed: {e:#}");
+                    s.failures.push(format!("run {rep}: {e:#}"));
+                }
+            }
+        }
+    }
+    many_report(lab, &settings, args, command_line, tracer, &trip)
+}
+
+fn many_run(
+    lab: &Lab,
+    s: &ManySetting,
+    idx: usize,
+    targets: &[Ipv4Addr],
+    files: &ManyFiles,
+    parallel: usize,
+    rep: usize,
+) -> Result<ManyRun> {
+    let tag = format!("setting{idx}-run{rep}");
+    let time_file = files.dir.join(format!("{tag}.time"));
+    let times_file = files.dir.join(format!("{tag}.times"));
+    let out_dir = files.dir.join(format!("{tag}.out"));
+    let _ = std::fs::remove_dir_all(&out_dir);
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let mut cmd = lab.command(lab.client_ns(), "/usr/bin/time");
+    cmd.env("SVCTR_TIMES", &times_file)
+        .env("SVCTR_OUT", &out_dir)
+        .arg("-o")
+        .arg(&time_file)
+        .args(["-f", "%M %e", "timeout", "-k", "5"])
+        .arg(MANY_TIMEOUT.as_secs().to_string())
+        .args(["bash", "-c", TIMES_WRAPPER, "bash"]);
+    let targets_file = files.targets.to_string_lossy().into_owned();
+    if s.per_target {
+        let inner: Vec<String> = s.argv.iter().map(|a| sh_quote(a)).collect();
+        cmd.args([
+            "xargs",
+            "-a",
+            &targets_file,
+            "-P",
+            &parallel.to_string(),
+            "-n",
+            "1",
+        ])
+        .args(["sh", "-c"])
+        .arg(format!(
+            r#"exec {} "$0" > "$SVCTR_OUT/$0.out" 2> "$SVCTR_OUT/$0.err""#,
+            inner.join(" ")
+        ));
+    } else {
+        cmd.args(s.argv.iter().map(|a| {
+            if a == TARGETS_FILE_MARK {
+                targets_file.clone()
+            } else {
+                a.clone()
+            }
+        }));
+        if s.tool == ManyTool::Ours {
+            cmd.args(targets.iter().map(|t| t.to_string()));
+        }
+    }
+    let tx0 = client_tx_packets(lab)?;
+    let r = run_timed(cmd, MANY_TIMEOUT + Duration::from_secs(30));
+    let tx1 = client_tx_packets(lab)?;
+    let time_out = std::fs::read_to_string(&time_file)
+        .with_context(|| format!("reading GNU time's output {}", time_file.display()));
+    let times_out = std::fs::read_to_string(&times_file)
+        .with_context(|| format!("reading bash times' output {}", times_file.display()));
+    let _ = std::fs::remove_file(&time_file);
+    let _ = std::fs::remove_file(&times_file);
+    let r = r?;
+    let mut notes = Vec::new();
+    if !r.status.success() {
+        if s.per_target {
+            // xargs exits 123 when some invocation failed; the results tell which.
+            notes.push(format!("exit status {}", r.status));
+        } else {
+            let _ = std::fs::remove_dir_all(&out_dir);
+            bail!("exited with {}: {}", r.status, r.stderr.trim());
+        }
+    }
+    let (maxrss_kib, _) = parse_time_line(&time_out?)?;
+    let (user_ms, sys_ms) = parse_bash_times(&times_out?)?;
+    let (results, tool_probes) = match s.tool {
+        ManyTool::Ours => {
+            let (m, p) = parse_ours_many(&r.stdout)?;
+            (m, Some(p))
+        }
+        ManyTool::Scamper => {
+            let (m, p) = parse_scamper_many(&r.stdout)?;
+            (m, Some(p))
+        }
+        ManyTool::Trippy | ManyTool::Traceroute => {
+            let mut m = BTreeMap::new();
+            let mut probes = 0;
+            let (mut unreadable, mut stderr_files, mut first_err) = (0, 0, None);
+            for t in targets {
+                let out = std::fs::read_to_string(out_dir.join(format!("{t}.out")));
+                let err =
+                    std::fs::read_to_string(out_dir.join(format!("{t}.err"))).unwrap_or_default();
+                if !err.trim().is_empty() {
+                    stderr_files += 1;
+                    first_err
+                        .get_or_insert_with(|| err.lines().next().unwrap_or_default().to_string());
+                }
+                let Ok(out) = out else {
+                    unreadable += 1;
+                    continue;
+                };
+                if s.tool == ManyTool::Trippy {
+                    match parse_trippy(&out) {
+                        Ok((dst, d, sent)) => {
+                            probes += sent;
+                            m.insert(dst, d);
+                        }
+                        Err(_) => unreadable += 1,
+                    }
+                } else {
+                    let mut d = DestResult::default();
+                    for (i, h) in parse_traceroute_ip(&out).into_iter().enumerate() {
+                        d.add(i + 1, h);
+                    }
+                    if d.hops.is_empty() {
+                        unreadable += 1;
+                    } else {
+                        m.insert(IpAddr::V4(*t), d);
+                    }
+                }
+            }
+            if unreadable > 0 {
+                notes.push(format!(
+                    "{unreadable} destinations without a readable result"
+                ));
+            }
+            if let Some(e) = first_err {
+                notes.push(format!(
+                    "{stderr_files} processes wrote to stderr, e.g. {e:?}"
+                ));
+            }
+            (m, (s.tool == ManyTool::Trippy).then_some(probes))
+        }
+    };
+    let _ = std::fs::remove_dir_all(&out_dir);
+    for l in r.stderr.lines() {
+        // e.g. "service-traceroute: warning: the capture dropped 17021 packets; ..."
+        if l.contains("dropped") || l.contains("error") {
+            notes.push(format!("stderr: {}", l.trim()));
+        }
+    }
+    let (mut reached, mut complete) = (0, 0);
+    for t in targets {
+        let dst = IpAddr::V4(*t);
+        if let Some(d) = results.get(&dst) {
+            if d.reached(dst) {
+                reached += 1;
+                if d.complete(dst, lab) {
+                    complete += 1;
+                }
+            }
+        }
+    }
+    Ok(ManyRun {
+        wall_s: r.wall.as_secs_f64(),
+        user_s: user_ms / 1000.0,
+        sys_s: sys_ms / 1000.0,
+        maxrss_kib,
+        tx_packets: tx1.saturating_sub(tx0),
+        tool_probes,
+        results: targets
+            .iter()
+            .filter(|t| results.contains_key(&IpAddr::V4(**t)))
+            .count(),
+        reached,
+        complete,
+        notes,
+    })
+}
+
+/// Median of `f` over the runs.
+fn median_of(runs: &[ManyRun], f: impl Fn(&ManyRun) -> f64) -> Option<f64> {
+    stats(&runs.iter().map(f).collect::<Vec<_>>()).map(|s| s.median)
+}
+
+/// "x" or "min-max" of a count over the runs.
+fn range_of(runs: &[ManyRun], f: impl Fn(&ManyRun) -> u64) -> String {
+    let v: Vec<u64> = runs.iter().map(f).collect();
+    match (v.iter().min(), v.iter().max()) {
+        (Some(a), Some(b)) if a == b => a.to_string(),
+        (Some(a), Some(b)) => format!("{a}-{b}"),
+        _ => "n/a".into(),
+    }
+}
+
+fn many_report(
+    lab: &Lab,
+    settings: &[ManySetting],
+    args: &TraceBenchArgs,
+    command_line: &str,
+    tracer: &Path,
+    trip: &Result<PathBuf, String>,
+) -> Result<String> {
+    let n = lab.fanout_targets_v4().len();
+    let targets = lab.fanout_targets_v4();
+    let (first, last) = (targets[0], targets[n - 1]);
+    let mut o = String::new();
+    writeln!(o, "\n## 3. Trace {n} destinations\n")?;
+    writeln!(o, "* command: `{command_line}`")?;
+    writeln!(
+        o,
+        "* date: {}",
+        tool_output(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M:%S UTC"]))
+    )?;
+    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|e| format!("unknown ({e})"));
+    writeln!(
+        o,
+        "* machine: {nproc} CPUs, kernel {kernel}; lab with fan-out {n}: destinations {first}..{last} on the server, 6 hops away (5 routers, then the destination)"
+    )?;
+    let trip_version = match trip {
+        Ok(p) => tool_output(Command::new(p).arg("--version")),
+        Err(e) => format!("trippy: {e}"),
+    };
+    let packages = tool_output(Command::new("dpkg-query").args([
+        "-W",
+        "-f",
+        "${Package} ${Version}, ",
+        "scamper",
+        "traceroute",
+    ]));
+    writeln!(
+        o,
+        "* versions: {}; {}; {trip_version}",
+        tool_output(Command::new(tracer).arg("--version")),
+        packages.trim_end_matches([',', ' '])
+    )?;
+    writeln!(
+        o,
+        "* runs per setting: {}, settings interleaved; the one-destination-per-process tools run {} processes at once (`xargs -P {}`)\n",
+        args.reps, args.parallel, args.parallel
+    )?;
+    writeln!(
+        o,
+        "*Complete*: TTL 1-5 answered by the 5 routers of one ECMP branch and TTL 6 by the destination, nothing else. \
+         *Reached*: 6 answered TTLs, the 6th by the destination (routers of different branches allowed). \
+         *Packets out*: the client interface's tx counter over the run (all probes, whatever the tool reports). \
+         *Wall*: spawn → exit of the run (`ip netns exec` included). CPU: user + sys of all processes of the run (bash `times`). \
+         Max RSS: the largest single process (GNU time `%M`); with per-destination processes, up to {} of them are alive at once. \
+         Values are medians over the runs; counts show min-max when runs differ.\n",
+        args.parallel
+    )?;
+    writeln!(
+        o,
+        "| tool | setting | complete / {n} | reached / {n} | wall s, median (min-max) | probes (tool's count) | packets out | probes/s (packets out / wall) | CPU s | max RSS MiB |"
+    )?;
+    writeln!(o, "|---|---|---|---|---|---|---|---|---|---|")?;
+    for s in settings {
+        if let Some(why) = &s.skipped {
+            writeln!(
+                o,
+                "| {} | {} | not run: {why} | | | | | | | |",
+                s.name, s.setting
+            )?;
+            continue;
+        }
+        if s.runs.is_empty() {
+            writeln!(
+                o,
+                "| {} | {} | every run failed | | | | | | | |",
+                s.name, s.setting
+            )?;
+            continue;
+        }
+        let r = &s.runs;
+        let walls: Vec<f64> = r.iter().map(|x| x.wall_s).collect();
+        let w = stats(&walls).ok_or_else(|| anyhow!("no runs"))?;
+        writeln!(
+            o,
+            "| {} | {} | {} | {} | {:.2} ({:.2}-{:.2}) | {} | {} | {:.0} | {:.2} | {:.1} |",
+            s.name,
+            s.setting,
+            range_of(r, |x| x.complete as u64),
+            range_of(r, |x| x.reached as u64),
+            w.median,
+            w.min,
+            w.max,
+            if r.iter().all(|x| x.tool_probes.is_some()) {
+                range_of(r, |x| x.tool_probes.unwrap_or(0))
+            } else {
+                "n/a".into()
+            },
+            range_of(r, |x| x.tx_packets),
+            median_of(r, ManyRun::pps).unwrap_or(0.0),
+            median_of(r, ManyRun::cpu_s).unwrap_or(0.0),
+            median_of(r, |x| x.maxrss_kib).unwrap_or(0.0) / 1024.0,
+        )?;
+    }
+    if let Some(ours) = settings.first().filter(|s| !s.runs.is_empty()) {
+        let ow = median_of(&ours.runs, |x| x.wall_s).unwrap_or(0.0);
+        let oc = median_of(&ours.runs, ManyRun::cpu_s).unwrap_or(0.0);
+        let op = median_of(&ours.runs, ManyRun::pps).unwrap_or(0.0);
+        writeln!(
+            o,
+            "\nRatios of medians, setting / ours with defaults (wall and CPU: > 1 means slower or costlier than ours; probes/s: < 1 means a lower send rate):\n"
+        )?;
+        writeln!(o, "| tool | setting | wall | CPU | probes/s |")?;
+        writeln!(o, "|---|---|---|---|---|")?;
+        let x = |a: Option<f64>, b: f64| match a {
+            Some(a) if b > 0.0 && a / b < 0.095 => format!("{:.3}×", a / b),
+            Some(a) if b > 0.0 => format!("{:.1}×", a / b),
+            _ => "n/a".into(),
+        };
+        for s in settings.iter().skip(1).filter(|s| !s.runs.is_empty()) {
+            writeln!(
+                o,
+                "| {} | {} | {} | {} | {} |",
+                s.name,
+                s.setting,
+                x(median_of(&s.runs, |r| r.wall_s), ow),
+                x(median_of(&s.runs, ManyRun::cpu_s), oc),
+                x(median_of(&s.runs, ManyRun::pps), op),
+            )?;
+        }
+    }
+    writeln!(o, "\nAll runs:\n")?;
+    writeln!(
+        o,
+        "| tool | setting | run | results | complete | reached | wall s | probes (tool) | packets out | user s | sys s | max RSS MiB | notes |"
+    )?;
+    writeln!(o, "|---|---|---|---|---|---|---|---|---|---|---|---|---|")?;
+    for s in settings.iter().filter(|s| s.skipped.is_none()) {
+        for (i, r) in s.runs.iter().enumerate() {
+            writeln!(
+                o,
+                "| {} | {} | {} | {} | {} | {} | {:.3} | {} | {} | {:.2} | {:.2} | {:.1} | {} |",
+                s.name,
+                s.setting,
+                i + 1,
+                r.results,
+                r.complete,
+                r.reached,
+                r.wall_s,
+                r.tool_probes.map_or("n/a".into(), |p| p.to_string()),
+                r.tx_packets,
+                r.user_s,
+                r.sys_s,
+                r.maxrss_kib / 1024.0,
+                if r.notes.is_empty() {
+                    "-".to_string()
+                } else {
+                    r.notes.join("; ").replace('|', "\\|")
+                }
+            )?;
+        }
+        for f in &s.failures {
+            writeln!(
+                o,
+                "| {} | {} | failed | {} | | | | | | | | | |",
+                s.name,
+                s.setting,
+                f.replace('|', "\\|")
+            )?;
+        }
+    }
+    writeln!(
+        o,
+        "\nCommands (in the client namespace, each under `/usr/bin/time -f \"%M %e\" timeout -k 5 {} bash -c '\"$@\"; times' bash ...`):\n",
+        MANY_TIMEOUT.as_secs()
+    )?;
+    for s in settings.iter().filter(|s| s.skipped.is_none()) {
+        writeln!(
+            o,
+            "* {} [{}]: `{}`",
+            s.name,
+            s.setting,
+            s.display(n, args.parallel)
+        )?;
+    }
+    Ok(o)
+}
+
 #[cfg(test)]
 mod unit {
     use super::*;
@@ -1212,6 +2162,46 @@ mod unit {
         assert_eq!(t.ttls_answered, 3);
         assert_eq!(t.probe_count, 3);
         assert!(parse_scamper("garbage", Ipv4Addr::new(198, 19, 1, 2)).is_err());
+    }
+
+    #[test]
+    fn many_destination_parsers() {
+        let d: IpAddr = "198.19.128.7".parse().unwrap();
+        let ours = r#"{"destination":"198.19.128.7","stop_reason":"remote-reached","hops":[
+            {"ttl":1,"probes":[{"addr":"198.18.1.1","rtt_ms":0.02}]},
+            {"ttl":2,"probes":[{"addr":"198.18.2.2","rtt_ms":0.02}]},
+            {"ttl":3,"probes":[{"addr":"198.18.12.2","rtt_ms":0.02}]},
+            {"ttl":4,"probes":[{"addr":"198.19.12.2","rtt_ms":0.02}]},
+            {"ttl":5,"probes":[{"addr":"198.19.2.2","rtt_ms":0.02}]},
+            {"ttl":6,"probes":[{"addr":"198.19.128.7","rtt_ms":0.02}]}],
+            "probes_sent":16,"replies":6}"#
+            .replace('\n', "");
+        let (m, p) = parse_ours_many(&format!("{ours}\n\n")).unwrap();
+        assert_eq!(p, 16);
+        assert!(m[&d].reached(d));
+        assert!(!m[&d].reached("198.19.128.8".parse().unwrap()));
+        assert!(parse_ours_many("not json").is_err());
+
+        let sc = r#"{"type":"cycle-start"}
+{"type":"trace","dst":"198.19.128.7","probe_count":6,"hops":[{"addr":"198.18.1.1","probe_ttl":1},{"addr":"198.19.128.7","probe_ttl":6}]}"#;
+        let (m, p) = parse_scamper_many(sc).unwrap();
+        assert_eq!(p, 6);
+        // TTL 2-5 did not answer: not reached.
+        assert_eq!(m[&d].hops.len(), 6);
+        assert!(m[&d].hops[1].is_empty());
+        assert!(!m[&d].reached(d));
+
+        let trip = r#"{"info":{"target":{"ip":"198.19.128.7","hostname":"x"}},"hops":[
+            {"ttl":1,"hosts":[{"ip":"198.18.1.1"}],"sent":1},
+            {"ttl":2,"hosts":[],"sent":2},
+            {"ttl":3,"hosts":[{"ip":"198.18.11.2"},{"ip":"198.18.12.2"}],"sent":1}]}"#;
+        let (dst, r, sent) = parse_trippy(trip).unwrap();
+        assert_eq!((dst, sent), (d, 4));
+        assert_eq!(r.hops.len(), 3);
+        assert!(r.hops[1].is_empty());
+        assert_eq!(r.hops[2].len(), 2);
+        assert!(parse_trippy("{}").is_err());
+        assert_eq!(sh_quote("a'b c"), r"'a'\''b c'");
     }
 
     #[test]

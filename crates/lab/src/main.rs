@@ -1,5 +1,5 @@
 //! `svctr-lab`: build/remove an emulated multi-path network, run the project's demo or its
-//! benchmark.
+//! benchmarks.
 
 mod bench;
 
@@ -78,6 +78,26 @@ enum Cmd {
         #[arg(long, default_value_t = 200)]
         flows: usize,
     },
+    /// Benchmark: trace many lab destinations with ours (one process), scamper (one
+    /// process), trippy and traceroute (one process per destination); prints a Markdown
+    /// report.
+    BenchTrace {
+        /// Path of the service-traceroute binary.
+        #[arg(long)]
+        tracer: PathBuf,
+        /// Number of destinations (lab fan-out).
+        #[arg(long, default_value_t = 1000)]
+        targets: usize,
+        /// Processes at once for the one-destination-per-process tools.
+        #[arg(long, default_value_t = 50)]
+        parallel: usize,
+        /// Repetitions of every setting.
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// trippy's binary (default: `trip` in $PATH, else ~/.cargo/bin/trip).
+        #[arg(long)]
+        trip: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -113,6 +133,22 @@ fn main() -> ExitCode {
                 tracer,
                 runs,
                 flows,
+            },
+            &stop,
+        ),
+        Cmd::BenchTrace {
+            tracer,
+            targets,
+            parallel,
+            reps,
+            trip,
+        } => bench::run_trace(
+            &bench::TraceBenchArgs {
+                tracer,
+                targets,
+                parallel,
+                reps,
+                trip,
             },
             &stop,
         ),
