@@ -498,7 +498,7 @@ fn run_flow(a: FlowArgs) -> Result<ExitCode, Error> {
     }
     if summary.capture_drops > 0 {
         eprintln!(
-            "service-traceroute: warning: the capture dropped {} packets; some replies may be missing",
+            "service-traceroute: warning: the capture dropped {} packets (kernel ring full): some replies, or the kernel send timestamps of some probes, may be missing",
             summary.capture_drops
         );
     }

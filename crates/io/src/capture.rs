@@ -14,9 +14,12 @@ use svctr_core::Protocol;
 
 use crate::Error;
 
-/// Bytes captured per packet: enough for IP and TCP headers with options, and for an ICMP error
-/// quoting a full probe plus RFC 4884 extensions (128-byte original datagram field + objects).
-pub const SNAPLEN: i32 = 1024;
+/// Bytes captured per packet: enough for IP and TCP headers with options (120), and for an
+/// ICMPv6 error with an RFC 4884 extension (40 + 8 + the 128-byte original datagram field +
+/// a 4-byte extension header + an MPLS object of a few labels, about 200). Kept small on
+/// purpose: in immediate mode libpcap uses a ring of fixed-size frames sized from the snap
+/// length, so a smaller snap length means more packets fit before the kernel drops any.
+pub const SNAPLEN: i32 = 384;
 
 /// The BPF filter for a selection: the flow's packets in both directions, and ICMP errors
 /// (Destination Unreachable 3, Time Exceeded 11, Parameter Problem 12) whose quoted protocol
@@ -62,7 +65,7 @@ fn privilege_or(e: pcap::Error, iface: &str) -> Error {
 
 impl Capture {
     pub(crate) fn open(iface: &str, filter: &str) -> Result<Self, Error> {
-        Self::open_with_buffer(iface, filter, 2 << 20)
+        Self::open_with_buffer(iface, filter, 4 << 20)
     }
 
     /// Opens with a kernel ring of `buffer` bytes (bursts of replies from many targets need

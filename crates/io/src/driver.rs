@@ -163,7 +163,8 @@ fn now() -> Now {
 }
 
 pub(crate) fn wait_readable(fd: BorrowedFd<'_>, d: Duration) {
-    let ms = u16::try_from(d.as_millis().max(1)).unwrap_or(u16::MAX);
+    // poll(2) takes milliseconds: round up, so a sub-millisecond wait is a real wait.
+    let ms = u16::try_from(d.as_micros().div_ceil(1000).max(1)).unwrap_or(u16::MAX);
     let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
     // EINTR (a signal) just ends the wait early: the loop checks the stop flag.
     let _ = poll(&mut fds, PollTimeout::from(ms));

@@ -220,7 +220,7 @@ pub fn traceroute(
         if engine.active() == 0 && pending.is_empty() {
             let drops = capture.drops();
             if drops > 0 {
-                eprintln!("service-traceroute: warning: the capture dropped {drops} packets; some replies may be missing");
+                eprintln!("service-traceroute: warning: the capture dropped {drops} packets (kernel ring full): some replies, or the kernel send timestamps of some probes, may be missing");
             }
             break;
         }
@@ -229,7 +229,10 @@ pub fn traceroute(
             sleep = sleep.min(at.saturating_duration_since(Instant::now()));
         }
         if opts.rate > 0 && tokens < 1.0 {
-            sleep = sleep.min(Duration::from_secs_f64((1.0 - tokens) / f64::from(opts.rate)).max(Duration::from_micros(100)));
+            // Out of tokens: a probe that is due can only go once a token has been earned, so
+            // wait for that (replies still wake the poll), never spin on the due probe.
+            let refill = Duration::from_secs_f64((1.0 - tokens) / f64::from(opts.rate));
+            sleep = sleep.max(refill.max(Duration::from_micros(100)));
         }
         if !sleep.is_zero() {
             crate::driver::wait_readable(capture.fd(), sleep);
