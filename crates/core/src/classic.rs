@@ -25,8 +25,8 @@ use serde::{Deserialize, Serialize};
 use svctr_wire::icmp::IcmpMessage;
 use svctr_wire::packet::{parse_ip, Transport};
 use svctr_wire::probe::{
-    emit_icmp_echo_v4, emit_icmp_echo_v6, emit_tcp_v4, emit_tcp_v6, emit_udp_v4, emit_udp_v6, EchoFields, Ipv4Fields,
-    Ipv6Fields, TcpFields, UdpFields,
+    emit_icmp_echo_v4, emit_icmp_echo_v6, emit_tcp_v4, emit_tcp_v6, emit_udp_v4, emit_udp_v6, force_checksum, ones_add,
+    EchoFields, Ipv4Fields, Ipv6Fields, TcpFields, UdpFields,
 };
 
 use crate::config::{Algorithm, ConfigError, TraceConfig};
@@ -270,24 +270,6 @@ pub struct Traceroute {
     events: VecDeque<TracerouteEvent>,
     tx_queue: VecDeque<IpAddr>,
     scratch: Vec<u8>,
-}
-
-/// One's-complement 16-bit addition (RFC 1071).
-fn ones_add(a: u16, b: u16) -> u16 {
-    let s = u32::from(a) + u32::from(b);
-    ((s & 0xffff) + (s >> 16)) as u16
-}
-
-/// Makes the checksum at `csum_at` of an emitted packet equal `want` by writing the 16-bit word
-/// at `word_at` (which must hold 0 and lie inside the checksummed data, at an even offset from
-/// its start). Adding `x` to the one's-complement sum `s` turns the checksum `!s` into
-/// `!(s + x)`: so `x = !want - s` (RFC 1624 incremental update, in reverse).
-fn force_checksum(buf: &mut [u8], csum_at: usize, word_at: usize, want: u16) {
-    let current = u16::from_be_bytes([buf[csum_at], buf[csum_at + 1]]);
-    let sum = !current;
-    let x = ones_add(!want, !sum);
-    buf[word_at..word_at + 2].copy_from_slice(&x.to_be_bytes());
-    buf[csum_at..csum_at + 2].copy_from_slice(&want.to_be_bytes());
 }
 
 fn be16(b: &[u8], at: usize) -> Option<u16> {

@@ -190,6 +190,27 @@ pub fn emit_udp_v6(ip: &Ipv6Fields, udp: &UdpFields, payload: &[u8], out: &mut V
     write_parts(out, &[&ip_header.to_bytes(), &header.to_bytes(), payload])
 }
 
+/// One's-complement 16-bit addition (RFC 1071).
+pub fn ones_add(a: u16, b: u16) -> u16 {
+    let s = u32::from(a) + u32::from(b);
+    ((s & 0xffff) + (s >> 16)) as u16
+}
+
+/// Makes the checksum at `csum_at` of an emitted packet equal `want` by writing the 16-bit
+/// word at `word_at`, which must hold 0 and lie inside the checksummed data at an even offset
+/// from its start. Adding `x` to the one's-complement sum `s` turns the checksum `!s` into
+/// `!(s + x)`, so `x = !want - s` (RFC 1624's incremental update, run backwards). This is how
+/// Paris traceroute keeps a flow identifier constant while the probe number changes (UDP:
+/// checksum = probe number via two payload bytes; ICMP: constant checksum via the identifier).
+/// Out-of-range offsets leave `buf` unchanged.
+pub fn force_checksum(buf: &mut [u8], csum_at: usize, word_at: usize, want: u16) {
+    let (Some(c), Some(_)) = (buf.get(csum_at..csum_at + 2), buf.get(word_at..word_at + 2)) else { return };
+    let current = u16::from_be_bytes([c[0], c[1]]);
+    let x = ones_add(!want, current);
+    buf[word_at..word_at + 2].copy_from_slice(&x.to_be_bytes());
+    buf[csum_at..csum_at + 2].copy_from_slice(&want.to_be_bytes());
+}
+
 /// Writes an IPv4 ICMP echo request (RFC 792 type 8, code 0, checksum computed) with `payload`
 /// into `out` (resized to the packet length, every byte overwritten). Returns the length.
 ///
@@ -439,6 +460,48 @@ fn ipv4_header(ip: &Ipv4Fields, protocol: IpNumber, ip_payload_len: usize) -> Ip
     };
     h.header_checksum = h.calc_header_checksum();
     h
+}
+
+#[cfg(test)]
+mod force_checksum_tests {
+    use super::*;
+
+    /// The one's-complement sum over the UDP pseudo-header and datagram (RFC 768).
+    fn udp4_sum(p: &[u8]) -> u16 {
+        let mut s: u32 = 0;
+        let mut add = |b: &[u8]| {
+            for c in b.chunks(2) {
+                s += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+            }
+        };
+        add(&p[12..20]);
+        add(&[0, 17]);
+        add(&((p.len() - 20) as u16).to_be_bytes());
+        add(&p[20..]);
+        while s > 0xffff {
+            s = (s & 0xffff) + (s >> 16);
+        }
+        s as u16
+    }
+
+    #[test]
+    fn forced_udp_checksums_verify() {
+        let ip = Ipv4Fields { src: "198.18.0.2".parse().unwrap(), dst: "198.19.1.2".parse().unwrap(), ttl: 3, tos: 0, dont_fragment: true, ident: 7 };
+        let udp = UdpFields { src_port: 40000, dst_port: 33434 };
+        let mut buf = Vec::new();
+        for want in [1u16, 2, 0x1234, 0x8000, 0xfffe, 65025] {
+            for extra in [0usize, 1, 7, 40] {
+                emit_udp_v4(&ip, &udp, &vec![0u8; 2 + extra], &mut buf);
+                force_checksum(&mut buf, 26, 28, want);
+                assert_eq!(u16::from_be_bytes([buf[26], buf[27]]), want);
+                assert_eq!(udp4_sum(&buf), 0xffff, "want {want:#x} extra {extra}: the datagram verifies");
+            }
+        }
+        // Out of range: unchanged, no panic.
+        let before = buf.clone();
+        force_checksum(&mut buf, 1000, 28, 5);
+        assert_eq!(buf, before);
+    }
 }
 
 #[cfg(test)]
