@@ -463,48 +463,6 @@ fn ipv4_header(ip: &Ipv4Fields, protocol: IpNumber, ip_payload_len: usize) -> Ip
 }
 
 #[cfg(test)]
-mod force_checksum_tests {
-    use super::*;
-
-    /// The one's-complement sum over the UDP pseudo-header and datagram (RFC 768).
-    fn udp4_sum(p: &[u8]) -> u16 {
-        let mut s: u32 = 0;
-        let mut add = |b: &[u8]| {
-            for c in b.chunks(2) {
-                s += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
-            }
-        };
-        add(&p[12..20]);
-        add(&[0, 17]);
-        add(&((p.len() - 20) as u16).to_be_bytes());
-        add(&p[20..]);
-        while s > 0xffff {
-            s = (s & 0xffff) + (s >> 16);
-        }
-        s as u16
-    }
-
-    #[test]
-    fn forced_udp_checksums_verify() {
-        let ip = Ipv4Fields { src: "198.18.0.2".parse().unwrap(), dst: "198.19.1.2".parse().unwrap(), ttl: 3, tos: 0, dont_fragment: true, ident: 7 };
-        let udp = UdpFields { src_port: 40000, dst_port: 33434 };
-        let mut buf = Vec::new();
-        for want in [1u16, 2, 0x1234, 0x8000, 0xfffe, 65025] {
-            for extra in [0usize, 1, 7, 40] {
-                emit_udp_v4(&ip, &udp, &vec![0u8; 2 + extra], &mut buf);
-                force_checksum(&mut buf, 26, 28, want);
-                assert_eq!(u16::from_be_bytes([buf[26], buf[27]]), want);
-                assert_eq!(udp4_sum(&buf), 0xffff, "want {want:#x} extra {extra}: the datagram verifies");
-            }
-        }
-        // Out of range: unchanged, no panic.
-        let before = buf.clone();
-        force_checksum(&mut buf, 1000, 28, 5);
-        assert_eq!(buf, before);
-    }
-}
-
-#[cfg(test)]
 mod tests {
     use super::*;
     use crate::icmp::{ones_complement_sum, IcmpMessage};
@@ -526,6 +484,25 @@ mod tests {
             dont_fragment,
             ident,
         }
+    }
+
+    #[test]
+    fn forced_udp_checksums_verify() {
+        let ip = Ipv4Fields { src: "198.18.0.2".parse().unwrap(), dst: "198.19.1.2".parse().unwrap(), ttl: 3, tos: 0, dont_fragment: true, ident: 7 };
+        let udp = UdpFields { src_port: 40000, dst_port: 33434 };
+        let mut buf = Vec::new();
+        for want in [1u16, 2, 0x1234, 0x8000, 0xfffe, 65025] {
+            for extra in [0usize, 1, 7, 40] {
+                emit_udp_v4(&ip, &udp, &vec![0u8; 2 + extra], &mut buf);
+                force_checksum(&mut buf, 26, 28, want);
+                assert_eq!(u16::from_be_bytes([buf[26], buf[27]]), want);
+                assert_eq!(transport_sum(&buf), 0xffff, "want {want:#x} extra {extra}: the datagram verifies");
+            }
+        }
+        // Out of range: unchanged, no panic.
+        let before = buf.clone();
+        force_checksum(&mut buf, 1000, 28, 5);
+        assert_eq!(buf, before);
     }
 
     /// Independent check of a transport checksum: the one's-complement sum over the RFC 768 /
