@@ -71,6 +71,9 @@ pub struct UdpInfo {
     pub dst_port: u16,
     /// UDP payload length (from the UDP length field).
     pub payload_len: u16,
+    /// Checksum field as captured (on the sending host, checksum offload may leave a partial
+    /// sum here; the IPv6 flow tracer reads its own probes' checksums, which it computes).
+    pub checksum: u16,
 }
 
 /// What the packet carries above IP.
@@ -301,6 +304,7 @@ fn parse_udp(payload: &[u8]) -> Option<UdpInfo> {
         dst_port: udp.destination_port(),
         // RFC 768: the length counts the 8-byte header.
         payload_len: udp.length().saturating_sub(8),
+        checksum: udp.checksum(),
     })
 }
 
@@ -537,7 +541,8 @@ mod tests {
             Transport::Udp(UdpInfo {
                 src_port: 40001,
                 dst_port: 33435,
-                payload_len: 4
+                payload_len: 4,
+                checksum: u16::from_be_bytes([V4_UDP[26], V4_UDP[27]]),
             })
         );
     }
@@ -583,7 +588,8 @@ mod tests {
             Transport::Udp(UdpInfo {
                 src_port: 40000,
                 dst_port: 53,
-                payload_len: 1480
+                payload_len: 1480,
+                checksum: 0,
             })
         );
         // Offset 185 (x 8 bytes): non-first fragment.
@@ -611,7 +617,8 @@ mod tests {
             Transport::Udp(UdpInfo {
                 src_port: 7,
                 dst_port: 9,
-                payload_len: 0
+                payload_len: 0,
+                checksum: 0,
             })
         );
     }

@@ -933,7 +933,8 @@ mod tests {
                 Transport::Udp(UdpInfo {
                     src_port: udp.src_port,
                     dst_port: udp.dst_port,
-                    payload_len: payload.len() as u16
+                    payload_len: payload.len() as u16,
+                    checksum: u16::from_be_bytes([out[46], out[47]]),
                 })
             );
 
