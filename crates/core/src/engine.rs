@@ -1,17 +1,17 @@
 //! The engine: demultiplexes captured packets to flows, starts traces, and hands out probes,
 //! timers and results.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime};
 
-use svctr_wire::icmp::IcmpMessage;
-use svctr_wire::packet::{parse_ip, Transport};
+use svctr_wire::icmp::{IcmpError, IcmpMessage};
+use svctr_wire::packet::{parse_ip, Packet, Transport};
 
 use crate::config::{ConfigError, TraceConfig};
 use crate::flow::{FlowKey, FlowSelector, FlowState, Protocol};
 use crate::probe::{self, ProbeShape};
-use crate::result::{StopReason, TraceResult};
+use crate::result::{ServiceTag, StopReason, TraceResult};
 use crate::trace::{ReplyInfo, ReplyOutcome, Trace};
 
 /// The time of an input: a monotonic instant for timers and the wall clock for results.
@@ -55,6 +55,9 @@ pub enum Event {
     },
     /// A trace is complete.
     TraceFinished(Box<TraceResult>),
+    /// A selected flow was dropped without a trace: it went silent before the engine could
+    /// build a probe for it, or the run stopped selecting.
+    FlowForgotten(FlowKey),
 }
 
 /// Counters, for diagnostics and benchmarks.
@@ -92,6 +95,12 @@ enum Phase {
 struct Entry {
     state: FlowState,
     phase: Phase,
+    /// The instant this flow is filed under in the timer set, if any.
+    armed: Option<Instant>,
+    /// In the transmit queue.
+    queued: bool,
+    /// The service the flow was selected for (external selection).
+    tag: Option<ServiceTag>,
 }
 
 /// Flows not traced and silent this long are forgotten.
@@ -101,33 +110,58 @@ const OBSERVING_IDLE_LIMIT: Duration = Duration::from_secs(120);
 ///
 /// # Contract
 /// * Inputs: [`handle_packet`](Self::handle_packet) for every captured IP packet (flow packets
-///   in both directions, the capture of our own probes, and ICMP), and
+///   in both directions, the capture of our own probes, and ICMP/ICMPv6), and
 ///   [`handle_timeout`](Self::handle_timeout) when the instant from
 ///   [`poll_timeout`](Self::poll_timeout) has come.
 /// * Outputs, polled after every input in this order: [`poll_transmit`](Self::poll_transmit)
-///   until `None`, then [`poll_event`](Self::poll_event) until `None`, then
-///   [`poll_timeout`](Self::poll_timeout) to know when to wake up.
+///   until `None` (a rate-limited driver may stop earlier: the rest stays queued, see
+///   [`has_pending_transmit`](Self::has_pending_transmit)), then
+///   [`poll_event`](Self::poll_event) until `None`, then [`poll_timeout`](Self::poll_timeout)
+///   to know when to wake up.
 /// * Time is monotonic across calls; the engine never reads a clock.
+///
+/// # Which flows
+/// [`Engine::new`] traces the flows a [`FlowSelector`] picks, each once. [`Engine::external`]
+/// traces only the flows it is told about with [`watch`](Self::watch) (the
+/// [`crate::Monitor`] decides which, by service, and when to trace a flow again).
+///
+/// # Cost
+/// Work per input is independent of the number of flows: each flow is filed in a timer set
+/// under its next deadline (a probe to send, a reply overdue, a flow gone idle), flows with a
+/// probe due wait in a round-robin queue, and a packet touches only its own flow.
 #[derive(Debug)]
 pub struct Engine {
     cfg: TraceConfig,
-    selector: FlowSelector,
+    /// `None`: flows are selected from outside with `watch`.
+    selector: Option<FlowSelector>,
     local: Vec<IpAddr>,
     flows: HashMap<FlowKey, Entry>,
-    /// Flows already traced: never traced twice in one run.
+    /// Flows already traced: never traced twice in one run (selector mode).
     done: HashSet<FlowKey>,
     events: VecDeque<Event>,
-    /// Flows with a probe due, served round-robin so that flows interleave; refilled by one
-    /// scan when empty, so a burst of N probes costs one scan, not N.
+    /// Flows by their next deadline. A flow may be filed earlier than it needs (a later
+    /// packet pushed its deadline back): it is then looked at and filed again.
+    timers: BTreeSet<(Instant, FlowKey)>,
+    /// Flows with a probe due, served round-robin so that flows interleave.
     tx_queue: VecDeque<FlowKey>,
     accepting: bool,
+    tracing: usize,
     stats: EngineStats,
 }
 
 impl Engine {
-    /// A new engine tracing the flows `selector` picks; `local` are this host's addresses (they
-    /// tell outgoing packets from incoming ones).
+    /// A new engine tracing the flows `selector` picks, each once; `local` are this host's
+    /// addresses (they tell outgoing packets from incoming ones).
     pub fn new(cfg: TraceConfig, selector: FlowSelector, local: Vec<IpAddr>) -> Result<Self, ConfigError> {
+        Self::with_selection(cfg, Some(selector), local)
+    }
+
+    /// A new engine tracing only the flows given to [`watch`](Self::watch).
+    pub fn external(cfg: TraceConfig, local: Vec<IpAddr>) -> Result<Self, ConfigError> {
+        Self::with_selection(cfg, None, local)
+    }
+
+    fn with_selection(cfg: TraceConfig, selector: Option<FlowSelector>, local: Vec<IpAddr>) -> Result<Self, ConfigError> {
         cfg.validate()?;
         if local.is_empty() {
             return Err(ConfigError::NoLocalAddress);
@@ -139,8 +173,10 @@ impl Engine {
             flows: HashMap::new(),
             done: HashSet::new(),
             events: VecDeque::new(),
+            timers: BTreeSet::new(),
             tx_queue: VecDeque::new(),
             accepting: true,
+            tracing: 0,
             stats: EngineStats::default(),
         })
     }
@@ -150,20 +186,49 @@ impl Engine {
         self.stats
     }
 
+    /// This host's addresses, as given.
+    pub fn local_addresses(&self) -> &[IpAddr] {
+        &self.local
+    }
+
     /// Number of traces in progress.
     pub fn active_traces(&self) -> usize {
-        self.flows.values().filter(|e| matches!(e.phase, Phase::Tracing(_))).count()
+        self.tracing
+    }
+
+    /// Number of flows watched or traced.
+    pub fn flows(&self) -> usize {
+        self.flows.len()
     }
 
     /// Whether no trace is in progress.
     pub fn is_idle(&self) -> bool {
-        self.active_traces() == 0
+        self.tracing == 0
     }
 
-    /// Select no new flows; traces in progress go on.
+    /// Whether `flow` is watched or traced.
+    pub fn is_tracking(&self, flow: &FlowKey) -> bool {
+        self.flows.contains_key(flow)
+    }
+
+    /// Whether probes are queued, due now (a rate-limited driver that stopped calling
+    /// [`poll_transmit`](Self::poll_transmit) uses this to know it must come back).
+    pub fn has_pending_transmit(&self) -> bool {
+        !self.tx_queue.is_empty()
+    }
+
+    /// Select no new flows; traces in progress go on. Flows watched but not yet traced are
+    /// dropped (each reported as [`Event::FlowForgotten`]).
     pub fn stop_selecting(&mut self) {
         self.accepting = false;
-        self.flows.retain(|_, e| matches!(e.phase, Phase::Tracing(_)));
+        let events = &mut self.events;
+        self.flows.retain(|k, e| {
+            let keep = matches!(e.phase, Phase::Tracing(_));
+            if !keep {
+                events.push_back(Event::FlowForgotten(*k));
+            }
+            keep
+        });
     }
 
     /// Finish every trace now (stop reason `interrupted` unless one was already known) and
@@ -175,11 +240,33 @@ impl Engine {
                 t.halt(StopReason::Interrupted);
             }
         }
-        self.collect_finished(now.wall);
+        let keys: Vec<FlowKey> = self.flows.keys().copied().collect();
+        for k in keys {
+            self.finish_if_done(&k, now.wall);
+        }
     }
 
     fn traces_exhausted(&self) -> bool {
         self.cfg.max_flows != 0 && self.stats.traces_started as usize >= self.cfg.max_flows
+    }
+
+    /// Starts watching `flow` (external selection): the engine learns its state from its
+    /// packets from now on and traces it once it can build harmless probes. `tag` is reported
+    /// in the result. Returns false if the flow is already watched or traced, or the engine
+    /// selects no more flows. Call it before handing the engine the packet that made the
+    /// flow interesting, so that packet counts too.
+    pub fn watch(&mut self, now: Instant, flow: FlowKey, tag: Option<ServiceTag>) -> bool {
+        if !self.accepting || self.flows.contains_key(&flow) || flow.local.is_ipv4() != flow.remote.is_ipv4() {
+            return false;
+        }
+        if !matches!(flow.protocol, Protocol::Tcp | Protocol::Udp) {
+            return false;
+        }
+        self.flows.insert(flow, Entry { state: FlowState::new(now), phase: Phase::Observing, armed: None, queued: false, tag });
+        self.stats.flows_selected += 1;
+        self.events.push_back(Event::FlowSelected(flow));
+        self.rearm(&flow);
+        true
     }
 
     /// Handles one captured IP packet with its capture timestamp `ts`.
@@ -189,46 +276,64 @@ impl Engine {
             self.stats.malformed += 1;
             return;
         };
+        self.handle_parsed(now, ts, &pkt);
+    }
+
+    /// [`handle_packet`](Self::handle_packet) for a packet already parsed.
+    pub fn handle_parsed(&mut self, now: Instant, ts: SystemTime, pkt: &Packet<'_>) {
         let outgoing = self.local.contains(&pkt.ip.src);
         let incoming = self.local.contains(&pkt.ip.dst);
         if !outgoing && !incoming {
             return;
         }
         match &pkt.transport {
-            Transport::Icmp(IcmpMessage::Error(err)) if incoming => {
-                self.stats.icmp_errors += 1;
-                let Some(protocol) = protocol_of(err.quote.protocol) else { return };
-                let Some((sport, dport)) = err.quote.ports() else { return };
-                let key = FlowKey {
-                    protocol,
-                    local: SocketAddr::new(err.quote.src, sport),
-                    remote: SocketAddr::new(err.quote.dst, dport),
-                };
-                let Some(Entry { phase: Phase::Tracing(trace), .. }) = self.flows.get_mut(&key) else {
-                    return;
-                };
-                // The quoted length and TCP sequence number must be the probe's: an error about
-                // one of the flow's own packets (same 5-tuple) is never taken for a probe's.
-                let verify = |shape: &ProbeShape| {
-                    err.quote.length == shape.ip_len
-                        && match (shape.tcp_seq, err.quote.tcp_seq()) {
-                            (Some(want), Some(got)) => want == got,
-                            _ => true,
-                        }
-                };
-                let reply = ReplyInfo::from_icmp_error(pkt.ip.src, pkt.ip.ttl, err);
-                match trace.handle_reply(now, ts, err.quote.ident, verify, reply) {
-                    ReplyOutcome::Matched => self.stats.replies_matched += 1,
-                    ReplyOutcome::NoProbe => self.stats.replies_unmatched += 1,
-                }
-                self.finish_if_done(&key, ts);
-            }
-            Transport::Tcp(_) | Transport::Udp(_) => self.handle_flow_packet(now, ts, &pkt, outgoing),
+            Transport::Icmp(IcmpMessage::Error(err)) if incoming => self.handle_icmp_error(now, ts, pkt, err),
+            Transport::Tcp(_) | Transport::Udp(_) => self.handle_flow_packet(now, ts, pkt, outgoing),
             _ => {}
         }
     }
 
-    fn handle_flow_packet(&mut self, now: Instant, ts: SystemTime, pkt: &svctr_wire::packet::Packet<'_>, outgoing: bool) {
+    fn handle_icmp_error(&mut self, now: Instant, ts: SystemTime, pkt: &Packet<'_>, err: &IcmpError<'_>) {
+        self.stats.icmp_errors += 1;
+        let Some(protocol) = protocol_of(err.quote.protocol) else { return };
+        let Some((sport, dport)) = err.quote.ports() else { return };
+        let key = FlowKey {
+            protocol,
+            local: SocketAddr::new(err.quote.src, sport),
+            remote: SocketAddr::new(err.quote.dst, dport),
+        };
+        let Some(Entry { phase: Phase::Tracing(trace), .. }) = self.flows.get_mut(&key) else {
+            return;
+        };
+        // The probe's tag: IPv4 identification; IPv6 UDP checksum or TCP sequence number (see
+        // the probe module).
+        let tag = match (key.local.ip(), protocol) {
+            (IpAddr::V4(_), _) => Some(err.quote.ident),
+            (IpAddr::V6(_), Protocol::Udp) => err.quote.udp_checksum(),
+            (IpAddr::V6(_), _) => err.quote.tcp_seq().and_then(|s| trace.tag_of_seq(s)),
+        };
+        // The quoted length and TCP sequence number must be the probe's: an error about one of
+        // the flow's own packets (same 5-tuple) is never taken for a probe's.
+        let verify = |shape: &ProbeShape| {
+            err.quote.length == shape.ip_len
+                && match (shape.tcp_seq, err.quote.tcp_seq()) {
+                    (Some(want), Some(got)) => want == got,
+                    _ => true,
+                }
+        };
+        let reply = ReplyInfo::from_icmp_error(pkt.ip.src, pkt.ip.ttl, err);
+        let outcome = match tag {
+            Some(tag) => trace.handle_reply(now, ts, tag, verify, reply),
+            None => ReplyOutcome::NoProbe,
+        };
+        match outcome {
+            ReplyOutcome::Matched => self.stats.replies_matched += 1,
+            ReplyOutcome::NoProbe => self.stats.replies_unmatched += 1,
+        }
+        self.touch(&key, now, ts);
+    }
+
+    fn handle_flow_packet(&mut self, now: Instant, ts: SystemTime, pkt: &Packet<'_>, outgoing: bool) {
         let (protocol, sport, dport, tcp) = match &pkt.transport {
             Transport::Tcp(t) => (Protocol::Tcp, t.src_port, t.dst_port, Some(t)),
             Transport::Udp(u) => (Protocol::Udp, u.src_port, u.dst_port, None),
@@ -240,42 +345,43 @@ impl Engine {
             (SocketAddr::new(pkt.ip.dst, dport), SocketAddr::new(pkt.ip.src, sport))
         };
         let key = FlowKey { protocol, local, remote };
-        if let Some(entry) = self.flows.get_mut(&key) {
-            if let Phase::Tracing(trace) = &mut entry.phase {
-                if outgoing {
-                    let ip_len = ip_length(pkt);
-                    if trace.capture_of_probe(pkt.ip.ident, pkt.ip.ttl, ip_len, tcp.map(|t| t.seq), ts) {
-                        self.stats.probe_captures += 1;
-                        return;
-                    }
+        if !self.flows.contains_key(&key) && !self.select(now, &key) {
+            return;
+        }
+        let Some(entry) = self.flows.get_mut(&key) else { return };
+        if let Phase::Tracing(trace) = &mut entry.phase {
+            if outgoing {
+                let tag = match (pkt.ip.src, &pkt.transport) {
+                    (IpAddr::V4(_), _) => Some(pkt.ip.ident),
+                    (IpAddr::V6(_), Transport::Udp(u)) => Some(u.checksum),
+                    (IpAddr::V6(_), Transport::Tcp(t)) => trace.tag_of_seq(t.seq),
+                    _ => None,
+                };
+                let ip_len = ip_length(pkt);
+                if tag.is_some_and(|tag| trace.capture_of_probe(tag, pkt.ip.ttl, ip_len, tcp.map(|t| t.seq), ts)) {
+                    self.stats.probe_captures += 1;
+                    return;
                 }
             }
-            let was_ended = entry.state.ended;
-            entry.state.update(now, outgoing, &pkt.ip, tcp);
-            if let Phase::Tracing(trace) = &mut entry.phase {
-                if entry.state.ended && !was_ended {
-                    trace.halt(StopReason::FlowEnded);
-                }
+        }
+        let was_ended = entry.state.ended;
+        entry.state.update(now, outgoing, &pkt.ip, tcp);
+        if let Phase::Tracing(trace) = &mut entry.phase {
+            if entry.state.ended && !was_ended {
+                trace.halt(StopReason::FlowEnded);
             }
-        } else {
-            if !self.accepting || self.traces_exhausted() || self.done.contains(&key) || !self.selector.matches(&key) {
-                return;
-            }
-            // Flows of another IP version than the probes we can build are not selected.
-            if !matches!((local.ip(), remote.ip()), (IpAddr::V4(_), IpAddr::V4(_))) {
-                return;
-            }
-            let mut state = FlowState::new(now);
-            state.update(now, outgoing, &pkt.ip, tcp);
-            if state.ended {
-                return;
-            }
-            self.flows.insert(key, Entry { state, phase: Phase::Observing });
-            self.stats.flows_selected += 1;
-            self.events.push_back(Event::FlowSelected(key));
         }
         self.maybe_start(&key, now);
-        self.finish_if_done(&key, ts);
+        self.touch(&key, now, ts);
+    }
+
+    /// Selector mode: the first packet of a flow the selector picks creates its entry.
+    fn select(&mut self, now: Instant, key: &FlowKey) -> bool {
+        let Some(selector) = &self.selector else { return false };
+        if !self.accepting || self.traces_exhausted() || self.done.contains(key) || !selector.matches(key) {
+            return false;
+        }
+        self.watch(now, *key, None)
     }
 
     /// Starts tracing a flow once its packets tell enough to build harmless probes.
@@ -284,10 +390,19 @@ impl Engine {
             return;
         }
         let Some(entry) = self.flows.get_mut(key) else { return };
-        if !matches!(entry.phase, Phase::Observing) || entry.state.ended {
+        if !matches!(entry.phase, Phase::Observing) {
             return;
         }
         let s = &entry.state;
+        if s.ended {
+            // A flow that ended before it could be traced is not traced (nor selected again
+            // by its last packets).
+            if self.selector.is_some() {
+                self.done.insert(*key);
+            }
+            self.forget(key);
+            return;
+        }
         let ready = match key.protocol {
             // Both directions seen after the handshake: SND.UNA and RCV.NXT are known.
             Protocol::Tcp => s.tcp.established && probe::tcp_probe_numbers(s).is_some(),
@@ -303,79 +418,172 @@ impl Engine {
         let first_ident = ident_seed(self.cfg.ident_seed, key);
         let trace = Trace::new(*key, &self.cfg, distance, first_ident, now);
         entry.phase = Phase::Tracing(Box::new(trace));
+        self.tracing += 1;
         self.stats.traces_started += 1;
         self.events.push_back(Event::TraceStarted { flow: *key, remote_distance: distance });
         if self.traces_exhausted() {
-            self.flows.retain(|_, e| matches!(e.phase, Phase::Tracing(_)));
+            // No more traces: flows still waiting are let go.
+            let events = &mut self.events;
+            self.flows.retain(|k, e| {
+                let keep = matches!(e.phase, Phase::Tracing(_));
+                if !keep {
+                    events.push_back(Event::FlowForgotten(*k));
+                }
+                keep
+            });
         }
     }
 
-    fn finish_if_done(&mut self, key: &FlowKey, wall: SystemTime) {
-        let finished = matches!(self.flows.get(key), Some(Entry { phase: Phase::Tracing(t), .. }) if t.is_finished());
-        if finished {
-            if let Some(Entry { phase: Phase::Tracing(t), .. }) = self.flows.remove(key) {
-                self.done.insert(*key);
-                self.stats.traces_finished += 1;
-                self.events.push_back(Event::TraceFinished(Box::new(t.finish(wall))));
+    fn forget(&mut self, key: &FlowKey) {
+        if let Some(e) = self.flows.remove(key) {
+            if let Some(at) = e.armed {
+                self.timers.remove(&(at, *key));
+            }
+            if matches!(e.phase, Phase::Tracing(_)) {
+                self.tracing -= 1;
+            }
+            self.events.push_back(Event::FlowForgotten(*key));
+        }
+    }
+
+    /// After anything happened to a flow: report it if its trace is over, queue it if a probe
+    /// is due, and file it under its next deadline.
+    fn touch(&mut self, key: &FlowKey, now: Instant, wall: SystemTime) {
+        if self.finish_if_done(key, wall) {
+            return;
+        }
+        let Some(e) = self.flows.get_mut(key) else { return };
+        if let Phase::Tracing(t) = &e.phase {
+            if !e.queued && t.due(now).is_some() {
+                e.queued = true;
+                self.tx_queue.push_back(*key);
             }
         }
+        self.rearm(key);
     }
 
-    fn collect_finished(&mut self, wall: SystemTime) {
-        let keys: Vec<FlowKey> = self
-            .flows
-            .iter()
-            .filter(|(_, e)| matches!(&e.phase, Phase::Tracing(t) if t.is_finished()))
-            .map(|(k, _)| *k)
-            .collect();
-        for k in keys {
-            self.finish_if_done(&k, wall);
-        }
-    }
-
-    /// Handles timers: overdue probes, idle UDP flows, UDP flows that waited for a reply.
-    pub fn handle_timeout(&mut self, now: Now) {
-        let mut start = Vec::new();
-        let flow_timeout = self.cfg.flow_timeout;
-        self.flows.retain(|key, e| match &mut e.phase {
+    /// The next instant a flow needs attention, whatever its packets do meanwhile.
+    fn next_deadline(cfg: &TraceConfig, key: &FlowKey, e: &Entry) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        let mut take = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
+        match &e.phase {
             Phase::Tracing(t) => {
-                t.handle_timeout(now.mono);
-                if key.protocol == Protocol::Udp && !flow_timeout.is_zero() && now.mono >= e.state.last_seen + flow_timeout {
-                    t.halt(StopReason::FlowTimeout);
+                if let Some(at) = t.earliest_deadline() {
+                    take(at);
                 }
-                true
+                // A flow in the transmit queue has its probe due already: the queue serves it.
+                if let Some(at) = t.send_at().filter(|_| !e.queued) {
+                    take(at);
+                }
+                if key.protocol == Protocol::Udp && !cfg.flow_timeout.is_zero() {
+                    take(e.state.last_seen + cfg.flow_timeout);
+                }
             }
             Phase::Observing => {
-                start.push(*key);
-                now.mono < e.state.last_seen + OBSERVING_IDLE_LIMIT
+                if key.protocol == Protocol::Udp && e.state.packets_in == 0 && e.state.packets_out > 0 {
+                    take(e.state.first_seen + cfg.udp_reply_wait);
+                }
+                take(e.state.last_seen + OBSERVING_IDLE_LIMIT);
             }
-        });
-        for k in start {
-            self.maybe_start(&k, now.mono);
         }
-        self.collect_finished(now.wall);
+        next
+    }
+
+    /// Files the flow under its next deadline, unless it is already filed no later (a flow
+    /// filed too early is looked at and filed again: cheaper than moving it on every packet).
+    fn rearm(&mut self, key: &FlowKey) {
+        let Some(e) = self.flows.get_mut(key) else { return };
+        let Some(next) = Self::next_deadline(&self.cfg, key, e) else { return };
+        if e.armed.is_some_and(|at| at <= next) {
+            return;
+        }
+        if let Some(at) = e.armed.replace(next) {
+            self.timers.remove(&(at, *key));
+        }
+        self.timers.insert((next, *key));
+    }
+
+    /// Reports the flow's trace if it is over. Returns true if it was.
+    fn finish_if_done(&mut self, key: &FlowKey, wall: SystemTime) -> bool {
+        let finished = matches!(self.flows.get(key), Some(Entry { phase: Phase::Tracing(t), .. }) if t.is_finished());
+        if !finished {
+            return false;
+        }
+        let Some(e) = self.flows.remove(key) else { return false };
+        if let Some(at) = e.armed {
+            self.timers.remove(&(at, *key));
+        }
+        let Phase::Tracing(t) = e.phase else { return false };
+        self.tracing -= 1;
+        if self.selector.is_some() {
+            self.done.insert(*key);
+        }
+        self.stats.traces_finished += 1;
+        let mut result = t.finish(wall);
+        if key.local.is_ipv6() {
+            result.flow.flow_label = Some(e.state.flow_label);
+        }
+        if let Some(tag) = &e.tag {
+            result.flow.tag(tag);
+        }
+        self.events.push_back(Event::TraceFinished(Box::new(result)));
+        true
+    }
+
+    /// Handles timers: overdue probes, probes due, idle UDP flows, UDP flows that waited for a
+    /// reply, flows watched but silent too long.
+    pub fn handle_timeout(&mut self, now: Now) {
+        // Take every flow due first: a flow filed again at `now` waits for the next call.
+        let mut due = Vec::new();
+        while self.timers.first().is_some_and(|(at, _)| *at <= now.mono) {
+            due.extend(self.timers.pop_first());
+        }
+        for (at, key) in due {
+            let Some(e) = self.flows.get_mut(&key) else { continue };
+            if e.armed != Some(at) {
+                continue;
+            }
+            e.armed = None;
+            match &mut e.phase {
+                Phase::Tracing(t) => {
+                    t.handle_timeout(now.mono);
+                    let ft = self.cfg.flow_timeout;
+                    if key.protocol == Protocol::Udp && !ft.is_zero() && now.mono >= e.state.last_seen + ft {
+                        t.halt(StopReason::FlowTimeout);
+                    }
+                }
+                Phase::Observing => {
+                    if now.mono >= e.state.last_seen + OBSERVING_IDLE_LIMIT {
+                        self.forget(&key);
+                        continue;
+                    }
+                    self.maybe_start(&key, now.mono);
+                }
+            }
+            self.touch(&key, now.mono, now.wall);
+        }
     }
 
     /// The next probe to send, written into `buf`. Call until it returns `None`.
     pub fn poll_transmit(&mut self, now: Now, buf: &mut Vec<u8>) -> Option<Transmit> {
-        if self.tx_queue.is_empty() {
-            let due = self.flows.iter().filter(|(_, e)| matches!(&e.phase, Phase::Tracing(t) if t.due(now.mono).is_some()));
-            self.tx_queue.extend(due.map(|(k, _)| *k));
-        }
         while let Some(key) = self.tx_queue.pop_front() {
-            let Some(Entry { state, phase: Phase::Tracing(t) }) = self.flows.get_mut(&key) else { continue };
-            let Some(due) = t.due(now.mono) else { continue };
-            let Some(shape) = probe::build(state, &key, due.ttl, due.ident, buf) else {
+            let Some(e) = self.flows.get_mut(&key) else { continue };
+            e.queued = false;
+            let Entry { state, phase: Phase::Tracing(t), .. } = e else { continue };
+            let Some(due) = t.due(now.mono) else {
+                self.rearm(&key);
+                continue;
+            };
+            let Some(shape) = probe::build(state, &key, due.ttl, due.ident, |s| t.seq_taken(s), buf) else {
                 t.cannot_build();
-                self.finish_if_done(&key, now.wall);
+                self.touch(&key, now.mono, now.wall);
                 continue;
             };
             t.mark_sent(due, shape, now.mono, now.wall);
-            if t.due(now.mono).is_some() {
-                self.tx_queue.push_back(key);
-            }
             self.stats.probes_sent += 1;
-            return Some(Transmit { dst: key.remote.ip(), len: buf.len(), flow: key, ttl: due.ttl, ident: due.ident });
+            let tx = Transmit { dst: key.remote.ip(), len: buf.len(), flow: key, ttl: due.ttl, ident: due.ident };
+            self.touch(&key, now.mono, now.wall);
+            return Some(tx);
         }
         None
     }
@@ -385,32 +593,13 @@ impl Engine {
         if let Some(Entry { phase: Phase::Tracing(t), .. }) = self.flows.get_mut(flow) {
             t.send_failed(ident, error, now.mono);
         }
-        self.finish_if_done(flow, now.wall);
+        self.touch(flow, now.mono, now.wall);
     }
 
-    /// When to call [`handle_timeout`](Self::handle_timeout) / `poll_transmit` next.
+    /// When to call [`handle_timeout`](Self::handle_timeout) next. (Probes already due are
+    /// in the transmit queue: see [`has_pending_transmit`](Self::has_pending_transmit).)
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let mut next: Option<Instant> = None;
-        let mut take = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
-        for (key, e) in &self.flows {
-            match &e.phase {
-                Phase::Tracing(t) => {
-                    if let Some(at) = t.poll_timeout() {
-                        take(at);
-                    }
-                    if key.protocol == Protocol::Udp && !self.cfg.flow_timeout.is_zero() {
-                        take(e.state.last_seen + self.cfg.flow_timeout);
-                    }
-                }
-                Phase::Observing => {
-                    if key.protocol == Protocol::Udp && e.state.packets_in == 0 {
-                        take(e.state.first_seen + self.cfg.udp_reply_wait);
-                    }
-                    take(e.state.last_seen + OBSERVING_IDLE_LIMIT);
-                }
-            }
-        }
-        next
+        self.timers.first().map(|(at, _)| *at)
     }
 
     /// The next event.
@@ -432,13 +621,16 @@ fn protocol_of(n: u8) -> Option<Protocol> {
     }
 }
 
-/// The IP length of a captured packet as its header announces it (IPv4 total length).
-fn ip_length(pkt: &svctr_wire::packet::Packet<'_>) -> u16 {
-    match &pkt.transport {
-        Transport::Tcp(t) => (40 + t.payload_len).min(u32::from(u16::MAX)) as u16,
-        Transport::Udp(u) => 28u16.saturating_add(u.payload_len),
+/// The length of a captured packet as its header announces it, in the unit a probe shape
+/// uses: IPv4 total length (20-byte header), IPv6 payload length.
+fn ip_length(pkt: &Packet<'_>) -> u16 {
+    let ip_header: u32 = if pkt.ip.src.is_ipv4() { 20 } else { 0 };
+    let len = match &pkt.transport {
+        Transport::Tcp(t) => ip_header + 20 + t.payload_len,
+        Transport::Udp(u) => ip_header + 8 + u32::from(u.payload_len),
         _ => 0,
-    }
+    };
+    len.min(u32::from(u16::MAX)) as u16
 }
 
 /// A per-flow starting identification: flows do not share one identification space (they are

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use svctr_wire::packet::{IpInfo, TcpInfo};
 
 /// Transport protocol of a flow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     /// TCP
@@ -41,7 +41,7 @@ impl Protocol {
 }
 
 /// A flow's identity seen from this host: protocol, local and remote endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FlowKey {
     /// Protocol.
     pub protocol: Protocol,
@@ -100,10 +100,17 @@ pub(crate) struct FlowState {
     pub(crate) last_seen: Instant,
     pub(crate) packets_out: u64,
     pub(crate) packets_in: u64,
-    /// TOS byte and DF of the latest outgoing packet: probes copy them (DSCP and ECN feed
-    /// per-class forwarding and some load balancers).
+    /// TOS byte (IPv6: traffic class) and DF of the latest outgoing packet: probes copy them
+    /// (DSCP and ECN feed per-class forwarding and some load balancers).
     pub(crate) tos: u8,
     pub(crate) dont_fragment: bool,
+    /// IPv6 flow label of the latest outgoing packet: probes copy it, because routers hash it
+    /// for ECMP (RFC 6438) and Linux may change a connection's label (after a retransmission
+    /// timeout it draws a new one), so the latest is the flow's current path.
+    pub(crate) flow_label: u32,
+    /// The `SND.UNA - 1` and the sequence number of the latest IPv6 TCP probe (see the probe
+    /// module: each probe of a trace gets its own number at or below `SND.UNA - 1`).
+    pub(crate) v6_probe_seq: Option<(u32, u32)>,
     /// TTL of the latest packet from the remote: its distance.
     pub(crate) remote_ttl: Option<u8>,
     pub(crate) tcp: TcpTrack,
@@ -135,6 +142,8 @@ impl FlowState {
             packets_in: 0,
             tos: 0,
             dont_fragment: false,
+            flow_label: 0,
+            v6_probe_seq: None,
             remote_ttl: None,
             tcp: TcpTrack::default(),
             ended: false,
@@ -148,6 +157,7 @@ impl FlowState {
             self.packets_out += 1;
             self.tos = ip.tos;
             self.dont_fragment = ip.dont_fragment;
+            self.flow_label = ip.flow_label;
         } else {
             self.packets_in += 1;
             self.remote_ttl = Some(ip.ttl);

@@ -59,10 +59,42 @@
 //! IPv4 identification identifies the probe within its flow (flows are told apart by the quoted
 //! 5-tuple first, so each flow has the whole 16-bit space). Identification 0 is never used:
 //! Linux replaces 0 with its own value on an `IP_HDRINCL` socket.
+//!
+//! # IPv6: which probe a reply is for, without an identification field
+//!
+//! IPv6 has no identification field, and every field that load balancers hash must stay the
+//! flow's: addresses, next header, ports, and the flow label (RFC 6438 lets routers hash it;
+//! the lab's ECMP router does). The probe copies the flow's traffic class and its current flow
+//! label and sets the hop limit per probe. ICMPv6 errors quote as much of the probe as fits in
+//! 1280 bytes (RFC 4443 §2.4 (c)), i.e. all of it, so any transport field can carry the
+//! probe's 16-bit tag, which the quote gives back:
+//!
+//! * **TCP: the sequence number.** The keep-alive shape above is kept, and the tag is a map
+//!   entry: each probe of a trace gets a distinct `SEG.SEQ` at or below `SND.UNA - 1`, the
+//!   highest free one (`SND.UNA - 1`, else one below the last probe's), and the trace maps it
+//!   back to the probe. Every such number is outside `[snd_una, snd_nxt]`, so Linux
+//!   `tcp_v6_err()` ignores the errors exactly as `tcp_v4_err()` does (`OutOfWindowIcmps`); it
+//!   is below the remote's `RCV.NXT`, so the remote discards the segment at the sequence check
+//!   (RFC 9293 §3.10.7.4) as it discards a keep-alive; it is at most the trace's probe count
+//!   below `SND.UNA`, far inside any window, so conntrack's `tcp_in_window()` accepts it and
+//!   its `td_end` does not move. Nothing a router hashes changes.
+//! * **UDP: the checksum.** The datagram carries two payload bytes chosen so that the UDP
+//!   checksum equals the tag (Paris traceroute's trick, Augustin et al., IMC 2006). Routers do
+//!   not hash the checksum; the remote never receives the probe (probing stops one hop short
+//!   of it, as for IPv4); and all probes have the same length, so the UDP shield matches them
+//!   by their quoted length (10 bytes) and 5-tuple. The tag is never 0: RFC 8200 §8.1 forbids a
+//!   zero UDP checksum over IPv6.
+//!
+//! So a probe differs from the flow's own packets only in fields no router hashes and no
+//! endpoint acts on (hop limit, TCP sequence below the window, UDP payload that nobody
+//! receives), and the reply is matched by the quoted 5-tuple, then the tag, then the quoted
+//! length (and TCP sequence number), as for IPv4.
 
 use std::net::IpAddr;
 
-use svctr_wire::probe::{emit_tcp_v4, emit_udp_v4, Ipv4Fields, TcpFields, UdpFields};
+use svctr_wire::probe::{
+    emit_tcp_v4, emit_tcp_v6, emit_udp_v4, emit_udp_v6, force_checksum, Ipv4Fields, Ipv6Fields, TcpFields, UdpFields,
+};
 
 use crate::flow::{tcp_flags, FlowKey, FlowState, Protocol};
 
@@ -70,6 +102,13 @@ use crate::flow::{tcp_flags, FlowKey, FlowState, Protocol};
 pub(crate) const TCP_V4_LEN: u16 = 40;
 /// IPv4 length of a UDP probe (20-byte IP header, 8-byte UDP header).
 pub(crate) const UDP_V4_LEN: u16 = 28;
+/// IPv6 payload length of a TCP probe (20-byte TCP header, no extension headers).
+pub(crate) const TCP_V6_PAYLOAD: u16 = 20;
+/// IPv6 payload length of a UDP probe (8-byte header, 2 payload bytes that set the checksum).
+pub(crate) const UDP_V6_PAYLOAD: u16 = 10;
+/// How far below `SND.UNA - 1` an IPv6 TCP probe's sequence number may go looking for a free
+/// one (a trace has at most 255 TTLs x 255 probes; in practice a few dozen).
+const MAX_SEQ_STEPS: u32 = 1 << 16;
 
 /// The TCP sequence and acknowledgment numbers of a probe for this flow (see the module doc),
 /// or `None` while the flow has not shown both directions.
@@ -79,44 +118,76 @@ pub(crate) fn tcp_probe_numbers(state: &FlowState) -> Option<(u32, u32)> {
     Some((snd_una.wrapping_sub(1), rcv_nxt))
 }
 
-/// What a probe needs to be recognised later: its length and, for TCP, its sequence number.
+/// What a probe needs to be recognised later: its length (IPv4 total length, IPv6 payload
+/// length) and, for TCP, its sequence number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ProbeShape {
     pub(crate) ip_len: u16,
     pub(crate) tcp_seq: Option<u32>,
 }
 
-/// Writes the probe into `buf`. Returns `None` if the flow is not IPv4 or lacks TCP state.
+/// Writes the probe with TTL / hop limit `ttl` and tag `tag` (never 0) into `buf`.
+/// `seq_taken` tells which IPv6 TCP sequence numbers this trace already used (see the module
+/// doc). Returns `None` if the flow lacks TCP state, or mixes families.
 pub(crate) fn build(
-    state: &FlowState,
+    state: &mut FlowState,
     key: &FlowKey,
     ttl: u8,
-    ident: u16,
+    tag: u16,
+    seq_taken: impl Fn(u32) -> bool,
     buf: &mut Vec<u8>,
 ) -> Option<ProbeShape> {
-    let (IpAddr::V4(src), IpAddr::V4(dst)) = (key.local.ip(), key.remote.ip()) else {
-        return None;
+    let tcp_fields = |seq, ack| TcpFields {
+        src_port: key.local.port(),
+        dst_port: key.remote.port(),
+        seq,
+        ack,
+        flags: tcp_flags::ACK,
+        window: state.tcp.window,
     };
-    let ip = Ipv4Fields { src, dst, ttl, tos: state.tos, dont_fragment: state.dont_fragment, ident };
-    match key.protocol {
-        Protocol::Tcp => {
-            let (seq, ack) = tcp_probe_numbers(state)?;
-            let tcp = TcpFields {
-                src_port: key.local.port(),
-                dst_port: key.remote.port(),
-                seq,
-                ack,
-                flags: tcp_flags::ACK,
-                window: state.tcp.window,
-            };
-            emit_tcp_v4(&ip, &tcp, &[], buf);
-            Some(ProbeShape { ip_len: TCP_V4_LEN, tcp_seq: Some(seq) })
+    let udp = UdpFields { src_port: key.local.port(), dst_port: key.remote.port() };
+    match (key.local.ip(), key.remote.ip()) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => {
+            let ip = Ipv4Fields { src, dst, ttl, tos: state.tos, dont_fragment: state.dont_fragment, ident: tag };
+            match key.protocol {
+                Protocol::Tcp => {
+                    let (seq, ack) = tcp_probe_numbers(state)?;
+                    emit_tcp_v4(&ip, &tcp_fields(seq, ack), &[], buf);
+                    Some(ProbeShape { ip_len: TCP_V4_LEN, tcp_seq: Some(seq) })
+                }
+                Protocol::Udp => {
+                    emit_udp_v4(&ip, &udp, &[], buf);
+                    Some(ProbeShape { ip_len: UDP_V4_LEN, tcp_seq: None })
+                }
+                Protocol::Icmp => None,
+            }
         }
-        Protocol::Udp => {
-            let udp = UdpFields { src_port: key.local.port(), dst_port: key.remote.port() };
-            emit_udp_v4(&ip, &udp, &[], buf);
-            Some(ProbeShape { ip_len: UDP_V4_LEN, tcp_seq: None })
+        (IpAddr::V6(src), IpAddr::V6(dst)) => {
+            let ip = Ipv6Fields { src, dst, hop_limit: ttl, traffic_class: state.tos, flow_label: state.flow_label };
+            match key.protocol {
+                Protocol::Tcp => {
+                    let (top, ack) = tcp_probe_numbers(state)?;
+                    // Start below the previous probe while SND.UNA has not moved (no scan over
+                    // the numbers already used), else at SND.UNA - 1.
+                    let start = match state.v6_probe_seq {
+                        Some((t, last)) if t == top => last.wrapping_sub(1),
+                        _ => top,
+                    };
+                    let seq = (0..MAX_SEQ_STEPS).map(|i| start.wrapping_sub(i)).find(|s| !seq_taken(*s))?;
+                    state.v6_probe_seq = Some((top, seq));
+                    emit_tcp_v6(&ip, &tcp_fields(seq, ack), &[], buf);
+                    Some(ProbeShape { ip_len: TCP_V6_PAYLOAD, tcp_seq: Some(seq) })
+                }
+                Protocol::Udp => {
+                    emit_udp_v6(&ip, &udp, &[0, 0], buf);
+                    // The UDP checksum (bytes 6-7 of the UDP header) becomes the tag; the two
+                    // payload bytes right after the header compensate.
+                    force_checksum(buf, 40 + 6, 40 + 8, tag);
+                    Some(ProbeShape { ip_len: UDP_V6_PAYLOAD, tcp_seq: None })
+                }
+                Protocol::Icmp => None,
+            }
         }
-        Protocol::Icmp => None,
+        _ => None,
     }
 }

@@ -1,6 +1,7 @@
 //! Text rendering of a trace, in the style of traceroute(8).
 
 use std::fmt::Write as _;
+use std::net::SocketAddr;
 
 use crate::classic::TracerouteResult;
 use crate::result::{Hop, ProbeReply, StopReason, TraceResult};
@@ -132,14 +133,19 @@ pub fn render_traceroute_text(r: &TracerouteResult) -> String {
 /// silence, unreachable marks, MPLS labels) and the stop reason.
 pub fn render_text(r: &TraceResult) -> String {
     let mut out = String::new();
+    let service = match (&r.flow.service, &r.flow.name, r.flow.matched_by) {
+        (Some(s), Some(n), Some(m)) => format!(", service {s} ({n} by {})", m.as_str()),
+        (Some(s), None, Some(m)) => format!(", service {s} (by {})", m.as_str()),
+        (Some(s), _, None) => format!(", service {s}"),
+        _ => String::new(),
+    };
+    let label = r.flow.flow_label.map(|l| format!(", flow label 0x{l:05x}")).unwrap_or_default();
     let _ = writeln!(
         out,
-        "service-traceroute {} {}:{} -> {}:{}, {} algorithm, {} probes sent",
+        "service-traceroute {} {} -> {}{service}{label}, {} algorithm, {} probes sent",
         r.flow.protocol.as_str(),
-        r.flow.local.ip,
-        r.flow.local.port,
-        r.flow.remote.ip,
-        r.flow.remote.port,
+        SocketAddr::new(r.flow.local.ip, r.flow.local.port),
+        SocketAddr::new(r.flow.remote.ip, r.flow.remote.port),
         r.algorithm.as_str(),
         r.probes_sent
     );

@@ -62,6 +62,43 @@ pub struct Endpoint {
     pub port: u16,
 }
 
+/// How a flow was recognised as a service's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MatchSource {
+    /// A sniffed DNS answer resolved a service's name to the remote address.
+    Dns,
+    /// The TLS ClientHello's server name (SNI).
+    TlsSni,
+    /// The server name in the QUIC Initial's ClientHello.
+    QuicSni,
+    /// The remote address is in one of the service's IP prefixes.
+    Prefix,
+}
+
+impl MatchSource {
+    /// The JSON / text name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Dns => "dns",
+            Self::TlsSni => "tls-sni",
+            Self::QuicSni => "quic-sni",
+            Self::Prefix => "prefix",
+        }
+    }
+}
+
+/// Which service a flow belongs to, and what showed it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceTag {
+    /// The service's name (from the signatures, or the `--domain` / `--cidr` given).
+    pub service: String,
+    /// The domain name or server name that matched (absent for a prefix match).
+    pub name: Option<String>,
+    /// What recognised the flow.
+    pub source: MatchSource,
+}
+
 /// The traced flow.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlowInfo {
@@ -71,6 +108,27 @@ pub struct FlowInfo {
     pub local: Endpoint,
     /// The far end.
     pub remote: Endpoint,
+    /// IPv6 only: the flow label the probes carried (the flow's own, which routers may hash).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow_label: Option<u32>,
+    /// The service the flow was recognised as (flows selected by service only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// The domain name or TLS/QUIC server name that matched the service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// What recognised the flow: `dns`, `tls-sni`, `quic-sni` or `prefix`.
+    #[serde(default, rename = "match", skip_serializing_if = "Option::is_none")]
+    pub matched_by: Option<MatchSource>,
+}
+
+impl FlowInfo {
+    /// Adds a service tag's fields.
+    pub fn tag(&mut self, tag: &ServiceTag) {
+        self.service = Some(tag.service.clone());
+        self.name.clone_from(&tag.name);
+        self.matched_by = Some(tag.source);
+    }
 }
 
 /// One MPLS label stack entry quoted in an RFC 4950 extension.

@@ -135,6 +135,9 @@ pub(crate) struct Trace {
     remote_distance: Option<u8>,
     probes: Vec<Probe>,
     by_ident: HashMap<u16, usize>,
+    /// IPv6 TCP probes carry their tag as a sequence number (see the probe module): the map
+    /// from the number back to the tag.
+    by_seq: HashMap<u32, u16>,
     next_ident: u16,
     cursor: usize,
     /// Every probe below this index is resolved. Probes are sent in index order at
@@ -200,6 +203,7 @@ impl Trace {
             remote_distance,
             probes,
             by_ident: HashMap::new(),
+            by_seq: HashMap::new(),
             next_ident: if first_ident == 0 { 1 } else { first_ident },
             cursor: 0,
             oldest: 0,
@@ -234,7 +238,7 @@ impl Trace {
 
     /// When the probe at the cursor may go, if it may go at all: not halted or stopped, the
     /// window not full, and the probe still wanted (a stop rule may have cancelled it).
-    fn send_at(&self) -> Option<Instant> {
+    pub(crate) fn send_at(&self) -> Option<Instant> {
         if self.halt.is_some() || self.stop.is_some() || self.window_full() {
             return None;
         }
@@ -263,6 +267,9 @@ impl Trace {
         p.sent_wall = Some(wall);
         p.state = ProbeState::Awaiting { deadline: now + self.timeout };
         self.by_ident.insert(due.ident, due.index);
+        if let (true, Some(seq)) = (self.key.local.is_ipv6(), shape.tcp_seq) {
+            self.by_seq.insert(seq, due.ident);
+        }
         self.pending += 1;
         self.sent += 1;
         // Identification 0 is skipped: Linux fills in its own value for 0 (see probe.rs).
@@ -272,6 +279,16 @@ impl Trace {
         };
         self.cursor += 1;
         self.schedule_next(now);
+    }
+
+    /// Whether an IPv6 TCP probe of this trace already uses sequence number `seq`.
+    pub(crate) fn seq_taken(&self, seq: u32) -> bool {
+        self.by_seq.contains_key(&seq)
+    }
+
+    /// The tag of the IPv6 TCP probe with sequence number `seq`.
+    pub(crate) fn tag_of_seq(&self, seq: u32) -> Option<u16> {
+        self.by_seq.get(&seq).copied()
     }
 
     /// The probe could not be built (flow state missing); the trace cannot go on.
@@ -426,7 +443,7 @@ impl Trace {
     }
 
     /// The earliest deadline among awaited probes.
-    fn earliest_deadline(&self) -> Option<Instant> {
+    pub(crate) fn earliest_deadline(&self) -> Option<Instant> {
         self.probes[self.oldest.min(self.probes.len())..self.cursor.max(self.oldest).min(self.probes.len())]
             .iter()
             .find_map(|p| match p.state {
@@ -621,6 +638,10 @@ impl Trace {
                 protocol: self.key.protocol,
                 local: Endpoint { ip: self.key.local.ip(), port: self.key.local.port() },
                 remote: Endpoint { ip: self.key.remote.ip(), port: self.key.remote.port() },
+                flow_label: None,
+                service: None,
+                name: None,
+                matched_by: None,
             },
             algorithm: self.algorithm,
             start: humantime::format_rfc3339_micros(start).to_string(),

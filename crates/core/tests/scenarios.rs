@@ -103,6 +103,7 @@ impl Sim {
     }
 
     /// A TCP segment of flow `k` (`out`: sent by us) at time `at`.
+    #[allow(clippy::too_many_arguments)]
     fn tcp(&mut self, at: Duration, k: &FlowKey, out: bool, seq: u32, ack: u32, flags: u8, payload: usize) {
         let (src, dst, sp, dp, ttl) = if out {
             (LOCAL, REMOTE, k.local.port(), k.remote.port(), 64)

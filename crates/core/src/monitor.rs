@@ -1,0 +1,513 @@
+//! The monitor: finds the flows of named services by itself and keeps tracing them while it
+//! runs (the second idea of the Service Traceroute paper, §2.1).
+//!
+//! A [`Monitor`] puts three things together:
+//! * a [`Detector`] (crate `svctr-detect`) that recognises a service's flows from sniffed DNS
+//!   answers, TLS ClientHello and QUIC Initial server names, and IP prefixes;
+//! * a policy: which flows may be traced now ([`FlowFilter`]), at which granularity one trace
+//!   stands for many flows ([`Granularity`]: per flow, per destination and port, per
+//!   destination, as the original tool's `-samehost`/`-sameport`), and when a long-lived flow
+//!   is traced again ([`MonitorConfig::retrace_after`]);
+//! * an [`Engine`] in external-selection mode, which traces the flows the policy hands it.
+//!
+//! Like the engine it is sans-IO: packets and time in; probes, timers and results out.
+//!
+//! # Two kinds of input
+//! * [`handle_packet`](Monitor::handle_packet): what the engine needs, i.e. the packets of
+//!   the flows (headers are enough: a small snap length) and ICMP errors.
+//! * [`handle_detection_packet`](Monitor::handle_detection_packet): what the detector needs
+//!   whole: DNS responses, the segments that carry a TLS ClientHello, QUIC long-header
+//!   datagrams. A live driver captures these with a second, narrowly filtered capture with a
+//!   large snap length; a driver with a single capture passes every packet to both.
+//!
+//! A flow is looked at when it shows up in `handle_packet` and is not being traced: if it
+//! passes the filter and (when services are given) is recognised, and its granularity group is
+//! neither being traced nor traced less than `retrace_after` ago, the engine starts watching
+//! it. A flow recognised by its ClientHello is remembered, so that later packets of the flow
+//! (a re-trace ten minutes later) still know its service after the DNS answer expired.
+//!
+//! # Memory
+//! Per flow being watched or traced: the engine's state (see [`Engine`]). Per recognised flow:
+//! one map entry, dropped after [`KNOWN_IDLE`] without packets. Per granularity group traced:
+//! one map entry, dropped once `retrace_after` has passed (it then no longer holds anything
+//! back); without `retrace_after` (trace once) it is kept for the run. The detector's own
+//! bounds are in [`svctr_detect::DetectorConfig`].
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use svctr_detect::{Detector, DetectorConfig, DetectorStats, ServiceMatch, Signatures, Source, Transport, Tuple};
+use svctr_wire::packet::{parse_ip, Transport as Wire};
+
+use crate::config::{ConfigError, TraceConfig};
+use crate::engine::{Engine, EngineStats, Event, Now, Transmit};
+use crate::flow::{FlowKey, FlowSelector, Protocol};
+use crate::result::{MatchSource, ServiceTag};
+
+/// A recognised flow without packets this long is forgotten.
+pub const KNOWN_IDLE: Duration = Duration::from_secs(300);
+/// How often the monitor's own maps are swept.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+/// Which flows the monitor considers. `None` fields match anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FlowFilter {
+    /// TCP or UDP (both when `None`).
+    pub protocol: Option<Protocol>,
+    /// Remote address.
+    pub remote_ip: Option<IpAddr>,
+    /// Remote port.
+    pub remote_port: Option<u16>,
+    /// Local port.
+    pub local_port: Option<u16>,
+}
+
+impl FlowFilter {
+    /// Does this flow pass?
+    pub fn matches(&self, key: &FlowKey) -> bool {
+        matches!(key.protocol, Protocol::Tcp | Protocol::Udp)
+            && self.protocol.is_none_or(|p| p == key.protocol)
+            && self.remote_ip.is_none_or(|ip| ip == key.remote.ip())
+            && self.remote_port.is_none_or(|p| p == key.remote.port())
+            && self.local_port.is_none_or(|p| p == key.local.port())
+    }
+}
+
+impl From<FlowSelector> for FlowFilter {
+    fn from(s: FlowSelector) -> Self {
+        Self { protocol: Some(s.protocol), remote_ip: s.remote_ip, remote_port: s.remote_port, local_port: s.local_port }
+    }
+}
+
+/// How many flows one trace stands for (the original tool's `-samehost` / `-sameport`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Granularity {
+    /// Every flow is traced (each 5-tuple may hash onto its own path).
+    #[default]
+    Flow,
+    /// One trace per protocol, destination address and port at a time.
+    DestinationPort,
+    /// One trace per protocol and destination address at a time.
+    Destination,
+}
+
+impl Granularity {
+    /// The name on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Flow => "flow",
+            Self::DestinationPort => "destination-port",
+            Self::Destination => "destination",
+        }
+    }
+}
+
+impl FromStr for Granularity {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "flow" => Ok(Self::Flow),
+            "destination-port" | "dst-port" => Ok(Self::DestinationPort),
+            "destination" | "dst" => Ok(Self::Destination),
+            _ => Err(format!("unknown granularity {s:?} (expected flow, destination-port or destination)")),
+        }
+    }
+}
+
+/// What the monitor traces and how.
+#[derive(Debug, Clone)]
+pub struct MonitorConfig {
+    /// Parameters of each trace. `max_flows` is ignored: see `max_traces`.
+    pub trace: TraceConfig,
+    /// Which flows may be traced at all.
+    pub filter: FlowFilter,
+    /// Trace only the flows of these services (`None`: every flow the filter passes).
+    pub services: Option<Signatures>,
+    /// What the detector looks at (DNS, TLS, QUIC, prefixes) and its memory bounds.
+    pub detector: DetectorConfig,
+    /// One trace per flow, per destination and port, or per destination.
+    pub granularity: Granularity,
+    /// Trace a group again once this long has passed since its last trace ended (`None`:
+    /// once per run). The original tool's default was 600 s.
+    pub retrace_after: Option<Duration>,
+    /// Start at most this many traces, then select no more (0: no limit).
+    pub max_traces: usize,
+}
+
+impl Default for MonitorConfig {
+    /// Default trace parameters, every TCP and UDP flow, per-flow traces, re-traced after
+    /// 600 s, no limit.
+    fn default() -> Self {
+        Self {
+            trace: TraceConfig::default(),
+            filter: FlowFilter::default(),
+            services: None,
+            detector: DetectorConfig::default(),
+            granularity: Granularity::Flow,
+            retrace_after: Some(Duration::from_secs(600)),
+            max_traces: 0,
+        }
+    }
+}
+
+/// Counters of a monitor.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MonitorStats {
+    /// The engine's counters.
+    pub engine: EngineStats,
+    /// The detector's counters (no detector: all zero).
+    pub detector: DetectorStats,
+    /// Flows recognised as a service's (DNS, prefix or ClientHello).
+    pub flows_recognised: u64,
+    /// Flows handed to the engine to trace.
+    pub flows_watched: u64,
+    /// Flows not handed over because their group was being traced or traced recently.
+    pub flows_held_back: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Group {
+    Flow(FlowKey),
+    DestinationPort(Protocol, SocketAddr),
+    Destination(Protocol, IpAddr),
+}
+
+#[derive(Debug, Default)]
+struct GroupState {
+    /// The flow of this group the engine watches or traces.
+    active: Option<FlowKey>,
+    /// When the group's last trace ended.
+    last_end: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct Known {
+    tag: ServiceTag,
+    last_seen: Instant,
+}
+
+/// The service monitor (see the module doc).
+///
+/// # Contract
+/// As [`Engine`]'s: inputs [`handle_packet`](Self::handle_packet),
+/// [`handle_detection_packet`](Self::handle_detection_packet) and
+/// [`handle_timeout`](Self::handle_timeout); outputs, polled after every input,
+/// [`poll_transmit`](Self::poll_transmit), [`poll_event`](Self::poll_event) (the engine's
+/// [`Event`]s, results tagged with their service) and [`poll_timeout`](Self::poll_timeout).
+/// Time is monotonic; nothing reads a clock.
+#[derive(Debug)]
+pub struct Monitor {
+    cfg: MonitorConfig,
+    engine: Engine,
+    detector: Option<Detector>,
+    known: HashMap<FlowKey, Known>,
+    groups: HashMap<Group, GroupState>,
+    events: VecDeque<Event>,
+    selecting: bool,
+    next_sweep: Option<Instant>,
+    /// The time of the latest input (when a result is collected, its trace ended then).
+    last_now: Option<Instant>,
+    stats: MonitorStats,
+}
+
+impl Monitor {
+    /// A monitor for this host (`local`: its addresses, both families welcome).
+    pub fn new(cfg: MonitorConfig, local: Vec<IpAddr>) -> Result<Self, ConfigError> {
+        let mut trace = cfg.trace.clone();
+        trace.max_flows = cfg.max_traces;
+        let engine = Engine::external(trace, local)?;
+        let detector = cfg.services.clone().map(|s| Detector::new(s, cfg.detector.clone()));
+        Ok(Self {
+            cfg,
+            engine,
+            detector,
+            known: HashMap::new(),
+            groups: HashMap::new(),
+            events: VecDeque::new(),
+            selecting: true,
+            next_sweep: None,
+            last_now: None,
+            stats: MonitorStats::default(),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &MonitorConfig {
+        &self.cfg
+    }
+
+    /// The engine (counters, flows traced).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The detector, when services were given.
+    pub fn detector(&self) -> Option<&Detector> {
+        self.detector.as_ref()
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> MonitorStats {
+        let mut s = self.stats;
+        s.engine = self.engine.stats();
+        s.detector = self.detector.as_ref().map(Detector::stats).unwrap_or_default();
+        s
+    }
+
+    /// Whether no trace is in progress.
+    pub fn is_idle(&self) -> bool {
+        self.engine.is_idle()
+    }
+
+    /// Whether it still selects new flows (it stops once `max_traces` traces started, or
+    /// after [`stop_selecting`](Self::stop_selecting)).
+    pub fn is_selecting(&self) -> bool {
+        self.selecting
+    }
+
+    /// Select no new flows; traces in progress go on.
+    pub fn stop_selecting(&mut self) {
+        self.selecting = false;
+        self.engine.stop_selecting();
+        self.pump();
+    }
+
+    /// Finish every trace now (`interrupted`) and select no new flows.
+    pub fn interrupt(&mut self, now: Now) {
+        self.last_now = Some(now.mono);
+        self.selecting = false;
+        self.engine.interrupt(now);
+        self.pump();
+    }
+
+    /// One captured IP packet for the engine: a packet of a flow (either direction, our own
+    /// probes included) or an ICMP/ICMPv6 error. The capture may cut payloads.
+    pub fn handle_packet(&mut self, now: Instant, ts: SystemTime, bytes: &[u8]) {
+        self.last_now = Some(now);
+        let Ok(pkt) = parse_ip(bytes) else {
+            self.engine.handle_packet(now, ts, bytes); // counted as malformed there
+            return;
+        };
+        let ports = match &pkt.transport {
+            Wire::Tcp(t) => Some((Protocol::Tcp, t.src_port, t.dst_port)),
+            Wire::Udp(u) => Some((Protocol::Udp, u.src_port, u.dst_port)),
+            _ => None,
+        };
+        if let Some((protocol, sport, dport)) = ports {
+            let local = self.engine.local_addresses();
+            let key = if local.contains(&pkt.ip.src) {
+                Some(FlowKey { protocol, local: SocketAddr::new(pkt.ip.src, sport), remote: SocketAddr::new(pkt.ip.dst, dport) })
+            } else if local.contains(&pkt.ip.dst) {
+                Some(FlowKey { protocol, local: SocketAddr::new(pkt.ip.dst, dport), remote: SocketAddr::new(pkt.ip.src, sport) })
+            } else {
+                None
+            };
+            if let Some(key) = key {
+                if !self.engine.is_tracking(&key) {
+                    self.consider(now, key);
+                }
+            }
+        }
+        self.engine.handle_parsed(now, ts, &pkt);
+        self.pump();
+    }
+
+    /// One captured IP packet for the detector (DNS responses, TLS ClientHello segments,
+    /// QUIC long-header datagrams; anything else is ignored cheaply). Needs the whole packet.
+    pub fn handle_detection_packet(&mut self, now: Instant, bytes: &[u8]) {
+        self.last_now = Some(now);
+        let Some(det) = &mut self.detector else { return };
+        let Some((tuple, m)) = det.handle_packet(now, bytes, self.engine.local_addresses()) else { return };
+        let key = key_of(&tuple);
+        self.remember(now, key, tag_of(&m));
+        // The flow may be waiting in no queue at all (its handshake is over): look at it now.
+        if !self.engine.is_tracking(&key) {
+            self.consider(now, key);
+        }
+        self.pump();
+    }
+
+    fn remember(&mut self, now: Instant, key: FlowKey, tag: ServiceTag) {
+        if self.known.insert(key, Known { tag, last_seen: now }).is_none() {
+            self.stats.flows_recognised += 1;
+        }
+        self.schedule_sweep(now);
+    }
+
+    fn schedule_sweep(&mut self, now: Instant) {
+        if self.next_sweep.is_none() {
+            self.next_sweep = Some(now + SWEEP_EVERY);
+        }
+    }
+
+    fn group_of(&self, key: &FlowKey) -> Group {
+        match self.cfg.granularity {
+            Granularity::Flow => Group::Flow(*key),
+            Granularity::DestinationPort => Group::DestinationPort(key.protocol, key.remote),
+            Granularity::Destination => Group::Destination(key.protocol, key.remote.ip()),
+        }
+    }
+
+    /// Hands a flow not being traced to the engine if the policy allows it now.
+    fn consider(&mut self, now: Instant, key: FlowKey) {
+        if !self.selecting || !self.cfg.filter.matches(&key) {
+            return;
+        }
+        let tag = match &self.detector {
+            None => None,
+            Some(det) => match self.known.get_mut(&key) {
+                Some(k) => {
+                    k.last_seen = now;
+                    Some(k.tag.clone())
+                }
+                None => {
+                    let tuple = Tuple { transport: transport_of(key.protocol), local: key.local, remote: key.remote };
+                    let Some(m) = det.lookup(now, &tuple) else { return };
+                    let tag = tag_of(&m);
+                    self.remember(now, key, tag.clone());
+                    Some(tag)
+                }
+            },
+        };
+        let group = self.group_of(&key);
+        let state = self.groups.entry(group).or_default();
+        let recent = state.last_end.is_some_and(|end| self.cfg.retrace_after.is_none_or(|d| now < end + d));
+        if state.active.is_some() || recent {
+            self.stats.flows_held_back += 1;
+            return;
+        }
+        if self.engine.watch(now, key, tag) {
+            state.active = Some(key);
+            self.stats.flows_watched += 1;
+            self.schedule_sweep(now);
+        }
+    }
+
+    /// Moves the engine's events out, keeping the groups up to date.
+    fn pump(&mut self) {
+        while let Some(ev) = self.engine.poll_event() {
+            match &ev {
+                Event::TraceFinished(r) => {
+                    let key = FlowKey {
+                        protocol: r.flow.protocol,
+                        local: SocketAddr::new(r.flow.local.ip, r.flow.local.port),
+                        remote: SocketAddr::new(r.flow.remote.ip, r.flow.remote.port),
+                    };
+                    self.release(&key, true);
+                }
+                Event::FlowForgotten(key) => self.release(key, false),
+                _ => {}
+            }
+            self.events.push_back(ev);
+        }
+        if self.cfg.max_traces != 0 && self.engine.stats().traces_started as usize >= self.cfg.max_traces && self.selecting {
+            self.selecting = false;
+            self.engine.stop_selecting();
+            while let Some(ev) = self.engine.poll_event() {
+                if let Event::FlowForgotten(key) = &ev {
+                    self.release(key, false);
+                }
+                self.events.push_back(ev);
+            }
+        }
+    }
+
+    fn release(&mut self, key: &FlowKey, traced: bool) {
+        let group = self.group_of(key);
+        if let Some(g) = self.groups.get_mut(&group) {
+            if g.active == Some(*key) {
+                g.active = None;
+            }
+            if traced {
+                // The result is collected right after the input that ended the trace.
+                g.last_end = self.last_now;
+            }
+        }
+    }
+
+    /// Handles timers (the engine's and the detector's, and the monitor's sweeps).
+    pub fn handle_timeout(&mut self, now: Now) {
+        self.last_now = Some(now.mono);
+        self.engine.handle_timeout(now);
+        if let Some(det) = &mut self.detector {
+            if det.next_timeout().is_some_and(|t| t <= now.mono) {
+                det.handle_timeout(now.mono);
+            }
+        }
+        self.pump();
+        if self.next_sweep.is_some_and(|t| t <= now.mono) {
+            self.sweep(now.mono);
+        }
+    }
+
+    fn sweep(&mut self, now: Instant) {
+        self.known.retain(|_, k| k.last_seen + KNOWN_IDLE > now);
+        if let Some(d) = self.cfg.retrace_after {
+            self.groups.retain(|_, g| g.active.is_some() || g.last_end.is_none_or(|end| now < end + d));
+        }
+        self.next_sweep = (!self.known.is_empty() || !self.groups.is_empty()).then_some(now + SWEEP_EVERY);
+    }
+
+    /// The next probe to send. Call until `None` (or until a rate limit says stop).
+    pub fn poll_transmit(&mut self, now: Now, buf: &mut Vec<u8>) -> Option<Transmit> {
+        self.last_now = Some(now.mono);
+        let tx = self.engine.poll_transmit(now, buf);
+        self.pump();
+        tx
+    }
+
+    /// Whether probes are due and queued (see [`Engine::has_pending_transmit`]).
+    pub fn has_pending_transmit(&self) -> bool {
+        self.engine.has_pending_transmit()
+    }
+
+    /// The driver could not send a probe.
+    pub fn handle_send_error(&mut self, now: Now, flow: &FlowKey, ident: u16, error: String) {
+        self.last_now = Some(now.mono);
+        self.engine.handle_send_error(now, flow, ident, error);
+        self.pump();
+    }
+
+    /// When to call [`handle_timeout`](Self::handle_timeout) next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let det = self.detector.as_ref().and_then(Detector::next_timeout);
+        [self.engine.poll_timeout(), det, self.next_sweep].into_iter().flatten().min()
+    }
+
+    /// The next event: the engine's, with every result tagged with its service.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+}
+
+fn key_of(t: &Tuple) -> FlowKey {
+    let protocol = match t.transport {
+        Transport::Tcp => Protocol::Tcp,
+        Transport::Udp => Protocol::Udp,
+    };
+    FlowKey { protocol, local: t.local, remote: t.remote }
+}
+
+fn transport_of(p: Protocol) -> Transport {
+    match p {
+        Protocol::Udp => Transport::Udp,
+        _ => Transport::Tcp,
+    }
+}
+
+fn tag_of(m: &ServiceMatch) -> ServiceTag {
+    ServiceTag {
+        service: m.service.to_string(),
+        name: m.name.clone(),
+        source: match m.source {
+            Source::Dns => MatchSource::Dns,
+            Source::TlsSni => MatchSource::TlsSni,
+            Source::QuicSni => MatchSource::QuicSni,
+            Source::Prefix => MatchSource::Prefix,
+        },
+    }
+}
