@@ -12,8 +12,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use svctr_core::{Algorithm, FlowSelector, Protocol, Strategy, TraceConfig, TraceResult, TracerouteConfig, TracerouteEvent};
-use svctr_io::{trace_flows, traceroute, Error, FlowTraceOptions, TracerouteOptions};
+use svctr_core::{
+    Algorithm, DetectorConfig, FlowFilter, FlowSelector, Granularity, MonitorConfig, Protocol, ServiceSpec, Signatures,
+    Strategy, TraceConfig, TraceResult, TracerouteConfig, TracerouteEvent,
+};
+use svctr_io::{monitor, trace_flows, traceroute, Error, FlowTraceOptions, MonitorOptions, TracerouteOptions};
 
 #[derive(Parser)]
 #[command(name = "service-traceroute", version, about = "Shows the network path that a live application flow really takes")]
@@ -31,6 +34,11 @@ enum Command {
     /// Trace a live flow, then fresh Paris flows to the same destination and port, and show
     /// where their paths differ (the Service Traceroute paper's experiment).
     Compare(CompareArgs),
+    /// Watch for the flows of named services (DNS, TLS and QUIC server names, IP prefixes) and
+    /// trace each, re-tracing long-lived ones, until stopped; results as JSON lines.
+    Monitor(MonitorArgs),
+    /// List the service signatures (the shipped ones and those of --signatures files).
+    Services(ServicesArgs),
 }
 
 #[derive(Args)]
@@ -80,11 +88,7 @@ fn run_compare(a: CompareArgs) -> Result<ExitCode, Error> {
         duration: a.duration,
         udp_shield: true,
     };
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, Arc::clone(&stop))
-            .map_err(|e| Error::Socket { what: "installing the signal handler".into(), source: e })?;
-    }
+    let stop = stop_flag()?;
     let mut flow = None;
     trace_flows(&opts, &stop, |r| flow = Some(r))?;
     let Some(flow) = flow else {
@@ -255,11 +259,7 @@ fn run_trace(a: TraceArgs) -> Result<ExitCode, Error> {
     };
     // Names are resolved in the background as hops come in, never on the probing path.
     let opts = TracerouteOptions { targets, config, iface: a.iface, parallel: a.parallel, rate: a.rate, resolve_names: !a.numeric };
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, Arc::clone(&stop))
-            .map_err(|e| Error::Socket { what: "installing the signal handler".into(), source: e })?;
-    }
+    let stop = stop_flag()?;
     let stdout = io::stdout();
     let mut write_error = None;
     let results = traceroute(&opts, &stop, |ev| {
@@ -298,29 +298,51 @@ enum Format {
     Jsonl,
 }
 
+/// Which flows: by 5-tuple, by service, or both.
 #[derive(Args)]
-struct FlowArgs {
-    /// Interface to capture on and send probes from.
+struct SelectArgs {
+    /// Interface to capture on and send probes from (`any`: all of them).
     #[arg(long, short = 'i')]
     iface: String,
-    /// Trace TCP flows.
-    #[arg(long, conflicts_with = "udp", required_unless_present = "udp")]
+    /// Trace TCP flows (with --udp: both; neither: both when a service is given).
+    #[arg(long)]
     tcp: bool,
     /// Trace UDP flows.
     #[arg(long)]
     udp: bool,
-    /// The flow's remote end: IP or IP:PORT.
+    /// The flow's remote end: IP or IP:PORT ([IPv6]:PORT).
     #[arg(long, value_parser = parse_remote, value_name = "IP[:PORT]")]
     remote: Option<(IpAddr, Option<u16>)>,
     /// The flow's local port.
     #[arg(long, value_parser = parse_port)]
     local_port: Option<u16>,
-    /// Exit after this many traced flows (0: until interrupted or --duration).
-    #[arg(long, default_value_t = 1)]
-    count: usize,
-    /// Select flows for at most this long (e.g. 30, 30s, 1m); then exit once traces finish.
-    #[arg(long, value_parser = parse_duration)]
-    duration: Option<Duration>,
+    /// Trace the flows of this service of the signatures (repeatable; see `services`).
+    #[arg(long, value_name = "NAME")]
+    service: Vec<String>,
+    /// Trace the flows to names under this domain (repeatable; a service of its own).
+    #[arg(long, value_name = "SUFFIX")]
+    domain: Vec<String>,
+    /// Trace the flows to addresses in this prefix (repeatable; a service of its own).
+    #[arg(long, value_name = "PREFIX")]
+    cidr: Vec<String>,
+    /// More service signatures (TOML, format 1; repeatable). Without --service, every
+    /// service of these files is traced.
+    #[arg(long, value_name = "FILE")]
+    signatures: Vec<std::path::PathBuf>,
+    /// Do not recognise flows from sniffed DNS answers.
+    #[arg(long)]
+    no_dns: bool,
+    /// Do not recognise TCP flows by their TLS ClientHello's server name.
+    #[arg(long)]
+    no_tls: bool,
+    /// Do not recognise UDP flows by their QUIC Initial's server name.
+    #[arg(long)]
+    no_quic: bool,
+}
+
+/// How each flow is traced.
+#[derive(Args)]
+struct TraceArgsCommon {
     /// Probe scheduling.
     #[arg(long, default_value = "concurrent", value_parser = parse_algorithm)]
     algorithm: Algorithm,
@@ -359,11 +381,63 @@ struct FlowArgs {
     /// receives a probe).
     #[arg(long)]
     probe_remote: bool,
-    /// Do not install the nftables rule that keeps ICMP errors caused by UDP probes away from the
-    /// application's socket.
+    /// Select flows for at most this long (e.g. 30, 30s, 1m); then exit once traces finish.
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// At most this many probes per second over all flows (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    rate: u32,
+    /// Do not install the nftables rules that keep ICMP errors caused by UDP probes away from
+    /// the application's socket.
     #[arg(long)]
     no_udp_shield: bool,
+    /// Print the run's counters on stderr at the end (packets captured, flows recognised and
+    /// traced, probes, the most traces at once).
+    #[arg(long)]
+    stats: bool,
+}
+
+#[derive(Args)]
+struct FlowArgs {
+    #[command(flatten)]
+    select: SelectArgs,
+    #[command(flatten)]
+    trace: TraceArgsCommon,
+    /// Exit after this many traced flows (0: until interrupted or --duration).
+    #[arg(long, default_value_t = 1)]
+    count: usize,
     /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
+}
+
+#[derive(Args)]
+struct MonitorArgs {
+    #[command(flatten)]
+    select: SelectArgs,
+    #[command(flatten)]
+    trace: TraceArgsCommon,
+    /// Trace a flow again (a destination, with --per) once this long has passed since its last
+    /// trace ended ("never": once per run).
+    #[arg(long, default_value = "600s", value_parser = parse_retrace)]
+    retrace_after: Retrace,
+    /// One trace per flow, per destination and port, or per destination.
+    #[arg(long, default_value = "flow", value_parser = parse_granularity)]
+    per: Granularity,
+    /// Exit after this many traces (0: until interrupted or --duration).
+    #[arg(long, default_value_t = 0)]
+    count: usize,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "jsonl")]
+    format: Format,
+}
+
+#[derive(Args)]
+struct ServicesArgs {
+    /// More service signatures (TOML, format 1; repeatable).
+    #[arg(long, value_name = "FILE")]
+    signatures: Vec<std::path::PathBuf>,
+    /// Output format (json: an array of services).
     #[arg(long, value_enum, default_value = "text")]
     format: Format,
 }
@@ -434,61 +508,116 @@ fn print_result(format: Format, r: &TraceResult, out: &mut impl Write) -> io::Re
     out.flush()
 }
 
-fn run_flow(a: FlowArgs) -> Result<ExitCode, Error> {
-    if a.first_ttl > a.max_ttl {
-        return Err(Error::Unsupported(format!(
-            "--first-ttl {} is above --max-ttl {}",
-            a.first_ttl, a.max_ttl
-        )));
+fn parse_granularity(s: &str) -> Result<Granularity, String> {
+    s.parse()
+}
+
+/// `--retrace-after`: a duration, or never (`never` or 0).
+#[derive(Debug, Clone, Copy)]
+struct Retrace(Option<Duration>);
+
+fn parse_retrace(s: &str) -> Result<Retrace, String> {
+    if s.eq_ignore_ascii_case("never") {
+        return Ok(Retrace(None));
     }
-    let protocol = if a.udp { Protocol::Udp } else { Protocol::Tcp };
-    let selector = FlowSelector {
-        protocol,
-        remote_ip: a.remote.map(|r| r.0),
-        remote_port: a.remote.and_then(|r| r.1),
-        local_port: a.local_port,
+    let d = parse_duration(s)?;
+    Ok(Retrace((!d.is_zero()).then_some(d)))
+}
+
+/// The signature set the selection asks for: none (select by 5-tuple alone), or the named
+/// services of the shipped and given files plus `--domain` and `--cidr` services.
+fn services(a: &SelectArgs) -> Result<Option<Signatures>, Error> {
+    if a.service.is_empty() && a.domain.is_empty() && a.cidr.is_empty() && a.signatures.is_empty() {
+        return Ok(None);
+    }
+    let bad = |e: svctr_core::SignatureError| Error::Unsupported(e.to_string());
+    let mut files = Signatures::empty();
+    for f in &a.signatures {
+        files.merge(Signatures::load(f).map_err(bad)?);
+    }
+    let mut selected = if !a.service.is_empty() {
+        let mut all = Signatures::builtin();
+        all.merge(files);
+        let names: Vec<&str> = a.service.iter().map(String::as_str).collect();
+        all.select(&names).map_err(bad)?
+    } else {
+        files
+    };
+    for d in &a.domain {
+        let spec = ServiceSpec { name: d.clone(), domains: vec![d.clone()], ..ServiceSpec::default() };
+        selected.add(spec, "--domain").map_err(bad)?;
+    }
+    for c in &a.cidr {
+        let spec = ServiceSpec { name: c.clone(), prefixes: vec![c.clone()], ..ServiceSpec::default() };
+        selected.add(spec, "--cidr").map_err(bad)?;
+    }
+    Ok(Some(selected))
+}
+
+/// The monitor configuration of `flow` and `monitor`.
+fn monitor_config(s: &SelectArgs, t: &TraceArgsCommon, count: usize) -> Result<MonitorConfig, Error> {
+    if t.first_ttl > t.max_ttl {
+        return Err(Error::Unsupported(format!("--first-ttl {} is above --max-ttl {}", t.first_ttl, t.max_ttl)));
+    }
+    let services = services(s)?;
+    let protocol = match (s.tcp, s.udp) {
+        (true, false) => Some(Protocol::Tcp),
+        (false, true) => Some(Protocol::Udp),
+        (true, true) => None,
+        (false, false) if services.is_some() => None,
+        (false, false) => return Err(Error::Unsupported("say which flows: --tcp, --udp, or a service (--service, --domain, --cidr)".into())),
     };
     let trace = TraceConfig {
-        algorithm: a.algorithm,
-        first_ttl: a.first_ttl,
-        max_ttl: a.max_ttl,
-        probes_per_hop: a.probes,
-        inter_probe: a.inter_probe,
-        inter_hop: a.inter_hop,
-        timeout: a.timeout,
-        max_missing: a.max_missing,
-        stop_at: a.stop_at,
-        flow_timeout: a.flow_timeout,
-        probe_remote: a.probe_remote,
-        retries: a.retries,
+        algorithm: t.algorithm,
+        first_ttl: t.first_ttl,
+        max_ttl: t.max_ttl,
+        probes_per_hop: t.probes,
+        inter_probe: t.inter_probe,
+        inter_hop: t.inter_hop,
+        timeout: t.timeout,
+        max_missing: t.max_missing,
+        stop_at: t.stop_at.clone(),
+        flow_timeout: t.flow_timeout,
+        probe_remote: t.probe_remote,
+        retries: t.retries,
         ..TraceConfig::default()
     };
     trace.validate().map_err(|e| Error::Unsupported(e.to_string()))?;
-    let opts = FlowTraceOptions {
-        iface: a.iface,
-        selector,
+    Ok(MonitorConfig {
         trace,
-        count: a.count,
-        duration: a.duration,
-        udp_shield: !a.no_udp_shield,
-    };
+        filter: FlowFilter { protocol, remote_ip: s.remote.map(|r| r.0), remote_port: s.remote.and_then(|r| r.1), local_port: s.local_port },
+        services,
+        detector: DetectorConfig { dns: !s.no_dns, tls: !s.no_tls, quic: !s.no_quic, ..DetectorConfig::default() },
+        granularity: Granularity::Flow,
+        retrace_after: None,
+        max_traces: count,
+    })
+}
+
+fn stop_flag() -> Result<Arc<AtomicBool>, Error> {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, Arc::clone(&stop))
             .map_err(|e| Error::Socket { what: "installing the signal handler".into(), source: e })?;
     }
+    Ok(stop)
+}
+
+/// Runs the monitor and prints each result as it finishes (JSON: all at the end).
+fn run_monitor(opts: MonitorOptions, format: Format, show_stats: bool) -> Result<ExitCode, Error> {
+    let stop = stop_flag()?;
     let stdout = io::stdout();
     let mut collected = Vec::new();
     let mut write_error = None;
-    let summary = trace_flows(&opts, &stop, |r| {
-        if let Err(e) = print_result(a.format, &r, &mut stdout.lock()) {
+    let summary = monitor(&opts, &stop, |r| {
+        if let Err(e) = print_result(format, &r, &mut stdout.lock()) {
             write_error.get_or_insert(e);
         }
-        if matches!(a.format, Format::Json) {
+        if matches!(format, Format::Json) {
             collected.push(r);
         }
     })?;
-    if matches!(a.format, Format::Json) {
+    if matches!(format, Format::Json) {
         if let Err(e) = write_json_collection(&collected) {
             write_error.get_or_insert(e);
         }
@@ -496,16 +625,95 @@ fn run_flow(a: FlowArgs) -> Result<ExitCode, Error> {
     if let Some(code) = output_failure(write_error) {
         return Ok(code);
     }
+    if show_stats {
+        let st = &summary.stats;
+        eprintln!(
+            "service-traceroute: stats: captured {} packets (flows) + {} (detection), dropped {}; flows recognised {}, watched {}, held back {}; traces {} (at most {} at once); probes {}, replies matched {}",
+            summary.captured,
+            summary.detection_captured,
+            summary.capture_drops,
+            st.flows_recognised,
+            st.flows_watched,
+            st.flows_held_back,
+            summary.traced,
+            summary.peak_traces,
+            st.engine.probes_sent,
+            st.engine.replies_matched
+        );
+    }
     if summary.capture_drops > 0 {
         eprintln!(
             "service-traceroute: warning: the capture dropped {} packets (kernel ring full): some replies, or the kernel send timestamps of some probes, may be missing",
             summary.capture_drops
         );
     }
-    if opts.count != 0 && summary.traced < opts.count {
-        eprintln!("service-traceroute: warning: traced {} of {} flows", summary.traced, opts.count);
+    let count = opts.config.max_traces;
+    if count != 0 && summary.traced < count {
+        eprintln!("service-traceroute: warning: traced {} of {} flows", summary.traced, count);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn run_flow(a: FlowArgs) -> Result<ExitCode, Error> {
+    let config = monitor_config(&a.select, &a.trace, a.count)?;
+    let opts = MonitorOptions {
+        iface: a.select.iface,
+        config,
+        duration: a.trace.duration,
+        udp_shield: !a.trace.no_udp_shield,
+        rate: a.trace.rate,
+    };
+    run_monitor(opts, a.format, a.trace.stats)
+}
+
+fn run_monitor_cmd(a: MonitorArgs) -> Result<ExitCode, Error> {
+    let mut config = monitor_config(&a.select, &a.trace, a.count)?;
+    config.retrace_after = a.retrace_after.0;
+    config.granularity = a.per;
+    let opts = MonitorOptions {
+        iface: a.select.iface,
+        config,
+        duration: a.trace.duration,
+        udp_shield: !a.trace.no_udp_shield,
+        rate: a.trace.rate,
+    };
+    run_monitor(opts, a.format, a.trace.stats)
+}
+
+fn run_services(a: ServicesArgs) -> Result<ExitCode, Error> {
+    let mut all = Signatures::builtin();
+    for f in &a.signatures {
+        all.merge(Signatures::load(f).map_err(|e| Error::Unsupported(e.to_string()))?);
+    }
+    let mut out = io::stdout().lock();
+    let res = match a.format {
+        Format::Text => all.services().iter().try_for_each(|s| {
+            let prefixes: Vec<String> = s.prefixes.iter().map(ToString::to_string).collect();
+            writeln!(out, "{}", s.name)?;
+            for (what, list) in [("domains", s.domains.join(" ")), ("regexes", s.regexes.join(" ")), ("prefixes", prefixes.join(" "))] {
+                if !list.is_empty() {
+                    writeln!(out, "  {what}: {list}")?;
+                }
+            }
+            Ok(())
+        }),
+        Format::Json | Format::Jsonl => {
+            let v: Vec<serde_json::Value> = all
+                .services()
+                .iter()
+                .map(|s| {
+                    serde_json::json!({
+                        "name": s.name,
+                        "domains": s.domains,
+                        "regexes": s.regexes,
+                        "prefixes": s.prefixes.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            writeln!(out, "{}", serde_json::Value::Array(v))
+        }
+    };
+    Ok(output_failure(res.err()).unwrap_or(ExitCode::SUCCESS))
 }
 
 /// Parses the command line; a usage error becomes one line on stderr and exit status 2.
@@ -539,6 +747,8 @@ fn main() -> ExitCode {
         Command::Flow(a) => run_flow(a),
         Command::Trace(a) => run_trace(a),
         Command::Compare(a) => run_compare(a),
+        Command::Monitor(a) => run_monitor_cmd(a),
+        Command::Services(a) => run_services(a),
     };
     match result {
         Ok(code) => code,

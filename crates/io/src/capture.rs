@@ -1,16 +1,11 @@
-//! The libpcap capture: one handle on the interface, a kernel-side BPF filter for the selected
-//! flows and the ICMP errors that quote them, immediate mode (a packet is delivered when it
+//! The libpcap capture: a handle on the interface with a kernel-side BPF filter (see the
+//! filter module for what the driver's two captures take), immediate mode (a packet is delivered when it
 //! arrives, not when a ring block fills, so timers and RTTs are not delayed) and nanosecond
 //! kernel timestamps (the RTT is the difference of the kernel timestamps of the probe's own
 //! capture and of its reply).
 
-use std::net::IpAddr;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, SystemTime};
-
-use svctr_core::FlowSelector;
-#[cfg(test)]
-use svctr_core::Protocol;
 
 use crate::Error;
 
@@ -21,31 +16,10 @@ use crate::Error;
 /// length, so a smaller snap length means more packets fit before the kernel drops any.
 pub const SNAPLEN: i32 = 384;
 
-/// The BPF filter for a selection: the flow's packets in both directions, and ICMP errors
-/// (Destination Unreachable 3, Time Exceeded 11, Parameter Problem 12) whose quoted protocol
-/// (ICMP byte 8 + 9) and quoted destination (ICMP bytes 8 + 16..20) are the flow's.
-pub fn bpf_filter(sel: &FlowSelector) -> String {
-    let mut flow = vec![sel.protocol.as_str().to_string()];
-    let mut quote = vec![format!("icmp[17] == {}", sel.protocol.number())];
-    if let Some(ip) = sel.remote_ip {
-        flow.push(format!("host {ip}"));
-        if let IpAddr::V4(v4) = ip {
-            quote.push(format!("icmp[24:4] == 0x{:08x}", u32::from(v4)));
-        }
-    }
-    if let Some(p) = sel.remote_port {
-        flow.push(format!("port {p}"));
-        quote.push(format!("icmp[30:2] == {p}"));
-    }
-    if let Some(p) = sel.local_port {
-        flow.push(format!("port {p}"));
-    }
-    format!(
-        "({}) or (icmp and (icmp[0] == 3 or icmp[0] == 11 or icmp[0] == 12) and {})",
-        flow.join(" and "),
-        quote.join(" and ")
-    )
-}
+/// Bytes captured per packet by the detection capture: a whole DNS response (EDNS answers go
+/// up to 4096 bytes), a ClientHello sent as one GSO packet (up to a 16 KB TLS record), a QUIC
+/// Initial. Its filter passes few packets, so the large frames cost little.
+pub const DETECTION_SNAPLEN: i32 = 18 * 1024;
 
 pub(crate) struct Capture {
     cap: pcap::Capture<pcap::Active>,
@@ -64,17 +38,18 @@ fn privilege_or(e: pcap::Error, iface: &str) -> Error {
 }
 
 impl Capture {
-    pub(crate) fn open(iface: &str, filter: &str) -> Result<Self, Error> {
-        Self::open_with_buffer(iface, filter, 4 << 20)
+    /// Opens with a kernel ring of `buffer` bytes (bursts of replies from many targets need
+    /// more room than one flow's) and the standard snap length.
+    pub(crate) fn open_with_buffer(iface: &str, filter: &str, buffer: i32) -> Result<Self, Error> {
+        Self::open_with(iface, filter, SNAPLEN, buffer)
     }
 
-    /// Opens with a kernel ring of `buffer` bytes (bursts of replies from many targets need
-    /// more room than one flow's).
-    pub(crate) fn open_with_buffer(iface: &str, filter: &str, buffer: i32) -> Result<Self, Error> {
+    /// Opens with snap length `snaplen` and a kernel ring of `buffer` bytes.
+    pub(crate) fn open_with(iface: &str, filter: &str, snaplen: i32, buffer: i32) -> Result<Self, Error> {
         let inactive = pcap::Capture::from_device(iface).map_err(|e| privilege_or(e, iface))?;
         let cap = inactive
             .promisc(false)
-            .snaplen(SNAPLEN)
+            .snaplen(snaplen)
             .immediate_mode(true)
             .timeout(100)
             .buffer_size(buffer)
@@ -91,10 +66,11 @@ impl Capture {
         self.cap.as_fd()
     }
 
-    /// Reads every packet available now; calls `f(timestamp, ip_packet)` for each IP packet.
-    pub(crate) fn drain(&mut self, mut f: impl FnMut(SystemTime, &[u8])) -> Result<usize, pcap::Error> {
+    /// Reads the packets available now, at most `max` (so that a flood cannot keep the caller
+    /// from its timers); calls `f(timestamp, ip_packet)` for each IP packet.
+    pub(crate) fn drain(&mut self, max: usize, mut f: impl FnMut(SystemTime, &[u8])) -> Result<usize, pcap::Error> {
         let mut n = 0;
-        loop {
+        while n < max {
             match self.cap.next_packet() {
                 Ok(p) => {
                     n += 1;
@@ -109,29 +85,16 @@ impl Capture {
                 Err(e) => return Err(e),
             }
         }
+        Ok(n)
     }
 
     /// Packets the kernel dropped (buffer full) or the interface dropped.
     pub(crate) fn drops(&mut self) -> u32 {
         self.cap.stats().map(|s| s.dropped + s.if_dropped).unwrap_or(0)
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn filter_text() {
-        let sel = FlowSelector {
-            protocol: Protocol::Tcp,
-            remote_ip: Some("198.18.9.2".parse().unwrap()),
-            remote_port: Some(8080),
-            local_port: None,
-        };
-        assert_eq!(
-            bpf_filter(&sel),
-            "(tcp and host 198.18.9.2 and port 8080) or (icmp and (icmp[0] == 3 or icmp[0] == 11 or icmp[0] == 12) and icmp[17] == 6 and icmp[24:4] == 0xc6120902 and icmp[30:2] == 8080)"
-        );
+    /// Packets the filter passed to this capture so far (libpcap's `ps_recv`).
+    pub(crate) fn received(&mut self) -> u32 {
+        self.cap.stats().map(|s| s.received).unwrap_or(0)
     }
 }

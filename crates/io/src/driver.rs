@@ -1,5 +1,6 @@
-//! The run loop: capture → engine → raw socket, with `poll(2)` on the capture's descriptor so
-//! the loop sleeps exactly until the next packet or the engine's next timer.
+//! The run loop of the flow tracer and the service monitor: two captures → monitor → raw
+//! sockets, with `poll(2)` on the captures' descriptors so the loop sleeps exactly until the
+//! next packet, the monitor's next timer, or the next token of the probe rate.
 
 use std::net::IpAddr;
 use std::os::fd::BorrowedFd;
@@ -7,15 +8,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use svctr_core::{Engine, EngineStats, Event, FlowSelector, Now, Protocol, TraceConfig, TraceResult};
+use svctr_core::{
+    Event, FlowKey, FlowSelector, Granularity, Monitor, MonitorConfig, MonitorStats, Now, Pacer, Protocol, TraceConfig,
+    TraceResult,
+};
 
-use crate::capture::{bpf_filter, Capture};
+use crate::capture::{Capture, DETECTION_SNAPLEN, SNAPLEN};
+use crate::filter::{detection_filter, flow_filter, DetectionSources};
 use crate::iface::interface_addresses;
-use crate::sender::Sender;
+use crate::sender::RawSockets;
 use crate::shield::Shield;
 use crate::Error;
 
-/// What to trace and how.
+/// What to trace and how: the flows of one 5-tuple selection (the `flow` command). A thin
+/// form of [`MonitorOptions`] kept for existing callers.
 #[derive(Debug, Clone)]
 pub struct FlowTraceOptions {
     /// Interface to capture on and send from.
@@ -33,33 +39,87 @@ pub struct FlowTraceOptions {
     pub udp_shield: bool,
 }
 
+/// What the monitor traces and how (the `monitor` command, and `flow --service`).
+#[derive(Debug, Clone)]
+pub struct MonitorOptions {
+    /// Interface to capture on and send from (`any`: every interface, Linux cooked capture).
+    pub iface: String,
+    /// Which flows, which services, granularity, re-tracing, trace parameters, how many.
+    pub config: MonitorConfig,
+    /// Select flows for at most this long; then exit once traces in flight finish.
+    pub duration: Option<Duration>,
+    /// Install the nftables rules that keep ICMP errors caused by UDP probes away from the
+    /// local UDP sockets.
+    pub udp_shield: bool,
+    /// At most this many probes per second over all flows (0: no limit).
+    pub rate: u32,
+}
+
+impl From<&FlowTraceOptions> for MonitorOptions {
+    fn from(o: &FlowTraceOptions) -> Self {
+        Self {
+            iface: o.iface.clone(),
+            config: MonitorConfig {
+                trace: o.trace.clone(),
+                filter: o.selector.into(),
+                services: None,
+                granularity: Granularity::Flow,
+                retrace_after: None,
+                max_traces: o.count,
+                ..MonitorConfig::default()
+            },
+            duration: o.duration,
+            udp_shield: o.udp_shield,
+            rate: 0,
+        }
+    }
+}
+
 /// What a run did.
 #[derive(Debug, Clone, Copy)]
 pub struct RunSummary {
     /// Traces completed.
     pub traced: usize,
-    /// Engine counters.
-    pub stats: EngineStats,
-    /// Packets the capture dropped (kernel buffer full): if non-zero, replies may be missing.
+    /// The monitor's counters (engine and detector included).
+    pub stats: MonitorStats,
+    /// Packets the captures dropped (kernel buffer full): if non-zero, replies may be missing.
     pub capture_drops: u32,
+    /// Packets the flow capture's kernel filter passed to the driver.
+    pub captured: u32,
+    /// Packets the detection capture's kernel filter passed to the driver.
+    pub detection_captured: u32,
+    /// The most traces in progress at once.
+    pub peak_traces: usize,
 }
 
-fn describe(sel: &FlowSelector) -> String {
-    let mut s = sel.protocol.as_str().to_string();
-    match (sel.remote_ip, sel.remote_port) {
-        (Some(ip), Some(p)) => s.push_str(&format!(" remote {ip}:{p}")),
+/// The selection in words, for "nothing matched".
+fn describe(cfg: &MonitorConfig) -> String {
+    let f = &cfg.filter;
+    let mut s = f.protocol.map_or_else(|| "tcp or udp".to_string(), |p| p.as_str().to_string());
+    match (f.remote_ip, f.remote_port) {
+        (Some(ip), Some(p)) => s.push_str(&format!(" remote {}", std::net::SocketAddr::new(ip, p))),
         (Some(ip), None) => s.push_str(&format!(" remote {ip}")),
         (None, Some(p)) => s.push_str(&format!(" remote port {p}")),
         (None, None) => {}
     }
-    if let Some(p) = sel.local_port {
+    if let Some(p) = f.local_port {
         s.push_str(&format!(" local port {p}"));
+    }
+    if let Some(sigs) = &cfg.services {
+        let names: Vec<&str> = sigs.services().iter().map(|s| s.name.as_str()).collect();
+        s.push_str(&format!(" of {}", names.join(", ")));
     }
     s
 }
 
 /// The longest the loop sleeps, so the stop flag and the duration are noticed promptly.
 const MAX_SLEEP: Duration = Duration::from_millis(50);
+/// Packets read from a capture per loop turn: timers and probes are served in between.
+pub(crate) const DRAIN_MAX: usize = 4096;
+/// Kernel ring of the flow capture: room for the replies of thousands of flows at once.
+const FLOW_RING: i32 = 32 << 20;
+/// Kernel ring of the detection capture (few, large packets).
+const DETECTION_RING: i32 = 16 << 20;
 
 /// Traces live flows until `count` traces are done, `duration` has passed (and in-flight traces
 /// finished), or `stop` is set (in-flight traces are then reported as interrupted). Calls
@@ -67,107 +127,168 @@ const MAX_SLEEP: Duration = Duration::from_millis(50);
 pub fn trace_flows(
     opts: &FlowTraceOptions,
     stop: &AtomicBool,
-    mut on_result: impl FnMut(TraceResult),
+    on_result: impl FnMut(TraceResult),
 ) -> Result<RunSummary, Error> {
-    if let Some(IpAddr::V6(_)) = opts.selector.remote_ip {
-        return Err(Error::Unsupported("IPv6 flows are not supported yet: give an IPv4 --remote".into()));
+    monitor(&MonitorOptions::from(opts), stop, on_result)
+}
+
+/// Runs the monitor: traces the flows `opts.config` selects (by 5-tuple, by service, or both)
+/// until `max_traces` traces are done, `duration` has passed (and traces in flight finished),
+/// or `stop` is set (traces in flight are then reported as `interrupted`). Calls `on_result`
+/// for each finished trace as soon as it finishes, tagged with its service.
+pub fn monitor(opts: &MonitorOptions, stop: &AtomicBool, mut on_result: impl FnMut(TraceResult)) -> Result<RunSummary, Error> {
+    let cfg = &opts.config;
+    let mut local = interface_addresses(&opts.iface)?;
+    if let Some(r) = cfg.filter.remote_ip {
+        local.retain(|a| a.is_ipv4() == r.is_ipv4());
     }
-    let local: Vec<IpAddr> = interface_addresses(&opts.iface)?.into_iter().filter(IpAddr::is_ipv4).collect();
     if local.is_empty() {
         return Err(Error::NoAddress(opts.iface.clone()));
     }
-    // The raw socket first: its EPERM is the clearest privilege error.
-    let sender = Sender::open(&opts.iface)?;
-    let filter = bpf_filter(&opts.selector);
-    let mut capture = Capture::open(&opts.iface, &filter)?;
+    // The raw sockets first: their EPERM is the clearest privilege error.
+    let sender = RawSockets::open(Some(&opts.iface), local.iter().any(IpAddr::is_ipv4), local.iter().any(IpAddr::is_ipv6))?;
+    let mut capture = Capture::open_with(&opts.iface, &flow_filter(&cfg.filter, &local), SNAPLEN, FLOW_RING)?;
+    let mut detection = match &cfg.services {
+        Some(_) => {
+            let what = DetectionSources { dns: cfg.detector.dns, tls: cfg.detector.tls, quic: cfg.detector.quic };
+            match detection_filter(&cfg.filter, &local, what) {
+                Some(f) => Some(Capture::open_with(&opts.iface, &f, DETECTION_SNAPLEN, DETECTION_RING)?),
+                None => None,
+            }
+        }
+        None => None,
+    };
     let mut shield = Shield::new();
-
-    let mut cfg = opts.trace.clone();
-    cfg.max_flows = opts.count;
-    cfg.ident_seed = seed();
-    let mut engine = Engine::new(cfg, opts.selector, local).map_err(|e| Error::Unsupported(e.to_string()))?;
+    let mut shielded = UdpTraces::default();
+    let mut mcfg = cfg.clone();
+    mcfg.trace.ident_seed = seed();
+    let mut mon = Monitor::new(mcfg, local).map_err(|e| Error::Unsupported(e.to_string()))?;
+    let mut pacer = Pacer::new(opts.rate);
 
     let started = Instant::now();
     let mut traced = 0usize;
     let mut buf = Vec::with_capacity(128);
     let mut selecting = true;
+    let mut interrupted = false;
+    let mut peak_traces = 0;
     loop {
-        if stop.load(Ordering::Relaxed) {
-            engine.interrupt(now());
-        }
         let t = now();
+        if stop.load(Ordering::Relaxed) && !interrupted {
+            interrupted = true;
+            mon.interrupt(t);
+        }
         if selecting && opts.duration.is_some_and(|d| t.mono >= started + d) {
             selecting = false;
-            engine.stop_selecting();
+            mon.stop_selecting();
+        }
+        if let Some(d) = &mut detection {
+            d.drain(DRAIN_MAX, |_, ip| mon.handle_detection_packet(Instant::now(), ip))
+                .map_err(|e| Error::Capture { iface: opts.iface.clone(), source: e })?;
         }
         capture
-            .drain(|ts, ip| engine.handle_packet(Instant::now(), ts, ip))
+            .drain(DRAIN_MAX, |ts, ip| mon.handle_packet(Instant::now(), ts, ip))
             .map_err(|e| Error::Capture { iface: opts.iface.clone(), source: e })?;
         let t = now();
-        engine.handle_timeout(t);
+        mon.handle_timeout(t);
         // Events before probes: a UDP flow's shield must be in place before its first probe.
-        handle_events(&mut engine, &mut shield, opts, &mut traced, &mut on_result)?;
-        while let Some(tx) = engine.poll_transmit(t, &mut buf) {
+        handle_events(&mut mon, &mut shielded, &mut traced, &mut on_result);
+        if opts.udp_shield {
+            shield.protect(&shielded.started)?;
+        }
+        shielded.started.clear();
+        while pacer.next_at(t.mono).is_none() {
+            let Some(tx) = mon.poll_transmit(t, &mut buf) else { break };
+            pacer.try_take(t.mono);
             if let Err(e) = sender.send(tx.dst, &buf[..tx.len]) {
-                engine.handle_send_error(t, &tx.flow, tx.ident, e.to_string());
+                mon.handle_send_error(t, &tx.flow, tx.ident, e.to_string());
             }
         }
-        handle_events(&mut engine, &mut shield, opts, &mut traced, &mut on_result)?;
+        handle_events(&mut mon, &mut shielded, &mut traced, &mut on_result);
+        if opts.udp_shield {
+            shield.release(&shielded.finished, t.mono);
+            shield.expire(t.mono)?;
+        }
+        shielded.finished.clear();
 
-        let idle = engine.is_idle();
-        if idle && (stop.load(Ordering::Relaxed) || (opts.count != 0 && traced >= opts.count) || !selecting) {
+        peak_traces = peak_traces.max(mon.engine().active_traces());
+        if mon.is_idle() && (interrupted || !selecting || !mon.is_selecting()) {
             break;
         }
         let t = Instant::now();
-        let mut sleep = MAX_SLEEP;
-        if let Some(at) = engine.poll_timeout() {
-            sleep = sleep.min(at.saturating_duration_since(t));
+        let mut wake = t + MAX_SLEEP;
+        if let Some(at) = mon.poll_timeout() {
+            wake = wake.min(at);
         }
+        if mon.has_pending_transmit() {
+            // Probes are due: as soon as the rate allows (at once without a limit).
+            wake = wake.min(pacer.next_at(t).unwrap_or(t));
+        }
+        let sleep = wake.saturating_duration_since(t);
         if !sleep.is_zero() {
-            wait_readable(capture.fd(), sleep);
+            let mut fds = vec![capture.fd()];
+            if let Some(d) = &detection {
+                fds.push(d.fd());
+            }
+            wait_readable(&fds, sleep);
         }
     }
-    let summary = RunSummary { traced, stats: engine.stats(), capture_drops: capture.drops() };
-    if traced == 0 && !stop.load(Ordering::Relaxed) {
+    let drops = capture.drops() + detection.as_mut().map_or(0, Capture::drops);
+    let summary = RunSummary {
+        traced,
+        stats: mon.stats(),
+        capture_drops: drops,
+        captured: capture.received(),
+        detection_captured: detection.as_mut().map_or(0, Capture::received),
+        peak_traces,
+    };
+    if traced == 0 && !interrupted {
         if let Some(d) = opts.duration {
-            if summary.stats.flows_selected == 0 {
-                return Err(Error::NothingMatched { selector: describe(&opts.selector), duration: d });
+            if summary.stats.flows_watched == 0 {
+                return Err(Error::NothingMatched { selector: describe(cfg), duration: d });
             }
         }
     }
     Ok(summary)
 }
 
-fn handle_events(
-    engine: &mut Engine,
-    shield: &mut Shield,
-    opts: &FlowTraceOptions,
-    traced: &mut usize,
-    on_result: &mut impl FnMut(TraceResult),
-) -> Result<(), Error> {
-    while let Some(ev) = engine.poll_event() {
+/// UDP traces that started and ended in this turn of the loop: the shield's work, batched.
+#[derive(Default)]
+struct UdpTraces {
+    started: Vec<FlowKey>,
+    finished: Vec<FlowKey>,
+}
+
+fn handle_events(mon: &mut Monitor, udp: &mut UdpTraces, traced: &mut usize, on_result: &mut impl FnMut(TraceResult)) {
+    while let Some(ev) = mon.poll_event() {
         match ev {
-            Event::TraceStarted { flow, .. } if flow.protocol == Protocol::Udp && opts.udp_shield => shield.protect(&flow)?,
+            Event::TraceStarted { flow, .. } if flow.protocol == Protocol::Udp => udp.started.push(flow),
             Event::TraceFinished(r) => {
+                if r.flow.protocol == Protocol::Udp {
+                    udp.finished.push(FlowKey {
+                        protocol: Protocol::Udp,
+                        local: std::net::SocketAddr::new(r.flow.local.ip, r.flow.local.port),
+                        remote: std::net::SocketAddr::new(r.flow.remote.ip, r.flow.remote.port),
+                    });
+                }
                 *traced += 1;
                 on_result(*r);
             }
             _ => {}
         }
     }
-    Ok(())
 }
 
 fn now() -> Now {
     Now { mono: Instant::now(), wall: SystemTime::now() }
 }
 
-pub(crate) fn wait_readable(fd: BorrowedFd<'_>, d: Duration) {
+/// Sleeps until one of `fds` is readable or `d` has passed.
+pub(crate) fn wait_readable(fds: &[BorrowedFd<'_>], d: Duration) {
     // poll(2) takes milliseconds: round up, so a sub-millisecond wait is a real wait.
     let ms = u16::try_from(d.as_micros().div_ceil(1000).max(1)).unwrap_or(u16::MAX);
-    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+    let mut pfds: Vec<PollFd<'_>> = fds.iter().map(|fd| PollFd::new(*fd, PollFlags::POLLIN)).collect();
     // EINTR (a signal) just ends the wait early: the loop checks the stop flag.
-    let _ = poll(&mut fds, PollTimeout::from(ms));
+    let _ = poll(&mut pfds, PollTimeout::from(ms));
 }
 
 /// A per-run seed for probe identifications (no RNG dependency: time and pid are enough to
@@ -175,4 +296,10 @@ pub(crate) fn wait_readable(fd: BorrowedFd<'_>, d: Duration) {
 fn seed() -> u16 {
     let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     (nanos ^ std::process::id().rotate_left(16)) as u16
+}
+
+/// Starts the monitor in a background thread: iterate over the results as traces finish,
+/// cancel it at any time (traces in flight end as `interrupted`), then `wait` for the summary.
+pub fn spawn_monitor(opts: MonitorOptions) -> crate::MonitorHandle {
+    crate::handle::spawn(move |stop, emit| monitor(&opts, stop, emit))
 }

@@ -17,7 +17,7 @@ pub enum Error {
     #[error("unknown interface {0:?} (see `ip link`)")]
     UnknownInterface(String),
     /// The interface has no address of the needed family.
-    #[error("interface {0:?} has no IPv4 address: cannot tell the flows' direction")]
+    #[error("interface {0:?} has no IP address (of the family asked for): cannot tell the flows' direction")]
     NoAddress(String),
     /// libpcap failed.
     #[error("capture on {iface}: {source}")]

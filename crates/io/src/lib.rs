@@ -1,8 +1,11 @@
-//! The live driver of service-traceroute: connects the sans-IO [`svctr_core::Engine`] to a
-//! libpcap capture (kernel BPF filter, immediate mode, kernel timestamps) and to a raw IPv4
-//! socket that sends the probes.
+//! The live driver of service-traceroute: connects the sans-IO engines of `svctr-core` (the
+//! flow tracer and service [`svctr_core::Monitor`], the classic/Paris/Dublin
+//! [`svctr_core::Traceroute`]) to libpcap captures (kernel BPF filters, immediate mode, kernel
+//! timestamps) and to raw IPv4/IPv6 sockets that send the probes.
 //!
-//! What it does not do: decide anything about probes or replies. All of that is the engine's.
+//! What it does not do: decide anything about probes or replies. All of that is the engines'.
+//!
+//! Trace the flows of one 5-tuple selection:
 //!
 //! ```no_run
 //! use std::sync::atomic::AtomicBool;
@@ -20,19 +23,50 @@
 //! let stop = AtomicBool::new(false);
 //! trace_flows(&opts, &stop, |result| println!("{}", svctr_core::render_text(&result))).unwrap();
 //! ```
+//!
+//! Or watch for a service's flows and stream the traces as they finish:
+//!
+//! ```no_run
+//! use svctr_core::{MonitorConfig, ServiceSpec, Signatures};
+//! use svctr_io::{spawn_monitor, MonitorOptions};
+//!
+//! let mut services = Signatures::builtin().select(&["YouTube"]).unwrap();
+//! services.add(ServiceSpec { name: "my-cdn".into(), domains: vec!["cdn.example".into()], ..Default::default() }, "code").unwrap();
+//! let run = spawn_monitor(MonitorOptions {
+//!     iface: "eth0".into(),
+//!     config: MonitorConfig { services: Some(services), ..MonitorConfig::default() },
+//!     duration: None,
+//!     udp_shield: true,
+//!     rate: 1000,
+//! });
+//! for result in run {
+//!     println!("{:?} {:?}: {} hops", result.flow.service, result.flow.name, result.hops.len());
+//! }
+//! ```
 
 mod capture;
 mod driver;
 mod error;
+mod filter;
+mod handle;
 mod iface;
 mod names;
 mod sender;
 mod shield;
 mod traceroute;
 
-pub use capture::{bpf_filter, SNAPLEN};
-pub use driver::{trace_flows, FlowTraceOptions, RunSummary};
+pub use capture::{DETECTION_SNAPLEN, SNAPLEN};
+pub use driver::{monitor, spawn_monitor, trace_flows, FlowTraceOptions, MonitorOptions, RunSummary};
 pub use error::Error;
+pub use filter::{detection_filter, flow_filter, DetectionSources};
+pub use handle::RunHandle;
 pub use iface::interface_addresses;
 pub use names::{NameResolver, NAME_WAIT};
-pub use traceroute::{spawn_traceroute, traceroute, traceroute_one, TracerouteHandle, TracerouteOptions};
+pub use traceroute::{spawn_traceroute, traceroute, traceroute_one, TracerouteOptions};
+
+/// A traceroute running in the background ([`spawn_traceroute`]): hops and results as they
+/// come, then every result.
+pub type TracerouteHandle = RunHandle<svctr_core::TracerouteEvent, Vec<svctr_core::TracerouteResult>>;
+/// A monitor running in the background ([`spawn_monitor`]): results as traces finish, then
+/// the run's summary.
+pub type MonitorHandle = RunHandle<svctr_core::TraceResult, RunSummary>;

@@ -1,46 +1,48 @@
-//! The raw socket that sends probes: complete IPv4 datagrams (`IPPROTO_RAW` implies
-//! `IP_HDRINCL`, see raw(7)), bound to the capture interface so the probes leave where the flow
-//! does.
+//! The raw sockets that send probes: complete IPv4 and IPv6 packets (`IPPROTO_RAW` implies
+//! `IP_HDRINCL` / `IPV6_HDRINCL`, see raw(7)), optionally bound to an interface so the probes
+//! leave where the flow does.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use socket2::{Domain, SockAddr, Socket, Type};
 
 use crate::Error;
 
-pub(crate) struct Sender {
-    v4: Socket,
+/// One raw socket per IP version in use.
+pub(crate) struct RawSockets {
+    v4: Option<Socket>,
+    v6: Option<Socket>,
 }
 
-impl Sender {
-    pub(crate) fn open(iface: &str) -> Result<Self, Error> {
-        let v4 = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(libc::IPPROTO_RAW))).map_err(|e| {
-            if e.kind() == io::ErrorKind::PermissionDenied {
-                Error::Privilege { what: "sending probes (raw socket)".into() }
-            } else {
-                Error::Socket { what: "opening the raw socket".into(), source: e }
-            }
-        })?;
-        if iface != "any" {
-            v4.bind_device(Some(iface.as_bytes())).map_err(|e| Error::Socket {
-                what: format!("binding the raw socket to {iface}"),
-                source: e,
+impl RawSockets {
+    /// Opens the sockets of the versions asked for, bound to `iface` if given (`any` binds to
+    /// nothing).
+    pub(crate) fn open(iface: Option<&str>, v4: bool, v6: bool) -> Result<Self, Error> {
+        let open = |domain: Domain| -> Result<Socket, Error> {
+            let s = Socket::new(domain, Type::RAW, Some(socket2::Protocol::from(libc::IPPROTO_RAW))).map_err(|e| {
+                if e.kind() == io::ErrorKind::PermissionDenied {
+                    Error::Privilege { what: "sending probes (raw socket)".into() }
+                } else {
+                    Error::Socket { what: "opening a raw socket".into(), source: e }
+                }
             })?;
-        }
-        Ok(Self { v4 })
+            if let Some(i) = iface.filter(|i| *i != "any") {
+                s.bind_device(Some(i.as_bytes())).map_err(|e| Error::Socket { what: format!("binding the raw socket to {i}"), source: e })?;
+            }
+            Ok(s)
+        };
+        Ok(Self { v4: if v4 { Some(open(Domain::IPV4)?) } else { None }, v6: if v6 { Some(open(Domain::IPV6)?) } else { None } })
     }
 
-    pub(crate) fn send(&self, dst: IpAddr, datagram: &[u8]) -> io::Result<()> {
-        match dst {
-            IpAddr::V4(_) => {
-                let n = self.v4.send_to(datagram, &SockAddr::from(SocketAddr::new(dst, 0)))?;
-                if n != datagram.len() {
-                    return Err(io::Error::other(format!("short send: {n} of {} bytes", datagram.len())));
-                }
-                Ok(())
-            }
-            IpAddr::V6(_) => Err(io::Error::new(io::ErrorKind::Unsupported, "IPv6 probes are not supported yet")),
+    /// Sends one complete IP packet to `dst`.
+    pub(crate) fn send(&self, dst: IpAddr, packet: &[u8]) -> io::Result<()> {
+        let sock = if dst.is_ipv4() { self.v4.as_ref() } else { self.v6.as_ref() };
+        let sock = sock.ok_or_else(|| io::Error::other("no raw socket for this IP version"))?;
+        let n = sock.send_to(packet, &SockAddr::from(SocketAddr::new(dst, 0)))?;
+        if n != packet.len() {
+            return Err(io::Error::other(format!("short send: {n} of {} bytes", packet.len())));
         }
+        Ok(())
     }
 }

@@ -7,23 +7,48 @@
 //! Time Exceeded), and a Destination Unreachable is a hard error even without it. A UDP probe
 //! has no field the stack checks (unlike TCP's sequence number, see the engine's probe module),
 //! so the errors must not reach the stack. The rule matches the quoted 5-tuple and the quoted
-//! IPv4 total length of 28 (an empty datagram: our probe shape), so errors about the
-//! application's own datagrams still get through.
+//! length of our probe shape (IPv4: total length 28, an empty datagram; IPv6: payload length
+//! 10, the two bytes that set the checksum, see the engine's probe module), so errors about the
+//! application's own datagrams still get through. IPv6 (`__udp6_lib_err()`, `IPV6_RECVERR`) is
+//! the same story with ICMPv6.
 //!
-//! The table is named after the process (`svctr_<pid>`) and deleted on exit; tables left by a
-//! process that no longer exists are removed at start.
+//! One rule per family matches the probe shape and looks the quoted 5-tuple up in a set of the
+//! flows being traced, so that thousands of flows cost one rule, and flows are added and
+//! removed in batches: one `nft` run per turn of the driver's loop, not one per flow. A flow
+//! stays in the set for [`LINGER`] after its trace ended, for replies that come late (a probe
+//! given up after its timeout may still be answered).
+//!
+//! The tables (`ip` and `ip6` families) are named after the process (`svctr_<pid>`) and
+//! deleted on exit; tables left by a process that no longer exists are removed at start.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::net::IpAddr;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use svctr_core::FlowKey;
 
 use crate::Error;
 
+/// How long a flow stays shielded after its trace ended.
+pub(crate) const LINGER: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Tracing,
+    /// Trace over; removed from the set at this instant.
+    Lingering(Instant),
+}
+
 pub(crate) struct Shield {
     table: String,
-    installed: bool,
+    /// The `ip` / `ip6` table exists.
+    v4: bool,
+    v6: bool,
+    stale_removed: bool,
+    flows: HashMap<FlowKey, State>,
+    next_expiry: Option<Instant>,
 }
 
 fn nft(script: &str) -> Result<(), String> {
@@ -48,57 +73,137 @@ fn nft(script: &str) -> Result<(), String> {
 
 /// Removes `svctr_<pid>` tables whose process is gone.
 fn remove_stale() {
-    let Ok(out) = Command::new("nft").args(["list", "tables", "ip"]).output() else { return };
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Some(name) = line.strip_prefix("table ip ") else { continue };
-        let Some(pid) = name.strip_prefix("svctr_") else { continue };
-        if pid.parse::<u32>().is_ok() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = nft(&format!("delete table ip {name}\n"));
+    for family in ["ip", "ip6"] {
+        let Ok(out) = Command::new("nft").args(["list", "tables", family]).output() else { return };
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let Some(name) = line.strip_prefix(&format!("table {family} ")) else { continue };
+            let Some(pid) = name.strip_prefix("svctr_") else { continue };
+            if pid.parse::<u32>().is_ok() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = nft(&format!("delete table {family} {name}\n"));
+            }
         }
+    }
+}
+
+/// The set element of a flow: quoted source, destination, source port, destination port, as
+/// the raw payload matches of the rule read them.
+fn element(flow: &FlowKey) -> Option<(&'static str, String)> {
+    let (sp, dp) = (flow.local.port(), flow.remote.port());
+    match (flow.local.ip(), flow.remote.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => Some(("ip", format!("0x{:08x} . 0x{:08x} . {sp} . {dp}", u32::from(s), u32::from(d)))),
+        (IpAddr::V6(s), IpAddr::V6(d)) => Some(("ip6", format!("0x{:032x} . 0x{:032x} . {sp} . {dp}", u128::from(s), u128::from(d)))),
+        _ => None,
     }
 }
 
 impl Shield {
     pub(crate) fn new() -> Self {
-        Self { table: format!("svctr_{}", std::process::id()), installed: false }
+        Self { table: format!("svctr_{}", std::process::id()), v4: false, v6: false, stale_removed: false, flows: HashMap::new(), next_expiry: None }
     }
 
-    /// Drops ICMP errors quoting an empty datagram of this UDP flow, from now until exit.
-    pub(crate) fn protect(&mut self, flow: &FlowKey) -> Result<(), Error> {
-        let (IpAddr::V4(src), IpAddr::V4(dst)) = (flow.local.ip(), flow.remote.ip()) else {
-            return Err(Error::Unsupported("the UDP shield supports IPv4 flows only".into()));
-        };
-        let mut script = String::new();
-        if !self.installed {
-            remove_stale();
-            // Priority -300: before conntrack (-200) and any filter, so nothing else sees them.
-            script.push_str(&format!(
-                "table ip {t} {{\n chain input {{ type filter hook input priority -300; policy accept; }}\n}}\n",
-                t = self.table
-            ));
+    /// The table, set and rule of a family (priority -300: before conntrack at -200 and any
+    /// filter, so nothing else sees the errors).
+    fn table_script(&self, family: &str) -> String {
+        let t = &self.table;
+        if family == "ip" {
+            // Offsets from the start of the ICMP header (@th): quoted IPv4 header at 8: total
+            // length 8+2, protocol 8+9, source 8+12, destination 8+16; quoted ports at 28, 30
+            // (our probes carry no IP options, and a quote carries the header as sent).
+            format!(
+                "table ip {t} {{\n set flows {{ typeof @th,160,32 . @th,192,32 . @th,224,16 . @th,240,16; }}\n \
+                 chain input {{ type filter hook input priority -300; policy accept;\n  \
+                 ip protocol icmp icmp type {{ destination-unreachable, time-exceeded, parameter-problem }} @th,80,16 28 @th,136,8 17 \
+                 @th,160,32 . @th,192,32 . @th,224,16 . @th,240,16 @flows counter drop\n }}\n}}\n"
+            )
+        } else {
+            // Offsets from the ICMPv6 header: quoted IPv6 header at 8: payload length 8+4, next
+            // header 8+6, source 8+8, destination 8+24; quoted ports at 48, 50.
+            format!(
+                "table ip6 {t} {{\n set flows {{ typeof @th,128,128 . @th,256,128 . @th,384,16 . @th,400,16; }}\n \
+                 chain input {{ type filter hook input priority -300; policy accept;\n  \
+                 meta l4proto ipv6-icmp icmpv6 type {{ destination-unreachable, packet-too-big, time-exceeded, parameter-problem }} \
+                 @th,96,16 10 @th,112,8 17 @th,128,128 . @th,256,128 . @th,384,16 . @th,400,16 @flows counter drop\n }}\n}}\n"
+            )
         }
-        // Offsets from the start of the ICMP header (@th): type 0; quoted IPv4 header at 8:
-        // total length 8+2, protocol 8+9, source 8+12, destination 8+16; quoted ports at 28, 30
-        // (our probes carry no IP options, and a quote carries the header as sent).
-        script.push_str(&format!(
-            "add rule ip {t} input ip protocol icmp icmp type {{ destination-unreachable, time-exceeded, parameter-problem }} \
-             @th,80,16 28 @th,136,8 17 @th,160,32 0x{s:08x} @th,192,32 0x{d:08x} @th,224,16 {sp} @th,240,16 {dp} counter drop\n",
-            t = self.table,
-            s = u32::from(src),
-            d = u32::from(dst),
-            sp = flow.local.port(),
-            dp = flow.remote.port(),
-        ));
+    }
+
+    /// Drops ICMP/ICMPv6 errors quoting a probe of these UDP flows from now on (one `nft` run
+    /// for all of them).
+    pub(crate) fn protect(&mut self, flows: &[FlowKey]) -> Result<(), Error> {
+        if !self.stale_removed {
+            remove_stale();
+            self.stale_removed = true;
+        }
+        let mut script = String::new();
+        let (mut v4, mut v6) = (self.v4, self.v6);
+        for flow in flows {
+            let Some((family, elem)) = element(flow) else {
+                return Err(Error::Unsupported("a flow mixes IPv4 and IPv6 addresses".into()));
+            };
+            // Still in the set (traced again before its lingering ended): keep it.
+            if self.flows.insert(*flow, State::Tracing).is_some() {
+                continue;
+            }
+            let created = if family == "ip" { &mut v4 } else { &mut v6 };
+            if !*created {
+                script.push_str(&self.table_script(family));
+                *created = true;
+            }
+            script.push_str(&format!("add element {family} {} flows {{ {elem} }}\n", self.table));
+        }
+        if script.is_empty() {
+            return Ok(());
+        }
         nft(&script).map_err(Error::Shield)?;
-        self.installed = true;
+        (self.v4, self.v6) = (v4, v6);
         Ok(())
+    }
+
+    /// These flows' traces ended: they leave the set after [`LINGER`].
+    pub(crate) fn release(&mut self, flows: &[FlowKey], now: Instant) {
+        for flow in flows {
+            if let Some(s) = self.flows.get_mut(flow) {
+                *s = State::Lingering(now + LINGER);
+                self.next_expiry = Some(self.next_expiry.map_or(now + LINGER, |t| t.min(now + LINGER)));
+            }
+        }
+    }
+
+    /// Removes the flows whose lingering is over (one `nft` run for all of them).
+    pub(crate) fn expire(&mut self, now: Instant) -> Result<(), Error> {
+        if self.next_expiry.is_none_or(|t| t > now) {
+            return Ok(());
+        }
+        let mut script = String::new();
+        let mut next = None;
+        let table = &self.table;
+        self.flows.retain(|flow, s| match *s {
+            State::Lingering(at) if at <= now => {
+                if let Some((family, elem)) = element(flow) {
+                    script.push_str(&format!("delete element {family} {table} flows {{ {elem} }}\n"));
+                }
+                false
+            }
+            State::Lingering(at) => {
+                next = Some(next.map_or(at, |n: Instant| n.min(at)));
+                true
+            }
+            State::Tracing => true,
+        });
+        self.next_expiry = next;
+        if script.is_empty() {
+            return Ok(());
+        }
+        nft(&script).map_err(Error::Shield)
     }
 }
 
 impl Drop for Shield {
     fn drop(&mut self) {
-        if self.installed {
-            let _ = nft(&format!("delete table ip {}\n", self.table));
+        for (family, installed) in [("ip", self.v4), ("ip6", self.v6)] {
+            if installed {
+                let _ = nft(&format!("delete table {family} {}\n", self.table));
+            }
         }
     }
 }

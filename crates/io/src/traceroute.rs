@@ -10,16 +10,15 @@ use std::collections::VecDeque;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use socket2::{Domain, SockAddr, Socket, Type};
-use svctr_core::{Now, Protocol, Traceroute, TracerouteConfig, TracerouteEvent, TracerouteResult};
+use svctr_core::{Now, Pacer, Protocol, Traceroute, TracerouteConfig, TracerouteEvent, TracerouteResult};
 
 use crate::capture::Capture;
+use crate::driver::DRAIN_MAX;
 use crate::names::{NameResolver, NAME_WAIT};
+use crate::sender::RawSockets;
 use crate::Error;
 
 /// What to trace.
@@ -76,37 +75,6 @@ fn reserve_port(protocol: Protocol) -> Result<(Socket, u16), Error> {
     sock.bind(&SockAddr::from(addr)).map_err(what)?;
     let port = sock.local_addr().map_err(what)?.as_socket().map(|s| s.port()).unwrap_or(0);
     Ok((sock, port))
-}
-
-struct RawSockets {
-    v4: Option<Socket>,
-    v6: Option<Socket>,
-}
-
-impl RawSockets {
-    fn open(iface: Option<&str>, v4: bool, v6: bool) -> Result<Self, Error> {
-        let open = |domain: Domain| -> Result<Socket, Error> {
-            // IPPROTO_RAW implies IP_HDRINCL / IPV6_HDRINCL on Linux: we write the IP header.
-            let s = Socket::new(domain, Type::RAW, Some(socket2::Protocol::from(libc::IPPROTO_RAW))).map_err(|e| {
-                if e.kind() == io::ErrorKind::PermissionDenied {
-                    Error::Privilege { what: "sending probes (raw socket)".into() }
-                } else {
-                    Error::Socket { what: "opening a raw socket".into(), source: e }
-                }
-            })?;
-            if let Some(i) = iface {
-                s.bind_device(Some(i.as_bytes())).map_err(|e| Error::Socket { what: format!("binding to {i}"), source: e })?;
-            }
-            Ok(s)
-        };
-        Ok(Self { v4: if v4 { Some(open(Domain::IPV4)?) } else { None }, v6: if v6 { Some(open(Domain::IPV6)?) } else { None } })
-    }
-
-    fn send(&self, dst: IpAddr, buf: &[u8]) -> io::Result<()> {
-        let sock = if dst.is_ipv4() { self.v4.as_ref() } else { self.v6.as_ref() };
-        let sock = sock.ok_or_else(|| io::Error::other("no raw socket for this IP version"))?;
-        sock.send_to(buf, &SockAddr::from(SocketAddr::new(dst, 0))).map(|_| ())
-    }
 }
 
 /// The kernel-side filter: this process's probes leaving, and replies that can only be for it.
@@ -170,9 +138,7 @@ pub fn traceroute(
     let parallel = if opts.parallel == 0 { usize::MAX } else { opts.parallel };
     let mut results = Vec::new();
     let mut buf = Vec::with_capacity(256);
-    // Token bucket for --rate: one token per probe, refilled continuously, burst of 10 ms.
-    let mut tokens = f64::from(opts.rate.max(1)) / 100.0;
-    let mut last_refill = Instant::now();
+    let mut pacer = Pacer::new(opts.rate);
     let mut interrupted = false;
     loop {
         let now = Now { mono: Instant::now(), wall: SystemTime::now() };
@@ -188,18 +154,13 @@ pub fn traceroute(
             }
         }
         capture
-            .drain(|ts, ip| engine.handle_packet(Instant::now(), ts, ip))
+            .drain(DRAIN_MAX, |ts, ip| engine.handle_packet(Instant::now(), ts, ip))
             .map_err(|e| Error::Capture { iface: iface.unwrap_or("any").to_string(), source: e })?;
         let now = Now { mono: Instant::now(), wall: SystemTime::now() };
         engine.handle_timeout(now);
-        if opts.rate > 0 {
-            let dt = now.mono.duration_since(last_refill).as_secs_f64();
-            last_refill = now.mono;
-            tokens = (tokens + dt * f64::from(opts.rate)).min(f64::from(opts.rate) / 100.0 + 1.0);
-        }
-        while opts.rate == 0 || tokens >= 1.0 {
+        while pacer.next_at(now.mono).is_none() {
             let Some(tx) = engine.poll_transmit(now, &mut buf) else { break };
-            tokens -= 1.0;
+            pacer.try_take(now.mono);
             if let Err(e) = raw.send(tx.dst, &buf[..tx.len]) {
                 engine.handle_send_error(now, tx.dst, tx.probe, e.to_string());
             }
@@ -228,14 +189,13 @@ pub fn traceroute(
         if let Some(at) = engine.poll_timeout() {
             sleep = sleep.min(at.saturating_duration_since(Instant::now()));
         }
-        if opts.rate > 0 && tokens < 1.0 {
+        if let Some(at) = pacer.next_at(Instant::now()) {
             // Out of tokens: a probe that is due can only go once a token has been earned, so
             // wait for that (replies still wake the poll), never spin on the due probe.
-            let refill = Duration::from_secs_f64((1.0 - tokens) / f64::from(opts.rate));
-            sleep = sleep.max(refill.max(Duration::from_micros(100)));
+            sleep = sleep.max(at.saturating_duration_since(Instant::now()).max(Duration::from_micros(100)));
         }
         if !sleep.is_zero() {
-            crate::driver::wait_readable(capture.fd(), sleep);
+            crate::driver::wait_readable(&[capture.fd()], sleep);
         }
     }
     Ok(results)
@@ -258,55 +218,8 @@ pub fn traceroute_one(target: IpAddr, config: TracerouteConfig, iface: Option<St
         .ok_or_else(|| Error::Unsupported(format!("no result for {target}")))
 }
 
-/// A traceroute running in the background: iterate over its events as hops are found, cancel
-/// it at any time, then `wait` for the results.
-pub struct TracerouteHandle {
-    events: mpsc::Receiver<TracerouteEvent>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<Result<Vec<TracerouteResult>, Error>>>,
-}
-
-impl TracerouteHandle {
-    /// The next event, blocking until one comes; `None` once the run is over.
-    pub fn next_event(&self) -> Option<TracerouteEvent> {
-        self.events.recv().ok()
-    }
-
-    /// The next event if one is ready.
-    pub fn try_next_event(&self) -> Option<TracerouteEvent> {
-        self.events.try_recv().ok()
-    }
-
-    /// Stops the run: traces in flight finish as `interrupted`.
-    pub fn cancel(&self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-
-    /// Waits for the end of the run and returns every result.
-    pub fn wait(mut self) -> Result<Vec<TracerouteResult>, Error> {
-        match self.thread.take().map(JoinHandle::join) {
-            Some(Ok(r)) => r,
-            _ => Err(Error::Unsupported("the traceroute thread panicked".into())),
-        }
-    }
-}
-
-impl Iterator for TracerouteHandle {
-    type Item = TracerouteEvent;
-    fn next(&mut self) -> Option<TracerouteEvent> {
-        self.next_event()
-    }
-}
-
-/// Starts tracing in a background thread (non-blocking).
-pub fn spawn_traceroute(opts: TracerouteOptions) -> TracerouteHandle {
-    let (tx, rx) = mpsc::channel();
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = Arc::clone(&stop);
-    let thread = std::thread::spawn(move || {
-        traceroute(&opts, &flag, |ev| {
-            let _ = tx.send(ev.clone());
-        })
-    });
-    TracerouteHandle { events: rx, stop, thread: Some(thread) }
+/// Starts tracing in a background thread (non-blocking): iterate over its events as hops are
+/// found, cancel it at any time, then `wait` for the results.
+pub fn spawn_traceroute(opts: TracerouteOptions) -> crate::TracerouteHandle {
+    crate::handle::spawn(move |stop, emit| traceroute(&opts, stop, |ev| emit(ev.clone())))
 }

@@ -1,0 +1,415 @@
+//! The kernel BPF filters of the live driver, as libpcap filter expressions.
+//!
+//! Two captures run side by side:
+//!
+//! * the **flow capture** (small snap length) gives the engine what it tracks: the packets of
+//!   the selected flows that change or reveal their state, our own probes leaving, and the
+//!   ICMP/ICMPv6 errors about TCP and UDP packets;
+//! * the **detection capture** (large snap length) gives the detector what it must read
+//!   whole: DNS responses, the segments that carry a TLS ClientHello, and QUIC long-header
+//!   datagrams big enough to be a client Initial.
+//!
+//! # Keeping the capture cheap under bulk traffic
+//!
+//! A multi-gigabit transfer must not be copied to user space packet by packet. The engine
+//! does not need a flow's data, only its headers, and not every header either: probes copy
+//! `SND.UNA` (from incoming ACK numbers), `RCV.NXT` and the window (from outgoing segments),
+//! the TOS / traffic class and flow label (outgoing), the remote's TTL (incoming), and see the
+//! flow end (FIN, RST). So the flow capture takes, of a TCP flow:
+//! * every segment with SYN, FIN or RST;
+//! * every segment without payload (pure ACKs: the receiver's side of a bulk transfer, one
+//!   per one or two data segments, or per GRO batch);
+//! * outgoing segments of at most one Ethernet MTU: small writes, requests, ClientHellos. A
+//!   bulk *upload* leaves as GSO super-packets larger than that and is not taken;
+//! * a sample of the incoming data segments, so that the ACK number they carry keeps
+//!   `SND.UNA` fresh during a download (and gives it at all when the tracer starts after the
+//!   handshake).
+//!
+//! and of a UDP flow: outgoing datagrams of at most one MTU, incoming datagrams of at most 512
+//! payload bytes or starting with a QUIC long header, and a sample of the others.
+//!
+//! # Sampling without state
+//!
+//! Classic BPF has no state and no clock, so a sample is a test on the packet's own fields. A
+//! test on bits of the sequence number can miss a flow for ever: segments of a regular size
+//! `2^k * m` leave the `k` low bits constant (a server writing 16 KB at a time moves it by
+//! 2^14), and the higher bits change too slowly. A test on residues cannot: a segment is taken
+//! when its sequence number is divisible by 61 or by 67 (BPF's `mod`, Linux 3.7). A flow whose
+//! segments advance by a stride `s` visits every residue modulo a prime `p` that does not
+//! divide `s`, so it is sampled at least once in 67 segments unless `s` is a multiple of 4087,
+//! and about 3 % of random-looking numbers pass. UDP has no sequence number: a datagram is taken when the low 6 bits
+//! of its checksum are zero (random on a real network; on veth the sender's checksum offload
+//! leaves a partial sum, constant per flow and length) or, over IPv4, those of its
+//! identification (incremented per datagram by Linux connected sockets).
+//!
+//! libpcap's `tcp[...]` and `udp[...]` index IPv4 packets only; IPv6 clauses index `ip6[...]`
+//! from a 40-byte header, and IPv6 packets with extension headers are all taken (rare; the
+//! engine walks the extension headers itself).
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use svctr_core::{FlowFilter, Protocol};
+
+/// Outgoing packets up to this IPv4 total length are taken: one Ethernet MTU.
+const MTU_V4: u16 = 1500;
+/// The same for the IPv6 payload length (1500 - 40).
+const MTU_V6_PAYLOAD: u16 = 1460;
+
+fn src_local(local: &[IpAddr], v6: bool) -> Option<String> {
+    let v: Vec<String> = local.iter().filter(|a| a.is_ipv6() == v6).map(|a| format!("src host {a}")).collect();
+    (!v.is_empty()).then(|| format!("({})", v.join(" or ")))
+}
+
+/// ` and host R and port P and port L` for the fields the filter sets (IPv4 or IPv6 only).
+fn narrowing(f: &FlowFilter) -> String {
+    let mut s = String::new();
+    if let Some(ip) = f.remote_ip {
+        let _ = write!(s, " and host {ip}");
+    }
+    if let Some(p) = f.remote_port {
+        let _ = write!(s, " and port {p}");
+    }
+    if let Some(p) = f.local_port {
+        let _ = write!(s, " and port {p}");
+    }
+    s
+}
+
+fn wants(f: &FlowFilter, p: Protocol) -> bool {
+    f.protocol.is_none_or(|q| q == p)
+}
+
+fn family_ok(f: &FlowFilter, local: &[IpAddr], v6: bool) -> bool {
+    local.iter().any(|a| a.is_ipv6() == v6) && f.remote_ip.is_none_or(|r| r.is_ipv6() == v6)
+}
+
+fn quoted_protocols(f: &FlowFilter, at: &str) -> String {
+    match f.protocol {
+        Some(p) => format!("{at} == {}", p.number()),
+        None => format!("({at} == 6 or {at} == 17)"),
+    }
+}
+
+/// The sample of TCP data segments by their sequence number (at `seq`): divisible by 61 or 67
+/// (see the module doc).
+fn seq_sample(seq: &str) -> String {
+    format!("({seq} % 61 == 0 or {seq} % 67 == 0)")
+}
+
+/// The flow capture's filter (see the module doc).
+pub fn flow_filter(f: &FlowFilter, local: &[IpAddr]) -> String {
+    let mut clauses = Vec::new();
+    let n = narrowing(f);
+    if family_ok(f, local, false) {
+        let src = src_local(local, false).unwrap_or_default();
+        // ICMP errors (3 unreachable, 11 time exceeded, 12 parameter problem) quoting TCP/UDP;
+        // the quoted header starts at icmp[8] (probes carry no IP options).
+        let mut icmp = format!(
+            "(icmp and (icmp[0] == 3 or icmp[0] == 11 or icmp[0] == 12) and {}",
+            quoted_protocols(f, "icmp[17]")
+        );
+        if let Some(IpAddr::V4(r)) = f.remote_ip {
+            let _ = write!(icmp, " and icmp[24:4] == 0x{:08x}", u32::from(r));
+        }
+        if let Some(p) = f.remote_port {
+            let _ = write!(icmp, " and icmp[30:2] == {p}");
+        }
+        icmp.push(')');
+        clauses.push(icmp);
+        if wants(f, Protocol::Tcp) {
+            clauses.push(format!(
+                "(ip and tcp{n} and (tcp[13] & 7 != 0 or ip[2:2] - ((ip[0] & 0xf) << 2) - ((tcp[12] & 0xf0) >> 2) == 0 \
+                 or ({src} and ip[2:2] <= {MTU_V4}) or {}))",
+                seq_sample("tcp[4:4]")
+            ));
+        }
+        if wants(f, Protocol::Udp) {
+            clauses.push(format!(
+                "(ip and udp{n} and (({src} and ip[2:2] <= {MTU_V4}) or udp[4:2] <= 520 or udp[8] & 0xc0 == 0xc0 \
+                 or udp[6:2] & 0x3f == 0 or ip[4:2] & 0x3f == 0))"
+            ));
+        }
+    }
+    if family_ok(f, local, true) {
+        let src = src_local(local, true).unwrap_or_default();
+        // ICMPv6 errors (1 unreachable, 2 too big, 3 time exceeded, 4 parameter problem): the
+        // ICMPv6 header at ip6[40], the quoted header at ip6[48] (next header at 54,
+        // destination at 72..88), the quoted ports at ip6[88] and ip6[90].
+        let mut icmp6 = format!("(ip6[6] == 58 and ip6[40] >= 1 and ip6[40] <= 4 and {}", quoted_protocols(f, "ip6[54]"));
+        if let Some(IpAddr::V6(r)) = f.remote_ip {
+            for (i, word) in r.octets().chunks(4).enumerate() {
+                let _ = write!(icmp6, " and ip6[{}:4] == 0x{:08x}", 72 + 4 * i, u32::from_be_bytes([word[0], word[1], word[2], word[3]]));
+            }
+        }
+        if let Some(p) = f.remote_port {
+            let _ = write!(icmp6, " and ip6[90:2] == {p}");
+        }
+        icmp6.push(')');
+        clauses.push(icmp6);
+        if wants(f, Protocol::Tcp) {
+            // TCP at ip6[40]: seq 44..48, data offset 52, flags 53.
+            clauses.push(format!(
+                "(ip6[6] == 6{n} and (ip6[53] & 7 != 0 or ip6[4:2] - ((ip6[52] & 0xf0) >> 2) == 0 \
+                 or ({src} and ip6[4:2] <= {MTU_V6_PAYLOAD}) or {}))",
+                seq_sample("ip6[44:4]")
+            ));
+        }
+        if wants(f, Protocol::Udp) {
+            // UDP at ip6[40]: length 44, checksum 46, payload 48.
+            clauses.push(format!(
+                "(ip6[6] == 17{n} and (({src} and ip6[4:2] <= {MTU_V6_PAYLOAD}) or ip6[44:2] <= 520 \
+                 or ip6[48] & 0xc0 == 0xc0 or ip6[46:2] & 0x3f == 0))"
+            ));
+        }
+        // Extension headers (hop-by-hop 0, routing 43, fragment 44, destination options 60).
+        clauses.push(format!("(ip6 and (ip6[6] == 0 or ip6[6] == 43 or ip6[6] == 44 or ip6[6] == 60){n})"));
+    }
+    clauses.join(" or ")
+}
+
+/// What the detector reads (see [`detection_filter`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DetectionSources {
+    /// DNS responses.
+    pub dns: bool,
+    /// TLS ClientHellos on TCP.
+    pub tls: bool,
+    /// QUIC Initials on UDP.
+    pub quic: bool,
+}
+
+/// The detection capture's filter, or `None` if it has nothing to read.
+pub fn detection_filter(f: &FlowFilter, local: &[IpAddr], what: DetectionSources) -> Option<String> {
+    let mut clauses = Vec::new();
+    if what.dns {
+        // DNS over UDP and TCP, from any resolver (answers to this host).
+        clauses.push("(udp src port 53 or tcp src port 53)".to_string());
+    }
+    let n = narrowing(f);
+    for v6 in [false, true] {
+        if !family_ok(f, local, v6) {
+            continue;
+        }
+        let src = src_local(local, v6).unwrap_or_default();
+        if what.tls && wants(f, Protocol::Tcp) {
+            // A segment that starts a TLS handshake record (0x16 0x03), and outgoing segments
+            // of at most one MTU that carry data: the rest of a ClientHello split over several.
+            clauses.push(if v6 {
+                format!(
+                    "(ip6[6] == 6{n} and (ip6[(40 + ((ip6[52] & 0xf0) >> 2)):2] == 0x1603 or ({src} and ip6[4:2] <= {MTU_V6_PAYLOAD} \
+                     and ip6[4:2] - ((ip6[52] & 0xf0) >> 2) != 0)))"
+                )
+            } else {
+                format!(
+                    "(ip and tcp{n} and (tcp[((tcp[12] & 0xf0) >> 2):2] == 0x1603 or ({src} and ip[2:2] <= {MTU_V4} \
+                     and ip[2:2] - ((ip[0] & 0xf) << 2) - ((tcp[12] & 0xf0) >> 2) != 0)))"
+                )
+            });
+        }
+        if what.quic && wants(f, Protocol::Udp) {
+            // A long header (RFC 9000 §17.2) in a datagram of at least 1200 bytes, the
+            // minimum size of a client Initial (RFC 9000 §14.1).
+            clauses.push(if v6 {
+                format!("(ip6[6] == 17{n} and ip6[48] & 0xc0 == 0xc0 and ip6[44:2] >= 1208)")
+            } else {
+                format!("(ip and udp{n} and udp[8] & 0xc0 == 0xc0 and udp[4:2] >= 1208)")
+            });
+        }
+    }
+    (!clauses.is_empty()).then(|| clauses.join(" or "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+    use svctr_wire::probe::{emit_tcp_v4, emit_tcp_v6, emit_udp_v4, emit_udp_v6, Ipv4Fields, Ipv6Fields, TcpFields, UdpFields};
+
+    const ME4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
+    const THEM4: Ipv4Addr = Ipv4Addr::new(198, 19, 1, 2);
+    const ME6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0x1801, 0, 0, 0, 2);
+    const THEM6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0x1901, 0, 0, 0, 2);
+
+    fn local() -> Vec<IpAddr> {
+        vec![IpAddr::V4(ME4), IpAddr::V6(ME6)]
+    }
+
+    /// `expr` compiled for raw IP packets (DLT_RAW), run by libpcap's own interpreter.
+    struct Bpf(pcap::BpfProgram);
+
+    impl Bpf {
+        fn new(expr: &str) -> Self {
+            let dead = pcap::Capture::dead(pcap::Linktype(12)).expect("dead capture");
+            Self(dead.compile(expr, true).unwrap_or_else(|e| panic!("{e}: {expr}")))
+        }
+    }
+
+    fn passes(prog: &Bpf, pkt: &[u8]) -> bool {
+        prog.0.filter(pkt)
+    }
+
+    fn tcp4(out: bool, seq: u32, flags: u8, payload: usize) -> Vec<u8> {
+        let (src, dst, sp, dp) = if out { (ME4, THEM4, 40000, 443) } else { (THEM4, ME4, 443, 40000) };
+        let mut b = Vec::new();
+        emit_tcp_v4(
+            &Ipv4Fields { src, dst, ttl: 60, tos: 0, dont_fragment: true, ident: 1 },
+            &TcpFields { src_port: sp, dst_port: dp, seq, ack: 1, flags, window: 500 },
+            &vec![0x17; payload],
+            &mut b,
+        );
+        b
+    }
+
+    fn tcp6(out: bool, seq: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
+        let (src, dst, sp, dp) = if out { (ME6, THEM6, 40000, 443) } else { (THEM6, ME6, 443, 40000) };
+        let mut b = Vec::new();
+        emit_tcp_v6(
+            &Ipv6Fields { src, dst, hop_limit: 60, traffic_class: 0, flow_label: 7 },
+            &TcpFields { src_port: sp, dst_port: dp, seq, ack: 1, flags, window: 500 },
+            payload,
+            &mut b,
+        );
+        b
+    }
+
+    fn udp4(out: bool, payload: &[u8]) -> Vec<u8> {
+        let (src, dst, sp, dp) = if out { (ME4, THEM4, 40000, 443) } else { (THEM4, ME4, 443, 40000) };
+        let mut b = Vec::new();
+        emit_udp_v4(&Ipv4Fields { src, dst, ttl: 60, tos: 0, dont_fragment: true, ident: 1 }, &UdpFields { src_port: sp, dst_port: dp }, payload, &mut b);
+        b
+    }
+
+    fn udp6(out: bool, payload: &[u8]) -> Vec<u8> {
+        let (src, dst, sp, dp) = if out { (ME6, THEM6, 40000, 443) } else { (THEM6, ME6, 443, 40000) };
+        let mut b = Vec::new();
+        emit_udp_v6(&Ipv6Fields { src, dst, hop_limit: 60, traffic_class: 0, flow_label: 7 }, &UdpFields { src_port: sp, dst_port: dp }, payload, &mut b);
+        b
+    }
+
+    /// A GSO super-packet as the sender's capture shows it: the IP length says 64000.
+    fn gso4() -> Vec<u8> {
+        let mut b = tcp4(true, 5000, 0x10, 1000);
+        b[2..4].copy_from_slice(&64000u16.to_be_bytes());
+        b
+    }
+
+    fn icmp4_error(kind: u8, quoted: &[u8]) -> Vec<u8> {
+        let mut icmp = vec![kind, 0, 0, 0, 0, 0, 0, 0];
+        icmp.extend_from_slice(&quoted[..28]);
+        let mut p = vec![0x45, 0, 0, (20 + icmp.len()) as u8, 0, 0, 0, 0, 64, 1, 0, 0, 198, 18, 2, 2];
+        p.extend_from_slice(&ME4.octets());
+        p.extend_from_slice(&icmp);
+        p
+    }
+
+    fn icmp6_error(kind: u8, quoted: &[u8]) -> Vec<u8> {
+        let mut icmp = vec![kind, 0, 0, 0, 0, 0, 0, 0];
+        icmp.extend_from_slice(quoted);
+        let mut p = vec![0x60, 0, 0, 0];
+        p.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
+        p.extend_from_slice(&[58, 64]);
+        p.extend_from_slice(&Ipv6Addr::new(0x2001, 2, 0, 0x1802, 0, 0, 0, 2).octets());
+        p.extend_from_slice(&ME6.octets());
+        p.extend_from_slice(&icmp);
+        p
+    }
+
+    #[test]
+    fn flow_capture_takes_state_and_leaves_bulk_data() {
+        let f = FlowFilter::default();
+        let expr = Bpf::new(&flow_filter(&f, &local()));
+        // TCP, IPv4: control, pure ACKs both ways, small outgoing data, ICMP errors: taken.
+        assert!(passes(&expr, &tcp4(true, 1, 0x02, 0)), "SYN");
+        assert!(passes(&expr, &tcp4(false, 9, 0x11, 0)), "FIN");
+        assert!(passes(&expr, &tcp4(false, 9, 0x04, 0)), "RST");
+        assert!(passes(&expr, &tcp4(true, 9, 0x10, 0)), "pure ACK out");
+        assert!(passes(&expr, &tcp4(false, 9, 0x10, 0)), "pure ACK in");
+        assert!(passes(&expr, &tcp4(true, 70_000, 0x18, 300)), "a request");
+        assert!(passes(&expr, &icmp4_error(11, &tcp4(true, 1, 0x10, 0))), "time exceeded about TCP");
+        assert!(passes(&expr, &icmp4_error(3, &udp4(true, &[]))), "unreachable about UDP");
+        // Bulk: incoming data segments outside the sample, GSO uploads: left in the kernel.
+        assert!(!passes(&expr, &tcp4(false, 0x9e37_79b9, 0x10, 1448)), "download data");
+        assert!(passes(&expr, &tcp4(false, 61 * 1_000_003, 0x10, 1448)), "a sampled one");
+        // Every regular stride is sampled at least once in 67 segments, whatever the start; about
+        // 3 % in all.
+        for stride in [1448u32, 1000, 2896, 16_384, 65_536, 64_000, 4096, 100_000] {
+            for start in [0x1234_5677u32, 0xdead_beef, 0x8765_4321, 0x7777_7777, 1] {
+                let seqs: Vec<bool> = (0..1340u32).map(|i| passes(&expr, &tcp4(false, start.wrapping_add(i * stride), 0x10, 1448))).collect();
+                let hits = seqs.iter().filter(|b| **b).count();
+                assert!((20..=60).contains(&hits), "stride {stride} start {start:#x}: {hits} of 1340");
+                assert!(seqs.windows(67).all(|w| w.iter().any(|b| *b)), "stride {stride} start {start:#x}: a gap of 67");
+            }
+        }
+        assert!(!passes(&expr, &gso4()), "GSO upload");
+        // IPv6 alike.
+        assert!(passes(&expr, &tcp6(true, 1, 0x02, &[])));
+        assert!(passes(&expr, &tcp6(false, 9, 0x10, &[])));
+        assert!(passes(&expr, &tcp6(true, 70_000, 0x18, &[1; 300])));
+        assert!(!passes(&expr, &tcp6(false, 0x9e37_79b9, 0x10, &[1; 1400])));
+        let hits = (0..1340u32).filter(|i| passes(&expr, &tcp6(false, 0x8765_4321u32.wrapping_add(i * 16_384), 0x10, &[1; 1400]))).count();
+        assert!((20..=60).contains(&hits), "IPv6 stride 16384: {hits}");
+        assert!(passes(&expr, &icmp6_error(3, &tcp6(true, 1, 0x10, &[]))));
+        assert!(passes(&expr, &icmp6_error(1, &udp6(true, &[0, 0]))));
+        // UDP: outgoing, small incoming, QUIC long headers; big incoming mostly not.
+        assert!(passes(&expr, &udp4(true, &[0; 1200])));
+        assert!(passes(&expr, &udp4(false, &[0; 100])));
+        assert!(passes(&expr, &udp6(false, &[0xc3; 1250])), "long header");
+        let bulk: Vec<bool> = (0..64u8).map(|i| passes(&expr, &udp6(false, &[0x40 | (i & 0x3f); 1300]))).collect();
+        let taken = bulk.iter().filter(|b| **b).count();
+        assert!(taken < 8, "short-header bulk datagrams are sampled: {taken} of 64");
+        // Not ICMP errors about other protocols, not echo.
+        let mut echo = icmp4_error(8, &tcp4(true, 1, 0x10, 0));
+        echo[20] = 8;
+        assert!(!passes(&expr, &echo));
+    }
+
+    #[test]
+    fn flow_capture_narrows_to_the_given_remote() {
+        let f = FlowFilter { protocol: Some(Protocol::Tcp), remote_ip: Some(IpAddr::V4(THEM4)), remote_port: Some(443), local_port: None };
+        let text = flow_filter(&f, &local());
+        assert!(!text.contains("ip6"), "an IPv4 remote needs no IPv6 clauses: {text}");
+        let expr = Bpf::new(&text);
+        assert!(passes(&expr, &tcp4(true, 9, 0x10, 0)));
+        assert!(!passes(&expr, &udp4(true, &[1])), "UDP is not selected");
+        assert!(passes(&expr, &icmp4_error(11, &tcp4(true, 1, 0x10, 0))));
+        assert!(!passes(&expr, &icmp4_error(11, &udp4(true, &[]))));
+        let f6 = FlowFilter { protocol: Some(Protocol::Udp), remote_ip: Some(IpAddr::V6(THEM6)), remote_port: Some(443), local_port: None };
+        let expr = Bpf::new(&flow_filter(&f6, &local()));
+        assert!(passes(&expr, &udp6(true, &[1])));
+        assert!(passes(&expr, &icmp6_error(3, &udp6(true, &[0, 0]))));
+        let mut other = udp6(true, &[0, 0]);
+        other[39] = 9; // another destination
+        assert!(!passes(&expr, &icmp6_error(3, &other)));
+    }
+
+    #[test]
+    fn detection_capture_takes_dns_hellos_and_initials_only() {
+        let all = DetectionSources { dns: true, tls: true, quic: true };
+        let expr = Bpf::new(&detection_filter(&FlowFilter::default(), &local(), all).expect("something to read"));
+        let mut dns = udp4(false, &[0; 100]);
+        dns[20..22].copy_from_slice(&53u16.to_be_bytes());
+        assert!(passes(&expr, &dns), "DNS response");
+        let mut hello = vec![0x16, 0x03, 0x01, 0x02, 0x00, 0x01];
+        hello.resize(517, 0);
+        let mut seg = tcp4(true, 1, 0x18, 0);
+        seg.extend_from_slice(&hello);
+        let total = seg.len() as u16;
+        seg[2..4].copy_from_slice(&total.to_be_bytes());
+        assert!(passes(&expr, &seg), "ClientHello");
+        assert!(passes(&expr, &tcp6(false, 1, 0x18, &hello)), "incoming ClientHello (we serve)");
+        assert!(passes(&expr, &tcp4(true, 600, 0x10, 900)), "the rest of a split ClientHello");
+        assert!(!passes(&expr, &tcp4(false, 70_000, 0x10, 1448)), "incoming data");
+        assert!(!passes(&expr, &tcp4(true, 1, 0x10, 0)), "pure ACK");
+        assert!(!passes(&expr, &gso4()), "GSO upload");
+        assert!(passes(&expr, &udp4(true, &[0xc0; 1250])), "QUIC Initial");
+        assert!(passes(&expr, &udp6(true, &[0xc0; 1250])), "QUIC Initial over IPv6");
+        assert!(!passes(&expr, &udp6(true, &[0xc0; 300])), "too small for a client Initial");
+        assert!(!passes(&expr, &udp4(false, &[0x40; 1250])), "short header");
+        let none = DetectionSources { dns: false, tls: false, quic: false };
+        assert_eq!(detection_filter(&FlowFilter::default(), &local(), none), None);
+        let dns_only = DetectionSources { dns: true, tls: false, quic: false };
+        let expr = Bpf::new(&detection_filter(&FlowFilter::default(), &local(), dns_only).unwrap());
+        assert!(!passes(&expr, &seg));
+    }
+}
