@@ -7,10 +7,21 @@
 //! * UDP: requests are `"SVTR" + seq (u32 BE) + 24 pattern bytes`; the server
 //!   answers each non-empty datagram with the datagram followed by its FNV-1a-32
 //!   checksum (BE). Empty datagrams are only counted, never answered.
+//!
+//! Every app exists for any address of either family (`*_on` servers bind a
+//! `SocketAddr`, `*_to` clients connect to one); the older port-only functions are
+//! thin wrappers for the IPv4 client-to-server case. An IPv6 server socket is
+//! IPv6-only (`IPV6_V6ONLY`), so an IPv4 and an IPv6 server can share a port and each
+//! serves exactly the family of its bind address. A wildcard UDP server replies
+//! from the address each request was sent to (`IP_PKTINFO` / `IPV6_RECVPKTINFO`),
+//! so one `0.0.0.0:port` or `[::]:port` server answers the server's address and
+//! every fan-out address, and the clients' connected sockets accept the answers.
 
 use std::collections::BTreeSet;
-use std::io::{ErrorKind, IoSliceMut, Read, Write};
-use std::net::{Ipv4Addr, Shutdown, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::io::{ErrorKind, IoSlice, IoSliceMut, Read, Write};
+use std::net::{
+    IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket,
+};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -18,7 +29,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use nix::sys::socket::{recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, SockaddrIn};
+use nix::sys::socket::{
+    recvmsg, sendmsg, setsockopt, sockopt, ControlMessage, ControlMessageOwned, MsgFlags,
+    SockaddrStorage,
+};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use crate::util::spawn_in_netns;
@@ -59,23 +73,23 @@ fn fnv1a32(data: &[u8]) -> u32 {
 
 /// Shared "has it started" state between an app thread and its handle.
 #[derive(Default)]
-struct Started {
+pub(crate) struct Started {
     state: Mutex<Option<Result<u16, String>>>,
     cv: Condvar,
 }
 
 impl Started {
-    fn set(&self, v: Result<u16, String>) {
+    pub(crate) fn set(&self, v: Result<u16, String>) {
         let mut g = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if g.is_none() {
             *g = Some(v);
         }
         self.cv.notify_all();
     }
-    fn get(&self) -> Option<Result<u16, String>> {
+    pub(crate) fn get(&self) -> Option<Result<u16, String>> {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
-    fn wait(&self, timeout: Duration, what: &str) -> Result<u16> {
+    pub(crate) fn wait(&self, timeout: Duration, what: &str) -> Result<u16> {
         let deadline = Instant::now() + timeout;
         let mut g = self.state.lock().unwrap_or_else(|e| e.into_inner());
         loop {
@@ -97,14 +111,14 @@ impl Started {
     }
 }
 
-fn is_timeout(e: &std::io::Error) -> bool {
+pub(crate) fn is_timeout(e: &std::io::Error) -> bool {
     matches!(
         e.kind(),
         ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
     )
 }
 
-fn join_thread<T>(h: Option<JoinHandle<Result<T>>>, what: &str) -> Result<T> {
+pub(crate) fn join_thread<T>(h: Option<JoinHandle<Result<T>>>, what: &str) -> Result<T> {
     match h {
         None => bail!("{what}: already joined"),
         Some(h) => match h.join() {
@@ -119,6 +133,7 @@ fn join_thread<T>(h: Option<JoinHandle<Result<T>>>, what: &str) -> Result<T> {
 /// A paced pattern-streaming TCP server in the server namespace.
 pub struct TcpServer {
     port: u16,
+    local: SocketAddr,
     stop: Arc<AtomicBool>,
     connections: Arc<AtomicU64>,
     bytes_sent: Arc<AtomicU64>,
@@ -129,6 +144,10 @@ impl TcpServer {
     /// The listening port.
     pub fn port(&self) -> u16 {
         self.port
+    }
+    /// The bound address (with the actual port if bound to port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
     }
     /// Connections accepted so far.
     pub fn connections(&self) -> u64 {
@@ -156,70 +175,109 @@ impl Drop for TcpServer {
 
 /// Starts a TCP server on `server_addr:port` that streams the pattern at
 /// `rate_bytes_per_sec` (0 = unpaced) to every client, as many bytes as the client
-/// asks for in its 8-byte big-endian request.
+/// asks for in its 8-byte big-endian request. IPv4 only: see [`tcp_server_on`].
 pub fn tcp_server(lab: &Lab, port: u16, rate_bytes_per_sec: u64) -> Result<TcpServer> {
+    tcp_server_on(
+        lab,
+        SocketAddr::new(lab.server_addr().into(), port),
+        rate_bytes_per_sec,
+    )
+}
+
+/// A listening socket of `bind`'s family; an IPv6 one is IPv6-only, so that an IPv4
+/// server can share the port (see the module documentation).
+pub(crate) fn listen_socket(bind: SocketAddr, backlog: i32) -> std::io::Result<TcpListener> {
+    let sock = Socket::new(Domain::for_address(bind), Type::STREAM, Some(Protocol::TCP))?;
+    if bind.is_ipv6() {
+        sock.set_only_v6(true)?;
+    }
+    sock.set_reuse_address(true)?;
+    sock.bind(&SockAddr::from(bind))?;
+    sock.listen(backlog)?;
+    sock.set_nonblocking(true)?;
+    Ok(sock.into())
+}
+
+/// [`tcp_server`] on any address of the server namespace, either family: the server's
+/// address, a fan-out target, or a wildcard (`0.0.0.0:port` or `[::]:port`: every
+/// address of that family, fan-out targets included). Port 0 picks a free port
+/// ([`TcpServer::port`]).
+pub fn tcp_server_on(lab: &Lab, bind: SocketAddr, rate_bytes_per_sec: u64) -> Result<TcpServer> {
     let stop = Arc::new(AtomicBool::new(false));
     lab.register_stop(&stop);
     let started = Arc::new(Started::default());
     let connections = Arc::new(AtomicU64::new(0));
     let bytes_sent = Arc::new(AtomicU64::new(0));
-    let addr = SocketAddrV4::new(lab.server_addr(), port);
     let (st, stp, conns, bs) = (
         started.clone(),
         stop.clone(),
         connections.clone(),
         bytes_sent.clone(),
     );
-    let thread = spawn_in_netns(lab.server_ns(), &format!("tcpsrv{port}"), move || {
-        let listener =
-            match TcpListener::bind(addr).and_then(|l| l.set_nonblocking(true).map(|_| l)) {
+    let thread = spawn_in_netns(
+        lab.server_ns(),
+        &format!("tcpsrv{}", bind.port()),
+        move || {
+            let listener = match listen_socket(bind, 1024) {
                 Ok(l) => l,
                 Err(e) => {
-                    st.set(Err(format!("bind {addr}: {e}")));
-                    return Err(anyhow!("bind {addr}: {e}"));
+                    st.set(Err(format!("bind {bind}: {e}")));
+                    return Err(anyhow!("bind {bind}: {e}"));
                 }
             };
-        st.set(Ok(port));
-        let mut workers: Vec<JoinHandle<()>> = Vec::new();
-        while !stp.load(Ordering::SeqCst) {
-            match listener.accept() {
-                Ok((stream, _peer)) => {
-                    conns.fetch_add(1, Ordering::SeqCst);
-                    let (stp2, bs2) = (stp.clone(), bs.clone());
-                    let h = std::thread::Builder::new()
-                        .name(format!("tcpconn{port}"))
-                        .spawn(move || serve_tcp(stream, rate_bytes_per_sec, &stp2, &bs2))?;
-                    workers.push(h);
-                    workers.retain(|w| !w.is_finished());
-                }
-                Err(e) if is_timeout(&e) => std::thread::sleep(Duration::from_millis(20)),
-                Err(e) => {
-                    eprintln!("svctr-lab tcp server: accept: {e}");
-                    std::thread::sleep(Duration::from_millis(20));
+            let port = listener
+                .local_addr()
+                .map(|a| a.port())
+                .unwrap_or(bind.port());
+            st.set(Ok(port));
+            let mut workers: Vec<JoinHandle<()>> = Vec::new();
+            while !stp.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((stream, _peer)) => {
+                        conns.fetch_add(1, Ordering::SeqCst);
+                        let (stp2, bs2) = (stp.clone(), bs.clone());
+                        let h = std::thread::Builder::new()
+                            .name(format!("tcpconn{port}"))
+                            .spawn(move || serve_tcp(stream, rate_bytes_per_sec, &stp2, &bs2))?;
+                        workers.push(h);
+                        workers.retain(|w| !w.is_finished());
+                    }
+                    Err(e) if is_timeout(&e) => std::thread::sleep(Duration::from_millis(20)),
+                    Err(e) => {
+                        eprintln!("svctr-lab tcp server: accept: {e}");
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
                 }
             }
-        }
-        for w in workers {
-            let _ = w.join();
-        }
-        Ok(())
-    })?;
+            for w in workers {
+                let _ = w.join();
+            }
+            Ok(())
+        },
+    )?;
     let mut srv = TcpServer {
-        port,
+        port: bind.port(),
+        local: bind,
         stop,
         connections,
         bytes_sent,
         thread: Some(thread),
     };
-    if let Err(e) = started.wait(START_TIMEOUT, "tcp server") {
-        srv.stop.store(true, Ordering::SeqCst);
-        let r = join_thread(srv.thread.take(), "tcp server");
-        return Err(match r {
-            Err(te) => te,
-            Ok(()) => e,
-        });
+    match started.wait(START_TIMEOUT, "tcp server") {
+        Ok(port) => {
+            srv.port = port;
+            srv.local.set_port(port);
+            Ok(srv)
+        }
+        Err(e) => {
+            srv.stop.store(true, Ordering::SeqCst);
+            let r = join_thread(srv.thread.take(), "tcp server");
+            Err(match r {
+                Err(te) => te,
+                Ok(()) => e,
+            })
+        }
     }
-    Ok(srv)
 }
 
 fn serve_tcp(mut stream: TcpStream, rate: u64, stop: &AtomicBool, bytes_sent: &AtomicU64) {
@@ -351,41 +409,62 @@ impl Drop for TcpDownload {
     }
 }
 
-fn set_recverr(sock: &Socket) -> Result<()> {
-    setsockopt(sock, sockopt::Ipv4RecvErr, &true).context("setsockopt IP_RECVERR")
+/// IP_RECVERR (IPv4) or IPV6_RECVERR (IPv6): ICMP errors matching the socket are
+/// queued on its error queue and reported as socket errors.
+fn set_recverr(sock: &Socket, v6: bool) -> Result<()> {
+    if v6 {
+        setsockopt(sock, sockopt::Ipv6RecvErr, &true).context("setsockopt IPV6_RECVERR")
+    } else {
+        setsockopt(sock, sockopt::Ipv4RecvErr, &true).context("setsockopt IP_RECVERR")
+    }
 }
 
-fn client_socket(
-    lab_client: Ipv4Addr,
-    local_port: u16,
+/// A socket bound to `local` (`SO_REUSEADDR`), of `local`'s family.
+pub(crate) fn client_socket(
+    local: SocketAddr,
     ty: Type,
     proto: Protocol,
     recverr: bool,
 ) -> Result<Socket> {
-    let sock = Socket::new(Domain::IPV4, ty, Some(proto)).context("socket")?;
+    let sock = Socket::new(Domain::for_address(local), ty, Some(proto)).context("socket")?;
     sock.set_reuse_address(true).context("SO_REUSEADDR")?;
-    let local = SocketAddrV4::new(lab_client, local_port);
     sock.bind(&SockAddr::from(local))
         .with_context(|| format!("bind {local}"))?;
     if recverr {
-        set_recverr(&sock)?;
+        set_recverr(&sock, local.is_ipv6())?;
     }
     Ok(sock)
 }
 
 fn local_port_of(sock: &Socket) -> Result<u16> {
     sock.local_addr()?
-        .as_socket_ipv4()
+        .as_socket()
         .map(|a| a.port())
-        .ok_or_else(|| anyhow!("local address is not IPv4"))
+        .ok_or_else(|| anyhow!("local address is not an IP address"))
 }
 
 /// Starts downloading `bytes` bytes from `server_addr:server_port` in the client
 /// namespace, from local port `local_port` (0 = ephemeral), optionally with
 /// IP_RECVERR so ICMP errors matching the connection surface as socket errors.
+/// IPv4 only: see [`tcp_download_to`].
 pub fn tcp_download(
     lab: &Lab,
     server_port: u16,
+    local_port: u16,
+    bytes: u64,
+    recverr: bool,
+) -> Result<TcpDownload> {
+    let dst = SocketAddr::new(lab.server_addr().into(), server_port);
+    tcp_download_to(lab, dst, local_port, bytes, recverr)
+}
+
+/// [`tcp_download`] from any destination `dst` of either family (the server's
+/// address or a fan-out target, with a [`tcp_server_on`] behind it). The client
+/// binds its address of `dst`'s family and `local_port` (0 = ephemeral); `recverr`
+/// sets IP_RECVERR or IPV6_RECVERR.
+pub fn tcp_download_to(
+    lab: &Lab,
+    dst: SocketAddr,
     local_port: u16,
     bytes: u64,
     recverr: bool,
@@ -394,11 +473,10 @@ pub fn tcp_download(
     lab.register_stop(&stop);
     let started = Arc::new(Started::default());
     let received = Arc::new(AtomicU64::new(0));
-    let client = lab.client_addr();
-    let server = SocketAddrV4::new(lab.server_addr(), server_port);
+    let local = SocketAddr::new(lab.client_addr_for(dst.ip()), local_port);
     let (st, stp, rcv) = (started.clone(), stop.clone(), received.clone());
     let thread = spawn_in_netns(lab.client_ns(), "tcpdl", move || {
-        let r = download(client, server, local_port, bytes, recverr, &st, &stp, &rcv);
+        let r = download(local, dst, bytes, recverr, &st, &stp, &rcv);
         if let Err(e) = &r {
             st.set(Err(format!("{e:#}")));
         }
@@ -412,18 +490,16 @@ pub fn tcp_download(
     })
 }
 
-#[allow(clippy::too_many_arguments)]
 fn download(
-    client: Ipv4Addr,
-    server: SocketAddrV4,
-    local_port: u16,
+    local: SocketAddr,
+    server: SocketAddr,
     bytes: u64,
     recverr: bool,
     started: &Started,
     stop: &AtomicBool,
     received: &AtomicU64,
 ) -> Result<DownloadReport> {
-    let sock = client_socket(client, local_port, Type::STREAM, Protocol::TCP, recverr)?;
+    let sock = client_socket(local, Type::STREAM, Protocol::TCP, recverr)?;
     let t0 = Instant::now();
     sock.connect_timeout(&SockAddr::from(server), Duration::from_secs(5))
         .with_context(|| format!("connect to {server}"))?;
@@ -574,62 +650,219 @@ fn udp_response(req: &[u8]) -> Vec<u8> {
 
 /// Starts a UDP server on `server_addr:port`: each non-empty datagram is answered
 /// with itself followed by its FNV-1a-32 (BE); empty datagrams are counted only.
+/// IPv4 only: see [`udp_server_on`].
 pub fn udp_server(lab: &Lab, port: u16) -> Result<UdpServer> {
+    udp_server_on(lab, SocketAddr::new(lab.server_addr().into(), port))
+}
+
+/// A UDP socket of `bind`'s family bound to `bind` (IPv6: IPv6-only). With a
+/// wildcard address it asks for each datagram's destination address
+/// (`IP_PKTINFO` / `IPV6_RECVPKTINFO`) so that answers can leave from it
+/// ([`PktinfoUdp`]).
+pub(crate) fn udp_bind(bind: SocketAddr) -> std::io::Result<PktinfoUdp> {
+    let sock = Socket::new(Domain::for_address(bind), Type::DGRAM, Some(Protocol::UDP))?;
+    if bind.is_ipv6() {
+        sock.set_only_v6(true)?;
+    }
+    sock.set_reuse_address(true)?;
+    sock.bind(&SockAddr::from(bind))?;
+    let wildcard = bind.ip().is_unspecified();
+    if wildcard {
+        let r = if bind.is_ipv6() {
+            setsockopt(&sock, sockopt::Ipv6RecvPacketInfo, &true)
+        } else {
+            setsockopt(&sock, sockopt::Ipv4PacketInfo, &true)
+        };
+        r.map_err(std::io::Error::from)?;
+    }
+    Ok(PktinfoUdp {
+        sock: sock.into(),
+        wildcard,
+        cmsg: vec![0u8; 128],
+    })
+}
+
+/// A server-side UDP socket that answers from the address a request was sent to.
+///
+/// A socket bound to a wildcard address would otherwise answer from the address
+/// routing picks (the server's eth0 address), and a client that sent to a fan-out
+/// target with a connected socket would drop the answer.
+pub(crate) struct PktinfoUdp {
+    pub(crate) sock: UdpSocket,
+    wildcard: bool,
+    cmsg: Vec<u8>,
+}
+
+impl PktinfoUdp {
+    /// Receives one datagram: (length, sender, the address it was sent to if known).
+    pub(crate) fn recv(
+        &mut self,
+        buf: &mut [u8],
+    ) -> std::io::Result<(usize, SocketAddr, Option<IpAddr>)> {
+        if !self.wildcard {
+            let (n, peer) = self.sock.recv_from(buf)?;
+            return Ok((n, peer, None));
+        }
+        let mut iov = [IoSliceMut::new(buf)];
+        let msg = recvmsg::<SockaddrStorage>(
+            self.sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut self.cmsg),
+            MsgFlags::empty(),
+        )
+        .map_err(std::io::Error::from)?;
+        let n = msg.bytes;
+        let peer = msg
+            .address
+            .and_then(|a| storage_to_std(&a))
+            .ok_or_else(|| std::io::Error::other("datagram without a sender address"))?;
+        let mut dst = None;
+        if let Ok(cmsgs) = msg.cmsgs() {
+            for c in cmsgs {
+                match c {
+                    ControlMessageOwned::Ipv4PacketInfo(pi) => {
+                        dst = Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(pi.ipi_addr.s_addr))));
+                    }
+                    ControlMessageOwned::Ipv6PacketInfo(pi) => {
+                        dst = Some(IpAddr::V6(Ipv6Addr::from(pi.ipi6_addr.s6_addr)));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok((n, peer, dst))
+    }
+
+    /// Sends `data` to `peer`, from `src` when given (the request's destination).
+    pub(crate) fn send(
+        &self,
+        data: &[u8],
+        peer: SocketAddr,
+        src: Option<IpAddr>,
+    ) -> std::io::Result<usize> {
+        let Some(src) = src else {
+            return self.sock.send_to(data, peer);
+        };
+        let iov = [IoSlice::new(data)];
+        let to = SockaddrStorage::from(peer);
+        let r = match src {
+            IpAddr::V4(a) => {
+                let pi = libc::in_pktinfo {
+                    ipi_ifindex: 0,
+                    ipi_spec_dst: libc::in_addr {
+                        s_addr: u32::from(a).to_be(),
+                    },
+                    ipi_addr: libc::in_addr { s_addr: 0 },
+                };
+                sendmsg(
+                    self.sock.as_raw_fd(),
+                    &iov,
+                    &[ControlMessage::Ipv4PacketInfo(&pi)],
+                    MsgFlags::empty(),
+                    Some(&to),
+                )
+            }
+            IpAddr::V6(a) => {
+                let pi = libc::in6_pktinfo {
+                    ipi6_addr: libc::in6_addr {
+                        s6_addr: a.octets(),
+                    },
+                    ipi6_ifindex: 0,
+                };
+                sendmsg(
+                    self.sock.as_raw_fd(),
+                    &iov,
+                    &[ControlMessage::Ipv6PacketInfo(&pi)],
+                    MsgFlags::empty(),
+                    Some(&to),
+                )
+            }
+        };
+        r.map_err(std::io::Error::from)
+    }
+}
+
+/// A nix socket address as a std one (IPv4 or IPv6 only).
+pub(crate) fn storage_to_std(a: &SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = a.as_sockaddr_in() {
+        return Some(SocketAddr::V4((*v4).into()));
+    }
+    a.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into()))
+}
+
+/// [`udp_server`] on any address of the server namespace, either family: the
+/// server's address, a fan-out target, or a wildcard (`0.0.0.0:port` / `[::]:port`),
+/// which answers every address of its family from the address each request was sent
+/// to. Port 0 picks a free port ([`UdpServer::port`]).
+pub fn udp_server_on(lab: &Lab, bind: SocketAddr) -> Result<UdpServer> {
     let stop = Arc::new(AtomicBool::new(false));
     lab.register_stop(&stop);
     let started = Arc::new(Started::default());
     let datagrams = Arc::new(AtomicU64::new(0));
     let empty = Arc::new(AtomicU64::new(0));
-    let addr = SocketAddrV4::new(lab.server_addr(), port);
     let (st, stp, dg, em) = (
         started.clone(),
         stop.clone(),
         datagrams.clone(),
         empty.clone(),
     );
-    let thread = spawn_in_netns(lab.server_ns(), &format!("udpsrv{port}"), move || {
-        let sock =
-            match UdpSocket::bind(addr).and_then(|s| s.set_read_timeout(Some(TICK)).map(|_| s)) {
-                Ok(s) => s,
-                Err(e) => {
-                    st.set(Err(format!("bind {addr}: {e}")));
-                    return Err(anyhow!("bind {addr}: {e}"));
-                }
-            };
-        st.set(Ok(port));
-        let mut buf = vec![0u8; 65536];
-        while !stp.load(Ordering::SeqCst) {
-            match sock.recv_from(&mut buf) {
-                Ok((n, peer)) => {
-                    dg.fetch_add(1, Ordering::SeqCst);
-                    if n == 0 {
-                        em.fetch_add(1, Ordering::SeqCst);
-                        continue;
+    let thread = spawn_in_netns(
+        lab.server_ns(),
+        &format!("udpsrv{}", bind.port()),
+        move || {
+            let mut sock =
+                match udp_bind(bind).and_then(|s| s.sock.set_read_timeout(Some(TICK)).map(|_| s)) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        st.set(Err(format!("bind {bind}: {e}")));
+                        return Err(anyhow!("bind {bind}: {e}"));
                     }
-                    let _ = sock.send_to(&udp_response(&buf[..n]), peer);
+                };
+            let port = sock
+                .sock
+                .local_addr()
+                .map(|a| a.port())
+                .unwrap_or(bind.port());
+            st.set(Ok(port));
+            let mut buf = vec![0u8; 65536];
+            while !stp.load(Ordering::SeqCst) {
+                match sock.recv(&mut buf) {
+                    Ok((n, peer, dst)) => {
+                        dg.fetch_add(1, Ordering::SeqCst);
+                        if n == 0 {
+                            em.fetch_add(1, Ordering::SeqCst);
+                            continue;
+                        }
+                        let _ = sock.send(&udp_response(&buf[..n]), peer, dst);
+                    }
+                    Err(e) if is_timeout(&e) => {}
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
                 }
-                Err(e) if is_timeout(&e) => {}
-                Err(_) => std::thread::sleep(Duration::from_millis(10)),
             }
-        }
-        Ok(())
-    })?;
+            Ok(())
+        },
+    )?;
     let mut srv = UdpServer {
-        port,
+        port: bind.port(),
         stop,
         datagrams,
         empty,
         thread: Some(thread),
     };
-    if let Err(e) = started.wait(START_TIMEOUT, "udp server") {
-        srv.stop.store(true, Ordering::SeqCst);
-        let r = join_thread(srv.thread.take(), "udp server");
-        return Err(match r {
-            Err(te) => te,
-            Ok(()) => e,
-        });
+    match started.wait(START_TIMEOUT, "udp server") {
+        Ok(port) => {
+            srv.port = port;
+            Ok(srv)
+        }
+        Err(e) => {
+            srv.stop.store(true, Ordering::SeqCst);
+            let r = join_thread(srv.thread.take(), "udp server");
+            Err(match r {
+                Err(te) => te,
+                Ok(()) => e,
+            })
+        }
     }
-    Ok(srv)
 }
 
 // --------------------------------------------------------------- UDP session
@@ -702,6 +935,7 @@ fn udp_request(seq: u32) -> Vec<u8> {
 /// (0 = ephemeral) and connected to `server_addr:server_port` sends `requests`
 /// numbered requests every `interval`, each waiting up to 1 s for its response.
 /// With `recverr`, IP_RECVERR is set and the error queue is drained into the report.
+/// IPv4 only: see [`udp_session_to`].
 pub fn udp_session(
     lab: &Lab,
     server_port: u16,
@@ -710,16 +944,29 @@ pub fn udp_session(
     interval: Duration,
     recverr: bool,
 ) -> Result<UdpSession> {
+    let dst = SocketAddr::new(lab.server_addr().into(), server_port);
+    udp_session_to(lab, dst, local_port, requests, interval, recverr)
+}
+
+/// [`udp_session`] to any destination `dst` of either family (with a
+/// [`udp_server_on`] behind it). The client binds its address of `dst`'s family and
+/// `local_port`; `recverr` sets IP_RECVERR or IPV6_RECVERR, and the error queue
+/// entries (`sockaddr_in` or `sockaddr_in6` offenders) go into the report.
+pub fn udp_session_to(
+    lab: &Lab,
+    dst: SocketAddr,
+    local_port: u16,
+    requests: u32,
+    interval: Duration,
+    recverr: bool,
+) -> Result<UdpSession> {
     let stop = Arc::new(AtomicBool::new(false));
     lab.register_stop(&stop);
     let started = Arc::new(Started::default());
-    let client = lab.client_addr();
-    let server = SocketAddrV4::new(lab.server_addr(), server_port);
+    let local = SocketAddr::new(lab.client_addr_for(dst.ip()), local_port);
     let (st, stp) = (started.clone(), stop.clone());
     let thread = spawn_in_netns(lab.client_ns(), "udpsess", move || {
-        let r = session(
-            client, server, local_port, requests, interval, recverr, &st, &stp,
-        );
+        let r = session(local, dst, requests, interval, recverr, &st, &stp);
         if let Err(e) = &r {
             st.set(Err(format!("{e:#}")));
         }
@@ -732,13 +979,15 @@ pub fn udp_session(
     })
 }
 
-/// Reads the socket error queue (MSG_ERRQUEUE) into `errors`.
-fn drain_errqueue(sock: &UdpSocket, errors: &mut Vec<String>) {
+/// Reads the socket error queue (MSG_ERRQUEUE) into `errors`. IPv4 entries carry the
+/// offender as a `sockaddr_in` (IP_RECVERR), IPv6 ones as a `sockaddr_in6`
+/// (IPV6_RECVERR); the cmsg buffer has room for the larger.
+pub(crate) fn drain_errqueue(sock: &impl AsRawFd, errors: &mut Vec<String>) {
     for _ in 0..64 {
         let mut data = [0u8; 256];
         let mut iov = [IoSliceMut::new(&mut data)];
-        let mut cmsg = nix::cmsg_space!(libc::sock_extended_err, libc::sockaddr_in);
-        let r = recvmsg::<SockaddrIn>(
+        let mut cmsg = nix::cmsg_space!(libc::sock_extended_err, libc::sockaddr_in6);
+        let r = recvmsg::<SockaddrStorage>(
             sock.as_raw_fd(),
             &mut iov,
             Some(&mut cmsg),
@@ -750,34 +999,39 @@ fn drain_errqueue(sock: &UdpSocket, errors: &mut Vec<String>) {
         };
         let Ok(cmsgs) = msg.cmsgs() else { return };
         for c in cmsgs {
-            if let ControlMessageOwned::Ipv4RecvErr(ee, offender) = c {
-                let off = offender
-                    .map(|a| Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)).to_string())
-                    .unwrap_or_else(|| "?".into());
-                errors.push(format!(
-                    "errqueue: {} origin={} type={} code={} from {off}",
-                    std::io::Error::from_raw_os_error(ee.ee_errno as i32),
-                    ee.ee_origin,
-                    ee.ee_type,
-                    ee.ee_code
-                ));
-            }
+            let (ee, off) = match c {
+                ControlMessageOwned::Ipv4RecvErr(ee, offender) => (
+                    ee,
+                    offender.map(|a| Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)).to_string()),
+                ),
+                ControlMessageOwned::Ipv6RecvErr(ee, offender) => (
+                    ee,
+                    offender.map(|a| Ipv6Addr::from(a.sin6_addr.s6_addr).to_string()),
+                ),
+                _ => continue,
+            };
+            errors.push(format!(
+                "errqueue: {} origin={} type={} code={} from {}",
+                std::io::Error::from_raw_os_error(ee.ee_errno as i32),
+                ee.ee_origin,
+                ee.ee_type,
+                ee.ee_code,
+                off.as_deref().unwrap_or("?")
+            ));
         }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn session(
-    client: Ipv4Addr,
-    server: SocketAddrV4,
-    local_port: u16,
+    local: SocketAddr,
+    server: SocketAddr,
     requests: u32,
     interval: Duration,
     recverr: bool,
     started: &Started,
     stop: &AtomicBool,
 ) -> Result<UdpReport> {
-    let sock = client_socket(client, local_port, Type::DGRAM, Protocol::UDP, recverr)?;
+    let sock = client_socket(local, Type::DGRAM, Protocol::UDP, recverr)?;
     sock.connect(&SockAddr::from(server))
         .with_context(|| format!("connect to {server}"))?;
     let port = local_port_of(&sock)?;

@@ -162,7 +162,7 @@ pub(crate) fn run(args: &BenchArgs, stop: &AtomicBool) -> Result<u8> {
 
 // ------------------------------------------------------------------ report header
 
-fn header(out: &mut String, command_line: &str, tracer: &Path) -> Result<()> {
+pub(crate) fn header(out: &mut String, command_line: &str, tracer: &Path) -> Result<()> {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|e| format!("unknown ({e})"));
@@ -220,17 +220,17 @@ fn tool_output(cmd: &mut Command) -> String {
 // --------------------------------------------------------------- timed child runs
 
 /// A finished child process.
-struct Run {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-    wall: Duration,
+pub(crate) struct Run {
+    pub(crate) status: ExitStatus,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
+    pub(crate) wall: Duration,
 }
 
 /// Runs `cmd` to completion, measuring spawn → exit without polling: the exit is observed
 /// with `waitid(WEXITED | WNOWAIT)`, then the child is reaped. A watchdog SIGKILLs it after
 /// `timeout`; it can only signal a child that has not been reaped yet, so never a reused pid.
-fn run_timed(mut cmd: Command, timeout: Duration) -> Result<Run> {
+pub(crate) fn run_timed(mut cmd: Command, timeout: Duration) -> Result<Run> {
     let line = describe(&cmd);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -319,7 +319,7 @@ fn in_path(prog: &str) -> bool {
 
 /// Microseconds since the Unix epoch of an RFC 3339 timestamp such as
 /// `2026-11-23T12:46:50.069506Z` (fraction optional, offset `Z` or `±hh:mm`).
-fn parse_rfc3339_us(s: &str) -> Result<i64> {
+pub(crate) fn parse_rfc3339_us(s: &str) -> Result<i64> {
     let bad = || anyhow!("not an RFC 3339 timestamp: {s:?}");
     let (date, time) = s.split_once(['T', 't', ' ']).ok_or_else(bad)?;
     let d: Vec<i64> = date
@@ -536,7 +536,7 @@ impl Rusage {
 
 /// Bash's `times` output: the second line is the children's user and system time, e.g.
 /// `0m0.025s 0m0.002s` (getrusage(RUSAGE_CHILDREN), millisecond precision). Returns ms.
-fn parse_bash_times(s: &str) -> Result<(f64, f64)> {
+pub(crate) fn parse_bash_times(s: &str) -> Result<(f64, f64)> {
     let line = s
         .lines()
         .nth(1)
@@ -557,7 +557,7 @@ fn parse_bash_times(s: &str) -> Result<(f64, f64)> {
 }
 
 /// GNU time's `-f "%M %e"` line: max RSS KiB, elapsed s.
-fn parse_time_line(s: &str) -> Result<(f64, f64)> {
+pub(crate) fn parse_time_line(s: &str) -> Result<(f64, f64)> {
     let line = s
         .lines()
         .rev()
@@ -577,14 +577,14 @@ fn parse_time_line(s: &str) -> Result<(f64, f64)> {
 // --------------------------------------------------------------------- statistics
 
 /// Summary of a sample (milliseconds).
-struct Stats {
-    median: f64,
-    min: f64,
-    p90: f64,
-    max: f64,
+pub(crate) struct Stats {
+    pub(crate) median: f64,
+    pub(crate) min: f64,
+    pub(crate) p90: f64,
+    pub(crate) max: f64,
 }
 
-fn stats(v: &[f64]) -> Option<Stats> {
+pub(crate) fn stats(v: &[f64]) -> Option<Stats> {
     if v.is_empty() {
         return None;
     }

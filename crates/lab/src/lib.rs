@@ -110,13 +110,46 @@
 //! and hop limit 255 (the hash ignores both); an nftables chain on r2
 //! (`table ip6 svctr_oracle`, forward hook, priority -200) drops marked packets with a
 //! counter per output branch. One query costs a raw send and an `nft -j list`.
+//! [`Lab::expected_paths`] answers many flows at once (one `ip -batch` for IPv4).
+//!
+//! ## What the applications really did, and real applications
+//! r2 also records which branch the application packets of every TCP/UDP flow took
+//! (TTL/hop limit > 40 at r2, so a tracer's probes do not count):
+//! [`Lab::observed_branches`]. With [`LabConfig::client_flow_labels`] the client's
+//! IPv6 flows carry their own flow labels, which the ECMP hash uses. Besides the
+//! TCP/UDP test apps (any address, both families), the lab runs real programs:
+//! dnsmasq and glibc's resolver ([`dns_server`], [`Lab::resolve`]), OpenSSL and curl
+//! ([`tls_server`], [`tls_download`], [`openssl_client`],
+//! [`Lab::split_client_segments`]), quinn for QUIC version 1 ([`quic_server`],
+//! [`quic_download`]; quinn has no QUIC version 2), and an epoll flow generator for
+//! 10,000+ concurrent flows ([`flow_generator`], [`echo_server`]).
+//! [`Lab::capture`] runs tcpdump in a namespace for the self-tests.
 
 mod apps;
+mod capture;
+mod dns;
+mod flowgen;
+mod observe;
+mod quic;
+mod tls;
 mod util;
 
 pub use apps::{
-    pattern_byte, tcp_download, tcp_server, udp_server, udp_session, DownloadReport, TcpDownload,
-    TcpServer, UdpReport, UdpServer, UdpSession,
+    pattern_byte, tcp_download, tcp_download_to, tcp_server, tcp_server_on, udp_server,
+    udp_server_on, udp_session, udp_session_to, DownloadReport, TcpDownload, TcpServer,
+    UdpReport, UdpServer, UdpSession,
+};
+pub use capture::{Capture, CapturedPacket, PacketInfo};
+pub use dns::{dns_server, DnsRecord, DnsServer};
+pub use flowgen::{
+    echo_server, echo_server_process, flow_generator, lab_binary, run_echo_process, EchoServer,
+    FlowGenerator, FlowStats, FLOW_MESSAGE_LEN, MAX_CONNECTING,
+};
+pub use observe::{AppFlow, FlowSpec, OBSERVER_CAPACITY, OBSERVER_MIN_TTL};
+pub use quic::{quic_download, quic_server, QuicDownload, QuicReport, QuicServer, QUIC_V1};
+pub use tls::{
+    openssl_client, tls_download, tls_server, tls_server_paced, OpensslClient, TlsDownload,
+    TlsReport, TlsServer, TLS_FILE_PATH,
 };
 pub use util::{
     describe, enter_netns, lab_test_guard, open_netns, output_with_timeout, run_checked,
@@ -159,11 +192,18 @@ pub struct LabConfig {
     /// 198.19.128.1.. and the IPv6 /128s 2001:2:0:1980::1.. (`fanout` of each, on its
     /// loopback), see [`Lab::fanout_targets`]. 0..=[`MAX_FANOUT`].
     pub fanout: usize,
+    /// Give the client's IPv6 flows their own non-zero flow labels
+    /// (`net.ipv6.auto_flowlabels=1` in the client namespace), which r2's ECMP hash
+    /// uses (fields [`IPV6_HASH_FIELDS`]). Each TCP connection and each connected UDP
+    /// socket draws a random label (TCP draws a new one after a retransmission
+    /// timeout); an unconnected UDP socket's label is a hash of its flow. Off by
+    /// default: every packet carries label 0 unless the application sets one.
+    pub client_flow_labels: bool,
 }
 
 impl Default for LabConfig {
     /// 3 branches, no NAT, no firewall, TCP service ports 8080..=8089,
-    /// UDP service ports 9000..=9009, no fan-out.
+    /// UDP service ports 9000..=9009, no fan-out, IPv6 flow label 0.
     fn default() -> Self {
         LabConfig {
             branches: 3,
@@ -172,12 +212,33 @@ impl Default for LabConfig {
             service_ports_tcp: (8080..=8089).collect(),
             service_ports_udp: (9000..=9009).collect(),
             fanout: 0,
+            client_flow_labels: false,
+        }
+    }
+}
+
+/// Address family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Family {
+    /// IPv4
+    V4,
+    /// IPv6
+    V6,
+}
+
+impl Family {
+    /// The family of an address.
+    pub fn of(addr: IpAddr) -> Family {
+        if addr.is_ipv4() {
+            Family::V4
+        } else {
+            Family::V6
         }
     }
 }
 
 /// Transport protocol of a flow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Proto {
     Tcp,
     Udp,
@@ -512,8 +573,13 @@ impl Lab {
                 // the ECMP choice is a function of the 5-tuple (as for IPv4). With
                 // the default (1), each TCP connection gets a random label, re-drawn
                 // on retransmission timeouts, and UDP/raw labels are a flow hash.
+                // `client_flow_labels` turns them on in the client (below).
                 "net.ipv6.auto_flowlabels=0".into(),
             ];
+            if n.role == "client" && self.cfg.client_flow_labels {
+                kv.retain(|s| !s.starts_with("net.ipv6.auto_flowlabels="));
+                kv.push("net.ipv6.auto_flowlabels=1".into());
+            }
             if n.router {
                 kv.push("net.ipv4.ip_forward=1".into());
                 kv.push("net.ipv4.icmp_errors_use_inbound_ifaddr=1".into());
@@ -580,6 +646,7 @@ impl Lab {
             c.args(["-f", "-"]);
             run_checked(&mut c, Some(&script), CMD_TIMEOUT)?;
         }
+        self.install_observer()?;
         if self.cfg.firewall {
             let ns = self.ns_of("r2")?.to_string();
             let mut rules = String::new();
@@ -1303,10 +1370,22 @@ impl Lab {
             let dir = std::path::Path::new("/etc/netns").join(ns);
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             std::fs::write(dir.join("hosts"), &hosts).with_context(|| format!("writing {}/hosts", dir.display()))?;
-            std::fs::write(dir.join("resolv.conf"), "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
+            std::fs::write(dir.join("resolv.conf"), DEFAULT_RESOLV_CONF)
                 .with_context(|| format!("writing {}/resolv.conf", dir.display()))?;
         }
         Ok(())
+    }
+}
+
+/// The `resolv.conf` of every lab namespace: its only nameserver is its own loopback
+/// (where nothing listens unless a test starts a server), so no DNS query from a lab
+/// namespace can leave the lab. [`dns_server`] replaces the client's.
+pub(crate) const DEFAULT_RESOLV_CONF: &str = "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n";
+
+impl Lab {
+    /// `/etc/netns/<ns>/<file>`, which `ip netns exec` bind-mounts over `/etc/<file>`.
+    pub(crate) fn name_file(&self, ns: &str, file: &str) -> std::path::PathBuf {
+        std::path::Path::new("/etc/netns").join(ns).join(file)
     }
 }
 

@@ -2,6 +2,7 @@
 //! benchmarks.
 
 mod bench;
+mod bench_flows;
 
 use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
@@ -98,6 +99,47 @@ enum Cmd {
         #[arg(long)]
         trip: Option<PathBuf>,
     },
+    /// Benchmark: live flows traced per second and memory per concurrent flow, at 1,000 and
+    /// 10,000 flows of the lab's flow generator (UDP and TCP); prints a Markdown report.
+    BenchFlows {
+        /// Path of the service-traceroute binary.
+        #[arg(long)]
+        tracer: PathBuf,
+        /// Flow counts (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+        flows: Vec<usize>,
+        /// Repetitions of every setting.
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// The --rate of the "all at once" setting (probes per second).
+        #[arg(long, default_value_t = 20000)]
+        rate: u32,
+    },
+    /// Benchmark: the capture's CPU while an unpaced TCP transfer runs through the client,
+    /// ours against tcpdump; prints a Markdown report.
+    BenchCapture {
+        /// Path of the service-traceroute binary.
+        #[arg(long)]
+        tracer: PathBuf,
+        /// Seconds per run.
+        #[arg(long, default_value_t = 10)]
+        secs: u64,
+        /// Repetitions of every setting.
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+    },
+    /// Echo server for the lab's flow generator, in the current network namespace
+    /// (run by `echo_server_process` as `ip netns exec <server> svctr-lab echo ...`).
+    /// Prints `listening PORT`, then `stats CONNS MESSAGES BYTES CPU_NS` every 200 ms;
+    /// runs until stdin closes or SIGINT/SIGTERM.
+    Echo {
+        /// tcp or udp.
+        #[arg(long)]
+        proto: String,
+        /// Address to bind, e.g. 0.0.0.0:7000 or [::]:7000.
+        #[arg(long)]
+        bind: std::net::SocketAddr,
+    },
 }
 
 fn main() -> ExitCode {
@@ -152,6 +194,17 @@ fn main() -> ExitCode {
             },
             &stop,
         ),
+        Cmd::BenchFlows { tracer, flows, reps, rate } => {
+            bench_flows::run_flows(&bench_flows::FlowsBenchArgs { tracer, flows, reps, rate }, &stop)
+        }
+        Cmd::BenchCapture { tracer, secs, reps } => {
+            bench_flows::run_capture(&bench_flows::CaptureBenchArgs { tracer, secs, reps }, &stop)
+        }
+        Cmd::Echo { proto, bind } => match proto.as_str() {
+            "tcp" => svctr_lab::run_echo_process(Proto::Tcp, bind, &stop).map(|()| 0),
+            "udp" => svctr_lab::run_echo_process(Proto::Udp, bind, &stop).map(|()| 0),
+            p => Err(anyhow::anyhow!("--proto must be tcp or udp, not {p:?}")),
+        },
     };
     match r {
         Ok(code) => ExitCode::from(code),

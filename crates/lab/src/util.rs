@@ -43,11 +43,16 @@ pub fn output_with_timeout(
     let mut child = cmd
         .spawn()
         .with_context(|| format!("cannot start `{line}`"))?;
-    if let Some(input) = stdin {
+    // Inputs can exceed the pipe buffer (an `ip -batch` of 10,000 route queries is
+    // about 1 MB) while the command writes as much output, so stdin is fed by its
+    // own thread, concurrently with the readers.
+    let in_t = stdin.map(|input| {
         let mut pipe = child.stdin.take().expect("piped stdin");
-        // Small inputs (nft scripts, ip batches) fit in the pipe buffer.
-        let _ = pipe.write_all(input.as_bytes());
-    }
+        let input = input.to_string();
+        std::thread::spawn(move || {
+            let _ = pipe.write_all(input.as_bytes());
+        })
+    });
     let mut out_pipe = child.stdout.take().expect("piped stdout");
     let mut err_pipe = child.stderr.take().expect("piped stderr");
     let out_t = std::thread::spawn(move || {
@@ -74,6 +79,9 @@ pub fn output_with_timeout(
         }
         std::thread::sleep(Duration::from_millis(5));
     };
+    if let Some(t) = in_t {
+        let _ = t.join();
+    }
     let stdout = out_t.join().unwrap_or_default();
     let stderr = err_t.join().unwrap_or_default();
     Ok(Output {
@@ -267,4 +275,219 @@ pub(crate) fn send_raw6(ns: &str, dst: Ipv6Addr, pkt: Vec<u8>) -> Result<()> {
         Ok(())
     })?;
     h.join().map_err(|_| anyhow!("raw send thread panicked"))?
+}
+
+/// A temporary directory (`<tmp>/svctr-lab-<what>-<pid>-<n>`), removed on drop.
+#[derive(Debug)]
+pub(crate) struct TempDir {
+    path: std::path::PathBuf,
+}
+
+impl TempDir {
+    /// Creates a fresh directory, readable by root only.
+    pub(crate) fn new(what: &str) -> Result<TempDir> {
+        use std::os::unix::fs::DirBuilderExt;
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::SeqCst);
+        let path = std::env::temp_dir().join(format!(
+            "svctr-lab-{what}-{}-{n}",
+            std::process::id()
+        ));
+        if path.exists() {
+            let _ = std::fs::remove_dir_all(&path);
+        }
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        Ok(TempDir { path })
+    }
+
+    /// The directory.
+    pub(crate) fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// SIGKILLs a child and reaps it.
+pub(crate) fn kill_child(child: &mut std::process::Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A long-running command (usually `ip netns exec <ns> <program> ...`) whose stdout
+/// and stderr are collected by two threads while it runs, killed (SIGKILL) and
+/// reaped on drop. Used for the real clients and servers (dnsmasq, openssl, curl).
+pub(crate) struct NsProcess {
+    child: Option<std::process::Child>,
+    what: String,
+    stdin: Option<std::process::ChildStdin>,
+    stdout: std::sync::Arc<std::sync::Mutex<String>>,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    readers: Vec<JoinHandle<()>>,
+}
+
+impl NsProcess {
+    /// Starts `cmd`; with `keep_stdin`, its stdin is a pipe kept open until
+    /// [`NsProcess::close_stdin`] or drop, otherwise /dev/null.
+    pub(crate) fn spawn(cmd: &mut Command, keep_stdin: bool) -> Result<NsProcess> {
+        use std::io::BufRead;
+        let what = describe(cmd);
+        cmd.stdin(if keep_stdin { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().with_context(|| format!("cannot start `{what}`"))?;
+        let stdin = child.stdin.take();
+        let stdout = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let mut readers = Vec::new();
+        let out_pipe = child.stdout.take().expect("piped stdout");
+        let err_pipe = child.stderr.take().expect("piped stderr");
+        for (pipe, buf) in [
+            (Box::new(out_pipe) as Box<dyn Read + Send>, stdout.clone()),
+            (Box::new(err_pipe) as Box<dyn Read + Send>, stderr.clone()),
+        ] {
+            readers.push(std::thread::spawn(move || {
+                let mut r = std::io::BufReader::new(pipe);
+                let mut line = Vec::new();
+                loop {
+                    line.clear();
+                    match r.read_until(b'\n', &mut line) {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {
+                            let mut g = buf.lock().unwrap_or_else(|e| e.into_inner());
+                            // Bounded: a chatty process must not fill the memory.
+                            if g.len() < (1 << 20) {
+                                g.push_str(&String::from_utf8_lossy(&line));
+                            }
+                        }
+                    }
+                }
+            }));
+        }
+        Ok(NsProcess {
+            child: Some(child),
+            what,
+            stdin,
+            stdout,
+            stderr,
+            readers,
+        })
+    }
+
+    /// The command line.
+    pub(crate) fn what(&self) -> &str {
+        &self.what
+    }
+
+    /// Stdout so far.
+    pub(crate) fn stdout(&self) -> String {
+        self.stdout.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Stderr so far.
+    pub(crate) fn stderr(&self) -> String {
+        self.stderr.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Writes to the process's stdin (if it was kept).
+    pub(crate) fn write_stdin(&mut self, data: &[u8]) -> Result<()> {
+        let Some(s) = self.stdin.as_mut() else {
+            bail!("`{}` has no stdin pipe", self.what);
+        };
+        s.write_all(data)
+            .and_then(|_| s.flush())
+            .with_context(|| format!("writing to `{}`", self.what))
+    }
+
+    /// Closes stdin (the process sees EOF).
+    pub(crate) fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    /// The exit status if the process has ended.
+    pub(crate) fn try_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Waits up to `timeout` for the process to end (killing it then); returns the
+    /// exit status, stdout and stderr. Errors only if it had to be killed.
+    pub(crate) fn wait(
+        mut self,
+        timeout: Duration,
+    ) -> Result<(std::process::ExitStatus, String, String)> {
+        self.close_stdin();
+        let mut child = self.child.take().expect("not yet waited");
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(st) = child.try_wait()? {
+                break st;
+            }
+            if Instant::now() >= deadline {
+                kill_child(&mut child);
+                bail!(
+                    "`{}` did not end within {timeout:?} and was killed; stderr: {}",
+                    self.what,
+                    self.stderr().trim()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+        Ok((status, self.stdout(), self.stderr()))
+    }
+}
+
+impl Drop for NsProcess {
+    fn drop(&mut self) {
+        self.stdin = None;
+        if let Some(mut c) = self.child.take() {
+            kill_child(&mut c);
+        }
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+    }
+}
+
+/// Waits until something listens on `port` in namespace `ns` (`ss -H -l`):
+/// `tcp` selects TCP listeners (else UDP sockets), `v6` the family. Bounded by
+/// `timeout`; `alive` is polled to fail early when the server died.
+pub(crate) fn wait_listening(
+    ns: &str,
+    tcp: bool,
+    v6: bool,
+    port: u16,
+    timeout: Duration,
+    mut alive: impl FnMut() -> Result<()>,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns, "ss", "-H", "-l", "-n"])
+            .arg(if tcp { "-t" } else { "-u" })
+            .arg(if v6 { "-6" } else { "-4" })
+            .arg(format!("sport = :{port}"));
+        let out = run_checked(&mut c, None, Duration::from_secs(10))?;
+        if !out.trim().is_empty() {
+            return Ok(());
+        }
+        alive()?;
+        if Instant::now() >= deadline {
+            bail!(
+                "nothing listens on {} port {port} ({}) in {ns} after {timeout:?}",
+                if tcp { "TCP" } else { "UDP" },
+                if v6 { "IPv6" } else { "IPv4" }
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
