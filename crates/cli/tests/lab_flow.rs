@@ -5,14 +5,14 @@
 //! fail, so they can never be skipped silently in CI.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::Output;
 use std::time::Duration;
 
 use svctr_core::{StopReason, TraceResult};
 use svctr_lab::{
-    output_with_timeout, parse_traceroute, tcp_download, tcp_server, udp_server, udp_session, Lab, LabConfig,
-    Proto,
+    output_with_timeout, parse_traceroute, tcp_download, tcp_download_to, tcp_server, tcp_server_on, udp_server,
+    udp_server_on, udp_session, udp_session_to, Lab, LabConfig, Proto,
 };
 
 fn root_guard() -> Option<std::sync::MutexGuard<'static, ()>> {
@@ -197,15 +197,15 @@ fn delta(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>, names: &
         .collect()
 }
 
-/// One rate-limited download; `traces` tracer runs during it (with `extra` arguments).
-/// Returns client and server counter deltas and the client's ignored-ICMP count.
-fn download_run(lab: &Lab, traces: usize, extra: &[&str]) -> (BTreeMap<String, u64>, BTreeMap<String, u64>, u64) {
-    let server = lab.server_addr().to_string();
+/// One rate-limited download from `server` (port 8080); `traces` tracer runs during it (with
+/// `extra` arguments). Returns client and server counter deltas and the client's ignored-ICMP
+/// count.
+fn download_run(lab: &Lab, server: IpAddr, traces: usize, extra: &[&str]) -> (BTreeMap<String, u64>, BTreeMap<String, u64>, u64) {
     let (c0, s0) = (lab.nstat(lab.client_ns()).unwrap(), lab.nstat(lab.server_ns()).unwrap());
-    let d = tcp_download(lab, 8080, 0, 12_000_000, true).expect("download");
+    let d = tcp_download_to(lab, SocketAddr::new(server, 8080), 0, 30_000_000, true).expect("download");
     d.wait_established(secs(10)).expect("established");
     for i in 0..traces {
-        let remote = format!("{server}:8080");
+        let remote = SocketAddr::new(server, 8080).to_string();
         let mut args = vec!["flow", "--tcp", "--remote", &remote, "--duration", "10"];
         args.extend(extra);
         let r = trace_jsonl(lab, &args);
@@ -215,75 +215,82 @@ fn download_run(lab: &Lab, traces: usize, extra: &[&str]) -> (BTreeMap<String, u
     }
     assert!(!d.is_finished() || traces == 0, "the download outlived the traces");
     let rep = d.wait().expect("report");
-    assert!(rep.intact && rep.bytes == 12_000_000, "bytes arrive intact: {rep:?}");
+    assert!(rep.intact && rep.bytes == 30_000_000, "bytes arrive intact: {rep:?}");
     assert!(rep.errors.is_empty(), "the IP_RECVERR client saw no error: {rep:?}");
     let (c1, s1) = (lab.nstat(lab.client_ns()).unwrap(), lab.nstat(lab.server_ns()).unwrap());
     let mut client = delta(&c0, &c1, RETRANS_COUNTERS);
     client.extend(delta(&c0, &c1, ODD_SEGMENT_COUNTERS));
-    let mut server = delta(&s0, &s1, RETRANS_COUNTERS);
-    server.extend(delta(&s0, &s1, ODD_SEGMENT_COUNTERS));
+    let mut server_counters = delta(&s0, &s1, RETRANS_COUNTERS);
+    server_counters.extend(delta(&s0, &s1, ODD_SEGMENT_COUNTERS));
     let ignored = delta(&c0, &c1, &["TcpExtOutOfWindowIcmps"])["TcpExtOutOfWindowIcmps"];
-    (client, server, ignored)
+    (client, server_counters, ignored)
 }
 
 #[test]
 fn tracing_a_tcp_download_ten_times_does_no_harm() {
     let Some(_g) = root_guard() else { return };
-    // NAT and the stateful firewall too: both track TCP windows and must accept the probes.
+    // NAT and the stateful firewall too: both track TCP windows and must accept the probes
+    // (IPv4 through both; IPv6, never translated, through the firewall).
     let lab = Lab::build(LabConfig { nat: true, firewall: true, ..LabConfig::default() }).expect("build lab");
-    let _srv = tcp_server(&lab, 8080, 3_000_000).expect("tcp server");
-    let (base_c, base_s, _) = download_run(&lab, 0, &[]);
-    let (c, s, ignored) = download_run(&lab, 10, &[]);
-    eprintln!("untraced: client {base_c:?}\n          server {base_s:?}\ntraced:   client {c:?}\n          server {s:?}\nclient ignored {ignored} ICMP errors");
-    for name in RETRANS_COUNTERS.iter().chain(ODD_SEGMENT_COUNTERS) {
-        assert!(c[*name] <= base_c[*name], "client {name}: traced {} > untraced {}", c[*name], base_c[*name]);
-        assert!(s[*name] <= base_s[*name], "server {name}: traced {} > untraced {}", s[*name], base_s[*name]);
-    }
-    // Proof that the errors did reach the client's TCP, which ignored them as out of window:
-    // 10 traces × 5 hops × 3 probes.
-    assert!(ignored >= 150, "client ignored {ignored} ICMP errors");
+    let _srv = tcp_server_on(&lab, "0.0.0.0:8080".parse().unwrap(), 3_000_000).expect("tcp server");
+    let _srv6 = tcp_server_on(&lab, "[::]:8080".parse().unwrap(), 3_000_000).expect("tcp server v6");
+    for server in [IpAddr::V4(lab.server_addr()), IpAddr::V6(lab.server_addr6())] {
+        let (base_c, base_s, _) = download_run(&lab, server, 0, &[]);
+        let (c, s, ignored) = download_run(&lab, server, 10, &[]);
+        eprintln!("{server} untraced: client {base_c:?}\n          server {base_s:?}\ntraced:   client {c:?}\n          server {s:?}\nclient ignored {ignored} ICMP errors");
+        for name in RETRANS_COUNTERS.iter().chain(ODD_SEGMENT_COUNTERS) {
+            assert!(c[*name] <= base_c[*name], "{server} client {name}: traced {} > untraced {}", c[*name], base_c[*name]);
+            assert!(s[*name] <= base_s[*name], "{server} server {name}: traced {} > untraced {}", s[*name], base_s[*name]);
+        }
+        // Proof that the errors did reach the client's TCP (tcp_v4_err / tcp_v6_err), which
+        // ignored them as out of window: 10 traces × 5 hops × 3 probes.
+        assert!(ignored >= 150, "{server}: client ignored {ignored} ICMP errors");
 
-    // Probes that do reach the server (--probe-remote): the keep-alive-shaped segment is below
-    // the server's RCV.NXT, so it is discarded by the sequence check before any ACK processing
-    // (RFC 9293 §3.10.7.4): still no retransmission or recovery anywhere. The server answers
-    // some with an ACK of its current state, as it would a keep-alive (rate-limited, counted
-    // as TCPACKSkippedSeq): that is the only trace they leave.
-    let (c, s, _) = download_run(&lab, 10, &["--probe-remote", "--max-ttl", "8", "--max-missing", "2", "--timeout", "300ms"]);
-    eprintln!("probe-remote: client {c:?}\n              server {s:?}");
-    for name in RETRANS_COUNTERS {
-        assert!(c[*name] <= base_c[*name], "client {name}: traced {} > untraced {}", c[*name], base_c[*name]);
-        assert!(s[*name] <= base_s[*name], "server {name}: traced {} > untraced {}", s[*name], base_s[*name]);
+        // Probes that do reach the server (--probe-remote): the keep-alive-shaped segment is
+        // below the server's RCV.NXT, so it is discarded by the sequence check before any ACK
+        // processing (RFC 9293 §3.10.7.4): still no retransmission or recovery anywhere. The
+        // server answers some with an ACK of its current state, as it would a keep-alive
+        // (rate-limited, counted as TCPACKSkippedSeq): that is the only trace they leave.
+        let (c, s, _) = download_run(&lab, server, 10, &["--probe-remote", "--max-ttl", "8", "--max-missing", "2", "--timeout", "300ms"]);
+        eprintln!("{server} probe-remote: client {c:?}\n              server {s:?}");
+        for name in RETRANS_COUNTERS {
+            assert!(c[*name] <= base_c[*name], "{server} client {name}: traced {} > untraced {}", c[*name], base_c[*name]);
+            assert!(s[*name] <= base_s[*name], "{server} server {name}: traced {} > untraced {}", s[*name], base_s[*name]);
+        }
+        assert_eq!(s["TcpExtTCPChallengeACK"], 0, "no challenge ACK (RFC 5961): the ACK field was never checked");
     }
-    assert_eq!(s["TcpExtTCPChallengeACK"], 0, "no challenge ACK (RFC 5961): the ACK field was never checked");
 }
 
 #[test]
 fn tracing_a_udp_session_ten_times_does_no_harm() {
     let Some(_g) = root_guard() else { return };
     let lab = Lab::build(LabConfig { nat: true, ..LabConfig::default() }).expect("build lab");
-    let server = lab.server_addr().to_string();
-    let usrv = udp_server(&lab, 9000).expect("udp server");
-    let s = udp_session(&lab, 9000, 0, 400, Duration::from_millis(20), true).expect("session");
-    s.wait_started(secs(10)).expect("started");
-    for i in 0..10 {
-        let r = trace_jsonl(&lab, &["flow", "--udp", "--remote", &format!("{server}:9000"), "--duration", "10"]);
-        assert_eq!(r.len(), 1, "trace {i}");
-        assert_eq!(r[0].hops.len(), lab.hop_count(), "trace {i}: {:?}", r[0]);
-        assert!(r[0].hops.iter().all(|h| h.probes.iter().all(|p| p.addr.is_some())), "trace {i}: {:?}", r[0]);
-    }
-    let rep = s.wait().expect("report");
-    assert!(rep.intact && rep.answered == rep.sent && rep.sent == 400, "{rep:?}");
-    assert!(rep.errors.is_empty(), "the IP_RECVERR client saw no error: {rep:?}");
-    assert_eq!(usrv.empty_datagrams(), 0, "no probe reached the server application");
+    let usrv = udp_server_on(&lab, "0.0.0.0:9000".parse().unwrap()).expect("udp server");
+    let usrv6 = udp_server_on(&lab, "[::]:9000".parse().unwrap()).expect("udp server v6");
+    for server in [IpAddr::V4(lab.server_addr()), IpAddr::V6(lab.server_addr6())] {
+        let dst = SocketAddr::new(server, 9000);
+        let s = udp_session_to(&lab, dst, 0, 400, Duration::from_millis(20), true).expect("session");
+        s.wait_started(secs(10)).expect("started");
+        for i in 0..10 {
+            let r = trace_jsonl(&lab, &["flow", "--udp", "--remote", &dst.to_string(), "--duration", "10"]);
+            assert_eq!(r.len(), 1, "trace {i}");
+            assert_eq!(r[0].hops.len(), lab.hop_count(), "trace {i}: {:?}", r[0]);
+            assert!(r[0].hops.iter().all(|h| h.probes.iter().all(|p| p.addr.is_some())), "trace {i}: {:?}", r[0]);
+        }
+        let rep = s.wait().expect("report");
+        assert!(rep.intact && rep.answered == rep.sent && rep.sent == 400, "{server}: {rep:?}");
+        assert!(rep.errors.is_empty(), "{server}: the IP_RECVERR / IPV6_RECVERR client saw no error: {rep:?}");
+        assert_eq!(usrv.empty_datagrams() + usrv6.empty_datagrams(), 0, "no probe reached the server application");
 
-    // Control: without the shield the same client does see the errors, so the check above
-    // would catch a shield that does nothing.
-    let s = udp_session(&lab, 9000, 0, 100, Duration::from_millis(20), true).expect("session");
-    s.wait_started(secs(10)).expect("started");
-    let r = trace_jsonl(&lab, &["flow", "--udp", "--remote", &format!("{server}:9000"), "--duration", "10", "--no-udp-shield"]);
-    assert_eq!(r.len(), 1);
-    let rep = s.wait().expect("report");
-    assert!(!rep.errors.is_empty(), "without the shield IP_RECVERR reports the ICMP errors: {rep:?}");
+        // Control: without the shield the same client does see the errors, so the check above
+        // would catch a shield that does nothing.
+        let s = udp_session_to(&lab, dst, 0, 100, Duration::from_millis(20), true).expect("session");
+        s.wait_started(secs(10)).expect("started");
+        let r = trace_jsonl(&lab, &["flow", "--udp", "--remote", &dst.to_string(), "--duration", "10", "--no-udp-shield"]);
+        assert_eq!(r.len(), 1);
+        let rep = s.wait().expect("report");
+        assert!(!rep.errors.is_empty(), "{server}: without the shield the errors reach the socket: {rep:?}");
+    }
 }
 
 #[test]
