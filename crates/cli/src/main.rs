@@ -384,8 +384,10 @@ struct TraceArgsCommon {
     /// Select flows for at most this long (e.g. 30, 30s, 1m); then exit once traces finish.
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
-    /// At most this many probes per second over all flows (0: no limit).
-    #[arg(long, default_value_t = 0)]
+    /// At most this many probes per second over all flows, with bursts of 10 ms worth (0: no
+    /// limit). The default lets a single trace go out at once and keeps thousands of flows
+    /// from flooding the path (and the capture ring with replies).
+    #[arg(long, default_value_t = 10_000)]
     rate: u32,
     /// Do not install the nftables rules that keep ICMP errors caused by UDP probes away from
     /// the application's socket.

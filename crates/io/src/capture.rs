@@ -1,8 +1,13 @@
 //! The libpcap capture: a handle on the interface with a kernel-side BPF filter (see the
-//! filter module for what the driver's two captures take), immediate mode (a packet is delivered when it
-//! arrives, not when a ring block fills, so timers and RTTs are not delayed) and nanosecond
-//! kernel timestamps (the RTT is the difference of the kernel timestamps of the probe's own
-//! capture and of its reply).
+//! filter module for what the driver's two captures take) and nanosecond kernel timestamps
+//! (the RTT is the difference of the kernel timestamps of the probe's own capture and of its
+//! reply, so it does not depend on when the packets reach user space).
+//!
+//! Two delivery modes ([`Delivery`]): *immediate* (every packet wakes the reader; the
+//! interactive traceroute uses it) and *batched* (libpcap's TPACKET_V3 ring hands over a
+//! block of packets when it is full or a short timeout has passed: one wake-up for many
+//! packets, which is what keeps the flow tracer cheap under a bulk transfer; the price is at
+//! most that timeout of delay before a reply is seen, not in the measured RTT).
 
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, SystemTime};
@@ -20,6 +25,15 @@ pub const SNAPLEN: i32 = 384;
 /// up to 4096 bytes), a ClientHello sent as one GSO packet (up to a 16 KB TLS record), a QUIC
 /// Initial. Its filter passes few packets, so the large frames cost little.
 pub const DETECTION_SNAPLEN: i32 = 18 * 1024;
+
+/// When captured packets reach the reader (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Delivery {
+    /// Each packet as it arrives.
+    Immediate,
+    /// In blocks, each handed over when full or `timeout_ms` after its first packet.
+    Batched { timeout_ms: i32 },
+}
 
 pub(crate) struct Capture {
     cap: pcap::Capture<pcap::Active>,
@@ -39,19 +53,23 @@ fn privilege_or(e: pcap::Error, iface: &str) -> Error {
 
 impl Capture {
     /// Opens with a kernel ring of `buffer` bytes (bursts of replies from many targets need
-    /// more room than one flow's) and the standard snap length.
+    /// more room than one flow's), the standard snap length, immediate delivery.
     pub(crate) fn open_with_buffer(iface: &str, filter: &str, buffer: i32) -> Result<Self, Error> {
-        Self::open_with(iface, filter, SNAPLEN, buffer)
+        Self::open_with(iface, filter, SNAPLEN, buffer, Delivery::Immediate)
     }
 
-    /// Opens with snap length `snaplen` and a kernel ring of `buffer` bytes.
-    pub(crate) fn open_with(iface: &str, filter: &str, snaplen: i32, buffer: i32) -> Result<Self, Error> {
+    /// Opens with snap length `snaplen`, a kernel ring of `buffer` bytes, and `delivery`.
+    pub(crate) fn open_with(iface: &str, filter: &str, snaplen: i32, buffer: i32, delivery: Delivery) -> Result<Self, Error> {
         let inactive = pcap::Capture::from_device(iface).map_err(|e| privilege_or(e, iface))?;
+        let (immediate, timeout_ms) = match delivery {
+            Delivery::Immediate => (true, 100),
+            Delivery::Batched { timeout_ms } => (false, timeout_ms),
+        };
         let cap = inactive
             .promisc(false)
             .snaplen(snaplen)
-            .immediate_mode(true)
-            .timeout(100)
+            .immediate_mode(immediate)
+            .timeout(timeout_ms)
             .buffer_size(buffer)
             .precision(pcap::Precision::Nano)
             .open()

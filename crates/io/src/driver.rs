@@ -13,7 +13,7 @@ use svctr_core::{
     TraceResult,
 };
 
-use crate::capture::{Capture, DETECTION_SNAPLEN, SNAPLEN};
+use crate::capture::{Capture, Delivery, DETECTION_SNAPLEN, SNAPLEN};
 use crate::filter::{detection_filter, flow_filter, DetectionSources};
 use crate::iface::interface_addresses;
 use crate::sender::RawSockets;
@@ -120,6 +120,9 @@ pub(crate) const DRAIN_MAX: usize = 4096;
 const FLOW_RING: i32 = 32 << 20;
 /// Kernel ring of the detection capture (few, large packets).
 const DETECTION_RING: i32 = 16 << 20;
+/// Both captures hand over packets in blocks, at most 2 ms late: a wake-up per block, not per
+/// packet, is what keeps the tracer cheap next to a bulk transfer (see the capture module).
+const BATCHED: Delivery = Delivery::Batched { timeout_ms: 2 };
 
 /// Traces live flows until `count` traces are done, `duration` has passed (and in-flight traces
 /// finished), or `stop` is set (in-flight traces are then reported as interrupted). Calls
@@ -147,12 +150,12 @@ pub fn monitor(opts: &MonitorOptions, stop: &AtomicBool, mut on_result: impl FnM
     }
     // The raw sockets first: their EPERM is the clearest privilege error.
     let sender = RawSockets::open(Some(&opts.iface), local.iter().any(IpAddr::is_ipv4), local.iter().any(IpAddr::is_ipv6))?;
-    let mut capture = Capture::open_with(&opts.iface, &flow_filter(&cfg.filter, &local), SNAPLEN, FLOW_RING)?;
+    let mut capture = Capture::open_with(&opts.iface, &flow_filter(&cfg.filter, &local), SNAPLEN, FLOW_RING, BATCHED)?;
     let mut detection = match &cfg.services {
         Some(_) => {
             let what = DetectionSources { dns: cfg.detector.dns, tls: cfg.detector.tls, quic: cfg.detector.quic };
             match detection_filter(&cfg.filter, &local, what) {
-                Some(f) => Some(Capture::open_with(&opts.iface, &f, DETECTION_SNAPLEN, DETECTION_RING)?),
+                Some(f) => Some(Capture::open_with(&opts.iface, &f, DETECTION_SNAPLEN, DETECTION_RING, BATCHED)?),
                 None => None,
             }
         }

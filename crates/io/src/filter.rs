@@ -21,7 +21,10 @@
 //!   per one or two data segments, or per GRO batch);
 //! * outgoing segments of at most one Ethernet MTU: small writes, requests, ClientHellos. A
 //!   bulk *upload* leaves as GSO super-packets larger than that and is not taken;
-//! * a sample of the incoming data segments, so that the ACK number they carry keeps
+//! * incoming segments of at most 576 bytes (IPv6: a 536-byte payload): the answers of
+//!   request/response traffic, whose ACK numbers give `SND.UNA` (a server that answers with
+//!   data sends no pure ACK); bulk data comes in full-sized segments;
+//! * a sample of the other incoming data segments, so that the ACK number they carry keeps
 //!   `SND.UNA` fresh during a download (and gives it at all when the tracer starts after the
 //!   handshake).
 //!
@@ -120,7 +123,7 @@ pub fn flow_filter(f: &FlowFilter, local: &[IpAddr]) -> String {
         if wants(f, Protocol::Tcp) {
             clauses.push(format!(
                 "(ip and tcp{n} and (tcp[13] & 7 != 0 or ip[2:2] - ((ip[0] & 0xf) << 2) - ((tcp[12] & 0xf0) >> 2) == 0 \
-                 or ({src} and ip[2:2] <= {MTU_V4}) or {}))",
+                 or ip[2:2] <= 576 or ({src} and ip[2:2] <= {MTU_V4}) or {}))",
                 seq_sample("tcp[4:4]")
             ));
         }
@@ -151,7 +154,7 @@ pub fn flow_filter(f: &FlowFilter, local: &[IpAddr]) -> String {
             // TCP at ip6[40]: seq 44..48, data offset 52, flags 53.
             clauses.push(format!(
                 "(ip6[6] == 6{n} and (ip6[53] & 7 != 0 or ip6[4:2] - ((ip6[52] & 0xf0) >> 2) == 0 \
-                 or ({src} and ip6[4:2] <= {MTU_V6_PAYLOAD}) or {}))",
+                 or ip6[4:2] <= 536 or ({src} and ip6[4:2] <= {MTU_V6_PAYLOAD}) or {}))",
                 seq_sample("ip6[44:4]")
             ));
         }
@@ -326,6 +329,7 @@ mod tests {
         assert!(passes(&expr, &tcp4(true, 9, 0x10, 0)), "pure ACK out");
         assert!(passes(&expr, &tcp4(false, 9, 0x10, 0)), "pure ACK in");
         assert!(passes(&expr, &tcp4(true, 70_000, 0x18, 300)), "a request");
+        assert!(passes(&expr, &tcp4(false, 0x9e37_79b9, 0x18, 200)), "an answer");
         assert!(passes(&expr, &icmp4_error(11, &tcp4(true, 1, 0x10, 0))), "time exceeded about TCP");
         assert!(passes(&expr, &icmp4_error(3, &udp4(true, &[]))), "unreachable about UDP");
         // Bulk: incoming data segments outside the sample, GSO uploads: left in the kernel.
@@ -346,6 +350,7 @@ mod tests {
         assert!(passes(&expr, &tcp6(true, 1, 0x02, &[])));
         assert!(passes(&expr, &tcp6(false, 9, 0x10, &[])));
         assert!(passes(&expr, &tcp6(true, 70_000, 0x18, &[1; 300])));
+        assert!(passes(&expr, &tcp6(false, 0x9e37_79b9, 0x18, &[1; 300])), "an answer");
         assert!(!passes(&expr, &tcp6(false, 0x9e37_79b9, 0x10, &[1; 1400])));
         let hits = (0..1340u32).filter(|i| passes(&expr, &tcp6(false, 0x8765_4321u32.wrapping_add(i * 16_384), 0x10, &[1; 1400]))).count();
         assert!((20..=60).contains(&hits), "IPv6 stride 16384: {hits}");

@@ -12,11 +12,11 @@
 //! `/usr/bin/time -f "%M %e" bash -c '"$@"; times'`:
 //!
 //! * `service-traceroute flow -i eth0 --udp|--tcp --remote S:PORT --count N --duration 60
-//!   --format jsonl --stats` with no rate limit: every flow is traced as soon as its packets
-//!   are seen;
-//! * the same with `--rate R` (default 20000 probes/s): the probes of all N flows are
-//!   interleaved round-robin under the limit, so all N traces are in progress at once
-//!   (`--stats` reports the most at once);
+//!   --format jsonl --stats --rate 0`: no rate limit, every flow's probes go as soon as the
+//!   flow is seen;
+//! * the same with the default rate limit (10,000 probes/s) and with `--rate R` (default
+//!   20000): the probes of all flows are interleaved round-robin under the limit, so all
+//!   traces are in progress at once (`--stats` reports the most at once);
 //! * the same with `--count 1`, the baseline of the memory per flow.
 //!
 //! Per run: traced flows, *span* = first probe of any trace → end of the last (from the JSON
@@ -157,14 +157,14 @@ struct FlowRun {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn flow_run(lab: &Lab, tracer: &str, proto: Proto, dst: SocketAddr, count: usize, rate: u32) -> Result<FlowRun> {
+fn flow_run(lab: &Lab, tracer: &str, proto: Proto, dst: SocketAddr, count: usize, rate: Option<u32>) -> Result<FlowRun> {
     let mut args: Vec<String> = [tracer, "flow", "-i", "eth0", if proto == Proto::Tcp { "--tcp" } else { "--udp" }, "--remote"]
         .iter()
         .map(ToString::to_string)
         .collect();
     args.push(dst.to_string());
     args.extend(["--count", &count.to_string(), "--duration", "60", "--format", "jsonl", "--stats"].map(String::from));
-    if rate > 0 {
+    if let Some(rate) = rate {
         args.extend(["--rate".to_string(), rate.to_string()]);
     }
     let m = measure(lab, &args, Duration::from_secs(180), &[])?;
@@ -224,12 +224,13 @@ pub(crate) fn run_flows(args: &FlowsBenchArgs, stop: &AtomicBool) -> Result<u8> 
     writeln!(out, "\n## 4. Flows traced per second and memory per concurrent flow\n")?;
     writeln!(
         out,
-        "{} repetitions per setting; spans and rates are medians (min-max in brackets); `--rate {}` interleaves all flows' probes so that all traces are in progress at once.\n",
-        args.reps, args.rate
+        "{} repetitions per setting; spans and rates are medians (min-max in brackets). Each flow sends one message a second, so the tracer needs up to a second to see every flow: that bounds flows/s at 1,000 flows. Under a rate limit all flows' probes are interleaved, so all traces are in progress at once.\n",
+        args.reps
     )?;
     writeln!(out, "| flows | setting | traced | hops = ground truth | span (ms) | flows/s | wall (ms) | CPU (ms) | max RSS (MiB) | memory per flow (KiB) | traces at once | capture drops |")?;
     writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|")?;
     let mut first_port_tcp = 30_000u16;
+    let mut bases = Vec::new();
     for proto in [Proto::Udp, Proto::Tcp] {
         let dst = if proto == Proto::Udp { udp_dst } else { tcp_dst };
         for &n in &args.flows {
@@ -250,7 +251,9 @@ pub(crate) fn run_flows(args: &FlowsBenchArgs, stop: &AtomicBool) -> Result<u8> 
                 bail!("only {open} of {n} {proto:?} flows opened");
             }
             std::thread::sleep(Duration::from_secs(2));
-            let settings: [(&str, usize, u32); 3] = [("no limit", n, 0), ("rate", n, args.rate), ("count 1", 1, 0)];
+            let higher = format!("`--rate {}`", args.rate);
+            let settings: [(&str, usize, Option<u32>); 4] =
+                [("`--rate 0` (no limit)", n, Some(0)), ("default (`--rate 10000`)", n, None), (&higher, n, Some(args.rate)), ("count 1", 1, None)];
             let mut runs: Vec<Vec<FlowRun>> = (0..settings.len()).map(|_| Vec::new()).collect();
             for rep in 0..args.reps {
                 for (i, (name, count, rate)) in settings.iter().enumerate() {
@@ -258,15 +261,16 @@ pub(crate) fn run_flows(args: &FlowsBenchArgs, stop: &AtomicBool) -> Result<u8> 
                     runs[i].push(flow_run(&lab, &t, proto, dst, *count, *rate)?);
                 }
             }
-            let base_rss = median(&runs[2].iter().map(|r| r.rss_kib).collect::<Vec<_>>());
-            for (i, (name, count, rate)) in settings.iter().enumerate().take(2) {
+            let base_rss = median(&runs[3].iter().map(|r| r.rss_kib).collect::<Vec<_>>());
+            bases.push(format!("{n} {proto:?} flows running: {:.1} MiB", base_rss / 1024.0));
+            for (i, (name, count, _)) in settings.iter().enumerate().take(3) {
                 let rs = &runs[i];
                 let col = |f: &dyn Fn(&FlowRun) -> f64| rs.iter().map(f).collect::<Vec<f64>>();
                 let traced = rs.iter().map(|r| r.traced).min().unwrap_or(0);
                 let (hops, right): (usize, usize) = rs.iter().fold((0, 0), |a, r| (a.0 + r.hops, a.1 + r.hops_right));
                 let per_flow: Vec<f64> = rs.iter().map(|r| (r.rss_kib - base_rss) / *count as f64).collect();
                 let flows_per_s = col(&|r| r.traced as f64 / (r.span_ms / 1000.0).max(1e-6));
-                let setting = if *rate > 0 { format!("`--rate {rate}`") } else { (*name).to_string() };
+                let setting = name;
                 writeln!(
                     out,
                     "| {n} {} | {setting} | {traced}/{count} | {right}/{hops} ({:.3} %) | {:.0} ({}) | {:.0} ({}) | {:.0} | {:.0} | {:.1} | {:.2} | {} | {} |",
@@ -288,7 +292,7 @@ pub(crate) fn run_flows(args: &FlowsBenchArgs, stop: &AtomicBool) -> Result<u8> 
         }
     }
     tcp_echo.stop()?;
-    writeln!(out, "\nThe `count 1` baseline's max RSS: see the method (`crates/lab/src/bench_flows.rs`).")?;
+    writeln!(out, "\nMax RSS of a `--count 1` run (the baseline of the memory per flow): {}.", bases.join("; "))?;
     print!("{out}");
     Ok(0)
 }
