@@ -656,29 +656,25 @@ fn run_monitor(opts: MonitorOptions, format: Format, show_stats: bool) -> Result
     Ok(ExitCode::SUCCESS)
 }
 
+/// The run of `flow` and `monitor` (which then sets re-tracing and granularity).
+fn monitor_options(s: &SelectArgs, t: &TraceArgsCommon, count: usize) -> Result<MonitorOptions, Error> {
+    Ok(MonitorOptions {
+        iface: s.iface.clone(),
+        config: monitor_config(s, t, count)?,
+        duration: t.duration,
+        udp_shield: !t.no_udp_shield,
+        rate: t.rate,
+    })
+}
+
 fn run_flow(a: FlowArgs) -> Result<ExitCode, Error> {
-    let config = monitor_config(&a.select, &a.trace, a.count)?;
-    let opts = MonitorOptions {
-        iface: a.select.iface,
-        config,
-        duration: a.trace.duration,
-        udp_shield: !a.trace.no_udp_shield,
-        rate: a.trace.rate,
-    };
-    run_monitor(opts, a.format, a.trace.stats)
+    run_monitor(monitor_options(&a.select, &a.trace, a.count)?, a.format, a.trace.stats)
 }
 
 fn run_monitor_cmd(a: MonitorArgs) -> Result<ExitCode, Error> {
-    let mut config = monitor_config(&a.select, &a.trace, a.count)?;
-    config.retrace_after = a.retrace_after.0;
-    config.granularity = a.per;
-    let opts = MonitorOptions {
-        iface: a.select.iface,
-        config,
-        duration: a.trace.duration,
-        udp_shield: !a.trace.no_udp_shield,
-        rate: a.trace.rate,
-    };
+    let mut opts = monitor_options(&a.select, &a.trace, a.count)?;
+    opts.config.retrace_after = a.retrace_after.0;
+    opts.config.granularity = a.per;
     run_monitor(opts, a.format, a.trace.stats)
 }
 

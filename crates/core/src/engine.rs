@@ -221,6 +221,11 @@ impl Engine {
     /// dropped (each reported as [`Event::FlowForgotten`]).
     pub fn stop_selecting(&mut self) {
         self.accepting = false;
+        self.drop_watched();
+    }
+
+    /// Drops the flows watched but not traced (their timers expire unused).
+    fn drop_watched(&mut self) {
         let events = &mut self.events;
         self.flows.retain(|k, e| {
             let keep = matches!(e.phase, Phase::Tracing(_));
@@ -423,14 +428,7 @@ impl Engine {
         self.events.push_back(Event::TraceStarted { flow: *key, remote_distance: distance });
         if self.traces_exhausted() {
             // No more traces: flows still waiting are let go.
-            let events = &mut self.events;
-            self.flows.retain(|k, e| {
-                let keep = matches!(e.phase, Phase::Tracing(_));
-                if !keep {
-                    events.push_back(Event::FlowForgotten(*k));
-                }
-                keep
-            });
+            self.drop_watched();
         }
     }
 

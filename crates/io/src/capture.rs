@@ -80,6 +80,11 @@ impl Capture {
         Ok(Self { cap, linktype })
     }
 
+    /// Replaces the kernel filter.
+    pub(crate) fn set_filter(&mut self, filter: &str) -> Result<(), Error> {
+        self.cap.filter(filter, true).map_err(|e| Error::Filter { filter: filter.to_string(), source: e })
+    }
+
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
         self.cap.as_fd()
     }

@@ -2,6 +2,7 @@
 //! sockets, with `poll(2)` on the captures' descriptors so the loop sleeps exactly until the
 //! next packet, the monitor's next timer, or the next token of the probe rate.
 
+use std::collections::{HashSet, VecDeque};
 use std::net::IpAddr;
 use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,7 +15,7 @@ use svctr_core::{
 };
 
 use crate::capture::{Capture, Delivery, DETECTION_SNAPLEN, SNAPLEN};
-use crate::filter::{detection_filter, flow_filter, DetectionSources};
+use crate::filter::{detection_filter, flow_filter, lane_filter, DetectionSources, LANE_FLOWS};
 use crate::iface::interface_addresses;
 use crate::sender::RawSockets;
 use crate::shield::Shield;
@@ -116,8 +117,10 @@ fn describe(cfg: &MonitorConfig) -> String {
 const MAX_SLEEP: Duration = Duration::from_millis(50);
 /// Packets read from a capture per loop turn: timers and probes are served in between.
 pub(crate) const DRAIN_MAX: usize = 4096;
-/// Kernel ring of the flow capture: room for the replies of thousands of flows at once.
-const FLOW_RING: i32 = 32 << 20;
+/// Kernel ring of the flow capture: ~20,000 packets of up to the snap length, room for the
+/// replies and probe captures of thousands of flows under the default rate for a second (a
+/// bigger ring costs more to set up: the kernel allocates and maps it when the capture opens).
+const FLOW_RING: i32 = 8 << 20;
 /// Kernel ring of the detection capture (few, large packets).
 const DETECTION_RING: i32 = 16 << 20;
 /// Both captures hand over packets in blocks, at most 2 ms late: a wake-up per block, not per
@@ -161,6 +164,7 @@ pub fn monitor(opts: &MonitorOptions, stop: &AtomicBool, mut on_result: impl FnM
         }
         None => None,
     };
+    let mut lane = Lane::new(&opts.iface);
     let mut shield = Shield::new();
     let mut shielded = UdpTraces::default();
     let mut mcfg = cfg.clone();
@@ -191,10 +195,14 @@ pub fn monitor(opts: &MonitorOptions, stop: &AtomicBool, mut on_result: impl FnM
         capture
             .drain(DRAIN_MAX, |ts, ip| mon.handle_packet(Instant::now(), ts, ip))
             .map_err(|e| Error::Capture { iface: opts.iface.clone(), source: e })?;
+        if let Some(cap) = &mut lane.cap {
+            cap.drain(DRAIN_MAX, |ts, ip| mon.handle_packet(Instant::now(), ts, ip))
+                .map_err(|e| Error::Capture { iface: opts.iface.clone(), source: e })?;
+        }
         let t = now();
         mon.handle_timeout(t);
         // Events before probes: a UDP flow's shield must be in place before its first probe.
-        handle_events(&mut mon, &mut shielded, &mut traced, &mut on_result);
+        handle_events(&mut mon, &mut shielded, &mut lane, &mut traced, &mut on_result);
         if opts.udp_shield {
             shield.protect(&shielded.started)?;
         }
@@ -206,12 +214,13 @@ pub fn monitor(opts: &MonitorOptions, stop: &AtomicBool, mut on_result: impl FnM
                 mon.handle_send_error(t, &tx.flow, tx.ident, e.to_string());
             }
         }
-        handle_events(&mut mon, &mut shielded, &mut traced, &mut on_result);
+        handle_events(&mut mon, &mut shielded, &mut lane, &mut traced, &mut on_result);
         if opts.udp_shield {
             shield.release(&shielded.finished, t.mono);
             shield.expire(t.mono)?;
         }
         shielded.finished.clear();
+        lane.update(t.mono)?;
 
         peak_traces = peak_traces.max(mon.engine().active_traces());
         if mon.is_idle() && (interrupted || !selecting || !mon.is_selecting()) {
@@ -222,6 +231,9 @@ pub fn monitor(opts: &MonitorOptions, stop: &AtomicBool, mut on_result: impl FnM
         if let Some(at) = mon.poll_timeout() {
             wake = wake.min(at);
         }
+        if let Some(at) = lane.next_work() {
+            wake = wake.min(at);
+        }
         if mon.has_pending_transmit() {
             // Probes are due: as soon as the rate allows (at once without a limit).
             wake = wake.min(pacer.next_at(t).unwrap_or(t));
@@ -229,21 +241,26 @@ pub fn monitor(opts: &MonitorOptions, stop: &AtomicBool, mut on_result: impl FnM
         let sleep = wake.saturating_duration_since(t);
         if !sleep.is_zero() {
             let mut fds = vec![capture.fd()];
+            if let Some(c) = &lane.cap {
+                fds.push(c.fd());
+            }
             if let Some(d) = &detection {
                 fds.push(d.fd());
             }
             wait_readable(&fds, sleep);
         }
     }
-    let drops = capture.drops() + detection.as_mut().map_or(0, Capture::drops);
+    let drops = capture.drops() + lane.cap.as_mut().map_or(0, Capture::drops) + detection.as_mut().map_or(0, Capture::drops);
     let summary = RunSummary {
         traced,
         stats: mon.stats(),
         capture_drops: drops,
-        captured: capture.received(),
+        captured: capture.received() + lane.cap.as_mut().map_or(0, Capture::received),
         detection_captured: detection.as_mut().map_or(0, Capture::received),
         peak_traces,
     };
+    // Closing a packet socket waits for an RCU grace period (~20 ms): close them side by side.
+    close_together([Some(capture), lane.cap.take(), detection]);
     if traced == 0 && !interrupted {
         if let Some(d) = opts.duration {
             if summary.stats.flows_watched == 0 {
@@ -254,6 +271,94 @@ pub fn monitor(opts: &MonitorOptions, stop: &AtomicBool, mut on_result: impl FnM
     Ok(summary)
 }
 
+/// Closes captures in parallel threads and waits for all.
+fn close_together<const N: usize>(caps: [Option<Capture>; N]) {
+    std::thread::scope(|s| {
+        for c in caps.into_iter().flatten() {
+            s.spawn(move || drop(c));
+        }
+    });
+}
+
+/// Kernel ring of the fast lane (a few flows' packets at a time).
+const LANE_RING: i32 = 1 << 20;
+/// The lane's filter is replaced at most this often.
+const LANE_UPDATE: Duration = Duration::from_millis(5);
+/// The lane is opened once a flow has waited this long for its first incoming packets (most
+/// flows get them from the flow capture at once; a capture costs ~20 ms to set up and to close).
+const LANE_OPEN_AFTER: Duration = Duration::from_millis(20);
+
+/// The fast lane: a third capture that passes every incoming packet of the flows the engine
+/// watches but does not trace yet (see [`lane_filter`]), so that a flow already running starts
+/// at its next packet instead of waiting for the flow capture's sample. Opened when first
+/// needed.
+struct Lane {
+    iface: String,
+    cap: Option<Capture>,
+    /// Flows waiting, with the instant they began to, in that order (with flows since gone:
+    /// see `member`).
+    waiting: VecDeque<(FlowKey, Instant)>,
+    member: HashSet<FlowKey>,
+    /// The flows the installed filter passes.
+    shown: Vec<FlowKey>,
+    dirty: bool,
+    next_update: Instant,
+}
+
+impl Lane {
+    fn new(iface: &str) -> Self {
+        Self { iface: iface.to_string(), cap: None, waiting: VecDeque::new(), member: HashSet::new(), shown: Vec::new(), dirty: false, next_update: Instant::now() }
+    }
+
+    fn add(&mut self, flow: FlowKey, now: Instant) {
+        if self.member.insert(flow) {
+            self.waiting.push_back((flow, now));
+            self.dirty |= self.shown.len() < LANE_FLOWS;
+        }
+    }
+
+    fn remove(&mut self, flow: &FlowKey) {
+        if self.member.remove(flow) {
+            self.dirty |= self.shown.contains(flow);
+        }
+    }
+
+    /// When `update` next has work.
+    fn next_work(&self) -> Option<Instant> {
+        if !self.dirty {
+            return None;
+        }
+        match (&self.cap, self.waiting.front()) {
+            (None, Some((_, since))) => Some(*since + LANE_OPEN_AFTER),
+            (None, None) => None,
+            (Some(_), _) => Some(self.next_update),
+        }
+    }
+
+    /// Installs the filter for the first waiting flows if they changed (rate-limited), opening
+    /// the capture the first time a flow has waited [`LANE_OPEN_AFTER`].
+    fn update(&mut self, now: Instant) -> Result<(), Error> {
+        while self.waiting.front().is_some_and(|(f, _)| !self.member.contains(f)) {
+            self.waiting.pop_front();
+        }
+        if !self.dirty || now < self.next_update {
+            return Ok(());
+        }
+        let cap = match &mut self.cap {
+            Some(c) => c,
+            None if self.waiting.front().is_some_and(|(_, since)| now >= *since + LANE_OPEN_AFTER) => {
+                self.cap.insert(Capture::open_with(&self.iface, &lane_filter(&[]), SNAPLEN, LANE_RING, BATCHED)?)
+            }
+            None => return Ok(()),
+        };
+        self.shown = self.waiting.iter().map(|(f, _)| *f).filter(|f| self.member.contains(f)).take(LANE_FLOWS).collect();
+        cap.set_filter(&lane_filter(&self.shown))?;
+        self.dirty = false;
+        self.next_update = now + LANE_UPDATE;
+        Ok(())
+    }
+}
+
 /// UDP traces that started and ended in this turn of the loop: the shield's work, batched.
 #[derive(Default)]
 struct UdpTraces {
@@ -261,10 +366,17 @@ struct UdpTraces {
     finished: Vec<FlowKey>,
 }
 
-fn handle_events(mon: &mut Monitor, udp: &mut UdpTraces, traced: &mut usize, on_result: &mut impl FnMut(TraceResult)) {
+fn handle_events(mon: &mut Monitor, udp: &mut UdpTraces, lane: &mut Lane, traced: &mut usize, on_result: &mut impl FnMut(TraceResult)) {
     while let Some(ev) = mon.poll_event() {
         match ev {
-            Event::TraceStarted { flow, .. } if flow.protocol == Protocol::Udp => udp.started.push(flow),
+            Event::FlowSelected(flow) => lane.add(flow, Instant::now()),
+            Event::FlowForgotten(flow) => lane.remove(&flow),
+            Event::TraceStarted { flow, .. } => {
+                lane.remove(&flow);
+                if flow.protocol == Protocol::Udp {
+                    udp.started.push(flow);
+                }
+            }
             Event::TraceFinished(r) => {
                 if r.flow.protocol == Protocol::Udp {
                     udp.finished.push(FlowKey {

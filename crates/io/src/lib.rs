@@ -58,7 +58,7 @@ mod traceroute;
 pub use capture::{DETECTION_SNAPLEN, SNAPLEN};
 pub use driver::{monitor, spawn_monitor, trace_flows, FlowTraceOptions, MonitorOptions, RunSummary};
 pub use error::Error;
-pub use filter::{detection_filter, flow_filter, DetectionSources};
+pub use filter::{detection_filter, flow_filter, lane_filter, DetectionSources, LANE_FLOWS};
 pub use handle::RunHandle;
 pub use iface::interface_addresses;
 pub use names::{NameResolver, NAME_WAIT};

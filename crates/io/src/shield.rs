@@ -130,6 +130,9 @@ impl Shield {
     /// Drops ICMP/ICMPv6 errors quoting a probe of these UDP flows from now on (one `nft` run
     /// for all of them).
     pub(crate) fn protect(&mut self, flows: &[FlowKey]) -> Result<(), Error> {
+        if flows.is_empty() {
+            return Ok(());
+        }
         if !self.stale_removed {
             remove_stale();
             self.stale_removed = true;

@@ -297,6 +297,20 @@ pub(crate) fn run_flows(args: &FlowsBenchArgs, stop: &AtomicBool) -> Result<u8> 
     Ok(0)
 }
 
+/// One capture-benchmark run of one setting.
+struct CaptureRun {
+    /// The download's throughput.
+    gbps: f64,
+    /// Packets through the client's interface (both directions) per second.
+    iface_pps: f64,
+    /// Packets the setting's tool captured per second.
+    captured_pps: f64,
+    /// The tool's CPU as a share of one core.
+    cpu_pct: f64,
+    /// Traces the tool reported.
+    traces: u64,
+}
+
 /// Packets the client's interface received and sent so far.
 fn rx_tx_packets(lab: &Lab) -> Result<u64> {
     let mut total = 0;
@@ -335,8 +349,7 @@ pub(crate) fn run_capture(args: &CaptureBenchArgs, stop: &AtomicBool) -> Result<
         .map(ToString::to_string)
         .collect();
     let settings: [(&str, Option<&Vec<String>>); 3] = [("transfer alone", None), ("service-traceroute monitor", Some(&ours)), ("tcpdump, every packet of the flow", Some(&tcpdump))];
-    // Per setting: (Gbit/s, interface packets/s, captured packets/s, CPU % of a core, traces).
-    let mut rows: Vec<Vec<(f64, f64, f64, f64, u64)>> = (0..settings.len()).map(|_| Vec::new()).collect();
+    let mut rows: Vec<Vec<CaptureRun>> = (0..settings.len()).map(|_| Vec::new()).collect();
     for rep in 0..args.reps {
         for (i, (name, cmd)) in settings.iter().enumerate() {
             if stop.load(Ordering::SeqCst) {
@@ -363,7 +376,13 @@ pub(crate) fn run_capture(args: &CaptureBenchArgs, stop: &AtomicBool) -> Result<
             };
             let dt = t0.elapsed().as_secs_f64();
             let (b1, p1) = (dl.bytes_received(), rx_tx_packets(&lab)?);
-            rows[i].push(((b1 - b0) as f64 * 8.0 / dt / 1e9, (p1 - p0) as f64 / dt, captured as f64 / dt, 100.0 * cpu_ms / 1000.0 / dt, traces));
+            rows[i].push(CaptureRun {
+                gbps: (b1 - b0) as f64 * 8.0 / dt / 1e9,
+                iface_pps: (p1 - p0) as f64 / dt,
+                captured_pps: captured as f64 / dt,
+                cpu_pct: 100.0 * cpu_ms / 1000.0 / dt,
+                traces,
+            });
         }
     }
     drop(dl);
@@ -372,19 +391,19 @@ pub(crate) fn run_capture(args: &CaptureBenchArgs, stop: &AtomicBool) -> Result<
     writeln!(out, "| setting | download (Gbit/s) | packets on the client's eth0 per s | packets captured per s | CPU (% of one core) | traces |")?;
     writeln!(out, "|---|---|---|---|---|---|")?;
     for (i, (name, _)) in settings.iter().enumerate() {
-        let col = |f: &dyn Fn(&(f64, f64, f64, f64, u64)) -> f64| rows[i].iter().map(f).collect::<Vec<f64>>();
-        let g = col(&|r| r.0);
+        let col = |f: &dyn Fn(&CaptureRun) -> f64| rows[i].iter().map(f).collect::<Vec<f64>>();
+        let g = col(&|r| r.gbps);
         writeln!(
             out,
             "| {name} | {:.2} ({:.2}-{:.2}) | {:.0} | {:.0} | {:.1} ({}) | {} |",
             median(&g),
             stats(&g).map_or(0.0, |s| s.min),
             stats(&g).map_or(0.0, |s| s.max),
-            median(&col(&|r| r.1)),
-            median(&col(&|r| r.2)),
-            median(&col(&|r| r.3)),
-            range(&col(&|r| r.3)),
-            rows[i].iter().map(|r| r.4).sum::<u64>()
+            median(&col(&|r| r.iface_pps)),
+            median(&col(&|r| r.captured_pps)),
+            median(&col(&|r| r.cpu_pct)),
+            range(&col(&|r| r.cpu_pct)),
+            rows[i].iter().map(|r| r.traces).sum::<u64>()
         )?;
     }
     print!("{out}");
