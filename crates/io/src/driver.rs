@@ -192,9 +192,13 @@ pub fn monitor(opts: &MonitorOptions, stop: &AtomicBool, mut on_result: impl FnM
             d.drain(DRAIN_MAX, |_, ip| mon.handle_detection_packet(Instant::now(), ip))
                 .map_err(|e| Error::Capture { iface: opts.iface.clone(), source: e })?;
         }
-        capture
+        let read = capture
             .drain(DRAIN_MAX, |ts, ip| mon.handle_packet(Instant::now(), ts, ip))
             .map_err(|e| Error::Capture { iface: opts.iface.clone(), source: e })?;
+        // Back-pressure: while the capture holds more than one turn's worth, send nothing new
+        // (every probe adds its own capture and a reply to read); the ring drains first. So a
+        // slower machine or build sends slower instead of overflowing the ring with replies.
+        let backlog = read >= DRAIN_MAX;
         if let Some(cap) = &mut lane.cap {
             cap.drain(DRAIN_MAX, |ts, ip| mon.handle_packet(Instant::now(), ts, ip))
                 .map_err(|e| Error::Capture { iface: opts.iface.clone(), source: e })?;
@@ -207,7 +211,7 @@ pub fn monitor(opts: &MonitorOptions, stop: &AtomicBool, mut on_result: impl FnM
             shield.protect(&shielded.started)?;
         }
         shielded.started.clear();
-        while pacer.next_at(t.mono).is_none() {
+        while !backlog && pacer.next_at(t.mono).is_none() {
             let Some(tx) = mon.poll_transmit(t, &mut buf) else { break };
             pacer.try_take(t.mono);
             if let Err(e) = sender.send(tx.dst, &buf[..tx.len]) {
@@ -238,7 +242,7 @@ pub fn monitor(opts: &MonitorOptions, stop: &AtomicBool, mut on_result: impl FnM
             // Probes are due: as soon as the rate allows (at once without a limit).
             wake = wake.min(pacer.next_at(t).unwrap_or(t));
         }
-        let sleep = wake.saturating_duration_since(t);
+        let sleep = if backlog { Duration::ZERO } else { wake.saturating_duration_since(t) };
         if !sleep.is_zero() {
             let mut fds = vec![capture.fd()];
             if let Some(c) = &lane.cap {
