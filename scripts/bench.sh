@@ -3,17 +3,20 @@
 # takes to trace a live flow's path against scamper and Debian traceroute, then its CPU time
 # and memory per traced flow (`svctr-lab bench`); then, on a lab with 1000 destinations, the
 # time, probes/s, CPU and memory to trace all of them against scamper, trippy and traceroute
-# (`svctr-lab bench-trace`). Prints one Markdown report on stdout (see BENCHMARKS.md).
-# Needs root (network namespaces, raw sockets).
+# (`svctr-lab bench-trace`); then live flows traced per second and memory per concurrent flow at
+# 1,000 and 10,000 flows (`svctr-lab bench-flows`), and the capture's CPU next to a multi-gigabit
+# transfer against tcpdump (`svctr-lab bench-capture`). Prints one Markdown report on stdout
+# (see BENCHMARKS.md). Needs root (network namespaces, raw sockets).
 #
 # Options:
 #   --runs N (15), --flows M (200)                   flow benchmark (`bench`)
 #   --targets T (1000), --parallel P (50), --reps R (3)
 #                                                    many-destination benchmark (`bench-trace`)
-#   --skip-flow, --skip-trace                        run only one of the two
+#   --skip-flow, --skip-trace, --skip-flows, --skip-capture
+#                                                    leave a section out
 #
-# Time: about 20 s for `bench` and 2-3 min for `bench-trace` (mostly trippy with its default
-# 1 s rounds). The first run also installs trippy with `cargo install trippy --locked` if
+# Time: about 20 s for `bench`, 2-3 min for `bench-trace` (mostly trippy with its default
+# 1 s rounds), about 3 min for `bench-flows` and 2 min for `bench-capture`. The first run also installs trippy with `cargo install trippy --locked` if
 # `trip` is missing, which compiles for several minutes on 2 cores (skipped if cargo or the
 # build fails: the report then says trippy was not run).
 set -euo pipefail
@@ -23,6 +26,8 @@ bench_args=()
 trace_args=()
 skip_flow=0
 skip_trace=0
+skip_flows=0
+skip_capture=0
 while (($#)); do
   case "$1" in
     --runs | --flows)
@@ -33,14 +38,17 @@ while (($#)); do
       trace_args+=("$1" "$2"); shift 2 ;;
     --skip-flow) skip_flow=1; shift ;;
     --skip-trace) skip_trace=1; shift ;;
+    --skip-flows) skip_flows=1; shift ;;
+    --skip-capture) skip_capture=1; shift ;;
     *) echo "bench: unknown option $1 (see the comment at the top of $0)" >&2; exit 2 ;;
   esac
 done
 
 source scripts/setup.sh
-# Peers and measurement tools, only what is missing: scamper (peer), time (GNU time: max RSS).
+# Peers and measurement tools, only what is missing: scamper and tcpdump (peers), time (GNU time:
+# max RSS).
 missing=()
-for p in scamper time; do
+for p in scamper time tcpdump; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if ((${#missing[@]})); then
@@ -76,5 +84,11 @@ fi
 if ((!skip_trace)); then
   if [[ -n $trip ]]; then trace_args+=(--trip "$trip"); fi
   "$bin/svctr-lab" bench-trace --tracer "$bin/service-traceroute" "${trace_args[@]}" || status=$?
+fi
+if ((!skip_flows)); then
+  "$bin/svctr-lab" bench-flows --tracer "$bin/service-traceroute" || status=$?
+fi
+if ((!skip_capture)); then
+  "$bin/svctr-lab" bench-capture --tracer "$bin/service-traceroute" || status=$?
 fi
 exit "$status"

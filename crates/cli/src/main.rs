@@ -393,6 +393,10 @@ struct TraceArgsCommon {
     /// the application's socket.
     #[arg(long)]
     no_udp_shield: bool,
+    /// The flow capture's kernel ring in MiB (default: 4 for --count up to 64, else 32). More
+    /// absorbs longer stalls of a busy machine; less sets up faster.
+    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    capture_buffer: Option<u16>,
     /// Print the run's counters on stderr at the end (packets captured, flows recognised and
     /// traced, probes, the most traces at once).
     #[arg(long)]
@@ -630,13 +634,13 @@ fn run_monitor(opts: MonitorOptions, format: Format, show_stats: bool) -> Result
     if show_stats {
         let st = &summary.stats;
         eprintln!(
-            "service-traceroute: stats: captured {} packets (flows) + {} (detection), dropped {}; flows recognised {}, watched {}, held back {}; traces {} (at most {} at once); probes {}, replies matched {}",
+            "service-traceroute: stats: captured {} packets (flows) + {} (detection), dropped {}; flows recognised {}, watched {}; packets of flows traced recently {}; traces {} (at most {} at once); probes {}, replies matched {}",
             summary.captured,
             summary.detection_captured,
             summary.capture_drops,
             st.flows_recognised,
             st.flows_watched,
-            st.flows_held_back,
+            st.packets_held_back,
             summary.traced,
             summary.peak_traces,
             st.engine.probes_sent,
@@ -664,6 +668,7 @@ fn monitor_options(s: &SelectArgs, t: &TraceArgsCommon, count: usize) -> Result<
         duration: t.duration,
         udp_shield: !t.no_udp_shield,
         rate: t.rate,
+        capture_buffer: t.capture_buffer.map(|m| usize::from(m) << 20),
     })
 }
 

@@ -165,8 +165,9 @@ pub struct MonitorStats {
     pub flows_recognised: u64,
     /// Flows handed to the engine to trace.
     pub flows_watched: u64,
-    /// Flows not handed over because their group was being traced or traced recently.
-    pub flows_held_back: u64,
+    /// Packets of flows not handed over because their group was being traced or had been
+    /// traced less than `retrace_after` ago (counted per packet: a long flow counts often).
+    pub packets_held_back: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -374,17 +375,21 @@ impl Monitor {
             },
         };
         let group = self.group_of(&key);
-        let state = self.groups.entry(group).or_default();
-        let recent = state.last_end.is_some_and(|end| self.cfg.retrace_after.is_none_or(|d| now < end + d));
-        if state.active.is_some() || recent {
-            self.stats.flows_held_back += 1;
+        if self.groups.get(&group).is_some_and(|g| self.holds(g, now)) {
+            self.stats.packets_held_back += 1;
             return;
         }
         if self.engine.watch(now, key, tag) {
-            state.active = Some(key);
+            self.groups.entry(group).or_default().active = Some(key);
             self.stats.flows_watched += 1;
             self.schedule_sweep(now);
         }
+    }
+
+    /// Whether a group holds its flows back now: one of them is watched or traced, or its last
+    /// trace ended less than `retrace_after` ago.
+    fn holds(&self, g: &GroupState, now: Instant) -> bool {
+        g.active.is_some() || g.last_end.is_some_and(|end| self.cfg.retrace_after.is_none_or(|d| now < end + d))
     }
 
     /// Moves the engine's events out, keeping the groups up to date.
@@ -446,9 +451,9 @@ impl Monitor {
 
     fn sweep(&mut self, now: Instant) {
         self.known.retain(|_, k| k.last_seen + KNOWN_IDLE > now);
-        if let Some(d) = self.cfg.retrace_after {
-            self.groups.retain(|_, g| g.active.is_some() || g.last_end.is_none_or(|end| now < end + d));
-        }
+        // A group that holds nothing back is the same as no entry.
+        let groups = std::mem::take(&mut self.groups);
+        self.groups = groups.into_iter().filter(|(_, g)| self.holds(g, now)).collect();
         self.next_sweep = (!self.known.is_empty() || !self.groups.is_empty()).then_some(now + SWEEP_EVERY);
     }
 

@@ -101,6 +101,7 @@ fn watch_service(iface: &str, name: &str) -> ExitCode {
         duration: Some(Duration::from_secs(60)),
         udp_shield: true,
         rate: 1000,
+        capture_buffer: None,
     });
     for trace in run.by_ref() {
         print(&trace);

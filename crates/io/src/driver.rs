@@ -54,6 +54,9 @@ pub struct MonitorOptions {
     pub udp_shield: bool,
     /// At most this many probes per second over all flows (0: no limit).
     pub rate: u32,
+    /// The flow capture's kernel ring in bytes (`None`: 4 MiB when at most 64 traces are
+    /// asked for, else 32 MiB).
+    pub capture_buffer: Option<usize>,
 }
 
 impl From<&FlowTraceOptions> for MonitorOptions {
@@ -72,6 +75,7 @@ impl From<&FlowTraceOptions> for MonitorOptions {
             duration: o.duration,
             udp_shield: o.udp_shield,
             rate: 0,
+            capture_buffer: None,
         }
     }
 }
@@ -117,10 +121,14 @@ fn describe(cfg: &MonitorConfig) -> String {
 const MAX_SLEEP: Duration = Duration::from_millis(50);
 /// Packets read from a capture per loop turn: timers and probes are served in between.
 pub(crate) const DRAIN_MAX: usize = 4096;
-/// Kernel ring of the flow capture: ~20,000 packets of up to the snap length, room for the
-/// replies and probe captures of thousands of flows under the default rate for a second (a
-/// bigger ring costs more to set up: the kernel allocates and maps it when the capture opens).
-const FLOW_RING: i32 = 8 << 20;
+/// Kernel ring of the flow capture: room for a second or more of the packets of thousands of
+/// flows, their probes and replies (~70,000 packets of up to the snap length), so that a busy
+/// machine's scheduling hiccups lose nothing...
+const FLOW_RING: usize = 32 << 20;
+/// ...or of a few (`--count` up to [`FEW_FLOWS`]): a small ring is set up faster (the kernel
+/// allocates and maps the whole ring when the capture opens).
+const FEW_FLOWS_RING: usize = 4 << 20;
+const FEW_FLOWS: usize = 64;
 /// Kernel ring of the detection capture (few, large packets).
 const DETECTION_RING: i32 = 16 << 20;
 /// Both captures hand over packets in blocks, at most 2 ms late: a wake-up per block, not per
@@ -153,7 +161,9 @@ pub fn monitor(opts: &MonitorOptions, stop: &AtomicBool, mut on_result: impl FnM
     }
     // The raw sockets first: their EPERM is the clearest privilege error.
     let sender = RawSockets::open(Some(&opts.iface), local.iter().any(IpAddr::is_ipv4), local.iter().any(IpAddr::is_ipv6))?;
-    let mut capture = Capture::open_with(&opts.iface, &flow_filter(&cfg.filter, &local), SNAPLEN, FLOW_RING, BATCHED)?;
+    let ring = opts.capture_buffer.unwrap_or(if (1..=FEW_FLOWS).contains(&cfg.max_traces) { FEW_FLOWS_RING } else { FLOW_RING });
+    let ring = i32::try_from(ring).unwrap_or(i32::MAX);
+    let mut capture = Capture::open_with(&opts.iface, &flow_filter(&cfg.filter, &local), SNAPLEN, ring, BATCHED)?;
     let mut detection = match &cfg.services {
         Some(_) => {
             let what = DetectionSources { dns: cfg.detector.dns, tls: cfg.detector.tls, quic: cfg.detector.quic };

@@ -38,6 +38,7 @@
 //!     duration: None,
 //!     udp_shield: true,
 //!     rate: 1000,
+//!     capture_buffer: None,
 //! });
 //! for result in run {
 //!     println!("{:?} {:?}: {} hops", result.flow.service, result.flow.name, result.hops.len());

@@ -32,8 +32,8 @@
 //!
 //! **2. CPU and memory per traced flow.** `--flows` M downloads (distinct ephemeral client
 //! ports, 10 kB/s each, to server port 8081) are started and left running; then, 7 times
-//! alternately, a tracer with `--count M --duration 30 --format jsonl` and one with
-//! `--count 1` run under `/usr/bin/time -f "%M %e" bash -c '"$@"; times'`. bash's `times`
+//! alternately, a tracer with `--count M --duration 30 --format jsonl --capture-buffer 32`
+//! and one with `--count 1` (the same capture ring) run under `/usr/bin/time -f "%M %e" bash -c '"$@"; times'`. bash's `times`
 //! prints the tracer's user and system CPU time (getrusage(RUSAGE_CHILDREN), in ms; GNU
 //! time's `%U`/`%S` are in units of 10 ms); GNU time prints the max RSS (wait4's rusage:
 //! the larger of bash's, ~4 MB, and the tracer's). The workspace forbids unsafe code and
@@ -1054,6 +1054,9 @@ fn load_run(lab: &Lab, tracer: &Path, count: usize, tmp: &Path) -> Result<LoadRu
             "30",
             "--format",
             "jsonl",
+            // The same capture ring for every count, so the RSS difference is the flows'.
+            "--capture-buffer",
+            "32",
         ]);
     let line = describe(&cmd);
     let r = run_timed(cmd, RUN_TIMEOUT);
@@ -1184,7 +1187,7 @@ fn load_report(results: &[LoadRun], flows: usize, alive: usize) -> Result<String
     }
     writeln!(
         o,
-        "\nCommand: `/usr/bin/time -f \"%M %e\" bash -c '\"$@\"; times' bash service-traceroute flow --iface eth0 --tcp --remote 198.19.1.2:{LOAD_PORT} --count N --duration 30 --format jsonl`"
+        "\nCommand: `/usr/bin/time -f \"%M %e\" bash -c '\"$@\"; times' bash service-traceroute flow --iface eth0 --tcp --remote 198.19.1.2:{LOAD_PORT} --count N --duration 30 --format jsonl --capture-buffer 32`"
     )?;
     Ok(o)
 }

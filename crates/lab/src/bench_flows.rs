@@ -12,7 +12,7 @@
 //! `/usr/bin/time -f "%M %e" bash -c '"$@"; times'`:
 //!
 //! * `service-traceroute flow -i eth0 --udp|--tcp --remote S:PORT --count N --duration 60
-//!   --format jsonl --stats --rate 0`: no rate limit, every flow's probes go as soon as the
+//!   --format jsonl --stats --capture-buffer 32 --rate 0`: no rate limit, every flow's probes go as soon as the
 //!   flow is seen;
 //! * the same with the default rate limit (10,000 probes/s) and with `--rate R` (default
 //!   20000): the probes of all flows are interleaved round-robin under the limit, so all
@@ -163,7 +163,8 @@ fn flow_run(lab: &Lab, tracer: &str, proto: Proto, dst: SocketAddr, count: usize
         .map(ToString::to_string)
         .collect();
     args.push(dst.to_string());
-    args.extend(["--count", &count.to_string(), "--duration", "60", "--format", "jsonl", "--stats"].map(String::from));
+    // The same capture ring in every run, so the RSS difference is the flows'.
+    args.extend(["--count", &count.to_string(), "--duration", "60", "--format", "jsonl", "--stats", "--capture-buffer", "32"].map(String::from));
     if let Some(rate) = rate {
         args.extend(["--rate".to_string(), rate.to_string()]);
     }
