@@ -16,7 +16,7 @@
 //! checked against it, so several processes tracing at once never take each other's replies.
 //! Targets are told apart by destination address: one trace per address at a time.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::time::{Duration, Instant, SystemTime};
@@ -258,6 +258,10 @@ pub enum TargetError {
 struct Target {
     src: IpAddr,
     trace: Trace,
+    /// The instant this target is filed under in `timers`.
+    armed: Option<Instant>,
+    /// Whether it is in `tx_queue`.
+    queued: bool,
 }
 
 /// The traceroute engine. Same contract as [`crate::Engine`]: inputs `handle_packet` and
@@ -268,7 +272,12 @@ pub struct Traceroute {
     trace_cfg: TraceConfig,
     targets: HashMap<IpAddr, Target>,
     events: VecDeque<TracerouteEvent>,
+    /// Targets with a probe due, in turn (each at most once).
     tx_queue: VecDeque<IpAddr>,
+    /// Targets by the next instant they need attention (an overdue reply, a probe to send):
+    /// every call costs what is due, not a scan of all targets, so thousands of targets under
+    /// a rate limit (a loop turn per few probes) stay cheap.
+    timers: BTreeSet<(Instant, IpAddr)>,
     scratch: Vec<u8>,
 }
 
@@ -294,7 +303,15 @@ impl Traceroute {
     pub fn new(cfg: TracerouteConfig) -> Result<Self, ConfigError> {
         let trace_cfg = cfg.trace_config();
         trace_cfg.validate()?;
-        Ok(Self { cfg, trace_cfg, targets: HashMap::new(), events: VecDeque::new(), tx_queue: VecDeque::new(), scratch: Vec::new() })
+        Ok(Self {
+            cfg,
+            trace_cfg,
+            targets: HashMap::new(),
+            events: VecDeque::new(),
+            tx_queue: VecDeque::new(),
+            timers: BTreeSet::new(),
+            scratch: Vec::new(),
+        })
     }
 
     /// The configuration.
@@ -318,7 +335,8 @@ impl Traceroute {
         // Probe numbers start at 1: 0 would be an IPv4 ID Linux rewrites, a UDP checksum
         // meaning "none", and an empty Dublin payload.
         let trace = Trace::new(key, &self.trace_cfg, None, 1, now);
-        self.targets.insert(dst, Target { src, trace });
+        self.targets.insert(dst, Target { src, trace, armed: None, queued: false });
+        self.schedule(dst, now);
         Ok(())
     }
 
@@ -329,10 +347,10 @@ impl Traceroute {
 
     /// Stops every trace now; results come out as `interrupted` (with what was found).
     pub fn cancel_all(&mut self, now: Now) {
-        for t in self.targets.values_mut() {
-            t.trace.halt(StopReason::Interrupted);
+        let all: Vec<IpAddr> = self.targets.keys().copied().collect();
+        for dst in all {
+            self.cancel(now, dst);
         }
-        self.collect(now.wall);
     }
 
     /// Stops one trace now.
@@ -340,7 +358,7 @@ impl Traceroute {
         if let Some(t) = self.targets.get_mut(&dst) {
             t.trace.halt(StopReason::Interrupted);
         }
-        self.collect(now.wall);
+        self.touch(dst, now.mono, now.wall);
     }
 
     /// The probes' IP protocol / next header: ICMPv6 is 58, not ICMP's 1 (RFC 4443).
@@ -575,9 +593,8 @@ impl Traceroute {
         };
         let Some(target) = self.targets.get_mut(&dst) else { return };
         if target.trace.handle_reply(now, ts, n, |_| true, reply) == ReplyOutcome::Matched {
-            self.stream_hops(dst);
+            self.touch(dst, now, ts);
         }
-        self.finish_if_done(dst, ts);
     }
 
     fn stream_hops(&mut self, dst: IpAddr) {
@@ -588,12 +605,55 @@ impl Traceroute {
         }
     }
 
-    fn finish_if_done(&mut self, dst: IpAddr, wall: SystemTime) {
-        if !self.targets.get(&dst).is_some_and(|t| t.trace.is_finished()) {
+    /// After anything happened to a target: stream its new hops, report it if its trace is
+    /// over, else queue it if a probe is due and file it under its next deadline.
+    fn touch(&mut self, dst: IpAddr, now: Instant, wall: SystemTime) {
+        self.stream_hops(dst);
+        if !self.finish_if_done(dst, wall) {
+            self.schedule(dst, now);
+        }
+    }
+
+    fn schedule(&mut self, dst: IpAddr, now: Instant) {
+        let Some(t) = self.targets.get_mut(&dst) else { return };
+        if !t.queued && t.trace.due(now).is_some() {
+            t.queued = true;
+            self.tx_queue.push_back(dst);
+        }
+        self.rearm(dst);
+    }
+
+    /// Files the target under its next deadline (a reply overdue; a probe to send, unless it is
+    /// queued already), unless it is filed no later: a target filed too early is looked at and
+    /// filed again, which is cheaper than moving it on every reply.
+    fn rearm(&mut self, dst: IpAddr) {
+        let Some(t) = self.targets.get_mut(&dst) else { return };
+        let send = t.trace.send_at().filter(|_| !t.queued);
+        let next = match (t.trace.earliest_deadline(), send) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => match a.or(b) {
+                Some(n) => n,
+                None => return,
+            },
+        };
+        if t.armed.is_some_and(|at| at <= next) {
             return;
         }
-        self.stream_hops(dst);
+        if let Some(at) = t.armed.replace(next) {
+            self.timers.remove(&(at, dst));
+        }
+        self.timers.insert((next, dst));
+    }
+
+    /// Reports the target's trace if it is over; true if it was.
+    fn finish_if_done(&mut self, dst: IpAddr, wall: SystemTime) -> bool {
+        if !self.targets.get(&dst).is_some_and(|t| t.trace.is_finished()) {
+            return false;
+        }
         if let Some(t) = self.targets.remove(&dst) {
+            if let Some(at) = t.armed {
+                self.timers.remove(&(at, dst));
+            }
             let r = t.trace.finish(wall);
             self.events.push_back(TracerouteEvent::Finished(Box::new(TracerouteResult {
                 destination: dst,
@@ -612,43 +672,52 @@ impl Traceroute {
                 replies: r.replies,
             })));
         }
+        true
     }
 
-    fn collect(&mut self, wall: SystemTime) {
-        let keys: Vec<IpAddr> = self.targets.keys().copied().collect();
-        for k in keys {
-            self.stream_hops(k);
-            self.finish_if_done(k, wall);
-        }
-    }
-
-    /// Expires overdue probes.
+    /// Expires overdue probes and queues probes whose time has come.
     pub fn handle_timeout(&mut self, now: Now) {
-        for t in self.targets.values_mut() {
-            t.trace.handle_timeout(now.mono);
+        // Take every target due first: one filed again at `now` waits for the next call.
+        let mut due = Vec::new();
+        while self.timers.first().is_some_and(|(at, _)| *at <= now.mono) {
+            due.extend(self.timers.pop_first());
         }
-        self.collect(now.wall);
+        for (at, dst) in due {
+            let Some(t) = self.targets.get_mut(&dst) else { continue };
+            if t.armed != Some(at) {
+                continue;
+            }
+            t.armed = None;
+            t.trace.handle_timeout(now.mono);
+            self.touch(dst, now.mono, now.wall);
+        }
     }
 
     /// The next probe to send, into `buf`. Call until `None`.
     pub fn poll_transmit(&mut self, now: Now, buf: &mut Vec<u8>) -> Option<ProbeOut> {
-        if self.tx_queue.is_empty() {
-            let due = self.targets.iter().filter(|(_, t)| t.trace.due(now.mono).is_some()).map(|(k, _)| *k);
-            self.tx_queue.extend(due);
-        }
         while let Some(dst) = self.tx_queue.pop_front() {
-            let Some(t) = self.targets.get(&dst) else { continue };
-            let Some(due) = t.trace.due(now.mono) else { continue };
+            let Some(t) = self.targets.get_mut(&dst) else { continue };
+            t.queued = false;
+            let Some(due) = t.trace.due(now.mono) else {
+                self.rearm(dst);
+                continue;
+            };
             let src = t.src;
             let shape = self.build(src, dst, due.ttl, due.ident, buf);
             let Some(t) = self.targets.get_mut(&dst) else { continue };
             t.trace.mark_sent(due, shape, now.mono, now.wall);
-            if t.trace.due(now.mono).is_some() {
-                self.tx_queue.push_back(dst);
-            }
+            // Round robin: a target with more probes due goes to the back of the queue.
+            self.touch(dst, now.mono, now.wall);
             return Some(ProbeOut { dst, len: buf.len(), ttl: due.ttl, probe: due.ident });
         }
         None
+    }
+
+    /// Whether probes are due now (queued for [`poll_transmit`](Self::poll_transmit)): a
+    /// rate-limited driver that stopped calling it early wakes for its next token, not only
+    /// at [`poll_timeout`](Self::poll_timeout).
+    pub fn has_pending_transmit(&self) -> bool {
+        !self.tx_queue.is_empty()
     }
 
     /// The driver could not send probe `probe` to `dst`.
@@ -656,13 +725,13 @@ impl Traceroute {
         if let Some(t) = self.targets.get_mut(&dst) {
             t.trace.send_failed(probe, error, now.mono);
         }
-        self.stream_hops(dst);
-        self.finish_if_done(dst, now.wall);
+        self.touch(dst, now.mono, now.wall);
     }
 
-    /// When to call `handle_timeout` / `poll_transmit` next.
+    /// When to call `handle_timeout` next. (Probes already due are queued: see
+    /// [`has_pending_transmit`](Self::has_pending_transmit).)
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.targets.values().filter_map(|t| t.trace.poll_timeout()).min()
+        self.timers.first().map(|(at, _)| *at)
     }
 
     /// The next event.

@@ -474,16 +474,6 @@ impl Trace {
         }
     }
 
-    /// The next instant this trace needs `handle_timeout` or `poll_transmit`.
-    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
-        let deadline = self.earliest_deadline();
-        let send = self.send_at();
-        match (deadline, send) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
-    }
-
     /// Evaluates the stop rules on the resolved prefix and reschedules a waiting algorithm.
     /// Inserts one more round of probes for silent TTL `ttl` at the send cursor, so they go
     /// next (before the next TTL in hop-by-hop and packet-by-packet order). Only probes at or

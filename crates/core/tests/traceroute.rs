@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant, SystemTime};
 
-use svctr_core::{Now, Protocol, StopReason, Strategy, Traceroute, TracerouteConfig, TracerouteEvent, TracerouteResult};
+use svctr_core::{Now, Pacer, Protocol, StopReason, Strategy, Traceroute, TracerouteConfig, TracerouteEvent, TracerouteResult};
 use svctr_wire::packet::{parse_ip, Transport};
 
 const HOPS: u8 = 4; // routers; the destination is at TTL 5
@@ -96,6 +96,10 @@ struct Net {
     sent: usize,
     /// Replies also handed to a second process's engine.
     replies: Vec<Vec<u8>>,
+    /// A rate limit, applied as the live driver does.
+    pacer: Option<Pacer>,
+    /// Loop turns run.
+    turns: usize,
 }
 
 impl Net {
@@ -110,6 +114,8 @@ impl Net {
             branches: BTreeMap::new(),
             sent: 0,
             replies: Vec::new(),
+            pacer: None,
+            turns: 0,
         }
     }
     fn now(&self) -> Now {
@@ -175,6 +181,7 @@ impl Net {
     fn run(&mut self) {
         let mut buf = Vec::new();
         for _ in 0..1_000_000 {
+            self.turns += 1;
             while let Some((&(at, s), _)) = self.queue.iter().next() {
                 if at > self.t {
                     break;
@@ -185,14 +192,23 @@ impl Net {
             }
             let now = self.now();
             self.engine.handle_timeout(now);
-            while let Some(tx) = self.engine.poll_transmit(now, &mut buf) {
+            while self.pacer.as_ref().is_none_or(|p| p.next_at(now.mono).is_none()) {
+                let Some(tx) = self.engine.poll_transmit(now, &mut buf) else { break };
+                if let Some(p) = &mut self.pacer {
+                    p.try_take(now.mono);
+                }
                 let p = buf[..tx.len].to_vec();
                 self.on_probe(tx.dst, tx.ttl, p);
             }
             while let Some(e) = self.engine.poll_event() {
                 self.events.push(e);
             }
-            let next = [self.queue.keys().next().map(|k| k.0), self.engine.poll_timeout().map(|i| i - self.t0)]
+            // As the live driver: probes left queued go when the next token is there.
+            let token = match &self.pacer {
+                Some(p) if self.engine.has_pending_transmit() => Some(p.next_at(now.mono).unwrap_or(now.mono) - self.t0),
+                _ => None,
+            };
+            let next = [self.queue.keys().next().map(|k| k.0), self.engine.poll_timeout().map(|i| i - self.t0), token]
                 .into_iter()
                 .flatten()
                 .min();
@@ -352,6 +368,28 @@ fn ten_thousand_targets_at_once() {
     // TTL 1-16 leave at once (the window); each of the 4 router replies before the
     // destination's (at 1-4 ms) lets one more TTL go: 20 probes per target.
     assert_eq!(net.sent, 200_000);
+}
+
+#[test]
+fn a_thousand_targets_under_a_rate_limit() {
+    let mut net = Net::new(TracerouteConfig { probes_per_hop: 1, max_in_flight: 1, ..cfg(Protocol::Udp, Strategy::Paris) });
+    net.pacer = Some(Pacer::new(10_000));
+    let now = net.now();
+    for i in 0..1000u32 {
+        let dst = IpAddr::V4(Ipv4Addr::from(0xc613_0000 + i + 1));
+        net.engine.add_target(now.mono, dst, src_for(dst)).unwrap();
+    }
+    net.run();
+    let results = net.results();
+    assert_eq!(results.len(), 1000);
+    assert!(results.iter().all(|r| r.stop_reason == StopReason::RemoteReached && r.hops.len() == 5));
+    // One probe in flight per target: TTL 1-4 (the routers) and 5 (the destination).
+    assert_eq!(net.sent, 5000);
+    // 5,000 probes at 10,000/s with a 100-probe burst: 0.49 s at the least, and the driver
+    // wakes for each token (a probe left queued is not a timer), so little more.
+    assert!(net.t >= Duration::from_millis(490) && net.t < Duration::from_millis(520), "{:?}", net.t);
+    // A turn per token, not per target: the engine's timers and queue keep every turn short.
+    assert!(net.turns < 20_000, "{} turns", net.turns);
 }
 
 #[test]

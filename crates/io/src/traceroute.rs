@@ -185,15 +185,17 @@ pub fn traceroute(
             }
             break;
         }
-        let mut sleep = Duration::from_millis(50);
+        let t = Instant::now();
+        let mut wake = t + Duration::from_millis(50);
         if let Some(at) = engine.poll_timeout() {
-            sleep = sleep.min(at.saturating_duration_since(Instant::now()));
+            wake = wake.min(at);
         }
-        if let Some(at) = pacer.next_at(Instant::now()) {
-            // Out of tokens: a probe that is due can only go once a token has been earned, so
-            // wait for that (replies still wake the poll), never spin on the due probe.
-            sleep = sleep.max(at.saturating_duration_since(Instant::now()).max(Duration::from_micros(100)));
+        if engine.has_pending_transmit() {
+            // Probes are due: as soon as the rate allows (at once without a limit; a probe left
+            // queued means the tokens ran out, so this waits for the next one, never spins).
+            wake = wake.min(pacer.next_at(t).unwrap_or(t));
         }
+        let sleep = wake.saturating_duration_since(t);
         if !sleep.is_zero() {
             crate::driver::wait_readable(&[capture.fd()], sleep);
         }
