@@ -296,7 +296,7 @@ fn close_together<const N: usize>(caps: [Option<Capture>; N]) {
 
 /// Kernel ring of the fast lane (a few flows' packets at a time).
 const LANE_RING: i32 = 1 << 20;
-/// The lane's filter is replaced at most this often.
+/// The lane's filter is replaced at most this often (less often when it is slow to compile).
 const LANE_UPDATE: Duration = Duration::from_millis(5);
 /// The lane is opened once a flow has waited this long for its first incoming packets (most
 /// flows get them from the flow capture at once; a capture costs ~20 ms to set up and to close).
@@ -366,9 +366,12 @@ impl Lane {
             None => return Ok(()),
         };
         self.shown = self.waiting.iter().map(|(f, _)| *f).filter(|f| self.member.contains(f)).take(LANE_FLOWS).collect();
+        let t = Instant::now();
         cap.set_filter(&lane_filter(&self.shown))?;
+        // Compiling the filter costs milliseconds with many servers: wait ten times what it
+        // took before the next update, so the lane never takes more than a tenth of a core.
         self.dirty = false;
-        self.next_update = now + LANE_UPDATE;
+        self.next_update = now + LANE_UPDATE.max(t.elapsed() * 10);
         Ok(())
     }
 }

@@ -50,7 +50,7 @@
 //! engine walks the extension headers itself).
 
 use std::fmt::Write as _;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use svctr_core::{FlowFilter, FlowKey, Protocol};
 
@@ -182,11 +182,27 @@ pub const LANE_FLOWS: usize = 64;
 /// first incoming packet (`SND.UNA` for TCP, the remote's distance for UDP). The lane takes
 /// the few flows the engine watches but cannot trace yet and passes all their incoming
 /// packets, so they start at the next one; a flow leaves the lane when its trace starts.
+///
+/// Flows to the same remote endpoint share one clause with a list of local ports: libpcap's
+/// optimizer, which runs on every update, takes ~40 ms for 64 separate clauses and ~2 ms for a
+/// service's 64 flows to one server written this way.
 pub fn lane_filter(flows: &[FlowKey]) -> String {
-    let clauses: Vec<String> = flows
+    // Remote endpoints in the order of their first flow, each with its local ports.
+    let mut groups: Vec<((Protocol, SocketAddr), Vec<u16>)> = Vec::new();
+    for k in flows.iter().take(LANE_FLOWS) {
+        let remote = (k.protocol, k.remote);
+        match groups.iter_mut().find(|(r, _)| *r == remote) {
+            Some((_, ports)) => ports.push(k.local.port()),
+            None => groups.push((remote, vec![k.local.port()])),
+        }
+    }
+    let clauses: Vec<String> = groups
         .iter()
-        .take(LANE_FLOWS)
-        .map(|k| format!("({} and src host {} and src port {} and dst port {})", k.protocol.as_str(), k.remote.ip(), k.remote.port(), k.local.port()))
+        .map(|((proto, remote), ports)| {
+            let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+            let ports = if ports.len() == 1 { ports[0].clone() } else { format!("({})", ports.join(" or ")) };
+            format!("({} and src host {} and src port {} and dst port {ports})", proto.as_str(), remote.ip(), remote.port())
+        })
         .collect();
     if clauses.is_empty() {
         // Nothing: a test no packet passes.
@@ -427,6 +443,24 @@ mod tests {
         let many: Vec<FlowKey> = (0..200u16).map(|i| FlowKey { local: SocketAddr::new(k4.local.ip(), 10_000 + i), ..k4 }).collect();
         let big = Bpf::new(&lane_filter(&many)); // compiles: at most LANE_FLOWS flows
         assert!(!passes(&big, &tcp4(false, 1, 0x10, 1448)));
+        // Flows to one server share a clause; each still passes, the next one does not.
+        let mut first = tcp4(false, 1, 0x10, 1448);
+        first[22..24].copy_from_slice(&10_000u16.to_be_bytes());
+        assert!(passes(&big, &first));
+        let mut last = first.clone();
+        last[22..24].copy_from_slice(&(10_000 + LANE_FLOWS as u16 - 1).to_be_bytes());
+        assert!(passes(&big, &last));
+        last[22..24].copy_from_slice(&(10_000 + LANE_FLOWS as u16).to_be_bytes());
+        assert!(!passes(&big, &last), "beyond the lane's flows");
+        assert_eq!(lane_filter(&many).matches("src host").count(), 1);
+        // Separate servers: a clause each, every flow passes.
+        let spread: Vec<FlowKey> = (0..LANE_FLOWS as u8)
+            .map(|i| FlowKey { remote: SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::new(198, 19, 128, i + 1)), 443), ..k4 })
+            .collect();
+        let wide = Bpf::new(&lane_filter(&spread));
+        let mut pkt = tcp4(false, 1, 0x10, 1448);
+        pkt[12..16].copy_from_slice(&[198, 19, 128, LANE_FLOWS as u8]);
+        assert!(passes(&wide, &pkt));
     }
 
     #[test]
