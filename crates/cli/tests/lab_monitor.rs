@@ -333,7 +333,7 @@ fn ten_thousand_flows_at_once_within_the_rate_limit() {
             let t0 = Instant::now();
             let mut v = Vec::new();
             // (read began, read ended, count): the count is the counter at some instant between.
-            let mut read = || {
+            let read = || {
                 let a = t0.elapsed();
                 let c = probes();
                 (a, t0.elapsed(), c)

@@ -128,16 +128,58 @@ pub(crate) fn join_thread<T>(h: Option<JoinHandle<Result<T>>>, what: &str) -> Re
     }
 }
 
+/// A lab application's background thread and the flag that stops it. Dropping it
+/// sets the flag and joins the thread, so no application outlives the test (and
+/// the namespaces) that started it.
+pub(crate) struct Worker<T> {
+    what: &'static str,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Result<T>>>,
+}
+
+impl<T> Worker<T> {
+    /// `stop` is the flag the thread polls; `what` names it in errors.
+    pub(crate) fn new(what: &'static str, stop: Arc<AtomicBool>, thread: JoinHandle<Result<T>>) -> Self {
+        Worker { what, stop, thread: Some(thread) }
+    }
+    /// Whether the thread has ended (or was joined).
+    pub(crate) fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|h| h.is_finished())
+    }
+    /// Waits for the thread's end without asking it to stop.
+    pub(crate) fn wait(&mut self) -> Result<T> {
+        join_thread(self.thread.take(), self.what)
+    }
+    /// Asks the thread to stop and waits for it.
+    pub(crate) fn stop(&mut self) -> Result<T> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.wait()
+    }
+    /// For a start that failed with `e`: stops the thread and returns its own
+    /// error if it has one (the cause), else `e`.
+    pub(crate) fn start_failed(&mut self, e: anyhow::Error) -> anyhow::Error {
+        self.stop().err().unwrap_or(e)
+    }
+}
+
+impl<T> Drop for Worker<T> {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.thread.take() {
+            let _ = h.join();
+        }
+    }
+}
+
 // ---------------------------------------------------------------- TCP server
 
 /// A paced pattern-streaming TCP server in the server namespace.
 pub struct TcpServer {
     port: u16,
     local: SocketAddr,
-    stop: Arc<AtomicBool>,
     connections: Arc<AtomicU64>,
     bytes_sent: Arc<AtomicU64>,
-    thread: Option<JoinHandle<Result<()>>>,
+    worker: Worker<()>,
 }
 
 impl TcpServer {
@@ -159,17 +201,7 @@ impl TcpServer {
     }
     /// Stops the server and joins its threads (also done on drop).
     pub fn stop(mut self) -> Result<()> {
-        self.stop.store(true, Ordering::SeqCst);
-        join_thread(self.thread.take(), "tcp server")
-    }
-}
-
-impl Drop for TcpServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(h) = self.thread.take() {
-            let _ = h.join();
-        }
+        self.worker.stop()
     }
 }
 
@@ -258,10 +290,9 @@ pub fn tcp_server_on(lab: &Lab, bind: SocketAddr, rate_bytes_per_sec: u64) -> Re
     let mut srv = TcpServer {
         port: bind.port(),
         local: bind,
-        stop,
         connections,
         bytes_sent,
-        thread: Some(thread),
+        worker: Worker::new("tcp server", stop, thread),
     };
     match started.wait(START_TIMEOUT, "tcp server") {
         Ok(port) => {
@@ -269,14 +300,7 @@ pub fn tcp_server_on(lab: &Lab, bind: SocketAddr, rate_bytes_per_sec: u64) -> Re
             srv.local.set_port(port);
             Ok(srv)
         }
-        Err(e) => {
-            srv.stop.store(true, Ordering::SeqCst);
-            let r = join_thread(srv.thread.take(), "tcp server");
-            Err(match r {
-                Err(te) => te,
-                Ok(()) => e,
-            })
-        }
+        Err(e) => Err(srv.worker.start_failed(e)),
     }
 }
 
@@ -368,9 +392,8 @@ pub struct DownloadReport {
 /// A running download in the client namespace.
 pub struct TcpDownload {
     started: Arc<Started>,
-    stop: Arc<AtomicBool>,
     received: Arc<AtomicU64>,
-    thread: Option<JoinHandle<Result<DownloadReport>>>,
+    worker: Worker<DownloadReport>,
 }
 
 impl TcpDownload {
@@ -392,20 +415,11 @@ impl TcpDownload {
     }
     /// Whether the download thread has finished.
     pub fn is_finished(&self) -> bool {
-        self.thread.as_ref().is_none_or(|h| h.is_finished())
+        self.worker.is_finished()
     }
     /// Waits for the end of the download.
     pub fn wait(mut self) -> Result<DownloadReport> {
-        join_thread(self.thread.take(), "tcp download")
-    }
-}
-
-impl Drop for TcpDownload {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(h) = self.thread.take() {
-            let _ = h.join();
-        }
+        self.worker.wait()
     }
 }
 
@@ -484,9 +498,8 @@ pub fn tcp_download_to(
     })?;
     Ok(TcpDownload {
         started,
-        stop,
         received,
-        thread: Some(thread),
+        worker: Worker::new("tcp download", stop, thread),
     })
 }
 
@@ -607,10 +620,9 @@ fn download(
 /// Request/response UDP server in the server namespace.
 pub struct UdpServer {
     port: u16,
-    stop: Arc<AtomicBool>,
     datagrams: Arc<AtomicU64>,
     empty: Arc<AtomicU64>,
-    thread: Option<JoinHandle<Result<()>>>,
+    worker: Worker<()>,
 }
 
 impl UdpServer {
@@ -628,17 +640,7 @@ impl UdpServer {
     }
     /// Stops the server (also done on drop).
     pub fn stop(mut self) -> Result<()> {
-        self.stop.store(true, Ordering::SeqCst);
-        join_thread(self.thread.take(), "udp server")
-    }
-}
-
-impl Drop for UdpServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(h) = self.thread.take() {
-            let _ = h.join();
-        }
+        self.worker.stop()
     }
 }
 
@@ -844,24 +846,16 @@ pub fn udp_server_on(lab: &Lab, bind: SocketAddr) -> Result<UdpServer> {
     )?;
     let mut srv = UdpServer {
         port: bind.port(),
-        stop,
         datagrams,
         empty,
-        thread: Some(thread),
+        worker: Worker::new("udp server", stop, thread),
     };
     match started.wait(START_TIMEOUT, "udp server") {
         Ok(port) => {
             srv.port = port;
             Ok(srv)
         }
-        Err(e) => {
-            srv.stop.store(true, Ordering::SeqCst);
-            let r = join_thread(srv.thread.take(), "udp server");
-            Err(match r {
-                Err(te) => te,
-                Ok(()) => e,
-            })
-        }
+        Err(e) => Err(srv.worker.start_failed(e)),
     }
 }
 
@@ -885,8 +879,7 @@ pub struct UdpReport {
 /// A running UDP request/response session in the client namespace.
 pub struct UdpSession {
     started: Arc<Started>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<Result<UdpReport>>>,
+    worker: Worker<UdpReport>,
 }
 
 impl UdpSession {
@@ -904,20 +897,11 @@ impl UdpSession {
     }
     /// Whether the session thread has finished.
     pub fn is_finished(&self) -> bool {
-        self.thread.as_ref().is_none_or(|h| h.is_finished())
+        self.worker.is_finished()
     }
     /// Waits for the end of the session.
     pub fn wait(mut self) -> Result<UdpReport> {
-        join_thread(self.thread.take(), "udp session")
-    }
-}
-
-impl Drop for UdpSession {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(h) = self.thread.take() {
-            let _ = h.join();
-        }
+        self.worker.wait()
     }
 }
 
@@ -974,8 +958,7 @@ pub fn udp_session_to(
     })?;
     Ok(UdpSession {
         started,
-        stop,
-        thread: Some(thread),
+        worker: Worker::new("udp session", stop, thread),
     })
 }
 

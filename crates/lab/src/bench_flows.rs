@@ -137,8 +137,13 @@ fn median(v: &[f64]) -> f64 {
 }
 
 fn range(v: &[f64]) -> String {
+    range_prec(v, 0)
+}
+
+/// `min-max` of `v` with `prec` decimals.
+fn range_prec(v: &[f64], prec: usize) -> String {
     match stats(v) {
-        Some(s) => format!("{:.0}-{:.0}", s.min, s.max),
+        Some(s) => format!("{:.prec$}-{:.prec$}", s.min, s.max),
         None => "n/a".into(),
     }
 }
@@ -389,7 +394,7 @@ pub(crate) fn run_capture(args: &CaptureBenchArgs, stop: &AtomicBool) -> Result<
     drop(dl);
     writeln!(out, "\n## 5. Capture cost under a multi-gigabit transfer\n")?;
     writeln!(out, "One unpaced TCP download through the client; each setting runs {} s, {} times, interleaved; medians (min-max).\n", args.secs, args.reps)?;
-    writeln!(out, "| setting | download (Gbit/s) | packets on the client's eth0 per s | packets captured per s | CPU (% of one core) | traces |")?;
+    writeln!(out, "| setting | download (Gbit/s) | packets on the client's eth0 per s | packets captured per s | CPU (% of one core) | traces, all runs |")?;
     writeln!(out, "|---|---|---|---|---|---|")?;
     for (i, (name, _)) in settings.iter().enumerate() {
         let col = |f: &dyn Fn(&CaptureRun) -> f64| rows[i].iter().map(f).collect::<Vec<f64>>();
@@ -403,7 +408,7 @@ pub(crate) fn run_capture(args: &CaptureBenchArgs, stop: &AtomicBool) -> Result<
             median(&col(&|r| r.iface_pps)),
             median(&col(&|r| r.captured_pps)),
             median(&col(&|r| r.cpu_pct)),
-            range(&col(&|r| r.cpu_pct)),
+            range_prec(&col(&|r| r.cpu_pct), 1),
             rows[i].iter().map(|r| r.traces).sum::<u64>()
         )?;
     }

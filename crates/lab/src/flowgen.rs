@@ -33,14 +33,13 @@ use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-use crate::apps::{is_timeout, join_thread, listen_socket, udp_bind, PktinfoUdp, Started};
+use crate::apps::{is_timeout, join_thread, listen_socket, udp_bind, PktinfoUdp, Started, Worker};
 use crate::util::spawn_in_netns;
 use crate::{Lab, Proto};
 
@@ -162,9 +161,9 @@ struct EchoCounters {
 pub struct EchoServer {
     local: SocketAddr,
     proto: Proto,
-    stop: Arc<AtomicBool>,
     counters: Arc<EchoCounters>,
-    thread: Option<JoinHandle<Result<()>>>,
+    /// The server thread (None for [`echo_server_process`]).
+    worker: Option<Worker<()>>,
     /// For [`echo_server_process`]: the child process (its stats lines feed
     /// `counters` when read).
     child: Option<crate::util::NsProcess>,
@@ -207,7 +206,6 @@ impl EchoServer {
     }
     /// Stops the server and joins its thread (also done on drop).
     pub fn stop(mut self) -> Result<()> {
-        self.stop.store(true, Ordering::SeqCst);
         if let Some(c) = self.child.take() {
             let (st, _, err) = c.wait(Duration::from_secs(5))?;
             if !st.success() {
@@ -215,7 +213,10 @@ impl EchoServer {
             }
             return Ok(());
         }
-        join_thread(self.thread.take(), "echo server")
+        match &mut self.worker {
+            Some(w) => w.stop(),
+            None => Ok(()),
+        }
     }
 
     /// For a child process: the counters of its last stats line.
@@ -229,16 +230,6 @@ impl EchoServer {
             ctr.bytes.store(v[2], Ordering::Relaxed);
             ctr.cpu_ns.store(v[3], Ordering::Relaxed);
             ctr.missed_wakeups.store(v[4], Ordering::Relaxed);
-        }
-    }
-}
-
-impl Drop for EchoServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // A child process is killed by its NsProcess's drop.
-        if let Some(h) = self.thread.take() {
-            let _ = h.join();
         }
     }
 }
@@ -317,9 +308,9 @@ pub fn echo_server_process(
     Ok(EchoServer {
         local,
         proto,
-        stop: Arc::new(AtomicBool::new(false)),
         counters: Arc::new(EchoCounters::default()),
-        thread: None,
+        // The child is killed by its NsProcess's drop.
+        worker: None,
         child: Some(child),
     })
 }
@@ -407,9 +398,8 @@ pub fn echo_server(lab: &Lab, proto: Proto, bind: SocketAddr) -> Result<EchoServ
     let mut srv = EchoServer {
         local: bind,
         proto,
-        stop,
         counters,
-        thread: Some(thread),
+        worker: Some(Worker::new("echo server", stop, thread)),
         child: None,
     };
     match started.wait(START_TIMEOUT, "echo server") {
@@ -417,12 +407,10 @@ pub fn echo_server(lab: &Lab, proto: Proto, bind: SocketAddr) -> Result<EchoServ
             srv.local.set_port(port);
             Ok(srv)
         }
-        Err(e) => {
-            srv.stop.store(true, Ordering::SeqCst);
-            Err(join_thread(srv.thread.take(), "echo server")
-                .err()
-                .unwrap_or(e))
-        }
+        Err(e) => Err(match &mut srv.worker {
+            Some(w) => w.start_failed(e),
+            None => e,
+        }),
     }
 }
 
@@ -684,8 +672,7 @@ pub struct FlowGenerator {
     started: Arc<Started>,
     error: Arc<std::sync::Mutex<Option<String>>>,
     missed_wakeups: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<Result<()>>>,
+    worker: Worker<()>,
 }
 
 impl FlowGenerator {
@@ -766,7 +753,7 @@ impl FlowGenerator {
                     self.open()
                 );
             }
-            if self.thread.as_ref().is_none_or(|h| h.is_finished()) {
+            if self.worker.is_finished() {
                 bail!(
                     "flow generator thread ended: {}",
                     self.error().unwrap_or_else(|| "stopped".into())
@@ -782,18 +769,8 @@ impl FlowGenerator {
     }
     /// Stops the generator (closing every flow) and returns the final counters.
     pub fn stop(mut self) -> Result<Vec<FlowStats>> {
-        self.stop.store(true, Ordering::SeqCst);
-        join_thread(self.thread.take(), "flow generator")?;
+        self.worker.stop()?;
         Ok(self.stats())
-    }
-}
-
-impl Drop for FlowGenerator {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(h) = self.thread.take() {
-            let _ = h.join();
-        }
     }
 }
 
@@ -877,8 +854,7 @@ pub fn flow_generator(
         started,
         error,
         missed_wakeups,
-        stop,
-        thread: Some(thread),
+        worker: Worker::new("flow generator", stop, thread),
     })
 }
 

@@ -28,7 +28,6 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -37,7 +36,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, Serve
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-use crate::apps::{join_thread, pattern_byte, Started};
+use crate::apps::{pattern_byte, Started, Worker};
 use crate::util::spawn_in_netns;
 use crate::Lab;
 
@@ -85,11 +84,10 @@ fn bound_udp(addr: SocketAddr) -> Result<std::net::UdpSocket> {
 /// A QUIC server in the server namespace (see the module documentation).
 pub struct QuicServer {
     local: SocketAddr,
-    stop: Arc<AtomicBool>,
     connections: Arc<AtomicU64>,
     bytes_sent: Arc<AtomicU64>,
     cert_der: Vec<u8>,
-    thread: Option<JoinHandle<Result<()>>>,
+    worker: Worker<()>,
 }
 
 impl QuicServer {
@@ -111,17 +109,7 @@ impl QuicServer {
     }
     /// Stops the server and joins its thread (also done on drop).
     pub fn stop(mut self) -> Result<()> {
-        self.stop.store(true, Ordering::SeqCst);
-        join_thread(self.thread.take(), "quic server")
-    }
-}
-
-impl Drop for QuicServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(h) = self.thread.take() {
-            let _ = h.join();
-        }
+        self.worker.stop()
     }
 }
 
@@ -174,23 +162,17 @@ pub fn quic_server(lab: &Lab, bind: SocketAddr, names: &[&str]) -> Result<QuicSe
     )?;
     let mut srv = QuicServer {
         local: bind,
-        stop,
         connections,
         bytes_sent,
         cert_der: cert_der.to_vec(),
-        thread: Some(thread),
+        worker: Worker::new("quic server", stop, thread),
     };
     match started.wait(START_TIMEOUT, "quic server") {
         Ok(port) => {
             srv.local.set_port(port);
             Ok(srv)
         }
-        Err(e) => {
-            srv.stop.store(true, Ordering::SeqCst);
-            Err(join_thread(srv.thread.take(), "quic server")
-                .err()
-                .unwrap_or(e))
-        }
+        Err(e) => Err(srv.worker.start_failed(e)),
     }
 }
 
@@ -324,9 +306,8 @@ pub struct QuicReport {
 /// A running QUIC download in the client namespace; dropping it stops it.
 pub struct QuicDownload {
     started: Arc<Started>,
-    stop: Arc<AtomicBool>,
     received: Arc<AtomicU64>,
-    thread: Option<JoinHandle<Result<QuicReport>>>,
+    worker: Worker<QuicReport>,
 }
 
 impl QuicDownload {
@@ -340,20 +321,11 @@ impl QuicDownload {
     }
     /// Whether the download thread has finished.
     pub fn is_finished(&self) -> bool {
-        self.thread.as_ref().is_none_or(|h| h.is_finished())
+        self.worker.is_finished()
     }
     /// Waits for the end of the download.
     pub fn wait(mut self) -> Result<QuicReport> {
-        join_thread(self.thread.take(), "quic download")
-    }
-}
-
-impl Drop for QuicDownload {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(h) = self.thread.take() {
-            let _ = h.join();
-        }
+        self.worker.wait()
     }
 }
 
@@ -407,9 +379,8 @@ pub fn quic_download(
     })?;
     Ok(QuicDownload {
         started,
-        stop,
         received,
-        thread: Some(thread),
+        worker: Worker::new("quic download", stop, thread),
     })
 }
 
