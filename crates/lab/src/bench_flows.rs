@@ -159,6 +159,10 @@ struct FlowRun {
     drops: u64,
     hops: usize,
     hops_right: usize,
+    /// The longest trace, start to end.
+    longest_ms: f64,
+    /// Results per stop reason.
+    stops: std::collections::BTreeMap<String, usize>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -178,9 +182,14 @@ fn flow_run(lab: &Lab, tracer: &str, proto: Proto, dst: SocketAddr, count: usize
     let mut first = i64::MAX;
     let mut last = i64::MIN;
     let mut specs = Vec::new();
+    let mut longest = 0i64;
+    let mut stops = std::collections::BTreeMap::new();
     for r in &results {
-        first = first.min(parse_rfc3339_us(r["start"].as_str().unwrap_or(""))?);
-        last = last.max(parse_rfc3339_us(r["end"].as_str().unwrap_or(""))?);
+        let (start, end) = (parse_rfc3339_us(r["start"].as_str().unwrap_or(""))?, parse_rfc3339_us(r["end"].as_str().unwrap_or(""))?);
+        first = first.min(start);
+        last = last.max(end);
+        longest = longest.max(end - start);
+        *stops.entry(r["stop_reason"].as_str().unwrap_or("none").to_string()).or_insert(0) += 1;
         let port = r["flow"]["local"]["port"].as_u64().unwrap_or(0) as u16;
         specs.push((IpAddr::V4(lab.client_addr()), port, dst.ip(), dst.port(), 0));
     }
@@ -207,6 +216,8 @@ fn flow_run(lab: &Lab, tracer: &str, proto: Proto, dst: SocketAddr, count: usize
         drops: stat(&m.stderr, "dropped").unwrap_or(0),
         hops,
         hops_right,
+        longest_ms: longest.max(0) as f64 / 1000.0,
+        stops,
     })
 }
 
@@ -233,8 +244,8 @@ pub(crate) fn run_flows(args: &FlowsBenchArgs, stop: &AtomicBool) -> Result<u8> 
         "{} repetitions per setting; spans and rates are medians (min-max in brackets). Each flow sends one message a second, so the tracer needs up to a second to see every flow: that bounds flows/s at 1,000 flows. Under a rate limit all flows' probes are interleaved, so all traces are in progress at once.\n",
         args.reps
     )?;
-    writeln!(out, "| flows | setting | traced | hops = ground truth | span (ms) | flows/s | wall (ms) | CPU (ms) | max RSS (MiB) | memory per flow (KiB) | traces at once | capture drops |")?;
-    writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|")?;
+    writeln!(out, "| flows | setting | traced | hops = ground truth | span (ms) | flows/s | longest trace (ms) | stop reasons, all runs | wall (ms) | CPU (ms) | max RSS (MiB) | memory per flow (KiB) | traces at once | capture drops |")?;
+    writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")?;
     let mut first_port_tcp = 30_000u16;
     let mut bases = Vec::new();
     for proto in [Proto::Udp, Proto::Tcp] {
@@ -264,7 +275,9 @@ pub(crate) fn run_flows(args: &FlowsBenchArgs, stop: &AtomicBool) -> Result<u8> 
             for rep in 0..args.reps {
                 for (i, (name, count, rate)) in settings.iter().enumerate() {
                     eprintln!("bench-flows: {proto:?} {n} flows, {name}, run {}", rep + 1);
-                    runs[i].push(flow_run(&lab, &t, proto, dst, *count, *rate)?);
+                    let r = flow_run(&lab, &t, proto, dst, *count, *rate)?;
+                    eprintln!("bench-flows:   {} traced, span {:.0} ms, longest trace {:.0} ms, {:?}", r.traced, r.span_ms, r.longest_ms, r.stops);
+                    runs[i].push(r);
                 }
             }
             let base_rss = median(&runs[3].iter().map(|r| r.rss_kib).collect::<Vec<_>>());
@@ -277,15 +290,23 @@ pub(crate) fn run_flows(args: &FlowsBenchArgs, stop: &AtomicBool) -> Result<u8> 
                 let per_flow: Vec<f64> = rs.iter().map(|r| (r.rss_kib - base_rss) / *count as f64).collect();
                 let flows_per_s = col(&|r| r.traced as f64 / (r.span_ms / 1000.0).max(1e-6));
                 let setting = name;
+                let mut stops = std::collections::BTreeMap::new();
+                for (k, v) in rs.iter().flat_map(|r| &r.stops) {
+                    *stops.entry(k.as_str()).or_insert(0) += v;
+                }
+                let stops: Vec<String> = stops.iter().map(|(k, v)| format!("{k} ×{v}")).collect();
                 writeln!(
                     out,
-                    "| {n} {} | {setting} | {traced}/{count} | {right}/{hops} ({:.3} %) | {:.0} ({}) | {:.0} ({}) | {:.0} | {:.0} | {:.1} | {:.2} | {} | {} |",
+                    "| {n} {} | {setting} | {traced}/{count} | {right}/{hops} ({:.3} %) | {:.0} ({}) | {:.0} ({}) | {:.0} ({}) | {} | {:.0} | {:.0} | {:.1} | {:.2} | {} | {} |",
                     if proto == Proto::Tcp { "TCP" } else { "UDP" },
                     100.0 * right as f64 / hops.max(1) as f64,
                     median(&col(&|r| r.span_ms)),
                     range(&col(&|r| r.span_ms)),
                     median(&flows_per_s),
                     range(&flows_per_s),
+                    median(&col(&|r| r.longest_ms)),
+                    range(&col(&|r| r.longest_ms)),
+                    stops.join(", "),
                     median(&col(&|r| r.wall_ms)),
                     median(&col(&|r| r.cpu_ms)),
                     median(&col(&|r| r.rss_kib)) / 1024.0,
