@@ -14,9 +14,7 @@
 //!
 //! One rule per family matches the probe shape and looks the quoted 5-tuple up in a set of the
 //! flows being traced, so that thousands of flows cost one rule, and flows are added and
-//! removed in batches: one batch per turn of the driver's loop, not one per flow, written to
-//! one `nft -i` process that lives as long as the shield (starting `nft` costs ~5 ms of CPU:
-//! per batch, UDP flows arriving steadily kept the loop busy starting it). A flow
+//! removed in batches: one `nft` run per turn of the driver's loop, not one per flow. A flow
 //! stays in the set for [`LINGER`] after its trace ended, for replies that come late (a probe
 //! given up after its timeout may still be answered).
 //!
@@ -24,13 +22,10 @@
 //! deleted on exit; tables left by a process that no longer exists are removed at start.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::IpAddr;
-use std::os::fd::AsFd;
-use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use svctr_core::FlowKey;
 
@@ -54,110 +49,6 @@ pub(crate) struct Shield {
     stale_removed: bool,
     flows: HashMap<FlowKey, State>,
     next_expiry: Option<Instant>,
-    session: Option<Session>,
-}
-
-/// How long a batch may take before the shield gives up on `nft`.
-const NFT_WAIT: Duration = Duration::from_secs(5);
-
-/// A long-lived `nft -i`: it runs each command line as it comes, prints errors on stderr (with
-/// the failing line) and listings on stdout, flushed per command. A batch is followed by the
-/// listing of the table's empty `ack` set, whose end on stdout says the batch is applied (so
-/// no probe leaves before its flow is in the set), and errors before it are the batch's.
-struct Session {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: ChildStdout,
-    stderr: ChildStderr,
-}
-
-impl Session {
-    fn start() -> Result<Self, String> {
-        let mut child = Command::new("nft")
-            .arg("-i")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("running nft: {e}"))?;
-        let (Some(stdin), Some(stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take()) else {
-            let _ = child.kill();
-            return Err("nft: no pipes".into());
-        };
-        Ok(Self { child, stdin, stdout, stderr })
-    }
-
-    /// Runs `script`, then waits for the listing of `family`'s `ack` set in `table`.
-    fn run(&mut self, script: &str, family: &str, table: &str) -> Result<(), String> {
-        let ack = format!("list set {family} {table} ack");
-        self.stdin
-            .write_all(format!("{script}{ack}\n").as_bytes())
-            .and_then(|()| self.stdin.flush())
-            .map_err(|e| format!("writing to nft: {e}"))?;
-        let deadline = Instant::now() + NFT_WAIT;
-        let (mut out, mut err) = (Vec::new(), Vec::new());
-        let mut buf = [0u8; 4096];
-        loop {
-            // The listing ends with the set's and the table's closing braces.
-            if out.ends_with(b"}\n}\n") {
-                break;
-            }
-            // The ack failed too (its table is missing): nft quotes the line in its error.
-            if String::from_utf8_lossy(&err).contains(&ack) {
-                break;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(format!("nft did not answer within {NFT_WAIT:?}"));
-            }
-            let ms = u16::try_from(left.as_millis().max(1)).unwrap_or(u16::MAX);
-            let mut fds = [PollFd::new(self.stdout.as_fd(), PollFlags::POLLIN), PollFd::new(self.stderr.as_fd(), PollFlags::POLLIN)];
-            match poll(&mut fds, PollTimeout::from(ms)) {
-                Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
-                Ok(_) => {}
-                Err(e) => return Err(format!("waiting for nft: {e}")),
-            }
-            let ready = |f: &PollFd<'_>| f.revents().is_some_and(|r| !r.is_empty());
-            let (o, e) = (ready(&fds[0]), ready(&fds[1]));
-            // Only what poll reported is read, so a read never blocks.
-            if o {
-                match self.stdout.read(&mut buf) {
-                    Ok(0) => return Err(nft_gone(&mut self.child, &err)),
-                    Ok(n) => out.extend_from_slice(&buf[..n]),
-                    Err(e) => return Err(format!("reading from nft: {e}")),
-                }
-            }
-            if e {
-                match self.stderr.read(&mut buf) {
-                    Ok(0) => return Err(nft_gone(&mut self.child, &err)),
-                    Ok(n) => err.extend_from_slice(&buf[..n]),
-                    Err(e) => return Err(format!("reading from nft: {e}")),
-                }
-            }
-        }
-        match String::from_utf8_lossy(&err).lines().find(|l| !l.trim().is_empty()) {
-            Some(first) => Err(first.to_string()),
-            None => Ok(()),
-        }
-    }
-}
-
-fn nft_gone(child: &mut Child, err: &[u8]) -> String {
-    let status = child.try_wait().ok().flatten().map_or_else(|| "closed its output".to_string(), |s| format!("exited ({s})"));
-    let msg = String::from_utf8_lossy(err);
-    match msg.lines().find(|l| !l.trim().is_empty()) {
-        Some(first) => format!("nft {status}: {first}"),
-        None => format!("nft {status}"),
-    }
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        // End of input ends nft -i.
-        let _ = self.stdin.write_all(b"quit\n");
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn nft(script: &str) -> Result<(), String> {
@@ -207,34 +98,11 @@ fn element(flow: &FlowKey) -> Option<(&'static str, String)> {
 
 impl Shield {
     pub(crate) fn new() -> Self {
-        Self {
-            table: format!("svctr_{}", std::process::id()),
-            v4: false,
-            v6: false,
-            stale_removed: false,
-            flows: HashMap::new(),
-            next_expiry: None,
-            session: None,
-        }
+        Self { table: format!("svctr_{}", std::process::id()), v4: false, v6: false, stale_removed: false, flows: HashMap::new(), next_expiry: None }
     }
 
-    /// Runs a batch in the session (started the first time), acknowledged through `family`'s
-    /// table. A session that failed is not reused.
-    fn run(&mut self, script: &str, family: &str) -> Result<(), Error> {
-        let session = match &mut self.session {
-            Some(s) => s,
-            None => self.session.insert(Session::start().map_err(Error::Shield)?),
-        };
-        let r = session.run(script, family, &self.table);
-        if r.is_err() {
-            self.session = None;
-        }
-        r.map_err(Error::Shield)
-    }
-
-    /// The table, sets and rule of a family, on one line (`nft -i` reads a command per line),
-    /// at priority -300: before conntrack at -200 and any filter, so nothing else sees the
-    /// errors.
+    /// The table, set and rule of a family (priority -300: before conntrack at -200 and any
+    /// filter, so nothing else sees the errors).
     fn table_script(&self, family: &str) -> String {
         let t = &self.table;
         if family == "ip" {
@@ -242,19 +110,19 @@ impl Shield {
             // length 8+2, protocol 8+9, source 8+12, destination 8+16; quoted ports at 28, 30
             // (our probes carry no IP options, and a quote carries the header as sent).
             format!(
-                "table ip {t} {{ set ack {{ type inet_service; }}; set flows {{ typeof @th,160,32 . @th,192,32 . @th,224,16 . @th,240,16; }}; \
-                 chain input {{ type filter hook input priority -300; policy accept; \
+                "table ip {t} {{\n set flows {{ typeof @th,160,32 . @th,192,32 . @th,224,16 . @th,240,16; }}\n \
+                 chain input {{ type filter hook input priority -300; policy accept;\n  \
                  ip protocol icmp icmp type {{ destination-unreachable, time-exceeded, parameter-problem }} @th,80,16 28 @th,136,8 17 \
-                 @th,160,32 . @th,192,32 . @th,224,16 . @th,240,16 @flows counter drop; }}; }}\n"
+                 @th,160,32 . @th,192,32 . @th,224,16 . @th,240,16 @flows counter drop\n }}\n}}\n"
             )
         } else {
             // Offsets from the ICMPv6 header: quoted IPv6 header at 8: payload length 8+4, next
             // header 8+6, source 8+8, destination 8+24; quoted ports at 48, 50.
             format!(
-                "table ip6 {t} {{ set ack {{ type inet_service; }}; set flows {{ typeof @th,128,128 . @th,256,128 . @th,384,16 . @th,400,16; }}; \
-                 chain input {{ type filter hook input priority -300; policy accept; \
+                "table ip6 {t} {{\n set flows {{ typeof @th,128,128 . @th,256,128 . @th,384,16 . @th,400,16; }}\n \
+                 chain input {{ type filter hook input priority -300; policy accept;\n  \
                  meta l4proto ipv6-icmp icmpv6 type {{ destination-unreachable, packet-too-big, time-exceeded, parameter-problem }} \
-                 @th,96,16 10 @th,112,8 17 @th,128,128 . @th,256,128 . @th,384,16 . @th,400,16 @flows counter drop; }}; }}\n"
+                 @th,96,16 10 @th,112,8 17 @th,128,128 . @th,256,128 . @th,384,16 . @th,400,16 @flows counter drop\n }}\n}}\n"
             )
         }
     }
@@ -271,7 +139,6 @@ impl Shield {
         }
         let mut script = String::new();
         let (mut v4, mut v6) = (self.v4, self.v6);
-        let mut last_family = "ip";
         for flow in flows {
             let Some((family, elem)) = element(flow) else {
                 return Err(Error::Unsupported("a flow mixes IPv4 and IPv6 addresses".into()));
@@ -286,15 +153,13 @@ impl Shield {
                 *created = true;
             }
             script.push_str(&format!("add element {family} {} flows {{ {elem} }}\n", self.table));
-            last_family = family;
         }
         if script.is_empty() {
             return Ok(());
         }
-        let r = self.run(&script, last_family);
-        // A table created before an error exists all the same: delete it on drop.
+        nft(&script).map_err(Error::Shield)?;
         (self.v4, self.v6) = (v4, v6);
-        r
+        Ok(())
     }
 
     /// These flows' traces ended: they leave the set after [`LINGER`].
@@ -315,12 +180,10 @@ impl Shield {
         let mut script = String::new();
         let mut next = None;
         let table = &self.table;
-        let mut last_family = "ip";
         self.flows.retain(|flow, s| match *s {
             State::Lingering(at) if at <= now => {
                 if let Some((family, elem)) = element(flow) {
                     script.push_str(&format!("delete element {family} {table} flows {{ {elem} }}\n"));
-                    last_family = family;
                 }
                 false
             }
@@ -334,13 +197,12 @@ impl Shield {
         if script.is_empty() {
             return Ok(());
         }
-        self.run(&script, last_family)
+        nft(&script).map_err(Error::Shield)
     }
 }
 
 impl Drop for Shield {
     fn drop(&mut self) {
-        self.session = None;
         for (family, installed) in [("ip", self.v4), ("ip6", self.v6)] {
             if installed {
                 let _ = nft(&format!("delete table {family} {}\n", self.table));
