@@ -358,27 +358,25 @@ impl Monitor {
         if !self.selecting || !self.cfg.filter.matches(&key) {
             return;
         }
-        let tag = match &self.detector {
-            None => None,
+        // With services: a recognised flow (its entry kept fresh), or none of ours.
+        match &self.detector {
+            None => {}
             Some(det) => match self.known.get_mut(&key) {
-                Some(k) => {
-                    k.last_seen = now;
-                    Some(k.tag.clone())
-                }
+                Some(k) => k.last_seen = now,
                 None => {
                     let tuple = Tuple { transport: transport_of(key.protocol), local: key.local, remote: key.remote };
                     let Some(m) = det.lookup(now, &tuple) else { return };
-                    let tag = tag_of(&m);
-                    self.remember(now, key, tag.clone());
-                    Some(tag)
+                    self.remember(now, key, tag_of(&m));
                 }
             },
-        };
+        }
         let group = self.group_of(&key);
         if self.groups.get(&group).is_some_and(|g| self.holds(g, now)) {
             self.stats.packets_held_back += 1;
             return;
         }
+        // The tag is copied for a flow handed over only, not for each packet held back.
+        let tag = if self.detector.is_some() { self.known.get(&key).map(|k| k.tag.clone()) } else { None };
         if self.engine.watch(now, key, tag) {
             self.groups.entry(group).or_default().active = Some(key);
             self.stats.flows_watched += 1;

@@ -906,10 +906,9 @@ mod tests {
     use crate::quic::build::{crypto_frame, initial};
     use crate::quic::QuicVersion;
     use crate::testdata::{
-        client_hello, record, CH_LARGE, CH_OPENSSL, RFC9001_CLIENT_INITIAL, RFC9001_SERVER_INITIAL,
-        RFC9369_CLIENT_INITIAL, RFC_DCID,
+        client_hello, record, tcp4, tcp6, udp4, udp6, CH_LARGE, CH_OPENSSL, RFC9001_CLIENT_INITIAL,
+        RFC9001_SERVER_INITIAL, RFC9369_CLIENT_INITIAL, RFC_DCID,
     };
-    use etherparse::PacketBuilder;
 
     const ME4: [u8; 4] = [192, 0, 2, 10];
     const PEER4: [u8; 4] = [198, 51, 100, 20];
@@ -944,70 +943,6 @@ prefixes = ["198.51.100.0/24", "2001:db8::20/128"]
 
     fn det() -> Detector {
         Detector::new(sigs(), DetectorConfig::default())
-    }
-
-    /// An IPv4 TCP segment. `flags`: "S" SYN, "A" ACK (ack number 1), "R" RST, "F" FIN.
-    fn tcp4(
-        src: [u8; 4],
-        dst: [u8; 4],
-        sport: u16,
-        dport: u16,
-        seq: u32,
-        flags: &str,
-        payload: &[u8],
-    ) -> Vec<u8> {
-        let mut b = PacketBuilder::ipv4(src, dst, 64).tcp(sport, dport, seq, 65535);
-        if flags.contains('S') {
-            b = b.syn();
-        }
-        if flags.contains('A') {
-            b = b.ack(1);
-        }
-        if flags.contains('R') {
-            b = b.rst();
-        }
-        if flags.contains('F') {
-            b = b.fin();
-        }
-        let mut v = Vec::new();
-        b.write(&mut v, payload).unwrap();
-        v
-    }
-
-    fn tcp6(
-        src: [u8; 16],
-        dst: [u8; 16],
-        sport: u16,
-        dport: u16,
-        seq: u32,
-        syn: bool,
-        payload: &[u8],
-    ) -> Vec<u8> {
-        let mut b = PacketBuilder::ipv6(src, dst, 64).tcp(sport, dport, seq, 65535);
-        if syn {
-            b = b.syn();
-        }
-        let mut v = Vec::new();
-        b.write(&mut v, payload).unwrap();
-        v
-    }
-
-    fn udp4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
-        let mut v = Vec::new();
-        PacketBuilder::ipv4(src, dst, 64)
-            .udp(sport, dport)
-            .write(&mut v, payload)
-            .unwrap();
-        v
-    }
-
-    fn udp6(src: [u8; 16], dst: [u8; 16], sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
-        let mut v = Vec::new();
-        PacketBuilder::ipv6(src, dst, 64)
-            .udp(sport, dport)
-            .write(&mut v, payload)
-            .unwrap();
-        v
     }
 
     fn out_tuple(t: Transport, lport: u16, rport: u16) -> Tuple {
@@ -1108,7 +1043,7 @@ prefixes = ["198.51.100.0/24", "2001:db8::20/128"]
         let mut d = det();
         let t0 = Instant::now();
         assert_eq!(
-            d.handle_packet(t0, &tcp6(ME6, PEER6, 40002, 443, 99, true, b""), &local()),
+            d.handle_packet(t0, &tcp6(ME6, PEER6, 40002, 443, 99, "S", b""), &local()),
             None
         );
         let segs: Vec<&[u8]> = CH_LARGE.chunks(1440).collect();
@@ -1116,14 +1051,14 @@ prefixes = ["198.51.100.0/24", "2001:db8::20/128"]
         assert_eq!(
             d.handle_packet(
                 t0,
-                &tcp6(ME6, PEER6, 40002, 443, 100, false, segs[0]),
+                &tcp6(ME6, PEER6, 40002, 443, 100, "", segs[0]),
                 &local()
             ),
             None
         );
         let got = d.handle_packet(
             t0,
-            &tcp6(ME6, PEER6, 40002, 443, 1540, false, segs[1]),
+            &tcp6(ME6, PEER6, 40002, 443, 1540, "", segs[1]),
             &local(),
         );
         let (t, m) = got.unwrap();
@@ -1562,7 +1497,7 @@ prefixes = ["198.51.100.0/24", "2001:db8::20/128"]
         let mut pkts = vec![
             tcp4(ME4, PEER4, 40020, 443, 1, "A", CH_OPENSSL),
             udp4(ME4, PEER4, 50020, 443, RFC9001_CLIENT_INITIAL),
-            tcp6(ME6, PEER6, 40021, 443, 1, false, CH_OPENSSL),
+            tcp6(ME6, PEER6, 40021, 443, 1, "", CH_OPENSSL),
         ];
         pkts.push(udp4(
             [192, 0, 2, 53],

@@ -5,13 +5,11 @@
 
 use std::time::Instant;
 
-use etherparse::PacketBuilder;
-
 use crate::fuzzing;
 use crate::quic::build::{crypto_frame, initial, other_long};
 use crate::quic::QuicVersion;
 use crate::testdata::{
-    client_hello, record, CH_CURL, CH_LARGE, CH_NO_SNI, CH_OPENSSL, DNS_ALL,
+    client_hello, record, tcp4, udp4, udp6, CH_CURL, CH_LARGE, CH_NO_SNI, CH_OPENSSL, DNS_ALL,
     RFC9001_CLIENT_INITIAL, RFC9001_SERVER_INITIAL, RFC9369_CLIENT_INITIAL,
 };
 use crate::BUILTIN_SIGNATURES;
@@ -129,42 +127,6 @@ fn framed(packets: &[Vec<u8>]) -> Vec<u8> {
     out
 }
 
-fn tcp4(
-    src: [u8; 4],
-    dst: [u8; 4],
-    sport: u16,
-    dport: u16,
-    seq: u32,
-    syn: bool,
-    payload: &[u8],
-) -> Vec<u8> {
-    let mut b = PacketBuilder::ipv4(src, dst, 64).tcp(sport, dport, seq, 65535);
-    if syn {
-        b = b.syn();
-    }
-    let mut v = Vec::new();
-    b.write(&mut v, payload).expect("test packet");
-    v
-}
-
-fn udp4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
-    let mut v = Vec::new();
-    PacketBuilder::ipv4(src, dst, 64)
-        .udp(sport, dport)
-        .write(&mut v, payload)
-        .expect("test packet");
-    v
-}
-
-fn udp6(src: [u8; 16], dst: [u8; 16], sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
-    let mut v = Vec::new();
-    PacketBuilder::ipv6(src, dst, 64)
-        .udp(sport, dport)
-        .write(&mut v, payload)
-        .expect("test packet");
-    v
-}
-
 /// The seed inputs of every target: (target, name, bytes).
 pub(crate) fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     let mut out = Vec::new();
@@ -273,9 +235,9 @@ prefixes = ["10.0.0.0/8"]
 
     let rec = record(&client_hello("www.youtube.com", 300));
     let tls_flow = framed(&[
-        tcp4(ME4, PEER4, 40000, 443, 99, true, b""),
-        tcp4(ME4, PEER4, 40000, 443, 100 + 200, false, &rec[200..]),
-        tcp4(ME4, PEER4, 40000, 443, 100, false, &rec[..200]),
+        tcp4(ME4, PEER4, 40000, 443, 99, "S", b""),
+        tcp4(ME4, PEER4, 40000, 443, 100 + 200, "", &rec[200..]),
+        tcp4(ME4, PEER4, 40000, 443, 100, "", &rec[..200]),
     ]);
     out.push(("detector", "tls_flow".into(), tls_flow));
     out.push((
@@ -302,9 +264,9 @@ prefixes = ["10.0.0.0/8"]
         "detector",
         "dns_tcp".into(),
         framed(&[
-            tcp4([192, 0, 2, 53], ME4, 53, 40001, 7, true, b""),
-            tcp4([192, 0, 2, 53], ME4, 53, 40001, 8, false, &dns_tcp[..10]),
-            tcp4([192, 0, 2, 53], ME4, 53, 40001, 18, false, &dns_tcp[10..]),
+            tcp4([192, 0, 2, 53], ME4, 53, 40001, 7, "S", b""),
+            tcp4([192, 0, 2, 53], ME4, 53, 40001, 8, "", &dns_tcp[..10]),
+            tcp4([192, 0, 2, 53], ME4, 53, 40001, 18, "", &dns_tcp[10..]),
         ]),
     ));
     out
@@ -465,7 +427,7 @@ fn detector_inputs_never_panic() {
                 sport,
                 dport,
                 rng.next() as u32,
-                rng.below(4) == 0,
+                if rng.below(4) == 0 { "S" } else { "" },
                 &buf,
             ),
             1 => tcp4(
@@ -474,7 +436,7 @@ fn detector_inputs_never_panic() {
                 sport,
                 dport,
                 rng.next() as u32,
-                false,
+                "",
                 &[&[22, 3, 1][..], &buf].concat(),
             ),
             2 => udp4(PEER4, ME4, sport, dport, &buf),

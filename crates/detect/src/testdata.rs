@@ -561,3 +561,87 @@ pub(crate) const DNS_ALL: &[(&str, &[u8])] = &[
     ("pointer_cycle", POINTER_CYCLE),
     ("query", QUERY),
 ];
+
+// ---------------------------------------------------------------- test packets
+
+use etherparse::{PacketBuilder, PacketBuilderStep, TcpHeader};
+
+/// Sets `flags` ("S" SYN, "A" ACK with ack number 1, "R" RST, "F" FIN; "" none) and writes
+/// the packet.
+fn tcp_packet(mut b: PacketBuilderStep<TcpHeader>, flags: &str, payload: &[u8]) -> Vec<u8> {
+    if flags.contains('S') {
+        b = b.syn();
+    }
+    if flags.contains('A') {
+        b = b.ack(1);
+    }
+    if flags.contains('R') {
+        b = b.rst();
+    }
+    if flags.contains('F') {
+        b = b.fin();
+    }
+    let mut v = Vec::new();
+    b.write(&mut v, payload).expect("test packet");
+    v
+}
+
+/// An IPv4 TCP segment (TTL 64, window 65535), `flags` as [`tcp_packet`] reads them.
+pub(crate) fn tcp4(
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: u16,
+    dport: u16,
+    seq: u32,
+    flags: &str,
+    payload: &[u8],
+) -> Vec<u8> {
+    tcp_packet(
+        PacketBuilder::ipv4(src, dst, 64).tcp(sport, dport, seq, 65535),
+        flags,
+        payload,
+    )
+}
+
+/// An IPv6 TCP segment (hop limit 64, window 65535), `flags` as [`tcp_packet`] reads them.
+pub(crate) fn tcp6(
+    src: [u8; 16],
+    dst: [u8; 16],
+    sport: u16,
+    dport: u16,
+    seq: u32,
+    flags: &str,
+    payload: &[u8],
+) -> Vec<u8> {
+    tcp_packet(
+        PacketBuilder::ipv6(src, dst, 64).tcp(sport, dport, seq, 65535),
+        flags,
+        payload,
+    )
+}
+
+/// An IPv4 UDP datagram (TTL 64).
+pub(crate) fn udp4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ipv4(src, dst, 64)
+        .udp(sport, dport)
+        .write(&mut v, payload)
+        .expect("test packet");
+    v
+}
+
+/// An IPv6 UDP datagram (hop limit 64).
+pub(crate) fn udp6(
+    src: [u8; 16],
+    dst: [u8; 16],
+    sport: u16,
+    dport: u16,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ipv6(src, dst, 64)
+        .udp(sport, dport)
+        .write(&mut v, payload)
+        .expect("test packet");
+    v
+}
