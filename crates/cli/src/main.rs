@@ -13,13 +13,19 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use svctr_core::{
-    Algorithm, DetectorConfig, FlowFilter, FlowSelector, Granularity, MonitorConfig, Protocol, ServiceSpec, Signatures,
-    Strategy, TraceConfig, TraceResult, TracerouteConfig, TracerouteEvent,
+    Algorithm, DetectorConfig, FlowFilter, FlowSelector, Granularity, MonitorConfig, Protocol,
+    ServiceSpec, Signatures, Strategy, TraceConfig, TraceResult, TracerouteConfig, TracerouteEvent,
 };
-use svctr_io::{monitor, trace_flows, traceroute, Error, FlowTraceOptions, MonitorOptions, TracerouteOptions};
+use svctr_io::{
+    monitor, trace_flows, traceroute, Error, FlowTraceOptions, MonitorOptions, TracerouteOptions,
+};
 
 #[derive(Parser)]
-#[command(name = "service-traceroute", version, about = "Shows the network path that a live application flow really takes")]
+#[command(
+    name = "service-traceroute",
+    version,
+    about = "Shows the network path that a live application flow really takes"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -77,13 +83,24 @@ struct CompareArgs {
 
 fn run_compare(a: CompareArgs) -> Result<ExitCode, Error> {
     let (remote_ip, Some(remote_port)) = a.remote else {
-        return Err(Error::Unsupported("--remote needs a port for compare (IP:PORT)".into()));
+        return Err(Error::Unsupported(
+            "--remote needs a port for compare (IP:PORT)".into(),
+        ));
     };
     let protocol = if a.udp { Protocol::Udp } else { Protocol::Tcp };
     let opts = FlowTraceOptions {
         iface: a.iface.clone(),
-        selector: FlowSelector { protocol, remote_ip: Some(remote_ip), remote_port: Some(remote_port), local_port: a.local_port },
-        trace: TraceConfig { probes_per_hop: a.probes, timeout: a.timeout, ..TraceConfig::default() },
+        selector: FlowSelector {
+            protocol,
+            remote_ip: Some(remote_ip),
+            remote_port: Some(remote_port),
+            local_port: a.local_port,
+        },
+        trace: TraceConfig {
+            probes_per_hop: a.probes,
+            timeout: a.timeout,
+            ..TraceConfig::default()
+        },
         count: 1,
         duration: a.duration,
         udp_shield: true,
@@ -112,14 +129,23 @@ fn run_compare(a: CompareArgs) -> Result<ExitCode, Error> {
             marker: 0,
             ..TracerouteConfig::default()
         };
-        let topts = TracerouteOptions { targets: vec![remote_ip], config, iface: Some(a.iface.clone()), parallel: 1, rate: 0, resolve_names: false };
+        let topts = TracerouteOptions {
+            targets: vec![remote_ip],
+            config,
+            iface: Some(a.iface.clone()),
+            parallel: 1,
+            rate: 0,
+            resolve_names: false,
+        };
         fresh.extend(traceroute(&topts, &stop, |_| {})?);
     }
     let c = svctr_core::compare(flow, fresh);
     let mut out = io::stdout().lock();
     let res = match a.format {
         Format::Text => write!(out, "{}", svctr_core::render_comparison(&c)),
-        Format::Json | Format::Jsonl => serde_json::to_string(&c).map_err(io::Error::other).and_then(|t| writeln!(out, "{t}")),
+        Format::Json | Format::Jsonl => serde_json::to_string(&c)
+            .map_err(io::Error::other)
+            .and_then(|t| writeln!(out, "{t}")),
     };
     Ok(output_failure(res.err()).unwrap_or(ExitCode::SUCCESS))
 }
@@ -209,21 +235,30 @@ fn resolve(target: &str, v4: bool, v6: bool) -> Result<IpAddr, Error> {
         return if pick(ip) {
             Ok(ip)
         } else {
-            Err(Error::Unsupported(format!("{target} is an IPv{} address but -{} was given", if ip.is_ipv4() { 4 } else { 6 }, if v4 { 4 } else { 6 })))
+            Err(Error::Unsupported(format!(
+                "{target} is an IPv{} address but -{} was given",
+                if ip.is_ipv4() { 4 } else { 6 },
+                if v4 { 4 } else { 6 }
+            )))
         };
     }
     let addrs = (target, 0u16)
         .to_socket_addrs()
         .map_err(|e| Error::Unsupported(format!("cannot resolve {target:?}: {e}")))?;
-    addrs
-        .map(|a| a.ip())
-        .find(|ip| pick(*ip))
-        .ok_or_else(|| Error::Unsupported(format!("{target:?} has no IPv{} address", if v6 { 6 } else { 4 })))
+    addrs.map(|a| a.ip()).find(|ip| pick(*ip)).ok_or_else(|| {
+        Error::Unsupported(format!(
+            "{target:?} has no IPv{} address",
+            if v6 { 6 } else { 4 }
+        ))
+    })
 }
 
 fn run_trace(a: TraceArgs) -> Result<ExitCode, Error> {
     if a.first_ttl > a.max_ttl {
-        return Err(Error::Unsupported(format!("-f {} is above -m {}", a.first_ttl, a.max_ttl)));
+        return Err(Error::Unsupported(format!(
+            "-f {} is above -m {}",
+            a.first_ttl, a.max_ttl
+        )));
     }
     let protocol = if a.icmp {
         Protocol::Icmp
@@ -258,7 +293,14 @@ fn run_trace(a: TraceArgs) -> Result<ExitCode, Error> {
         ..TracerouteConfig::default()
     };
     // Names are resolved in the background as hops come in, never on the probing path.
-    let opts = TracerouteOptions { targets, config, iface: a.iface, parallel: a.parallel, rate: a.rate, resolve_names: !a.numeric };
+    let opts = TracerouteOptions {
+        targets,
+        config,
+        iface: a.iface,
+        parallel: a.parallel,
+        rate: a.rate,
+        resolve_names: !a.numeric,
+    };
     let stop = stop_flag()?;
     let stdout = io::stdout();
     let mut write_error = None;
@@ -470,7 +512,9 @@ fn parse_remote(s: &str) -> Result<(IpAddr, Option<u16>), String> {
             return Err(format!("invalid port {port:?} in {s:?}: expected 1-65535"));
         }
     }
-    Err(format!("invalid address {s:?}: expected IP or IP:PORT (IPv6 as [IP]:PORT)"))
+    Err(format!(
+        "invalid address {s:?}: expected IP or IP:PORT (IPv6 as [IP]:PORT)"
+    ))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -480,7 +524,8 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         }
         return Err(format!("invalid duration {s:?}"));
     }
-    humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e} (e.g. 2s, 150ms, 1m)"))
+    humantime::parse_duration(s)
+        .map_err(|e| format!("invalid duration {s:?}: {e} (e.g. 2s, 150ms, 1m)"))
 }
 
 fn parse_algorithm(s: &str) -> Result<Algorithm, String> {
@@ -489,7 +534,11 @@ fn parse_algorithm(s: &str) -> Result<Algorithm, String> {
 
 /// Prints collected results as JSON: one object for one result, else an array.
 fn write_json_collection<T: serde::Serialize>(items: &[T]) -> io::Result<()> {
-    let text = if items.len() == 1 { serde_json::to_string_pretty(&items[0]) } else { serde_json::to_string_pretty(items) };
+    let text = if items.len() == 1 {
+        serde_json::to_string_pretty(&items[0])
+    } else {
+        serde_json::to_string_pretty(items)
+    };
     let text = text.map_err(io::Error::other)?;
     writeln!(io::stdout().lock(), "{text}")
 }
@@ -508,7 +557,11 @@ fn output_failure(e: Option<io::Error>) -> Option<ExitCode> {
 fn print_result(format: Format, r: &TraceResult, out: &mut impl Write) -> io::Result<()> {
     match format {
         Format::Text => writeln!(out, "{}", svctr_core::render_text(r)),
-        Format::Jsonl => writeln!(out, "{}", serde_json::to_string(r).map_err(io::Error::other)?),
+        Format::Jsonl => writeln!(
+            out,
+            "{}",
+            serde_json::to_string(r).map_err(io::Error::other)?
+        ),
         Format::Json => Ok(()),
     }?;
     out.flush()
@@ -550,20 +603,35 @@ fn services(a: &SelectArgs) -> Result<Option<Signatures>, Error> {
         files
     };
     for d in &a.domain {
-        let spec = ServiceSpec { name: d.clone(), domains: vec![d.clone()], ..ServiceSpec::default() };
+        let spec = ServiceSpec {
+            name: d.clone(),
+            domains: vec![d.clone()],
+            ..ServiceSpec::default()
+        };
         selected.add(spec, "--domain").map_err(bad)?;
     }
     for c in &a.cidr {
-        let spec = ServiceSpec { name: c.clone(), prefixes: vec![c.clone()], ..ServiceSpec::default() };
+        let spec = ServiceSpec {
+            name: c.clone(),
+            prefixes: vec![c.clone()],
+            ..ServiceSpec::default()
+        };
         selected.add(spec, "--cidr").map_err(bad)?;
     }
     Ok(Some(selected))
 }
 
 /// The monitor configuration of `flow` and `monitor`.
-fn monitor_config(s: &SelectArgs, t: &TraceArgsCommon, count: usize) -> Result<MonitorConfig, Error> {
+fn monitor_config(
+    s: &SelectArgs,
+    t: &TraceArgsCommon,
+    count: usize,
+) -> Result<MonitorConfig, Error> {
     if t.first_ttl > t.max_ttl {
-        return Err(Error::Unsupported(format!("--first-ttl {} is above --max-ttl {}", t.first_ttl, t.max_ttl)));
+        return Err(Error::Unsupported(format!(
+            "--first-ttl {} is above --max-ttl {}",
+            t.first_ttl, t.max_ttl
+        )));
     }
     let services = services(s)?;
     let protocol = match (s.tcp, s.udp) {
@@ -571,7 +639,11 @@ fn monitor_config(s: &SelectArgs, t: &TraceArgsCommon, count: usize) -> Result<M
         (false, true) => Some(Protocol::Udp),
         (true, true) => None,
         (false, false) if services.is_some() => None,
-        (false, false) => return Err(Error::Unsupported("say which flows: --tcp, --udp, or a service (--service, --domain, --cidr)".into())),
+        (false, false) => {
+            return Err(Error::Unsupported(
+                "say which flows: --tcp, --udp, or a service (--service, --domain, --cidr)".into(),
+            ))
+        }
     };
     let trace = TraceConfig {
         algorithm: t.algorithm,
@@ -588,12 +660,24 @@ fn monitor_config(s: &SelectArgs, t: &TraceArgsCommon, count: usize) -> Result<M
         retries: t.retries,
         ..TraceConfig::default()
     };
-    trace.validate().map_err(|e| Error::Unsupported(e.to_string()))?;
+    trace
+        .validate()
+        .map_err(|e| Error::Unsupported(e.to_string()))?;
     Ok(MonitorConfig {
         trace,
-        filter: FlowFilter { protocol, remote_ip: s.remote.map(|r| r.0), remote_port: s.remote.and_then(|r| r.1), local_port: s.local_port },
+        filter: FlowFilter {
+            protocol,
+            remote_ip: s.remote.map(|r| r.0),
+            remote_port: s.remote.and_then(|r| r.1),
+            local_port: s.local_port,
+        },
         services,
-        detector: DetectorConfig { dns: !s.no_dns, tls: !s.no_tls, quic: !s.no_quic, ..DetectorConfig::default() },
+        detector: DetectorConfig {
+            dns: !s.no_dns,
+            tls: !s.no_tls,
+            quic: !s.no_quic,
+            ..DetectorConfig::default()
+        },
         granularity: Granularity::Flow,
         retrace_after: None,
         max_traces: count,
@@ -603,8 +687,10 @@ fn monitor_config(s: &SelectArgs, t: &TraceArgsCommon, count: usize) -> Result<M
 fn stop_flag() -> Result<Arc<AtomicBool>, Error> {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, Arc::clone(&stop))
-            .map_err(|e| Error::Socket { what: "installing the signal handler".into(), source: e })?;
+        signal_hook::flag::register(sig, Arc::clone(&stop)).map_err(|e| Error::Socket {
+            what: "installing the signal handler".into(),
+            source: e,
+        })?;
     }
     Ok(stop)
 }
@@ -655,13 +741,20 @@ fn run_monitor(opts: MonitorOptions, format: Format, show_stats: bool) -> Result
     }
     let count = opts.config.max_traces;
     if count != 0 && summary.traced < count {
-        eprintln!("service-traceroute: warning: traced {} of {} flows", summary.traced, count);
+        eprintln!(
+            "service-traceroute: warning: traced {} of {} flows",
+            summary.traced, count
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// The run of `flow` and `monitor` (which then sets re-tracing and granularity).
-fn monitor_options(s: &SelectArgs, t: &TraceArgsCommon, count: usize) -> Result<MonitorOptions, Error> {
+fn monitor_options(
+    s: &SelectArgs,
+    t: &TraceArgsCommon,
+    count: usize,
+) -> Result<MonitorOptions, Error> {
     Ok(MonitorOptions {
         iface: s.iface.clone(),
         config: monitor_config(s, t, count)?,
@@ -673,7 +766,11 @@ fn monitor_options(s: &SelectArgs, t: &TraceArgsCommon, count: usize) -> Result<
 }
 
 fn run_flow(a: FlowArgs) -> Result<ExitCode, Error> {
-    run_monitor(monitor_options(&a.select, &a.trace, a.count)?, a.format, a.trace.stats)
+    run_monitor(
+        monitor_options(&a.select, &a.trace, a.count)?,
+        a.format,
+        a.trace.stats,
+    )
 }
 
 fn run_monitor_cmd(a: MonitorArgs) -> Result<ExitCode, Error> {
@@ -693,7 +790,11 @@ fn run_services(a: ServicesArgs) -> Result<ExitCode, Error> {
         Format::Text => all.services().iter().try_for_each(|s| {
             let prefixes: Vec<String> = s.prefixes.iter().map(ToString::to_string).collect();
             writeln!(out, "{}", s.name)?;
-            for (what, list) in [("domains", s.domains.join(" ")), ("regexes", s.regexes.join(" ")), ("prefixes", prefixes.join(" "))] {
+            for (what, list) in [
+                ("domains", s.domains.join(" ")),
+                ("regexes", s.regexes.join(" ")),
+                ("prefixes", prefixes.join(" ")),
+            ] {
                 if !list.is_empty() {
                     writeln!(out, "  {what}: {list}")?;
                 }
@@ -723,7 +824,16 @@ fn run_services(a: ServicesArgs) -> Result<ExitCode, Error> {
 fn parse_cli() -> Result<Cli, ExitCode> {
     match Cli::try_parse() {
         Ok(cli) => Ok(cli),
-        Err(e) if matches!(e.kind(), clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) => e.exit(),
+        Err(e)
+            if matches!(
+                e.kind(),
+                clap::error::ErrorKind::DisplayHelp
+                    | clap::error::ErrorKind::DisplayVersion
+                    | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) =>
+        {
+            e.exit()
+        }
         Err(e) => {
             let text = e.render().to_string();
             // clap's message is a paragraph then usage hints: keep the paragraph, on one line.

@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 use common::{json_lines, stderr, tracer_for, tracer_in_background, TRACER};
 use svctr_core::{MatchSource, Protocol, StopReason, TraceResult};
 use svctr_lab::{
-    dns_server, echo_server, flow_generator, lab_test_guard, quic_download, quic_server, run_checked, tcp_download_to,
-    tcp_server_on, tls_download, tls_server_paced, udp_server_on, udp_session_to, DnsRecord, Family, Lab, LabConfig,
-    Proto,
+    dns_server, echo_server, flow_generator, lab_test_guard, quic_download, quic_server,
+    run_checked, tcp_download_to, tcp_server_on, tls_download, tls_server_paced, udp_server_on,
+    udp_session_to, DnsRecord, Family, Lab, LabConfig, Proto,
 };
 
 fn secs(s: u64) -> Duration {
@@ -38,7 +38,11 @@ fn lab_proto(p: Protocol) -> Proto {
 
 /// (protocol, local port, remote) of a result.
 fn flow_of(r: &TraceResult) -> (Protocol, u16, SocketAddr) {
-    (r.flow.protocol, r.flow.local.port, SocketAddr::new(r.flow.remote.ip, r.flow.remote.port))
+    (
+        r.flow.protocol,
+        r.flow.local.port,
+        SocketAddr::new(r.flow.remote.ip, r.flow.remote.port),
+    )
 }
 
 /// Every probe of every hop answered by exactly the router of `truth` at its TTL, and the
@@ -87,14 +91,30 @@ domains = ["audio.example.test"]
 #[test]
 fn dns_answers_select_exactly_the_flows_of_the_named_services() {
     let Some(_g) = lab_test_guard() else { return };
-    let lab = Lab::build(LabConfig { fanout: 6, ..LabConfig::default() }).expect("build lab");
+    let lab = Lab::build(LabConfig {
+        fanout: 6,
+        ..LabConfig::default()
+    })
+    .expect("build lab");
     let (f4, f6) = (lab.fanout_targets_v4(), lab.fanout_targets_v6());
-    let a = |name: &str, i: usize| DnsRecord::A { name: name.into(), addr: f4[i], ttl: 300 };
-    let aaaa = |name: &str, i: usize| DnsRecord::Aaaa { name: name.into(), addr: f6[i], ttl: 300 };
+    let a = |name: &str, i: usize| DnsRecord::A {
+        name: name.into(),
+        addr: f4[i],
+        ttl: 300,
+    };
+    let aaaa = |name: &str, i: usize| DnsRecord::Aaaa {
+        name: name.into(),
+        addr: f6[i],
+        ttl: 300,
+    };
     let records = vec![
         a("video.example.test", 0),
         aaaa("video.example.test", 0),
-        DnsRecord::Cname { name: "www.example.test".into(), target: "edge.cdn.test".into(), ttl: 300 },
+        DnsRecord::Cname {
+            name: "www.example.test".into(),
+            target: "edge.cdn.test".into(),
+            ttl: 300,
+        },
         a("edge.cdn.test", 1),
         aaaa("edge.cdn.test", 1),
         a("audio.example.test", 2),
@@ -109,7 +129,18 @@ fn dns_answers_select_exactly_the_flows_of_the_named_services() {
     );
     let sigs = signature_file("dns");
     let sigs = sigs.to_str().unwrap();
-    let common = ["-i", "eth0", "--signatures", sigs, "--duration", "12", "--retrace-after", "never", "--format", "jsonl"];
+    let common = [
+        "-i",
+        "eth0",
+        "--signatures",
+        sigs,
+        "--duration",
+        "12",
+        "--retrace-after",
+        "never",
+        "--format",
+        "jsonl",
+    ];
     let mut video_cdn: Vec<&str> = vec!["monitor", "--service", "video", "--service", "cdn"];
     video_cdn.extend(common);
     let mut audio: Vec<&str> = vec!["monitor", "--service", "audio"];
@@ -122,18 +153,27 @@ fn dns_answers_select_exactly_the_flows_of_the_named_services() {
     let mut flows = Vec::new();
     let mut lport = 30000;
     let mut apps = (Vec::new(), Vec::new());
-    let mut connect = |dst: IpAddr, apps: &mut (Vec<_>, Vec<_>), flows: &mut Vec<(Protocol, u16, SocketAddr)>| {
-        lport += 1;
-        let d = tcp_download_to(&lab, sa(dst, 8080), lport, 1_500_000, true).expect("download");
-        d.wait_established(secs(10)).expect("established");
-        flows.push((Protocol::Tcp, lport, sa(dst, 8080)));
-        apps.0.push(d);
-        lport += 1;
-        let s = udp_session_to(&lab, sa(dst, 9000), lport, 200, Duration::from_millis(50), true).expect("session");
-        s.wait_started(secs(10)).expect("started");
-        flows.push((Protocol::Udp, lport, sa(dst, 9000)));
-        apps.1.push(s);
-    };
+    let mut connect =
+        |dst: IpAddr, apps: &mut (Vec<_>, Vec<_>), flows: &mut Vec<(Protocol, u16, SocketAddr)>| {
+            lport += 1;
+            let d = tcp_download_to(&lab, sa(dst, 8080), lport, 1_500_000, true).expect("download");
+            d.wait_established(secs(10)).expect("established");
+            flows.push((Protocol::Tcp, lport, sa(dst, 8080)));
+            apps.0.push(d);
+            lport += 1;
+            let s = udp_session_to(
+                &lab,
+                sa(dst, 9000),
+                lport,
+                200,
+                Duration::from_millis(50),
+                true,
+            )
+            .expect("session");
+            s.wait_started(secs(10)).expect("started");
+            flows.push((Protocol::Udp, lport, sa(dst, 9000)));
+            apps.1.push(s);
+        };
     for (name, family) in [
         ("video.example.test", Family::V4),
         ("video.example.test", Family::V6),
@@ -142,7 +182,9 @@ fn dns_answers_select_exactly_the_flows_of_the_named_services() {
         ("audio.example.test", Family::V4),
         ("news.other.test", Family::V4),
     ] {
-        let addrs = lab.resolve(name, Some(family)).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        let addrs = lab
+            .resolve(name, Some(family))
+            .unwrap_or_else(|e| panic!("{name}: {e:#}"));
         assert_eq!(addrs.len(), 1, "{name}: {addrs:?}");
         connect(addrs[0], &mut apps, &mut flows);
     }
@@ -157,7 +199,10 @@ fn dns_answers_select_exactly_the_flows_of_the_named_services() {
             _ => None,
         }
     };
-    for (out, want, n) in [(t1.join().unwrap(), ["video", "cdn"].as_slice(), 8), (t2.join().unwrap(), ["audio"].as_slice(), 2)] {
+    for (out, want, n) in [
+        (t1.join().unwrap(), ["video", "cdn"].as_slice(), 8),
+        (t2.join().unwrap(), ["audio"].as_slice(), 2),
+    ] {
         let results: Vec<TraceResult> = json_lines(&out);
         let traced: BTreeSet<_> = results.iter().map(flow_of).collect();
         let expected: BTreeSet<_> = flows
@@ -165,13 +210,19 @@ fn dns_answers_select_exactly_the_flows_of_the_named_services() {
             .filter(|(_, _, dst)| {
                 let ip = dst.ip();
                 (want.contains(&"video") && (ip == IpAddr::V4(f4[0]) || ip == IpAddr::V6(f6[0])))
-                    || (want.contains(&"cdn") && (ip == IpAddr::V4(f4[1]) || ip == IpAddr::V6(f6[1])))
+                    || (want.contains(&"cdn")
+                        && (ip == IpAddr::V4(f4[1]) || ip == IpAddr::V6(f6[1])))
                     || (want.contains(&"audio") && ip == IpAddr::V4(f4[2]))
             })
             .copied()
             .collect();
         assert_eq!(expected.len(), n);
-        assert_eq!(traced, expected, "exactly the flows of {want:?}; stderr: {}", stderr(&out));
+        assert_eq!(
+            traced,
+            expected,
+            "exactly the flows of {want:?}; stderr: {}",
+            stderr(&out)
+        );
         for r in &results {
             let service = by_addr(r).expect("a service's address");
             assert_eq!(r.flow.service.as_deref(), Some(service));
@@ -184,7 +235,9 @@ fn dns_answers_select_exactly_the_flows_of_the_named_services() {
             assert_eq!(r.flow.name.as_deref(), Some(name));
             let (proto, lp, dst) = flow_of(r);
             let client = lab.client_addr_for(dst.ip());
-            let truth = lab.expected_path_ip(lab_proto(proto), client, dst.ip(), lp, dst.port(), 0).expect("ground truth");
+            let truth = lab
+                .expected_path_ip(lab_proto(proto), client, dst.ip(), lp, dst.port(), 0)
+                .expect("ground truth");
             assert_hops(r, &truth);
         }
     }
@@ -205,13 +258,20 @@ fn dns_answers_select_exactly_the_flows_of_the_named_services() {
 fn tls_and_quic_server_names_identify_the_service_without_dns() {
     let Some(_g) = lab_test_guard() else { return };
     let lab = Lab::build(LabConfig::default()).expect("build lab");
-    let (s4, s6) = (IpAddr::V4(lab.server_addr()), IpAddr::V6(lab.server_addr6()));
+    let (s4, s6) = (
+        IpAddr::V4(lab.server_addr()),
+        IpAddr::V6(lab.server_addr6()),
+    );
     // A paced TLS server per connection (s_server serves one at a time), ~10 s each.
     let (size, rate) = (3_000_000, 300_000);
     let tls: Vec<_> = [sa(s4, 8441), sa(s6, 8442), sa(s4, 8443), sa(s4, 8444)]
         .into_iter()
         .map(|bind| {
-            let any = if bind.is_ipv4() { sa(IpAddr::from([0u8; 4]), bind.port()) } else { sa(IpAddr::from([0u16; 8]), bind.port()) };
+            let any = if bind.is_ipv4() {
+                sa(IpAddr::from([0u8; 4]), bind.port())
+            } else {
+                sa(IpAddr::from([0u16; 8]), bind.port())
+            };
             tls_server_paced(&lab, any, size, rate).expect("tls server")
         })
         .collect();
@@ -220,7 +280,17 @@ fn tls_and_quic_server_names_identify_the_service_without_dns() {
         quic_server(&lab, "0.0.0.0:4433".parse().unwrap(), &names).expect("quic v4"),
         quic_server(&lab, "[::]:4433".parse().unwrap(), &names).expect("quic v6"),
     );
-    let args = ["monitor", "-i", "eth0", "--domain", "video.example.test", "--duration", "8", "--retrace-after", "never"];
+    let args = [
+        "monitor",
+        "-i",
+        "eth0",
+        "--domain",
+        "video.example.test",
+        "--duration",
+        "8",
+        "--retrace-after",
+        "never",
+    ];
     let tracer = tracer_in_background(&lab, &args, secs(90));
     std::thread::sleep(secs(2));
     let mut curls = Vec::new();
@@ -252,17 +322,54 @@ fn tls_and_quic_server_names_identify_the_service_without_dns() {
         ((Protocol::Udp, 44301, sa(s4, 4433)), MatchSource::QuicSni),
         ((Protocol::Udp, 44302, sa(s6, 4433)), MatchSource::QuicSni),
     ];
-    assert_eq!(traced.keys().copied().collect::<BTreeSet<_>>(), want.iter().map(|w| w.0).collect(), "stderr: {}", stderr(&out));
+    assert_eq!(
+        traced.keys().copied().collect::<BTreeSet<_>>(),
+        want.iter().map(|w| w.0).collect(),
+        "stderr: {}",
+        stderr(&out)
+    );
     for ((proto, lp, dst), source) in want {
         let r = traced[&(proto, lp, dst)];
-        assert_eq!((r.flow.service.as_deref(), r.flow.name.as_deref(), r.flow.matched_by), (Some("video.example.test"), Some("video.example.test"), Some(source)));
-        let truth = lab.expected_path_ip(lab_proto(proto), lab.client_addr_for(dst.ip()), dst.ip(), lp, dst.port(), 0).unwrap();
+        assert_eq!(
+            (
+                r.flow.service.as_deref(),
+                r.flow.name.as_deref(),
+                r.flow.matched_by
+            ),
+            (
+                Some("video.example.test"),
+                Some("video.example.test"),
+                Some(source)
+            )
+        );
+        let truth = lab
+            .expected_path_ip(
+                lab_proto(proto),
+                lab.client_addr_for(dst.ip()),
+                dst.ip(),
+                lp,
+                dst.port(),
+                0,
+            )
+            .unwrap();
         assert_hops(r, &truth);
     }
 
     // The ClientHello split over several segments (GSO off, a small MSS): reassembled.
     lab.split_client_segments(200).expect("split");
-    let args = ["monitor", "-i", "eth0", "--domain", "video.example.test", "--count", "1", "--duration", "8", "--format", "jsonl"];
+    let args = [
+        "monitor",
+        "-i",
+        "eth0",
+        "--domain",
+        "video.example.test",
+        "--count",
+        "1",
+        "--duration",
+        "8",
+        "--format",
+        "jsonl",
+    ];
     let tracer = tracer_in_background(&lab, &args, secs(60));
     std::thread::sleep(secs(2));
     let mut d = tls_download(&lab, "video.example.test", sa(s4, 8444), 41010, 0).expect("curl");
@@ -346,8 +453,21 @@ fn ten_thousand_flows_at_once_within_the_rate_limit() {
             v
         });
         let args = [
-            "flow", "-i", "eth0", "--udp", "--remote", "198.19.1.2:7000", "--count", "10000", "--duration", "60", "--rate", "20000",
-            "--format", "jsonl", "--stats",
+            "flow",
+            "-i",
+            "eth0",
+            "--udp",
+            "--remote",
+            "198.19.1.2:7000",
+            "--count",
+            "10000",
+            "--duration",
+            "60",
+            "--rate",
+            "20000",
+            "--format",
+            "jsonl",
+            "--stats",
         ];
         let out = tracer_for(&lab, &args, secs(180));
         sampling.store(false, std::sync::atomic::Ordering::Relaxed);
@@ -355,20 +475,45 @@ fn ten_thousand_flows_at_once_within_the_rate_limit() {
     });
     let (out, samples) = samples;
     let results: Vec<TraceResult> = json_lines(&out);
-    assert_eq!(results.len(), n, "every flow traced; stderr: {}", stderr(&out));
+    assert_eq!(
+        results.len(),
+        n,
+        "every flow traced; stderr: {}",
+        stderr(&out)
+    );
     let ports: BTreeSet<u16> = results.iter().map(|r| r.flow.local.port).collect();
     assert_eq!(ports.len(), n);
-    let specs: Vec<_> = results.iter().map(|r| (IpAddr::V4(lab.client_addr()), r.flow.local.port, dst.ip(), dst.port(), 0)).collect();
-    let truth = lab.expected_paths(Proto::Udp, &specs).expect("ground truth");
+    let specs: Vec<_> = results
+        .iter()
+        .map(|r| {
+            (
+                IpAddr::V4(lab.client_addr()),
+                r.flow.local.port,
+                dst.ip(),
+                dst.port(),
+                0,
+            )
+        })
+        .collect();
+    let truth = lab
+        .expected_paths(Proto::Udp, &specs)
+        .expect("ground truth");
     let (mut hops, mut right, mut silent, mut wrong) = (0usize, 0usize, 0usize, 0usize);
     for (r, want) in results.iter().zip(&truth) {
         for (i, w) in want.iter().enumerate() {
             hops += 1;
-            let probes = r.hops.get(i).map(|h| h.probes.as_slice()).unwrap_or_default();
+            let probes = r
+                .hops
+                .get(i)
+                .map(|h| h.probes.as_slice())
+                .unwrap_or_default();
             let ok = !probes.is_empty() && probes.iter().all(|p| p.addr == Some(*w));
             right += usize::from(ok);
             silent += probes.iter().filter(|p| p.addr.is_none()).count();
-            wrong += probes.iter().filter(|p| p.addr.is_some_and(|a| a != *w)).count();
+            wrong += probes
+                .iter()
+                .filter(|p| p.addr.is_some_and(|a| a != *w))
+                .count();
         }
     }
     let share = right as f64 / hops as f64;
@@ -383,25 +528,45 @@ fn ten_thousand_flows_at_once_within_the_rate_limit() {
     // plus the burst (10 ms worth).
     let total = samples.last().unwrap().2 - samples[0].2;
     let sent: u64 = results.iter().map(|r| u64::from(r.probes_sent)).sum();
-    assert!(total >= sent, "the counter saw {total} probes, the results say {sent}");
+    assert!(
+        total >= sent,
+        "the counter saw {total} probes, the results say {sent}"
+    );
     let (mut worst, mut busiest) = (0.0f64, 0.0f64);
     for (i, (_, end, c)) in samples.iter().enumerate() {
-        for (start, _, c0) in samples[..i].iter().rev().filter(|(_, e0, _)| *end - *e0 >= secs(1)) {
+        for (start, _, c0) in samples[..i]
+            .iter()
+            .rev()
+            .filter(|(_, e0, _)| *end - *e0 >= secs(1))
+        {
             let span = (*end - *start).as_secs_f64();
             let allowed = rate as f64 * span + rate as f64 / 100.0;
             worst = worst.max((c - c0) as f64 / allowed);
             busiest = busiest.max((c - c0) as f64 / span);
         }
     }
-    let first = samples.iter().find(|s| s.2 > samples[0].2).map_or(Duration::ZERO, |s| s.0);
-    let last = samples.iter().find(|s| s.2 == samples.last().unwrap().2).map_or(Duration::ZERO, |s| s.1);
+    let first = samples
+        .iter()
+        .find(|s| s.2 > samples[0].2)
+        .map_or(Duration::ZERO, |s| s.0);
+    let last = samples
+        .iter()
+        .find(|s| s.2 == samples.last().unwrap().2)
+        .map_or(Duration::ZERO, |s| s.1);
     eprintln!(
         "probes: {total} in {:?}; busiest interval of 1 s or more: {busiest:.0} probes/s; at most {:.1} % of what the limit allows",
         last.saturating_sub(first),
         100.0 * worst
     );
-    assert!(worst <= 1.0, "more probes than --rate {rate} allows: {:.1} %", 100.0 * worst);
-    assert!(busiest >= rate as f64 * 0.5, "the limit was the bottleneck: {busiest:.0} probes/s");
+    assert!(
+        worst <= 1.0,
+        "more probes than --rate {rate} allows: {:.1} %",
+        100.0 * worst
+    );
+    assert!(
+        busiest >= rate as f64 * 0.5,
+        "the limit was the bottleneck: {busiest:.0} probes/s"
+    );
     assert_eq!(gen.alive(), n, "the flows lived on");
 }
 
@@ -412,8 +577,16 @@ fn ten_thousand_flows_at_once_within_the_rate_limit() {
 #[test]
 fn ipv6_flows_across_ecmp_match_the_path_of_their_own_packets() {
     let Some(_g) = lab_test_guard() else { return };
-    let lab = Lab::build(LabConfig { client_flow_labels: true, fanout: 3, ..LabConfig::default() }).expect("build lab");
-    let _servers = (tcp_server_on(&lab, "[::]:8080".parse().unwrap(), 200_000).unwrap(), udp_server_on(&lab, "[::]:9000".parse().unwrap()).unwrap());
+    let lab = Lab::build(LabConfig {
+        client_flow_labels: true,
+        fanout: 3,
+        ..LabConfig::default()
+    })
+    .expect("build lab");
+    let _servers = (
+        tcp_server_on(&lab, "[::]:8080".parse().unwrap(), 200_000).unwrap(),
+        udp_server_on(&lab, "[::]:9000".parse().unwrap()).unwrap(),
+    );
     let mut dsts = vec![IpAddr::V6(lab.server_addr6())];
     dsts.extend(lab.fanout_targets_v6().into_iter().map(IpAddr::V6));
     let (mut downloads, mut sessions) = (Vec::new(), Vec::new());
@@ -422,12 +595,32 @@ fn ipv6_flows_across_ecmp_match_the_path_of_their_own_packets() {
         let d = tcp_download_to(&lab, sa(dst, 8080), 33000 + i, 2_000_000, true).expect("download");
         d.wait_established(secs(10)).expect("established");
         downloads.push(d);
-        let s = udp_session_to(&lab, sa(dst, 9000), 34000 + i, 200, Duration::from_millis(50), true).expect("session");
+        let s = udp_session_to(
+            &lab,
+            sa(dst, 9000),
+            34000 + i,
+            200,
+            Duration::from_millis(50),
+            true,
+        )
+        .expect("session");
         s.wait_started(secs(10)).expect("started");
         sessions.push(s);
     }
     std::thread::sleep(Duration::from_millis(500));
-    let args = ["monitor", "-i", "eth0", "--cidr", "2001:2:0:1900::/56", "--count", "24", "--duration", "20", "--format", "jsonl"];
+    let args = [
+        "monitor",
+        "-i",
+        "eth0",
+        "--cidr",
+        "2001:2:0:1900::/56",
+        "--count",
+        "24",
+        "--duration",
+        "20",
+        "--format",
+        "jsonl",
+    ];
     let out = tracer_for(&lab, &args, secs(90));
     let results: Vec<TraceResult> = json_lines(&out);
     assert_eq!(results.len(), 24, "{}", stderr(&out));
@@ -437,7 +630,9 @@ fn ipv6_flows_across_ecmp_match_the_path_of_their_own_packets() {
     for r in &results {
         let (proto, lp, dst) = flow_of(r);
         let app = lab.app_flow(lab_proto(proto), lp, dst).unwrap();
-        let b = seen.get(&app).unwrap_or_else(|| panic!("r2 saw no packet of {app:?}"));
+        let b = seen
+            .get(&app)
+            .unwrap_or_else(|| panic!("r2 saw no packet of {app:?}"));
         assert_eq!(b.len(), 1, "{app:?} took one branch: {b:?}");
         let k = *b.iter().next().unwrap();
         branches.insert(k);
@@ -447,14 +642,20 @@ fn ipv6_flows_across_ecmp_match_the_path_of_their_own_packets() {
         labels.insert(label);
     }
     assert!(labels.len() >= 20, "distinct labels: {labels:?}");
-    assert!(branches.len() >= 2, "the flows spread over branches {branches:?}");
+    assert!(
+        branches.len() >= 2,
+        "the flows spread over branches {branches:?}"
+    );
     for d in downloads {
         let rep = d.wait().expect("report");
         assert!(rep.intact && rep.errors.is_empty(), "{rep:?}");
     }
     for s in sessions {
         let rep = s.wait().expect("report");
-        assert!(rep.intact && rep.errors.is_empty() && rep.answered == rep.sent, "{rep:?}");
+        assert!(
+            rep.intact && rep.errors.is_empty() && rep.answered == rep.sent,
+            "{rep:?}"
+        );
     }
 }
 
@@ -465,16 +666,32 @@ fn sigterm_ends_the_monitor_with_traces_in_flight_marked() {
     let Some(_g) = lab_test_guard() else { return };
     let lab = Lab::build(LabConfig::default()).expect("build lab");
     let _srv = tcp_server_on(&lab, "0.0.0.0:8080".parse().unwrap(), 200_000).unwrap();
-    let d = tcp_download_to(&lab, sa(lab.server_addr(), 8080), 0, 3_000_000, true).expect("download");
+    let d =
+        tcp_download_to(&lab, sa(lab.server_addr(), 8080), 0, 3_000_000, true).expect("download");
     d.wait_established(secs(10)).expect("established");
     // One probe every 400 ms: the trace takes 6 s.
     let mut c = lab.command(lab.client_ns(), TRACER);
-    c.args(["monitor", "-i", "eth0", "--tcp", "--algorithm", "packet-by-packet", "--inter-probe", "400ms", "--inter-hop", "400ms"]);
-    c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    c.args([
+        "monitor",
+        "-i",
+        "eth0",
+        "--tcp",
+        "--algorithm",
+        "packet-by-packet",
+        "--inter-probe",
+        "400ms",
+        "--inter-hop",
+        "400ms",
+    ]);
+    c.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
     let child = c.spawn().expect("tracer");
     std::thread::sleep(secs(3));
     let t = Instant::now();
-    let kill = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(kill.success());
     let out = child.wait_with_output().unwrap();
     assert!(t.elapsed() < secs(2), "exits promptly: {:?}", t.elapsed());
@@ -483,7 +700,10 @@ fn sigterm_ends_the_monitor_with_traces_in_flight_marked() {
     assert_eq!(results.len(), 1);
     let r = &results[0];
     assert_eq!(r.stop_reason, StopReason::Interrupted);
-    assert!(!r.hops.is_empty() && r.hops.len() < lab.hop_count(), "{r:?}");
+    assert!(
+        !r.hops.is_empty() && r.hops.len() < lab.hop_count(),
+        "{r:?}"
+    );
     assert!(r.hops[0].probes.iter().all(|p| p.addr.is_some()), "{r:?}");
     let rep = d.wait().expect("report");
     assert!(rep.intact && rep.errors.is_empty(), "{rep:?}");
@@ -501,15 +721,24 @@ fn bad_service_input_gives_one_line_and_exit_2() {
         p.to_string_lossy().into_owned()
     };
     let syntax = write("syntax.toml", "format = 1\n[[service]\nname = \"x\"\n");
-    let regex = write("regex.toml", "format = 1\n\n[[service]]\nname = \"x\"\nregexes = [\"(unclosed\"]\n");
-    let cidr = write("cidr.toml", "format = 1\n[[service]]\nname = \"x\"\nprefixes = [\"10.0.0.0/40\"]\n");
+    let regex = write(
+        "regex.toml",
+        "format = 1\n\n[[service]]\nname = \"x\"\nregexes = [\"(unclosed\"]\n",
+    );
+    let cidr = write(
+        "cidr.toml",
+        "format = 1\n[[service]]\nname = \"x\"\nprefixes = [\"10.0.0.0/40\"]\n",
+    );
     let version = write("version.toml", "format = 9\n");
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["--signatures", &syntax], "syntax.toml:2:"),
         (vec!["--signatures", &regex], "regex.toml:5:"),
         (vec!["--signatures", &cidr], "cidr.toml:4:"),
         (vec!["--signatures", &version], "version.toml:1:"),
-        (vec!["--signatures", "/nonexistent/x.toml"], "/nonexistent/x.toml"),
+        (
+            vec!["--signatures", "/nonexistent/x.toml"],
+            "/nonexistent/x.toml",
+        ),
         (vec!["--service", "nosuch"], "unknown service"),
         (vec!["--cidr", "198.19.0.0/99"], "198.19.0.0/99"),
         (vec!["--domain", "bad..name"], "bad..name"),
@@ -518,7 +747,10 @@ fn bad_service_input_gives_one_line_and_exit_2() {
         for cmd in ["flow", "monitor"] {
             let mut args = vec![cmd, "-i", "lo"];
             args.extend(&extra);
-            let out = std::process::Command::new(TRACER).args(&args).output().unwrap();
+            let out = std::process::Command::new(TRACER)
+                .args(&args)
+                .output()
+                .unwrap();
             let err = stderr(&out);
             assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
             assert_eq!(err.lines().count(), 1, "one line for {args:?}: {err:?}");

@@ -23,8 +23,15 @@ fn trace_json(lab: &Lab, args: &[&str]) -> Vec<TracerouteResult> {
     let mut all = vec!["trace", "-n", "--format", "jsonl"];
     all.extend_from_slice(args);
     let out = tracer(lab, &all);
-    assert!(out.status.success(), "tracer {all:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("json")).collect()
+    assert!(
+        out.status.success(),
+        "tracer {all:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect()
 }
 
 fn lab_proto(p: Protocol) -> Proto {
@@ -56,13 +63,19 @@ fn probe_ports(r: &TracerouteResult, n: u16) -> (u16, u16) {
 
 /// Every probe's reply came from the router that the ECMP router's own routing decision for
 /// that probe's flow identifier names; the destination answered last.
-fn assert_ground_truth(lab: &Lab, r: &TracerouteResult, cache: &mut HashMap<(u16, u16), Vec<IpAddr>>) {
+fn assert_ground_truth(
+    lab: &Lab,
+    r: &TracerouteResult,
+    cache: &mut HashMap<(u16, u16), Vec<IpAddr>>,
+) {
     assert_eq!(r.stop_reason, StopReason::RemoteReached, "{r:?}");
     assert_eq!(r.hops.len(), lab.hop_count() + 1, "{r:?}");
     for hop in &r.hops {
         let mut addrs = Vec::new();
         for p in &hop.probes {
-            let got = p.addr.unwrap_or_else(|| panic!("ttl {} unanswered: {r:?}", hop.ttl));
+            let got = p
+                .addr
+                .unwrap_or_else(|| panic!("ttl {} unanswered: {r:?}", hop.ttl));
             addrs.push(got);
             if usize::from(hop.ttl) > lab.hop_count() {
                 assert_eq!(got, r.destination, "{r:?}");
@@ -70,9 +83,24 @@ fn assert_ground_truth(lab: &Lab, r: &TracerouteResult, cache: &mut HashMap<(u16
             }
             let ports = probe_ports(r, p.ip_id);
             let path = cache.entry(ports).or_insert_with(|| {
-                lab.expected_path_ip(lab_proto(r.protocol), r.source, r.destination, ports.0, ports.1, 0).expect("ground truth")
+                lab.expected_path_ip(
+                    lab_proto(r.protocol),
+                    r.source,
+                    r.destination,
+                    ports.0,
+                    ports.1,
+                    0,
+                )
+                .expect("ground truth")
             });
-            assert_eq!(got, path[usize::from(hop.ttl) - 1], "ttl {} probe {} {:?}: {r:?}", hop.ttl, p.ip_id, ports);
+            assert_eq!(
+                got,
+                path[usize::from(hop.ttl) - 1],
+                "ttl {} probe {} {:?}: {r:?}",
+                hop.ttl,
+                p.ip_id,
+                ports
+            );
         }
         if r.strategy != Strategy::Classic {
             addrs.dedup();
@@ -86,7 +114,10 @@ fn every_protocol_strategy_and_ip_version_matches_ground_truth() {
     let Some(_g) = lab_test_guard() else { return };
     let lab = Lab::build(LabConfig::default()).expect("build lab");
     let _srv = svctr_lab::tcp_server(&lab, 8080, 0).expect("tcp server");
-    for dst in [IpAddr::V4(lab.server_addr()), IpAddr::V6(lab.server_addr6())] {
+    for dst in [
+        IpAddr::V4(lab.server_addr()),
+        IpAddr::V6(lab.server_addr6()),
+    ] {
         for protocol in [Protocol::Udp, Protocol::Tcp, Protocol::Icmp] {
             for strategy in ["classic", "paris", "dublin"] {
                 let d = dst.to_string();
@@ -109,15 +140,38 @@ fn agrees_with_debian_traceroute_and_scamper() {
     let Some(_g) = lab_test_guard() else { return };
     let lab = Lab::build(LabConfig::default()).expect("build lab");
     let _srv = svctr_lab::tcp_server(&lab, 8080, 0).expect("tcp server");
-    for dst in [IpAddr::V4(lab.server_addr()), IpAddr::V6(lab.server_addr6())] {
+    for dst in [
+        IpAddr::V4(lab.server_addr()),
+        IpAddr::V6(lab.server_addr6()),
+    ] {
         let dst = dst.to_string();
         for sport in [41001u16, 41002, 41003, 41004] {
             let sp = sport.to_string();
             for proto in [["-U", "33434"], ["-T", "8080"]] {
-                let r = trace_json(&lab, &[proto[0], "-p", proto[1], "--sport", &sp, "-q", "1", "-w", "1", &dst]).remove(0);
+                let r = trace_json(
+                    &lab,
+                    &[
+                        proto[0], "-p", proto[1], "--sport", &sp, "-q", "1", "-w", "1", &dst,
+                    ],
+                )
+                .remove(0);
                 let mut c = lab.command(lab.client_ns(), "traceroute");
-                c.args([proto[0], "-p", proto[1], "-n", "-q", "1", "-N", "1", "-w", "1", &format!("--sport={sport}"), &dst]);
-                let out = output_with_timeout(&mut c, None, Duration::from_secs(60)).expect("traceroute");
+                c.args([
+                    proto[0],
+                    "-p",
+                    proto[1],
+                    "-n",
+                    "-q",
+                    "1",
+                    "-N",
+                    "1",
+                    "-w",
+                    "1",
+                    &format!("--sport={sport}"),
+                    &dst,
+                ]);
+                let out =
+                    output_with_timeout(&mut c, None, Duration::from_secs(60)).expect("traceroute");
                 let debian = parse_traceroute_ip(&String::from_utf8_lossy(&out.stdout));
                 let mine: Vec<Option<IpAddr>> = r.hops.iter().map(|h| h.probes[0].addr).collect();
                 assert_eq!(mine, debian, "{proto:?} sport {sport} to {dst}");
@@ -130,7 +184,14 @@ fn agrees_with_debian_traceroute_and_scamper() {
                 continue;
             }
             let mut c = lab.command(lab.client_ns(), "scamper");
-            c.args(["-O", "json", "-c", &format!("trace -P udp-paris -s {sport} -d 33434 -q 1 -w 1"), "-i", &dst]);
+            c.args([
+                "-O",
+                "json",
+                "-c",
+                &format!("trace -P udp-paris -s {sport} -d 33434 -q 1 -w 1"),
+                "-i",
+                &dst,
+            ]);
             let out = output_with_timeout(&mut c, None, Duration::from_secs(60)).expect("scamper");
             let text = String::from_utf8_lossy(&out.stdout);
             let trace: serde_json::Value = text
@@ -142,11 +203,26 @@ fn agrees_with_debian_traceroute_and_scamper() {
                 .as_array()
                 .expect("hops")
                 .iter()
-                .map(|h| (h["probe_ttl"].as_u64().unwrap(), h["addr"].as_str().unwrap().parse().unwrap()))
+                .map(|h| {
+                    (
+                        h["probe_ttl"].as_u64().unwrap(),
+                        h["addr"].as_str().unwrap().parse().unwrap(),
+                    )
+                })
                 .collect();
             theirs.sort();
-            let r = trace_json(&lab, &["-U", "-p", "33434", "--sport", &sp, "-q", "1", "-w", "1", &dst]).remove(0);
-            let mine: Vec<(u64, IpAddr)> = r.hops.iter().map(|h| (u64::from(h.ttl), h.probes[0].addr.unwrap())).collect();
+            let r = trace_json(
+                &lab,
+                &[
+                    "-U", "-p", "33434", "--sport", &sp, "-q", "1", "-w", "1", &dst,
+                ],
+            )
+            .remove(0);
+            let mine: Vec<(u64, IpAddr)> = r
+                .hops
+                .iter()
+                .map(|h| (u64::from(h.ttl), h.probes[0].addr.unwrap()))
+                .collect();
             assert_eq!(mine, theirs, "scamper udp-paris sport {sport} to {dst}");
         }
     }
@@ -157,20 +233,39 @@ fn agrees_with_debian_traceroute_and_scamper() {
 #[test]
 fn three_processes_five_hundred_targets_each() {
     let Some(_g) = lab_test_guard() else { return };
-    let lab = Lab::build(LabConfig { fanout: 500, ..LabConfig::default() }).expect("build lab");
-    let targets: Vec<String> = lab.fanout_targets_v4().iter().map(ToString::to_string).collect();
+    let lab = Lab::build(LabConfig {
+        fanout: 500,
+        ..LabConfig::default()
+    })
+    .expect("build lab");
+    let targets: Vec<String> = lab
+        .fanout_targets_v4()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     let mut handles = Vec::new();
     for _ in 0..3 {
         let mut c = lab.command(lab.client_ns(), TRACER);
-        c.args(["trace", "-n", "--format", "jsonl", "-U", "-q", "1", "-w", "2", "-m", "8"]).args(&targets);
-        handles.push(std::thread::spawn(move || output_with_timeout(&mut c, None, Duration::from_secs(300))));
+        c.args([
+            "trace", "-n", "--format", "jsonl", "-U", "-q", "1", "-w", "2", "-m", "8",
+        ])
+        .args(&targets);
+        handles.push(std::thread::spawn(move || {
+            output_with_timeout(&mut c, None, Duration::from_secs(300))
+        }));
     }
     let mut ports = Vec::new();
     for h in handles {
         let out = h.join().unwrap().expect("tracer");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let results: Vec<TracerouteResult> =
-            String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("json")).collect();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let results: Vec<TracerouteResult> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json"))
+            .collect();
         assert_eq!(results.len(), 500);
         let port = results[0].source_port.unwrap();
         ports.push(port);
@@ -196,10 +291,22 @@ fn bad_input_gives_one_line_and_nonzero_exit() {
         (&["trace", "-n", "-4", "2001:db8::1"], "IPv6 address but -4"),
         (&["trace", "-n", "-6", "198.19.1.2"], "IPv4 address but -6"),
         (&["trace", "-n", "-q", "0", "198.19.1.2"], "-q"),
-        (&["trace", "-n", "-f", "9", "-m", "3", "198.19.1.2"], "-f 9 is above -m 3"),
-        (&["trace", "-n", "-I", "-T", "198.19.1.2"], "cannot be used with"),
-        (&["trace", "-n", "--strategy", "zigzag", "198.19.1.2"], "unknown strategy"),
-        (&["trace", "-n", "-i", "nosuch0", "198.19.1.2"], "unknown interface"),
+        (
+            &["trace", "-n", "-f", "9", "-m", "3", "198.19.1.2"],
+            "-f 9 is above -m 3",
+        ),
+        (
+            &["trace", "-n", "-I", "-T", "198.19.1.2"],
+            "cannot be used with",
+        ),
+        (
+            &["trace", "-n", "--strategy", "zigzag", "198.19.1.2"],
+            "unknown strategy",
+        ),
+        (
+            &["trace", "-n", "-i", "nosuch0", "198.19.1.2"],
+            "unknown interface",
+        ),
         (&["trace", "-n"], "TARGET"),
     ];
     for (args, text) in cases {
@@ -226,17 +333,53 @@ fn compare_reports_differences_exactly_where_ground_truth_has_them() {
     let mut downloads = Vec::new();
     for i in 0..n {
         let d = svctr_lab::tcp_download(&lab, 8080, 33000 + i, 5_000_000, false).expect("download");
-        let port = d.wait_established(Duration::from_secs(10)).expect("established");
-        let out = tracer(&lab, &["compare", "--iface", lab.client_iface(), "--tcp", "--remote", &remote, "--local-port", &port.to_string(), "--duration", "10", "--format", "json"]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let c: svctr_core::Comparison = serde_json::from_slice(&out.stdout).expect("comparison json");
-        let flow_path = lab.expected_path(Proto::Tcp, port, 8080).expect("flow ground truth");
+        let port = d
+            .wait_established(Duration::from_secs(10))
+            .expect("established");
+        let out = tracer(
+            &lab,
+            &[
+                "compare",
+                "--iface",
+                lab.client_iface(),
+                "--tcp",
+                "--remote",
+                &remote,
+                "--local-port",
+                &port.to_string(),
+                "--duration",
+                "10",
+                "--format",
+                "json",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let c: svctr_core::Comparison =
+            serde_json::from_slice(&out.stdout).expect("comparison json");
+        let flow_path = lab
+            .expected_path(Proto::Tcp, port, 8080)
+            .expect("flow ground truth");
         let fresh = &c.fresh[0];
         let fresh_path = lab
-            .expected_path_ip(Proto::Tcp, IpAddr::V4(lab.client_addr()), IpAddr::V4(server), fresh.source_port.unwrap(), 8080, 0)
+            .expected_path_ip(
+                Proto::Tcp,
+                IpAddr::V4(lab.client_addr()),
+                IpAddr::V4(server),
+                fresh.source_port.unwrap(),
+                8080,
+                0,
+            )
             .expect("fresh ground truth");
         let truth_differs = IpAddr::V4(flow_path[2]) != fresh_path[2];
-        assert_eq!(c.differs, truth_differs, "flow {flow_path:?} fresh {fresh_path:?}: {:?}", c.per_ttl);
+        assert_eq!(
+            c.differs, truth_differs,
+            "flow {flow_path:?} fresh {fresh_path:?}: {:?}",
+            c.per_ttl
+        );
         if truth_differs {
             assert_eq!(c.differing_ttls, vec![3, 4], "the branch hops");
             differ += 1;
@@ -255,11 +398,18 @@ fn hop_names_are_resolved_unless_numeric() {
     let lab = Lab::build(LabConfig::default()).expect("build lab");
     let dst = lab.server_addr().to_string();
     let out = tracer(&lab, &["trace", "-q", "1", "-w", "1", &dst]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(" r1.lab.test (198.18.1.1)"), "{text}");
     assert!(text.contains(" server.lab.test (198.19.1.2)"), "{text}");
-    let out = tracer(&lab, &["trace", "--format", "json", "-q", "1", "-w", "1", &dst]);
+    let out = tracer(
+        &lab,
+        &["trace", "--format", "json", "-q", "1", "-w", "1", &dst],
+    );
     let r: TracerouteResult = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(r.hops[1].probes[0].name.as_deref(), Some("r2.lab.test"));
     let out = tracer(&lab, &["trace", "-n", "-q", "1", "-w", "1", &dst]);

@@ -25,8 +25,8 @@ use serde::{Deserialize, Serialize};
 use svctr_wire::icmp::IcmpMessage;
 use svctr_wire::packet::{parse_ip, Transport};
 use svctr_wire::probe::{
-    emit_icmp_echo_v4, emit_icmp_echo_v6, emit_tcp_v4, emit_tcp_v6, emit_udp_v4, emit_udp_v6, force_checksum, ones_add,
-    EchoFields, Ipv4Fields, Ipv6Fields, TcpFields, UdpFields,
+    emit_icmp_echo_v4, emit_icmp_echo_v6, emit_tcp_v4, emit_tcp_v6, emit_udp_v4, emit_udp_v6,
+    force_checksum, ones_add, EchoFields, Ipv4Fields, Ipv6Fields, TcpFields, UdpFields,
 };
 
 use crate::config::{Algorithm, ConfigError, TraceConfig};
@@ -67,7 +67,9 @@ impl FromStr for Strategy {
             "classic" => Ok(Self::Classic),
             "paris" => Ok(Self::Paris),
             "dublin" => Ok(Self::Dublin),
-            _ => Err(format!("unknown strategy {s:?} (expected classic, paris or dublin)")),
+            _ => Err(format!(
+                "unknown strategy {s:?} (expected classic, paris or dublin)"
+            )),
         }
     }
 }
@@ -286,7 +288,12 @@ fn be16(b: &[u8], at: usize) -> Option<u16> {
 }
 
 fn be32(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_be_bytes([*b.get(at)?, *b.get(at + 1)?, *b.get(at + 2)?, *b.get(at + 3)?]))
+    Some(u32::from_be_bytes([
+        *b.get(at)?,
+        *b.get(at + 1)?,
+        *b.get(at + 2)?,
+        *b.get(at + 3)?,
+    ]))
 }
 
 /// IP header length of our own probes (no options, no extension headers).
@@ -320,7 +327,12 @@ impl Traceroute {
     }
 
     /// Starts tracing `dst` from source address `src`.
-    pub fn add_target(&mut self, now: Instant, dst: IpAddr, src: IpAddr) -> Result<(), TargetError> {
+    pub fn add_target(
+        &mut self,
+        now: Instant,
+        dst: IpAddr,
+        src: IpAddr,
+    ) -> Result<(), TargetError> {
         if dst.is_ipv4() != src.is_ipv4() {
             return Err(TargetError::Family { src, dst });
         }
@@ -335,7 +347,15 @@ impl Traceroute {
         // Probe numbers start at 1: 0 would be an IPv4 ID Linux rewrites, a UDP checksum
         // meaning "none", and an empty Dublin payload.
         let trace = Trace::new(key, &self.trace_cfg, None, 1, now);
-        self.targets.insert(dst, Target { src, trace, armed: None, queued: false });
+        self.targets.insert(
+            dst,
+            Target {
+                src,
+                trace,
+                armed: None,
+                queued: false,
+            },
+        );
         self.schedule(dst, now);
         Ok(())
     }
@@ -393,10 +413,27 @@ impl Traceroute {
         // Dublin: the IPv4 identification is the probe number; otherwise n too (it is free).
         let ident = n;
         let tcp_seq = (u32::from(c.marker) << 16) | u32::from(n);
-        let v4f = |src, dst| Ipv4Fields { src, dst, ttl, tos: c.tos, dont_fragment: true, ident };
-        let v6f = |src, dst| Ipv6Fields { src, dst, hop_limit: ttl, traffic_class: c.tos, flow_label: c.flow_label };
+        let v4f = |src, dst| Ipv4Fields {
+            src,
+            dst,
+            ttl,
+            tos: c.tos,
+            dont_fragment: true,
+            ident,
+        };
+        let v6f = |src, dst| Ipv6Fields {
+            src,
+            dst,
+            hop_limit: ttl,
+            traffic_class: c.tos,
+            flow_label: c.flow_label,
+        };
         let tcp = TcpFields {
-            src_port: if c.strategy == Strategy::Classic { c.sport.wrapping_add(n - 1) } else { c.sport },
+            src_port: if c.strategy == Strategy::Classic {
+                c.sport.wrapping_add(n - 1)
+            } else {
+                c.sport
+            },
             dst_port: dport,
             seq: tcp_seq,
             ack: 0,
@@ -405,20 +442,43 @@ impl Traceroute {
         };
         let udp = UdpFields {
             src_port: c.sport,
-            dst_port: if c.strategy == Strategy::Classic { dport.wrapping_add(n - 1) } else { dport },
+            dst_port: if c.strategy == Strategy::Classic {
+                dport.wrapping_add(n - 1)
+            } else {
+                dport
+            },
         };
         let (echo_ident, echo_seq) = match c.strategy {
             Strategy::Classic | Strategy::Paris => (c.marker, n),
             Strategy::Dublin => (c.marker, c.marker),
         };
-        let echo = EchoFields { ident: if c.strategy == Strategy::Paris { 0 } else { echo_ident }, seq: echo_seq };
+        let echo = EchoFields {
+            ident: if c.strategy == Strategy::Paris {
+                0
+            } else {
+                echo_ident
+            },
+            seq: echo_seq,
+        };
         let len = match (c.protocol, src, dst) {
-            (Protocol::Udp, IpAddr::V4(s), IpAddr::V4(d)) => emit_udp_v4(&v4f(s, d), &udp, &payload, buf),
-            (Protocol::Udp, IpAddr::V6(s), IpAddr::V6(d)) => emit_udp_v6(&v6f(s, d), &udp, &payload, buf),
-            (Protocol::Tcp, IpAddr::V4(s), IpAddr::V4(d)) => emit_tcp_v4(&v4f(s, d), &tcp, &payload, buf),
-            (Protocol::Tcp, IpAddr::V6(s), IpAddr::V6(d)) => emit_tcp_v6(&v6f(s, d), &tcp, &payload, buf),
-            (Protocol::Icmp, IpAddr::V4(s), IpAddr::V4(d)) => emit_icmp_echo_v4(&v4f(s, d), &echo, &payload, buf),
-            (Protocol::Icmp, IpAddr::V6(s), IpAddr::V6(d)) => emit_icmp_echo_v6(&v6f(s, d), &echo, &payload, buf),
+            (Protocol::Udp, IpAddr::V4(s), IpAddr::V4(d)) => {
+                emit_udp_v4(&v4f(s, d), &udp, &payload, buf)
+            }
+            (Protocol::Udp, IpAddr::V6(s), IpAddr::V6(d)) => {
+                emit_udp_v6(&v6f(s, d), &udp, &payload, buf)
+            }
+            (Protocol::Tcp, IpAddr::V4(s), IpAddr::V4(d)) => {
+                emit_tcp_v4(&v4f(s, d), &tcp, &payload, buf)
+            }
+            (Protocol::Tcp, IpAddr::V6(s), IpAddr::V6(d)) => {
+                emit_tcp_v6(&v6f(s, d), &tcp, &payload, buf)
+            }
+            (Protocol::Icmp, IpAddr::V4(s), IpAddr::V4(d)) => {
+                emit_icmp_echo_v4(&v4f(s, d), &echo, &payload, buf)
+            }
+            (Protocol::Icmp, IpAddr::V6(s), IpAddr::V6(d)) => {
+                emit_icmp_echo_v6(&v6f(s, d), &echo, &payload, buf)
+            }
             _ => 0,
         };
         let h = ip_header_len(v6);
@@ -426,7 +486,9 @@ impl Traceroute {
             // Paris UDP: the checksum is the probe number, set by the first two payload bytes.
             (Protocol::Udp, Strategy::Paris) => force_checksum(buf, h + 6, h + 8, n),
             // Paris ICMP: constant checksum; the identifier compensates for the sequence.
-            (Protocol::Icmp, Strategy::Paris) => force_checksum(buf, h + 2, h + 4, c.paris_checksum()),
+            (Protocol::Icmp, Strategy::Paris) => {
+                force_checksum(buf, h + 2, h + 4, c.paris_checksum())
+            }
             // Dublin ICMP: n in the payload (echoed back by the destination), the next two
             // bytes keep the checksum constant.
             (Protocol::Icmp, Strategy::Dublin) => {
@@ -438,7 +500,10 @@ impl Traceroute {
             }
             _ => {}
         }
-        ProbeShape { ip_len: len.min(usize::from(u16::MAX)) as u16, tcp_seq: (c.protocol == Protocol::Tcp).then_some(tcp_seq) }
+        ProbeShape {
+            ip_len: len.min(usize::from(u16::MAX)) as u16,
+            tcp_seq: (c.protocol == Protocol::Tcp).then_some(tcp_seq),
+        }
     }
 
     /// Recovers the probe number from a probe's fields (its own capture, or the quote in an
@@ -467,7 +532,11 @@ impl Traceroute {
                     return None;
                 }
                 let n = (seq & 0xffff) as u16;
-                let want_sport = if c.strategy == Strategy::Classic { c.sport.wrapping_add(n.wrapping_sub(1)) } else { c.sport };
+                let want_sport = if c.strategy == Strategy::Classic {
+                    c.sport.wrapping_add(n.wrapping_sub(1))
+                } else {
+                    c.sport
+                };
                 if sport != want_sport {
                     return None;
                 }
@@ -502,7 +571,12 @@ impl Traceroute {
                     _ => true,
                 };
                 if is_request {
-                    if let Some(n) = self.probe_number(v6, pkt.ip.ident, length, bytes.get(h..).unwrap_or_default()) {
+                    if let Some(n) = self.probe_number(
+                        v6,
+                        pkt.ip.ident,
+                        length,
+                        bytes.get(h..).unwrap_or_default(),
+                    ) {
                         let seq = match pkt.transport {
                             Transport::Tcp(t) => Some(t.seq),
                             _ => None,
@@ -520,15 +594,27 @@ impl Traceroute {
         let (dst, n, reply) = match &pkt.transport {
             Transport::Icmp(IcmpMessage::Error(err)) => {
                 let q = &err.quote;
-                let Some(target) = self.targets.get(&q.dst) else { return };
+                let Some(target) = self.targets.get(&q.dst) else {
+                    return;
+                };
                 if target.src != q.src || q.protocol != self.wire_protocol(v6) {
                     return;
                 }
-                let Some(n) = self.probe_number(v6, q.ident, q.length, q.transport) else { return };
-                (q.dst, n, ReplyInfo::from_icmp_error(pkt.ip.src, pkt.ip.ttl, err))
+                let Some(n) = self.probe_number(v6, q.ident, q.length, q.transport) else {
+                    return;
+                };
+                (
+                    q.dst,
+                    n,
+                    ReplyInfo::from_icmp_error(pkt.ip.src, pkt.ip.ttl, err),
+                )
             }
-            Transport::Icmp(IcmpMessage::EchoReply { ident, seq }) if self.cfg.protocol == Protocol::Icmp => {
-                let Some(target) = self.targets.get(&pkt.ip.src) else { return };
+            Transport::Icmp(IcmpMessage::EchoReply { ident, seq })
+                if self.cfg.protocol == Protocol::Icmp =>
+            {
+                let Some(target) = self.targets.get(&pkt.ip.src) else {
+                    return;
+                };
                 if target.src != pkt.ip.dst {
                     return;
                 }
@@ -548,7 +634,11 @@ impl Traceroute {
                     }
                     Strategy::Dublin if *ident == self.cfg.marker && *seq == self.cfg.marker => {
                         // The destination echoes the payload, whose first two bytes are n.
-                        let h = if v6 { 40 } else { usize::from(bytes[0] & 0x0f) * 4 };
+                        let h = if v6 {
+                            40
+                        } else {
+                            usize::from(bytes[0] & 0x0f) * 4
+                        };
                         let Some(n) = be16(bytes, h + 8) else { return };
                         n
                     }
@@ -568,8 +658,13 @@ impl Traceroute {
             }
             Transport::Tcp(t) if self.cfg.protocol == Protocol::Tcp => {
                 // SYN-ACK or RST from the destination acknowledges seq + 1 (RFC 9293 §3.5).
-                let Some(target) = self.targets.get(&pkt.ip.src) else { return };
-                if target.src != pkt.ip.dst || t.src_port != self.cfg.dest_port() || t.flags & 0x14 == 0 {
+                let Some(target) = self.targets.get(&pkt.ip.src) else {
+                    return;
+                };
+                if target.src != pkt.ip.dst
+                    || t.src_port != self.cfg.dest_port()
+                    || t.flags & 0x14 == 0
+                {
                     return;
                 }
                 let seq = t.ack.wrapping_sub(1);
@@ -591,7 +686,9 @@ impl Traceroute {
             }
             _ => return,
         };
-        let Some(target) = self.targets.get_mut(&dst) else { return };
+        let Some(target) = self.targets.get_mut(&dst) else {
+            return;
+        };
         if target.trace.handle_reply(now, ts, n, |_| true, reply) == ReplyOutcome::Matched {
             self.touch(dst, now, ts);
         }
@@ -600,7 +697,8 @@ impl Traceroute {
     fn stream_hops(&mut self, dst: IpAddr) {
         if let Some(t) = self.targets.get_mut(&dst) {
             for hop in t.trace.take_new_hops() {
-                self.events.push_back(TracerouteEvent::Hop { target: dst, hop });
+                self.events
+                    .push_back(TracerouteEvent::Hop { target: dst, hop });
             }
         }
     }
@@ -615,7 +713,9 @@ impl Traceroute {
     }
 
     fn schedule(&mut self, dst: IpAddr, now: Instant) {
-        let Some(t) = self.targets.get_mut(&dst) else { return };
+        let Some(t) = self.targets.get_mut(&dst) else {
+            return;
+        };
         if !t.queued && t.trace.due(now).is_some() {
             t.queued = true;
             self.tx_queue.push_back(dst);
@@ -627,7 +727,9 @@ impl Traceroute {
     /// queued already), unless it is filed no later: a target filed too early is looked at and
     /// filed again, which is cheaper than moving it on every reply.
     fn rearm(&mut self, dst: IpAddr) {
-        let Some(t) = self.targets.get_mut(&dst) else { return };
+        let Some(t) = self.targets.get_mut(&dst) else {
+            return;
+        };
         let send = t.trace.send_at().filter(|_| !t.queued);
         let next = match (t.trace.earliest_deadline(), send) {
             (Some(a), Some(b)) => a.min(b),
@@ -647,7 +749,11 @@ impl Traceroute {
 
     /// Reports the target's trace if it is over; true if it was.
     fn finish_if_done(&mut self, dst: IpAddr, wall: SystemTime) -> bool {
-        if !self.targets.get(&dst).is_some_and(|t| t.trace.is_finished()) {
+        if !self
+            .targets
+            .get(&dst)
+            .is_some_and(|t| t.trace.is_finished())
+        {
             return false;
         }
         if let Some(t) = self.targets.remove(&dst) {
@@ -655,22 +761,23 @@ impl Traceroute {
                 self.timers.remove(&(at, dst));
             }
             let r = t.trace.finish(wall);
-            self.events.push_back(TracerouteEvent::Finished(Box::new(TracerouteResult {
-                destination: dst,
-                port: (self.cfg.protocol != Protocol::Icmp).then(|| self.cfg.dest_port()),
-                source: t.src,
-                source_port: (self.cfg.protocol != Protocol::Icmp).then_some(self.cfg.sport),
-                protocol: self.cfg.protocol,
-                strategy: self.cfg.strategy,
-                ip_version: if dst.is_ipv4() { 4 } else { 6 },
-                algorithm: r.algorithm,
-                start: r.start,
-                end: r.end,
-                stop_reason: r.stop_reason,
-                hops: r.hops,
-                probes_sent: r.probes_sent,
-                replies: r.replies,
-            })));
+            self.events
+                .push_back(TracerouteEvent::Finished(Box::new(TracerouteResult {
+                    destination: dst,
+                    port: (self.cfg.protocol != Protocol::Icmp).then(|| self.cfg.dest_port()),
+                    source: t.src,
+                    source_port: (self.cfg.protocol != Protocol::Icmp).then_some(self.cfg.sport),
+                    protocol: self.cfg.protocol,
+                    strategy: self.cfg.strategy,
+                    ip_version: if dst.is_ipv4() { 4 } else { 6 },
+                    algorithm: r.algorithm,
+                    start: r.start,
+                    end: r.end,
+                    stop_reason: r.stop_reason,
+                    hops: r.hops,
+                    probes_sent: r.probes_sent,
+                    replies: r.replies,
+                })));
         }
         true
     }
@@ -683,7 +790,9 @@ impl Traceroute {
             due.extend(self.timers.pop_first());
         }
         for (at, dst) in due {
-            let Some(t) = self.targets.get_mut(&dst) else { continue };
+            let Some(t) = self.targets.get_mut(&dst) else {
+                continue;
+            };
             if t.armed != Some(at) {
                 continue;
             }
@@ -696,7 +805,9 @@ impl Traceroute {
     /// The next probe to send, into `buf`. Call until `None`.
     pub fn poll_transmit(&mut self, now: Now, buf: &mut Vec<u8>) -> Option<ProbeOut> {
         while let Some(dst) = self.tx_queue.pop_front() {
-            let Some(t) = self.targets.get_mut(&dst) else { continue };
+            let Some(t) = self.targets.get_mut(&dst) else {
+                continue;
+            };
             t.queued = false;
             let Some(due) = t.trace.due(now.mono) else {
                 self.rearm(dst);
@@ -704,11 +815,18 @@ impl Traceroute {
             };
             let src = t.src;
             let shape = self.build(src, dst, due.ttl, due.ident, buf);
-            let Some(t) = self.targets.get_mut(&dst) else { continue };
+            let Some(t) = self.targets.get_mut(&dst) else {
+                continue;
+            };
             t.trace.mark_sent(due, shape, now.mono, now.wall);
             // Round robin: a target with more probes due goes to the back of the queue.
             self.touch(dst, now.mono, now.wall);
-            return Some(ProbeOut { dst, len: buf.len(), ttl: due.ttl, probe: due.ident });
+            return Some(ProbeOut {
+                dst,
+                len: buf.len(),
+                ttl: due.ttl,
+                probe: due.ident,
+            });
         }
         None
     }

@@ -38,7 +38,11 @@ pub struct Comparison {
 }
 
 fn addrs_at(hops: &[Hop], ttl: u8) -> Vec<IpAddr> {
-    let mut v: Vec<IpAddr> = hops.iter().find(|h| h.ttl == ttl).map(Hop::addrs).unwrap_or_default();
+    let mut v: Vec<IpAddr> = hops
+        .iter()
+        .find(|h| h.ttl == ttl)
+        .map(Hop::addrs)
+        .unwrap_or_default();
     v.sort();
     v
 }
@@ -52,10 +56,25 @@ pub fn compare(flow: TraceResult, fresh: Vec<TracerouteResult>) -> Comparison {
         let f = addrs_at(&flow.hops, hop.ttl);
         let others: Vec<Vec<IpAddr>> = fresh.iter().map(|r| addrs_at(&r.hops, hop.ttl)).collect();
         let differs = !f.is_empty() && others.iter().any(|o| !o.is_empty() && *o != f);
-        per_ttl.push(TtlComparison { ttl: hop.ttl, flow: f, fresh: others, differs });
+        per_ttl.push(TtlComparison {
+            ttl: hop.ttl,
+            flow: f,
+            fresh: others,
+            differs,
+        });
     }
-    let differing_ttls: Vec<u8> = per_ttl.iter().filter(|t| t.differs).map(|t| t.ttl).collect();
-    Comparison { differs: !differing_ttls.is_empty(), differing_ttls, per_ttl, flow, fresh }
+    let differing_ttls: Vec<u8> = per_ttl
+        .iter()
+        .filter(|t| t.differs)
+        .map(|t| t.ttl)
+        .collect();
+    Comparison {
+        differs: !differing_ttls.is_empty(),
+        differing_ttls,
+        per_ttl,
+        flow,
+        fresh,
+    }
 }
 
 /// Side-by-side text.
@@ -73,14 +92,41 @@ pub fn render_comparison(c: &Comparison) -> String {
         f.remote.port,
         c.fresh.len()
     );
-    let fresh_ports: Vec<String> =
-        c.fresh.iter().map(|r| format!("{:<24}", format!("fresh (sport {})", r.source_port.unwrap_or(0)))).collect();
-    let _ = writeln!(out, "ttl  {:<24} {}", "application flow", fresh_ports.join(" ").trim_end());
-    let show = |v: &[IpAddr]| if v.is_empty() { "*".to_string() } else { v.iter().map(ToString::to_string).collect::<Vec<_>>().join(",") };
+    let fresh_ports: Vec<String> = c
+        .fresh
+        .iter()
+        .map(|r| {
+            format!(
+                "{:<24}",
+                format!("fresh (sport {})", r.source_port.unwrap_or(0))
+            )
+        })
+        .collect();
+    let _ = writeln!(
+        out,
+        "ttl  {:<24} {}",
+        "application flow",
+        fresh_ports.join(" ").trim_end()
+    );
+    let show = |v: &[IpAddr]| {
+        if v.is_empty() {
+            "*".to_string()
+        } else {
+            v.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        }
+    };
     for t in &c.per_ttl {
         let others: Vec<String> = t.fresh.iter().map(|o| format!("{:<24}", show(o))).collect();
         let line = format!("{:3}  {:<24} {}", t.ttl, show(&t.flow), others.join(" "));
-        let _ = writeln!(out, "{}{}", line.trim_end(), if t.differs { "  <- differs" } else { "" });
+        let _ = writeln!(
+            out,
+            "{}{}",
+            line.trim_end(),
+            if t.differs { "  <- differs" } else { "" }
+        );
     }
     let _ = writeln!(
         out,

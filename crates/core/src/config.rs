@@ -138,7 +138,10 @@ impl TraceConfig {
     /// Checks that the configuration can work.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.first_ttl == 0 || self.first_ttl > self.max_ttl {
-            return Err(ConfigError::TtlRange { first: self.first_ttl, max: self.max_ttl });
+            return Err(ConfigError::TtlRange {
+                first: self.first_ttl,
+                max: self.max_ttl,
+            });
         }
         if self.probes_per_hop == 0 {
             return Err(ConfigError::NoProbes);

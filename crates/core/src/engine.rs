@@ -152,7 +152,11 @@ pub struct Engine {
 impl Engine {
     /// A new engine tracing the flows `selector` picks, each once; `local` are this host's
     /// addresses (they tell outgoing packets from incoming ones).
-    pub fn new(cfg: TraceConfig, selector: FlowSelector, local: Vec<IpAddr>) -> Result<Self, ConfigError> {
+    pub fn new(
+        cfg: TraceConfig,
+        selector: FlowSelector,
+        local: Vec<IpAddr>,
+    ) -> Result<Self, ConfigError> {
         Self::with_selection(cfg, Some(selector), local)
     }
 
@@ -161,7 +165,11 @@ impl Engine {
         Self::with_selection(cfg, None, local)
     }
 
-    fn with_selection(cfg: TraceConfig, selector: Option<FlowSelector>, local: Vec<IpAddr>) -> Result<Self, ConfigError> {
+    fn with_selection(
+        cfg: TraceConfig,
+        selector: Option<FlowSelector>,
+        local: Vec<IpAddr>,
+    ) -> Result<Self, ConfigError> {
         cfg.validate()?;
         if local.is_empty() {
             return Err(ConfigError::NoLocalAddress);
@@ -261,13 +269,25 @@ impl Engine {
     /// selects no more flows. Call it before handing the engine the packet that made the
     /// flow interesting, so that packet counts too.
     pub fn watch(&mut self, now: Instant, flow: FlowKey, tag: Option<ServiceTag>) -> bool {
-        if !self.accepting || self.flows.contains_key(&flow) || flow.local.is_ipv4() != flow.remote.is_ipv4() {
+        if !self.accepting
+            || self.flows.contains_key(&flow)
+            || flow.local.is_ipv4() != flow.remote.is_ipv4()
+        {
             return false;
         }
         if !matches!(flow.protocol, Protocol::Tcp | Protocol::Udp) {
             return false;
         }
-        self.flows.insert(flow, Entry { state: FlowState::new(now), phase: Phase::Observing, armed: None, queued: false, tag });
+        self.flows.insert(
+            flow,
+            Entry {
+                state: FlowState::new(now),
+                phase: Phase::Observing,
+                armed: None,
+                queued: false,
+                tag,
+            },
+        );
         self.stats.flows_selected += 1;
         self.events.push_back(Event::FlowSelected(flow));
         self.rearm(&flow);
@@ -292,22 +312,40 @@ impl Engine {
             return;
         }
         match &pkt.transport {
-            Transport::Icmp(IcmpMessage::Error(err)) if incoming => self.handle_icmp_error(now, ts, pkt, err),
-            Transport::Tcp(_) | Transport::Udp(_) => self.handle_flow_packet(now, ts, pkt, outgoing),
+            Transport::Icmp(IcmpMessage::Error(err)) if incoming => {
+                self.handle_icmp_error(now, ts, pkt, err)
+            }
+            Transport::Tcp(_) | Transport::Udp(_) => {
+                self.handle_flow_packet(now, ts, pkt, outgoing)
+            }
             _ => {}
         }
     }
 
-    fn handle_icmp_error(&mut self, now: Instant, ts: SystemTime, pkt: &Packet<'_>, err: &IcmpError<'_>) {
+    fn handle_icmp_error(
+        &mut self,
+        now: Instant,
+        ts: SystemTime,
+        pkt: &Packet<'_>,
+        err: &IcmpError<'_>,
+    ) {
         self.stats.icmp_errors += 1;
-        let Some(protocol) = protocol_of(err.quote.protocol) else { return };
-        let Some((sport, dport)) = err.quote.ports() else { return };
+        let Some(protocol) = protocol_of(err.quote.protocol) else {
+            return;
+        };
+        let Some((sport, dport)) = err.quote.ports() else {
+            return;
+        };
         let key = FlowKey {
             protocol,
             local: SocketAddr::new(err.quote.src, sport),
             remote: SocketAddr::new(err.quote.dst, dport),
         };
-        let Some(Entry { phase: Phase::Tracing(trace), .. }) = self.flows.get_mut(&key) else {
+        let Some(Entry {
+            phase: Phase::Tracing(trace),
+            ..
+        }) = self.flows.get_mut(&key)
+        else {
             return;
         };
         // The probe's tag: IPv4 identification; IPv6 UDP checksum or TCP sequence number (see
@@ -338,22 +376,40 @@ impl Engine {
         self.touch(&key, now, ts);
     }
 
-    fn handle_flow_packet(&mut self, now: Instant, ts: SystemTime, pkt: &Packet<'_>, outgoing: bool) {
+    fn handle_flow_packet(
+        &mut self,
+        now: Instant,
+        ts: SystemTime,
+        pkt: &Packet<'_>,
+        outgoing: bool,
+    ) {
         let (protocol, sport, dport, tcp) = match &pkt.transport {
             Transport::Tcp(t) => (Protocol::Tcp, t.src_port, t.dst_port, Some(t)),
             Transport::Udp(u) => (Protocol::Udp, u.src_port, u.dst_port, None),
             _ => return,
         };
         let (local, remote) = if outgoing {
-            (SocketAddr::new(pkt.ip.src, sport), SocketAddr::new(pkt.ip.dst, dport))
+            (
+                SocketAddr::new(pkt.ip.src, sport),
+                SocketAddr::new(pkt.ip.dst, dport),
+            )
         } else {
-            (SocketAddr::new(pkt.ip.dst, dport), SocketAddr::new(pkt.ip.src, sport))
+            (
+                SocketAddr::new(pkt.ip.dst, dport),
+                SocketAddr::new(pkt.ip.src, sport),
+            )
         };
-        let key = FlowKey { protocol, local, remote };
+        let key = FlowKey {
+            protocol,
+            local,
+            remote,
+        };
         if !self.flows.contains_key(&key) && !self.select(now, &key) {
             return;
         }
-        let Some(entry) = self.flows.get_mut(&key) else { return };
+        let Some(entry) = self.flows.get_mut(&key) else {
+            return;
+        };
         if let Phase::Tracing(trace) = &mut entry.phase {
             if outgoing {
                 let tag = match (pkt.ip.src, &pkt.transport) {
@@ -363,7 +419,9 @@ impl Engine {
                     _ => None,
                 };
                 let ip_len = ip_length(pkt);
-                if tag.is_some_and(|tag| trace.capture_of_probe(tag, pkt.ip.ttl, ip_len, tcp.map(|t| t.seq), ts)) {
+                if tag.is_some_and(|tag| {
+                    trace.capture_of_probe(tag, pkt.ip.ttl, ip_len, tcp.map(|t| t.seq), ts)
+                }) {
                     self.stats.probe_captures += 1;
                     return;
                 }
@@ -382,8 +440,14 @@ impl Engine {
 
     /// Selector mode: the first packet of a flow the selector picks creates its entry.
     fn select(&mut self, now: Instant, key: &FlowKey) -> bool {
-        let Some(selector) = &self.selector else { return false };
-        if !self.accepting || self.traces_exhausted() || self.done.contains(key) || !selector.matches(key) {
+        let Some(selector) = &self.selector else {
+            return false;
+        };
+        if !self.accepting
+            || self.traces_exhausted()
+            || self.done.contains(key)
+            || !selector.matches(key)
+        {
             return false;
         }
         self.watch(now, *key, None)
@@ -394,7 +458,9 @@ impl Engine {
         if self.traces_exhausted() {
             return;
         }
-        let Some(entry) = self.flows.get_mut(key) else { return };
+        let Some(entry) = self.flows.get_mut(key) else {
+            return;
+        };
         if !matches!(entry.phase, Phase::Observing) {
             return;
         }
@@ -412,7 +478,10 @@ impl Engine {
             // Both directions seen after the handshake: SND.UNA and RCV.NXT are known.
             Protocol::Tcp => s.tcp.established && probe::tcp_probe_numbers(s).is_some(),
             // The remote's reply gives its distance; without one, wait a little for it.
-            Protocol::Udp => s.packets_out > 0 && (s.packets_in > 0 || now >= s.first_seen + self.cfg.udp_reply_wait),
+            Protocol::Udp => {
+                s.packets_out > 0
+                    && (s.packets_in > 0 || now >= s.first_seen + self.cfg.udp_reply_wait)
+            }
             // Never selected: flows are TCP or UDP.
             Protocol::Icmp => false,
         };
@@ -425,7 +494,10 @@ impl Engine {
         entry.phase = Phase::Tracing(Box::new(trace));
         self.tracing += 1;
         self.stats.traces_started += 1;
-        self.events.push_back(Event::TraceStarted { flow: *key, remote_distance: distance });
+        self.events.push_back(Event::TraceStarted {
+            flow: *key,
+            remote_distance: distance,
+        });
         if self.traces_exhausted() {
             // No more traces: flows still waiting are let go.
             self.drop_watched();
@@ -450,7 +522,9 @@ impl Engine {
         if self.finish_if_done(key, wall) {
             return;
         }
-        let Some(e) = self.flows.get_mut(key) else { return };
+        let Some(e) = self.flows.get_mut(key) else {
+            return;
+        };
         if let Phase::Tracing(t) = &e.phase {
             if !e.queued && t.due(now).is_some() {
                 e.queued = true;
@@ -478,7 +552,10 @@ impl Engine {
                 }
             }
             Phase::Observing => {
-                if key.protocol == Protocol::Udp && e.state.packets_in == 0 && e.state.packets_out > 0 {
+                if key.protocol == Protocol::Udp
+                    && e.state.packets_in == 0
+                    && e.state.packets_out > 0
+                {
                     take(e.state.first_seen + cfg.udp_reply_wait);
                 }
                 take(e.state.last_seen + OBSERVING_IDLE_LIMIT);
@@ -490,8 +567,12 @@ impl Engine {
     /// Files the flow under its next deadline, unless it is already filed no later (a flow
     /// filed too early is looked at and filed again: cheaper than moving it on every packet).
     fn rearm(&mut self, key: &FlowKey) {
-        let Some(e) = self.flows.get_mut(key) else { return };
-        let Some(next) = Self::next_deadline(&self.cfg, key, e) else { return };
+        let Some(e) = self.flows.get_mut(key) else {
+            return;
+        };
+        let Some(next) = Self::next_deadline(&self.cfg, key, e) else {
+            return;
+        };
         if e.armed.is_some_and(|at| at <= next) {
             return;
         }
@@ -507,11 +588,15 @@ impl Engine {
         if !finished {
             return false;
         }
-        let Some(e) = self.flows.remove(key) else { return false };
+        let Some(e) = self.flows.remove(key) else {
+            return false;
+        };
         if let Some(at) = e.armed {
             self.timers.remove(&(at, *key));
         }
-        let Phase::Tracing(t) = e.phase else { return false };
+        let Phase::Tracing(t) = e.phase else {
+            return false;
+        };
         self.tracing -= 1;
         if self.selector.is_some() {
             self.done.insert(*key);
@@ -524,7 +609,8 @@ impl Engine {
         if let Some(tag) = &e.tag {
             result.flow.tag(tag);
         }
-        self.events.push_back(Event::TraceFinished(Box::new(result)));
+        self.events
+            .push_back(Event::TraceFinished(Box::new(result)));
         true
     }
 
@@ -537,7 +623,9 @@ impl Engine {
             due.extend(self.timers.pop_first());
         }
         for (at, key) in due {
-            let Some(e) = self.flows.get_mut(&key) else { continue };
+            let Some(e) = self.flows.get_mut(&key) else {
+                continue;
+            };
             if e.armed != Some(at) {
                 continue;
             }
@@ -546,7 +634,10 @@ impl Engine {
                 Phase::Tracing(t) => {
                     t.handle_timeout(now.mono);
                     let ft = self.cfg.flow_timeout;
-                    if key.protocol == Protocol::Udp && !ft.is_zero() && now.mono >= e.state.last_seen + ft {
+                    if key.protocol == Protocol::Udp
+                        && !ft.is_zero()
+                        && now.mono >= e.state.last_seen + ft
+                    {
                         t.halt(StopReason::FlowTimeout);
                     }
                 }
@@ -565,21 +656,38 @@ impl Engine {
     /// The next probe to send, written into `buf`. Call until it returns `None`.
     pub fn poll_transmit(&mut self, now: Now, buf: &mut Vec<u8>) -> Option<Transmit> {
         while let Some(key) = self.tx_queue.pop_front() {
-            let Some(e) = self.flows.get_mut(&key) else { continue };
+            let Some(e) = self.flows.get_mut(&key) else {
+                continue;
+            };
             e.queued = false;
-            let Entry { state, phase: Phase::Tracing(t), .. } = e else { continue };
+            let Entry {
+                state,
+                phase: Phase::Tracing(t),
+                ..
+            } = e
+            else {
+                continue;
+            };
             let Some(due) = t.due(now.mono) else {
                 self.rearm(&key);
                 continue;
             };
-            let Some(shape) = probe::build(state, &key, due.ttl, due.ident, |s| t.seq_taken(s), buf) else {
+            let Some(shape) =
+                probe::build(state, &key, due.ttl, due.ident, |s| t.seq_taken(s), buf)
+            else {
                 t.cannot_build();
                 self.touch(&key, now.mono, now.wall);
                 continue;
             };
             t.mark_sent(due, shape, now.mono, now.wall);
             self.stats.probes_sent += 1;
-            let tx = Transmit { dst: key.remote.ip(), len: buf.len(), flow: key, ttl: due.ttl, ident: due.ident };
+            let tx = Transmit {
+                dst: key.remote.ip(),
+                len: buf.len(),
+                flow: key,
+                ttl: due.ttl,
+                ident: due.ident,
+            };
             self.touch(&key, now.mono, now.wall);
             return Some(tx);
         }
@@ -588,7 +696,11 @@ impl Engine {
 
     /// The driver could not send the probe `ident` of `flow`.
     pub fn handle_send_error(&mut self, now: Now, flow: &FlowKey, ident: u16, error: String) {
-        if let Some(Entry { phase: Phase::Tracing(t), .. }) = self.flows.get_mut(flow) {
+        if let Some(Entry {
+            phase: Phase::Tracing(t),
+            ..
+        }) = self.flows.get_mut(flow)
+        {
             t.send_failed(ident, error, now.mono);
         }
         self.touch(flow, now.mono, now.wall);
@@ -607,7 +719,9 @@ impl Engine {
 
     /// The flows being traced.
     pub fn tracing(&self) -> impl Iterator<Item = &FlowKey> {
-        self.flows.iter().filter_map(|(k, e)| matches!(e.phase, Phase::Tracing(_)).then_some(k))
+        self.flows
+            .iter()
+            .filter_map(|(k, e)| matches!(e.phase, Phase::Tracing(_)).then_some(k))
     }
 }
 

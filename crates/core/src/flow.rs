@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 use svctr_wire::packet::{IpInfo, TcpInfo};
 
 /// Transport protocol of a flow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     /// TCP
@@ -53,7 +55,13 @@ pub struct FlowKey {
 
 impl fmt::Display for FlowKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {} -> {}", self.protocol.as_str(), self.local, self.remote)
+        write!(
+            f,
+            "{} {} -> {}",
+            self.protocol.as_str(),
+            self.local,
+            self.remote
+        )
     }
 }
 
@@ -151,7 +159,13 @@ impl FlowState {
     }
 
     /// Learns from one packet of the flow (not from a probe).
-    pub(crate) fn update(&mut self, now: Instant, outgoing: bool, ip: &IpInfo, tcp: Option<&TcpInfo>) {
+    pub(crate) fn update(
+        &mut self,
+        now: Instant,
+        outgoing: bool,
+        ip: &IpInfo,
+        tcp: Option<&TcpInfo>,
+    ) {
         self.last_seen = now;
         if outgoing {
             self.packets_out += 1;
@@ -170,7 +184,11 @@ impl FlowState {
         if outgoing {
             let syn = u32::from(t.flags & tcp_flags::SYN != 0);
             let fin = u32::from(t.flags & tcp_flags::FIN != 0);
-            let end = t.seq.wrapping_add(t.payload_len).wrapping_add(syn).wrapping_add(fin);
+            let end = t
+                .seq
+                .wrapping_add(t.payload_len)
+                .wrapping_add(syn)
+                .wrapping_add(fin);
             if tr.snd_nxt.is_none_or(|n| seq_after(end, n)) {
                 tr.snd_nxt = Some(end);
             }
@@ -221,7 +239,10 @@ mod tests {
             local: "198.18.0.2:4000".parse().unwrap(),
             remote: "198.18.9.2:9000".parse().unwrap(),
         };
-        let mut s = FlowSelector { protocol: Protocol::Udp, ..Default::default() };
+        let mut s = FlowSelector {
+            protocol: Protocol::Udp,
+            ..Default::default()
+        };
         assert!(s.matches(&key));
         s.remote_port = Some(9001);
         assert!(!s.matches(&key));

@@ -38,14 +38,20 @@ mod report;
 mod result;
 mod trace;
 
-pub use classic::{ProbeOut, Strategy, TargetError, Traceroute, TracerouteConfig, TracerouteEvent, TracerouteResult};
+pub use classic::{
+    ProbeOut, Strategy, TargetError, Traceroute, TracerouteConfig, TracerouteEvent,
+    TracerouteResult,
+};
 pub use compare::{compare, render_comparison, Comparison, TtlComparison};
 pub use config::{Algorithm, ConfigError, TraceConfig};
 pub use engine::{Engine, EngineStats, Event, Now, Transmit};
 pub use flow::{FlowKey, FlowSelector, Protocol};
 pub use monitor::{FlowFilter, Granularity, Monitor, MonitorConfig, MonitorStats, KNOWN_IDLE};
 pub use pacer::Pacer;
+pub use report::{render_text, render_traceroute_text};
+pub use result::{
+    Endpoint, FlowInfo, Hop, MatchSource, MplsEntry, ProbeReply, ServiceTag, StopReason,
+    TraceResult,
+};
 /// Service recognition (re-exported from `svctr-detect`): signatures and the detector's settings.
 pub use svctr_detect::{DetectorConfig, DetectorStats, ServiceSpec, SignatureError, Signatures};
-pub use report::{render_text, render_traceroute_text};
-pub use result::{Endpoint, FlowInfo, Hop, MatchSource, MplsEntry, ProbeReply, ServiceTag, StopReason, TraceResult};

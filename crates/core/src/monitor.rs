@@ -39,7 +39,9 @@ use std::str::FromStr;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
-use svctr_detect::{Detector, DetectorConfig, DetectorStats, ServiceMatch, Signatures, Source, Transport, Tuple};
+use svctr_detect::{
+    Detector, DetectorConfig, DetectorStats, ServiceMatch, Signatures, Source, Transport, Tuple,
+};
 use svctr_wire::packet::{parse_ip, Transport as Wire};
 
 use crate::config::{ConfigError, TraceConfig};
@@ -78,7 +80,12 @@ impl FlowFilter {
 
 impl From<FlowSelector> for FlowFilter {
     fn from(s: FlowSelector) -> Self {
-        Self { protocol: Some(s.protocol), remote_ip: s.remote_ip, remote_port: s.remote_port, local_port: s.local_port }
+        Self {
+            protocol: Some(s.protocol),
+            remote_ip: s.remote_ip,
+            remote_port: s.remote_port,
+            local_port: s.local_port,
+        }
     }
 }
 
@@ -113,7 +120,9 @@ impl FromStr for Granularity {
             "flow" => Ok(Self::Flow),
             "destination-port" | "dst-port" => Ok(Self::DestinationPort),
             "destination" | "dst" => Ok(Self::Destination),
-            _ => Err(format!("unknown granularity {s:?} (expected flow, destination-port or destination)")),
+            _ => Err(format!(
+                "unknown granularity {s:?} (expected flow, destination-port or destination)"
+            )),
         }
     }
 }
@@ -221,7 +230,10 @@ impl Monitor {
         let mut trace = cfg.trace.clone();
         trace.max_flows = cfg.max_traces;
         let engine = Engine::external(trace, local)?;
-        let detector = cfg.services.clone().map(|s| Detector::new(s, cfg.detector.clone()));
+        let detector = cfg
+            .services
+            .clone()
+            .map(|s| Detector::new(s, cfg.detector.clone()));
         Ok(Self {
             cfg,
             engine,
@@ -255,7 +267,11 @@ impl Monitor {
     pub fn stats(&self) -> MonitorStats {
         let mut s = self.stats;
         s.engine = self.engine.stats();
-        s.detector = self.detector.as_ref().map(Detector::stats).unwrap_or_default();
+        s.detector = self
+            .detector
+            .as_ref()
+            .map(Detector::stats)
+            .unwrap_or_default();
         s
     }
 
@@ -301,9 +317,17 @@ impl Monitor {
         if let Some((protocol, sport, dport)) = ports {
             let local = self.engine.local_addresses();
             let key = if local.contains(&pkt.ip.src) {
-                Some(FlowKey { protocol, local: SocketAddr::new(pkt.ip.src, sport), remote: SocketAddr::new(pkt.ip.dst, dport) })
+                Some(FlowKey {
+                    protocol,
+                    local: SocketAddr::new(pkt.ip.src, sport),
+                    remote: SocketAddr::new(pkt.ip.dst, dport),
+                })
             } else if local.contains(&pkt.ip.dst) {
-                Some(FlowKey { protocol, local: SocketAddr::new(pkt.ip.dst, dport), remote: SocketAddr::new(pkt.ip.src, sport) })
+                Some(FlowKey {
+                    protocol,
+                    local: SocketAddr::new(pkt.ip.dst, dport),
+                    remote: SocketAddr::new(pkt.ip.src, sport),
+                })
             } else {
                 None
             };
@@ -321,8 +345,12 @@ impl Monitor {
     /// QUIC long-header datagrams; anything else is ignored cheaply). Needs the whole packet.
     pub fn handle_detection_packet(&mut self, now: Instant, bytes: &[u8]) {
         self.last_now = Some(now);
-        let Some(det) = &mut self.detector else { return };
-        let Some((tuple, m)) = det.handle_packet(now, bytes, self.engine.local_addresses()) else { return };
+        let Some(det) = &mut self.detector else {
+            return;
+        };
+        let Some((tuple, m)) = det.handle_packet(now, bytes, self.engine.local_addresses()) else {
+            return;
+        };
         let key = key_of(&tuple);
         self.remember(now, key, tag_of(&m));
         // The flow may be waiting in no queue at all (its handshake is over): look at it now.
@@ -333,7 +361,17 @@ impl Monitor {
     }
 
     fn remember(&mut self, now: Instant, key: FlowKey, tag: ServiceTag) {
-        if self.known.insert(key, Known { tag, last_seen: now }).is_none() {
+        if self
+            .known
+            .insert(
+                key,
+                Known {
+                    tag,
+                    last_seen: now,
+                },
+            )
+            .is_none()
+        {
             self.stats.flows_recognised += 1;
         }
         self.schedule_sweep(now);
@@ -364,8 +402,14 @@ impl Monitor {
             Some(det) => match self.known.get_mut(&key) {
                 Some(k) => k.last_seen = now,
                 None => {
-                    let tuple = Tuple { transport: transport_of(key.protocol), local: key.local, remote: key.remote };
-                    let Some(m) = det.lookup(now, &tuple) else { return };
+                    let tuple = Tuple {
+                        transport: transport_of(key.protocol),
+                        local: key.local,
+                        remote: key.remote,
+                    };
+                    let Some(m) = det.lookup(now, &tuple) else {
+                        return;
+                    };
                     self.remember(now, key, tag_of(&m));
                 }
             },
@@ -376,7 +420,11 @@ impl Monitor {
             return;
         }
         // The tag is copied for a flow handed over only, not for each packet held back.
-        let tag = if self.detector.is_some() { self.known.get(&key).map(|k| k.tag.clone()) } else { None };
+        let tag = if self.detector.is_some() {
+            self.known.get(&key).map(|k| k.tag.clone())
+        } else {
+            None
+        };
         if self.engine.watch(now, key, tag) {
             self.groups.entry(group).or_default().active = Some(key);
             self.stats.flows_watched += 1;
@@ -387,7 +435,9 @@ impl Monitor {
     /// Whether a group holds its flows back now: one of them is watched or traced, or its last
     /// trace ended less than `retrace_after` ago.
     fn holds(&self, g: &GroupState, now: Instant) -> bool {
-        g.active.is_some() || g.last_end.is_some_and(|end| self.cfg.retrace_after.is_none_or(|d| now < end + d))
+        g.active.is_some()
+            || g.last_end
+                .is_some_and(|end| self.cfg.retrace_after.is_none_or(|d| now < end + d))
     }
 
     /// Moves the engine's events out, keeping the groups up to date.
@@ -407,7 +457,10 @@ impl Monitor {
             }
             self.events.push_back(ev);
         }
-        if self.cfg.max_traces != 0 && self.engine.stats().traces_started as usize >= self.cfg.max_traces && self.selecting {
+        if self.cfg.max_traces != 0
+            && self.engine.stats().traces_started as usize >= self.cfg.max_traces
+            && self.selecting
+        {
             self.selecting = false;
             self.engine.stop_selecting();
             while let Some(ev) = self.engine.poll_event() {
@@ -451,8 +504,12 @@ impl Monitor {
         self.known.retain(|_, k| k.last_seen + KNOWN_IDLE > now);
         // A group that holds nothing back is the same as no entry.
         let groups = std::mem::take(&mut self.groups);
-        self.groups = groups.into_iter().filter(|(_, g)| self.holds(g, now)).collect();
-        self.next_sweep = (!self.known.is_empty() || !self.groups.is_empty()).then_some(now + SWEEP_EVERY);
+        self.groups = groups
+            .into_iter()
+            .filter(|(_, g)| self.holds(g, now))
+            .collect();
+        self.next_sweep =
+            (!self.known.is_empty() || !self.groups.is_empty()).then_some(now + SWEEP_EVERY);
     }
 
     /// The next probe to send. Call until `None` (or until a rate limit says stop).
@@ -478,7 +535,10 @@ impl Monitor {
     /// When to call [`handle_timeout`](Self::handle_timeout) next.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let det = self.detector.as_ref().and_then(Detector::next_timeout);
-        [self.engine.poll_timeout(), det, self.next_sweep].into_iter().flatten().min()
+        [self.engine.poll_timeout(), det, self.next_sweep]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// The next event: the engine's, with every result tagged with its service.
@@ -492,7 +552,11 @@ fn key_of(t: &Tuple) -> FlowKey {
         Transport::Tcp => Protocol::Tcp,
         Transport::Udp => Protocol::Udp,
     };
-    FlowKey { protocol, local: t.local, remote: t.remote }
+    FlowKey {
+        protocol,
+        local: t.local,
+        remote: t.remote,
+    }
 }
 
 fn transport_of(p: Protocol) -> Transport {

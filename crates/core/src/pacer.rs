@@ -21,7 +21,12 @@ impl Pacer {
     /// At most `rate` probes per second on average (0: no limit).
     pub fn new(rate: u32) -> Self {
         let burst = (f64::from(rate) / 100.0).max(1.0);
-        Self { rate, burst, tokens: burst, last: None }
+        Self {
+            rate,
+            burst,
+            tokens: burst,
+            last: None,
+        }
     }
 
     /// Whether there is a limit.
@@ -65,7 +70,9 @@ impl Pacer {
         if self.rate == 0 {
             return None;
         }
-        let elapsed = self.last.map_or(0.0, |l| now.saturating_duration_since(l).as_secs_f64());
+        let elapsed = self
+            .last
+            .map_or(0.0, |l| now.saturating_duration_since(l).as_secs_f64());
         let tokens = (self.tokens + elapsed * f64::from(self.rate)).min(self.burst);
         if tokens >= 1.0 {
             return None;
@@ -101,7 +108,10 @@ mod tests {
         }
         // Over the whole run: rate * 2 s + the burst, and close to it (the bucket was kept busy).
         let n = sent.len() as f64;
-        assert!(n <= 2.0 * f64::from(rate) + f64::from(p.burst()) + 1.0, "{n}");
+        assert!(
+            n <= 2.0 * f64::from(rate) + f64::from(p.burst()) + 1.0,
+            "{n}"
+        );
         assert!(n >= 2.0 * f64::from(rate) * 0.99, "{n}");
         // Any 100 ms window: at most rate/10 + burst.
         let win = Duration::from_millis(100);
@@ -110,7 +120,11 @@ mod tests {
             while sent[i] - sent[j] > win {
                 j += 1;
             }
-            assert!((i - j + 1) as u32 <= rate / 10 + p.burst() + 1, "window at {i}: {}", i - j + 1);
+            assert!(
+                (i - j + 1) as u32 <= rate / 10 + p.burst() + 1,
+                "window at {i}: {}",
+                i - j + 1
+            );
         }
     }
 
@@ -121,7 +135,11 @@ mod tests {
         assert!(p.try_take(t));
         assert!(!p.try_take(t));
         let at = p.next_at(t).expect("empty bucket");
-        assert!(at > t && at <= t + Duration::from_millis(10), "{:?}", at - t);
+        assert!(
+            at > t && at <= t + Duration::from_millis(10),
+            "{:?}",
+            at - t
+        );
         assert!(p.try_take(at));
     }
 }

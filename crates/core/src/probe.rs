@@ -93,7 +93,8 @@
 use std::net::IpAddr;
 
 use svctr_wire::probe::{
-    emit_tcp_v4, emit_tcp_v6, emit_udp_v4, emit_udp_v6, force_checksum, Ipv4Fields, Ipv6Fields, TcpFields, UdpFields,
+    emit_tcp_v4, emit_tcp_v6, emit_udp_v4, emit_udp_v6, force_checksum, Ipv4Fields, Ipv6Fields,
+    TcpFields, UdpFields,
 };
 
 use crate::flow::{tcp_flags, FlowKey, FlowState, Protocol};
@@ -145,25 +146,47 @@ pub(crate) fn build(
         flags: tcp_flags::ACK,
         window: state.tcp.window,
     };
-    let udp = UdpFields { src_port: key.local.port(), dst_port: key.remote.port() };
+    let udp = UdpFields {
+        src_port: key.local.port(),
+        dst_port: key.remote.port(),
+    };
     match (key.local.ip(), key.remote.ip()) {
         (IpAddr::V4(src), IpAddr::V4(dst)) => {
-            let ip = Ipv4Fields { src, dst, ttl, tos: state.tos, dont_fragment: state.dont_fragment, ident: tag };
+            let ip = Ipv4Fields {
+                src,
+                dst,
+                ttl,
+                tos: state.tos,
+                dont_fragment: state.dont_fragment,
+                ident: tag,
+            };
             match key.protocol {
                 Protocol::Tcp => {
                     let (seq, ack) = tcp_probe_numbers(state)?;
                     emit_tcp_v4(&ip, &tcp_fields(seq, ack), &[], buf);
-                    Some(ProbeShape { ip_len: TCP_V4_LEN, tcp_seq: Some(seq) })
+                    Some(ProbeShape {
+                        ip_len: TCP_V4_LEN,
+                        tcp_seq: Some(seq),
+                    })
                 }
                 Protocol::Udp => {
                     emit_udp_v4(&ip, &udp, &[], buf);
-                    Some(ProbeShape { ip_len: UDP_V4_LEN, tcp_seq: None })
+                    Some(ProbeShape {
+                        ip_len: UDP_V4_LEN,
+                        tcp_seq: None,
+                    })
                 }
                 Protocol::Icmp => None,
             }
         }
         (IpAddr::V6(src), IpAddr::V6(dst)) => {
-            let ip = Ipv6Fields { src, dst, hop_limit: ttl, traffic_class: state.tos, flow_label: state.flow_label };
+            let ip = Ipv6Fields {
+                src,
+                dst,
+                hop_limit: ttl,
+                traffic_class: state.tos,
+                flow_label: state.flow_label,
+            };
             match key.protocol {
                 Protocol::Tcp => {
                     let (top, ack) = tcp_probe_numbers(state)?;
@@ -173,17 +196,25 @@ pub(crate) fn build(
                         Some((t, last)) if t == top => last.wrapping_sub(1),
                         _ => top,
                     };
-                    let seq = (0..MAX_SEQ_STEPS).map(|i| start.wrapping_sub(i)).find(|s| !seq_taken(*s))?;
+                    let seq = (0..MAX_SEQ_STEPS)
+                        .map(|i| start.wrapping_sub(i))
+                        .find(|s| !seq_taken(*s))?;
                     state.v6_probe_seq = Some((top, seq));
                     emit_tcp_v6(&ip, &tcp_fields(seq, ack), &[], buf);
-                    Some(ProbeShape { ip_len: TCP_V6_PAYLOAD, tcp_seq: Some(seq) })
+                    Some(ProbeShape {
+                        ip_len: TCP_V6_PAYLOAD,
+                        tcp_seq: Some(seq),
+                    })
                 }
                 Protocol::Udp => {
                     emit_udp_v6(&ip, &udp, &[0, 0], buf);
                     // The UDP checksum (bytes 6-7 of the UDP header) becomes the tag; the two
                     // payload bytes right after the header compensate.
                     force_checksum(buf, 40 + 6, 40 + 8, tag);
-                    Some(ProbeShape { ip_len: UDP_V6_PAYLOAD, tcp_seq: None })
+                    Some(ProbeShape {
+                        ip_len: UDP_V6_PAYLOAD,
+                        tcp_seq: None,
+                    })
                 }
                 Protocol::Icmp => None,
             }

@@ -42,7 +42,10 @@ fn stop_text(r: &TraceResult) -> String {
     let why = match r.stop_reason {
         StopReason::RemoteReached => "the remote answered".to_string(),
         StopReason::RemoteDistance => match r.remote_distance {
-            Some(d) => format!("probed every router: the remote is {} hops away by its packets' TTL", u16::from(d) + 1),
+            Some(d) => format!(
+                "probed every router: the remote is {} hops away by its packets' TTL",
+                u16::from(d) + 1
+            ),
             None => "probed every router before the remote".to_string(),
         },
         StopReason::StopAt => "reached a --stop-at address".to_string(),
@@ -52,7 +55,9 @@ fn stop_text(r: &TraceResult) -> String {
         StopReason::FlowEnded => "the flow ended (FIN or RST)".to_string(),
         StopReason::FlowTimeout => "the flow went idle".to_string(),
         StopReason::Interrupted => "interrupted".to_string(),
-        StopReason::NothingToProbe => "nothing to probe: the remote is directly connected".to_string(),
+        StopReason::NothingToProbe => {
+            "nothing to probe: the remote is directly connected".to_string()
+        }
     };
     format!("stop: {} ({why})", r.stop_reason.as_str())
 }
@@ -98,7 +103,14 @@ fn render_hops(out: &mut String, hops: &[Hop]) {
         }
         out.push('\n');
         for e in mpls {
-            let _ = writeln!(out, "     [MPLS: Lbl {}, TC {}, S {}, TTL {}]", e.label, e.tc, u8::from(e.s), e.ttl);
+            let _ = writeln!(
+                out,
+                "     [MPLS: Lbl {}, TC {}, S {}, TTL {}]",
+                e.label,
+                e.tc,
+                u8::from(e.s),
+                e.ttl
+            );
         }
     }
 }
@@ -139,7 +151,11 @@ pub fn render_text(r: &TraceResult) -> String {
         (Some(s), _, None) => format!(", service {s}"),
         _ => String::new(),
     };
-    let label = r.flow.flow_label.map(|l| format!(", flow label 0x{l:05x}")).unwrap_or_default();
+    let label = r
+        .flow
+        .flow_label
+        .map(|l| format!(", flow label 0x{l:05x}"))
+        .unwrap_or_default();
     let _ = writeln!(
         out,
         "service-traceroute {} {} -> {}{service}{label}, {} algorithm, {} probes sent",
@@ -152,7 +168,12 @@ pub fn render_text(r: &TraceResult) -> String {
     render_hops(&mut out, &r.hops);
     if r.stop_reason == StopReason::RemoteDistance {
         if let Some(d) = r.remote_distance {
-            let _ = writeln!(out, "{:2}  {}  (the remote, not probed)", u16::from(d) + 1, r.flow.remote.ip);
+            let _ = writeln!(
+                out,
+                "{:2}  {}  (the remote, not probed)",
+                u16::from(d) + 1,
+                r.flow.remote.ip
+            );
         }
     }
     let _ = writeln!(out, "{}", stop_text(r));

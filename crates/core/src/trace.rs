@@ -26,12 +26,16 @@ use crate::result::{Endpoint, FlowInfo, Hop, MplsEntry, ProbeReply, StopReason, 
 #[derive(Debug, Clone, PartialEq)]
 enum ProbeState {
     NotSent,
-    Awaiting { deadline: Instant },
+    Awaiting {
+        deadline: Instant,
+    },
     Replied,
     TimedOut,
     Failed(String),
     /// Never sent, or no longer awaited, because the trace stopped below its TTL.
-    Cancelled { was_sent: bool },
+    Cancelled {
+        was_sent: bool,
+    },
 }
 
 impl ProbeState {
@@ -180,7 +184,11 @@ impl Trace {
             _ => (cfg.max_ttl, false),
         };
         let hops = usize::from(cap_ttl.saturating_sub(cfg.first_ttl)) + 1;
-        let count = if cap_ttl < cfg.first_ttl { 0 } else { hops * usize::from(cfg.probes_per_hop) };
+        let count = if cap_ttl < cfg.first_ttl {
+            0
+        } else {
+            hops * usize::from(cfg.probes_per_hop)
+        };
         let probes = (0..count)
             .map(|i| Probe {
                 ttl: cfg.first_ttl + (i / usize::from(cfg.probes_per_hop)) as u8,
@@ -256,16 +264,28 @@ impl Trace {
             return None;
         }
         let p = &self.probes[self.cursor];
-        Some(Due { index: self.cursor, ttl: p.ttl, ident: self.next_ident })
+        Some(Due {
+            index: self.cursor,
+            ttl: p.ttl,
+            ident: self.next_ident,
+        })
     }
 
     /// Records that probe `due` was handed to the driver at `now` (`wall` read before sending).
-    pub(crate) fn mark_sent(&mut self, due: Due, shape: ProbeShape, now: Instant, wall: SystemTime) {
+    pub(crate) fn mark_sent(
+        &mut self,
+        due: Due,
+        shape: ProbeShape,
+        now: Instant,
+        wall: SystemTime,
+    ) {
         let p = &mut self.probes[due.index];
         p.ident = due.ident;
         p.shape = Some(shape);
         p.sent_wall = Some(wall);
-        p.state = ProbeState::Awaiting { deadline: now + self.timeout };
+        p.state = ProbeState::Awaiting {
+            deadline: now + self.timeout,
+        };
         self.by_ident.insert(due.ident, due.index);
         if let (true, Some(seq)) = (self.key.local.is_ipv6(), shape.tcp_seq) {
             self.by_seq.insert(seq, due.ident);
@@ -331,7 +351,10 @@ impl Trace {
             Algorithm::HopByHop => {
                 let pph = usize::from(self.probes_per_hop);
                 // Within a TTL no waiting; the first probe of a TTL waits for the previous TTL.
-                i % pph != 0 || self.probes[i - pph..i].iter().all(|p| p.state.is_resolved())
+                i % pph != 0
+                    || self.probes[i - pph..i]
+                        .iter()
+                        .all(|p| p.state.is_resolved())
             }
             Algorithm::PacketByPacket => i == 0 || self.probes[i - 1].state.is_resolved(),
         };
@@ -340,10 +363,21 @@ impl Trace {
 
     /// Is this outgoing packet (identification, TTL, shape) one of our probes? Records its
     /// capture time if so.
-    pub(crate) fn capture_of_probe(&mut self, ident: u16, ttl: u8, ip_len: u16, tcp_seq: Option<u32>, ts: SystemTime) -> bool {
-        let Some(&i) = self.by_ident.get(&ident) else { return false };
+    pub(crate) fn capture_of_probe(
+        &mut self,
+        ident: u16,
+        ttl: u8,
+        ip_len: u16,
+        tcp_seq: Option<u32>,
+        ts: SystemTime,
+    ) -> bool {
+        let Some(&i) = self.by_ident.get(&ident) else {
+            return false;
+        };
         let p = &mut self.probes[i];
-        let shape_ok = p.shape.is_some_and(|s| s.ip_len == ip_len && (s.tcp_seq.is_none() || s.tcp_seq == tcp_seq));
+        let shape_ok = p
+            .shape
+            .is_some_and(|s| s.ip_len == ip_len && (s.tcp_seq.is_none() || s.tcp_seq == tcp_seq));
         if p.ttl != ttl || !shape_ok {
             return false;
         }
@@ -364,9 +398,13 @@ impl Trace {
         verify: impl FnOnce(&ProbeShape) -> bool,
         reply: ReplyInfo<'_>,
     ) -> ReplyOutcome {
-        let Some(&i) = self.by_ident.get(&ident) else { return ReplyOutcome::NoProbe };
+        let Some(&i) = self.by_ident.get(&ident) else {
+            return ReplyOutcome::NoProbe;
+        };
         let p = &mut self.probes[i];
-        let Some(shape) = p.shape else { return ReplyOutcome::NoProbe };
+        let Some(shape) = p.shape else {
+            return ReplyOutcome::NoProbe;
+        };
         if !verify(&shape) || !matches!(p.state, ProbeState::Awaiting { .. }) {
             return ReplyOutcome::NoProbe;
         }
@@ -380,7 +418,16 @@ impl Trace {
             quoted_ttl: reply.quoted_ttl,
             tcp_flags: reply.tcp_flags,
             unreachable: reply.unreachable,
-            mpls: reply.mpls.iter().map(|m| MplsEntry { label: m.label, tc: m.tc, s: m.bottom, ttl: m.ttl }).collect(),
+            mpls: reply
+                .mpls
+                .iter()
+                .map(|m| MplsEntry {
+                    label: m.label,
+                    tc: m.tc,
+                    s: m.bottom,
+                    ttl: m.ttl,
+                })
+                .collect(),
         });
         let ttl = p.ttl;
         self.pending -= 1;
@@ -437,14 +484,19 @@ impl Trace {
 
     /// Moves `oldest` past resolved probes.
     fn skip_resolved(&mut self) {
-        while self.probes.get(self.oldest).is_some_and(|p| p.state.is_resolved()) {
+        while self
+            .probes
+            .get(self.oldest)
+            .is_some_and(|p| p.state.is_resolved())
+        {
             self.oldest += 1;
         }
     }
 
     /// The earliest deadline among awaited probes.
     pub(crate) fn earliest_deadline(&self) -> Option<Instant> {
-        self.probes[self.oldest.min(self.probes.len())..self.cursor.max(self.oldest).min(self.probes.len())]
+        self.probes[self.oldest.min(self.probes.len())
+            ..self.cursor.max(self.oldest).min(self.probes.len())]
             .iter()
             .find_map(|p| match p.state {
                 ProbeState::Awaiting { deadline } => Some(deadline),
@@ -510,12 +562,19 @@ impl Trace {
             if hop.is_empty() || !hop.iter().all(|p| p.state.is_resolved()) {
                 break;
             }
-            if hop.iter().all(|p| matches!(p.state, ProbeState::Cancelled { was_sent: false })) {
+            if hop
+                .iter()
+                .all(|p| matches!(p.state, ProbeState::Cancelled { was_sent: false }))
+            {
                 // Never probed (halted before this TTL): not a silent hop.
                 break;
             }
             let silent = hop.iter().all(|p| p.reply.is_none());
-            let used = self.retries_used.get(usize::from(ttl - self.first_ttl)).copied().unwrap_or(u8::MAX);
+            let used = self
+                .retries_used
+                .get(usize::from(ttl - self.first_ttl))
+                .copied()
+                .unwrap_or(u8::MAX);
             if silent && used < self.retries && self.halt.is_none() {
                 self.retry(ttl, now);
                 break;
@@ -532,7 +591,8 @@ impl Trace {
                 Some(StopReason::Unreachable)
             } else if replies.is_empty() {
                 self.missing += 1;
-                (self.max_missing > 0 && self.missing >= self.max_missing).then_some(StopReason::MaxMissing)
+                (self.max_missing > 0 && self.missing >= self.max_missing)
+                    .then_some(StopReason::MaxMissing)
             } else {
                 self.missing = 0;
                 None
@@ -563,7 +623,11 @@ impl Trace {
         let r = p.reply.as_ref();
         let rtt_ms = match (r, p.send_time()) {
             // Rounded to the nanosecond: the timestamps' own resolution.
-            (Some(r), Some(s)) => r.wall.duration_since(s).ok().map(|d| (d.as_nanos() as f64) / 1e6),
+            (Some(r), Some(s)) => r
+                .wall
+                .duration_since(s)
+                .ok()
+                .map(|d| (d.as_nanos() as f64) / 1e6),
             _ => None,
         };
         ProbeReply {
@@ -589,8 +653,12 @@ impl Trace {
     fn hops_between(&self, first: u8, last: u8) -> Vec<Hop> {
         (first..=last)
             .filter_map(|ttl| {
-                let probes: Vec<ProbeReply> =
-                    self.probes.iter().filter(|p| p.ttl == ttl && p.sent_wall.is_some()).map(Self::probe_reply).collect();
+                let probes: Vec<ProbeReply> = self
+                    .probes
+                    .iter()
+                    .filter(|p| p.ttl == ttl && p.sent_wall.is_some())
+                    .map(Self::probe_reply)
+                    .collect();
                 (!probes.is_empty()).then_some(Hop { ttl, probes })
             })
             .collect()
@@ -599,7 +667,11 @@ impl Trace {
     /// Hops whose probes are all resolved and that the stop rules have passed over, not yet
     /// handed out: a caller streams them in TTL order as the trace goes.
     pub(crate) fn take_new_hops(&mut self) -> Vec<Hop> {
-        let done = self.evaluated.min(self.limit_ttl.saturating_sub(self.first_ttl).saturating_add(1));
+        let done = self.evaluated.min(
+            self.limit_ttl
+                .saturating_sub(self.first_ttl)
+                .saturating_add(1),
+        );
         if done <= self.emitted {
             return Vec::new();
         }
@@ -619,15 +691,26 @@ impl Trace {
             .unwrap_or(0);
         let last = last_sent_ttl.min(self.limit_ttl);
         let hops = self.hops_between(self.first_ttl, last);
-        let start = self.probes.iter().filter_map(Probe::send_time).min().unwrap_or(end);
+        let start = self
+            .probes
+            .iter()
+            .filter_map(Probe::send_time)
+            .min()
+            .unwrap_or(end);
         // A path stop found in the evaluated prefix explains the trace better than a halt that
         // came later; otherwise the halt (flow end, interrupt) is why it stopped.
         let stop_reason = self.stop.or(self.halt).unwrap_or(StopReason::Interrupted);
         TraceResult {
             flow: FlowInfo {
                 protocol: self.key.protocol,
-                local: Endpoint { ip: self.key.local.ip(), port: self.key.local.port() },
-                remote: Endpoint { ip: self.key.remote.ip(), port: self.key.remote.port() },
+                local: Endpoint {
+                    ip: self.key.local.ip(),
+                    port: self.key.local.port(),
+                },
+                remote: Endpoint {
+                    ip: self.key.remote.ip(),
+                    port: self.key.remote.port(),
+                },
                 flow_label: None,
                 service: None,
                 name: None,

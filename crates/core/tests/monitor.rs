@@ -11,12 +11,15 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime};
 
 use svctr_core::{
-    Event, FlowFilter, FlowKey, Granularity, MatchSource, Monitor, MonitorConfig, Now, Protocol, StopReason,
-    TraceConfig, TraceResult, Transmit,
+    Event, FlowFilter, FlowKey, Granularity, MatchSource, Monitor, MonitorConfig, Now, Protocol,
+    StopReason, TraceConfig, TraceResult, Transmit,
 };
 use svctr_detect::{ServiceSpec, Signatures};
 use svctr_wire::packet::{parse_ip, Transport};
-use svctr_wire::probe::{emit_tcp_v4, emit_tcp_v6, emit_udp_v4, emit_udp_v6, Ipv4Fields, Ipv6Fields, TcpFields, UdpFields};
+use svctr_wire::probe::{
+    emit_tcp_v4, emit_tcp_v6, emit_udp_v4, emit_udp_v6, Ipv4Fields, Ipv6Fields, TcpFields,
+    UdpFields,
+};
 
 const SEC: Duration = Duration::from_secs(1);
 const MS: Duration = Duration::from_millis(1);
@@ -56,14 +59,27 @@ fn server(v6: bool, i: u16) -> IpAddr {
 
 fn router(v6: bool, i: u8) -> IpAddr {
     if v6 {
-        IpAddr::V6(Ipv6Addr::new(0x2001, 2, 0, 0x1800 + u16::from(i), 0, 0, 0, 1))
+        IpAddr::V6(Ipv6Addr::new(
+            0x2001,
+            2,
+            0,
+            0x1800 + u16::from(i),
+            0,
+            0,
+            0,
+            1,
+        ))
     } else {
         IpAddr::V4(Ipv4Addr::new(198, 18, 10 + i, 1))
     }
 }
 
 fn flow(v6: bool, proto: Protocol, lport: u16, srv: u16, rport: u16) -> FlowKey {
-    FlowKey { protocol: proto, local: SocketAddr::new(local(v6), lport), remote: SocketAddr::new(server(v6, srv), rport) }
+    FlowKey {
+        protocol: proto,
+        local: SocketAddr::new(local(v6), lport),
+        remote: SocketAddr::new(server(v6, srv), rport),
+    }
 }
 
 /// An IP packet from `src` to `dst` carrying `transport` (protocol `proto`), for the family of
@@ -150,7 +166,11 @@ fn dns_response(name: &str, chain: &[&str], addrs: &[IpAddr], ttl: u32) -> Vec<u
             IpAddr::V4(v) => v.octets().to_vec(),
             IpAddr::V6(v) => v.octets().to_vec(),
         };
-        m.extend_from_slice(if a.is_ipv4() { &[0, 1, 0, 1] } else { &[0, 28, 0, 1] });
+        m.extend_from_slice(if a.is_ipv4() {
+            &[0, 1, 0, 1]
+        } else {
+            &[0, 28, 0, 1]
+        });
         m.extend_from_slice(&ttl.to_be_bytes());
         m.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
         m.extend_from_slice(&rdata);
@@ -196,18 +216,61 @@ impl Net {
     /// A TCP segment of flow `k` (`out`: sent by us). Incoming packets arrive with the TTL
     /// left after `HOPS` routers; outgoing ones carry traffic class 0x28 and flow label 0x1234.
     #[allow(clippy::too_many_arguments)]
-    fn tcp(&mut self, at: Duration, k: &FlowKey, out: bool, seq: u32, ack: u32, flags: u8, payload: &[u8]) {
-        let (src, dst) = if out { (k.local, k.remote) } else { (k.remote, k.local) };
+    fn tcp(
+        &mut self,
+        at: Duration,
+        k: &FlowKey,
+        out: bool,
+        seq: u32,
+        ack: u32,
+        flags: u8,
+        payload: &[u8],
+    ) {
+        let (src, dst) = if out {
+            (k.local, k.remote)
+        } else {
+            (k.remote, k.local)
+        };
         let ttl = if out { 64 } else { 64 - HOPS };
-        let tcp = TcpFields { src_port: src.port(), dst_port: dst.port(), seq, ack, flags, window: 501 };
+        let tcp = TcpFields {
+            src_port: src.port(),
+            dst_port: dst.port(),
+            seq,
+            ack,
+            flags,
+            window: 501,
+        };
         let mut buf = Vec::new();
         match (src.ip(), dst.ip()) {
             (IpAddr::V4(s), IpAddr::V4(d)) => {
-                emit_tcp_v4(&Ipv4Fields { src: s, dst: d, ttl, tos: 0x28, dont_fragment: true, ident: 7 }, &tcp, payload, &mut buf);
+                emit_tcp_v4(
+                    &Ipv4Fields {
+                        src: s,
+                        dst: d,
+                        ttl,
+                        tos: 0x28,
+                        dont_fragment: true,
+                        ident: 7,
+                    },
+                    &tcp,
+                    payload,
+                    &mut buf,
+                );
             }
             (IpAddr::V6(s), IpAddr::V6(d)) => {
                 let label = if out { 0x1234 } else { 0 };
-                emit_tcp_v6(&Ipv6Fields { src: s, dst: d, hop_limit: ttl, traffic_class: 0x28, flow_label: label }, &tcp, payload, &mut buf);
+                emit_tcp_v6(
+                    &Ipv6Fields {
+                        src: s,
+                        dst: d,
+                        hop_limit: ttl,
+                        traffic_class: 0x28,
+                        flow_label: label,
+                    },
+                    &tcp,
+                    payload,
+                    &mut buf,
+                );
             }
             _ => unreachable!(),
         }
@@ -219,17 +282,47 @@ impl Net {
     }
 
     fn udp(&mut self, at: Duration, k: &FlowKey, out: bool, payload: &[u8]) {
-        let (src, dst) = if out { (k.local, k.remote) } else { (k.remote, k.local) };
+        let (src, dst) = if out {
+            (k.local, k.remote)
+        } else {
+            (k.remote, k.local)
+        };
         let ttl = if out { 64 } else { 64 - HOPS };
-        let udp = UdpFields { src_port: src.port(), dst_port: dst.port() };
+        let udp = UdpFields {
+            src_port: src.port(),
+            dst_port: dst.port(),
+        };
         let mut buf = Vec::new();
         match (src.ip(), dst.ip()) {
             (IpAddr::V4(s), IpAddr::V4(d)) => {
-                emit_udp_v4(&Ipv4Fields { src: s, dst: d, ttl, tos: 0xb8, dont_fragment: false, ident: 9 }, &udp, payload, &mut buf);
+                emit_udp_v4(
+                    &Ipv4Fields {
+                        src: s,
+                        dst: d,
+                        ttl,
+                        tos: 0xb8,
+                        dont_fragment: false,
+                        ident: 9,
+                    },
+                    &udp,
+                    payload,
+                    &mut buf,
+                );
             }
             (IpAddr::V6(s), IpAddr::V6(d)) => {
                 let label = if out { 0xabcde } else { 0 };
-                emit_udp_v6(&Ipv6Fields { src: s, dst: d, hop_limit: ttl, traffic_class: 0xb8, flow_label: label }, &udp, payload, &mut buf);
+                emit_udp_v6(
+                    &Ipv6Fields {
+                        src: s,
+                        dst: d,
+                        hop_limit: ttl,
+                        traffic_class: 0xb8,
+                        flow_label: label,
+                    },
+                    &udp,
+                    payload,
+                    &mut buf,
+                );
             }
             _ => unreachable!(),
         }
@@ -297,12 +390,21 @@ impl Net {
         };
         let mut icmp = vec![icmp_type, 0, 0, 0, 0, 0, 0, 0];
         icmp.extend_from_slice(&quoted);
-        let reply = ip_packet(router(self.v6, tx.ttl), local(self.v6), proto, 64 - tx.ttl + 1, &icmp);
+        let reply = ip_packet(
+            router(self.v6, tx.ttl),
+            local(self.v6),
+            proto,
+            64 - tx.ttl + 1,
+            &icmp,
+        );
         self.push(at + MS * u32::from(tx.ttl), false, reply);
     }
 
     fn now(&self) -> Now {
-        Now { mono: self.t0 + self.t, wall: self.wall0 + self.t }
+        Now {
+            mono: self.t0 + self.t,
+            wall: self.wall0 + self.t,
+        }
     }
 
     /// Runs until nothing is left to do, or `limit` of virtual time.
@@ -364,7 +466,10 @@ impl Net {
 }
 
 fn hop_addrs(r: &TraceResult) -> Vec<Option<IpAddr>> {
-    r.hops.iter().map(|h| h.probes.iter().find_map(|p| p.addr)).collect()
+    r.hops
+        .iter()
+        .map(|h| h.probes.iter().find_map(|p| p.addr))
+        .collect()
 }
 
 fn routers(v6: bool) -> Vec<Option<IpAddr>> {
@@ -372,7 +477,10 @@ fn routers(v6: bool) -> Vec<Option<IpAddr>> {
 }
 
 fn services_cfg(sigs: Signatures) -> MonitorConfig {
-    MonitorConfig { services: Some(sigs), ..MonitorConfig::default() }
+    MonitorConfig {
+        services: Some(sigs),
+        ..MonitorConfig::default()
+    }
 }
 
 fn three_services() -> Signatures {
@@ -388,7 +496,13 @@ fn three_services() -> Signatures {
 fn assert_full_path(r: &TraceResult, v6: bool) {
     assert_eq!(r.stop_reason, StopReason::RemoteDistance, "{r:?}");
     assert_eq!(hop_addrs(r), routers(v6), "{r:?}");
-    assert!(r.hops.iter().all(|h| h.probes.iter().all(|p| p.addr.is_some() && p.rtt_ms.is_some())), "{r:?}");
+    assert!(
+        r.hops.iter().all(|h| h
+            .probes
+            .iter()
+            .all(|p| p.addr.is_some() && p.rtt_ms.is_some())),
+        "{r:?}"
+    );
 }
 
 #[test]
@@ -398,11 +512,34 @@ fn dns_answers_pick_exactly_the_services_flows() {
         let mut net = Net::new(services_cfg(sigs), v6);
         // video.example.test -> server 1; audio -> server 2; www.example.test CNAME
         // edge.cdn.test -> server 3; server 4 is never named.
-        net.dns(Duration::ZERO, "video.example.test", &[], &[server(v6, 1)], 300);
-        net.dns(Duration::ZERO, "audio.example.test", &[], &[server(v6, 2)], 300);
-        net.dns(Duration::ZERO, "www.example.test", &["edge.cdn.test"], &[server(v6, 3)], 300);
+        net.dns(
+            Duration::ZERO,
+            "video.example.test",
+            &[],
+            &[server(v6, 1)],
+            300,
+        );
+        net.dns(
+            Duration::ZERO,
+            "audio.example.test",
+            &[],
+            &[server(v6, 2)],
+            300,
+        );
+        net.dns(
+            Duration::ZERO,
+            "www.example.test",
+            &["edge.cdn.test"],
+            &[server(v6, 3)],
+            300,
+        );
         let flows: Vec<FlowKey> = (1..=4)
-            .flat_map(|srv| [flow(v6, Protocol::Tcp, 40000 + srv, srv, 443), flow(v6, Protocol::Udp, 41000 + srv, srv, 443)])
+            .flat_map(|srv| {
+                [
+                    flow(v6, Protocol::Tcp, 40000 + srv, srv, 443),
+                    flow(v6, Protocol::Udp, 41000 + srv, srv, 443),
+                ]
+            })
             .collect();
         for k in &flows {
             match k.protocol {
@@ -411,18 +548,35 @@ fn dns_answers_pick_exactly_the_services_flows() {
             }
         }
         net.run(30 * SEC);
-        let want: BTreeSet<FlowKey> = flows.iter().filter(|k| k.remote.ip() == server(v6, 1) || k.remote.ip() == server(v6, 3)).copied().collect();
+        let want: BTreeSet<FlowKey> = flows
+            .iter()
+            .filter(|k| k.remote.ip() == server(v6, 1) || k.remote.ip() == server(v6, 3))
+            .copied()
+            .collect();
         assert_eq!(net.traced(), want, "v6 {v6}");
         for (_, r) in &net.results {
             assert_full_path(r, v6);
             assert_eq!(r.flow.matched_by, Some(MatchSource::Dns));
             if r.flow.remote.ip == server(v6, 1) {
-                assert_eq!((r.flow.service.as_deref(), r.flow.name.as_deref()), (Some("video"), Some("video.example.test")));
+                assert_eq!(
+                    (r.flow.service.as_deref(), r.flow.name.as_deref()),
+                    (Some("video"), Some("video.example.test"))
+                );
             } else {
                 // The CNAME target matched the service; it is the name reported.
-                assert_eq!((r.flow.service.as_deref(), r.flow.name.as_deref()), (Some("cdn"), Some("edge.cdn.test")));
+                assert_eq!(
+                    (r.flow.service.as_deref(), r.flow.name.as_deref()),
+                    (Some("cdn"), Some("edge.cdn.test"))
+                );
             }
-            assert_eq!(r.flow.flow_label, v6.then_some(if r.flow.protocol == Protocol::Tcp { 0x1234 } else { 0xabcde }));
+            assert_eq!(
+                r.flow.flow_label,
+                v6.then_some(if r.flow.protocol == Protocol::Tcp {
+                    0x1234
+                } else {
+                    0xabcde
+                })
+            );
         }
     }
 }
@@ -430,7 +584,13 @@ fn dns_answers_pick_exactly_the_services_flows() {
 #[test]
 fn an_expired_dns_answer_no_longer_selects() {
     let mut net = Net::new(services_cfg(three_services()), false);
-    net.dns(Duration::ZERO, "video.example.test", &[], &[server(false, 1)], 5);
+    net.dns(
+        Duration::ZERO,
+        "video.example.test",
+        &[],
+        &[server(false, 1)],
+        5,
+    );
     let early = flow(false, Protocol::Tcp, 40001, 1, 443);
     let late = flow(false, Protocol::Tcp, 40002, 1, 443);
     net.tcp_flow(SEC, &early);
@@ -451,7 +611,10 @@ fn tls_sni_selects_a_flow_without_any_dns() {
     let r = &net.results[0].1;
     assert_full_path(r, false);
     assert_eq!(r.flow.matched_by, Some(MatchSource::TlsSni));
-    assert_eq!((r.flow.service.as_deref(), r.flow.name.as_deref()), (Some("video"), Some("video.example.test")));
+    assert_eq!(
+        (r.flow.service.as_deref(), r.flow.name.as_deref()),
+        (Some("video"), Some("video.example.test"))
+    );
     let json = serde_json::to_value(r).unwrap();
     assert_eq!(json["flow"]["service"], "video");
     assert_eq!(json["flow"]["name"], "video.example.test");
@@ -469,13 +632,20 @@ fn prefixes_select_without_dns() {
     net.run(30 * SEC);
     assert_eq!(net.traced(), BTreeSet::from([inside]));
     let f = &net.results[0].1.flow;
-    assert_eq!((f.service.as_deref(), f.name.as_deref(), f.matched_by), (Some("lab"), None, Some(MatchSource::Prefix)));
+    assert_eq!(
+        (f.service.as_deref(), f.name.as_deref(), f.matched_by),
+        (Some("lab"), None, Some(MatchSource::Prefix))
+    );
 }
 
 #[test]
 fn without_services_the_filter_alone_selects() {
     let cfg = MonitorConfig {
-        filter: FlowFilter { protocol: Some(Protocol::Tcp), remote_port: Some(443), ..FlowFilter::default() },
+        filter: FlowFilter {
+            protocol: Some(Protocol::Tcp),
+            remote_port: Some(443),
+            ..FlowFilter::default()
+        },
         retrace_after: None,
         ..MonitorConfig::default()
     };
@@ -511,18 +681,39 @@ fn granularity_groups_flows_and_long_lived_flows_are_traced_again() {
     let per_flow: Vec<(u64, FlowKey)> = net
         .results
         .iter()
-        .map(|(t, r)| (t.as_secs(), FlowKey { protocol: r.flow.protocol, local: SocketAddr::new(r.flow.local.ip, r.flow.local.port), remote: SocketAddr::new(r.flow.remote.ip, r.flow.remote.port) }))
+        .map(|(t, r)| {
+            (
+                t.as_secs(),
+                FlowKey {
+                    protocol: r.flow.protocol,
+                    local: SocketAddr::new(r.flow.local.ip, r.flow.local.port),
+                    remote: SocketAddr::new(r.flow.remote.ip, r.flow.remote.port),
+                },
+            )
+        })
         .collect();
-    let of = |k: &FlowKey| per_flow.iter().filter(|(_, f)| f == k).map(|(t, _)| *t).collect::<Vec<_>>();
+    let of = |k: &FlowKey| {
+        per_flow
+            .iter()
+            .filter(|(_, f)| f == k)
+            .map(|(t, _)| *t)
+            .collect::<Vec<_>>()
+    };
     assert_eq!(of(&c).len(), 1, "{per_flow:?}");
     assert!(of(&b).is_empty(), "b shares a's destination: {per_flow:?}");
     // a: at the start, then again at ~20 s and ~40 s after each previous end (60 s flow).
     let ta = of(&a);
     assert_eq!(ta.len(), 3, "{per_flow:?}");
-    assert!(ta[1] >= 20 && ta[1] <= 22 && ta[2] >= 40 && ta[2] <= 44, "{ta:?}");
+    assert!(
+        ta[1] >= 20 && ta[1] <= 22 && ta[2] >= 40 && ta[2] <= 44,
+        "{ta:?}"
+    );
 
     // Per destination and port: b is traced too.
-    let cfg = MonitorConfig { granularity: Granularity::DestinationPort, ..MonitorConfig::default() };
+    let cfg = MonitorConfig {
+        granularity: Granularity::DestinationPort,
+        ..MonitorConfig::default()
+    };
     let mut net = Net::new(cfg, false);
     net.udp_flow(Duration::ZERO, &a, 3 * SEC);
     net.udp_flow(50 * MS, &b, 3 * SEC);
@@ -532,10 +723,16 @@ fn granularity_groups_flows_and_long_lived_flows_are_traced_again() {
 
 #[test]
 fn max_traces_stops_selecting() {
-    let cfg = MonitorConfig { max_traces: 2, ..MonitorConfig::default() };
+    let cfg = MonitorConfig {
+        max_traces: 2,
+        ..MonitorConfig::default()
+    };
     let mut net = Net::new(cfg, false);
     for i in 0..5 {
-        net.tcp_flow(Duration::ZERO, &flow(false, Protocol::Tcp, 40000 + i, 1, 443));
+        net.tcp_flow(
+            Duration::ZERO,
+            &flow(false, Protocol::Tcp, 40000 + i, 1, 443),
+        );
     }
     net.run(30 * SEC);
     assert_eq!(net.results.len(), 2);
@@ -562,11 +759,22 @@ fn ipv6_probes_keep_the_flow_identity_and_carry_distinct_tags() {
     for (_, tx, bytes) in &net.sent {
         let p = parse_ip(bytes).unwrap();
         assert_eq!(bytes[7], tx.ttl, "hop limit per probe");
-        assert_eq!(p.ip.tos, if tx.flow.protocol == Protocol::Tcp { 0x28 } else { 0xb8 }, "traffic class");
+        assert_eq!(
+            p.ip.tos,
+            if tx.flow.protocol == Protocol::Tcp {
+                0x28
+            } else {
+                0xb8
+            },
+            "traffic class"
+        );
         match p.transport {
             Transport::Tcp(seg) => {
                 assert_eq!(p.ip.flow_label, 0x1234);
-                assert_eq!((seg.src_port, seg.dst_port, seg.flags, seg.payload_len), (40001, 443, 0x10, 0));
+                assert_eq!(
+                    (seg.src_port, seg.dst_port, seg.flags, seg.payload_len),
+                    (40001, 443, 0x10, 0)
+                );
                 // SND.UNA is 1000 (the remote acknowledged 1000): every probe at or below 999.
                 assert!(seg.seq <= 999 && seg.seq > 999 - 100, "seq {}", seg.seq);
                 assert_eq!(seg.ack, 5000, "RCV.NXT: the last ACK this host sent");
@@ -614,10 +822,25 @@ fn ipv6_errors_about_the_flows_own_packets_are_not_hops() {
     net.tcp_flow(Duration::ZERO, &t);
     // A data segment of the flow, quoted by a router: same 5-tuple, other length and seq.
     let mut seg = Vec::new();
-    let (IpAddr::V6(s), IpAddr::V6(d)) = (t.local.ip(), t.remote.ip()) else { unreachable!() };
+    let (IpAddr::V6(s), IpAddr::V6(d)) = (t.local.ip(), t.remote.ip()) else {
+        unreachable!()
+    };
     emit_tcp_v6(
-        &Ipv6Fields { src: s, dst: d, hop_limit: 1, traffic_class: 0x28, flow_label: 0x1234 },
-        &TcpFields { src_port: 40001, dst_port: 443, seq: 1000, ack: 5100, flags: 0x18, window: 501 },
+        &Ipv6Fields {
+            src: s,
+            dst: d,
+            hop_limit: 1,
+            traffic_class: 0x28,
+            flow_label: 0x1234,
+        },
+        &TcpFields {
+            src_port: 40001,
+            dst_port: 443,
+            seq: 1000,
+            ack: 5100,
+            flags: 0x18,
+            window: 501,
+        },
         &[9; 200],
         &mut seg,
     );
@@ -631,7 +854,10 @@ fn ipv6_errors_about_the_flows_own_packets_are_not_hops() {
     net.run(30 * SEC);
     let r = &net.results[0].1;
     assert_full_path(r, true);
-    assert!(r.hops.iter().all(|h| h.probes.iter().all(|p| p.addr != Some(router(true, 9)))));
+    assert!(r
+        .hops
+        .iter()
+        .all(|h| h.probes.iter().all(|p| p.addr != Some(router(true, 9)))));
     assert!(net.mon.stats().engine.replies_unmatched >= 5);
 }
 
@@ -643,7 +869,13 @@ fn ten_thousand_service_flows_at_once() {
     let mut net = Net::new(services_cfg(sigs), false);
     let n = 10_000u32;
     for i in 0..n {
-        let k = flow(false, Protocol::Tcp, 10_000 + (i % 50_000) as u16, 1 + (i / 50_000) as u16, 443 + (i % 7) as u16);
+        let k = flow(
+            false,
+            Protocol::Tcp,
+            10_000 + (i % 50_000) as u16,
+            1 + (i / 50_000) as u16,
+            443 + (i % 7) as u16,
+        );
         net.tcp_flow(Duration::from_micros(u64::from(i) * 50), &k);
     }
     let start = std::time::Instant::now();
@@ -658,8 +890,16 @@ fn ten_thousand_service_flows_at_once() {
 #[test]
 fn udp_ipv6_trace_through_the_monitor_with_a_tight_filter() {
     let cfg = MonitorConfig {
-        filter: FlowFilter { protocol: Some(Protocol::Udp), remote_ip: Some(server(true, 1)), remote_port: Some(9000), local_port: None },
-        trace: TraceConfig { probes_per_hop: 2, ..TraceConfig::default() },
+        filter: FlowFilter {
+            protocol: Some(Protocol::Udp),
+            remote_ip: Some(server(true, 1)),
+            remote_port: Some(9000),
+            local_port: None,
+        },
+        trace: TraceConfig {
+            probes_per_hop: 2,
+            ..TraceConfig::default()
+        },
         ..MonitorConfig::default()
     };
     let mut net = Net::new(cfg, true);

@@ -10,7 +10,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime};
 
 use svctr_core::{
-    Algorithm, Engine, Event, FlowKey, FlowSelector, Now, Protocol, StopReason, TraceConfig, TraceResult, Transmit,
+    Algorithm, Engine, Event, FlowKey, FlowSelector, Now, Protocol, StopReason, TraceConfig,
+    TraceResult, Transmit,
 };
 use svctr_wire::probe::{emit_tcp_v4, emit_udp_v4, Ipv4Fields, TcpFields, UdpFields};
 
@@ -89,7 +90,10 @@ impl Sim {
     }
 
     fn now(&self) -> Now {
-        Now { mono: self.t0 + self.t, wall: self.wall0 + self.t }
+        Now {
+            mono: self.t0 + self.t,
+            wall: self.wall0 + self.t,
+        }
     }
 
     fn push(&mut self, at: Duration, bytes: Vec<u8>) {
@@ -104,14 +108,43 @@ impl Sim {
 
     /// A TCP segment of flow `k` (`out`: sent by us) at time `at`.
     #[allow(clippy::too_many_arguments)]
-    fn tcp(&mut self, at: Duration, k: &FlowKey, out: bool, seq: u32, ack: u32, flags: u8, payload: usize) {
+    fn tcp(
+        &mut self,
+        at: Duration,
+        k: &FlowKey,
+        out: bool,
+        seq: u32,
+        ack: u32,
+        flags: u8,
+        payload: usize,
+    ) {
         let (src, dst, sp, dp, ttl) = if out {
             (LOCAL, REMOTE, k.local.port(), k.remote.port(), 64)
         } else {
-            (REMOTE, LOCAL, k.remote.port(), k.local.port(), self.remote_ttl())
+            (
+                REMOTE,
+                LOCAL,
+                k.remote.port(),
+                k.local.port(),
+                self.remote_ttl(),
+            )
         };
-        let ip = Ipv4Fields { src, dst, ttl, tos: if out { 0x28 } else { 0 }, dont_fragment: true, ident: 7 };
-        let tcp = TcpFields { src_port: sp, dst_port: dp, seq, ack, flags, window: 501 };
+        let ip = Ipv4Fields {
+            src,
+            dst,
+            ttl,
+            tos: if out { 0x28 } else { 0 },
+            dont_fragment: true,
+            ident: 7,
+        };
+        let tcp = TcpFields {
+            src_port: sp,
+            dst_port: dp,
+            seq,
+            ack,
+            flags,
+            window: 501,
+        };
         let mut buf = Vec::new();
         emit_tcp_v4(&ip, &tcp, &vec![0u8; payload], &mut buf);
         self.push(at, buf);
@@ -121,11 +154,32 @@ impl Sim {
         let (src, dst, sp, dp, ttl) = if out {
             (LOCAL, REMOTE, k.local.port(), k.remote.port(), 64)
         } else {
-            (REMOTE, LOCAL, k.remote.port(), k.local.port(), self.remote_ttl())
+            (
+                REMOTE,
+                LOCAL,
+                k.remote.port(),
+                k.local.port(),
+                self.remote_ttl(),
+            )
         };
-        let ip = Ipv4Fields { src, dst, ttl, tos: 0xb8, dont_fragment: false, ident: 9 };
+        let ip = Ipv4Fields {
+            src,
+            dst,
+            ttl,
+            tos: 0xb8,
+            dont_fragment: false,
+            ident: 9,
+        };
         let mut buf = Vec::new();
-        emit_udp_v4(&ip, &UdpFields { src_port: sp, dst_port: dp }, &vec![1u8; payload], &mut buf);
+        emit_udp_v4(
+            &ip,
+            &UdpFields {
+                src_port: sp,
+                dst_port: dp,
+            },
+            &vec![1u8; payload],
+            &mut buf,
+        );
         self.push(at, buf);
     }
 
@@ -146,7 +200,13 @@ impl Sim {
     }
 
     /// The ICMP error a hop sends about `probe`.
-    fn icmp_error(from: Ipv4Addr, icmp_type: u8, code: u8, probe: &[u8], mpls: Option<u32>) -> Vec<u8> {
+    fn icmp_error(
+        from: Ipv4Addr,
+        icmp_type: u8,
+        code: u8,
+        probe: &[u8],
+        mpls: Option<u32>,
+    ) -> Vec<u8> {
         let mut icmp = vec![icmp_type, code, 0, 0, 0, 0, 0, 0];
         match mpls {
             None => icmp.extend_from_slice(probe),
@@ -197,9 +257,15 @@ impl Sim {
         if ttl <= self.hops.len() {
             let from = router(tx.ttl);
             match self.hops[ttl - 1] {
-                HopKind::Answers => self.push(at + rtt, Self::icmp_error(from, 11, 0, &quoted, None)),
-                HopKind::Mpls(l) => self.push(at + rtt, Self::icmp_error(from, 11, 0, &quoted, Some(l))),
-                HopKind::Unreachable(code) => self.push(at + rtt, Self::icmp_error(from, 3, code, &quoted, None)),
+                HopKind::Answers => {
+                    self.push(at + rtt, Self::icmp_error(from, 11, 0, &quoted, None))
+                }
+                HopKind::Mpls(l) => {
+                    self.push(at + rtt, Self::icmp_error(from, 11, 0, &quoted, Some(l)))
+                }
+                HopKind::Unreachable(code) => {
+                    self.push(at + rtt, Self::icmp_error(from, 3, code, &quoted, None))
+                }
                 HopKind::Silent => {}
             }
         } else if let RemoteKind::PortUnreachable = self.remote_kind {
@@ -233,7 +299,10 @@ impl Sim {
             while let Some(ev) = self.engine.poll_event() {
                 match ev {
                     Event::TraceFinished(r) => self.results.push((self.t, *r)),
-                    Event::TraceStarted { flow, remote_distance } => self.started.push((flow, remote_distance)),
+                    Event::TraceStarted {
+                        flow,
+                        remote_distance,
+                    } => self.started.push((flow, remote_distance)),
                     _ => {}
                 }
             }
@@ -255,7 +324,12 @@ impl Sim {
     }
 
     fn only_result(&self) -> &TraceResult {
-        assert_eq!(self.results.len(), 1, "expected one result, got {:?}", self.results);
+        assert_eq!(
+            self.results.len(),
+            1,
+            "expected one result, got {:?}",
+            self.results
+        );
         &self.results[0].1
     }
 }
@@ -272,15 +346,28 @@ fn internet_checksum(data: &[u8]) -> u16 {
 }
 
 fn tcp_sel() -> FlowSelector {
-    FlowSelector { protocol: Protocol::Tcp, remote_ip: Some(IpAddr::V4(REMOTE)), remote_port: Some(443), local_port: None }
+    FlowSelector {
+        protocol: Protocol::Tcp,
+        remote_ip: Some(IpAddr::V4(REMOTE)),
+        remote_port: Some(443),
+        local_port: None,
+    }
 }
 
 fn udp_sel() -> FlowSelector {
-    FlowSelector { protocol: Protocol::Udp, remote_ip: Some(IpAddr::V4(REMOTE)), remote_port: Some(4433), local_port: None }
+    FlowSelector {
+        protocol: Protocol::Udp,
+        remote_ip: Some(IpAddr::V4(REMOTE)),
+        remote_port: Some(4433),
+        local_port: None,
+    }
 }
 
 fn hop_addrs(r: &TraceResult) -> Vec<Option<IpAddr>> {
-    r.hops.iter().map(|h| h.probes.iter().find_map(|p| p.addr)).collect()
+    r.hops
+        .iter()
+        .map(|h| h.probes.iter().find_map(|p| p.addr))
+        .collect()
 }
 
 fn routers(n: u8) -> Vec<Option<IpAddr>> {
@@ -308,7 +395,11 @@ fn concurrent_tcp_traces_every_router_and_stops_short_of_the_remote() {
     for h in &r.hops {
         for p in &h.probes {
             let rtt = p.rtt_ms.unwrap();
-            assert!((rtt - f64::from(h.ttl)).abs() < 1e-6, "ttl {} rtt {rtt}", h.ttl);
+            assert!(
+                (rtt - f64::from(h.ttl)).abs() < 1e-6,
+                "ttl {} rtt {rtt}",
+                h.ttl
+            );
             assert_eq!(p.icmp_type, Some(11));
             assert_eq!(p.quoted_ttl, Some(1));
         }
@@ -333,7 +424,9 @@ fn tcp_probe_is_keepalive_shaped_and_copies_ip_fields() {
     assert_eq!(pkt.ip.tos, 0x28, "DSCP/ECN copied");
     assert!(pkt.ip.dont_fragment, "DF copied");
     assert_ne!(pkt.ip.ident, 0);
-    let svctr_wire::packet::Transport::Tcp(t) = pkt.transport else { panic!("not TCP") };
+    let svctr_wire::packet::Transport::Tcp(t) = pkt.transport else {
+        panic!("not TCP")
+    };
     // SEG.SEQ = SND.UNA - 1: outside [SND.UNA, SND.NXT] = [900, 1000] and below the remote's
     // RCV.NXT, even though data is in flight.
     assert_eq!(t.seq, 899);
@@ -344,7 +437,11 @@ fn tcp_probe_is_keepalive_shaped_and_copies_ip_fields() {
     assert_eq!((t.src_port, t.dst_port), (40000, 443));
     // The probe captures did not move the flow state: all probes carry the same numbers.
     for (_, _, b) in &sim.sent {
-        let svctr_wire::packet::Transport::Tcp(t) = svctr_wire::packet::parse_ip(b).unwrap().transport else { panic!() };
+        let svctr_wire::packet::Transport::Tcp(t) =
+            svctr_wire::packet::parse_ip(b).unwrap().transport
+        else {
+            panic!()
+        };
         assert_eq!((t.seq, t.ack), (899, 6400));
     }
     assert_eq!(sim.only_result().stop_reason, StopReason::RemoteDistance);
@@ -360,7 +457,9 @@ fn udp_probe_is_empty_with_the_flows_tos() {
     let pkt = svctr_wire::packet::parse_ip(bytes).unwrap();
     assert_eq!(pkt.ip.tos, 0xb8);
     assert!(!pkt.ip.dont_fragment);
-    let svctr_wire::packet::Transport::Udp(u) = pkt.transport else { panic!("not UDP") };
+    let svctr_wire::packet::Transport::Udp(u) = pkt.transport else {
+        panic!("not UDP")
+    };
     assert_eq!((u.src_port, u.dst_port, u.payload_len), (5555, 4433, 0));
     let r = sim.only_result();
     assert_eq!(hop_addrs(r), routers(3));
@@ -371,13 +470,27 @@ fn udp_probe_is_empty_with_the_flows_tos() {
 
 #[test]
 fn hop_by_hop_waits_for_each_ttl() {
-    let cfg = TraceConfig { algorithm: Algorithm::HopByHop, inter_hop: 5 * MS, ..TraceConfig::default() };
+    let cfg = TraceConfig {
+        algorithm: Algorithm::HopByHop,
+        inter_hop: 5 * MS,
+        ..TraceConfig::default()
+    };
     let mut sim = Sim::new(cfg, tcp_sel(), vec![HopKind::Answers; 3]);
     sim.tcp_flow(&key(Protocol::Tcp, 40000, 443));
     sim.run(10 * SEC);
     let times: Vec<(u8, Duration)> = sim.sent.iter().map(|(at, tx, _)| (tx.ttl, *at)).collect();
     // TTL 1 at 0; its replies at 1 ms; TTL 2 at 1 + 5 ms; replies at 8 ms; TTL 3 at 13 ms.
-    let expect = [(1, 0), (1, 0), (1, 0), (2, 6), (2, 6), (2, 6), (3, 13), (3, 13), (3, 13)];
+    let expect = [
+        (1, 0),
+        (1, 0),
+        (1, 0),
+        (2, 6),
+        (2, 6),
+        (2, 6),
+        (3, 13),
+        (3, 13),
+        (3, 13),
+    ];
     let expect: Vec<(u8, Duration)> = expect.iter().map(|&(t, ms)| (t, ms * MS)).collect();
     assert_eq!(times, expect);
     assert_eq!(hop_addrs(sim.only_result()), routers(3));
@@ -386,7 +499,11 @@ fn hop_by_hop_waits_for_each_ttl() {
 
 #[test]
 fn packet_by_packet_sends_one_at_a_time() {
-    let cfg = TraceConfig { algorithm: Algorithm::PacketByPacket, inter_probe: 2 * MS, ..TraceConfig::default() };
+    let cfg = TraceConfig {
+        algorithm: Algorithm::PacketByPacket,
+        inter_probe: 2 * MS,
+        ..TraceConfig::default()
+    };
     let mut sim = Sim::new(cfg, tcp_sel(), vec![HopKind::Answers; 2]);
     sim.tcp_flow(&key(Protocol::Tcp, 40000, 443));
     sim.run(10 * SEC);
@@ -400,20 +517,43 @@ fn packet_by_packet_sends_one_at_a_time() {
 
 #[test]
 fn packet_by_packet_waits_out_a_silent_probe() {
-    let cfg = TraceConfig { algorithm: Algorithm::PacketByPacket, timeout: 100 * MS, ..TraceConfig::default() };
-    let mut sim = Sim::new(cfg, tcp_sel(), vec![HopKind::Answers, HopKind::Silent, HopKind::Answers]);
+    let cfg = TraceConfig {
+        algorithm: Algorithm::PacketByPacket,
+        timeout: 100 * MS,
+        ..TraceConfig::default()
+    };
+    let mut sim = Sim::new(
+        cfg,
+        tcp_sel(),
+        vec![HopKind::Answers, HopKind::Silent, HopKind::Answers],
+    );
     sim.tcp_flow(&key(Protocol::Tcp, 40000, 443));
     sim.run(10 * SEC);
     let r = sim.only_result();
-    assert_eq!(hop_addrs(r), vec![Some(IpAddr::V4(router(1))), None, Some(IpAddr::V4(router(3)))]);
-    assert!(r.hops[1].probes.iter().all(|p| p.addr.is_none() && p.rtt_ms.is_none() && p.icmp_type.is_none()));
+    assert_eq!(
+        hop_addrs(r),
+        vec![
+            Some(IpAddr::V4(router(1))),
+            None,
+            Some(IpAddr::V4(router(3)))
+        ]
+    );
+    assert!(r.hops[1]
+        .probes
+        .iter()
+        .all(|p| p.addr.is_none() && p.rtt_ms.is_none() && p.icmp_type.is_none()));
     // 3 × 1 ms, 3 × 100 ms timeouts, 3 × 3 ms.
     assert_eq!(sim.results[0].0, 312 * MS);
 }
 
 #[test]
 fn max_missing_stops_after_consecutive_silent_hops() {
-    let cfg = TraceConfig { probe_remote: true, timeout: 200 * MS, max_missing: 3, ..TraceConfig::default() };
+    let cfg = TraceConfig {
+        probe_remote: true,
+        timeout: 200 * MS,
+        max_missing: 3,
+        ..TraceConfig::default()
+    };
     let mut hops = vec![HopKind::Answers; 2];
     hops.extend([HopKind::Silent; 10]);
     let mut sim = Sim::new(cfg, tcp_sel(), hops);
@@ -421,7 +561,16 @@ fn max_missing_stops_after_consecutive_silent_hops() {
     sim.run(10 * SEC);
     let r = sim.only_result();
     assert_eq!(r.stop_reason, StopReason::MaxMissing);
-    assert_eq!(hop_addrs(r), vec![Some(IpAddr::V4(router(1))), Some(IpAddr::V4(router(2))), None, None, None]);
+    assert_eq!(
+        hop_addrs(r),
+        vec![
+            Some(IpAddr::V4(router(1))),
+            Some(IpAddr::V4(router(2))),
+            None,
+            None,
+            None
+        ]
+    );
     // Concurrent sent all 32 TTLs; the trace still ends when the probes of TTL 3-5 time out.
     assert_eq!(r.probes_sent, 96);
     assert_eq!(sim.results[0].0, 200 * MS);
@@ -449,7 +598,10 @@ fn hop_by_hop_max_missing_sends_nothing_beyond() {
 
 #[test]
 fn stop_at_cancels_probes_above() {
-    let cfg = TraceConfig { stop_at: vec![IpAddr::V4(router(2))], ..TraceConfig::default() };
+    let cfg = TraceConfig {
+        stop_at: vec![IpAddr::V4(router(2))],
+        ..TraceConfig::default()
+    };
     let mut hops = vec![HopKind::Answers; 2];
     hops.extend([HopKind::Silent; 4]);
     let mut sim = Sim::new(cfg, tcp_sel(), hops);
@@ -464,7 +616,10 @@ fn stop_at_cancels_probes_above() {
 
 #[test]
 fn reply_from_the_remote_stops_the_trace() {
-    let cfg = TraceConfig { probe_remote: true, ..TraceConfig::default() };
+    let cfg = TraceConfig {
+        probe_remote: true,
+        ..TraceConfig::default()
+    };
     let mut sim = Sim::new(cfg, udp_sel(), vec![HopKind::Answers; 3]);
     sim.remote_kind = RemoteKind::PortUnreachable;
     sim.udp_flow(&key(Protocol::Udp, 5555, 4433), SEC);
@@ -482,7 +637,11 @@ fn reply_from_the_remote_stops_the_trace() {
 
 #[test]
 fn destination_unreachable_from_a_router_stops() {
-    let mut sim = Sim::new(TraceConfig::default(), tcp_sel(), vec![HopKind::Answers, HopKind::Unreachable(13), HopKind::Silent]);
+    let mut sim = Sim::new(
+        TraceConfig::default(),
+        tcp_sel(),
+        vec![HopKind::Answers, HopKind::Unreachable(13), HopKind::Silent],
+    );
     sim.tcp_flow(&key(Protocol::Tcp, 40000, 443));
     sim.run(10 * SEC);
     let r = sim.only_result();
@@ -493,7 +652,10 @@ fn destination_unreachable_from_a_router_stops() {
 
 #[test]
 fn max_ttl_stops() {
-    let cfg = TraceConfig { max_ttl: 3, ..TraceConfig::default() };
+    let cfg = TraceConfig {
+        max_ttl: 3,
+        ..TraceConfig::default()
+    };
     let mut sim = Sim::new(cfg, tcp_sel(), vec![HopKind::Answers; 8]);
     sim.tcp_flow(&key(Protocol::Tcp, 40000, 443));
     sim.run(10 * SEC);
@@ -504,17 +666,27 @@ fn max_ttl_stops() {
 
 #[test]
 fn first_ttl_skips_near_hops() {
-    let cfg = TraceConfig { first_ttl: 3, ..TraceConfig::default() };
+    let cfg = TraceConfig {
+        first_ttl: 3,
+        ..TraceConfig::default()
+    };
     let mut sim = Sim::new(cfg, tcp_sel(), vec![HopKind::Answers; 5]);
     sim.tcp_flow(&key(Protocol::Tcp, 40000, 443));
     sim.run(10 * SEC);
     let r = sim.only_result();
-    assert_eq!(r.hops.iter().map(|h| h.ttl).collect::<Vec<_>>(), vec![3, 4, 5]);
+    assert_eq!(
+        r.hops.iter().map(|h| h.ttl).collect::<Vec<_>>(),
+        vec![3, 4, 5]
+    );
 }
 
 #[test]
 fn fin_ends_the_trace_and_stops_probing() {
-    let cfg = TraceConfig { algorithm: Algorithm::HopByHop, inter_hop: 50 * MS, ..TraceConfig::default() };
+    let cfg = TraceConfig {
+        algorithm: Algorithm::HopByHop,
+        inter_hop: 50 * MS,
+        ..TraceConfig::default()
+    };
     let mut sim = Sim::new(cfg, tcp_sel(), vec![HopKind::Answers; 10]);
     let k = key(Protocol::Tcp, 40000, 443);
     sim.tcp_flow(&k);
@@ -544,12 +716,20 @@ fn idle_udp_flow_times_out() {
     assert_eq!(r.stop_reason, StopReason::FlowTimeout);
     assert!(r.hops.len() < 10);
     // Our own probes (captured going out) do not count as flow activity.
-    assert!(sim.results[0].0 < 400 * MS, "finished at {:?}", sim.results[0].0);
+    assert!(
+        sim.results[0].0 < 400 * MS,
+        "finished at {:?}",
+        sim.results[0].0
+    );
 }
 
 #[test]
 fn udp_flow_without_replies_is_traced_after_the_wait_without_a_distance() {
-    let cfg = TraceConfig { max_ttl: 4, udp_reply_wait: 500 * MS, ..TraceConfig::default() };
+    let cfg = TraceConfig {
+        max_ttl: 4,
+        udp_reply_wait: 500 * MS,
+        ..TraceConfig::default()
+    };
     let mut sim = Sim::new(cfg, udp_sel(), vec![HopKind::Answers; 3]);
     let k = key(Protocol::Udp, 5555, 4433);
     for i in 0..20 {
@@ -577,23 +757,41 @@ fn tcp_flow_is_not_probed_before_both_directions_are_seen() {
     sim.run(10 * SEC);
     let r = sim.only_result();
     assert_eq!(hop_addrs(r), routers(2));
-    let svctr_wire::packet::Transport::Tcp(t) = svctr_wire::packet::parse_ip(&sim.sent[0].2).unwrap().transport else { panic!() };
+    let svctr_wire::packet::Transport::Tcp(t) = svctr_wire::packet::parse_ip(&sim.sent[0].2)
+        .unwrap()
+        .transport
+    else {
+        panic!()
+    };
     assert_eq!((t.seq, t.ack), (1000, 5001));
 }
 
 #[test]
 fn late_spoofed_and_foreign_replies_are_never_hops() {
-    let cfg = TraceConfig { timeout: 50 * MS, ..TraceConfig::default() };
+    let cfg = TraceConfig {
+        timeout: 50 * MS,
+        ..TraceConfig::default()
+    };
     let mut sim = Sim::new(cfg, tcp_sel(), vec![HopKind::Answers; 3]);
     let k = key(Protocol::Tcp, 40000, 443);
     sim.tcp_flow(&k);
     // The hop-2 replies are lost; a copy of each arrives late, after the timeout.
     sim.rtt_per_hop = MS;
     sim.run(Duration::ZERO);
-    let ids: Vec<(u16, Vec<u8>)> = sim.sent.iter().filter(|(_, tx, _)| tx.ttl == 2).map(|(_, tx, b)| (tx.ident, b.clone())).collect();
+    let ids: Vec<(u16, Vec<u8>)> = sim
+        .sent
+        .iter()
+        .filter(|(_, tx, _)| tx.ttl == 2)
+        .map(|(_, tx, b)| (tx.ident, b.clone()))
+        .collect();
     assert_eq!(ids.len(), 3);
     // Remove the scheduled on-time replies for TTL 2 and schedule late ones.
-    let keys: Vec<(Duration, u64)> = sim.queue.keys().copied().filter(|(at, _)| *at == 2 * MS).collect();
+    let keys: Vec<(Duration, u64)> = sim
+        .queue
+        .keys()
+        .copied()
+        .filter(|(at, _)| *at == 2 * MS)
+        .collect();
     for k in keys {
         sim.queue.remove(&k);
     }
@@ -604,19 +802,35 @@ fn late_spoofed_and_foreign_replies_are_never_hops() {
         // Spoofed: right identification, wrong TCP sequence number.
         let mut s = q.clone();
         s[24] ^= 0xff;
-        sim.push(MS, Sim::icmp_error(Ipv4Addr::new(198, 18, 66, 6), 11, 0, &s, None));
+        sim.push(
+            MS,
+            Sim::icmp_error(Ipv4Addr::new(198, 18, 66, 6), 11, 0, &s, None),
+        );
         // Another flow's packet with the same identification.
         let mut f = q.clone();
         f[20] ^= 1;
-        sim.push(MS, Sim::icmp_error(Ipv4Addr::new(198, 18, 66, 7), 11, 0, &f, None));
+        sim.push(
+            MS,
+            Sim::icmp_error(Ipv4Addr::new(198, 18, 66, 7), 11, 0, &f, None),
+        );
         // Right identification, wrong length (the flow's own packet, not a probe).
         let mut l = q.clone();
         l[3] = 41;
-        sim.push(MS, Sim::icmp_error(Ipv4Addr::new(198, 18, 66, 8), 11, 0, &l, None));
+        sim.push(
+            MS,
+            Sim::icmp_error(Ipv4Addr::new(198, 18, 66, 8), 11, 0, &l, None),
+        );
     }
     sim.run(10 * SEC);
     let r = sim.only_result();
-    assert_eq!(hop_addrs(r), vec![Some(IpAddr::V4(router(1))), None, Some(IpAddr::V4(router(3)))]);
+    assert_eq!(
+        hop_addrs(r),
+        vec![
+            Some(IpAddr::V4(router(1))),
+            None,
+            Some(IpAddr::V4(router(3)))
+        ]
+    );
     let st = sim.engine.stats();
     assert_eq!(st.replies_matched, 6);
     assert!(st.replies_unmatched >= 6, "{st:?}");
@@ -624,7 +838,11 @@ fn late_spoofed_and_foreign_replies_are_never_hops() {
 
 #[test]
 fn mpls_labels_are_recorded() {
-    let mut sim = Sim::new(TraceConfig::default(), tcp_sel(), vec![HopKind::Answers, HopKind::Mpls(16012), HopKind::Answers]);
+    let mut sim = Sim::new(
+        TraceConfig::default(),
+        tcp_sel(),
+        vec![HopKind::Answers, HopKind::Mpls(16012), HopKind::Answers],
+    );
     sim.tcp_flow(&key(Protocol::Tcp, 40000, 443));
     sim.run(10 * SEC);
     let r = sim.only_result();
@@ -637,22 +855,34 @@ fn mpls_labels_are_recorded() {
 
 #[test]
 fn interrupt_reports_partial_traces() {
-    let cfg = TraceConfig { algorithm: Algorithm::HopByHop, inter_hop: SEC, ..TraceConfig::default() };
+    let cfg = TraceConfig {
+        algorithm: Algorithm::HopByHop,
+        inter_hop: SEC,
+        ..TraceConfig::default()
+    };
     let mut sim = Sim::new(cfg, tcp_sel(), vec![HopKind::Answers; 5]);
     sim.tcp_flow(&key(Protocol::Tcp, 40000, 443));
     sim.run(1500 * MS);
     assert!(sim.results.is_empty());
     let now = sim.now();
     sim.engine.interrupt(now);
-    let Some(Event::TraceFinished(r)) = sim.engine.poll_event() else { panic!("no result") };
+    let Some(Event::TraceFinished(r)) = sim.engine.poll_event() else {
+        panic!("no result")
+    };
     assert_eq!(r.stop_reason, StopReason::Interrupted);
     assert_eq!(hop_addrs(&r), routers(2));
 }
 
 #[test]
 fn count_limits_the_traced_flows() {
-    let cfg = TraceConfig { max_flows: 2, ..TraceConfig::default() };
-    let sel = FlowSelector { protocol: Protocol::Tcp, ..FlowSelector::default() };
+    let cfg = TraceConfig {
+        max_flows: 2,
+        ..TraceConfig::default()
+    };
+    let sel = FlowSelector {
+        protocol: Protocol::Tcp,
+        ..FlowSelector::default()
+    };
     let mut sim = Sim::new(cfg, sel, vec![HopKind::Answers; 2]);
     for p in 0..5 {
         sim.tcp_flow(&key(Protocol::Tcp, 41000 + p, 443));
@@ -665,7 +895,10 @@ fn count_limits_the_traced_flows() {
 #[test]
 fn thousands_of_flows_at_once_each_with_its_own_id_space() {
     let n = 3000u16;
-    let sel = FlowSelector { protocol: Protocol::Tcp, ..FlowSelector::default() };
+    let sel = FlowSelector {
+        protocol: Protocol::Tcp,
+        ..FlowSelector::default()
+    };
     let mut sim = Sim::new(TraceConfig::default(), sel, vec![HopKind::Answers; 4]);
     for p in 0..n {
         sim.tcp_flow(&key(Protocol::Tcp, 20000 + p, 443));
@@ -718,7 +951,12 @@ fn garbage_never_panics_the_engine() {
 
 #[test]
 fn retries_resend_a_silent_ttl_before_the_next_one() {
-    let cfg = TraceConfig { algorithm: Algorithm::HopByHop, timeout: 100 * MS, retries: 1, ..TraceConfig::default() };
+    let cfg = TraceConfig {
+        algorithm: Algorithm::HopByHop,
+        timeout: 100 * MS,
+        retries: 1,
+        ..TraceConfig::default()
+    };
     let mut sim = Sim::new(cfg, tcp_sel(), vec![HopKind::Answers; 3]);
     sim.drop_first.insert(2, 3); // TTL 2's first round is lost
     sim.tcp_flow(&key(Protocol::Tcp, 40000, 443));
@@ -727,11 +965,16 @@ fn retries_resend_a_silent_ttl_before_the_next_one() {
     assert_eq!(r.stop_reason, StopReason::RemoteDistance);
     assert_eq!(r.hops[1].probes.len(), 6, "3 probes + 1 retry round");
     assert!(r.hops[1].probes[..3].iter().all(|p| p.addr.is_none()));
-    assert!(r.hops[1].probes[3..].iter().all(|p| p.addr == Some(IpAddr::V4(router(2)))));
+    assert!(r.hops[1].probes[3..]
+        .iter()
+        .all(|p| p.addr == Some(IpAddr::V4(router(2)))));
     // TTL 1 at 0, TTL 2 at 1 ms (times out at 101), its retry at 101, TTL 3 after the retry's
     // replies (103 ms).
     let order: Vec<(u8, Duration)> = sim.sent.iter().map(|(at, tx, _)| (tx.ttl, *at)).collect();
-    assert_eq!(order[3..9].iter().map(|o| o.0).collect::<Vec<_>>(), vec![2, 2, 2, 2, 2, 2]);
+    assert_eq!(
+        order[3..9].iter().map(|o| o.0).collect::<Vec<_>>(),
+        vec![2, 2, 2, 2, 2, 2]
+    );
     assert_eq!(order[6].1, 101 * MS);
     assert_eq!(order[9], (3, 103 * MS));
     assert_eq!(r.probes_sent, 12);
@@ -739,12 +982,25 @@ fn retries_resend_a_silent_ttl_before_the_next_one() {
 
 #[test]
 fn retries_give_up_after_the_last_round_and_count_as_one_silent_hop() {
-    let cfg = TraceConfig { timeout: 100 * MS, retries: 2, max_missing: 2, ..TraceConfig::default() };
-    let mut sim = Sim::new(cfg, tcp_sel(), vec![HopKind::Answers, HopKind::Silent, HopKind::Answers]);
+    let cfg = TraceConfig {
+        timeout: 100 * MS,
+        retries: 2,
+        max_missing: 2,
+        ..TraceConfig::default()
+    };
+    let mut sim = Sim::new(
+        cfg,
+        tcp_sel(),
+        vec![HopKind::Answers, HopKind::Silent, HopKind::Answers],
+    );
     sim.tcp_flow(&key(Protocol::Tcp, 40000, 443));
     sim.run(10 * SEC);
     let r = sim.only_result();
-    assert_eq!(r.stop_reason, StopReason::RemoteDistance, "one silent TTL is not two");
+    assert_eq!(
+        r.stop_reason,
+        StopReason::RemoteDistance,
+        "one silent TTL is not two"
+    );
     assert_eq!(r.hops[1].probes.len(), 9, "3 probes + 2 retry rounds");
     assert!(r.hops[1].probes.iter().all(|p| p.addr.is_none()));
     assert_eq!(hop_addrs(r)[2], Some(IpAddr::V4(router(3))));

@@ -7,7 +7,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant, SystemTime};
 
-use svctr_core::{Now, Pacer, Protocol, StopReason, Strategy, Traceroute, TracerouteConfig, TracerouteEvent, TracerouteResult};
+use svctr_core::{
+    Now, Pacer, Protocol, StopReason, Strategy, Traceroute, TracerouteConfig, TracerouteEvent,
+    TracerouteResult,
+};
 use svctr_wire::packet::{parse_ip, Transport};
 
 const HOPS: u8 = 4; // routers; the destination is at TTL 5
@@ -22,14 +25,25 @@ fn src_for(dst: IpAddr) -> IpAddr {
 
 fn router(ttl: u8, branch: u8, v6: bool) -> IpAddr {
     if v6 {
-        IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, u16::from(ttl), 0, 0, 0, 0, u16::from(branch) + 1))
+        IpAddr::V6(Ipv6Addr::new(
+            0x2001,
+            0xdb8,
+            u16::from(ttl),
+            0,
+            0,
+            0,
+            0,
+            u16::from(branch) + 1,
+        ))
     } else {
         IpAddr::V4(Ipv4Addr::new(198, 18, ttl, branch + 1))
     }
 }
 
 fn fnv(data: &[u8]) -> u32 {
-    data.iter().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(*b)).wrapping_mul(0x0100_0193))
+    data.iter().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
+    })
 }
 
 /// The branch a per-flow load balancer picks for this packet.
@@ -67,14 +81,36 @@ fn ip_packet(from: IpAddr, to: IpAddr, proto_icmp: bool, payload: &[u8], ttl: u8
     match (from, to) {
         (IpAddr::V4(f), IpAddr::V4(t)) => {
             let total = 20 + payload.len();
-            let mut p = vec![0x45, 0, (total >> 8) as u8, total as u8, 0, 0, 0, 0, ttl, if proto_icmp { 1 } else { 6 }, 0, 0];
+            let mut p = vec![
+                0x45,
+                0,
+                (total >> 8) as u8,
+                total as u8,
+                0,
+                0,
+                0,
+                0,
+                ttl,
+                if proto_icmp { 1 } else { 6 },
+                0,
+                0,
+            ];
             p.extend_from_slice(&f.octets());
             p.extend_from_slice(&t.octets());
             p.extend_from_slice(payload);
             p
         }
         (IpAddr::V6(f), IpAddr::V6(t)) => {
-            let mut p = vec![0x60, 0, 0, 0, (payload.len() >> 8) as u8, payload.len() as u8, if proto_icmp { 58 } else { 6 }, ttl];
+            let mut p = vec![
+                0x60,
+                0,
+                0,
+                0,
+                (payload.len() >> 8) as u8,
+                payload.len() as u8,
+                if proto_icmp { 58 } else { 6 },
+                ttl,
+            ];
             p.extend_from_slice(&f.octets());
             p.extend_from_slice(&t.octets());
             p.extend_from_slice(payload);
@@ -119,7 +155,10 @@ impl Net {
         }
     }
     fn now(&self) -> Now {
-        Now { mono: self.t0 + self.t, wall: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000) + self.t }
+        Now {
+            mono: self.t0 + self.t,
+            wall: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000) + self.t,
+        }
     }
     fn push(&mut self, at: Duration, p: Vec<u8>) {
         self.seq += 1;
@@ -139,7 +178,11 @@ impl Net {
         let mut quoted = probe.clone();
         quoted[if v6 { 7 } else { 8 }] = 1;
         let reply = if ttl <= HOPS {
-            let from = if ttl >= ECMP_HOP { router(ttl, branch, v6) } else { router(ttl, 0, v6) };
+            let from = if ttl >= ECMP_HOP {
+                router(ttl, branch, v6)
+            } else {
+                router(ttl, 0, v6)
+            };
             let mut icmp = vec![if v6 { 3 } else { 11 }, 0, 0, 0, 0, 0, 0, 0];
             icmp.extend_from_slice(&quoted);
             ip_packet(from, src, true, &icmp, 64 - ttl)
@@ -148,7 +191,16 @@ impl Net {
             let h = if v6 { 40 } else { 20 };
             match pkt.transport {
                 Transport::Udp(_) => {
-                    let mut icmp = vec![if v6 { 1 } else { 3 }, if v6 { 4 } else { 3 }, 0, 0, 0, 0, 0, 0];
+                    let mut icmp = vec![
+                        if v6 { 1 } else { 3 },
+                        if v6 { 4 } else { 3 },
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                    ];
                     icmp.extend_from_slice(&quoted);
                     ip_packet(dst, src, true, &icmp, 60)
                 }
@@ -192,8 +244,14 @@ impl Net {
             }
             let now = self.now();
             self.engine.handle_timeout(now);
-            while self.pacer.as_ref().is_none_or(|p| p.next_at(now.mono).is_none()) {
-                let Some(tx) = self.engine.poll_transmit(now, &mut buf) else { break };
+            while self
+                .pacer
+                .as_ref()
+                .is_none_or(|p| p.next_at(now.mono).is_none())
+            {
+                let Some(tx) = self.engine.poll_transmit(now, &mut buf) else {
+                    break;
+                };
                 if let Some(p) = &mut self.pacer {
                     p.try_take(now.mono);
                 }
@@ -205,13 +263,19 @@ impl Net {
             }
             // As the live driver: probes left queued go when the next token is there.
             let token = match &self.pacer {
-                Some(p) if self.engine.has_pending_transmit() => Some(p.next_at(now.mono).unwrap_or(now.mono) - self.t0),
+                Some(p) if self.engine.has_pending_transmit() => {
+                    Some(p.next_at(now.mono).unwrap_or(now.mono) - self.t0)
+                }
                 _ => None,
             };
-            let next = [self.queue.keys().next().map(|k| k.0), self.engine.poll_timeout().map(|i| i - self.t0), token]
-                .into_iter()
-                .flatten()
-                .min();
+            let next = [
+                self.queue.keys().next().map(|k| k.0),
+                self.engine.poll_timeout().map(|i| i - self.t0),
+                token,
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             match next {
                 Some(n) => self.t = n.max(self.t),
                 None => return,
@@ -243,7 +307,14 @@ fn targets(v6: bool, n: u16) -> Vec<IpAddr> {
 }
 
 fn cfg(protocol: Protocol, strategy: Strategy) -> TracerouteConfig {
-    TracerouteConfig { protocol, strategy, sport: 40123, marker: 0x4242, flow_label: 0x12345, ..TracerouteConfig::default() }
+    TracerouteConfig {
+        protocol,
+        strategy,
+        sport: 40123,
+        marker: 0x4242,
+        flow_label: 0x12345,
+        ..TracerouteConfig::default()
+    }
 }
 
 fn run_matrix(protocol: Protocol, strategy: Strategy, v6: bool) -> Net {
@@ -259,16 +330,35 @@ fn run_matrix(protocol: Protocol, strategy: Strategy, v6: bool) -> Net {
     for r in results {
         assert_eq!(r.stop_reason, StopReason::RemoteReached, "{r:?}");
         assert_eq!(r.hops.len(), usize::from(HOPS) + 1, "{r:?}");
-        assert!(r.hops.iter().all(|h| h.probes.len() == 3 && h.probes.iter().all(|p| p.addr.is_some())), "every probe answered and matched: {r:?}");
-        assert!(r.probes_sent <= 16 + 15, "the window bounds probing past the destination: {}", r.probes_sent);
+        assert!(
+            r.hops
+                .iter()
+                .all(|h| h.probes.len() == 3 && h.probes.iter().all(|p| p.addr.is_some())),
+            "every probe answered and matched: {r:?}"
+        );
+        assert!(
+            r.probes_sent <= 16 + 15,
+            "the window bounds probing past the destination: {}",
+            r.probes_sent
+        );
         let last = r.hops.last().unwrap();
-        assert!(last.probes.iter().all(|p| p.addr == Some(r.destination)), "{r:?}");
+        assert!(
+            last.probes.iter().all(|p| p.addr == Some(r.destination)),
+            "{r:?}"
+        );
         for h in &r.hops {
             for p in &h.probes {
-                assert!(p.rtt_ms.is_some_and(|ms| (ms - f64::from(h.ttl)).abs() < 1e-6), "rtt {p:?}");
+                assert!(
+                    p.rtt_ms
+                        .is_some_and(|ms| (ms - f64::from(h.ttl)).abs() < 1e-6),
+                    "rtt {p:?}"
+                );
             }
             if h.ttl < ECMP_HOP {
-                assert!(h.probes.iter().all(|p| p.addr == Some(router(h.ttl, 0, v6))));
+                assert!(h
+                    .probes
+                    .iter()
+                    .all(|p| p.addr == Some(router(h.ttl, 0, v6))));
             }
         }
         assert_eq!(r.ip_version, if v6 { 6 } else { 4 });
@@ -277,17 +367,30 @@ fn run_matrix(protocol: Protocol, strategy: Strategy, v6: bool) -> Net {
         if strategy != Strategy::Classic {
             // One flow: one branch for every probe, and the routers agree with it.
             let b = &net.branches[&r.destination];
-            assert_eq!(b.len(), 1, "{strategy:?} {protocol:?} v6={v6}: one path per flow id, saw {b:?}");
+            assert_eq!(
+                b.len(),
+                1,
+                "{strategy:?} {protocol:?} v6={v6}: one path per flow id, saw {b:?}"
+            );
             let branch = *b.iter().next().unwrap();
             for h in r.hops.iter().filter(|h| h.ttl >= ECMP_HOP && h.ttl <= HOPS) {
-                assert!(h.probes.iter().all(|p| p.addr == Some(router(h.ttl, branch, v6))), "{r:?}");
+                assert!(
+                    h.probes
+                        .iter()
+                        .all(|p| p.addr == Some(router(h.ttl, branch, v6))),
+                    "{r:?}"
+                );
             }
         }
     }
     if strategy == Strategy::Classic {
         // The flow identifier changes per probe: across 12 targets the probes of one trace
         // spread over several branches.
-        assert!(net.branches.values().any(|b| b.len() > 1), "{protocol:?} v6={v6}: classic probes spread: {:?}", net.branches);
+        assert!(
+            net.branches.values().any(|b| b.len() > 1),
+            "{protocol:?} v6={v6}: classic probes spread: {:?}",
+            net.branches
+        );
     }
     net
 }
@@ -311,7 +414,15 @@ fn another_process_never_takes_our_replies() {
                 let a = run_matrix(protocol, strategy, v6);
                 // Process B traces the same targets with its own port and marker, but its probes
                 // are never answered; it is shown every reply that A's probes caused.
-                let other = TracerouteConfig { sport: 40999, marker: 0x7777, timeout: Duration::from_millis(100), max_missing: 0, max_ttl: 6, max_in_flight: 0, ..cfg(protocol, strategy) };
+                let other = TracerouteConfig {
+                    sport: 40999,
+                    marker: 0x7777,
+                    timeout: Duration::from_millis(100),
+                    max_missing: 0,
+                    max_ttl: 6,
+                    max_in_flight: 0,
+                    ..cfg(protocol, strategy)
+                };
                 let mut b = Traceroute::new(other).unwrap();
                 let t0 = Instant::now();
                 let wall = SystemTime::UNIX_EPOCH;
@@ -323,11 +434,17 @@ fn another_process_never_takes_our_replies() {
                 for r in &a.replies {
                     b.handle_packet(t0, wall, r);
                 }
-                b.handle_timeout(Now { mono: t0 + Duration::from_secs(1), wall });
+                b.handle_timeout(Now {
+                    mono: t0 + Duration::from_secs(1),
+                    wall,
+                });
                 let mut n = 0;
                 while let Some(e) = b.poll_event() {
                     if let TracerouteEvent::Finished(r) = e {
-                        assert_eq!(r.replies, 0, "{protocol:?} {strategy:?} v6={v6}: B took A's reply: {r:?}");
+                        assert_eq!(
+                            r.replies, 0,
+                            "{protocol:?} {strategy:?} v6={v6}: B took A's reply: {r:?}"
+                        );
                         n += 1;
                     }
                 }
@@ -343,9 +460,15 @@ fn hops_stream_in_ttl_order_before_the_result() {
     let mut per_target: BTreeMap<IpAddr, Vec<u8>> = BTreeMap::new();
     for e in &net.events {
         match e {
-            TracerouteEvent::Hop { target, hop } => per_target.entry(*target).or_default().push(hop.ttl),
+            TracerouteEvent::Hop { target, hop } => {
+                per_target.entry(*target).or_default().push(hop.ttl)
+            }
             TracerouteEvent::Finished(r) => {
-                assert_eq!(per_target[&r.destination], (1..=HOPS + 1).collect::<Vec<_>>(), "all hops streamed before the result");
+                assert_eq!(
+                    per_target[&r.destination],
+                    (1..=HOPS + 1).collect::<Vec<_>>(),
+                    "all hops streamed before the result"
+                );
             }
             _ => {}
         }
@@ -354,17 +477,26 @@ fn hops_stream_in_ttl_order_before_the_result() {
 
 #[test]
 fn ten_thousand_targets_at_once() {
-    let mut net = Net::new(TracerouteConfig { probes_per_hop: 1, ..cfg(Protocol::Udp, Strategy::Paris) });
+    let mut net = Net::new(TracerouteConfig {
+        probes_per_hop: 1,
+        ..cfg(Protocol::Udp, Strategy::Paris)
+    });
     let now = net.now();
-    let all: Vec<IpAddr> = (0..10_000u32).map(|i| IpAddr::V4(Ipv4Addr::from(0xc613_0000 + i + 1))).collect();
+    let all: Vec<IpAddr> = (0..10_000u32)
+        .map(|i| IpAddr::V4(Ipv4Addr::from(0xc613_0000 + i + 1)))
+        .collect();
     for dst in &all {
-        net.engine.add_target(now.mono, *dst, src_for(*dst)).unwrap();
+        net.engine
+            .add_target(now.mono, *dst, src_for(*dst))
+            .unwrap();
     }
     assert_eq!(net.engine.active(), 10_000);
     net.run();
     let results = net.results();
     assert_eq!(results.len(), 10_000);
-    assert!(results.iter().all(|r| r.stop_reason == StopReason::RemoteReached && r.hops.len() == 5));
+    assert!(results
+        .iter()
+        .all(|r| r.stop_reason == StopReason::RemoteReached && r.hops.len() == 5));
     // TTL 1-16 leave at once (the window); each of the 4 router replies before the
     // destination's (at 1-4 ms) lets one more TTL go: 20 probes per target.
     assert_eq!(net.sent, 200_000);
@@ -372,7 +504,11 @@ fn ten_thousand_targets_at_once() {
 
 #[test]
 fn a_thousand_targets_under_a_rate_limit() {
-    let mut net = Net::new(TracerouteConfig { probes_per_hop: 1, max_in_flight: 1, ..cfg(Protocol::Udp, Strategy::Paris) });
+    let mut net = Net::new(TracerouteConfig {
+        probes_per_hop: 1,
+        max_in_flight: 1,
+        ..cfg(Protocol::Udp, Strategy::Paris)
+    });
     net.pacer = Some(Pacer::new(10_000));
     let now = net.now();
     for i in 0..1000u32 {
@@ -382,12 +518,18 @@ fn a_thousand_targets_under_a_rate_limit() {
     net.run();
     let results = net.results();
     assert_eq!(results.len(), 1000);
-    assert!(results.iter().all(|r| r.stop_reason == StopReason::RemoteReached && r.hops.len() == 5));
+    assert!(results
+        .iter()
+        .all(|r| r.stop_reason == StopReason::RemoteReached && r.hops.len() == 5));
     // One probe in flight per target: TTL 1-4 (the routers) and 5 (the destination).
     assert_eq!(net.sent, 5000);
     // 5,000 probes at 10,000/s with a 100-probe burst: 0.49 s at the least, and the driver
     // wakes for each token (a probe left queued is not a timer), so little more.
-    assert!(net.t >= Duration::from_millis(490) && net.t < Duration::from_millis(520), "{:?}", net.t);
+    assert!(
+        net.t >= Duration::from_millis(490) && net.t < Duration::from_millis(520),
+        "{:?}",
+        net.t
+    );
     // A turn per token, not per target: the engine's timers and queue keep every turn short.
     assert!(net.turns < 20_000, "{} turns", net.turns);
 }
@@ -399,5 +541,7 @@ fn duplicate_and_mixed_family_targets_are_refused() {
     let d: IpAddr = "198.19.1.2".parse().unwrap();
     t.add_target(now, d, src_for(d)).unwrap();
     assert!(t.add_target(now, d, src_for(d)).is_err());
-    assert!(t.add_target(now, "2001:db8::9".parse().unwrap(), src_for(d)).is_err());
+    assert!(t
+        .add_target(now, "2001:db8::9".parse().unwrap(), src_for(d))
+        .is_err());
 }

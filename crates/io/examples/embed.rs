@@ -16,12 +16,18 @@ use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use svctr_core::{Algorithm, FlowSelector, MonitorConfig, Protocol, Signatures, TraceConfig, TraceResult};
+use svctr_core::{
+    Algorithm, FlowSelector, MonitorConfig, Protocol, Signatures, TraceConfig, TraceResult,
+};
 use svctr_io::{spawn_monitor, trace_flows, FlowTraceOptions, MonitorOptions};
 
 fn print(trace: &TraceResult) {
     let f = &trace.flow;
-    let service = f.service.as_deref().map(|s| format!(" service {s}")).unwrap_or_default();
+    let service = f
+        .service
+        .as_deref()
+        .map(|s| format!(" service {s}"))
+        .unwrap_or_default();
     println!(
         "flow {} -> {}{service} ({})",
         SocketAddr::new(f.local.ip, f.local.port),
@@ -30,12 +36,24 @@ fn print(trace: &TraceResult) {
     );
     for hop in &trace.hops {
         let addrs: Vec<String> = hop.addrs().iter().map(ToString::to_string).collect();
-        let best = hop.probes.iter().filter_map(|p| p.rtt_ms).fold(f64::INFINITY, f64::min);
+        let best = hop
+            .probes
+            .iter()
+            .filter_map(|p| p.rtt_ms)
+            .fold(f64::INFINITY, f64::min);
         println!(
             "  ttl {:2}  {:<30} best rtt {}",
             hop.ttl,
-            if addrs.is_empty() { "*".into() } else { addrs.join(" ") },
-            if best.is_finite() { format!("{best:.3} ms") } else { "-".into() }
+            if addrs.is_empty() {
+                "*".into()
+            } else {
+                addrs.join(" ")
+            },
+            if best.is_finite() {
+                format!("{best:.3} ms")
+            } else {
+                "-".into()
+            }
         );
     }
 }
@@ -66,7 +84,10 @@ fn trace_one(iface: &str, remote: SocketAddr) -> ExitCode {
             remote_port: Some(remote.port()),
             local_port: None,
         },
-        trace: TraceConfig { algorithm: Algorithm::Concurrent, ..TraceConfig::default() },
+        trace: TraceConfig {
+            algorithm: Algorithm::Concurrent,
+            ..TraceConfig::default()
+        },
         count: 1,
         duration: Some(Duration::from_secs(30)),
         udp_shield: true,
@@ -75,7 +96,10 @@ fn trace_one(iface: &str, remote: SocketAddr) -> ExitCode {
     let stop = AtomicBool::new(false);
     match trace_flows(&opts, &stop, |trace| print(&trace)) {
         Ok(summary) => {
-            eprintln!("{} flow(s) traced, {} probes sent", summary.traced, summary.stats.engine.probes_sent);
+            eprintln!(
+                "{} flow(s) traced, {} probes sent",
+                summary.traced, summary.stats.engine.probes_sent
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -97,7 +121,10 @@ fn watch_service(iface: &str, name: &str) -> ExitCode {
     };
     let mut run = spawn_monitor(MonitorOptions {
         iface: iface.to_string(),
-        config: MonitorConfig { services: Some(services), ..MonitorConfig::default() },
+        config: MonitorConfig {
+            services: Some(services),
+            ..MonitorConfig::default()
+        },
         duration: Some(Duration::from_secs(60)),
         udp_shield: true,
         rate: 1000,
@@ -108,7 +135,10 @@ fn watch_service(iface: &str, name: &str) -> ExitCode {
     }
     match run.wait() {
         Ok(summary) => {
-            eprintln!("{} trace(s), {} flow(s) recognised", summary.traced, summary.stats.flows_recognised);
+            eprintln!(
+                "{} trace(s), {} flow(s) recognised",
+                summary.traced, summary.stats.flows_recognised
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -43,11 +43,16 @@ pub(crate) struct Capture {
 fn privilege_or(e: pcap::Error, iface: &str) -> Error {
     let text = e.to_string();
     if text.contains("ermission") || text.contains("not permitted") {
-        Error::Privilege { what: format!("capturing on {iface}") }
+        Error::Privilege {
+            what: format!("capturing on {iface}"),
+        }
     } else if text.contains("No such device") || text.contains("doesn't exist") {
         Error::UnknownInterface(iface.to_string())
     } else {
-        Error::Capture { iface: iface.to_string(), source: e }
+        Error::Capture {
+            iface: iface.to_string(),
+            source: e,
+        }
     }
 }
 
@@ -59,7 +64,13 @@ impl Capture {
     }
 
     /// Opens with snap length `snaplen`, a kernel ring of `buffer` bytes, and `delivery`.
-    pub(crate) fn open_with(iface: &str, filter: &str, snaplen: i32, buffer: i32, delivery: Delivery) -> Result<Self, Error> {
+    pub(crate) fn open_with(
+        iface: &str,
+        filter: &str,
+        snaplen: i32,
+        buffer: i32,
+        delivery: Delivery,
+    ) -> Result<Self, Error> {
         let inactive = pcap::Capture::from_device(iface).map_err(|e| privilege_or(e, iface))?;
         let (immediate, timeout_ms) = match delivery {
             Delivery::Immediate => (true, 100),
@@ -74,15 +85,24 @@ impl Capture {
             .precision(pcap::Precision::Nano)
             .open()
             .map_err(|e| privilege_or(e, iface))?;
-        let mut cap = cap.setnonblock().map_err(|e| Error::Capture { iface: iface.to_string(), source: e })?;
-        cap.filter(filter, true).map_err(|e| Error::Filter { filter: filter.to_string(), source: e })?;
+        let mut cap = cap.setnonblock().map_err(|e| Error::Capture {
+            iface: iface.to_string(),
+            source: e,
+        })?;
+        cap.filter(filter, true).map_err(|e| Error::Filter {
+            filter: filter.to_string(),
+            source: e,
+        })?;
         let linktype = cap.get_datalink().0;
         Ok(Self { cap, linktype })
     }
 
     /// Replaces the kernel filter.
     pub(crate) fn set_filter(&mut self, filter: &str) -> Result<(), Error> {
-        self.cap.filter(filter, true).map_err(|e| Error::Filter { filter: filter.to_string(), source: e })
+        self.cap.filter(filter, true).map_err(|e| Error::Filter {
+            filter: filter.to_string(),
+            source: e,
+        })
     }
 
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
@@ -91,7 +111,11 @@ impl Capture {
 
     /// Reads the packets available now, at most `max` (so that a flood cannot keep the caller
     /// from its timers); calls `f(timestamp, ip_packet)` for each IP packet.
-    pub(crate) fn drain(&mut self, max: usize, mut f: impl FnMut(SystemTime, &[u8])) -> Result<usize, pcap::Error> {
+    pub(crate) fn drain(
+        &mut self,
+        max: usize,
+        mut f: impl FnMut(SystemTime, &[u8]),
+    ) -> Result<usize, pcap::Error> {
         let mut n = 0;
         while n < max {
             match self.cap.next_packet() {
@@ -99,7 +123,10 @@ impl Capture {
                     n += 1;
                     // Nanosecond precision: tv_usec holds nanoseconds.
                     let ts = SystemTime::UNIX_EPOCH
-                        + Duration::new(p.header.ts.tv_sec.max(0) as u64, p.header.ts.tv_usec.clamp(0, 999_999_999) as u32);
+                        + Duration::new(
+                            p.header.ts.tv_sec.max(0) as u64,
+                            p.header.ts.tv_usec.clamp(0, 999_999_999) as u32,
+                        );
                     if let Some(ip) = svctr_wire::link::ip_payload(self.linktype, p.data) {
                         f(ts, ip);
                     }
@@ -113,7 +140,10 @@ impl Capture {
 
     /// Packets the kernel dropped (buffer full) or the interface dropped.
     pub(crate) fn drops(&mut self) -> u32 {
-        self.cap.stats().map(|s| s.dropped + s.if_dropped).unwrap_or(0)
+        self.cap
+            .stats()
+            .map(|s| s.dropped + s.if_dropped)
+            .unwrap_or(0)
     }
 
     /// Packets the filter passed to this capture so far (libpcap's `ps_recv`).

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use svctr_core::{
-    Event, FlowKey, FlowSelector, Granularity, Monitor, MonitorConfig, MonitorStats, Now, Pacer, Protocol, TraceConfig,
-    TraceResult,
+    Event, FlowKey, FlowSelector, Granularity, Monitor, MonitorConfig, MonitorStats, Now, Pacer,
+    Protocol, TraceConfig, TraceResult,
 };
 
 use crate::capture::{Capture, Delivery, DETECTION_SNAPLEN, SNAPLEN};
@@ -100,7 +100,9 @@ pub struct RunSummary {
 /// The selection in words, for "nothing matched".
 fn describe(cfg: &MonitorConfig) -> String {
     let f = &cfg.filter;
-    let mut s = f.protocol.map_or_else(|| "tcp or udp".to_string(), |p| p.as_str().to_string());
+    let mut s = f
+        .protocol
+        .map_or_else(|| "tcp or udp".to_string(), |p| p.as_str().to_string());
     match (f.remote_ip, f.remote_port) {
         (Some(ip), Some(p)) => s.push_str(&format!(" remote {}", std::net::SocketAddr::new(ip, p))),
         (Some(ip), None) => s.push_str(&format!(" remote {ip}")),
@@ -150,7 +152,11 @@ pub fn trace_flows(
 /// until `max_traces` traces are done, `duration` has passed (and traces in flight finished),
 /// or `stop` is set (traces in flight are then reported as `interrupted`). Calls `on_result`
 /// for each finished trace as soon as it finishes, tagged with its service.
-pub fn monitor(opts: &MonitorOptions, stop: &AtomicBool, mut on_result: impl FnMut(TraceResult)) -> Result<RunSummary, Error> {
+pub fn monitor(
+    opts: &MonitorOptions,
+    stop: &AtomicBool,
+    mut on_result: impl FnMut(TraceResult),
+) -> Result<RunSummary, Error> {
     let cfg = &opts.config;
     let mut local = interface_addresses(&opts.iface)?;
     if let Some(r) = cfg.filter.remote_ip {
@@ -160,15 +166,41 @@ pub fn monitor(opts: &MonitorOptions, stop: &AtomicBool, mut on_result: impl FnM
         return Err(Error::NoAddress(opts.iface.clone()));
     }
     // The raw sockets first: their EPERM is the clearest privilege error.
-    let sender = RawSockets::open(Some(&opts.iface), local.iter().any(IpAddr::is_ipv4), local.iter().any(IpAddr::is_ipv6))?;
-    let ring = opts.capture_buffer.unwrap_or(if (1..=FEW_FLOWS).contains(&cfg.max_traces) { FEW_FLOWS_RING } else { FLOW_RING });
+    let sender = RawSockets::open(
+        Some(&opts.iface),
+        local.iter().any(IpAddr::is_ipv4),
+        local.iter().any(IpAddr::is_ipv6),
+    )?;
+    let ring = opts
+        .capture_buffer
+        .unwrap_or(if (1..=FEW_FLOWS).contains(&cfg.max_traces) {
+            FEW_FLOWS_RING
+        } else {
+            FLOW_RING
+        });
     let ring = i32::try_from(ring).unwrap_or(i32::MAX);
-    let mut capture = Capture::open_with(&opts.iface, &flow_filter(&cfg.filter, &local), SNAPLEN, ring, BATCHED)?;
+    let mut capture = Capture::open_with(
+        &opts.iface,
+        &flow_filter(&cfg.filter, &local),
+        SNAPLEN,
+        ring,
+        BATCHED,
+    )?;
     let mut detection = match &cfg.services {
         Some(_) => {
-            let what = DetectionSources { dns: cfg.detector.dns, tls: cfg.detector.tls, quic: cfg.detector.quic };
+            let what = DetectionSources {
+                dns: cfg.detector.dns,
+                tls: cfg.detector.tls,
+                quic: cfg.detector.quic,
+            };
             match detection_filter(&cfg.filter, &local, what) {
-                Some(f) => Some(Capture::open_with(&opts.iface, &f, DETECTION_SNAPLEN, DETECTION_RING, BATCHED)?),
+                Some(f) => Some(Capture::open_with(
+                    &opts.iface,
+                    &f,
+                    DETECTION_SNAPLEN,
+                    DETECTION_RING,
+                    BATCHED,
+                )?),
                 None => None,
             }
         }
@@ -199,36 +231,65 @@ pub fn monitor(opts: &MonitorOptions, stop: &AtomicBool, mut on_result: impl FnM
             mon.stop_selecting();
         }
         if let Some(d) = &mut detection {
-            d.drain(DRAIN_MAX, |_, ip| mon.handle_detection_packet(Instant::now(), ip))
-                .map_err(|e| Error::Capture { iface: opts.iface.clone(), source: e })?;
+            d.drain(DRAIN_MAX, |_, ip| {
+                mon.handle_detection_packet(Instant::now(), ip)
+            })
+            .map_err(|e| Error::Capture {
+                iface: opts.iface.clone(),
+                source: e,
+            })?;
         }
         let read = capture
-            .drain(DRAIN_MAX, |ts, ip| mon.handle_packet(Instant::now(), ts, ip))
-            .map_err(|e| Error::Capture { iface: opts.iface.clone(), source: e })?;
+            .drain(DRAIN_MAX, |ts, ip| {
+                mon.handle_packet(Instant::now(), ts, ip)
+            })
+            .map_err(|e| Error::Capture {
+                iface: opts.iface.clone(),
+                source: e,
+            })?;
         // Back-pressure: while the capture holds more than one turn's worth, send nothing new
         // (every probe adds its own capture and a reply to read); the ring drains first. So a
         // slower machine or build sends slower instead of overflowing the ring with replies.
         let backlog = read >= DRAIN_MAX;
         if let Some(cap) = &mut lane.cap {
-            cap.drain(DRAIN_MAX, |ts, ip| mon.handle_packet(Instant::now(), ts, ip))
-                .map_err(|e| Error::Capture { iface: opts.iface.clone(), source: e })?;
+            cap.drain(DRAIN_MAX, |ts, ip| {
+                mon.handle_packet(Instant::now(), ts, ip)
+            })
+            .map_err(|e| Error::Capture {
+                iface: opts.iface.clone(),
+                source: e,
+            })?;
         }
         let t = now();
         mon.handle_timeout(t);
         // Events before probes: a UDP flow's shield must be in place before its first probe.
-        handle_events(&mut mon, &mut shielded, &mut lane, &mut traced, &mut on_result);
+        handle_events(
+            &mut mon,
+            &mut shielded,
+            &mut lane,
+            &mut traced,
+            &mut on_result,
+        );
         if opts.udp_shield {
             shield.protect(&shielded.started)?;
         }
         shielded.started.clear();
         while !backlog && pacer.next_at(t.mono).is_none() {
-            let Some(tx) = mon.poll_transmit(t, &mut buf) else { break };
+            let Some(tx) = mon.poll_transmit(t, &mut buf) else {
+                break;
+            };
             pacer.try_take(t.mono);
             if let Err(e) = sender.send(tx.dst, &buf[..tx.len]) {
                 mon.handle_send_error(t, &tx.flow, tx.ident, e.to_string());
             }
         }
-        handle_events(&mut mon, &mut shielded, &mut lane, &mut traced, &mut on_result);
+        handle_events(
+            &mut mon,
+            &mut shielded,
+            &mut lane,
+            &mut traced,
+            &mut on_result,
+        );
         if opts.udp_shield {
             shield.release(&shielded.finished, t.mono);
             shield.expire(t.mono)?;
@@ -252,7 +313,11 @@ pub fn monitor(opts: &MonitorOptions, stop: &AtomicBool, mut on_result: impl FnM
             // Probes are due: as soon as the rate allows (at once without a limit).
             wake = wake.min(pacer.next_at(t).unwrap_or(t));
         }
-        let sleep = if backlog { Duration::ZERO } else { wake.saturating_duration_since(t) };
+        let sleep = if backlog {
+            Duration::ZERO
+        } else {
+            wake.saturating_duration_since(t)
+        };
         if !sleep.is_zero() {
             let mut fds = vec![capture.fd()];
             if let Some(c) = &lane.cap {
@@ -264,7 +329,9 @@ pub fn monitor(opts: &MonitorOptions, stop: &AtomicBool, mut on_result: impl FnM
             wait_readable(&fds, sleep);
         }
     }
-    let drops = capture.drops() + lane.cap.as_mut().map_or(0, Capture::drops) + detection.as_mut().map_or(0, Capture::drops);
+    let drops = capture.drops()
+        + lane.cap.as_mut().map_or(0, Capture::drops)
+        + detection.as_mut().map_or(0, Capture::drops);
     let summary = RunSummary {
         traced,
         stats: mon.stats(),
@@ -278,7 +345,10 @@ pub fn monitor(opts: &MonitorOptions, stop: &AtomicBool, mut on_result: impl FnM
     if traced == 0 && !interrupted {
         if let Some(d) = opts.duration {
             if summary.stats.flows_watched == 0 {
-                return Err(Error::NothingMatched { selector: describe(cfg), duration: d });
+                return Err(Error::NothingMatched {
+                    selector: describe(cfg),
+                    duration: d,
+                });
             }
         }
     }
@@ -321,7 +391,15 @@ struct Lane {
 
 impl Lane {
     fn new(iface: &str) -> Self {
-        Self { iface: iface.to_string(), cap: None, waiting: VecDeque::new(), member: HashSet::new(), shown: Vec::new(), dirty: false, next_update: Instant::now() }
+        Self {
+            iface: iface.to_string(),
+            cap: None,
+            waiting: VecDeque::new(),
+            member: HashSet::new(),
+            shown: Vec::new(),
+            dirty: false,
+            next_update: Instant::now(),
+        }
     }
 
     fn add(&mut self, flow: FlowKey, now: Instant) {
@@ -352,7 +430,11 @@ impl Lane {
     /// Installs the filter for the first waiting flows if they changed (rate-limited), opening
     /// the capture the first time a flow has waited [`LANE_OPEN_AFTER`].
     fn update(&mut self, now: Instant) -> Result<(), Error> {
-        while self.waiting.front().is_some_and(|(f, _)| !self.member.contains(f)) {
+        while self
+            .waiting
+            .front()
+            .is_some_and(|(f, _)| !self.member.contains(f))
+        {
             self.waiting.pop_front();
         }
         if !self.dirty || now < self.next_update {
@@ -360,12 +442,28 @@ impl Lane {
         }
         let cap = match &mut self.cap {
             Some(c) => c,
-            None if self.waiting.front().is_some_and(|(_, since)| now >= *since + LANE_OPEN_AFTER) => {
-                self.cap.insert(Capture::open_with(&self.iface, &lane_filter(&[]), SNAPLEN, LANE_RING, BATCHED)?)
+            None if self
+                .waiting
+                .front()
+                .is_some_and(|(_, since)| now >= *since + LANE_OPEN_AFTER) =>
+            {
+                self.cap.insert(Capture::open_with(
+                    &self.iface,
+                    &lane_filter(&[]),
+                    SNAPLEN,
+                    LANE_RING,
+                    BATCHED,
+                )?)
             }
             None => return Ok(()),
         };
-        self.shown = self.waiting.iter().map(|(f, _)| *f).filter(|f| self.member.contains(f)).take(LANE_FLOWS).collect();
+        self.shown = self
+            .waiting
+            .iter()
+            .map(|(f, _)| *f)
+            .filter(|f| self.member.contains(f))
+            .take(LANE_FLOWS)
+            .collect();
         let t = Instant::now();
         cap.set_filter(&lane_filter(&self.shown))?;
         // Compiling the filter costs milliseconds with many servers: wait ten times what it
@@ -383,7 +481,13 @@ struct UdpTraces {
     finished: Vec<FlowKey>,
 }
 
-fn handle_events(mon: &mut Monitor, udp: &mut UdpTraces, lane: &mut Lane, traced: &mut usize, on_result: &mut impl FnMut(TraceResult)) {
+fn handle_events(
+    mon: &mut Monitor,
+    udp: &mut UdpTraces,
+    lane: &mut Lane,
+    traced: &mut usize,
+    on_result: &mut impl FnMut(TraceResult),
+) {
     while let Some(ev) = mon.poll_event() {
         match ev {
             Event::FlowSelected(flow) => lane.add(flow, Instant::now()),
@@ -411,14 +515,20 @@ fn handle_events(mon: &mut Monitor, udp: &mut UdpTraces, lane: &mut Lane, traced
 }
 
 fn now() -> Now {
-    Now { mono: Instant::now(), wall: SystemTime::now() }
+    Now {
+        mono: Instant::now(),
+        wall: SystemTime::now(),
+    }
 }
 
 /// Sleeps until one of `fds` is readable or `d` has passed.
 pub(crate) fn wait_readable(fds: &[BorrowedFd<'_>], d: Duration) {
     // poll(2) takes milliseconds: round up, so a sub-millisecond wait is a real wait.
     let ms = u16::try_from(d.as_micros().div_ceil(1000).max(1)).unwrap_or(u16::MAX);
-    let mut pfds: Vec<PollFd<'_>> = fds.iter().map(|fd| PollFd::new(*fd, PollFlags::POLLIN)).collect();
+    let mut pfds: Vec<PollFd<'_>> = fds
+        .iter()
+        .map(|fd| PollFd::new(*fd, PollFlags::POLLIN))
+        .collect();
     // EINTR (a signal) just ends the wait early: the loop checks the stop flag.
     let _ = poll(&mut pfds, PollTimeout::from(ms));
 }
@@ -426,7 +536,10 @@ pub(crate) fn wait_readable(fds: &[BorrowedFd<'_>], d: Duration) {
 /// A per-run seed for probe identifications (no RNG dependency: time and pid are enough to
 /// make two runs differ).
 fn seed() -> u16 {
-    let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
     (nanos ^ std::process::id().rotate_left(16)) as u16
 }
 

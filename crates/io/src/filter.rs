@@ -60,7 +60,11 @@ const MTU_V4: u16 = 1500;
 const MTU_V6_PAYLOAD: u16 = 1460;
 
 fn src_local(local: &[IpAddr], v6: bool) -> Option<String> {
-    let v: Vec<String> = local.iter().filter(|a| a.is_ipv6() == v6).map(|a| format!("src host {a}")).collect();
+    let v: Vec<String> = local
+        .iter()
+        .filter(|a| a.is_ipv6() == v6)
+        .map(|a| format!("src host {a}"))
+        .collect();
     (!v.is_empty()).then(|| format!("({})", v.join(" or ")))
 }
 
@@ -139,10 +143,18 @@ pub fn flow_filter(f: &FlowFilter, local: &[IpAddr]) -> String {
         // ICMPv6 errors (1 unreachable, 2 too big, 3 time exceeded, 4 parameter problem): the
         // ICMPv6 header at ip6[40], the quoted header at ip6[48] (next header at 54,
         // destination at 72..88), the quoted ports at ip6[88] and ip6[90].
-        let mut icmp6 = format!("(ip6[6] == 58 and ip6[40] >= 1 and ip6[40] <= 4 and {}", quoted_protocols(f, "ip6[54]"));
+        let mut icmp6 = format!(
+            "(ip6[6] == 58 and ip6[40] >= 1 and ip6[40] <= 4 and {}",
+            quoted_protocols(f, "ip6[54]")
+        );
         if let Some(IpAddr::V6(r)) = f.remote_ip {
             for (i, word) in r.octets().chunks(4).enumerate() {
-                let _ = write!(icmp6, " and ip6[{}:4] == 0x{:08x}", 72 + 4 * i, u32::from_be_bytes([word[0], word[1], word[2], word[3]]));
+                let _ = write!(
+                    icmp6,
+                    " and ip6[{}:4] == 0x{:08x}",
+                    72 + 4 * i,
+                    u32::from_be_bytes([word[0], word[1], word[2], word[3]])
+                );
             }
         }
         if let Some(p) = f.remote_port {
@@ -166,7 +178,9 @@ pub fn flow_filter(f: &FlowFilter, local: &[IpAddr]) -> String {
             ));
         }
         // Extension headers (hop-by-hop 0, routing 43, fragment 44, destination options 60).
-        clauses.push(format!("(ip6 and (ip6[6] == 0 or ip6[6] == 43 or ip6[6] == 44 or ip6[6] == 60){n})"));
+        clauses.push(format!(
+            "(ip6 and (ip6[6] == 0 or ip6[6] == 43 or ip6[6] == 44 or ip6[6] == 60){n})"
+        ));
     }
     clauses.join(" or ")
 }
@@ -200,8 +214,17 @@ pub fn lane_filter(flows: &[FlowKey]) -> String {
         .iter()
         .map(|((proto, remote), ports)| {
             let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
-            let ports = if ports.len() == 1 { ports[0].clone() } else { format!("({})", ports.join(" or ")) };
-            format!("({} and src host {} and src port {} and dst port {ports})", proto.as_str(), remote.ip(), remote.port())
+            let ports = if ports.len() == 1 {
+                ports[0].clone()
+            } else {
+                format!("({})", ports.join(" or "))
+            };
+            format!(
+                "({} and src host {} and src port {} and dst port {ports})",
+                proto.as_str(),
+                remote.ip(),
+                remote.port()
+            )
         })
         .collect();
     if clauses.is_empty() {
@@ -224,7 +247,11 @@ pub struct DetectionSources {
 }
 
 /// The detection capture's filter, or `None` if it has nothing to read.
-pub fn detection_filter(f: &FlowFilter, local: &[IpAddr], what: DetectionSources) -> Option<String> {
+pub fn detection_filter(
+    f: &FlowFilter,
+    local: &[IpAddr],
+    what: DetectionSources,
+) -> Option<String> {
     let mut clauses = Vec::new();
     if what.dns {
         // DNS over UDP and TCP, from any resolver (answers to this host).
@@ -268,7 +295,10 @@ pub fn detection_filter(f: &FlowFilter, local: &[IpAddr], what: DetectionSources
 mod tests {
     use super::*;
     use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-    use svctr_wire::probe::{emit_tcp_v4, emit_tcp_v6, emit_udp_v4, emit_udp_v6, Ipv4Fields, Ipv6Fields, TcpFields, UdpFields};
+    use svctr_wire::probe::{
+        emit_tcp_v4, emit_tcp_v6, emit_udp_v4, emit_udp_v6, Ipv4Fields, Ipv6Fields, TcpFields,
+        UdpFields,
+    };
 
     const ME4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
     const THEM4: Ipv4Addr = Ipv4Addr::new(198, 19, 1, 2);
@@ -285,7 +315,10 @@ mod tests {
     impl Bpf {
         fn new(expr: &str) -> Self {
             let dead = pcap::Capture::dead(pcap::Linktype(12)).expect("dead capture");
-            Self(dead.compile(expr, true).unwrap_or_else(|e| panic!("{e}: {expr}")))
+            Self(
+                dead.compile(expr, true)
+                    .unwrap_or_else(|e| panic!("{e}: {expr}")),
+            )
         }
     }
 
@@ -294,11 +327,29 @@ mod tests {
     }
 
     fn tcp4(out: bool, seq: u32, flags: u8, payload: usize) -> Vec<u8> {
-        let (src, dst, sp, dp) = if out { (ME4, THEM4, 40000, 443) } else { (THEM4, ME4, 443, 40000) };
+        let (src, dst, sp, dp) = if out {
+            (ME4, THEM4, 40000, 443)
+        } else {
+            (THEM4, ME4, 443, 40000)
+        };
         let mut b = Vec::new();
         emit_tcp_v4(
-            &Ipv4Fields { src, dst, ttl: 60, tos: 0, dont_fragment: true, ident: 1 },
-            &TcpFields { src_port: sp, dst_port: dp, seq, ack: 1, flags, window: 500 },
+            &Ipv4Fields {
+                src,
+                dst,
+                ttl: 60,
+                tos: 0,
+                dont_fragment: true,
+                ident: 1,
+            },
+            &TcpFields {
+                src_port: sp,
+                dst_port: dp,
+                seq,
+                ack: 1,
+                flags,
+                window: 500,
+            },
             &vec![0x17; payload],
             &mut b,
         );
@@ -306,11 +357,28 @@ mod tests {
     }
 
     fn tcp6(out: bool, seq: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
-        let (src, dst, sp, dp) = if out { (ME6, THEM6, 40000, 443) } else { (THEM6, ME6, 443, 40000) };
+        let (src, dst, sp, dp) = if out {
+            (ME6, THEM6, 40000, 443)
+        } else {
+            (THEM6, ME6, 443, 40000)
+        };
         let mut b = Vec::new();
         emit_tcp_v6(
-            &Ipv6Fields { src, dst, hop_limit: 60, traffic_class: 0, flow_label: 7 },
-            &TcpFields { src_port: sp, dst_port: dp, seq, ack: 1, flags, window: 500 },
+            &Ipv6Fields {
+                src,
+                dst,
+                hop_limit: 60,
+                traffic_class: 0,
+                flow_label: 7,
+            },
+            &TcpFields {
+                src_port: sp,
+                dst_port: dp,
+                seq,
+                ack: 1,
+                flags,
+                window: 500,
+            },
             payload,
             &mut b,
         );
@@ -318,16 +386,53 @@ mod tests {
     }
 
     fn udp4(out: bool, payload: &[u8]) -> Vec<u8> {
-        let (src, dst, sp, dp) = if out { (ME4, THEM4, 40000, 443) } else { (THEM4, ME4, 443, 40000) };
+        let (src, dst, sp, dp) = if out {
+            (ME4, THEM4, 40000, 443)
+        } else {
+            (THEM4, ME4, 443, 40000)
+        };
         let mut b = Vec::new();
-        emit_udp_v4(&Ipv4Fields { src, dst, ttl: 60, tos: 0, dont_fragment: true, ident: 1 }, &UdpFields { src_port: sp, dst_port: dp }, payload, &mut b);
+        emit_udp_v4(
+            &Ipv4Fields {
+                src,
+                dst,
+                ttl: 60,
+                tos: 0,
+                dont_fragment: true,
+                ident: 1,
+            },
+            &UdpFields {
+                src_port: sp,
+                dst_port: dp,
+            },
+            payload,
+            &mut b,
+        );
         b
     }
 
     fn udp6(out: bool, payload: &[u8]) -> Vec<u8> {
-        let (src, dst, sp, dp) = if out { (ME6, THEM6, 40000, 443) } else { (THEM6, ME6, 443, 40000) };
+        let (src, dst, sp, dp) = if out {
+            (ME6, THEM6, 40000, 443)
+        } else {
+            (THEM6, ME6, 443, 40000)
+        };
         let mut b = Vec::new();
-        emit_udp_v6(&Ipv6Fields { src, dst, hop_limit: 60, traffic_class: 0, flow_label: 7 }, &UdpFields { src_port: sp, dst_port: dp }, payload, &mut b);
+        emit_udp_v6(
+            &Ipv6Fields {
+                src,
+                dst,
+                hop_limit: 60,
+                traffic_class: 0,
+                flow_label: 7,
+            },
+            &UdpFields {
+                src_port: sp,
+                dst_port: dp,
+            },
+            payload,
+            &mut b,
+        );
         b
     }
 
@@ -341,7 +446,24 @@ mod tests {
     fn icmp4_error(kind: u8, quoted: &[u8]) -> Vec<u8> {
         let mut icmp = vec![kind, 0, 0, 0, 0, 0, 0, 0];
         icmp.extend_from_slice(&quoted[..28]);
-        let mut p = vec![0x45, 0, 0, (20 + icmp.len()) as u8, 0, 0, 0, 0, 64, 1, 0, 0, 198, 18, 2, 2];
+        let mut p = vec![
+            0x45,
+            0,
+            0,
+            (20 + icmp.len()) as u8,
+            0,
+            0,
+            0,
+            0,
+            64,
+            1,
+            0,
+            0,
+            198,
+            18,
+            2,
+            2,
+        ];
         p.extend_from_slice(&ME4.octets());
         p.extend_from_slice(&icmp);
         p
@@ -370,20 +492,48 @@ mod tests {
         assert!(passes(&expr, &tcp4(true, 9, 0x10, 0)), "pure ACK out");
         assert!(passes(&expr, &tcp4(false, 9, 0x10, 0)), "pure ACK in");
         assert!(passes(&expr, &tcp4(true, 70_000, 0x18, 300)), "a request");
-        assert!(passes(&expr, &tcp4(false, 0x9e37_79b9, 0x18, 200)), "an answer");
-        assert!(passes(&expr, &icmp4_error(11, &tcp4(true, 1, 0x10, 0))), "time exceeded about TCP");
-        assert!(passes(&expr, &icmp4_error(3, &udp4(true, &[]))), "unreachable about UDP");
+        assert!(
+            passes(&expr, &tcp4(false, 0x9e37_79b9, 0x18, 200)),
+            "an answer"
+        );
+        assert!(
+            passes(&expr, &icmp4_error(11, &tcp4(true, 1, 0x10, 0))),
+            "time exceeded about TCP"
+        );
+        assert!(
+            passes(&expr, &icmp4_error(3, &udp4(true, &[]))),
+            "unreachable about UDP"
+        );
         // Bulk: incoming data segments outside the sample, GSO uploads: left in the kernel.
-        assert!(!passes(&expr, &tcp4(false, 0x9e37_79b9, 0x10, 1448)), "download data");
-        assert!(passes(&expr, &tcp4(false, 61 * 1_000_003, 0x10, 1448)), "a sampled one");
+        assert!(
+            !passes(&expr, &tcp4(false, 0x9e37_79b9, 0x10, 1448)),
+            "download data"
+        );
+        assert!(
+            passes(&expr, &tcp4(false, 61 * 1_000_003, 0x10, 1448)),
+            "a sampled one"
+        );
         // Every regular stride is sampled at least once in 67 segments, whatever the start; about
         // 3 % in all.
         for stride in [1448u32, 1000, 2896, 16_384, 65_536, 64_000, 4096, 100_000] {
             for start in [0x1234_5677u32, 0xdead_beef, 0x8765_4321, 0x7777_7777, 1] {
-                let seqs: Vec<bool> = (0..1340u32).map(|i| passes(&expr, &tcp4(false, start.wrapping_add(i * stride), 0x10, 1448))).collect();
+                let seqs: Vec<bool> = (0..1340u32)
+                    .map(|i| {
+                        passes(
+                            &expr,
+                            &tcp4(false, start.wrapping_add(i * stride), 0x10, 1448),
+                        )
+                    })
+                    .collect();
                 let hits = seqs.iter().filter(|b| **b).count();
-                assert!((20..=60).contains(&hits), "stride {stride} start {start:#x}: {hits} of 1340");
-                assert!(seqs.windows(67).all(|w| w.iter().any(|b| *b)), "stride {stride} start {start:#x}: a gap of 67");
+                assert!(
+                    (20..=60).contains(&hits),
+                    "stride {stride} start {start:#x}: {hits} of 1340"
+                );
+                assert!(
+                    seqs.windows(67).all(|w| w.iter().any(|b| *b)),
+                    "stride {stride} start {start:#x}: a gap of 67"
+                );
             }
         }
         assert!(!passes(&expr, &gso4()), "GSO upload");
@@ -391,9 +541,24 @@ mod tests {
         assert!(passes(&expr, &tcp6(true, 1, 0x02, &[])));
         assert!(passes(&expr, &tcp6(false, 9, 0x10, &[])));
         assert!(passes(&expr, &tcp6(true, 70_000, 0x18, &[1; 300])));
-        assert!(passes(&expr, &tcp6(false, 0x9e37_79b9, 0x18, &[1; 300])), "an answer");
+        assert!(
+            passes(&expr, &tcp6(false, 0x9e37_79b9, 0x18, &[1; 300])),
+            "an answer"
+        );
         assert!(!passes(&expr, &tcp6(false, 0x9e37_79b9, 0x10, &[1; 1400])));
-        let hits = (0..1340u32).filter(|i| passes(&expr, &tcp6(false, 0x8765_4321u32.wrapping_add(i * 16_384), 0x10, &[1; 1400]))).count();
+        let hits = (0..1340u32)
+            .filter(|i| {
+                passes(
+                    &expr,
+                    &tcp6(
+                        false,
+                        0x8765_4321u32.wrapping_add(i * 16_384),
+                        0x10,
+                        &[1; 1400],
+                    ),
+                )
+            })
+            .count();
         assert!((20..=60).contains(&hits), "IPv6 stride 16384: {hits}");
         assert!(passes(&expr, &icmp6_error(3, &tcp6(true, 1, 0x10, &[]))));
         assert!(passes(&expr, &icmp6_error(1, &udp6(true, &[0, 0]))));
@@ -401,9 +566,14 @@ mod tests {
         assert!(passes(&expr, &udp4(true, &[0; 1200])));
         assert!(passes(&expr, &udp4(false, &[0; 100])));
         assert!(passes(&expr, &udp6(false, &[0xc3; 1250])), "long header");
-        let bulk: Vec<bool> = (0..64u8).map(|i| passes(&expr, &udp6(false, &[0x40 | (i & 0x3f); 1300]))).collect();
+        let bulk: Vec<bool> = (0..64u8)
+            .map(|i| passes(&expr, &udp6(false, &[0x40 | (i & 0x3f); 1300])))
+            .collect();
         let taken = bulk.iter().filter(|b| **b).count();
-        assert!(taken < 8, "short-header bulk datagrams are sampled: {taken} of 64");
+        assert!(
+            taken < 8,
+            "short-header bulk datagrams are sampled: {taken} of 64"
+        );
         // Not ICMP errors about other protocols, not echo.
         let mut echo = icmp4_error(8, &tcp4(true, 1, 0x10, 0));
         echo[20] = 8;
@@ -412,15 +582,28 @@ mod tests {
 
     #[test]
     fn flow_capture_narrows_to_the_given_remote() {
-        let f = FlowFilter { protocol: Some(Protocol::Tcp), remote_ip: Some(IpAddr::V4(THEM4)), remote_port: Some(443), local_port: None };
+        let f = FlowFilter {
+            protocol: Some(Protocol::Tcp),
+            remote_ip: Some(IpAddr::V4(THEM4)),
+            remote_port: Some(443),
+            local_port: None,
+        };
         let text = flow_filter(&f, &local());
-        assert!(!text.contains("ip6"), "an IPv4 remote needs no IPv6 clauses: {text}");
+        assert!(
+            !text.contains("ip6"),
+            "an IPv4 remote needs no IPv6 clauses: {text}"
+        );
         let expr = Bpf::new(&text);
         assert!(passes(&expr, &tcp4(true, 9, 0x10, 0)));
         assert!(!passes(&expr, &udp4(true, &[1])), "UDP is not selected");
         assert!(passes(&expr, &icmp4_error(11, &tcp4(true, 1, 0x10, 0))));
         assert!(!passes(&expr, &icmp4_error(11, &udp4(true, &[]))));
-        let f6 = FlowFilter { protocol: Some(Protocol::Udp), remote_ip: Some(IpAddr::V6(THEM6)), remote_port: Some(443), local_port: None };
+        let f6 = FlowFilter {
+            protocol: Some(Protocol::Udp),
+            remote_ip: Some(IpAddr::V6(THEM6)),
+            remote_port: Some(443),
+            local_port: None,
+        };
         let expr = Bpf::new(&flow_filter(&f6, &local()));
         assert!(passes(&expr, &udp6(true, &[1])));
         assert!(passes(&expr, &icmp6_error(3, &udp6(true, &[0, 0]))));
@@ -431,16 +614,32 @@ mod tests {
 
     #[test]
     fn the_lane_takes_the_incoming_packets_of_its_flows_only() {
-        let k4 = FlowKey { protocol: Protocol::Tcp, local: "198.18.1.2:40000".parse().unwrap(), remote: "198.19.1.2:443".parse().unwrap() };
-        let k6 = FlowKey { protocol: Protocol::Udp, local: "[2001:2:0:1801::2]:40000".parse().unwrap(), remote: "[2001:2:0:1901::2]:443".parse().unwrap() };
+        let k4 = FlowKey {
+            protocol: Protocol::Tcp,
+            local: "198.18.1.2:40000".parse().unwrap(),
+            remote: "198.19.1.2:443".parse().unwrap(),
+        };
+        let k6 = FlowKey {
+            protocol: Protocol::Udp,
+            local: "[2001:2:0:1801::2]:40000".parse().unwrap(),
+            remote: "[2001:2:0:1901::2]:443".parse().unwrap(),
+        };
         let lane = Bpf::new(&lane_filter(&[k4, k6]));
-        assert!(passes(&lane, &tcp4(false, 0x9e37_79b9, 0x10, 1448)), "incoming bulk data of a lane flow");
+        assert!(
+            passes(&lane, &tcp4(false, 0x9e37_79b9, 0x10, 1448)),
+            "incoming bulk data of a lane flow"
+        );
         assert!(!passes(&lane, &tcp4(true, 1, 0x10, 0)), "outgoing");
         assert!(passes(&lane, &udp6(false, &[0x40; 1300])));
         assert!(!passes(&lane, &udp4(false, &[0x40; 1300])), "another flow");
         let empty = Bpf::new(&lane_filter(&[]));
         assert!(!passes(&empty, &tcp4(false, 1, 0x10, 1448)));
-        let many: Vec<FlowKey> = (0..200u16).map(|i| FlowKey { local: SocketAddr::new(k4.local.ip(), 10_000 + i), ..k4 }).collect();
+        let many: Vec<FlowKey> = (0..200u16)
+            .map(|i| FlowKey {
+                local: SocketAddr::new(k4.local.ip(), 10_000 + i),
+                ..k4
+            })
+            .collect();
         let big = Bpf::new(&lane_filter(&many)); // compiles: at most LANE_FLOWS flows
         assert!(!passes(&big, &tcp4(false, 1, 0x10, 1448)));
         // Flows to one server share a clause; each still passes, the next one does not.
@@ -455,7 +654,13 @@ mod tests {
         assert_eq!(lane_filter(&many).matches("src host").count(), 1);
         // Separate servers: a clause each, every flow passes.
         let spread: Vec<FlowKey> = (0..LANE_FLOWS as u8)
-            .map(|i| FlowKey { remote: SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::new(198, 19, 128, i + 1)), 443), ..k4 })
+            .map(|i| FlowKey {
+                remote: SocketAddr::new(
+                    IpAddr::V4(std::net::Ipv4Addr::new(198, 19, 128, i + 1)),
+                    443,
+                ),
+                ..k4
+            })
             .collect();
         let wide = Bpf::new(&lane_filter(&spread));
         let mut pkt = tcp4(false, 1, 0x10, 1448);
@@ -465,8 +670,14 @@ mod tests {
 
     #[test]
     fn detection_capture_takes_dns_hellos_and_initials_only() {
-        let all = DetectionSources { dns: true, tls: true, quic: true };
-        let expr = Bpf::new(&detection_filter(&FlowFilter::default(), &local(), all).expect("something to read"));
+        let all = DetectionSources {
+            dns: true,
+            tls: true,
+            quic: true,
+        };
+        let expr = Bpf::new(
+            &detection_filter(&FlowFilter::default(), &local(), all).expect("something to read"),
+        );
         let mut dns = udp4(false, &[0; 100]);
         dns[20..22].copy_from_slice(&53u16.to_be_bytes());
         assert!(passes(&expr, &dns), "DNS response");
@@ -477,18 +688,44 @@ mod tests {
         let total = seg.len() as u16;
         seg[2..4].copy_from_slice(&total.to_be_bytes());
         assert!(passes(&expr, &seg), "ClientHello");
-        assert!(passes(&expr, &tcp6(false, 1, 0x18, &hello)), "incoming ClientHello (we serve)");
-        assert!(passes(&expr, &tcp4(true, 600, 0x10, 900)), "the rest of a split ClientHello");
-        assert!(!passes(&expr, &tcp4(false, 70_000, 0x10, 1448)), "incoming data");
+        assert!(
+            passes(&expr, &tcp6(false, 1, 0x18, &hello)),
+            "incoming ClientHello (we serve)"
+        );
+        assert!(
+            passes(&expr, &tcp4(true, 600, 0x10, 900)),
+            "the rest of a split ClientHello"
+        );
+        assert!(
+            !passes(&expr, &tcp4(false, 70_000, 0x10, 1448)),
+            "incoming data"
+        );
         assert!(!passes(&expr, &tcp4(true, 1, 0x10, 0)), "pure ACK");
         assert!(!passes(&expr, &gso4()), "GSO upload");
         assert!(passes(&expr, &udp4(true, &[0xc0; 1250])), "QUIC Initial");
-        assert!(passes(&expr, &udp6(true, &[0xc0; 1250])), "QUIC Initial over IPv6");
-        assert!(!passes(&expr, &udp6(true, &[0xc0; 300])), "too small for a client Initial");
+        assert!(
+            passes(&expr, &udp6(true, &[0xc0; 1250])),
+            "QUIC Initial over IPv6"
+        );
+        assert!(
+            !passes(&expr, &udp6(true, &[0xc0; 300])),
+            "too small for a client Initial"
+        );
         assert!(!passes(&expr, &udp4(false, &[0x40; 1250])), "short header");
-        let none = DetectionSources { dns: false, tls: false, quic: false };
-        assert_eq!(detection_filter(&FlowFilter::default(), &local(), none), None);
-        let dns_only = DetectionSources { dns: true, tls: false, quic: false };
+        let none = DetectionSources {
+            dns: false,
+            tls: false,
+            quic: false,
+        };
+        assert_eq!(
+            detection_filter(&FlowFilter::default(), &local(), none),
+            None
+        );
+        let dns_only = DetectionSources {
+            dns: true,
+            tls: false,
+            quic: false,
+        };
         let expr = Bpf::new(&detection_filter(&FlowFilter::default(), &local(), dns_only).unwrap());
         assert!(!passes(&expr, &seg));
     }

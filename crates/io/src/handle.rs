@@ -62,5 +62,9 @@ where
             let _ = tx.send(ev);
         })
     });
-    RunHandle { events: rx, stop, thread: Some(thread) }
+    RunHandle {
+        events: rx,
+        stop,
+        thread: Some(thread),
+    }
 }

@@ -57,7 +57,9 @@ mod shield;
 mod traceroute;
 
 pub use capture::{DETECTION_SNAPLEN, SNAPLEN};
-pub use driver::{monitor, spawn_monitor, trace_flows, FlowTraceOptions, MonitorOptions, RunSummary};
+pub use driver::{
+    monitor, spawn_monitor, trace_flows, FlowTraceOptions, MonitorOptions, RunSummary,
+};
 pub use error::Error;
 pub use filter::{detection_filter, flow_filter, lane_filter, DetectionSources, LANE_FLOWS};
 pub use handle::RunHandle;
@@ -67,7 +69,8 @@ pub use traceroute::{spawn_traceroute, traceroute, traceroute_one, TracerouteOpt
 
 /// A traceroute running in the background ([`spawn_traceroute`]): hops and results as they
 /// come, then every result.
-pub type TracerouteHandle = RunHandle<svctr_core::TracerouteEvent, Vec<svctr_core::TracerouteResult>>;
+pub type TracerouteHandle =
+    RunHandle<svctr_core::TracerouteEvent, Vec<svctr_core::TracerouteResult>>;
 /// A monitor running in the background ([`spawn_monitor`]): results as traces finish, then
 /// the run's summary.
 pub type MonitorHandle = RunHandle<svctr_core::TraceResult, RunSummary>;

@@ -30,7 +30,9 @@ impl NameResolver {
                 std::thread::spawn(move || loop {
                     let next = rx.lock().map(|r| r.recv());
                     let Ok(Ok(ip)) = next else { return };
-                    let name = dns_lookup::lookup_addr(&ip).ok().filter(|n| n != &ip.to_string());
+                    let name = dns_lookup::lookup_addr(&ip)
+                        .ok()
+                        .filter(|n| n != &ip.to_string());
                     let (lock, cv) = &*cache;
                     if let Ok(mut m) = lock.lock() {
                         m.insert(ip, Some(name));
@@ -39,7 +41,11 @@ impl NameResolver {
                 })
             })
             .collect();
-        Self { cache, tx: Some(tx), workers }
+        Self {
+            cache,
+            tx: Some(tx),
+            workers,
+        }
     }
 
     /// Asks for `ip`'s name (once; later calls are free).
@@ -62,7 +68,9 @@ impl NameResolver {
             self.request(*ip);
         }
         let (lock, cv) = &*self.cache;
-        let Ok(mut m) = lock.lock() else { return HashMap::new() };
+        let Ok(mut m) = lock.lock() else {
+            return HashMap::new();
+        };
         loop {
             let pending = ips.iter().any(|ip| matches!(m.get(ip), Some(None)));
             let now = Instant::now();
@@ -74,7 +82,9 @@ impl NameResolver {
                 Err(_) => return HashMap::new(),
             }
         }
-        ips.iter().filter_map(|ip| m.get(ip).cloned().flatten().flatten().map(|n| (*ip, n))).collect()
+        ips.iter()
+            .filter_map(|ip| m.get(ip).cloned().flatten().flatten().map(|n| (*ip, n)))
+            .collect()
     }
 }
 

@@ -20,28 +20,52 @@ impl RawSockets {
     /// nothing).
     pub(crate) fn open(iface: Option<&str>, v4: bool, v6: bool) -> Result<Self, Error> {
         let open = |domain: Domain| -> Result<Socket, Error> {
-            let s = Socket::new(domain, Type::RAW, Some(socket2::Protocol::from(libc::IPPROTO_RAW))).map_err(|e| {
+            let s = Socket::new(
+                domain,
+                Type::RAW,
+                Some(socket2::Protocol::from(libc::IPPROTO_RAW)),
+            )
+            .map_err(|e| {
                 if e.kind() == io::ErrorKind::PermissionDenied {
-                    Error::Privilege { what: "sending probes (raw socket)".into() }
+                    Error::Privilege {
+                        what: "sending probes (raw socket)".into(),
+                    }
                 } else {
-                    Error::Socket { what: "opening a raw socket".into(), source: e }
+                    Error::Socket {
+                        what: "opening a raw socket".into(),
+                        source: e,
+                    }
                 }
             })?;
             if let Some(i) = iface.filter(|i| *i != "any") {
-                s.bind_device(Some(i.as_bytes())).map_err(|e| Error::Socket { what: format!("binding the raw socket to {i}"), source: e })?;
+                s.bind_device(Some(i.as_bytes()))
+                    .map_err(|e| Error::Socket {
+                        what: format!("binding the raw socket to {i}"),
+                        source: e,
+                    })?;
             }
             Ok(s)
         };
-        Ok(Self { v4: if v4 { Some(open(Domain::IPV4)?) } else { None }, v6: if v6 { Some(open(Domain::IPV6)?) } else { None } })
+        Ok(Self {
+            v4: if v4 { Some(open(Domain::IPV4)?) } else { None },
+            v6: if v6 { Some(open(Domain::IPV6)?) } else { None },
+        })
     }
 
     /// Sends one complete IP packet to `dst`.
     pub(crate) fn send(&self, dst: IpAddr, packet: &[u8]) -> io::Result<()> {
-        let sock = if dst.is_ipv4() { self.v4.as_ref() } else { self.v6.as_ref() };
+        let sock = if dst.is_ipv4() {
+            self.v4.as_ref()
+        } else {
+            self.v6.as_ref()
+        };
         let sock = sock.ok_or_else(|| io::Error::other("no raw socket for this IP version"))?;
         let n = sock.send_to(packet, &SockAddr::from(SocketAddr::new(dst, 0)))?;
         if n != packet.len() {
-            return Err(io::Error::other(format!("short send: {n} of {} bytes", packet.len())));
+            return Err(io::Error::other(format!(
+                "short send: {n} of {} bytes",
+                packet.len()
+            )));
         }
         Ok(())
     }

@@ -61,24 +61,42 @@ fn nft(script: &str) -> Result<(), String> {
         .spawn()
         .map_err(|e| format!("running nft: {e}"))?;
     if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(script.as_bytes()).map_err(|e| format!("writing to nft: {e}"))?;
+        stdin
+            .write_all(script.as_bytes())
+            .map_err(|e| format!("writing to nft: {e}"))?;
     }
-    let out = child.wait_with_output().map_err(|e| format!("waiting for nft: {e}"))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("waiting for nft: {e}"))?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(String::from_utf8_lossy(&out.stderr).lines().next().unwrap_or("nft failed").to_string())
+        Err(String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .next()
+            .unwrap_or("nft failed")
+            .to_string())
     }
 }
 
 /// Removes `svctr_<pid>` tables whose process is gone.
 fn remove_stale() {
     for family in ["ip", "ip6"] {
-        let Ok(out) = Command::new("nft").args(["list", "tables", family]).output() else { return };
+        let Ok(out) = Command::new("nft")
+            .args(["list", "tables", family])
+            .output()
+        else {
+            return;
+        };
         for line in String::from_utf8_lossy(&out.stdout).lines() {
-            let Some(name) = line.strip_prefix(&format!("table {family} ")) else { continue };
-            let Some(pid) = name.strip_prefix("svctr_") else { continue };
-            if pid.parse::<u32>().is_ok() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let Some(name) = line.strip_prefix(&format!("table {family} ")) else {
+                continue;
+            };
+            let Some(pid) = name.strip_prefix("svctr_") else {
+                continue;
+            };
+            if pid.parse::<u32>().is_ok() && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            {
                 let _ = nft(&format!("delete table {family} {name}\n"));
             }
         }
@@ -90,15 +108,36 @@ fn remove_stale() {
 fn element(flow: &FlowKey) -> Option<(&'static str, String)> {
     let (sp, dp) = (flow.local.port(), flow.remote.port());
     match (flow.local.ip(), flow.remote.ip()) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => Some(("ip", format!("0x{:08x} . 0x{:08x} . {sp} . {dp}", u32::from(s), u32::from(d)))),
-        (IpAddr::V6(s), IpAddr::V6(d)) => Some(("ip6", format!("0x{:032x} . 0x{:032x} . {sp} . {dp}", u128::from(s), u128::from(d)))),
+        (IpAddr::V4(s), IpAddr::V4(d)) => Some((
+            "ip",
+            format!(
+                "0x{:08x} . 0x{:08x} . {sp} . {dp}",
+                u32::from(s),
+                u32::from(d)
+            ),
+        )),
+        (IpAddr::V6(s), IpAddr::V6(d)) => Some((
+            "ip6",
+            format!(
+                "0x{:032x} . 0x{:032x} . {sp} . {dp}",
+                u128::from(s),
+                u128::from(d)
+            ),
+        )),
         _ => None,
     }
 }
 
 impl Shield {
     pub(crate) fn new() -> Self {
-        Self { table: format!("svctr_{}", std::process::id()), v4: false, v6: false, stale_removed: false, flows: HashMap::new(), next_expiry: None }
+        Self {
+            table: format!("svctr_{}", std::process::id()),
+            v4: false,
+            v6: false,
+            stale_removed: false,
+            flows: HashMap::new(),
+            next_expiry: None,
+        }
     }
 
     /// The table, set and rule of a family (priority -300: before conntrack at -200 and any
@@ -141,7 +180,9 @@ impl Shield {
         let (mut v4, mut v6) = (self.v4, self.v6);
         for flow in flows {
             let Some((family, elem)) = element(flow) else {
-                return Err(Error::Unsupported("a flow mixes IPv4 and IPv6 addresses".into()));
+                return Err(Error::Unsupported(
+                    "a flow mixes IPv4 and IPv6 addresses".into(),
+                ));
             };
             // Still in the set (traced again before its lingering ended): keep it.
             if self.flows.insert(*flow, State::Tracing).is_some() {
@@ -152,7 +193,10 @@ impl Shield {
                 script.push_str(&self.table_script(family));
                 *created = true;
             }
-            script.push_str(&format!("add element {family} {} flows {{ {elem} }}\n", self.table));
+            script.push_str(&format!(
+                "add element {family} {} flows {{ {elem} }}\n",
+                self.table
+            ));
         }
         if script.is_empty() {
             return Ok(());
@@ -167,7 +211,10 @@ impl Shield {
         for flow in flows {
             if let Some(s) = self.flows.get_mut(flow) {
                 *s = State::Lingering(now + LINGER);
-                self.next_expiry = Some(self.next_expiry.map_or(now + LINGER, |t| t.min(now + LINGER)));
+                self.next_expiry = Some(
+                    self.next_expiry
+                        .map_or(now + LINGER, |t| t.min(now + LINGER)),
+                );
             }
         }
     }
@@ -183,7 +230,9 @@ impl Shield {
         self.flows.retain(|flow, s| match *s {
             State::Lingering(at) if at <= now => {
                 if let Some((family, elem)) = element(flow) {
-                    script.push_str(&format!("delete element {family} {table} flows {{ {elem} }}\n"));
+                    script.push_str(&format!(
+                        "delete element {family} {table} flows {{ {elem} }}\n"
+                    ));
                 }
                 false
             }

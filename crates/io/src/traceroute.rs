@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use socket2::{Domain, SockAddr, Socket, Type};
-use svctr_core::{Now, Pacer, Protocol, Traceroute, TracerouteConfig, TracerouteEvent, TracerouteResult};
+use svctr_core::{
+    Now, Pacer, Protocol, Traceroute, TracerouteConfig, TracerouteEvent, TracerouteResult,
+};
 
 use crate::capture::Capture;
 use crate::driver::DRAIN_MAX;
@@ -43,37 +45,79 @@ pub struct TracerouteOptions {
 
 impl Default for TracerouteOptions {
     fn default() -> Self {
-        Self { targets: Vec::new(), config: TracerouteConfig::default(), iface: None, parallel: 1024, rate: 0, resolve_names: false }
+        Self {
+            targets: Vec::new(),
+            config: TracerouteConfig::default(),
+            iface: None,
+            parallel: 1024,
+            rate: 0,
+            resolve_names: false,
+        }
     }
 }
 
 /// The address this host would use to reach `dst` (a connected UDP socket sends nothing).
 fn source_for(dst: IpAddr, iface: Option<&str>) -> Result<IpAddr, Error> {
-    let domain = if dst.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 };
-    let sock = Socket::new(domain, Type::DGRAM, None).map_err(|e| Error::Socket { what: "opening a UDP socket".into(), source: e })?;
+    let domain = if dst.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let sock = Socket::new(domain, Type::DGRAM, None).map_err(|e| Error::Socket {
+        what: "opening a UDP socket".into(),
+        source: e,
+    })?;
     if let Some(i) = iface {
-        sock.bind_device(Some(i.as_bytes())).map_err(|e| Error::Socket { what: format!("binding to {i}"), source: e })?;
+        sock.bind_device(Some(i.as_bytes()))
+            .map_err(|e| Error::Socket {
+                what: format!("binding to {i}"),
+                source: e,
+            })?;
     }
     sock.connect(&SockAddr::from(SocketAddr::new(dst, 33434)))
-        .map_err(|e| Error::Socket { what: format!("no route to {dst}"), source: e })?;
-    let local = sock.local_addr().map_err(|e| Error::Socket { what: "reading the source address".into(), source: e })?;
-    local.as_socket().map(|s| s.ip()).ok_or_else(|| Error::Unsupported(format!("no source address for {dst}")))
+        .map_err(|e| Error::Socket {
+            what: format!("no route to {dst}"),
+            source: e,
+        })?;
+    let local = sock.local_addr().map_err(|e| Error::Socket {
+        what: "reading the source address".into(),
+        source: e,
+    })?;
+    local
+        .as_socket()
+        .map(|s| s.ip())
+        .ok_or_else(|| Error::Unsupported(format!("no source address for {dst}")))
 }
 
 /// A socket held for the whole run so that no other process gets our source port.
 fn reserve_port(protocol: Protocol) -> Result<(Socket, u16), Error> {
-    let ty = if protocol == Protocol::Tcp { Type::STREAM } else { Type::DGRAM };
-    let what = |e: io::Error| Error::Socket { what: "reserving a source port".into(), source: e };
+    let ty = if protocol == Protocol::Tcp {
+        Type::STREAM
+    } else {
+        Type::DGRAM
+    };
+    let what = |e: io::Error| Error::Socket {
+        what: "reserving a source port".into(),
+        source: e,
+    };
     // Dual-stack: one port for IPv4 and IPv6 alike.
     let (sock, addr): (Socket, SocketAddr) = match Socket::new(Domain::IPV6, ty, None) {
         Ok(s) => {
             s.set_only_v6(false).map_err(what)?;
             (s, "[::]:0".parse().expect("literal"))
         }
-        Err(_) => (Socket::new(Domain::IPV4, ty, None).map_err(what)?, "0.0.0.0:0".parse().expect("literal")),
+        Err(_) => (
+            Socket::new(Domain::IPV4, ty, None).map_err(what)?,
+            "0.0.0.0:0".parse().expect("literal"),
+        ),
     };
     sock.bind(&SockAddr::from(addr)).map_err(what)?;
-    let port = sock.local_addr().map_err(what)?.as_socket().map(|s| s.port()).unwrap_or(0);
+    let port = sock
+        .local_addr()
+        .map_err(what)?
+        .as_socket()
+        .map(|s| s.port())
+        .unwrap_or(0);
     Ok((sock, port))
 }
 
@@ -84,9 +128,11 @@ fn reserve_port(protocol: Protocol) -> Result<(Socket, u16), Error> {
 /// processes each see only their own replies; the engine checks every reply again.
 fn bpf_filter(cfg: &TracerouteConfig) -> String {
     let (lo, hi) = match (cfg.protocol, cfg.strategy) {
-        (Protocol::Tcp, svctr_core::Strategy::Classic) => {
-            (cfg.sport, cfg.sport.saturating_add(u16::from(cfg.max_ttl) * u16::from(cfg.probes_per_hop)))
-        }
+        (Protocol::Tcp, svctr_core::Strategy::Classic) => (
+            cfg.sport,
+            cfg.sport
+                .saturating_add(u16::from(cfg.max_ttl) * u16::from(cfg.probes_per_hop)),
+        ),
         _ => (cfg.sport, cfg.sport),
     };
     let quoted = format!(
@@ -123,43 +169,70 @@ pub fn traceroute(
     };
     if cfg.marker == 0 {
         // UDP/TCP: the reserved port is unique on this host; ICMP: the process id.
-        cfg.marker = if cfg.protocol == Protocol::Icmp { (std::process::id() as u16) | 1 } else { cfg.sport };
+        cfg.marker = if cfg.protocol == Protocol::Icmp {
+            (std::process::id() as u16) | 1
+        } else {
+            cfg.sport
+        };
     }
     let mut pending: VecDeque<(IpAddr, IpAddr)> = VecDeque::new();
     for &dst in &opts.targets {
         pending.push_back((dst, source_for(dst, iface)?));
     }
-    let raw = RawSockets::open(iface, opts.targets.iter().any(IpAddr::is_ipv4), opts.targets.iter().any(IpAddr::is_ipv6))?;
+    let raw = RawSockets::open(
+        iface,
+        opts.targets.iter().any(IpAddr::is_ipv4),
+        opts.targets.iter().any(IpAddr::is_ipv6),
+    )?;
     let filter = bpf_filter(&cfg);
     let mut capture = Capture::open_with_buffer(iface.unwrap_or("any"), &filter, 16 << 20)?;
     let mut engine = Traceroute::new(cfg).map_err(|e| Error::Unsupported(e.to_string()))?;
 
     let resolver = opts.resolve_names.then(|| NameResolver::new(4));
-    let parallel = if opts.parallel == 0 { usize::MAX } else { opts.parallel };
+    let parallel = if opts.parallel == 0 {
+        usize::MAX
+    } else {
+        opts.parallel
+    };
     let mut results = Vec::new();
     let mut buf = Vec::with_capacity(256);
     let mut pacer = Pacer::new(opts.rate);
     let mut interrupted = false;
     loop {
-        let now = Now { mono: Instant::now(), wall: SystemTime::now() };
+        let now = Now {
+            mono: Instant::now(),
+            wall: SystemTime::now(),
+        };
         if stop.load(Ordering::Relaxed) && !interrupted {
             interrupted = true;
             pending.clear();
             engine.cancel_all(now);
         }
         while engine.active() < parallel {
-            let Some((dst, src)) = pending.pop_front() else { break };
+            let Some((dst, src)) = pending.pop_front() else {
+                break;
+            };
             if let Err(e) = engine.add_target(now.mono, dst, src) {
                 return Err(Error::Unsupported(e.to_string()));
             }
         }
         capture
-            .drain(DRAIN_MAX, |ts, ip| engine.handle_packet(Instant::now(), ts, ip))
-            .map_err(|e| Error::Capture { iface: iface.unwrap_or("any").to_string(), source: e })?;
-        let now = Now { mono: Instant::now(), wall: SystemTime::now() };
+            .drain(DRAIN_MAX, |ts, ip| {
+                engine.handle_packet(Instant::now(), ts, ip)
+            })
+            .map_err(|e| Error::Capture {
+                iface: iface.unwrap_or("any").to_string(),
+                source: e,
+            })?;
+        let now = Now {
+            mono: Instant::now(),
+            wall: SystemTime::now(),
+        };
         engine.handle_timeout(now);
         while pacer.next_at(now.mono).is_none() {
-            let Some(tx) = engine.poll_transmit(now, &mut buf) else { break };
+            let Some(tx) = engine.poll_transmit(now, &mut buf) else {
+                break;
+            };
             pacer.try_take(now.mono);
             if let Err(e) = raw.send(tx.dst, &buf[..tx.len]) {
                 engine.handle_send_error(now, tx.dst, tx.probe, e.to_string());
@@ -168,7 +241,11 @@ pub fn traceroute(
         while let Some(mut ev) = engine.poll_event() {
             if let Some(res) = &resolver {
                 match &mut ev {
-                    TracerouteEvent::Hop { hop, .. } => hop.probes.iter().filter_map(|p| p.addr).for_each(|a| res.request(a)),
+                    TracerouteEvent::Hop { hop, .. } => hop
+                        .probes
+                        .iter()
+                        .filter_map(|p| p.addr)
+                        .for_each(|a| res.request(a)),
                     TracerouteEvent::Finished(r) => attach_names(res, r),
                     _ => {}
                 }
@@ -205,7 +282,11 @@ pub fn traceroute(
 
 /// Fills in `name` of every answered probe, waiting at most [`NAME_WAIT`] for pending names.
 fn attach_names(res: &NameResolver, r: &mut TracerouteResult) {
-    let ips: Vec<IpAddr> = r.hops.iter().flat_map(|h| h.probes.iter().filter_map(|p| p.addr)).collect();
+    let ips: Vec<IpAddr> = r
+        .hops
+        .iter()
+        .flat_map(|h| h.probes.iter().filter_map(|p| p.addr))
+        .collect();
     let names = res.names(&ips, Instant::now() + NAME_WAIT);
     for p in r.hops.iter_mut().flat_map(|h| h.probes.iter_mut()) {
         p.name = p.addr.and_then(|a| names.get(&a).cloned());
@@ -213,8 +294,17 @@ fn attach_names(res: &NameResolver, r: &mut TracerouteResult) {
 }
 
 /// Traces one target and returns its result (blocking).
-pub fn traceroute_one(target: IpAddr, config: TracerouteConfig, iface: Option<String>) -> Result<TracerouteResult, Error> {
-    let opts = TracerouteOptions { targets: vec![target], config, iface, ..TracerouteOptions::default() };
+pub fn traceroute_one(
+    target: IpAddr,
+    config: TracerouteConfig,
+    iface: Option<String>,
+) -> Result<TracerouteResult, Error> {
+    let opts = TracerouteOptions {
+        targets: vec![target],
+        config,
+        iface,
+        ..TracerouteOptions::default()
+    };
     traceroute(&opts, &AtomicBool::new(false), |_| {})?
         .pop()
         .ok_or_else(|| Error::Unsupported(format!("no result for {target}")))

@@ -139,8 +139,16 @@ pub(crate) struct Worker<T> {
 
 impl<T> Worker<T> {
     /// `stop` is the flag the thread polls; `what` names it in errors.
-    pub(crate) fn new(what: &'static str, stop: Arc<AtomicBool>, thread: JoinHandle<Result<T>>) -> Self {
-        Worker { what, stop, thread: Some(thread) }
+    pub(crate) fn new(
+        what: &'static str,
+        stop: Arc<AtomicBool>,
+        thread: JoinHandle<Result<T>>,
+    ) -> Self {
+        Worker {
+            what,
+            stop,
+            thread: Some(thread),
+        }
     }
     /// Whether the thread has ended (or was joined).
     pub(crate) fn is_finished(&self) -> bool {

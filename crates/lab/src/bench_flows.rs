@@ -57,7 +57,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use svctr_lab::{
-    echo_server, echo_server_process, flow_generator, tcp_download_to, tcp_server_on, Lab, LabConfig, Proto,
+    echo_server, echo_server_process, flow_generator, tcp_download_to, tcp_server_on, Lab,
+    LabConfig, Proto,
 };
 
 use crate::bench::{header, parse_bash_times, parse_rfc3339_us, parse_time_line, run_timed, stats};
@@ -89,7 +90,15 @@ fn tracer_path(p: &std::path::Path) -> Result<PathBuf> {
 /// stdout after the tool's output) and the max RSS (GNU time, the last line of stderr).
 fn timed_in_client(lab: &Lab, args: &[String]) -> Command {
     let mut c = lab.command(lab.client_ns(), "/usr/bin/time");
-    c.args(["-f", "%M %e", "bash", "-c", "\"$@\"; s=$?; times; exit $s", "bash"]).args(args);
+    c.args([
+        "-f",
+        "%M %e",
+        "bash",
+        "-c",
+        "\"$@\"; s=$?; times; exit $s",
+        "bash",
+    ])
+    .args(args);
     c
 }
 
@@ -106,7 +115,12 @@ struct Measured {
 fn measure(lab: &Lab, args: &[String], timeout: Duration, also_ok: &[i32]) -> Result<Measured> {
     let r = run_timed(timed_in_client(lab, args), timeout)?;
     if !r.status.success() && !r.status.code().is_some_and(|c| also_ok.contains(&c)) {
-        bail!("`{}` failed ({}): {}", args.join(" "), r.status, r.stderr.lines().rev().nth(1).unwrap_or(""));
+        bail!(
+            "`{}` failed ({}): {}",
+            args.join(" "),
+            r.status,
+            r.stderr.lines().rev().nth(1).unwrap_or("")
+        );
     }
     // bash's `times` goes to stdout after the tool's output: its last two lines.
     let lines: Vec<&str> = r.stdout.lines().collect();
@@ -129,7 +143,12 @@ fn measure(lab: &Lab, args: &[String], timeout: Duration, also_ok: &[i32]) -> Re
 fn stat(stderr: &str, key: &str) -> Option<u64> {
     let line = stderr.lines().find(|l| l.contains("stats:"))?;
     let at = line.find(key)? + key.len();
-    line[at..].trim_start().split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+    line[at..]
+        .trim_start()
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -166,30 +185,71 @@ struct FlowRun {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn flow_run(lab: &Lab, tracer: &str, proto: Proto, dst: SocketAddr, count: usize, rate: Option<u32>) -> Result<FlowRun> {
-    let mut args: Vec<String> = [tracer, "flow", "-i", "eth0", if proto == Proto::Tcp { "--tcp" } else { "--udp" }, "--remote"]
-        .iter()
-        .map(ToString::to_string)
-        .collect();
+fn flow_run(
+    lab: &Lab,
+    tracer: &str,
+    proto: Proto,
+    dst: SocketAddr,
+    count: usize,
+    rate: Option<u32>,
+) -> Result<FlowRun> {
+    let mut args: Vec<String> = [
+        tracer,
+        "flow",
+        "-i",
+        "eth0",
+        if proto == Proto::Tcp {
+            "--tcp"
+        } else {
+            "--udp"
+        },
+        "--remote",
+    ]
+    .iter()
+    .map(ToString::to_string)
+    .collect();
     args.push(dst.to_string());
     // The same capture ring in every run, so the RSS difference is the flows'.
-    args.extend(["--count", &count.to_string(), "--duration", "60", "--format", "jsonl", "--stats", "--capture-buffer", "32"].map(String::from));
+    args.extend(
+        [
+            "--count",
+            &count.to_string(),
+            "--duration",
+            "60",
+            "--format",
+            "jsonl",
+            "--stats",
+            "--capture-buffer",
+            "32",
+        ]
+        .map(String::from),
+    );
     if let Some(rate) = rate {
         args.extend(["--rate".to_string(), rate.to_string()]);
     }
     let m = measure(lab, &args, Duration::from_secs(180), &[])?;
-    let results: Vec<Value> = m.stdout.lines().map(serde_json::from_str).collect::<Result<_, _>>().context("tracer JSON")?;
+    let results: Vec<Value> = m
+        .stdout
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()
+        .context("tracer JSON")?;
     let mut first = i64::MAX;
     let mut last = i64::MIN;
     let mut specs = Vec::new();
     let mut longest = 0i64;
     let mut stops = std::collections::BTreeMap::new();
     for r in &results {
-        let (start, end) = (parse_rfc3339_us(r["start"].as_str().unwrap_or(""))?, parse_rfc3339_us(r["end"].as_str().unwrap_or(""))?);
+        let (start, end) = (
+            parse_rfc3339_us(r["start"].as_str().unwrap_or(""))?,
+            parse_rfc3339_us(r["end"].as_str().unwrap_or(""))?,
+        );
         first = first.min(start);
         last = last.max(end);
         longest = longest.max(end - start);
-        *stops.entry(r["stop_reason"].as_str().unwrap_or("none").to_string()).or_insert(0) += 1;
+        *stops
+            .entry(r["stop_reason"].as_str().unwrap_or("none").to_string())
+            .or_insert(0) += 1;
         let port = r["flow"]["local"]["port"].as_u64().unwrap_or(0) as u16;
         specs.push((IpAddr::V4(lab.client_addr()), port, dst.ip(), dst.port(), 0));
     }
@@ -201,7 +261,10 @@ fn flow_run(lab: &Lab, tracer: &str, proto: Proto, dst: SocketAddr, count: usize
             hops += 1;
             let ok = got.get(i).is_some_and(|h| {
                 let probes = h["probes"].as_array().cloned().unwrap_or_default();
-                !probes.is_empty() && probes.iter().all(|p| p["addr"].as_str() == Some(&w.to_string()))
+                !probes.is_empty()
+                    && probes
+                        .iter()
+                        .all(|p| p["addr"].as_str() == Some(&w.to_string()))
             });
             hops_right += usize::from(ok);
         }
@@ -231,25 +294,39 @@ pub(crate) fn run_flows(args: &FlowsBenchArgs, stop: &AtomicBool) -> Result<u8> 
     let lab = Lab::build(LabConfig::default())?;
     eprintln!("bench-flows: lab {} is up", lab.name());
     let mut out = String::new();
-    header(&mut out, &std::env::args().collect::<Vec<_>>().join(" "), &tracer)?;
+    header(
+        &mut out,
+        &std::env::args().collect::<Vec<_>>().join(" "),
+        &tracer,
+    )?;
     let server = IpAddr::V4(lab.server_addr());
     let udp_dst = SocketAddr::new(server, 7000);
     let tcp_dst = SocketAddr::new(server, 7001);
     let _udp_echo = echo_server(&lab, Proto::Udp, udp_dst)?;
     let exe = std::env::current_exe().context("own path")?;
     let tcp_echo = echo_server_process(&lab, Proto::Tcp, tcp_dst, &exe)?;
-    writeln!(out, "\n## 4. Flows traced per second and memory per concurrent flow\n")?;
+    writeln!(
+        out,
+        "\n## 4. Flows traced per second and memory per concurrent flow\n"
+    )?;
     writeln!(
         out,
         "{} repetitions per setting; spans and rates are medians (min-max in brackets). Each flow sends one message a second, so the tracer needs up to a second to see every flow: that bounds flows/s at 1,000 flows. Under a rate limit all flows' probes are interleaved, so all traces are in progress at once.\n",
         args.reps
     )?;
     writeln!(out, "| flows | setting | traced | hops = ground truth | span (ms) | flows/s | longest trace (ms) | stop reasons, all runs | wall (ms) | CPU (ms) | max RSS (MiB) | memory per flow (KiB) | traces at once | capture drops |")?;
-    writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")?;
+    writeln!(
+        out,
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    )?;
     let mut first_port_tcp = 30_000u16;
     let mut bases = Vec::new();
     for proto in [Proto::Udp, Proto::Tcp] {
-        let dst = if proto == Proto::Udp { udp_dst } else { tcp_dst };
+        let dst = if proto == Proto::Udp {
+            udp_dst
+        } else {
+            tcp_dst
+        };
         for &n in &args.flows {
             if stop.load(Ordering::SeqCst) {
                 return Ok(130);
@@ -269,25 +346,40 @@ pub(crate) fn run_flows(args: &FlowsBenchArgs, stop: &AtomicBool) -> Result<u8> 
             }
             std::thread::sleep(Duration::from_secs(2));
             let higher = format!("`--rate {}`", args.rate);
-            let settings: [(&str, usize, Option<u32>); 4] =
-                [("`--rate 0` (no limit)", n, Some(0)), ("default (`--rate 10000`)", n, None), (&higher, n, Some(args.rate)), ("count 1", 1, None)];
+            let settings: [(&str, usize, Option<u32>); 4] = [
+                ("`--rate 0` (no limit)", n, Some(0)),
+                ("default (`--rate 10000`)", n, None),
+                (&higher, n, Some(args.rate)),
+                ("count 1", 1, None),
+            ];
             let mut runs: Vec<Vec<FlowRun>> = (0..settings.len()).map(|_| Vec::new()).collect();
             for rep in 0..args.reps {
                 for (i, (name, count, rate)) in settings.iter().enumerate() {
                     eprintln!("bench-flows: {proto:?} {n} flows, {name}, run {}", rep + 1);
                     let r = flow_run(&lab, &t, proto, dst, *count, *rate)?;
-                    eprintln!("bench-flows:   {} traced, span {:.0} ms, longest trace {:.0} ms, {:?}", r.traced, r.span_ms, r.longest_ms, r.stops);
+                    eprintln!(
+                        "bench-flows:   {} traced, span {:.0} ms, longest trace {:.0} ms, {:?}",
+                        r.traced, r.span_ms, r.longest_ms, r.stops
+                    );
                     runs[i].push(r);
                 }
             }
             let base_rss = median(&runs[3].iter().map(|r| r.rss_kib).collect::<Vec<_>>());
-            bases.push(format!("{n} {proto:?} flows running: {:.1} MiB", base_rss / 1024.0));
+            bases.push(format!(
+                "{n} {proto:?} flows running: {:.1} MiB",
+                base_rss / 1024.0
+            ));
             for (i, (name, count, _)) in settings.iter().enumerate().take(3) {
                 let rs = &runs[i];
                 let col = |f: &dyn Fn(&FlowRun) -> f64| rs.iter().map(f).collect::<Vec<f64>>();
                 let traced = rs.iter().map(|r| r.traced).min().unwrap_or(0);
-                let (hops, right): (usize, usize) = rs.iter().fold((0, 0), |a, r| (a.0 + r.hops, a.1 + r.hops_right));
-                let per_flow: Vec<f64> = rs.iter().map(|r| (r.rss_kib - base_rss) / *count as f64).collect();
+                let (hops, right): (usize, usize) = rs
+                    .iter()
+                    .fold((0, 0), |a, r| (a.0 + r.hops, a.1 + r.hops_right));
+                let per_flow: Vec<f64> = rs
+                    .iter()
+                    .map(|r| (r.rss_kib - base_rss) / *count as f64)
+                    .collect();
                 let flows_per_s = col(&|r| r.traced as f64 / (r.span_ms / 1000.0).max(1e-6));
                 let setting = name;
                 let mut stops = std::collections::BTreeMap::new();
@@ -319,7 +411,11 @@ pub(crate) fn run_flows(args: &FlowsBenchArgs, stop: &AtomicBool) -> Result<u8> 
         }
     }
     tcp_echo.stop()?;
-    writeln!(out, "\nMax RSS of a `--count 1` run (the baseline of the memory per flow): {}.", bases.join("; "))?;
+    writeln!(
+        out,
+        "\nMax RSS of a `--count 1` run (the baseline of the memory per flow): {}.",
+        bases.join("; ")
+    )?;
     print!("{out}");
     Ok(0)
 }
@@ -343,7 +439,10 @@ fn rx_tx_packets(lab: &Lab) -> Result<u64> {
     let mut total = 0;
     for what in ["rx_packets", "tx_packets"] {
         let mut c = lab.command(lab.client_ns(), "cat");
-        c.arg(format!("/sys/class/net/{}/statistics/{what}", lab.client_iface()));
+        c.arg(format!(
+            "/sys/class/net/{}/statistics/{what}",
+            lab.client_iface()
+        ));
         let out = svctr_lab::run_checked(&mut c, None, Duration::from_secs(10))?;
         total += out.trim().parse::<u64>().context("interface counter")?;
     }
@@ -360,22 +459,56 @@ pub(crate) fn run_capture(args: &CaptureBenchArgs, stop: &AtomicBool) -> Result<
     let lab = Lab::build(LabConfig::default())?;
     eprintln!("bench-capture: lab {} is up", lab.name());
     let mut out = String::new();
-    header(&mut out, &std::env::args().collect::<Vec<_>>().join(" "), &tracer)?;
+    header(
+        &mut out,
+        &std::env::args().collect::<Vec<_>>().join(" "),
+        &tracer,
+    )?;
     let dst = SocketAddr::new(IpAddr::V4(lab.server_addr()), 8080);
     let _srv = tcp_server_on(&lab, "0.0.0.0:8080".parse().expect("literal"), 0)?;
     let dl = tcp_download_to(&lab, dst, 0, u64::MAX / 2, false)?;
     dl.wait_established(Duration::from_secs(10))?;
     std::thread::sleep(Duration::from_secs(2));
     let secs = args.secs.to_string();
-    let ours: Vec<String> = [&t, "monitor", "-i", "eth0", "--tcp", "--remote", &dst.to_string(), "--retrace-after", "1s", "--duration", &secs, "--stats", "--format", "jsonl"]
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-    let tcpdump: Vec<String> = ["timeout", &secs, "tcpdump", "-i", "eth0", "-s", "384", "-w", "/dev/null", "tcp port 8080"]
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-    let settings: [(&str, Option<&Vec<String>>); 3] = [("transfer alone", None), ("service-traceroute monitor", Some(&ours)), ("tcpdump, every packet of the flow", Some(&tcpdump))];
+    let ours: Vec<String> = [
+        &t,
+        "monitor",
+        "-i",
+        "eth0",
+        "--tcp",
+        "--remote",
+        &dst.to_string(),
+        "--retrace-after",
+        "1s",
+        "--duration",
+        &secs,
+        "--stats",
+        "--format",
+        "jsonl",
+    ]
+    .iter()
+    .map(ToString::to_string)
+    .collect();
+    let tcpdump: Vec<String> = [
+        "timeout",
+        &secs,
+        "tcpdump",
+        "-i",
+        "eth0",
+        "-s",
+        "384",
+        "-w",
+        "/dev/null",
+        "tcp port 8080",
+    ]
+    .iter()
+    .map(ToString::to_string)
+    .collect();
+    let settings: [(&str, Option<&Vec<String>>); 3] = [
+        ("transfer alone", None),
+        ("service-traceroute monitor", Some(&ours)),
+        ("tcpdump, every packet of the flow", Some(&tcpdump)),
+    ];
     let mut rows: Vec<Vec<CaptureRun>> = (0..settings.len()).map(|_| Vec::new()).collect();
     for rep in 0..args.reps {
         for (i, (name, cmd)) in settings.iter().enumerate() {
@@ -393,11 +526,21 @@ pub(crate) fn run_capture(args: &CaptureBenchArgs, stop: &AtomicBool) -> Result<
                     // tcpdump under `timeout` exits 124 (it still prints its counters).
                     let m = measure(&lab, cmd, Duration::from_secs(args.secs + 60), &[124])?;
                     let captured = if cmd[0] == "timeout" {
-                        m.stderr.lines().find_map(|l| l.strip_suffix(" packets captured").and_then(|n| n.trim().parse().ok())).unwrap_or(0)
+                        m.stderr
+                            .lines()
+                            .find_map(|l| {
+                                l.strip_suffix(" packets captured")
+                                    .and_then(|n| n.trim().parse().ok())
+                            })
+                            .unwrap_or(0)
                     } else {
                         stat(&m.stderr, "captured").unwrap_or(0)
                     };
-                    let traces = if cmd[0] == "timeout" { 0 } else { m.stdout.lines().count() as u64 };
+                    let traces = if cmd[0] == "timeout" {
+                        0
+                    } else {
+                        m.stdout.lines().count() as u64
+                    };
                     (m.cpu_ms, captured, traces)
                 }
             };

@@ -136,8 +136,8 @@ mod util;
 
 pub use apps::{
     pattern_byte, tcp_download, tcp_download_to, tcp_server, tcp_server_on, udp_server,
-    udp_server_on, udp_session, udp_session_to, DownloadReport, TcpDownload, TcpServer,
-    UdpReport, UdpServer, UdpSession,
+    udp_server_on, udp_session, udp_session_to, DownloadReport, TcpDownload, TcpServer, UdpReport,
+    UdpServer, UdpSession,
 };
 pub use capture::{Capture, CapturedPacket, PacketInfo};
 pub use dns::{dns_server, DnsRecord, DnsServer};
@@ -767,10 +767,26 @@ impl Lab {
             role => {
                 // branch router bK
                 let i: usize = role[1..].parse().expect("branch role");
-                route(plan::CLIENT_HALF, host(plan::r2_branch_net(i), 1).to_string(), "r2");
-                route(plan::CLIENT_HALF6, v6(plan::r2_branch_net(i), 1).to_string(), "r2");
-                route(plan::SERVER_HALF, host(plan::branch_r3_net(i), 2).to_string(), "r3");
-                route(plan::SERVER_HALF6, v6(plan::branch_r3_net(i), 2).to_string(), "r3");
+                route(
+                    plan::CLIENT_HALF,
+                    host(plan::r2_branch_net(i), 1).to_string(),
+                    "r2",
+                );
+                route(
+                    plan::CLIENT_HALF6,
+                    v6(plan::r2_branch_net(i), 1).to_string(),
+                    "r2",
+                );
+                route(
+                    plan::SERVER_HALF,
+                    host(plan::branch_r3_net(i), 2).to_string(),
+                    "r3",
+                );
+                route(
+                    plan::SERVER_HALF6,
+                    v6(plan::branch_r3_net(i), 2).to_string(),
+                    "r3",
+                );
             }
         }
         if n.role == "server" {
@@ -779,7 +795,10 @@ impl Lab {
             // probed address (IPv4: RTCF_LOCAL; IPv6: icmp6_send uses a local daddr).
             for i in 1..=self.cfg.fanout {
                 b.push_str(&format!("addr add {}/32 dev lo\n", plan::fanout_v4(i)));
-                b.push_str(&format!("addr add {}/128 dev lo nodad\n", plan::fanout_v6(i)));
+                b.push_str(&format!(
+                    "addr add {}/128 dev lo nodad\n",
+                    plan::fanout_v6(i)
+                ));
             }
         }
         b
@@ -799,7 +818,10 @@ impl Lab {
                 bail!("tentative IPv6 addresses in {}: {out}", n.ns);
             }
         }
-        let mut dsts = vec![IpAddr::V4(self.server_addr()), IpAddr::V6(self.server_addr6())];
+        let mut dsts = vec![
+            IpAddr::V4(self.server_addr()),
+            IpAddr::V6(self.server_addr6()),
+        ];
         if self.cfg.fanout > 0 {
             for i in [1, self.cfg.fanout] {
                 dsts.push(IpAddr::V4(plan::fanout_v4(i)));
@@ -1217,14 +1239,7 @@ impl Lab {
         let (IpAddr::V6(src6), IpAddr::V6(dst6)) = (src, dst) else {
             bail!("the routing oracle is IPv6-only");
         };
-        let pkt = util::oracle_packet6(
-            proto.number(true),
-            src6,
-            dst6,
-            sport,
-            dport,
-            flow_label,
-        );
+        let pkt = util::oracle_packet6(proto.number(true), src6, dst6, sport, dport, flow_label);
         let r1 = self.router_ns("r1")?.to_string();
         let r2 = self.router_ns("r2")?.to_string();
         let mut seen = self.oracle.lock().unwrap_or_else(|e| e.into_inner());
@@ -1369,7 +1384,8 @@ impl Lab {
         for ns in &self.created {
             let dir = std::path::Path::new("/etc/netns").join(ns);
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            std::fs::write(dir.join("hosts"), &hosts).with_context(|| format!("writing {}/hosts", dir.display()))?;
+            std::fs::write(dir.join("hosts"), &hosts)
+                .with_context(|| format!("writing {}/hosts", dir.display()))?;
             std::fs::write(dir.join("resolv.conf"), DEFAULT_RESOLV_CONF)
                 .with_context(|| format!("writing {}/resolv.conf", dir.display()))?;
         }
@@ -1620,12 +1636,21 @@ mod unit {
 
     #[test]
     fn v6_plan() {
-        assert_eq!(plan::v6_net(plan::CLIENT_NET).to_string(), "2001:2:0:1801::");
-        assert_eq!(plan::v6_net(plan::branch_r3_net(32)).to_string(), "2001:2:0:1942::");
+        assert_eq!(
+            plan::v6_net(plan::CLIENT_NET).to_string(),
+            "2001:2:0:1801::"
+        );
+        assert_eq!(
+            plan::v6_net(plan::branch_r3_net(32)).to_string(),
+            "2001:2:0:1942::"
+        );
         let (_, links) = topology("t", 3);
         assert_eq!(links[0].addr6_a().to_string(), "2001:2:0:1801::1");
         assert_eq!(links[0].addr6_b().to_string(), "2001:2:0:1801::2");
-        assert_eq!(links.last().unwrap().addr6_b().to_string(), "2001:2:0:1901::2");
+        assert_eq!(
+            links.last().unwrap().addr6_b().to_string(),
+            "2001:2:0:1901::2"
+        );
         for l in &links {
             for (a4, a6) in [(l.addr_a(), l.addr6_a()), (l.addr_b(), l.addr6_b())] {
                 assert_eq!(v4_to_v6(a4), Some(a6));
@@ -1635,7 +1660,10 @@ mod unit {
         assert_eq!(v6_to_v4("2001:2:0:1a01::1".parse().unwrap()), None);
         assert_eq!(plan::fanout_v4(256), Ipv4Addr::new(198, 19, 129, 0));
         assert_eq!(plan::fanout_v6(1000).to_string(), "2001:2:0:1980::3e8");
-        assert_eq!(plan::fanout_v4(MAX_FANOUT), Ipv4Addr::new(198, 19, 255, 255));
+        assert_eq!(
+            plan::fanout_v4(MAX_FANOUT),
+            Ipv4Addr::new(198, 19, 255, 255)
+        );
     }
 
     #[test]
@@ -1656,11 +1684,17 @@ mod unit {
 
     #[test]
     fn oracle_packet_layout() {
-        let (s, d): (Ipv6Addr, Ipv6Addr) =
-            ("2001:2:0:1801::2".parse().unwrap(), "2001:2:0:1901::2".parse().unwrap());
+        let (s, d): (Ipv6Addr, Ipv6Addr) = (
+            "2001:2:0:1801::2".parse().unwrap(),
+            "2001:2:0:1901::2".parse().unwrap(),
+        );
         let p = util::oracle_packet6(17, s, d, 1234, 9000, 0x12345);
         assert_eq!(p.len(), 48);
-        assert_eq!(&p[..4], &[0x6f, 0xf1, 0x23, 0x45], "version 6, tclass 0xff, label");
+        assert_eq!(
+            &p[..4],
+            &[0x6f, 0xf1, 0x23, 0x45],
+            "version 6, tclass 0xff, label"
+        );
         assert_eq!((p[6], p[7]), (17, 255));
         assert_eq!(&p[40..44], &[0x04, 0xd2, 0x23, 0x28]);
         assert_eq!(util::oracle_packet6(6, s, d, 1, 2, 0).len(), 60);

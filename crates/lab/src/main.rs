@@ -194,9 +194,20 @@ fn main() -> ExitCode {
             },
             &stop,
         ),
-        Cmd::BenchFlows { tracer, flows, reps, rate } => {
-            bench_flows::run_flows(&bench_flows::FlowsBenchArgs { tracer, flows, reps, rate }, &stop)
-        }
+        Cmd::BenchFlows {
+            tracer,
+            flows,
+            reps,
+            rate,
+        } => bench_flows::run_flows(
+            &bench_flows::FlowsBenchArgs {
+                tracer,
+                flows,
+                reps,
+                rate,
+            },
+            &stop,
+        ),
         Cmd::BenchCapture { tracer, secs, reps } => {
             bench_flows::run_capture(&bench_flows::CaptureBenchArgs { tracer, secs, reps }, &stop)
         }

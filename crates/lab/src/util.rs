@@ -184,7 +184,8 @@ pub(crate) fn ping_in_netns(ns: &str, dst: IpAddr, timeout: Duration) -> Result<
         let [hi, lo] = seq.to_be_bytes();
         let pkt = [request, 0, 0, 0, 0, 0, hi, lo, b'S', b'V', b'T', b'R'];
         let t0 = Instant::now();
-        s.send(&pkt).with_context(|| format!("echo request to {dst}"))?;
+        s.send(&pkt)
+            .with_context(|| format!("echo request to {dst}"))?;
         let deadline = t0 + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -289,10 +290,8 @@ impl TempDir {
         use std::os::unix::fs::DirBuilderExt;
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, Ordering::SeqCst);
-        let path = std::env::temp_dir().join(format!(
-            "svctr-lab-{what}-{}-{n}",
-            std::process::id()
-        ));
+        let path =
+            std::env::temp_dir().join(format!("svctr-lab-{what}-{}-{n}", std::process::id()));
         if path.exists() {
             let _ = std::fs::remove_dir_all(&path);
         }
@@ -339,10 +338,16 @@ impl NsProcess {
     pub(crate) fn spawn(cmd: &mut Command, keep_stdin: bool) -> Result<NsProcess> {
         use std::io::BufRead;
         let what = describe(cmd);
-        cmd.stdin(if keep_stdin { Stdio::piped() } else { Stdio::null() })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().with_context(|| format!("cannot start `{what}`"))?;
+        cmd.stdin(if keep_stdin {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start `{what}`"))?;
         let stdin = child.stdin.take();
         let stdout = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
@@ -388,12 +393,18 @@ impl NsProcess {
 
     /// Stdout so far.
     pub(crate) fn stdout(&self) -> String {
-        self.stdout.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.stdout
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Stderr so far.
     pub(crate) fn stderr(&self) -> String {
-        self.stderr.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.stderr
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Writes to the process's stdin (if it was kept).
@@ -413,7 +424,9 @@ impl NsProcess {
 
     /// The exit status if the process has ended.
     pub(crate) fn try_status(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// Waits up to `timeout` for the process to end (killing it then); returns the

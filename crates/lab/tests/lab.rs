@@ -92,8 +92,15 @@ fn assert_trace_matches(
         .iter()
         .map(|h| h.unwrap_or_else(|| panic!("{what}: lost hop:\n{text}")))
         .collect();
-    assert_eq!(&routers, expected, "{what}: traceroute vs ground truth\n{text}");
-    assert_eq!(hops[n], Some(dst), "{what}: last hop is the destination\n{text}");
+    assert_eq!(
+        &routers, expected,
+        "{what}: traceroute vs ground truth\n{text}"
+    );
+    assert_eq!(
+        hops[n],
+        Some(dst),
+        "{what}: last hop is the destination\n{text}"
+    );
     lab.branch_of_path_ip(hops).expect("path has a branch hop")
 }
 
@@ -600,7 +607,10 @@ fn ipv6_ground_truth_matches_fixed_tuple_traceroute() {
     let t0 = Instant::now();
     let lab = Lab::build(LabConfig::default()).expect("build lab");
     eprintln!("lab built in {:?}", t0.elapsed());
-    let (src, dst) = (IpAddr::V6(lab.client_addr6()), IpAddr::V6(lab.server_addr6()));
+    let (src, dst) = (
+        IpAddr::V6(lab.client_addr6()),
+        IpAddr::V6(lab.server_addr6()),
+    );
     for (proto, method, dport, ports) in [
         (Proto::Tcp, "-T", 8080u16, 41000u16..41030),
         (Proto::Udp, "-U", 9000u16, 42000u16..42030),
@@ -617,20 +627,42 @@ fn ipv6_ground_truth_matches_fixed_tuple_traceroute() {
             assert_eq!(path, lab.branch_path_ip(k, true));
             by_branch.entry(k).or_default().push((p, path));
         }
-        assert!(by_branch.len() >= 2, "{proto:?}: one branch only: {by_branch:?}");
+        assert!(
+            by_branch.len() >= 2,
+            "{proto:?}: one branch only: {by_branch:?}"
+        );
         let picked: Vec<(u16, Vec<IpAddr>)> = (0..2)
-            .flat_map(|round| by_branch.values().filter_map(move |v| v.get(round).cloned()))
+            .flat_map(|round| {
+                by_branch
+                    .values()
+                    .filter_map(move |v| v.get(round).cloned())
+            })
             .take(6)
             .collect();
         let mut seen = BTreeSet::new();
         for (sport, expected) in &picked {
-            let (hops, text) =
-                trace_to(&lab, method, dst, Some(*sport), dport, 0, lab.hop_count() + 1);
+            let (hops, text) = trace_to(
+                &lab,
+                method,
+                dst,
+                Some(*sport),
+                dport,
+                0,
+                lab.hop_count() + 1,
+            );
             let what = format!("v6 {proto:?} sport {sport}");
-            seen.insert(assert_trace_matches(&lab, &what, &hops, &text, expected, dst));
+            seen.insert(assert_trace_matches(
+                &lab, &what, &hops, &text, expected, dst,
+            ));
         }
-        assert!(seen.len() >= 2, "{proto:?}: traceroute saw only branches {seen:?}");
-        eprintln!("v6 {proto:?}: {} ports verified over branches {seen:?}", picked.len());
+        assert!(
+            seen.len() >= 2,
+            "{proto:?}: traceroute saw only branches {seen:?}"
+        );
+        eprintln!(
+            "v6 {proto:?}: {} ports verified over branches {seen:?}",
+            picked.len()
+        );
     }
 
     // The flow label is part of the IPv6 ECMP hash (fib_multipath_hash_fields=0x3f):
@@ -646,20 +678,35 @@ fn ipv6_ground_truth_matches_fixed_tuple_traceroute() {
             .unwrap();
         by_branch.entry(k).or_default().push(label);
     }
-    assert!(by_branch.len() >= 2, "the flow label does not move the flow: {by_branch:?}");
+    assert!(
+        by_branch.len() >= 2,
+        "the flow label does not move the flow: {by_branch:?}"
+    );
     let mut seen = BTreeSet::new();
     for labels in by_branch.values() {
         for &label in labels.iter().take(2) {
             let expected = lab
                 .expected_path_ip(Proto::Udp, src, dst, sport, dport, label)
                 .unwrap();
-            let (hops, text) =
-                trace_to(&lab, "-U", dst, Some(sport), dport, label, lab.hop_count() + 1);
+            let (hops, text) = trace_to(
+                &lab,
+                "-U",
+                dst,
+                Some(sport),
+                dport,
+                label,
+                lab.hop_count() + 1,
+            );
             let what = format!("v6 UDP sport {sport} label {label:#x}");
-            seen.insert(assert_trace_matches(&lab, &what, &hops, &text, &expected, dst));
+            seen.insert(assert_trace_matches(
+                &lab, &what, &hops, &text, &expected, dst,
+            ));
         }
     }
-    assert!(seen.len() >= 2, "labels: traceroute saw only branches {seen:?}");
+    assert!(
+        seen.len() >= 2,
+        "labels: traceroute saw only branches {seen:?}"
+    );
 }
 
 /// ICMP echo probes (`traceroute -I`, both families) follow `Proto::Icmp` ground
@@ -684,12 +731,22 @@ fn icmp_ground_truth_matches_traceroute_i() {
             .expected_path_ip(Proto::Icmp, src, dst, 0, 0, 0)
             .expect("expected_path_ip");
         let (hops, text) = trace_to(&lab, "-I", dst, None, 0, 0, lab.hop_count() + 1);
-        let k = assert_trace_matches(&lab, &format!("ICMP to {dst}"), &hops, &text, &expected, dst);
+        let k = assert_trace_matches(
+            &lab,
+            &format!("ICMP to {dst}"),
+            &hops,
+            &text,
+            &expected,
+            dst,
+        );
         seen.entry(dst.is_ipv6()).or_default().insert(k);
     }
     eprintln!("ICMP branches seen (v6?, branches): {seen:?}");
     for (v6, branches) in &seen {
-        assert!(branches.len() >= 2, "ICMP v6={v6}: 13 destinations all on {branches:?}");
+        assert!(
+            branches.len() >= 2,
+            "ICMP v6={v6}: 13 destinations all on {branches:?}"
+        );
     }
 }
 
@@ -708,7 +765,10 @@ fn fanout_targets_answer() {
         .expect("build lab");
         let built = t0.elapsed();
         eprintln!("lab with fanout {n} built in {built:?}");
-        assert!(built < Duration::from_secs(30), "fanout {n}: build took {built:?}");
+        assert!(
+            built < Duration::from_secs(30),
+            "fanout {n}: build took {built:?}"
+        );
         let (v4, v6) = (lab.fanout_targets_v4(), lab.fanout_targets_v6());
         assert_eq!((v4.len(), v6.len()), (n, n));
         assert_eq!(v4[0], Ipv4Addr::new(198, 19, 128, 1));
@@ -746,8 +806,15 @@ fn fanout_targets_answer() {
                 let expected = lab
                     .expected_path_ip(proto, src, dst, sport, dport, 0)
                     .expect("expected_path_ip");
-                let (hops, text) =
-                    trace_to(&lab, method, dst, Some(sport), dport, 0, lab.hop_count() + 1);
+                let (hops, text) = trace_to(
+                    &lab,
+                    method,
+                    dst,
+                    Some(sport),
+                    dport,
+                    0,
+                    lab.hop_count() + 1,
+                );
                 assert_trace_matches(
                     &lab,
                     &format!("{proto:?} to fan-out target {dst}"),

@@ -204,7 +204,9 @@ pub fn ones_add(a: u16, b: u16) -> u16 {
 /// checksum = probe number via two payload bytes; ICMP: constant checksum via the identifier).
 /// Out-of-range offsets leave `buf` unchanged.
 pub fn force_checksum(buf: &mut [u8], csum_at: usize, word_at: usize, want: u16) {
-    let (Some(c), Some(_)) = (buf.get(csum_at..csum_at + 2), buf.get(word_at..word_at + 2)) else { return };
+    let (Some(c), Some(_)) = (buf.get(csum_at..csum_at + 2), buf.get(word_at..word_at + 2)) else {
+        return;
+    };
     let current = u16::from_be_bytes([c[0], c[1]]);
     let x = ones_add(!want, current);
     buf[word_at..word_at + 2].copy_from_slice(&x.to_be_bytes());
@@ -488,15 +490,29 @@ mod tests {
 
     #[test]
     fn forced_udp_checksums_verify() {
-        let ip = Ipv4Fields { src: "198.18.0.2".parse().unwrap(), dst: "198.19.1.2".parse().unwrap(), ttl: 3, tos: 0, dont_fragment: true, ident: 7 };
-        let udp = UdpFields { src_port: 40000, dst_port: 33434 };
+        let ip = Ipv4Fields {
+            src: "198.18.0.2".parse().unwrap(),
+            dst: "198.19.1.2".parse().unwrap(),
+            ttl: 3,
+            tos: 0,
+            dont_fragment: true,
+            ident: 7,
+        };
+        let udp = UdpFields {
+            src_port: 40000,
+            dst_port: 33434,
+        };
         let mut buf = Vec::new();
         for want in [1u16, 2, 0x1234, 0x8000, 0xfffe, 65025] {
             for extra in [0usize, 1, 7, 40] {
                 emit_udp_v4(&ip, &udp, &vec![0u8; 2 + extra], &mut buf);
                 force_checksum(&mut buf, 26, 28, want);
                 assert_eq!(u16::from_be_bytes([buf[26], buf[27]]), want);
-                assert_eq!(transport_sum(&buf), 0xffff, "want {want:#x} extra {extra}: the datagram verifies");
+                assert_eq!(
+                    transport_sum(&buf),
+                    0xffff,
+                    "want {want:#x} extra {extra}: the datagram verifies"
+                );
             }
         }
         // Out of range: unchanged, no panic.

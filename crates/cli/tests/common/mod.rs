@@ -20,7 +20,11 @@ pub(crate) fn tracer_for(lab: &Lab, args: &[&str], timeout: Duration) -> Output 
 }
 
 /// Starts the tracer in the client namespace in the background.
-pub(crate) fn tracer_in_background(lab: &Lab, args: &[&str], timeout: Duration) -> JoinHandle<Output> {
+pub(crate) fn tracer_in_background(
+    lab: &Lab,
+    args: &[&str],
+    timeout: Duration,
+) -> JoinHandle<Output> {
     let mut c = lab.command(lab.client_ns(), TRACER);
     c.args(args);
     std::thread::spawn(move || output_with_timeout(&mut c, None, timeout).expect("tracer runs"))
@@ -32,7 +36,12 @@ pub(crate) fn stderr(o: &Output) -> String {
 
 /// The JSON lines of a successful run.
 pub(crate) fn json_lines<T: DeserializeOwned>(out: &Output) -> Vec<T> {
-    assert!(out.status.success(), "tracer failed ({:?}): {}", out.status, stderr(out));
+    assert!(
+        out.status.success(),
+        "tracer failed ({:?}): {}",
+        out.status,
+        stderr(out)
+    );
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
