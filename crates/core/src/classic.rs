@@ -12,7 +12,9 @@
 //! | `dublin` | constant | IPv4 identification; IPv6 payload length |
 //!
 //! Every probe also carries this process's marker (its reserved source port for UDP and TCP,
-//! the `marker` for ICMP, the high 16 bits of every TCP sequence number), and every reply is
+//! the `marker` for ICMP, the high 16 bits of every TCP sequence number); the live driver
+//! reserves both from the kernel so that no two live processes share them, its kernel filter
+//! passes only replies that quote them, and every reply is
 //! checked against it, so several processes tracing at once never take each other's replies.
 //! Targets are told apart by destination address: one trace per address at a time.
 
@@ -35,6 +37,10 @@ use crate::flow::{FlowKey, Protocol};
 use crate::probe::ProbeShape;
 use crate::result::{Hop, StopReason};
 use crate::trace::{ReplyInfo, ReplyOutcome, Trace};
+
+/// Classic TCP probes use at most this many consecutive source ports (then the ports repeat):
+/// each is reserved by the live driver for the whole run.
+pub const CLASSIC_TCP_PORTS: u16 = 256;
 
 /// Where the probe number goes (see the module doc).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -84,8 +90,12 @@ pub struct TracerouteConfig {
     /// Destination port: UDP base port (33434) or TCP port (80). Unused for ICMP.
     pub port: Option<u16>,
     /// Source port (UDP, TCP): the driver reserves one per process by binding a socket.
+    /// Classic TCP cycles through [`tcp_ports`](Self::tcp_ports) consecutive ports from it.
     pub sport: u16,
-    /// This process's marker (see the module doc); the driver picks it.
+    /// This process's marker (see the module doc): for UDP and TCP the driver sets it to the
+    /// reserved source port; for ICMP, 0 asks the driver to reserve one. A sans-IO user picks
+    /// its own (0 and 0xffff are best avoided: Paris ICMP derives its checksum from the
+    /// complement).
     pub marker: u16,
     /// Extra payload bytes per probe.
     pub payload_size: u16,
@@ -122,7 +132,7 @@ impl Default for TracerouteConfig {
             strategy: Strategy::Paris,
             port: None,
             sport: 0,
-            marker: 0x5356,
+            marker: 0,
             payload_size: 0,
             flow_label: 0,
             tos: 0,
@@ -149,8 +159,39 @@ impl TracerouteConfig {
         })
     }
 
+    /// How many consecutive source ports from `sport` the probes use: classic TCP gives each
+    /// probe its own flow identifier through its source port (up to [`CLASSIC_TCP_PORTS`],
+    /// then they repeat); every other combination uses `sport` alone.
+    pub fn tcp_ports(&self) -> u16 {
+        if (self.protocol, self.strategy) != (Protocol::Tcp, Strategy::Classic) {
+            return 1;
+        }
+        let probes = self.trace_config().probes_per_trace().max(1);
+        u16::try_from(probes.min(usize::from(CLASSIC_TCP_PORTS))).unwrap_or(CLASSIC_TCP_PORTS)
+    }
+
+    /// The source port of probe `n` (see [`tcp_ports`](Self::tcp_ports)).
+    fn source_port(&self, n: u16) -> u16 {
+        self.sport
+            .wrapping_add(n.wrapping_sub(1) % self.tcp_ports())
+    }
+
+    /// The checksum of the echo reply to a Paris ICMP probe: the replier changes only the type
+    /// (RFC 792: 8 to 0; RFC 4443: 128 to 129) and recomputes the checksum, so it differs from
+    /// the probe's constant one by that type's weight in the one's-complement sum (RFC 1624).
+    pub fn paris_reply_checksum(&self, v6: bool) -> u16 {
+        let c = self.paris_checksum();
+        if v6 {
+            // The sum grows by 0x0100: the checksum (its complement) shrinks by it.
+            ones_add(c, !0x0100)
+        } else {
+            // The sum shrinks by 0x0800: the checksum grows by it.
+            ones_add(c, 0x0800)
+        }
+    }
+
     /// The ICMP checksum a Paris probe holds constant: derived from the marker, never 0.
-    fn paris_checksum(&self) -> u16 {
+    pub fn paris_checksum(&self) -> u16 {
         match !self.marker {
             0 | 0xffff => 0x5356,
             c => c,
@@ -310,6 +351,15 @@ impl Traceroute {
     pub fn new(cfg: TracerouteConfig) -> Result<Self, ConfigError> {
         let trace_cfg = cfg.trace_config();
         trace_cfg.validate()?;
+        // Probe numbers are 16 bits, 0 excepted, and a TCP reply acknowledges n + 1 in the low
+        // half of the sequence number, so n stays below 0xffff.
+        let probes = trace_cfg.probes_per_trace();
+        if probes >= usize::from(u16::MAX) {
+            return Err(ConfigError::TooManyProbes {
+                probes,
+                max: usize::from(u16::MAX) - 1,
+            });
+        }
         Ok(Self {
             cfg,
             trace_cfg,
@@ -346,7 +396,7 @@ impl Traceroute {
         };
         // Probe numbers start at 1: 0 would be an IPv4 ID Linux rewrites, a UDP checksum
         // meaning "none", and an empty Dublin payload.
-        let trace = Trace::new(key, &self.trace_cfg, None, 1, now);
+        let trace = Trace::new(key, &self.trace_cfg, None, 1, 1, now);
         self.targets.insert(
             dst,
             Target {
@@ -429,11 +479,7 @@ impl Traceroute {
             flow_label: c.flow_label,
         };
         let tcp = TcpFields {
-            src_port: if c.strategy == Strategy::Classic {
-                c.sport.wrapping_add(n - 1)
-            } else {
-                c.sport
-            },
+            src_port: c.source_port(n),
             dst_port: dport,
             seq: tcp_seq,
             ack: 0,
@@ -532,12 +578,7 @@ impl Traceroute {
                     return None;
                 }
                 let n = (seq & 0xffff) as u16;
-                let want_sport = if c.strategy == Strategy::Classic {
-                    c.sport.wrapping_add(n.wrapping_sub(1))
-                } else {
-                    c.sport
-                };
-                if sport != want_sport {
+                if n == 0 || sport != c.source_port(n) {
                     return None;
                 }
                 n

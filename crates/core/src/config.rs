@@ -86,7 +86,22 @@ pub struct TraceConfig {
     /// Extra rounds of `probes_per_hop` probes for a TTL whose probes all went unanswered
     /// (default 0).
     pub retries: u8,
+    /// This process's slot (`0..FLOW_SLOTS`), reserved by the driver so that no two live
+    /// processes share it: the low bits of every probe's tag (IPv4 identification, IPv6 UDP
+    /// checksum, IPv6 TCP sequence number; see the probe module), checked by the kernel filter
+    /// and by the engine, so that processes tracing the same flow never take each other's
+    /// replies.
+    pub slot: u8,
 }
+
+/// Flow-tracer processes that can trace at once in one network namespace: each has a slot,
+/// the low [`SLOT_BITS`] bits of its probes' tags.
+pub const FLOW_SLOTS: u8 = 1 << SLOT_BITS;
+/// Bits of a flow probe's tag that carry the process slot.
+pub const SLOT_BITS: u32 = 4;
+/// Probes one flow trace may send: the tags of a process are the 16-bit values with its slot
+/// in the low bits, 0 excepted, and the probes of a trace must have distinct tags.
+pub const MAX_FLOW_PROBES: usize = (1 << (16 - SLOT_BITS)) - 1;
 
 impl Default for TraceConfig {
     fn default() -> Self {
@@ -107,6 +122,7 @@ impl Default for TraceConfig {
             ident_seed: 0x5eed,
             max_in_flight: 0,
             retries: 0,
+            slot: 0,
         }
     }
 }
@@ -132,6 +148,20 @@ pub enum ConfigError {
     /// no local address to tell outgoing from incoming packets.
     #[error("no local IP address given: cannot tell the flow's direction")]
     NoLocalAddress,
+    /// A slot outside `0..FLOW_SLOTS`.
+    #[error("process slot {0} is not below {FLOW_SLOTS}")]
+    Slot(u8),
+    /// More probes per trace than a process has tags for.
+    #[error(
+        "a trace would send up to {probes} probes (TTLs x probes x (1 + retries)); at most {max} \
+         can be told apart"
+    )]
+    TooManyProbes {
+        /// probes asked for
+        probes: usize,
+        /// the most
+        max: usize,
+    },
 }
 
 impl TraceConfig {
@@ -150,5 +180,28 @@ impl TraceConfig {
             return Err(ConfigError::NoTimeout);
         }
         Ok(())
+    }
+
+    /// [`validate`](Self::validate), and what the flow tracer needs besides: a slot in range
+    /// and no more probes per trace than a process has tags for.
+    pub fn validate_flow(&self) -> Result<(), ConfigError> {
+        self.validate()?;
+        if self.slot >= FLOW_SLOTS {
+            return Err(ConfigError::Slot(self.slot));
+        }
+        let probes = self.probes_per_trace();
+        if probes > MAX_FLOW_PROBES {
+            return Err(ConfigError::TooManyProbes {
+                probes,
+                max: MAX_FLOW_PROBES,
+            });
+        }
+        Ok(())
+    }
+
+    /// The most probes one trace can send: every TTL, every retry round.
+    pub fn probes_per_trace(&self) -> usize {
+        let ttls = usize::from(self.max_ttl.saturating_sub(self.first_ttl)) + 1;
+        ttls * usize::from(self.probes_per_hop) * (1 + usize::from(self.retries))
     }
 }

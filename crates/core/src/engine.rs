@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 use svctr_wire::icmp::{IcmpError, IcmpMessage};
 use svctr_wire::packet::{parse_ip, Packet, Transport};
 
-use crate::config::{ConfigError, TraceConfig};
+use crate::config::{ConfigError, TraceConfig, SLOT_BITS};
 use crate::flow::{FlowKey, FlowSelector, FlowState, Protocol};
 use crate::probe::{self, ProbeShape};
 use crate::result::{ServiceTag, StopReason, TraceResult};
@@ -170,7 +170,7 @@ impl Engine {
         selector: Option<FlowSelector>,
         local: Vec<IpAddr>,
     ) -> Result<Self, ConfigError> {
-        cfg.validate()?;
+        cfg.validate_flow()?;
         if local.is_empty() {
             return Err(ConfigError::NoLocalAddress);
         }
@@ -489,8 +489,11 @@ impl Engine {
             return;
         }
         let distance = s.remote_router_hops();
-        let first_ident = ident_seed(self.cfg.ident_seed, key);
-        let trace = Trace::new(*key, &self.cfg, distance, first_ident, now);
+        // The process slot in the low bits of every tag, the rest counts from a per-trace start.
+        let start = ident_seed(self.cfg.ident_seed, self.stats.traces_started, key);
+        let first_tag = (start << SLOT_BITS) | u16::from(self.cfg.slot);
+        let stride = 1 << SLOT_BITS;
+        let trace = Trace::new(*key, &self.cfg, distance, first_tag, stride, now);
         entry.phase = Phase::Tracing(Box::new(trace));
         self.tracing += 1;
         self.stats.traces_started += 1;
@@ -745,11 +748,12 @@ fn ip_length(pkt: &Packet<'_>) -> u16 {
     len.min(u32::from(u16::MAX)) as u16
 }
 
-/// A per-flow starting identification: flows do not share one identification space (they are
-/// told apart by the quoted 5-tuple), but distinct starting points make the probes of two traces
-/// of the same 5-tuple in two runs unlikely to be confused by a late reply.
-fn ident_seed(seed: u16, key: &FlowKey) -> u16 {
-    // FNV-1a over the 5-tuple: cheap, deterministic, no dependency.
+/// A per-trace starting point of the tag sequence: flows do not share one tag space (they are
+/// told apart by the quoted 5-tuple) and processes have their own slots, but distinct starting
+/// points make a late reply to an earlier trace of the same 5-tuple (a re-trace, an earlier
+/// run) unlikely to be taken for a probe of this one.
+fn ident_seed(seed: u16, trace_number: u64, key: &FlowKey) -> u16 {
+    // FNV-1a over the 5-tuple and the trace's number: cheap, deterministic, no dependency.
     let mut h: u32 = 0x811c_9dc5 ^ u32::from(seed);
     let mut feed = |b: u8| {
         h ^= u32::from(b);
@@ -763,8 +767,6 @@ fn ident_seed(seed: u16, key: &FlowKey) -> u16 {
         }
         addr.port().to_be_bytes().into_iter().for_each(&mut feed);
     }
-    match (h ^ (h >> 16)) as u16 {
-        0 => 1,
-        n => n,
-    }
+    trace_number.to_le_bytes().into_iter().for_each(&mut feed);
+    (h ^ (h >> 16)) as u16
 }

@@ -40,10 +40,10 @@ mod trace;
 
 pub use classic::{
     ProbeOut, Strategy, TargetError, Traceroute, TracerouteConfig, TracerouteEvent,
-    TracerouteResult,
+    TracerouteResult, CLASSIC_TCP_PORTS,
 };
 pub use compare::{compare, render_comparison, Comparison, TtlComparison};
-pub use config::{Algorithm, ConfigError, TraceConfig};
+pub use config::{Algorithm, ConfigError, TraceConfig, FLOW_SLOTS, MAX_FLOW_PROBES, SLOT_BITS};
 pub use engine::{Engine, EngineStats, Event, Now, Transmit};
 pub use flow::{FlowKey, FlowSelector, Protocol};
 pub use monitor::{FlowFilter, Granularity, Monitor, MonitorConfig, MonitorStats, KNOWN_IDLE};

@@ -70,20 +70,33 @@
 //! probe's 16-bit tag, which the quote gives back:
 //!
 //! * **TCP: the sequence number.** The keep-alive shape above is kept, and the tag is a map
-//!   entry: each probe of a trace gets a distinct `SEG.SEQ` at or below `SND.UNA - 1`, the
-//!   highest free one (`SND.UNA - 1`, else one below the last probe's), and the trace maps it
-//!   back to the probe. Every such number is outside `[snd_una, snd_nxt]`, so Linux
-//!   `tcp_v6_err()` ignores the errors exactly as `tcp_v4_err()` does (`OutOfWindowIcmps`); it
-//!   is below the remote's `RCV.NXT`, so the remote discards the segment at the sequence check
-//!   (RFC 9293 §3.10.7.4) as it discards a keep-alive; it is at most the trace's probe count
-//!   below `SND.UNA`, far inside any window, so conntrack's `tcp_in_window()` accepts it and
-//!   its `td_end` does not move. Nothing a router hashes changes.
+//!   entry: each probe of a trace gets a distinct `SEG.SEQ` at or below `SND.UNA - 1` whose
+//!   low 4 bits are the process slot (below), the highest free one, and the trace maps it back
+//!   to the probe. Every such number is outside `[snd_una, snd_nxt]`, so Linux `tcp_v6_err()`
+//!   ignores the errors exactly as `tcp_v4_err()` does (`OutOfWindowIcmps`); it is below the
+//!   remote's `RCV.NXT`, so the remote discards the segment at the sequence check (RFC 9293
+//!   §3.10.7.4) as it discards a keep-alive; it is at most 16 times the trace's probe count
+//!   below `SND.UNA` (1.5 KB for 32 TTLs x 3 probes), far inside any window, so conntrack's
+//!   `tcp_in_window()` accepts it and its `td_end` does not move. Nothing a router hashes
+//!   changes.
 //! * **UDP: the checksum.** The datagram carries two payload bytes chosen so that the UDP
 //!   checksum equals the tag (Paris traceroute's trick, Augustin et al., IMC 2006). Routers do
 //!   not hash the checksum; the remote never receives the probe (probing stops one hop short
 //!   of it, as for IPv4); and all probes have the same length, so the UDP shield matches them
 //!   by their quoted length (10 bytes) and 5-tuple. The tag is never 0: RFC 8200 §8.1 forbids a
 //!   zero UDP checksum over IPv6.
+//!
+//! # Several processes on one flow
+//!
+//! Two processes may trace the same flow at once (two operators, a monitor and an ad-hoc
+//! run). Their probes then have the same 5-tuple, so the tag alone must tell whose a reply is.
+//! Each process holds a *slot* (`0..16`, [`crate::TraceConfig::slot`]), reserved by the live
+//! driver so that no two live processes share one, and every tag it uses has the slot in its
+//! low 4 bits: the IPv4 identification, the IPv6 UDP checksum and the IPv6 TCP sequence number
+//! alike. The kernel filter passes only errors whose quote has the process's slot there (the
+//! low byte of each of the three fields is the same byte of the quote), and the engine looks
+//! the whole tag up among its own probes. So the slot isolates processes by construction, and
+//! a trace has 4,095 tags for its probes.
 //!
 //! So a probe differs from the flow's own packets only in fields no router hashes and no
 //! endpoint acts on (hop limit, TCP sequence below the window, UDP payload that nobody
@@ -97,6 +110,7 @@ use svctr_wire::probe::{
     TcpFields, UdpFields,
 };
 
+use crate::config::SLOT_BITS;
 use crate::flow::{tcp_flags, FlowKey, FlowState, Protocol};
 
 /// IPv4 length of a TCP probe (20-byte IP header, 20-byte TCP header).
@@ -107,9 +121,12 @@ pub(crate) const UDP_V4_LEN: u16 = 28;
 pub(crate) const TCP_V6_PAYLOAD: u16 = 20;
 /// IPv6 payload length of a UDP probe (8-byte header, 2 payload bytes that set the checksum).
 pub(crate) const UDP_V6_PAYLOAD: u16 = 10;
-/// How far below `SND.UNA - 1` an IPv6 TCP probe's sequence number may go looking for a free
-/// one (a trace has at most 255 TTLs x 255 probes; in practice a few dozen).
-const MAX_SEQ_STEPS: u32 = 1 << 16;
+/// How many candidates below `SND.UNA - 1` an IPv6 TCP probe looks at for a free sequence
+/// number (a trace has at most `MAX_FLOW_PROBES` probes; in practice a few dozen).
+const MAX_SEQ_STEPS: u32 = 1 << 12;
+/// The low bits of a tag (and of an IPv6 TCP probe's sequence number) that hold the process
+/// slot.
+const SLOT_MASK: u32 = (1 << SLOT_BITS) - 1;
 
 /// The TCP sequence and acknowledgment numbers of a probe for this flow (see the module doc),
 /// or `None` while the flow has not shown both directions.
@@ -190,14 +207,17 @@ pub(crate) fn build(
             match key.protocol {
                 Protocol::Tcp => {
                     let (top, ack) = tcp_probe_numbers(state)?;
-                    // Start below the previous probe while SND.UNA has not moved (no scan over
-                    // the numbers already used), else at SND.UNA - 1.
+                    // Only numbers whose low bits are this process's slot (the tag's low bits):
+                    // the highest at or below SND.UNA - 1, else, while SND.UNA has not moved,
+                    // the next one below the previous probe's (no scan over the numbers used).
+                    let slot = u32::from(tag) & SLOT_MASK;
+                    let highest = top.wrapping_sub(top.wrapping_sub(slot) & SLOT_MASK);
                     let start = match state.v6_probe_seq {
-                        Some((t, last)) if t == top => last.wrapping_sub(1),
-                        _ => top,
+                        Some((t, last)) if t == top => last.wrapping_sub(SLOT_MASK + 1),
+                        _ => highest,
                     };
                     let seq = (0..MAX_SEQ_STEPS)
-                        .map(|i| start.wrapping_sub(i))
+                        .map(|i| start.wrapping_sub(i * (SLOT_MASK + 1)))
                         .find(|s| !seq_taken(*s))?;
                     state.v6_probe_seq = Some((top, seq));
                     emit_tcp_v6(&ip, &tcp_fields(seq, ack), &[], buf);

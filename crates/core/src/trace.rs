@@ -142,7 +142,10 @@ pub(crate) struct Trace {
     /// IPv6 TCP probes carry their tag as a sequence number (see the probe module): the map
     /// from the number back to the tag.
     by_seq: HashMap<u32, u16>,
+    /// The next probe's tag; tags advance by `tag_stride` (the flow tracer keeps its process
+    /// slot in the low bits, see `TraceConfig::slot`) and skip 0.
     next_ident: u16,
+    tag_stride: u16,
     cursor: usize,
     /// Every probe below this index is resolved. Probes are sent in index order at
     /// non-decreasing times with one timeout, so the awaited probe with the earliest deadline
@@ -177,8 +180,10 @@ impl Trace {
         cfg: &TraceConfig,
         remote_distance: Option<u8>,
         first_ident: u16,
+        tag_stride: u16,
         now: Instant,
     ) -> Self {
+        let tag_stride = tag_stride.max(1);
         let (cap_ttl, cap_from_remote) = match remote_distance {
             Some(d) if !cfg.probe_remote && d < cfg.max_ttl => (d, true),
             _ => (cfg.max_ttl, false),
@@ -212,7 +217,12 @@ impl Trace {
             probes,
             by_ident: HashMap::new(),
             by_seq: HashMap::new(),
-            next_ident: if first_ident == 0 { 1 } else { first_ident },
+            next_ident: if first_ident == 0 {
+                tag_stride
+            } else {
+                first_ident
+            },
+            tag_stride,
             cursor: 0,
             oldest: 0,
             next_send: Some(now),
@@ -293,8 +303,8 @@ impl Trace {
         self.pending += 1;
         self.sent += 1;
         // Identification 0 is skipped: Linux fills in its own value for 0 (see probe.rs).
-        self.next_ident = match self.next_ident.wrapping_add(1) {
-            0 => 1,
+        self.next_ident = match self.next_ident.wrapping_add(self.tag_stride) {
+            0 => self.tag_stride,
             n => n,
         };
         self.cursor += 1;

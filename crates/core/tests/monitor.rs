@@ -775,8 +775,15 @@ fn ipv6_probes_keep_the_flow_identity_and_carry_distinct_tags() {
                     (seg.src_port, seg.dst_port, seg.flags, seg.payload_len),
                     (40001, 443, 0x10, 0)
                 );
-                // SND.UNA is 1000 (the remote acknowledged 1000): every probe at or below 999.
-                assert!(seg.seq <= 999 && seg.seq > 999 - 100, "seq {}", seg.seq);
+                // SND.UNA is 1000 (the remote acknowledged 1000): every probe at or below 999,
+                // with the process slot (0 here) in its low 4 bits, at most 16 x the probe
+                // count below.
+                assert!(
+                    seg.seq <= 999 && seg.seq > 999 - 16 * 3 * u32::from(HOPS),
+                    "seq {}",
+                    seg.seq
+                );
+                assert_eq!(seg.seq % 16, 0, "slot 0 in the low bits: seq {}", seg.seq);
                 assert_eq!(seg.ack, 5000, "RCV.NXT: the last ACK this host sent");
                 assert!(tcp_seqs.insert(seg.seq), "distinct sequence numbers");
             }
@@ -784,6 +791,7 @@ fn ipv6_probes_keep_the_flow_identity_and_carry_distinct_tags() {
                 assert_eq!(p.ip.flow_label, 0xabcde);
                 assert_eq!((d.src_port, d.dst_port, d.payload_len), (40002, 9000, 2));
                 assert_eq!(d.checksum, tx.ident, "the checksum is the probe's tag");
+                assert_eq!(d.checksum % 16, 0, "slot 0 in the low bits");
                 assert!(udp_sums.insert(d.checksum));
                 // And it is a valid checksum (RFC 8200 §8.1): the sum over the pseudo-header
                 // and the datagram is all ones.

@@ -179,9 +179,12 @@ pub fn monitor(
             FLOW_RING
         });
     let ring = i32::try_from(ring).unwrap_or(i32::MAX);
+    // This process's slot, held until the run ends: the kernel filter and the engine take only
+    // replies that carry it (see the reserve module).
+    let (slot, _slot_reservation) = crate::reserve::flow_slot()?;
     let mut capture = Capture::open_with(
         &opts.iface,
-        &flow_filter(&cfg.filter, &local),
+        &flow_filter(&cfg.filter, &local, slot),
         SNAPLEN,
         ring,
         BATCHED,
@@ -211,6 +214,7 @@ pub fn monitor(
     let mut shielded = UdpTraces::default();
     let mut mcfg = cfg.clone();
     mcfg.trace.ident_seed = seed();
+    mcfg.trace.slot = slot;
     let mut mon = Monitor::new(mcfg, local).map_err(|e| Error::Unsupported(e.to_string()))?;
     let mut pacer = Pacer::new(opts.rate);
 

@@ -54,6 +54,10 @@ pub enum Error {
         /// how long we waited
         duration: Duration,
     },
+    /// A marker this process needs (a source port, an ICMP identifier, a flow slot) is held
+    /// by another process.
+    #[error("{0}")]
+    Busy(String),
     /// Something this version cannot do.
     #[error("{0}")]
     Unsupported(String),

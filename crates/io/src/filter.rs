@@ -52,7 +52,7 @@
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
-use svctr_core::{FlowFilter, FlowKey, Protocol};
+use svctr_core::{FlowFilter, FlowKey, Protocol, Strategy, TracerouteConfig, SLOT_BITS};
 
 /// Outgoing packets up to this IPv4 total length are taken: one Ethernet MTU.
 const MTU_V4: u16 = 1500;
@@ -104,16 +104,22 @@ fn seq_sample(seq: &str) -> String {
     format!("({seq} % 61 == 0 or {seq} % 67 == 0)")
 }
 
-/// The flow capture's filter (see the module doc).
-pub fn flow_filter(f: &FlowFilter, local: &[IpAddr]) -> String {
+/// The flow capture's filter (see the module doc). `slot` is this process's slot: only ICMP
+/// errors whose quoted tag has it in its low bits are this process's replies (see
+/// `svctr_core::TraceConfig::slot`); the quoted IPv4 identification, IPv6 UDP checksum and
+/// IPv6 TCP sequence number all end in the same byte of the quote.
+pub fn flow_filter(f: &FlowFilter, local: &[IpAddr], slot: u8) -> String {
+    let mask = (1u32 << SLOT_BITS) - 1;
     let mut clauses = Vec::new();
     let n = narrowing(f);
     if family_ok(f, local, false) {
         let src = src_local(local, false).unwrap_or_default();
         // ICMP errors (3 unreachable, 11 time exceeded, 12 parameter problem) quoting TCP/UDP;
         // the quoted header starts at icmp[8] (probes carry no IP options).
+        // The quoted identification at icmp[12:2]: its low byte carries the slot.
         let mut icmp = format!(
-            "(icmp and (icmp[0] == 3 or icmp[0] == 11 or icmp[0] == 12) and {}",
+            "(icmp and (icmp[0] == 3 or icmp[0] == 11 or icmp[0] == 12) and {} \
+             and icmp[13] & {mask} == {slot}",
             quoted_protocols(f, "icmp[17]")
         );
         if let Some(IpAddr::V4(r)) = f.remote_ip {
@@ -143,8 +149,10 @@ pub fn flow_filter(f: &FlowFilter, local: &[IpAddr]) -> String {
         // ICMPv6 errors (1 unreachable, 2 too big, 3 time exceeded, 4 parameter problem): the
         // ICMPv6 header at ip6[40], the quoted header at ip6[48] (next header at 54,
         // destination at 72..88), the quoted ports at ip6[88] and ip6[90].
+        // The quoted UDP checksum (ip6[94:2]) and TCP sequence number (ip6[92:4]) both end at
+        // ip6[95], whose low bits carry the slot.
         let mut icmp6 = format!(
-            "(ip6[6] == 58 and ip6[40] >= 1 and ip6[40] <= 4 and {}",
+            "(ip6[6] == 58 and ip6[40] >= 1 and ip6[40] <= 4 and {} and ip6[95] & {mask} == {slot}",
             quoted_protocols(f, "ip6[54]")
         );
         if let Some(IpAddr::V6(r)) = f.remote_ip {
@@ -181,6 +189,110 @@ pub fn flow_filter(f: &FlowFilter, local: &[IpAddr]) -> String {
         clauses.push(format!(
             "(ip6 and (ip6[6] == 0 or ip6[6] == 43 or ip6[6] == 44 or ip6[6] == 60){n})"
         ));
+    }
+    clauses.join(" or ")
+}
+
+/// The traceroute capture's filter: this process's probes leaving, and the replies that can
+/// only be to them, for the IP versions in use. Every clause checks the process's marker (see
+/// the reserve module and `svctr_core::Traceroute`): the reserved source port (TCP: also the
+/// high half of the sequence number, or of the acknowledgment in a reply) or the reserved ICMP
+/// echo identifier (Paris: the constant checksum derived from it; Dublin: identifier and
+/// sequence number), so that processes tracing at once never see each other's replies.
+///
+/// Offsets: an IPv4 ICMP error quotes the probe's 20-byte header (our probes have no options)
+/// at `icmp[8]`, so its transport header starts at `icmp[28]`; an ICMPv6 error starts at
+/// `ip6[40]`, the quoted IPv6 header at `ip6[48]` (next header at `ip6[54]`) and its transport
+/// header at `ip6[88]`.
+pub fn traceroute_filter(cfg: &TracerouteConfig, v4: bool, v6: bool) -> String {
+    let m = cfg.marker;
+    let (lo, hi) = (cfg.sport, cfg.sport.saturating_add(cfg.tcp_ports() - 1));
+    let d = cfg.dest_port();
+    let errors4 = "icmp and (icmp[0] == 3 or icmp[0] == 11 or icmp[0] == 12)";
+    let errors6 = "ip6[6] == 58 and ip6[40] >= 1 and ip6[40] <= 4";
+    let mut clauses = Vec::new();
+    match cfg.protocol {
+        Protocol::Udp => {
+            if v4 {
+                clauses.push(format!(
+                    "({errors4} and icmp[17] == 17 and icmp[28:2] == {lo})"
+                ));
+            }
+            if v6 {
+                clauses.push(format!(
+                    "({errors6} and ip6[54] == 17 and ip6[88:2] == {lo})"
+                ));
+            }
+            clauses.push(format!("(udp and src port {lo})"));
+        }
+        Protocol::Tcp => {
+            if v4 {
+                clauses.push(format!(
+                    "({errors4} and icmp[17] == 6 and icmp[28:2] >= {lo} and icmp[28:2] <= {hi} \
+                     and icmp[32:2] == {m})"
+                ));
+                // Our SYNs leaving (seq high half), the destination's SYN-ACK or RST (ack).
+                clauses.push(format!(
+                    "(ip and tcp and ((tcp[0:2] >= {lo} and tcp[0:2] <= {hi} and tcp[2:2] == {d} \
+                     and tcp[4:2] == {m}) or (tcp[0:2] == {d} and tcp[2:2] >= {lo} and tcp[2:2] <= {hi} \
+                     and tcp[8:2] == {m})))"
+                ));
+            }
+            if v6 {
+                clauses.push(format!(
+                    "({errors6} and ip6[54] == 6 and ip6[88:2] >= {lo} and ip6[88:2] <= {hi} \
+                     and ip6[92:2] == {m})"
+                ));
+                clauses.push(format!(
+                    "(ip6[6] == 6 and ((ip6[40:2] >= {lo} and ip6[40:2] <= {hi} and ip6[42:2] == {d} \
+                     and ip6[44:2] == {m}) or (ip6[40:2] == {d} and ip6[42:2] >= {lo} \
+                     and ip6[42:2] <= {hi} and ip6[48:2] == {m})))"
+                ));
+            }
+        }
+        Protocol::Icmp => {
+            // What identifies our echo requests, at `at` (the start of an ICMP header): the
+            // identifier (classic), the constant checksum (Paris), identifier and sequence
+            // number (Dublin).
+            let request = |p: &str, at: usize| match cfg.strategy {
+                Strategy::Classic => format!("{p}[{}:2] == {m}", at + 4),
+                Strategy::Paris => format!("{p}[{}:2] == {}", at + 2, cfg.paris_checksum()),
+                Strategy::Dublin => {
+                    format!("{p}[{}:2] == {m} and {p}[{}:2] == {m}", at + 4, at + 6)
+                }
+            };
+            // An echo reply: the same, but Paris's checksum changes with the type (RFC 1624).
+            let reply = |p: &str, at: usize, v6: bool| match cfg.strategy {
+                Strategy::Paris => match cfg.paris_reply_checksum(v6) {
+                    // 0x0000 and 0xffff are the same one's-complement number.
+                    0 | 0xffff => format!("({p}[{0}:2] == 0 or {p}[{0}:2] == 65535)", at + 2),
+                    c => format!("{p}[{}:2] == {c}", at + 2),
+                },
+                _ => request(p, at),
+            };
+            if v4 {
+                clauses.push(format!(
+                    "({errors4} and icmp[17] == 1 and {})",
+                    request("icmp", 28)
+                ));
+                clauses.push(format!("(icmp[0] == 8 and {})", request("icmp", 0)));
+                clauses.push(format!("(icmp[0] == 0 and {})", reply("icmp", 0, false)));
+            }
+            if v6 {
+                clauses.push(format!(
+                    "({errors6} and ip6[54] == 58 and {})",
+                    request("ip6", 88)
+                ));
+                clauses.push(format!(
+                    "(ip6[6] == 58 and ip6[40] == 128 and {})",
+                    request("ip6", 40)
+                ));
+                clauses.push(format!(
+                    "(ip6[6] == 58 and ip6[40] == 129 and {})",
+                    reply("ip6", 40, true)
+                ));
+            }
+        }
     }
     clauses.join(" or ")
 }
@@ -436,6 +548,242 @@ mod tests {
         b
     }
 
+    /// A flow probe with tag `tag` (IPv4: the identification; IPv6: the UDP checksum or the
+    /// TCP sequence number), as the flow tracer writes it.
+    fn tagged(mut p: Vec<u8>, tag: u16) -> Vec<u8> {
+        if p[0] >> 4 == 4 {
+            p[4..6].copy_from_slice(&tag.to_be_bytes());
+        } else if p[6] == 17 {
+            p[46..48].copy_from_slice(&tag.to_be_bytes());
+        } else {
+            p[44..48].copy_from_slice(&(0x1234_0000 | u32::from(tag)).to_be_bytes());
+        }
+        p
+    }
+
+    /// The probes a traceroute engine with `cfg` sends to `dst` (TTLs 1 to 3).
+    fn traceroute_probes(cfg: &TracerouteConfig, dst: IpAddr) -> Vec<Vec<u8>> {
+        use std::time::{Instant, SystemTime};
+        let src = if dst.is_ipv4() {
+            IpAddr::V4(ME4)
+        } else {
+            IpAddr::V6(ME6)
+        };
+        let cfg = TracerouteConfig {
+            max_ttl: 3,
+            max_in_flight: 0,
+            ..cfg.clone()
+        };
+        let mut engine = svctr_core::Traceroute::new(cfg).unwrap();
+        let now = svctr_core::Now {
+            mono: Instant::now(),
+            wall: SystemTime::now(),
+        };
+        engine.add_target(now.mono, dst, src).unwrap();
+        let mut out = Vec::new();
+        let mut buf = Vec::new();
+        while let Some(tx) = engine.poll_transmit(now, &mut buf) {
+            out.push(buf[..tx.len].to_vec());
+        }
+        assert_eq!(out.len(), 9);
+        out
+    }
+
+    fn ones_sum(data: &[u8], mut s: u32) -> u16 {
+        for c in data.chunks(2) {
+            s += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+        }
+        while s > 0xffff {
+            s = (s & 0xffff) + (s >> 16);
+        }
+        s as u16
+    }
+
+    /// The replies a probe can draw: a router's Time Exceeded quoting it, and the
+    /// destination's answer (Port Unreachable, SYN-ACK, Echo Reply with its checksum computed
+    /// as a real replier does).
+    fn replies_to(probe: &[u8]) -> Vec<Vec<u8>> {
+        let v6 = probe[0] >> 4 == 6;
+        let h = if v6 { 40 } else { 20 };
+        let (src, dst) = if v6 {
+            (IpAddr::V6(THEM6), IpAddr::V6(ME6))
+        } else {
+            (IpAddr::V4(THEM4), IpAddr::V4(ME4))
+        };
+        let mut out = Vec::new();
+        let mut quoted = probe.to_vec();
+        quoted[if v6 { 7 } else { 8 }] = 1;
+        if v6 {
+            out.push(icmp6_error(3, &quoted));
+            out.push(icmp6_error(1, &quoted));
+        } else {
+            out.push(icmp4_error(11, &quoted));
+            out.push(icmp4_error(3, &quoted));
+        }
+        let proto = probe[if v6 { 6 } else { 9 }];
+        if proto == 6 {
+            let (sp, dp) = (&probe[h..h + 2], &probe[h + 2..h + 4]);
+            let seq = u32::from_be_bytes(probe[h + 4..h + 8].try_into().unwrap());
+            let tcp = TcpFields {
+                src_port: u16::from_be_bytes([dp[0], dp[1]]),
+                dst_port: u16::from_be_bytes([sp[0], sp[1]]),
+                seq: 77,
+                ack: seq.wrapping_add(1),
+                flags: 0x12,
+                window: 500,
+            };
+            let mut b = Vec::new();
+            match (src, dst) {
+                (IpAddr::V4(s), IpAddr::V4(d)) => {
+                    let ip = Ipv4Fields {
+                        src: s,
+                        dst: d,
+                        ttl: 60,
+                        tos: 0,
+                        dont_fragment: true,
+                        ident: 3,
+                    };
+                    emit_tcp_v4(&ip, &tcp, &[], &mut b);
+                }
+                (IpAddr::V6(s), IpAddr::V6(d)) => {
+                    let ip = Ipv6Fields {
+                        src: s,
+                        dst: d,
+                        hop_limit: 60,
+                        traffic_class: 0,
+                        flow_label: 0,
+                    };
+                    emit_tcp_v6(&ip, &tcp, &[], &mut b);
+                }
+                _ => unreachable!(),
+            }
+            out.push(b);
+        }
+        if proto == 1 || proto == 58 {
+            let mut icmp = probe[h..].to_vec();
+            icmp[0] = if v6 { 129 } else { 0 };
+            icmp[2..4].copy_from_slice(&[0, 0]);
+            let pseudo = if v6 {
+                let mut p = Vec::new();
+                p.extend_from_slice(&probe[8..40]);
+                p.extend_from_slice(&(icmp.len() as u32).to_be_bytes());
+                p.extend_from_slice(&[0, 0, 0, 58]);
+                u32::from(ones_sum(&p, 0))
+            } else {
+                0
+            };
+            let c = !ones_sum(&icmp, pseudo);
+            icmp[2..4].copy_from_slice(&c.to_be_bytes());
+            let mut b = probe[..h].to_vec();
+            if v6 {
+                b[8..24].copy_from_slice(&probe[24..40]);
+                b[24..40].copy_from_slice(&probe[8..24]);
+            } else {
+                b[12..16].copy_from_slice(&probe[16..20]);
+                b[16..20].copy_from_slice(&probe[12..16]);
+            }
+            b.extend_from_slice(&icmp);
+            out.push(b);
+        }
+        out
+    }
+
+    /// For every protocol x strategy x IP version: the filter of one process passes its own
+    /// probes and every reply they draw, and none of another process's (another marker), even
+    /// to the same destination with the same probe numbers.
+    #[test]
+    fn traceroute_capture_passes_only_its_own_process_packets() {
+        for (dst, v4, v6) in [
+            (IpAddr::V4(THEM4), true, false),
+            (IpAddr::V6(THEM6), false, true),
+        ] {
+            for protocol in [Protocol::Udp, Protocol::Tcp, Protocol::Icmp] {
+                for strategy in [Strategy::Classic, Strategy::Paris, Strategy::Dublin] {
+                    let ours = TracerouteConfig {
+                        protocol,
+                        strategy,
+                        sport: 40100,
+                        marker: if protocol == Protocol::Icmp {
+                            0x1234
+                        } else {
+                            40100
+                        },
+                        ..TracerouteConfig::default()
+                    };
+                    // The neighbour's marker differs only in its low bit: PIDs 2k and 2k+1
+                    // once shared one.
+                    let theirs = TracerouteConfig {
+                        sport: if protocol == Protocol::Tcp && strategy == Strategy::Classic {
+                            40100 + ours.tcp_ports()
+                        } else {
+                            40101
+                        },
+                        marker: if protocol == Protocol::Icmp {
+                            0x1235
+                        } else {
+                            40101
+                        },
+                        ..ours.clone()
+                    };
+                    let theirs = TracerouteConfig {
+                        marker: if protocol == Protocol::Icmp {
+                            theirs.marker
+                        } else {
+                            theirs.sport
+                        },
+                        ..theirs
+                    };
+                    let expr = Bpf::new(&traceroute_filter(&ours, v4, v6));
+                    let case = format!("{protocol:?} {strategy:?} {dst}");
+                    for probe in traceroute_probes(&ours, dst) {
+                        assert!(passes(&expr, &probe), "{case}: our probe");
+                        for r in replies_to(&probe) {
+                            assert!(passes(&expr, &r), "{case}: a reply to our probe {r:02x?}");
+                        }
+                    }
+                    for probe in traceroute_probes(&theirs, dst) {
+                        assert!(!passes(&expr, &probe), "{case}: their probe");
+                        for r in replies_to(&probe) {
+                            assert!(
+                                !passes(&expr, &r),
+                                "{case}: a reply to their probe {r:02x?}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn flow_capture_passes_only_errors_about_its_own_slot() {
+        let f = FlowFilter::default();
+        for slot in [0u8, 5, 15] {
+            let expr = Bpf::new(&flow_filter(&f, &local(), slot));
+            for other in 0..16u8 {
+                for tag in [
+                    u16::from(other),
+                    0x1230 | u16::from(other),
+                    0xfff0 | u16::from(other),
+                ] {
+                    let quotes = [
+                        icmp4_error(11, &tagged(tcp4(true, 1, 0x10, 0), tag)),
+                        icmp4_error(11, &tagged(udp4(true, &[]), tag)),
+                        icmp6_error(3, &tagged(tcp6(true, 1, 0x10, &[]), tag)),
+                        icmp6_error(3, &tagged(udp6(true, &[0, 0]), tag)),
+                    ];
+                    for q in quotes {
+                        assert_eq!(
+                            passes(&expr, &q),
+                            other == slot,
+                            "slot {slot}, tag {tag:#x}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     /// A GSO super-packet as the sender's capture shows it: the IP length says 64000.
     fn gso4() -> Vec<u8> {
         let mut b = tcp4(true, 5000, 0x10, 1000);
@@ -484,7 +832,7 @@ mod tests {
     #[test]
     fn flow_capture_takes_state_and_leaves_bulk_data() {
         let f = FlowFilter::default();
-        let expr = Bpf::new(&flow_filter(&f, &local()));
+        let expr = Bpf::new(&flow_filter(&f, &local(), 1));
         // TCP, IPv4: control, pure ACKs both ways, small outgoing data, ICMP errors: taken.
         assert!(passes(&expr, &tcp4(true, 1, 0x02, 0)), "SYN");
         assert!(passes(&expr, &tcp4(false, 9, 0x11, 0)), "FIN");
@@ -561,7 +909,10 @@ mod tests {
             .count();
         assert!((20..=60).contains(&hits), "IPv6 stride 16384: {hits}");
         assert!(passes(&expr, &icmp6_error(3, &tcp6(true, 1, 0x10, &[]))));
-        assert!(passes(&expr, &icmp6_error(1, &udp6(true, &[0, 0]))));
+        assert!(passes(
+            &expr,
+            &icmp6_error(1, &tagged(udp6(true, &[0, 0]), 1))
+        ));
         // UDP: outgoing, small incoming, QUIC long headers; big incoming mostly not.
         assert!(passes(&expr, &udp4(true, &[0; 1200])));
         assert!(passes(&expr, &udp4(false, &[0; 100])));
@@ -588,7 +939,7 @@ mod tests {
             remote_port: Some(443),
             local_port: None,
         };
-        let text = flow_filter(&f, &local());
+        let text = flow_filter(&f, &local(), 1);
         assert!(
             !text.contains("ip6"),
             "an IPv4 remote needs no IPv6 clauses: {text}"
@@ -604,10 +955,13 @@ mod tests {
             remote_port: Some(443),
             local_port: None,
         };
-        let expr = Bpf::new(&flow_filter(&f6, &local()));
+        let expr = Bpf::new(&flow_filter(&f6, &local(), 1));
         assert!(passes(&expr, &udp6(true, &[1])));
-        assert!(passes(&expr, &icmp6_error(3, &udp6(true, &[0, 0]))));
-        let mut other = udp6(true, &[0, 0]);
+        assert!(passes(
+            &expr,
+            &icmp6_error(3, &tagged(udp6(true, &[0, 0]), 1))
+        ));
+        let mut other = tagged(udp6(true, &[0, 0]), 1);
         other[39] = 9; // another destination
         assert!(!passes(&expr, &icmp6_error(3, &other)));
     }

@@ -52,6 +52,7 @@ mod filter;
 mod handle;
 mod iface;
 mod names;
+mod reserve;
 mod sender;
 mod shield;
 mod traceroute;
@@ -61,7 +62,9 @@ pub use driver::{
     monitor, spawn_monitor, trace_flows, FlowTraceOptions, MonitorOptions, RunSummary,
 };
 pub use error::Error;
-pub use filter::{detection_filter, flow_filter, lane_filter, DetectionSources, LANE_FLOWS};
+pub use filter::{
+    detection_filter, flow_filter, lane_filter, traceroute_filter, DetectionSources, LANE_FLOWS,
+};
 pub use handle::RunHandle;
 pub use iface::interface_addresses;
 pub use names::{NameResolver, NAME_WAIT};

@@ -2,12 +2,12 @@
 //! a per-process source port, raw IPv4 and IPv6 sockets, and the libpcap capture that gives
 //! kernel timestamps of probes and replies.
 //!
-//! Several processes can trace at once: each reserves its source port by binding a socket to
-//! it (for as long as it runs) and uses it as its marker, and the engine checks every reply
-//! against it, so no process takes another's replies.
+//! Several processes can trace at once: each reserves its marker from the kernel for as long as
+//! it runs (its source port, or its ICMP echo identifier: see the reserve module), the kernel
+//! filter passes only replies that carry it, and the engine checks every reply again, so no
+//! process takes another's replies.
 
 use std::collections::VecDeque;
-use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -28,7 +28,8 @@ use crate::Error;
 pub struct TracerouteOptions {
     /// Destinations (IPv4 and IPv6 may be mixed).
     pub targets: Vec<IpAddr>,
-    /// Probe parameters. `sport` 0 and `marker` 0 mean "reserve one for this process".
+    /// Probe parameters. `sport` 0 (UDP, TCP) and `marker` 0 (ICMP) mean "reserve one for
+    /// this process"; a value given is reserved too, and an error if another process holds it.
     pub config: TracerouteConfig,
     /// Interface to send from and capture on (`None`: chosen by the routing table, captured
     /// on `any`).
@@ -89,62 +90,6 @@ fn source_for(dst: IpAddr, iface: Option<&str>) -> Result<IpAddr, Error> {
         .ok_or_else(|| Error::Unsupported(format!("no source address for {dst}")))
 }
 
-/// A socket held for the whole run so that no other process gets our source port.
-fn reserve_port(protocol: Protocol) -> Result<(Socket, u16), Error> {
-    let ty = if protocol == Protocol::Tcp {
-        Type::STREAM
-    } else {
-        Type::DGRAM
-    };
-    let what = |e: io::Error| Error::Socket {
-        what: "reserving a source port".into(),
-        source: e,
-    };
-    // Dual-stack: one port for IPv4 and IPv6 alike.
-    let (sock, addr): (Socket, SocketAddr) = match Socket::new(Domain::IPV6, ty, None) {
-        Ok(s) => {
-            s.set_only_v6(false).map_err(what)?;
-            (s, "[::]:0".parse().expect("literal"))
-        }
-        Err(_) => (
-            Socket::new(Domain::IPV4, ty, None).map_err(what)?,
-            "0.0.0.0:0".parse().expect("literal"),
-        ),
-    };
-    sock.bind(&SockAddr::from(addr)).map_err(what)?;
-    let port = sock
-        .local_addr()
-        .map_err(what)?
-        .as_socket()
-        .map(|s| s.port())
-        .unwrap_or(0);
-    Ok((sock, port))
-}
-
-/// The kernel-side filter: this process's probes leaving, and replies that can only be for it.
-/// An ICMP error is kept when its quoted source port (IPv4: ICMP bytes 28-29 behind a 20-byte
-/// quoted header, as our probes have no options; IPv6: bytes 88-89 of the outer packet, behind
-/// the 40-byte outer header, 8 ICMPv6 bytes and the 40-byte quoted header) is ours, so several
-/// processes each see only their own replies; the engine checks every reply again.
-fn bpf_filter(cfg: &TracerouteConfig) -> String {
-    let (lo, hi) = match (cfg.protocol, cfg.strategy) {
-        (Protocol::Tcp, svctr_core::Strategy::Classic) => (
-            cfg.sport,
-            cfg.sport
-                .saturating_add(u16::from(cfg.max_ttl) * u16::from(cfg.probes_per_hop)),
-        ),
-        _ => (cfg.sport, cfg.sport),
-    };
-    let quoted = format!(
-        "(icmp and icmp[28:2] >= {lo} and icmp[28:2] <= {hi}) or (icmp6 and ip6[88:2] >= {lo} and ip6[88:2] <= {hi})"
-    );
-    match cfg.protocol {
-        Protocol::Icmp => "icmp or icmp6".to_string(),
-        Protocol::Udp => format!("{quoted} or (udp and src port {lo})"),
-        Protocol::Tcp => format!("{quoted} or (tcp and portrange {lo}-{hi})"),
-    }
-}
-
 /// Traces every target, calling `on_event` for each hop as it is found and each finished
 /// trace, until all are done or `stop` is set (remaining traces end as `interrupted`).
 /// Returns the results in the order they finished.
@@ -160,21 +105,20 @@ pub fn traceroute(
         }
     }
     let mut cfg = opts.config.clone();
-    let _reservation = if cfg.protocol != Protocol::Icmp && cfg.sport == 0 {
-        let (sock, port) = reserve_port(cfg.protocol)?;
-        cfg.sport = port;
-        Some(sock)
+    // This process's marker, held until the run ends (see the reserve module): the source
+    // port(s) for UDP and TCP, the echo identifier for ICMP. The kernel filter and the engine
+    // take only replies that carry it.
+    let _reservation = if cfg.protocol == Protocol::Icmp {
+        let (marker, r) = crate::reserve::icmp_marker((cfg.marker != 0).then_some(cfg.marker))?;
+        cfg.marker = marker;
+        r
     } else {
-        None
+        let want = (cfg.sport != 0).then_some(cfg.sport);
+        let (port, r) = crate::reserve::source_ports(cfg.protocol, want, cfg.tcp_ports())?;
+        cfg.sport = port;
+        cfg.marker = port;
+        r
     };
-    if cfg.marker == 0 {
-        // UDP/TCP: the reserved port is unique on this host; ICMP: the process id.
-        cfg.marker = if cfg.protocol == Protocol::Icmp {
-            (std::process::id() as u16) | 1
-        } else {
-            cfg.sport
-        };
-    }
     let mut pending: VecDeque<(IpAddr, IpAddr)> = VecDeque::new();
     for &dst in &opts.targets {
         pending.push_back((dst, source_for(dst, iface)?));
@@ -184,7 +128,11 @@ pub fn traceroute(
         opts.targets.iter().any(IpAddr::is_ipv4),
         opts.targets.iter().any(IpAddr::is_ipv6),
     )?;
-    let filter = bpf_filter(&cfg);
+    let filter = crate::filter::traceroute_filter(
+        &cfg,
+        opts.targets.iter().any(IpAddr::is_ipv4),
+        opts.targets.iter().any(IpAddr::is_ipv6),
+    );
     let mut capture = Capture::open_with_buffer(iface.unwrap_or("any"), &filter, 16 << 20)?;
     let mut engine = Traceroute::new(cfg).map_err(|e| Error::Unsupported(e.to_string()))?;
 
