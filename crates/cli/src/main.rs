@@ -136,6 +136,7 @@ fn run_compare(a: CompareArgs) -> Result<ExitCode, Error> {
             parallel: 1,
             rate: 0,
             resolve_names: false,
+            source: None,
         };
         fresh.extend(traceroute(&topts, &stop, |_| {})?);
     }
@@ -300,6 +301,7 @@ fn run_trace(a: TraceArgs) -> Result<ExitCode, Error> {
         parallel: a.parallel,
         rate: a.rate,
         resolve_names: !a.numeric,
+        source: None,
     };
     let stop = stop_flag()?;
     let stdout = io::stdout();

@@ -81,7 +81,7 @@ fn assert_ground_truth(
                 assert_eq!(got, r.destination, "{r:?}");
                 continue;
             }
-            let ports = probe_ports(r, p.ip_id);
+            let ports = probe_ports(r, p.tag);
             let path = cache.entry(ports).or_insert_with(|| {
                 lab.expected_path_ip(
                     lab_proto(r.protocol),
@@ -98,7 +98,7 @@ fn assert_ground_truth(
                 path[usize::from(hop.ttl) - 1],
                 "ttl {} probe {} {:?}: {r:?}",
                 hop.ttl,
-                p.ip_id,
+                p.tag,
                 ports
             );
         }

@@ -103,6 +103,9 @@ pub struct TracerouteConfig {
     pub flow_label: u32,
     /// TOS / traffic class of the probes.
     pub tos: u8,
+    /// IPv4: set "don't fragment" on the probes (traceroute's `-F`; off by default, as in
+    /// traceroute(8)).
+    pub dont_fragment: bool,
     /// Scheduling (default concurrent).
     pub algorithm: Algorithm,
     /// First TTL (1).
@@ -136,6 +139,7 @@ impl Default for TracerouteConfig {
             payload_size: 0,
             flow_label: 0,
             tos: 0,
+            dont_fragment: false,
             algorithm: Algorithm::Concurrent,
             first_ttl: 1,
             max_ttl: 30,
@@ -226,9 +230,13 @@ pub struct TracerouteResult {
     pub port: Option<u16>,
     /// The probes' source address.
     pub source: IpAddr,
-    /// Source port (UDP, TCP; classic TCP: the port of probe 1, probe n uses port + n - 1).
+    /// Source port (UDP, TCP; classic TCP: the port of probe 1, probe n uses port + (n - 1)
+    /// modulo `source_port_count`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_port: Option<u16>,
+    /// Classic TCP: how many consecutive source ports from `source_port` the probes use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_port_count: Option<u16>,
     /// Probe protocol.
     pub protocol: Protocol,
     /// classic, paris or dublin.
@@ -255,6 +263,13 @@ pub struct TracerouteResult {
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum TracerouteEvent {
+    /// Tracing of a target began (its first probe is due): the header of a streamed trace.
+    Started {
+        /// The target.
+        target: IpAddr,
+        /// The probes' source address.
+        source: IpAddr,
+    },
     /// A TTL of a target is complete (streamed in TTL order while the trace goes on).
     Hop {
         /// The target.
@@ -406,6 +421,10 @@ impl Traceroute {
                 queued: false,
             },
         );
+        self.events.push_back(TracerouteEvent::Started {
+            target: dst,
+            source: src,
+        });
         self.schedule(dst, now);
         Ok(())
     }
@@ -468,7 +487,7 @@ impl Traceroute {
             dst,
             ttl,
             tos: c.tos,
-            dont_fragment: true,
+            dont_fragment: c.dont_fragment,
             ident,
         };
         let v6f = |src, dst| Ipv6Fields {
@@ -808,6 +827,7 @@ impl Traceroute {
                     port: (self.cfg.protocol != Protocol::Icmp).then(|| self.cfg.dest_port()),
                     source: t.src,
                     source_port: (self.cfg.protocol != Protocol::Icmp).then_some(self.cfg.sport),
+                    source_port_count: (self.cfg.tcp_ports() > 1).then(|| self.cfg.tcp_ports()),
                     protocol: self.cfg.protocol,
                     strategy: self.cfg.strategy,
                     ip_version: if dst.is_ipv4() { 4 } else { 6 },

@@ -84,12 +84,10 @@ pub fn render_comparison(c: &Comparison) -> String {
     let f = &c.flow.flow;
     let _ = writeln!(
         out,
-        "{} flow {}:{} -> {}:{} vs {} fresh Paris flow(s) to the same port",
+        "{} flow {} -> {} vs {} fresh Paris flow(s) to the same port",
         f.protocol.as_str(),
-        f.local.ip,
-        f.local.port,
-        f.remote.ip,
-        f.remote.port,
+        std::net::SocketAddr::new(f.local.ip, f.local.port),
+        std::net::SocketAddr::new(f.remote.ip, f.remote.port),
         c.fresh.len()
     );
     let fresh_ports: Vec<String> = c

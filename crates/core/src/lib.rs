@@ -48,7 +48,9 @@ pub use engine::{Engine, EngineStats, Event, Now, Transmit};
 pub use flow::{FlowKey, FlowSelector, Protocol};
 pub use monitor::{FlowFilter, Granularity, Monitor, MonitorConfig, MonitorStats, KNOWN_IDLE};
 pub use pacer::Pacer;
-pub use report::{render_text, render_traceroute_text};
+pub use report::{
+    render_hop, render_text, render_traceroute_text, traceroute_header, traceroute_stop_line,
+};
 pub use result::{
     Endpoint, FlowInfo, Hop, MatchSource, MplsEntry, ProbeReply, ServiceTag, StopReason,
     TraceResult,

@@ -1,9 +1,10 @@
 //! Text rendering of a trace, in the style of traceroute(8).
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
-use crate::classic::TracerouteResult;
+use crate::classic::{Strategy, TracerouteResult};
+use crate::flow::Protocol;
 use crate::result::{Hop, ProbeReply, StopReason, TraceResult};
 
 /// traceroute's annotation for a Destination Unreachable code (ICMP: RFC 792, RFC 1812
@@ -38,6 +39,10 @@ fn unreachable_mark(p: &ProbeReply) -> Option<String> {
     })
 }
 
+/// Why an interrupted trace stopped, in words.
+const INTERRUPTED: &str =
+    "stopped before the trace was complete: Ctrl-C, SIGTERM, SIGHUP or a closed output";
+
 fn stop_text(r: &TraceResult) -> String {
     let why = match r.stop_reason {
         StopReason::RemoteReached => "the remote answered".to_string(),
@@ -54,7 +59,7 @@ fn stop_text(r: &TraceResult) -> String {
         StopReason::Unreachable => "a router reported the remote unreachable".to_string(),
         StopReason::FlowEnded => "the flow ended (FIN or RST)".to_string(),
         StopReason::FlowTimeout => "the flow went idle".to_string(),
-        StopReason::Interrupted => "interrupted".to_string(),
+        StopReason::Interrupted => INTERRUPTED.to_string(),
         StopReason::NothingToProbe => {
             "nothing to probe: the remote is directly connected".to_string()
         }
@@ -65,79 +70,134 @@ fn stop_text(r: &TraceResult) -> String {
 /// One line per TTL: addresses, RTTs, `*` for silence, unreachable marks, MPLS labels.
 fn render_hops(out: &mut String, hops: &[Hop]) {
     for hop in hops {
-        let _ = write!(out, "{:2} ", hop.ttl);
-        let mut last_addr = None;
-        let mut mpls = Vec::new();
-        for p in &hop.probes {
-            match (p.addr, p.rtt_ms) {
-                (Some(a), rtt) => {
-                    if last_addr != Some(a) {
-                        match &p.name {
-                            // traceroute(8) style: name (address).
-                            Some(n) => {
-                                let _ = write!(out, " {n} ({a})");
-                            }
-                            None => {
-                                let _ = write!(out, " {a}");
-                            }
-                        }
-                        last_addr = Some(a);
-                    }
-                    match rtt {
-                        Some(ms) => {
-                            let _ = write!(out, "  {ms:.3} ms");
-                        }
-                        None => out.push_str("  ? ms"),
-                    }
-                    if let Some(m) = unreachable_mark(p) {
-                        let _ = write!(out, " {m}");
-                    }
-                    for e in &p.mpls {
-                        if !mpls.contains(e) {
-                            mpls.push(*e);
-                        }
-                    }
-                }
-                (None, _) => out.push_str(" *"),
-            }
-        }
-        out.push('\n');
-        for e in mpls {
-            let _ = writeln!(
-                out,
-                "     [MPLS: Lbl {}, TC {}, S {}, TTL {}]",
-                e.label,
-                e.tc,
-                u8::from(e.s),
-                e.ttl
-            );
-        }
+        render_hop_into(out, hop, true);
     }
 }
 
-/// Renders a classic/Paris/Dublin traceroute as text, like traceroute(8).
-pub fn render_traceroute_text(r: &TracerouteResult) -> String {
+/// One TTL as traceroute(8) prints it: addresses (or `name (address)`), RTTs, `*` for
+/// silence, unreachable marks (`!H`, `!N`, ...); with `extensions`, the MPLS label stacks that
+/// routers quoted (RFC 4950), a line each, as traceroute's `-e` shows ICMP extensions.
+pub fn render_hop(hop: &Hop, extensions: bool) -> String {
     let mut out = String::new();
-    let port = r.port.map(|p| format!(" port {p}")).unwrap_or_default();
-    let _ = writeln!(
-        out,
-        "traceroute to {}{port}, {} {} from {}, {} probes sent",
-        r.destination,
-        r.protocol.as_str(),
-        r.strategy.as_str(),
-        r.source,
-        r.probes_sent
-    );
-    render_hops(&mut out, &r.hops);
+    render_hop_into(&mut out, hop, extensions);
+    out
+}
+
+fn render_hop_into(out: &mut String, hop: &Hop, extensions: bool) {
+    let _ = write!(out, "{:2} ", hop.ttl);
+    let mut last_addr = None;
+    let mut mpls = Vec::new();
+    for p in &hop.probes {
+        match (p.addr, p.rtt_ms) {
+            (Some(a), rtt) => {
+                if last_addr != Some(a) {
+                    match &p.name {
+                        // traceroute(8) style: name (address).
+                        Some(n) => {
+                            let _ = write!(out, " {n} ({a})");
+                        }
+                        None => {
+                            let _ = write!(out, " {a}");
+                        }
+                    }
+                    last_addr = Some(a);
+                }
+                match rtt {
+                    Some(ms) => {
+                        let _ = write!(out, "  {ms:.3} ms");
+                    }
+                    None => out.push_str("  ? ms"),
+                }
+                if let Some(m) = unreachable_mark(p) {
+                    let _ = write!(out, " {m}");
+                }
+                for e in &p.mpls {
+                    if !mpls.contains(e) {
+                        mpls.push(*e);
+                    }
+                }
+            }
+            (None, _) => out.push_str(" *"),
+        }
+    }
+    out.push('\n');
+    for e in mpls.iter().filter(|_| extensions) {
+        let _ = writeln!(
+            out,
+            "     [MPLS: Lbl {}, TC {}, S {}, TTL {}]",
+            e.label,
+            e.tc,
+            u8::from(e.s),
+            e.ttl
+        );
+    }
+}
+
+/// What a classic/Paris/Dublin trace's text starts with, printed before its first hop:
+/// `traceroute to NAME (ADDRESS) port P, udp paris from SOURCE, 30 hops max`. `name` is the
+/// target as given when it was a host name; the port is absent for ICMP, the hop count when
+/// not known.
+#[allow(clippy::too_many_arguments)]
+pub fn traceroute_header(
+    destination: IpAddr,
+    name: Option<&str>,
+    port: Option<u16>,
+    protocol: Protocol,
+    strategy: Strategy,
+    source: IpAddr,
+    max_ttl: Option<u8>,
+) -> String {
+    let target = match name {
+        Some(n) => format!("{n} ({destination})"),
+        None => destination.to_string(),
+    };
+    let port = port.map(|p| format!(" port {p}")).unwrap_or_default();
+    let hops = max_ttl
+        .map(|m| format!(", {m} hops max"))
+        .unwrap_or_default();
+    format!(
+        "traceroute to {target}{port}, {} {} from {source}{hops}",
+        protocol.as_str(),
+        strategy.as_str()
+    )
+}
+
+/// The last line of a classic/Paris/Dublin trace's text: why it stopped and how many probes
+/// it took.
+pub fn traceroute_stop_line(r: &TracerouteResult) -> String {
     let why = match r.stop_reason {
         StopReason::RemoteReached => "the destination answered",
         StopReason::MaxMissing => "too many silent hops in a row",
         StopReason::MaxTtl => "reached the max TTL",
         StopReason::Unreachable => "a router reported the destination unreachable",
-        StopReason::Interrupted => "interrupted",
+        StopReason::Interrupted => INTERRUPTED,
+        StopReason::NothingToProbe => "nothing to probe",
         _ => "",
     };
-    let _ = writeln!(out, "stop: {} ({why})", r.stop_reason.as_str());
+    format!(
+        "stop: {} ({why}); {} probes sent, {} answered",
+        r.stop_reason.as_str(),
+        r.probes_sent,
+        r.replies
+    )
+}
+
+/// Renders a classic/Paris/Dublin traceroute as text, like traceroute(8): the header, a line
+/// per TTL (with MPLS extensions), the stop line.
+pub fn render_traceroute_text(r: &TracerouteResult) -> String {
+    let mut out = traceroute_header(
+        r.destination,
+        None,
+        r.port,
+        r.protocol,
+        r.strategy,
+        r.source,
+        None,
+    );
+    out.push('\n');
+    render_hops(&mut out, &r.hops);
+    out.push_str(&traceroute_stop_line(r));
+    out.push('\n');
     out
 }
 

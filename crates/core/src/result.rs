@@ -168,8 +168,14 @@ pub struct ProbeReply {
     /// TCP flags of a TCP reply from the destination (SYN-ACK 18, RST 4 or 20).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tcp_flags: Option<u8>,
-    /// IP identification of the probe (for the flow tracer; other engines: the probe's number).
-    pub ip_id: u16,
+    /// The probe's IPv4 identification (IPv4 probes only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_id: Option<u16>,
+    /// What tells the probe apart from the other probes of its trace: the flow tracer's tag
+    /// (IPv4 identification; IPv6 UDP checksum or the tag of the TCP sequence number it
+    /// carried), the traceroute engine's probe number (1, 2, ...).
+    #[serde(default)]
+    pub tag: u16,
     /// MPLS labels from an RFC 4950 extension.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mpls: Vec<MplsEntry>,

@@ -629,7 +629,7 @@ impl Trace {
         self.pending == 0 && (self.stop.is_some() || self.halt.is_some())
     }
 
-    fn probe_reply(p: &Probe) -> ProbeReply {
+    fn probe_reply(p: &Probe, v4: bool) -> ProbeReply {
         let r = p.reply.as_ref();
         let rtt_ms = match (r, p.send_time()) {
             // Rounded to the nanosecond: the timestamps' own resolution.
@@ -649,7 +649,8 @@ impl Trace {
             reply_ttl: r.map(|r| r.reply_ttl),
             quoted_ttl: r.and_then(|r| r.quoted_ttl),
             tcp_flags: r.and_then(|r| r.tcp_flags),
-            ip_id: p.ident,
+            ip_id: v4.then_some(p.ident),
+            tag: p.ident,
             mpls: r.map(|r| r.mpls.clone()).unwrap_or_default(),
             error: match &p.state {
                 ProbeState::Failed(e) => Some(e.clone()),
@@ -667,7 +668,7 @@ impl Trace {
                     .probes
                     .iter()
                     .filter(|p| p.ttl == ttl && p.sent_wall.is_some())
-                    .map(Self::probe_reply)
+                    .map(|p| Self::probe_reply(p, self.key.local.is_ipv4()))
                     .collect();
                 (!probes.is_empty()).then_some(Hop { ttl, probes })
             })

@@ -8,6 +8,22 @@ use std::thread::JoinHandle;
 
 use crate::Error;
 
+/// Stops a background run from anywhere: see [`RunHandle::canceller`].
+#[derive(Debug, Clone)]
+pub struct Canceller(Arc<AtomicBool>);
+
+impl Canceller {
+    /// Stops the run: work in flight ends as `interrupted`.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the run was asked to stop.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// A run in a background thread that streams events of type `E` and ends with an `R`.
 pub struct RunHandle<E, R> {
     events: mpsc::Receiver<E>,
@@ -29,6 +45,13 @@ impl<E, R> RunHandle<E, R> {
     /// Stops the run: work in flight ends as `interrupted`.
     pub fn cancel(&self) {
         self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// A token that stops the run from anywhere (another thread, a signal handler's flag
+    /// watcher) while this handle is being iterated: `cancel()` on it is `cancel()` on the
+    /// handle. It can be cloned and outlive the run.
+    pub fn canceller(&self) -> Canceller {
+        Canceller(Arc::clone(&self.stop))
     }
 
     /// Waits for the end of the run and returns its outcome.
@@ -66,5 +89,51 @@ where
         events: rx,
         stop,
         thread: Some(thread),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    /// A run that emits a number every millisecond until stopped, then returns how many.
+    fn counting() -> RunHandle<u64, u64> {
+        spawn(|stop, emit| {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                emit(n);
+                n += 1;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Ok(n)
+        })
+    }
+
+    #[test]
+    fn a_canceller_stops_a_run_that_another_thread_iterates() {
+        let run = counting();
+        let canceller = run.canceller();
+        let reader = std::thread::spawn(move || {
+            let mut seen = 0u64;
+            let mut run = run;
+            for _ in run.by_ref() {
+                seen += 1;
+            }
+            (seen, run.wait().expect("the run ends cleanly"))
+        });
+        std::thread::sleep(Duration::from_millis(30));
+        let t = Instant::now();
+        canceller.cancel();
+        assert!(canceller.is_cancelled());
+        let (seen, total) = reader.join().unwrap();
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "the run ended promptly"
+        );
+        assert!(
+            seen > 0 && seen == total,
+            "every event reached the reader: {seen} of {total}"
+        );
     }
 }

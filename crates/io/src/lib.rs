@@ -65,7 +65,7 @@ pub use error::Error;
 pub use filter::{
     detection_filter, flow_filter, lane_filter, traceroute_filter, DetectionSources, LANE_FLOWS,
 };
-pub use handle::RunHandle;
+pub use handle::{Canceller, RunHandle};
 pub use iface::interface_addresses;
 pub use names::{NameResolver, NAME_WAIT};
 pub use traceroute::{spawn_traceroute, traceroute, traceroute_one, TracerouteOptions};

@@ -61,6 +61,24 @@ impl NameResolver {
         }
     }
 
+    /// The names of `ips` known now (asking for the others), and whether every one of them is
+    /// settled (resolved to a name or to none). Never waits.
+    pub fn try_names(&self, ips: &[IpAddr]) -> (HashMap<IpAddr, String>, bool) {
+        for ip in ips {
+            self.request(*ip);
+        }
+        let (lock, _) = &*self.cache;
+        let Ok(m) = lock.lock() else {
+            return (HashMap::new(), true);
+        };
+        let settled = ips.iter().all(|ip| !matches!(m.get(ip), Some(None)));
+        let names = ips
+            .iter()
+            .filter_map(|ip| m.get(ip).cloned().flatten().flatten().map(|n| (*ip, n)))
+            .collect();
+        (names, settled)
+    }
+
     /// The names of `ips`, waiting until `deadline` at most for pending ones. Addresses
     /// without a name (or not resolved in time) are absent.
     pub fn names(&self, ips: &[IpAddr], deadline: Instant) -> HashMap<IpAddr, String> {

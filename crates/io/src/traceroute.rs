@@ -7,7 +7,7 @@
 //! filter passes only replies that carry it, and the engine checks every reply again, so no
 //! process takes another's replies.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -39,9 +39,13 @@ pub struct TracerouteOptions {
     /// At most this many probes per second over all targets (0: no limit).
     pub rate: u32,
     /// Resolve hop addresses to names (reverse DNS) in background threads: names are asked
-    /// for as hops are found and attached to each result (`ProbeReply::name`) when it
-    /// finishes, waiting at most [`crate::NAME_WAIT`] for pending ones. Probing never waits.
+    /// for as hops are found, and each hop event and result carries them
+    /// (`ProbeReply::name`). A hop event is held until its names are known, at most
+    /// [`crate::NAME_WAIT`]; probing never waits.
     pub resolve_names: bool,
+    /// The probes' source address (traceroute's `-s`; `None`: the one the routing table picks
+    /// for each target). Targets of the other IP version use the routing table's.
+    pub source: Option<IpAddr>,
 }
 
 impl Default for TracerouteOptions {
@@ -53,6 +57,7 @@ impl Default for TracerouteOptions {
             parallel: 1024,
             rate: 0,
             resolve_names: false,
+            source: None,
         }
     }
 }
@@ -119,9 +124,22 @@ pub fn traceroute(
         cfg.marker = port;
         r
     };
+    if let Some(src) = opts.source {
+        check_source(src, iface)?;
+        if !opts.targets.iter().any(|t| t.is_ipv4() == src.is_ipv4()) {
+            return Err(Error::Unsupported(format!(
+                "source address {src} is IPv{} but no target is",
+                if src.is_ipv4() { 4 } else { 6 }
+            )));
+        }
+    }
     let mut pending: VecDeque<(IpAddr, IpAddr)> = VecDeque::new();
     for &dst in &opts.targets {
-        pending.push_back((dst, source_for(dst, iface)?));
+        let src = match opts.source {
+            Some(s) if s.is_ipv4() == dst.is_ipv4() => s,
+            _ => source_for(dst, iface)?,
+        };
+        pending.push_back((dst, src));
     }
     let raw = RawSockets::open(
         iface,
@@ -136,7 +154,9 @@ pub fn traceroute(
     let mut capture = Capture::open_with_buffer(iface.unwrap_or("any"), &filter, 16 << 20)?;
     let mut engine = Traceroute::new(cfg).map_err(|e| Error::Unsupported(e.to_string()))?;
 
-    let resolver = opts.resolve_names.then(|| NameResolver::new(4));
+    let mut gate = opts
+        .resolve_names
+        .then(|| NameGate::new(NameResolver::new(4)));
     let parallel = if opts.parallel == 0 {
         usize::MAX
     } else {
@@ -186,24 +206,23 @@ pub fn traceroute(
                 engine.handle_send_error(now, tx.dst, tx.probe, e.to_string());
             }
         }
-        while let Some(mut ev) = engine.poll_event() {
-            if let Some(res) = &resolver {
-                match &mut ev {
-                    TracerouteEvent::Hop { hop, .. } => hop
-                        .probes
-                        .iter()
-                        .filter_map(|p| p.addr)
-                        .for_each(|a| res.request(a)),
-                    TracerouteEvent::Finished(r) => attach_names(res, r),
-                    _ => {}
-                }
-            }
+        let mut emit = |ev: TracerouteEvent| {
             on_event(&ev);
             if let TracerouteEvent::Finished(r) = ev {
                 results.push(*r);
             }
+        };
+        while let Some(ev) = engine.poll_event() {
+            match &mut gate {
+                Some(g) => g.push(ev, Instant::now()),
+                None => emit(ev),
+            }
         }
-        if engine.active() == 0 && pending.is_empty() {
+        if let Some(g) = &mut gate {
+            g.release(Instant::now(), &mut emit);
+        }
+        let held = gate.as_ref().is_some_and(NameGate::is_holding);
+        if engine.active() == 0 && pending.is_empty() && !held {
             let drops = capture.drops();
             if drops > 0 {
                 eprintln!("service-traceroute: warning: the capture dropped {drops} packets (kernel ring full): some replies, or the kernel send timestamps of some probes, may be missing");
@@ -214,6 +233,10 @@ pub fn traceroute(
         let mut wake = t + Duration::from_millis(50);
         if let Some(at) = engine.poll_timeout() {
             wake = wake.min(at);
+        }
+        if held {
+            // Names come from other threads: look again soon.
+            wake = wake.min(t + NAME_POLL);
         }
         if engine.has_pending_transmit() {
             // Probes are due: as soon as the rate allows (at once without a limit; a probe left
@@ -228,17 +251,119 @@ pub fn traceroute(
     Ok(results)
 }
 
-/// Fills in `name` of every answered probe, waiting at most [`NAME_WAIT`] for pending names.
-fn attach_names(res: &NameResolver, r: &mut TracerouteResult) {
-    let ips: Vec<IpAddr> = r
-        .hops
-        .iter()
+/// How often the loop looks for names while it holds events for them.
+const NAME_POLL: Duration = Duration::from_millis(5);
+
+/// Holds the events of each target until the names of their hops are known (at most
+/// [`NAME_WAIT`] after the event), so that a hop is printed with its names, as traceroute(8)
+/// does, while probing goes on; a target's events stay in order.
+struct NameGate {
+    resolver: NameResolver,
+    /// Per target, its events in order, each with the instant it gives up on names.
+    held: HashMap<IpAddr, VecDeque<(TracerouteEvent, Instant)>>,
+}
+
+fn target_of(ev: &TracerouteEvent) -> Option<IpAddr> {
+    match ev {
+        TracerouteEvent::Started { target, .. } | TracerouteEvent::Hop { target, .. } => {
+            Some(*target)
+        }
+        TracerouteEvent::Finished(r) => Some(r.destination),
+        _ => None,
+    }
+}
+
+fn hop_addrs(hops: &[svctr_core::Hop]) -> Vec<IpAddr> {
+    hops.iter()
         .flat_map(|h| h.probes.iter().filter_map(|p| p.addr))
-        .collect();
-    let names = res.names(&ips, Instant::now() + NAME_WAIT);
-    for p in r.hops.iter_mut().flat_map(|h| h.probes.iter_mut()) {
+        .collect()
+}
+
+fn set_names(hops: &mut [svctr_core::Hop], names: &HashMap<IpAddr, String>) {
+    for p in hops.iter_mut().flat_map(|h| h.probes.iter_mut()) {
         p.name = p.addr.and_then(|a| names.get(&a).cloned());
     }
+}
+
+impl NameGate {
+    fn new(resolver: NameResolver) -> Self {
+        Self {
+            resolver,
+            held: HashMap::new(),
+        }
+    }
+
+    fn push(&mut self, ev: TracerouteEvent, now: Instant) {
+        if let TracerouteEvent::Hop { hop, .. } = &ev {
+            for a in hop.probes.iter().filter_map(|p| p.addr) {
+                self.resolver.request(a);
+            }
+        }
+        let Some(target) = target_of(&ev) else { return };
+        self.held
+            .entry(target)
+            .or_default()
+            .push_back((ev, now + NAME_WAIT));
+    }
+
+    /// Emits, per target in order, the events whose names are settled or whose wait is over.
+    fn release(&mut self, now: Instant, emit: &mut impl FnMut(TracerouteEvent)) {
+        for queue in self.held.values_mut() {
+            while let Some((ev, deadline)) = queue.front_mut() {
+                let addrs = match &*ev {
+                    TracerouteEvent::Hop { hop, .. } => hop_addrs(std::slice::from_ref(hop)),
+                    TracerouteEvent::Finished(r) => hop_addrs(&r.hops),
+                    _ => Vec::new(),
+                };
+                let (names, settled) = self.resolver.try_names(&addrs);
+                // A result's hops were each held already: it waits for nothing more.
+                let finished = matches!(ev, TracerouteEvent::Finished(_));
+                if !settled && !finished && now < *deadline {
+                    break;
+                }
+                match ev {
+                    TracerouteEvent::Hop { hop, .. } => {
+                        set_names(std::slice::from_mut(hop), &names)
+                    }
+                    TracerouteEvent::Finished(r) => set_names(&mut r.hops, &names),
+                    _ => {}
+                }
+                if let Some((ev, _)) = queue.pop_front() {
+                    emit(ev);
+                }
+            }
+        }
+        self.held.retain(|_, q| !q.is_empty());
+    }
+
+    fn is_holding(&self) -> bool {
+        !self.held.is_empty()
+    }
+}
+
+/// Checks that `src` is an address of this host (of `iface`, if given) by binding to it.
+fn check_source(src: IpAddr, iface: Option<&str>) -> Result<(), Error> {
+    let domain = if src.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let sock = Socket::new(domain, Type::DGRAM, None).map_err(|e| Error::Socket {
+        what: "opening a UDP socket".into(),
+        source: e,
+    })?;
+    if let Some(i) = iface {
+        sock.bind_device(Some(i.as_bytes()))
+            .map_err(|e| Error::Socket {
+                what: format!("binding to {i}"),
+                source: e,
+            })?;
+    }
+    sock.bind(&SockAddr::from(SocketAddr::new(src, 0)))
+        .map_err(|e| Error::Socket {
+            what: format!("cannot send from {src}"),
+            source: e,
+        })
 }
 
 /// Traces one target and returns its result (blocking).

@@ -58,8 +58,44 @@ pub struct TcpInfo {
     pub window: u16,
     /// Window-scale shift from a SYN's option (RFC 7323), if this segment carries one.
     pub window_scale: Option<u8>,
+    /// The option bytes of a SYN segment, as sent (empty for other segments, and for a SYN
+    /// whose options the capture cut off): a probe that copies a client's SYN copies them.
+    pub syn_options: TcpOptions,
     /// TCP payload length computed from the IP length fields (not from the captured bytes).
     pub payload_len: u32,
+}
+
+/// The option bytes of a TCP header (at most 40, RFC 9293 §3.1), kept by value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpOptions {
+    len: u8,
+    bytes: [u8; 40],
+}
+
+impl Default for TcpOptions {
+    fn default() -> Self {
+        Self {
+            len: 0,
+            bytes: [0; 40],
+        }
+    }
+}
+
+impl TcpOptions {
+    /// The options; `None` if there are more than 40 bytes (impossible in a valid header).
+    pub fn new(options: &[u8]) -> Option<Self> {
+        let mut bytes = [0u8; 40];
+        bytes.get_mut(..options.len())?.copy_from_slice(options);
+        Some(Self {
+            len: u8::try_from(options.len()).ok()?,
+            bytes,
+        })
+    }
+
+    /// The option bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
 }
 
 /// UDP header fields the tracer tracks.
@@ -258,6 +294,11 @@ fn parse_tcp(payload: &[u8], announced_len: usize) -> Option<TcpInfo> {
         None
     };
     let payload_len = announced_len.saturating_sub(header.len());
+    let syn_options = if tcp.syn() {
+        TcpOptions::new(tcp.options()).unwrap_or_default()
+    } else {
+        TcpOptions::default()
+    };
     Some(TcpInfo {
         src_port: tcp.source_port(),
         dst_port: tcp.destination_port(),
@@ -266,6 +307,7 @@ fn parse_tcp(payload: &[u8], announced_len: usize) -> Option<TcpInfo> {
         flags,
         window: tcp.window_size(),
         window_scale,
+        syn_options,
         payload_len: u32::try_from(payload_len).unwrap_or(u32::MAX),
     })
 }
@@ -426,8 +468,14 @@ mod tests {
                 flags: 0x02,
                 window: 64240,
                 window_scale: Some(7),
+                syn_options: TcpOptions::new(&V4_TCP_SYN[40..60]).unwrap(),
                 payload_len: 0,
             }
+        );
+        // MSS 1460, SACK permitted, timestamps, NOP, window scale 7: all 20 bytes, as sent.
+        assert_eq!(
+            tcp(&p).syn_options.as_slice(),
+            &[2, 4, 5, 0xb4, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7]
         );
     }
 

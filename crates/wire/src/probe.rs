@@ -17,7 +17,8 @@
 //!   the ICMP echo identifier that keeps the ICMP checksum constant while the sequence changes.
 //!   They use a hand-written RFC 1071 sum and are tested against the emitters.
 //!
-//! What it does not do: IP, IPv6 extension or TCP options, fragmentation, jumbograms.
+//! What it does not do: IP or IPv6 extension options, TCP options other than copied ones
+//! ([`emit_tcp_v4_with_options`]), fragmentation, jumbograms.
 //! Payloads longer than the IPv4 total length / IPv6 payload length can carry are cut to fit
 //! (emission never fails and never panics).
 //!
@@ -89,6 +90,29 @@ pub fn emit_tcp_v4(ip: &Ipv4Fields, tcp: &TcpFields, payload: &[u8], out: &mut V
     out.extend_from_slice(&ip_header.to_bytes());
     out.extend_from_slice(&header.to_bytes());
     out.extend_from_slice(payload);
+    out.len()
+}
+
+/// Writes an IPv4+TCP segment with TCP `options` (a copy of a client's SYN: its option bytes
+/// as sent) and no payload into `out` (cleared first). Returns the length.
+///
+/// Options that are not a whole number of 32-bit words, or longer than 40 bytes, cannot be a
+/// real header's: they are left out.
+pub fn emit_tcp_v4_with_options(
+    ip: &Ipv4Fields,
+    tcp: &TcpFields,
+    options: &[u8],
+    out: &mut Vec<u8>,
+) -> usize {
+    out.clear();
+    let mut header = tcp_header(tcp);
+    if options.len() % 4 != 0 || header.set_options_raw(options).is_err() {
+        header = tcp_header(tcp);
+    }
+    let ip_header = ipv4_header(ip, IpNumber::TCP, header.header_len());
+    header.checksum = header.calc_checksum_ipv4(&ip_header, &[]).unwrap_or(0);
+    out.extend_from_slice(&ip_header.to_bytes());
+    out.extend_from_slice(&header.to_bytes());
     out.len()
 }
 
@@ -486,6 +510,53 @@ mod tests {
             dont_fragment,
             ident,
         }
+    }
+
+    /// A copy of a real SYN, options included, is byte for byte the SYN (checksums too); with
+    /// another TTL and identification only those and the IP checksum change.
+    #[test]
+    fn a_syn_copy_is_the_syn() {
+        let syn = crate::vectors::V4_TCP_SYN;
+        let ip = Ipv4Fields {
+            src: "192.0.2.10".parse().unwrap(),
+            dst: "198.51.100.20".parse().unwrap(),
+            ttl: 64,
+            tos: 0x02,
+            dont_fragment: true,
+            ident: 0x7a7b,
+        };
+        let tcp = TcpFields {
+            src_port: 40000,
+            dst_port: 443,
+            seq: 0x0a0b_0c0d,
+            ack: 0,
+            flags: 0x02,
+            window: 64240,
+        };
+        let mut buf = vec![0xa5; 100];
+        assert_eq!(
+            emit_tcp_v4_with_options(&ip, &tcp, &syn[40..60], &mut buf),
+            60
+        );
+        assert_eq!(buf, syn);
+        let probe = Ipv4Fields {
+            ttl: 3,
+            ident: 0x1235,
+            ..ip
+        };
+        emit_tcp_v4_with_options(&probe, &tcp, &syn[40..60], &mut buf);
+        let differ: Vec<usize> = (0..60).filter(|&i| buf[i] != syn[i]).collect();
+        assert_eq!(
+            differ,
+            vec![4, 5, 8, 10, 11],
+            "identification, TTL, header checksum"
+        );
+        // Options that no header can carry are left out rather than emitted wrong.
+        assert_eq!(
+            emit_tcp_v4_with_options(&ip, &tcp, &syn[40..59], &mut buf),
+            40
+        );
+        assert_eq!(emit_tcp_v4_with_options(&ip, &tcp, &[1; 44], &mut buf), 40);
     }
 
     #[test]
