@@ -78,6 +78,11 @@ pub struct TraceConfig {
     /// A UDP flow whose remote has not answered this long after its first packet is traced
     /// anyway, without a known remote distance (default 1 s).
     pub udp_reply_wait: Duration,
+    /// A TCP connection whose SYNs have gone unanswered this long is traced with copies of its
+    /// SYN, to show where they die (IPv4; see the probe module). Zero: never. Default 2 s: by
+    /// then Linux has sent the SYN twice (it retransmits after 1 s), so one lost SYN or a slow
+    /// server is not taken for a stuck handshake.
+    pub handshake_wait: Duration,
     /// Seed of the per-flow IP identification sequences (the driver passes a random value).
     pub ident_seed: u16,
     /// At most this many probes of one trace awaiting a reply at once (0: no limit). Like
@@ -119,6 +124,7 @@ impl Default for TraceConfig {
             probe_remote: false,
             max_flows: 0,
             udp_reply_wait: Duration::from_secs(1),
+            handshake_wait: Duration::from_secs(2),
             ident_seed: 0x5eed,
             max_in_flight: 0,
             retries: 0,

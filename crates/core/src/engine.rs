@@ -10,7 +10,7 @@ use svctr_wire::packet::{parse_ip, Packet, Transport};
 
 use crate::config::{ConfigError, TraceConfig, SLOT_BITS};
 use crate::flow::{FlowKey, FlowSelector, FlowState, Protocol};
-use crate::probe::{self, ProbeShape};
+use crate::probe::{self, ProbeKind, ProbeShape};
 use crate::result::{ServiceTag, StopReason, TraceResult};
 use crate::trace::{ReplyInfo, ReplyOutcome, Trace};
 
@@ -52,12 +52,41 @@ pub enum Event {
         flow: FlowKey,
         /// Routers to the remote, if known.
         remote_distance: Option<u8>,
+        /// The flow's handshake is not answered: its probes are copies of its SYN, whose
+        /// initial sequence number this is (a driver shields the local stack from the errors
+        /// they draw; see the probe module).
+        syn_copy_of: Option<u32>,
     },
     /// A trace is complete.
     TraceFinished(Box<TraceResult>),
     /// A selected flow was dropped without a trace: it went silent before the engine could
     /// build a probe for it, or the run stopped selecting.
     FlowForgotten(FlowKey),
+    /// A selected flow cannot be traced (for now), and why; it is still watched, and traced
+    /// should that change (a connection whose handshake completes later).
+    FlowNotTraced {
+        /// The flow.
+        flow: FlowKey,
+        /// Why.
+        reason: NotTraced,
+    },
+}
+
+/// Why a selected flow was not traced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NotTraced {
+    /// An IPv6 TCP connection whose SYNs go unanswered.
+    #[error(
+        "its TCP handshake is not answered (no reply to its SYNs), and an IPv6 copy of a SYN has \
+         no field that could tell the probes apart: IPv6 has no identification, and the \
+         addresses, ports and flow label (hashed by routers) and the sequence number and options \
+         (checked by the server and by firewalls) must stay the SYN's"
+    )]
+    Ipv6Handshake,
+    /// The flow ended (FIN or RST) before its trace could start.
+    #[error("it ended (FIN or RST) before its trace could start")]
+    EndedFirst,
 }
 
 /// Counters, for diagnostics and benchmarks.
@@ -101,6 +130,10 @@ struct Entry {
     queued: bool,
     /// The service the flow was selected for (external selection).
     tag: Option<ServiceTag>,
+    /// What its probes look like (set when its trace starts).
+    kind: ProbeKind,
+    /// A `FlowNotTraced` event was reported for it.
+    reported: bool,
 }
 
 /// Flows not traced and silent this long are forgotten.
@@ -286,6 +319,8 @@ impl Engine {
                 armed: None,
                 queued: false,
                 tag,
+                kind: ProbeKind::Flow,
+                reported: false,
             },
         );
         self.stats.flows_selected += 1;
@@ -432,6 +467,10 @@ impl Engine {
         if let Phase::Tracing(trace) = &mut entry.phase {
             if entry.state.ended && !was_ended {
                 trace.halt(StopReason::FlowEnded);
+            } else if !outgoing && entry.kind == ProbeKind::SynCopy {
+                // The remote answered the handshake (a SYN-ACK): no more SYN copies, which in
+                // an established connection would draw challenge ACKs (RFC 5961 §4).
+                trace.halt(StopReason::RemoteReached);
             }
         }
         self.maybe_start(&key, now);
@@ -471,35 +510,77 @@ impl Engine {
             if self.selector.is_some() {
                 self.done.insert(*key);
             }
+            if s.packets_out + s.packets_in > 1 {
+                // Not merely the last packet of a flow that was over before we looked.
+                self.events.push_back(Event::FlowNotTraced {
+                    flow: *key,
+                    reason: NotTraced::EndedFirst,
+                });
+            }
             self.forget(key);
             return;
         }
-        let ready = match key.protocol {
+        let kind = match key.protocol {
             // Both directions seen after the handshake: SND.UNA and RCV.NXT are known.
-            Protocol::Tcp => s.tcp.established && probe::tcp_probe_numbers(s).is_some(),
-            // The remote's reply gives its distance; without one, wait a little for it.
-            Protocol::Udp => {
-                s.packets_out > 0
-                    && (s.packets_in > 0 || now >= s.first_seen + self.cfg.udp_reply_wait)
+            Protocol::Tcp if s.tcp.established && probe::tcp_probe_numbers(s).is_some() => {
+                ProbeKind::Flow
             }
-            // Never selected: flows are TCP or UDP.
-            Protocol::Icmp => false,
+            // SYNs unanswered for a while: the handshake is stuck (see the probe module).
+            Protocol::Tcp if handshake_stuck(&self.cfg, s, now) => {
+                if key.local.is_ipv6() {
+                    if !entry.reported {
+                        entry.reported = true;
+                        self.events.push_back(Event::FlowNotTraced {
+                            flow: *key,
+                            reason: NotTraced::Ipv6Handshake,
+                        });
+                    }
+                    return;
+                }
+                ProbeKind::SynCopy
+            }
+            // The remote's reply gives its distance; without one, wait a little for it.
+            Protocol::Udp
+                if s.packets_out > 0
+                    && (s.packets_in > 0 || now >= s.first_seen + self.cfg.udp_reply_wait) =>
+            {
+                ProbeKind::Flow
+            }
+            // Not yet (ICMP flows are never selected).
+            _ => return,
         };
-        if !ready {
-            return;
-        }
         let distance = s.remote_router_hops();
         // The process slot in the low bits of every tag, the rest counts from a per-trace start.
         let start = ident_seed(self.cfg.ident_seed, self.stats.traces_started, key);
         let first_tag = (start << SLOT_BITS) | u16::from(self.cfg.slot);
         let stride = 1 << SLOT_BITS;
-        let trace = Trace::new(*key, &self.cfg, distance, first_tag, stride, now);
+        let syn_copy_of = (kind == ProbeKind::SynCopy)
+            .then(|| s.syn.map(|syn| syn.seq))
+            .flatten();
+        let trace = if kind == ProbeKind::SynCopy {
+            // Copies of the SYN go a TTL's worth at a time and stay below the TTL that the
+            // shield tells them apart by (see the probe module).
+            let cfg = TraceConfig {
+                max_ttl: self.cfg.max_ttl.min(probe::SYN_COPY_MAX_TTL),
+                max_in_flight: match self.cfg.max_in_flight {
+                    0 => usize::from(self.cfg.probes_per_hop),
+                    n => n.min(usize::from(self.cfg.probes_per_hop)),
+                },
+                probe_remote: true,
+                ..self.cfg.clone()
+            };
+            Trace::new(*key, &cfg, None, first_tag, stride, now)
+        } else {
+            Trace::new(*key, &self.cfg, distance, first_tag, stride, now)
+        };
         entry.phase = Phase::Tracing(Box::new(trace));
+        entry.kind = kind;
         self.tracing += 1;
         self.stats.traces_started += 1;
         self.events.push_back(Event::TraceStarted {
             flow: *key,
             remote_distance: distance,
+            syn_copy_of,
         });
         if self.traces_exhausted() {
             // No more traces: flows still waiting are let go.
@@ -560,6 +641,14 @@ impl Engine {
                     && e.state.packets_out > 0
                 {
                     take(e.state.first_seen + cfg.udp_reply_wait);
+                }
+                if let Some(syn) = e.state.syn.filter(|_| {
+                    key.protocol == Protocol::Tcp
+                        && !cfg.handshake_wait.is_zero()
+                        && e.state.packets_in == 0
+                        && !e.reported
+                }) {
+                    take(syn.first + cfg.handshake_wait);
                 }
                 take(e.state.last_seen + OBSERVING_IDLE_LIMIT);
             }
@@ -666,6 +755,7 @@ impl Engine {
             let Entry {
                 state,
                 phase: Phase::Tracing(t),
+                kind,
                 ..
             } = e
             else {
@@ -675,9 +765,15 @@ impl Engine {
                 self.rearm(&key);
                 continue;
             };
-            let Some(shape) =
-                probe::build(state, &key, due.ttl, due.ident, |s| t.seq_taken(s), buf)
-            else {
+            let Some(shape) = probe::build(
+                state,
+                &key,
+                *kind,
+                due.ttl,
+                due.ident,
+                |s| t.seq_taken(s),
+                buf,
+            ) else {
                 t.cannot_build();
                 self.touch(&key, now.mono, now.wall);
                 continue;
@@ -736,12 +832,22 @@ fn protocol_of(n: u8) -> Option<Protocol> {
     }
 }
 
+/// A TCP connection whose SYNs have gone unanswered for the configured wait.
+fn handshake_stuck(cfg: &TraceConfig, s: &FlowState, now: Instant) -> bool {
+    !cfg.handshake_wait.is_zero()
+        && !s.tcp.established
+        && s.packets_in == 0
+        && s.syn
+            .is_some_and(|syn| now >= syn.first + cfg.handshake_wait)
+}
+
 /// The length of a captured packet as its header announces it, in the unit a probe shape
 /// uses: IPv4 total length (20-byte header), IPv6 payload length.
 fn ip_length(pkt: &Packet<'_>) -> u16 {
     let ip_header: u32 = if pkt.ip.src.is_ipv4() { 20 } else { 0 };
     let len = match &pkt.transport {
-        Transport::Tcp(t) => ip_header + 20 + t.payload_len,
+        // Options are known for SYNs only; other probes carry none.
+        Transport::Tcp(t) => ip_header + 20 + t.syn_options.as_slice().len() as u32 + t.payload_len,
         Transport::Udp(u) => ip_header + 8 + u32::from(u.payload_len),
         _ => 0,
     };

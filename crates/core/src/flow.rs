@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use svctr_wire::packet::{IpInfo, TcpInfo};
+use svctr_wire::packet::{IpInfo, TcpInfo, TcpOptions};
 
 /// Transport protocol of a flow.
 #[derive(
@@ -124,6 +124,21 @@ pub(crate) struct FlowState {
     pub(crate) tcp: TcpTrack,
     /// FIN or RST seen in either direction.
     pub(crate) ended: bool,
+    /// The latest SYN this host sent (a connection that may be stuck in its handshake).
+    pub(crate) syn: Option<SynSeen>,
+}
+
+/// An outgoing SYN (without ACK), as a probe that copies it needs it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SynSeen {
+    /// When the first SYN of the connection was seen.
+    pub(crate) first: Instant,
+    /// The initial sequence number.
+    pub(crate) seq: u32,
+    /// Flags byte (SYN, and ECE|CWR when the client asks for ECN, RFC 3168 §6.1.1).
+    pub(crate) flags: u8,
+    pub(crate) window: u16,
+    pub(crate) options: TcpOptions,
 }
 
 /// TCP sequence state of the local end, as far as the capture shows it.
@@ -155,6 +170,7 @@ impl FlowState {
             remote_ttl: None,
             tcp: TcpTrack::default(),
             ended: false,
+            syn: None,
         }
     }
 
@@ -179,6 +195,15 @@ impl FlowState {
         let Some(t) = tcp else { return };
         if t.flags & (tcp_flags::FIN | tcp_flags::RST) != 0 {
             self.ended = true;
+        }
+        if outgoing && t.flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN {
+            self.syn = Some(SynSeen {
+                first: self.syn.map_or(now, |s| s.first),
+                seq: t.seq,
+                flags: t.flags,
+                window: t.window,
+                options: t.syn_options,
+            });
         }
         let tr = &mut self.tcp;
         if outgoing {

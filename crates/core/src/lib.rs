@@ -44,10 +44,11 @@ pub use classic::{
 };
 pub use compare::{compare, render_comparison, Comparison, TtlComparison};
 pub use config::{Algorithm, ConfigError, TraceConfig, FLOW_SLOTS, MAX_FLOW_PROBES, SLOT_BITS};
-pub use engine::{Engine, EngineStats, Event, Now, Transmit};
+pub use engine::{Engine, EngineStats, Event, NotTraced, Now, Transmit};
 pub use flow::{FlowKey, FlowSelector, Protocol};
 pub use monitor::{FlowFilter, Granularity, Monitor, MonitorConfig, MonitorStats, KNOWN_IDLE};
 pub use pacer::Pacer;
+pub use probe::SYN_COPY_MAX_TTL;
 pub use report::{
     render_hop, render_text, render_traceroute_text, traceroute_header, traceroute_stop_line,
 };

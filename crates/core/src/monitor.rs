@@ -444,14 +444,7 @@ impl Monitor {
     fn pump(&mut self) {
         while let Some(ev) = self.engine.poll_event() {
             match &ev {
-                Event::TraceFinished(r) => {
-                    let key = FlowKey {
-                        protocol: r.flow.protocol,
-                        local: SocketAddr::new(r.flow.local.ip, r.flow.local.port),
-                        remote: SocketAddr::new(r.flow.remote.ip, r.flow.remote.port),
-                    };
-                    self.release(&key, true);
-                }
+                Event::TraceFinished(r) => self.release(&r.flow.key(), true),
                 Event::FlowForgotten(key) => self.release(key, false),
                 _ => {}
             }

@@ -86,6 +86,37 @@
 //!   by their quoted length (10 bytes) and 5-tuple. The tag is never 0: RFC 8200 §8.1 forbids a
 //!   zero UDP checksum over IPv6.
 //!
+//! # A connection stuck in its handshake: copies of its SYN (IPv4)
+//!
+//! When a client's SYNs go unanswered ("it hangs"), the question is where they die. Before the
+//! handshake there is no `SND.UNA` or `RCV.NXT` to build the keep-alive above from, and every
+//! stateful box on the path holds the connection in SYN_SENT, where a segment other than a SYN
+//! is invalid (Linux conntrack: an ACK in SYN_SENT is `sIV`, dropped by `ct state invalid
+//! drop`). So the probe is a byte-exact copy of the client's latest SYN: same sequence number
+//! (the ISS), flags, window and options; only the TTL, the IPv4 identification (the tag) and
+//! the header checksum differ. Why that is harmless:
+//!
+//! * Routers and load balancers see the SYN itself. Conntrack sees a retransmitted SYN: the
+//!   same sequence number does not re-initialise the window (`tcp_in_window()` does that only
+//!   for a SYN whose end is *after* `td_end`), and a NAT maps it as it mapped the SYN.
+//! * Should a copy reach the server, it is a retransmission of the SYN the client is sending
+//!   anyway (Linux retransmits after 1, 3, 7, ... s); the server answers it as it would answer
+//!   the client's own. Copies go out one TTL's worth at a time (the in-flight window is the
+//!   probes per hop), and the trace stops at the first packet from the remote.
+//! * The local stack must not see the ICMP errors: Linux `tcp_v4_err()` takes an error that
+//!   quotes a SYN_SENT socket's own ISS as fatal and aborts the `connect()` with
+//!   `EHOSTUNREACH`. The live driver therefore installs the same kind of nftables rule as for
+//!   UDP, dropping the errors that quote the flow's SYN *with a TTL no higher than the probes'*
+//!   (at most 32): a probe's quote carries at most its own small TTL, while the client's own
+//!   SYN, sent with 64, still carries 33 or more after 32 routers, so the errors the client's
+//!   own SYNs draw (a router's Host Unreachable) still reach it.
+//!
+//! IPv6 is not traced this way: IPv6 has no identification field, and every other field of a
+//! SYN copy is either hashed by routers (addresses, ports, flow label) or looked at by the
+//! server and by conntrack (sequence number, options), so nothing could tell one copy from
+//! another or from another process's copies. The engine reports such a flow as not traced,
+//! with that reason.
+//!
 //! # Several processes on one flow
 //!
 //! Two processes may trace the same flow at once (two operators, a monitor and an ad-hoc
@@ -106,8 +137,8 @@
 use std::net::IpAddr;
 
 use svctr_wire::probe::{
-    emit_tcp_v4, emit_tcp_v6, emit_udp_v4, emit_udp_v6, force_checksum, Ipv4Fields, Ipv6Fields,
-    TcpFields, UdpFields,
+    emit_tcp_v4, emit_tcp_v4_with_options, emit_tcp_v6, emit_udp_v4, emit_udp_v6, force_checksum,
+    Ipv4Fields, Ipv6Fields, TcpFields, UdpFields,
 };
 
 use crate::config::SLOT_BITS;
@@ -136,6 +167,20 @@ pub(crate) fn tcp_probe_numbers(state: &FlowState) -> Option<(u32, u32)> {
     Some((snd_una.wrapping_sub(1), rcv_nxt))
 }
 
+/// Copies of a SYN use TTLs up to this: the shield tells their quotes from those of the
+/// client's own SYNs (sent with 64) by the quoted TTL (see the module doc).
+pub const SYN_COPY_MAX_TTL: u8 = 32;
+
+/// What a flow's probes look like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ProbeKind {
+    /// TCP: a keep-alive-shaped ACK; UDP: an empty datagram (see the module doc).
+    Flow,
+    /// IPv4 TCP whose handshake is not answered: a copy of the client's SYN (see the module
+    /// doc).
+    SynCopy,
+}
+
 /// What a probe needs to be recognised later: its length (IPv4 total length, IPv6 payload
 /// length) and, for TCP, its sequence number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,6 +195,7 @@ pub(crate) struct ProbeShape {
 pub(crate) fn build(
     state: &mut FlowState,
     key: &FlowKey,
+    kind: ProbeKind,
     ttl: u8,
     tag: u16,
     seq_taken: impl Fn(u32) -> bool,
@@ -178,6 +224,22 @@ pub(crate) fn build(
                 ident: tag,
             };
             match key.protocol {
+                Protocol::Tcp if kind == ProbeKind::SynCopy => {
+                    let syn = state.syn?;
+                    let fields = TcpFields {
+                        src_port: key.local.port(),
+                        dst_port: key.remote.port(),
+                        seq: syn.seq,
+                        ack: 0,
+                        flags: syn.flags,
+                        window: syn.window,
+                    };
+                    let len = emit_tcp_v4_with_options(&ip, &fields, syn.options.as_slice(), buf);
+                    Some(ProbeShape {
+                        ip_len: u16::try_from(len).unwrap_or(u16::MAX),
+                        tcp_seq: Some(syn.seq),
+                    })
+                }
                 Protocol::Tcp => {
                     let (seq, ack) = tcp_probe_numbers(state)?;
                     emit_tcp_v4(&ip, &tcp_fields(seq, ack), &[], buf);

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Algorithm;
-use crate::flow::Protocol;
+use crate::flow::{FlowKey, Protocol};
 
 /// Why a trace stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,6 +123,15 @@ pub struct FlowInfo {
 }
 
 impl FlowInfo {
+    /// The flow's 5-tuple.
+    pub fn key(&self) -> FlowKey {
+        FlowKey {
+            protocol: self.protocol,
+            local: std::net::SocketAddr::new(self.local.ip, self.local.port),
+            remote: std::net::SocketAddr::new(self.remote.ip, self.remote.port),
+        }
+    }
+
     /// Adds a service tag's fields.
     pub fn tag(&mut self, tag: &ServiceTag) {
         self.service = Some(tag.service.clone());

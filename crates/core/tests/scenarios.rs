@@ -302,6 +302,7 @@ impl Sim {
                     Event::TraceStarted {
                         flow,
                         remote_distance,
+                        ..
                     } => self.started.push((flow, remote_distance)),
                     _ => {}
                 }
@@ -1005,4 +1006,181 @@ fn retries_give_up_after_the_last_round_and_count_as_one_silent_hop() {
     assert!(r.hops[1].probes.iter().all(|p| p.addr.is_none()));
     assert_eq!(hop_addrs(r)[2], Some(IpAddr::V4(router(3))));
     assert_eq!(sim.results[0].0, 300 * MS, "three rounds of 100 ms");
+}
+
+/// A client's SYN with options (MSS, SACK permitted, timestamps with `tsval`, NOP, window
+/// scale), as Linux sends it.
+fn syn(k: &FlowKey, tsval: u32) -> Vec<u8> {
+    let mut options = vec![2, 4, 5, 0xb4, 4, 2, 8, 10];
+    options.extend_from_slice(&tsval.to_be_bytes());
+    options.extend_from_slice(&[0, 0, 0, 0, 1, 3, 3, 7]);
+    let ip = Ipv4Fields {
+        src: LOCAL,
+        dst: REMOTE,
+        ttl: 64,
+        tos: 0,
+        dont_fragment: true,
+        ident: 0x4321,
+    };
+    let tcp = TcpFields {
+        src_port: k.local.port(),
+        dst_port: k.remote.port(),
+        seq: 0x1234_5678,
+        ack: 0,
+        flags: 0x02,
+        window: 64240,
+    };
+    let mut b = Vec::new();
+    svctr_wire::probe::emit_tcp_v4_with_options(&ip, &tcp, &options, &mut b);
+    b
+}
+
+/// "It hangs": a connection whose SYNs die at the third router is traced, after the
+/// handshake wait, with byte-exact copies of its latest SYN (only the TTL, the identification
+/// and the IP checksum differ), a TTL's worth at a time, and the trace shows where they die.
+#[test]
+fn a_connection_stuck_in_its_handshake_is_traced_with_copies_of_its_syn() {
+    let hops = vec![
+        HopKind::Answers,
+        HopKind::Answers,
+        HopKind::Silent,
+        HopKind::Silent,
+        HopKind::Silent,
+        HopKind::Silent,
+    ];
+    let cfg = TraceConfig {
+        timeout: 500 * MS,
+        ..TraceConfig::default()
+    };
+    let mut sim = Sim::new(cfg, tcp_sel(), hops);
+    let k = key(Protocol::Tcp, 40000, 443);
+    sim.push(Duration::ZERO, syn(&k, 1000));
+    let retransmission = syn(&k, 2000);
+    sim.push(SEC, retransmission.clone());
+    sim.run(20 * SEC);
+    let r = sim.only_result();
+    assert_eq!(r.stop_reason, StopReason::MaxMissing, "{r:?}");
+    assert_eq!(
+        hop_addrs(r),
+        vec![
+            Some(IpAddr::V4(router(1))),
+            Some(IpAddr::V4(router(2))),
+            None,
+            None,
+            None
+        ]
+    );
+    let first = sim.sent.first().expect("probes").0;
+    assert!(
+        first >= 2 * SEC,
+        "traced after the handshake wait, not at {first:?}"
+    );
+    for (_, tx, bytes) in &sim.sent {
+        let differ: Vec<usize> = (0..retransmission.len())
+            .filter(|&i| bytes.get(i) != retransmission.get(i))
+            .collect();
+        assert_eq!(bytes.len(), retransmission.len());
+        assert!(
+            differ.iter().all(|i| [4, 5, 8, 10, 11].contains(i)),
+            "ttl {}: bytes {differ:?} differ from the SYN",
+            tx.ttl
+        );
+        assert_eq!(bytes[8], tx.ttl);
+    }
+    // A TTL's worth at a time: never more than 3 probes leave at one instant.
+    let mut per_instant: BTreeMap<Duration, usize> = BTreeMap::new();
+    for (at, ..) in &sim.sent {
+        *per_instant.entry(*at).or_default() += 1;
+    }
+    assert!(per_instant.values().all(|n| *n <= 3), "{per_instant:?}");
+}
+
+/// The server answers (a SYN-ACK) while the copies go out: no copy leaves after it, and the
+/// trace says the remote answered.
+#[test]
+fn a_handshake_answered_during_its_trace_stops_the_copies() {
+    let cfg = TraceConfig {
+        timeout: 500 * MS,
+        max_missing: 0,
+        ..TraceConfig::default()
+    };
+    let mut sim = Sim::new(cfg, tcp_sel(), vec![HopKind::Silent; 8]);
+    let k = key(Protocol::Tcp, 40000, 443);
+    sim.push(Duration::ZERO, syn(&k, 1000));
+    sim.tcp(2 * SEC + 700 * MS, &k, false, 9000, 0x1234_5679, 0x12, 0);
+    sim.run(20 * SEC);
+    let r = sim.only_result();
+    assert_eq!(r.stop_reason, StopReason::RemoteReached, "{r:?}");
+    assert!(sim.sent.iter().all(|(at, ..)| *at < 2 * SEC + 700 * MS));
+    assert!(!sim.sent.is_empty());
+}
+
+/// Over IPv6 a SYN copy cannot carry a tag: the engine says so and sends nothing.
+#[test]
+fn an_ipv6_connection_stuck_in_its_handshake_is_reported_not_traced() {
+    use std::net::Ipv6Addr;
+    use svctr_core::NotTraced;
+    use svctr_wire::probe::{emit_tcp_v6, Ipv6Fields};
+    let (l, r) = (
+        Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 2),
+        Ipv6Addr::new(0x2001, 0xdb8, 9, 0, 0, 0, 0, 2),
+    );
+    let selector = FlowSelector {
+        protocol: Protocol::Tcp,
+        ..FlowSelector::default()
+    };
+    let mut engine = Engine::new(TraceConfig::default(), selector, vec![IpAddr::V6(l)]).unwrap();
+    let mut b = Vec::new();
+    let ip = Ipv6Fields {
+        src: l,
+        dst: r,
+        hop_limit: 64,
+        traffic_class: 0,
+        flow_label: 7,
+    };
+    let tcp = TcpFields {
+        src_port: 40000,
+        dst_port: 443,
+        seq: 1,
+        ack: 0,
+        flags: 0x02,
+        window: 64800,
+    };
+    emit_tcp_v6(&ip, &tcp, &[], &mut b);
+    let t0 = Instant::now();
+    let wall = SystemTime::now();
+    let at = |d: Duration| Now {
+        mono: t0 + d,
+        wall: wall + d,
+    };
+    engine.handle_packet(t0, wall, &b);
+    let mut events = Vec::new();
+    let mut buf = Vec::new();
+    for d in [500 * MS, SEC, 2 * SEC, 3 * SEC, 4 * SEC] {
+        engine.handle_timeout(at(d));
+        assert!(engine.poll_transmit(at(d), &mut buf).is_none(), "no probe");
+        while let Some(ev) = engine.poll_event() {
+            events.push(ev);
+        }
+    }
+    let not_traced: Vec<&Event> = events
+        .iter()
+        .filter(|e| matches!(e, Event::FlowNotTraced { .. }))
+        .collect();
+    assert_eq!(not_traced.len(), 1, "reported once: {events:?}");
+    assert!(matches!(
+        not_traced[0],
+        Event::FlowNotTraced {
+            reason: NotTraced::Ipv6Handshake,
+            ..
+        }
+    ));
+    assert!(NotTraced::Ipv6Handshake
+        .to_string()
+        .contains("identification"));
+    assert_eq!(
+        engine.poll_timeout().map(|t| t - t0),
+        Some(Duration::from_secs(120)),
+        "no busy timer"
+    );
 }

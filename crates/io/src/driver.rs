@@ -2,7 +2,7 @@
 //! sockets, with `poll(2)` on the captures' descriptors so the loop sleeps exactly until the
 //! next packet, the monitor's next timer, or the next token of the probe rate.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,15 +10,15 @@ use std::time::{Duration, Instant, SystemTime};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use svctr_core::{
-    Event, FlowKey, FlowSelector, Granularity, Monitor, MonitorConfig, MonitorStats, Now, Pacer,
-    Protocol, TraceConfig, TraceResult,
+    Event, FlowKey, FlowSelector, Granularity, Monitor, MonitorConfig, MonitorStats, NotTraced,
+    Now, Pacer, Protocol, TraceConfig, TraceResult,
 };
 
 use crate::capture::{Capture, Delivery, DETECTION_SNAPLEN, SNAPLEN};
 use crate::filter::{detection_filter, flow_filter, lane_filter, DetectionSources, LANE_FLOWS};
 use crate::iface::interface_addresses;
 use crate::sender::RawSockets;
-use crate::shield::Shield;
+use crate::shield::{Guarded, Shield};
 use crate::Error;
 
 /// What to trace and how: the flows of one 5-tuple selection (the `flow` command). A thin
@@ -81,7 +81,7 @@ impl From<&FlowTraceOptions> for MonitorOptions {
 }
 
 /// What a run did.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RunSummary {
     /// Traces completed.
     pub traced: usize,
@@ -95,6 +95,8 @@ pub struct RunSummary {
     pub detection_captured: u32,
     /// The most traces in progress at once.
     pub peak_traces: usize,
+    /// Flows that were selected but could not be traced, and why (the first few).
+    pub not_traced: Vec<(FlowKey, NotTraced)>,
 }
 
 /// The selection in words, for "nothing matched".
@@ -211,10 +213,15 @@ pub fn monitor(
     };
     let mut lane = Lane::new(&opts.iface);
     let mut shield = Shield::new();
-    let mut shielded = UdpTraces::default();
+    let mut shielded = Shielded::default();
+    let mut not_traced = Vec::new();
     let mut mcfg = cfg.clone();
     mcfg.trace.ident_seed = seed();
     mcfg.trace.slot = slot;
+    if !opts.udp_shield {
+        // Copies of a SYN are harmless only behind the shield (see the shield module).
+        mcfg.trace.handshake_wait = Duration::ZERO;
+    }
     let mut mon = Monitor::new(mcfg, local).map_err(|e| Error::Unsupported(e.to_string()))?;
     let mut pacer = Pacer::new(opts.rate);
 
@@ -267,13 +274,14 @@ pub fn monitor(
         let t = now();
         mon.handle_timeout(t);
         // Events before probes: a UDP flow's shield must be in place before its first probe.
-        handle_events(
-            &mut mon,
-            &mut shielded,
-            &mut lane,
-            &mut traced,
-            &mut on_result,
-        );
+        let mut events = Events {
+            shielded: &mut shielded,
+            lane: &mut lane,
+            traced: &mut traced,
+            not_traced: &mut not_traced,
+            on_result: &mut on_result,
+        };
+        events.handle(&mut mon);
         if opts.udp_shield {
             shield.protect(&shielded.started)?;
         }
@@ -287,13 +295,14 @@ pub fn monitor(
                 mon.handle_send_error(t, &tx.flow, tx.ident, e.to_string());
             }
         }
-        handle_events(
-            &mut mon,
-            &mut shielded,
-            &mut lane,
-            &mut traced,
-            &mut on_result,
-        );
+        Events {
+            shielded: &mut shielded,
+            lane: &mut lane,
+            traced: &mut traced,
+            not_traced: &mut not_traced,
+            on_result: &mut on_result,
+        }
+        .handle(&mut mon);
         if opts.udp_shield {
             shield.release(&shielded.finished, t.mono);
             shield.expire(t.mono)?;
@@ -343,6 +352,7 @@ pub fn monitor(
         captured: capture.received() + lane.cap.as_mut().map_or(0, Capture::received),
         detection_captured: detection.as_mut().map_or(0, Capture::received),
         peak_traces,
+        not_traced,
     };
     // Closing a packet socket waits for an RCU grace period (~20 ms): close them side by side.
     close_together([Some(capture), lane.cap.take(), detection]);
@@ -478,42 +488,61 @@ impl Lane {
     }
 }
 
-/// UDP traces that started and ended in this turn of the loop: the shield's work, batched.
+/// Shielded traces: those in progress, and those that started and ended in this turn of the
+/// loop (the shield's work, batched).
 #[derive(Default)]
-struct UdpTraces {
-    started: Vec<FlowKey>,
-    finished: Vec<FlowKey>,
+struct Shielded {
+    active: HashMap<FlowKey, Guarded>,
+    started: Vec<Guarded>,
+    finished: Vec<Guarded>,
 }
 
-fn handle_events(
-    mon: &mut Monitor,
-    udp: &mut UdpTraces,
-    lane: &mut Lane,
-    traced: &mut usize,
-    on_result: &mut impl FnMut(TraceResult),
-) {
-    while let Some(ev) = mon.poll_event() {
-        match ev {
-            Event::FlowSelected(flow) => lane.add(flow, Instant::now()),
-            Event::FlowForgotten(flow) => lane.remove(&flow),
-            Event::TraceStarted { flow, .. } => {
-                lane.remove(&flow);
-                if flow.protocol == Protocol::Udp {
-                    udp.started.push(flow);
+/// Flows reported as not traced: at most this many are kept for the summary.
+const NOT_TRACED_KEPT: usize = 16;
+
+/// What the loop does with the monitor's events.
+struct Events<'a, F> {
+    shielded: &'a mut Shielded,
+    lane: &'a mut Lane,
+    traced: &'a mut usize,
+    not_traced: &'a mut Vec<(FlowKey, NotTraced)>,
+    on_result: &'a mut F,
+}
+
+impl<F: FnMut(TraceResult)> Events<'_, F> {
+    fn handle(&mut self, mon: &mut Monitor) {
+        while let Some(ev) = mon.poll_event() {
+            match ev {
+                Event::FlowSelected(flow) => self.lane.add(flow, Instant::now()),
+                Event::FlowForgotten(flow) => self.lane.remove(&flow),
+                Event::FlowNotTraced { flow, reason }
+                    if self.not_traced.len() < NOT_TRACED_KEPT =>
+                {
+                    self.not_traced.push((flow, reason));
                 }
-            }
-            Event::TraceFinished(r) => {
-                if r.flow.protocol == Protocol::Udp {
-                    udp.finished.push(FlowKey {
-                        protocol: Protocol::Udp,
-                        local: std::net::SocketAddr::new(r.flow.local.ip, r.flow.local.port),
-                        remote: std::net::SocketAddr::new(r.flow.remote.ip, r.flow.remote.port),
-                    });
+                Event::TraceStarted {
+                    flow, syn_copy_of, ..
+                } => {
+                    self.lane.remove(&flow);
+                    let guard = match (flow.protocol, syn_copy_of) {
+                        (Protocol::Udp, _) => Some(Guarded::Udp(flow)),
+                        (Protocol::Tcp, Some(seq)) => Some(Guarded::SynCopies(flow, seq)),
+                        _ => None,
+                    };
+                    if let Some(g) = guard {
+                        self.shielded.active.insert(flow, g);
+                        self.shielded.started.push(g);
+                    }
                 }
-                *traced += 1;
-                on_result(*r);
+                Event::TraceFinished(r) => {
+                    if let Some(g) = self.shielded.active.remove(&r.flow.key()) {
+                        self.shielded.finished.push(g);
+                    }
+                    *self.traced += 1;
+                    (self.on_result)(*r);
+                }
+                _ => {}
             }
-            _ => {}
         }
     }
 }

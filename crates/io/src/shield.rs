@@ -18,6 +18,12 @@
 //! stays in the set for [`LINGER`] after its trace ended, for replies that come late (a probe
 //! given up after its timeout may still be answered).
 //!
+//! The same goes for the copies of a SYN that trace an IPv4 connection stuck in its handshake
+//! (see the engine's probe module): Linux `tcp_v4_err()` aborts a SYN_SENT connection on an
+//! error that quotes its SYN. A second set holds such flows with their SYN's sequence number,
+//! and its rule drops only errors whose quote has a TTL no higher than the copies' (at most
+//! 32), so that the errors the client's own SYNs (sent with 64) draw still reach it.
+//!
 //! The tables (`ip` and `ip6` families) are named after the process (`svctr_<pid>`) and
 //! deleted on exit; tables left by a process that no longer exists are removed at start.
 
@@ -27,7 +33,7 @@ use std::net::IpAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use svctr_core::FlowKey;
+use svctr_core::{FlowKey, SYN_COPY_MAX_TTL};
 
 use crate::Error;
 
@@ -41,13 +47,29 @@ enum State {
     Lingering(Instant),
 }
 
+/// What to shield: the errors about a UDP flow's probes, or about the copies of a TCP
+/// connection's SYN (with its initial sequence number).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Guarded {
+    Udp(FlowKey),
+    SynCopies(FlowKey, u32),
+}
+
+/// A shielded flow: its state and where its element is.
+struct Entry {
+    state: State,
+    family: &'static str,
+    set: &'static str,
+    element: String,
+}
+
 pub(crate) struct Shield {
     table: String,
     /// The `ip` / `ip6` table exists.
     v4: bool,
     v6: bool,
     stale_removed: bool,
-    flows: HashMap<FlowKey, State>,
+    flows: HashMap<Guarded, Entry>,
     next_expiry: Option<Instant>,
 }
 
@@ -103,11 +125,31 @@ fn remove_stale() {
     }
 }
 
-/// The set element of a flow: quoted source, destination, source port, destination port, as
-/// the raw payload matches of the rule read them.
-fn element(flow: &FlowKey) -> Option<(&'static str, String)> {
+/// The set element of a guarded flow: quoted source, destination, source port, destination
+/// port (and the SYN's sequence number), as the raw payload matches of the rule read them;
+/// with the family and the set.
+fn element(g: &Guarded) -> Option<(&'static str, &'static str, String)> {
+    let flow = match g {
+        Guarded::Udp(f) => f,
+        Guarded::SynCopies(f, seq) => {
+            let (IpAddr::V4(s), IpAddr::V4(d)) = (f.local.ip(), f.remote.ip()) else {
+                return None;
+            };
+            return Some((
+                "ip",
+                "syn",
+                format!(
+                    "0x{:08x} . 0x{:08x} . {} . {} . 0x{seq:08x}",
+                    u32::from(s),
+                    u32::from(d),
+                    f.local.port(),
+                    f.remote.port()
+                ),
+            ));
+        }
+    };
     let (sp, dp) = (flow.local.port(), flow.remote.port());
-    match (flow.local.ip(), flow.remote.ip()) {
+    let (family, elem) = match (flow.local.ip(), flow.remote.ip()) {
         (IpAddr::V4(s), IpAddr::V4(d)) => Some((
             "ip",
             format!(
@@ -125,7 +167,8 @@ fn element(flow: &FlowKey) -> Option<(&'static str, String)> {
             ),
         )),
         _ => None,
-    }
+    }?;
+    Some((family, "flows", elem))
 }
 
 impl Shield {
@@ -148,11 +191,16 @@ impl Shield {
             // Offsets from the start of the ICMP header (@th): quoted IPv4 header at 8: total
             // length 8+2, protocol 8+9, source 8+12, destination 8+16; quoted ports at 28, 30
             // (our probes carry no IP options, and a quote carries the header as sent).
+            // The SYN set adds the quoted sequence number (32 bits at 32) and the rule the quoted
+            // TTL (8 bits at 8+8): see the module doc.
             format!(
                 "table ip {t} {{\n set flows {{ typeof @th,160,32 . @th,192,32 . @th,224,16 . @th,240,16; }}\n \
+                 set syn {{ typeof @th,160,32 . @th,192,32 . @th,224,16 . @th,240,16 . @th,256,32; }}\n \
                  chain input {{ type filter hook input priority -300; policy accept;\n  \
                  ip protocol icmp icmp type {{ destination-unreachable, time-exceeded, parameter-problem }} @th,80,16 28 @th,136,8 17 \
-                 @th,160,32 . @th,192,32 . @th,224,16 . @th,240,16 @flows counter drop\n }}\n}}\n"
+                 @th,160,32 . @th,192,32 . @th,224,16 . @th,240,16 @flows counter drop\n  \
+                 ip protocol icmp icmp type {{ destination-unreachable, time-exceeded, parameter-problem }} @th,136,8 6 \
+                 @th,128,8 <= {SYN_COPY_MAX_TTL} @th,160,32 . @th,192,32 . @th,224,16 . @th,240,16 . @th,256,32 @syn counter drop\n }}\n}}\n"
             )
         } else {
             // Offsets from the ICMPv6 header: quoted IPv6 header at 8: payload length 8+4, next
@@ -166,9 +214,9 @@ impl Shield {
         }
     }
 
-    /// Drops ICMP/ICMPv6 errors quoting a probe of these UDP flows from now on (one `nft` run
-    /// for all of them).
-    pub(crate) fn protect(&mut self, flows: &[FlowKey]) -> Result<(), Error> {
+    /// Drops ICMP/ICMPv6 errors quoting a probe of these flows from now on (one `nft` run for
+    /// all of them).
+    pub(crate) fn protect(&mut self, flows: &[Guarded]) -> Result<(), Error> {
         if flows.is_empty() {
             return Ok(());
         }
@@ -179,22 +227,32 @@ impl Shield {
         let mut script = String::new();
         let (mut v4, mut v6) = (self.v4, self.v6);
         for flow in flows {
-            let Some((family, elem)) = element(flow) else {
+            let Some((family, set, elem)) = element(flow) else {
                 return Err(Error::Unsupported(
                     "a flow mixes IPv4 and IPv6 addresses".into(),
                 ));
             };
             // Still in the set (traced again before its lingering ended): keep it.
-            if self.flows.insert(*flow, State::Tracing).is_some() {
+            if let Some(e) = self.flows.get_mut(flow) {
+                e.state = State::Tracing;
                 continue;
             }
+            self.flows.insert(
+                *flow,
+                Entry {
+                    state: State::Tracing,
+                    family,
+                    set,
+                    element: elem.clone(),
+                },
+            );
             let created = if family == "ip" { &mut v4 } else { &mut v6 };
             if !*created {
                 script.push_str(&self.table_script(family));
                 *created = true;
             }
             script.push_str(&format!(
-                "add element {family} {} flows {{ {elem} }}\n",
+                "add element {family} {} {set} {{ {elem} }}\n",
                 self.table
             ));
         }
@@ -207,10 +265,10 @@ impl Shield {
     }
 
     /// These flows' traces ended: they leave the set after [`LINGER`].
-    pub(crate) fn release(&mut self, flows: &[FlowKey], now: Instant) {
+    pub(crate) fn release(&mut self, flows: &[Guarded], now: Instant) {
         for flow in flows {
-            if let Some(s) = self.flows.get_mut(flow) {
-                *s = State::Lingering(now + LINGER);
+            if let Some(e) = self.flows.get_mut(flow) {
+                e.state = State::Lingering(now + LINGER);
                 self.next_expiry = Some(
                     self.next_expiry
                         .map_or(now + LINGER, |t| t.min(now + LINGER)),
@@ -227,13 +285,12 @@ impl Shield {
         let mut script = String::new();
         let mut next = None;
         let table = &self.table;
-        self.flows.retain(|flow, s| match *s {
+        self.flows.retain(|_, e| match e.state {
             State::Lingering(at) if at <= now => {
-                if let Some((family, elem)) = element(flow) {
-                    script.push_str(&format!(
-                        "delete element {family} {table} flows {{ {elem} }}\n"
-                    ));
-                }
+                script.push_str(&format!(
+                    "delete element {} {table} {} {{ {} }}\n",
+                    e.family, e.set, e.element
+                ));
                 false
             }
             State::Lingering(at) => {
