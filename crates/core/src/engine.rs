@@ -701,6 +701,7 @@ impl Engine {
         if let Some(tag) = &e.tag {
             result.flow.tag(tag);
         }
+        result.syn_copies = e.kind == ProbeKind::SynCopy;
         self.events
             .push_back(Event::TraceFinished(Box::new(result)));
         true

@@ -57,4 +57,6 @@ pub use result::{
     TraceResult,
 };
 /// Service recognition (re-exported from `svctr-detect`): signatures and the detector's settings.
-pub use svctr_detect::{DetectorConfig, DetectorStats, ServiceSpec, SignatureError, Signatures};
+pub use svctr_detect::{
+    DetectorConfig, DetectorStats, Service, ServiceSpec, SignatureError, Signatures,
+};

@@ -211,6 +211,11 @@ pub fn render_text(r: &TraceResult) -> String {
         (Some(s), _, None) => format!(", service {s}"),
         _ => String::new(),
     };
+    let syn = if r.syn_copies {
+        ", handshake not answered (probes: copies of its SYN)"
+    } else {
+        ""
+    };
     let label = r
         .flow
         .flow_label
@@ -218,7 +223,7 @@ pub fn render_text(r: &TraceResult) -> String {
         .unwrap_or_default();
     let _ = writeln!(
         out,
-        "service-traceroute {} {} -> {}{service}{label}, {} algorithm, {} probes sent",
+        "service-traceroute {} {} -> {}{service}{label}{syn}, {} algorithm, {} probes sent",
         r.flow.protocol.as_str(),
         SocketAddr::new(r.flow.local.ip, r.flow.local.port),
         SocketAddr::new(r.flow.remote.ip, r.flow.remote.port),
@@ -238,4 +243,108 @@ pub fn render_text(r: &TraceResult) -> String {
     }
     let _ = writeln!(out, "{}", stop_text(r));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compare::{compare, render_comparison};
+    use crate::config::Algorithm;
+    use crate::result::{Endpoint, FlowInfo, MplsEntry};
+
+    fn reply(addr: &str, ttl: u8) -> ProbeReply {
+        ProbeReply {
+            addr: Some(addr.parse().unwrap()),
+            name: None,
+            rtt_ms: Some(1.5),
+            icmp_type: Some(3),
+            icmp_code: Some(0),
+            reply_ttl: Some(64 - ttl),
+            quoted_ttl: Some(1),
+            tcp_flags: None,
+            ip_id: None,
+            tag: 16,
+            mpls: vec![MplsEntry {
+                label: 300,
+                tc: 0,
+                s: true,
+                ttl: 1,
+            }],
+            error: None,
+        }
+    }
+
+    fn v6_trace(stop: StopReason) -> TraceResult {
+        TraceResult {
+            flow: FlowInfo {
+                protocol: Protocol::Tcp,
+                local: Endpoint {
+                    ip: "2001:db8::2".parse().unwrap(),
+                    port: 40000,
+                },
+                remote: Endpoint {
+                    ip: "2001:db8:9::2".parse().unwrap(),
+                    port: 443,
+                },
+                flow_label: Some(5),
+                service: None,
+                name: None,
+                matched_by: None,
+            },
+            algorithm: Algorithm::Concurrent,
+            start: "2026-12-04T00:00:00Z".into(),
+            end: "2026-12-04T00:00:01Z".into(),
+            stop_reason: stop,
+            hops: vec![Hop {
+                ttl: 1,
+                probes: vec![reply("2001:db8:1::1", 1)],
+            }],
+            remote_distance: None,
+            probes_sent: 1,
+            replies: 1,
+            syn_copies: false,
+        }
+    }
+
+    #[test]
+    fn an_interrupted_trace_says_what_stopped_it_once() {
+        let text = render_text(&v6_trace(StopReason::Interrupted));
+        let stop = text.lines().last().unwrap();
+        assert_eq!(
+            stop,
+            "stop: interrupted (stopped before the trace was complete: Ctrl-C, SIGTERM, SIGHUP or \
+             a closed output)"
+        );
+        assert!(!text.contains("(interrupted)"));
+    }
+
+    #[test]
+    fn ipv6_endpoints_are_bracketed_in_the_comparison_header() {
+        let c = compare(v6_trace(StopReason::MaxTtl), Vec::new());
+        let header = render_comparison(&c).lines().next().unwrap().to_string();
+        assert_eq!(
+            header,
+            "tcp flow [2001:db8::2]:40000 -> [2001:db8:9::2]:443 vs 0 fresh Paris flow(s) to the \
+             same port"
+        );
+    }
+
+    #[test]
+    fn extensions_are_shown_on_request() {
+        let hop = &v6_trace(StopReason::MaxTtl).hops[0];
+        let plain = render_hop(hop, false);
+        assert_eq!(plain, " 1  2001:db8:1::1  1.500 ms\n");
+        let ext = render_hop(hop, true);
+        assert_eq!(
+            ext,
+            format!("{plain}     [MPLS: Lbl 300, TC 0, S 1, TTL 1]\n")
+        );
+    }
+
+    #[test]
+    fn ipv6_probes_have_no_ip_id_in_json() {
+        let json = serde_json::to_string(&v6_trace(StopReason::MaxTtl)).unwrap();
+        assert!(!json.contains("ip_id"), "{json}");
+        assert!(json.contains("\"tag\":16"), "{json}");
+    }
 }

@@ -237,4 +237,8 @@ pub struct TraceResult {
     pub probes_sent: u32,
     /// Replies matched to a probe.
     pub replies: u32,
+    /// The TCP connection's handshake was not answered, so the probes were copies of its SYN
+    /// (see the probe module): the trace shows where the SYNs go.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub syn_copies: bool,
 }

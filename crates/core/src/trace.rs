@@ -735,6 +735,7 @@ impl Trace {
             remote_distance: self.remote_distance,
             probes_sent: self.sent,
             replies: self.replies,
+            syn_copies: false,
         }
     }
 }

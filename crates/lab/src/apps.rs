@@ -491,6 +491,19 @@ pub fn tcp_download_to(
     bytes: u64,
     recverr: bool,
 ) -> Result<TcpDownload> {
+    tcp_download_patient(lab, dst, local_port, bytes, recverr, Duration::from_secs(5))
+}
+
+/// [`tcp_download_to`] whose connect waits up to `connect_timeout` (a connection whose SYNs a
+/// firewall drops for a while, then lets through).
+pub fn tcp_download_patient(
+    lab: &Lab,
+    dst: SocketAddr,
+    local_port: u16,
+    bytes: u64,
+    recverr: bool,
+    connect_timeout: Duration,
+) -> Result<TcpDownload> {
     let stop = Arc::new(AtomicBool::new(false));
     lab.register_stop(&stop);
     let started = Arc::new(Started::default());
@@ -498,7 +511,7 @@ pub fn tcp_download_to(
     let local = SocketAddr::new(lab.client_addr_for(dst.ip()), local_port);
     let (st, stp, rcv) = (started.clone(), stop.clone(), received.clone());
     let thread = spawn_in_netns(lab.client_ns(), "tcpdl", move || {
-        let r = download(local, dst, bytes, recverr, &st, &stp, &rcv);
+        let r = download(local, dst, bytes, recverr, connect_timeout, &st, &stp, &rcv);
         if let Err(e) = &r {
             st.set(Err(format!("{e:#}")));
         }
@@ -511,18 +524,20 @@ pub fn tcp_download_to(
     })
 }
 
+#[allow(clippy::too_many_arguments)]
 fn download(
     local: SocketAddr,
     server: SocketAddr,
     bytes: u64,
     recverr: bool,
+    connect_timeout: Duration,
     started: &Started,
     stop: &AtomicBool,
     received: &AtomicU64,
 ) -> Result<DownloadReport> {
     let sock = client_socket(local, Type::STREAM, Protocol::TCP, recverr)?;
     let t0 = Instant::now();
-    sock.connect_timeout(&SockAddr::from(server), Duration::from_secs(5))
+    sock.connect_timeout(&SockAddr::from(server), connect_timeout)
         .with_context(|| format!("connect to {server}"))?;
     let port = local_port_of(&sock)?;
     started.set(Ok(port));

@@ -135,9 +135,9 @@ mod tls;
 mod util;
 
 pub use apps::{
-    pattern_byte, tcp_download, tcp_download_to, tcp_server, tcp_server_on, udp_server,
-    udp_server_on, udp_session, udp_session_to, DownloadReport, TcpDownload, TcpServer, UdpReport,
-    UdpServer, UdpSession,
+    pattern_byte, tcp_download, tcp_download_patient, tcp_download_to, tcp_server, tcp_server_on,
+    udp_server, udp_server_on, udp_session, udp_session_to, DownloadReport, TcpDownload, TcpServer,
+    UdpReport, UdpServer, UdpSession,
 };
 pub use capture::{Capture, CapturedPacket, PacketInfo};
 pub use dns::{dns_server, DnsRecord, DnsServer};

@@ -1,0 +1,189 @@
+//! Value parsers and value lists shared by the subcommands: syntax only, no system calls
+//! (resolving names and opening sockets happens once parsing is over).
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use clap::ValueEnum;
+use svctr_core::{Algorithm, Granularity, Strategy};
+
+/// A port, 1-65535.
+pub(crate) fn parse_port(s: &str) -> Result<u16, String> {
+    match s.parse::<u16>() {
+        Ok(0) | Err(_) => Err(format!("invalid port {s:?}: expected 1-65535")),
+        Ok(p) => Ok(p),
+    }
+}
+
+/// `IP`, `IP:PORT`, `[IPv6]` or `[IPv6]:PORT`.
+pub(crate) fn parse_remote(s: &str) -> Result<(IpAddr, Option<u16>), String> {
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Ok((ip, None));
+    }
+    if let Some(inner) = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+        if let Ok(ip @ IpAddr::V6(_)) = inner.parse::<IpAddr>() {
+            return Ok((ip, None));
+        }
+    }
+    if let Ok(sa) = s.parse::<SocketAddr>() {
+        if sa.port() == 0 {
+            return Err(format!("invalid port in {s:?}: expected 1-65535"));
+        }
+        return Ok((sa.ip(), Some(sa.port())));
+    }
+    if let Some((ip, port)) = s.rsplit_once(':') {
+        if ip
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+            .is_ok()
+        {
+            return Err(format!("invalid port {port:?} in {s:?}: expected 1-65535"));
+        }
+    }
+    Err(format!(
+        "invalid address {s:?}: expected IP or IP:PORT (IPv6 as [IP] or [IP]:PORT)"
+    ))
+}
+
+/// Seconds (`2`, `0.5`) or a duration with a unit (`2s`, `150ms`, `1m`).
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+    if let Ok(secs) = s.parse::<f64>() {
+        if secs.is_finite() && (0.0..1e9).contains(&secs) {
+            return Ok(Duration::from_secs_f64(secs));
+        }
+        return Err(format!("invalid duration {s:?}"));
+    }
+    humantime::parse_duration(s)
+        .map_err(|e| format!("invalid duration {s:?}: {e} (e.g. 2s, 150ms, 1m)"))
+}
+
+/// traceroute's `-z`: a number above 10 is milliseconds, else seconds; or a duration with a
+/// unit.
+pub(crate) fn parse_sendwait(s: &str) -> Result<Duration, String> {
+    match s.parse::<f64>() {
+        Ok(n) if n.is_finite() && n > 10.0 && n < 1e9 => Ok(Duration::from_secs_f64(n / 1000.0)),
+        _ => parse_duration(s),
+    }
+}
+
+/// Probe scheduling (the three algorithms of the Service Traceroute paper).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum AlgorithmArg {
+    /// every probe of every TTL at once
+    Concurrent,
+    /// the probes of one TTL, then the next TTL once they are answered or timed out
+    HopByHop,
+    /// one probe at a time
+    PacketByPacket,
+}
+
+impl From<AlgorithmArg> for Algorithm {
+    fn from(a: AlgorithmArg) -> Self {
+        match a {
+            AlgorithmArg::Concurrent => Algorithm::Concurrent,
+            AlgorithmArg::HopByHop => Algorithm::HopByHop,
+            AlgorithmArg::PacketByPacket => Algorithm::PacketByPacket,
+        }
+    }
+}
+
+/// Where a traceroute puts its probe number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum StrategyArg {
+    /// in a port or the ICMP sequence: each probe may take another path
+    Classic,
+    /// in a checksum or the TCP sequence number: one flow identifier, one path
+    Paris,
+    /// in the IPv4 identification / IPv6 payload length: one flow identifier, one path
+    Dublin,
+}
+
+impl From<StrategyArg> for Strategy {
+    fn from(a: StrategyArg) -> Self {
+        match a {
+            StrategyArg::Classic => Strategy::Classic,
+            StrategyArg::Paris => Strategy::Paris,
+            StrategyArg::Dublin => Strategy::Dublin,
+        }
+    }
+}
+
+/// How many flows one trace stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum PerArg {
+    /// every flow (each 5-tuple may take its own path)
+    Flow,
+    /// one trace per protocol, destination address and port at a time
+    DestinationPort,
+    /// one trace per protocol and destination address at a time
+    Destination,
+}
+
+impl From<PerArg> for Granularity {
+    fn from(a: PerArg) -> Self {
+        match a {
+            PerArg::Flow => Granularity::Flow,
+            PerArg::DestinationPort => Granularity::DestinationPort,
+            PerArg::Destination => Granularity::Destination,
+        }
+    }
+}
+
+/// Output of the commands that trace (`flow`, `monitor`, `trace`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Format {
+    /// traceroute-like text, each hop printed as soon as it is known (trace) or each trace as
+    /// it finishes
+    Text,
+    /// one JSON object, or an array of them when there are several results, printed at the end
+    Json,
+    /// one JSON object per line, printed as each trace finishes
+    Jsonl,
+}
+
+/// `--retrace-after`: a duration, or never (`never` or 0).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Retrace(pub(crate) Option<Duration>);
+
+pub(crate) fn parse_retrace(s: &str) -> Result<Retrace, String> {
+    if s.eq_ignore_ascii_case("never") {
+        return Ok(Retrace(None));
+    }
+    let d = parse_duration(s)?;
+    Ok(Retrace((!d.is_zero()).then_some(d)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remotes() {
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        assert_eq!(parse_remote("[2001:db8::1]"), Ok((v6, None)));
+        assert_eq!(parse_remote("2001:db8::1"), Ok((v6, None)));
+        assert_eq!(parse_remote("[2001:db8::1]:443"), Ok((v6, Some(443))));
+        assert_eq!(
+            parse_remote("192.0.2.1:80"),
+            Ok(("192.0.2.1".parse().unwrap(), Some(80)))
+        );
+        assert!(parse_remote("[2001:db8::1]:0")
+            .unwrap_err()
+            .contains("1-65535"));
+        assert!(parse_remote("[192.0.2.1]").is_err());
+        assert!(parse_remote("192.0.2.1:x")
+            .unwrap_err()
+            .contains("invalid port"));
+        assert!(parse_remote("nope").unwrap_err().contains("[IP]"));
+    }
+
+    #[test]
+    fn sendwait_is_traceroutes() {
+        assert_eq!(parse_sendwait("0.5"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_sendwait("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_sendwait("50"), Ok(Duration::from_millis(50)));
+        assert_eq!(parse_sendwait("30ms"), Ok(Duration::from_millis(30)));
+        assert!(parse_sendwait("-1").is_err());
+    }
+}

@@ -1,0 +1,30 @@
+//! The binary's errors: one line each, and the exit status they mean (see `main`).
+
+use std::io;
+
+/// What ends a run with an error.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CliError {
+    /// The live driver failed (privileges, interface, capture, sockets, shield).
+    #[error(transparent)]
+    Run(#[from] svctr_io::Error),
+    /// A service signature file or selection is wrong.
+    #[error(transparent)]
+    Signatures(#[from] svctr_core::SignatureError),
+    /// Trace parameters that cannot work together.
+    #[error(transparent)]
+    Config(#[from] svctr_core::ConfigError),
+    /// Input the command line parser could not reject by itself.
+    #[error("{0}")]
+    Input(String),
+    /// stdout failed for another reason than a closed pipe (a full disk, `/dev/full`).
+    #[error("writing output: {0}")]
+    Output(io::Error),
+}
+
+impl CliError {
+    /// Bad input given by the user.
+    pub(crate) fn input(text: impl Into<String>) -> Self {
+        Self::Input(text.into())
+    }
+}

@@ -1,0 +1,412 @@
+//! `flow` and `monitor`: trace live flows picked by 5-tuple or by service.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use svctr_core::{
+    DetectorConfig, FlowFilter, Granularity, MonitorConfig, Protocol, ServiceSpec, Signatures,
+    TraceConfig, TraceResult,
+};
+use svctr_io::{monitor, Error, MonitorOptions, RunSummary};
+
+use crate::args::{
+    parse_duration, parse_port, parse_remote, parse_retrace, AlgorithmArg, Format, PerArg, Retrace,
+};
+use crate::error::CliError;
+use crate::output::Run;
+use crate::Outcome;
+
+/// Which flows: by 5-tuple, by service, or both.
+#[derive(Args)]
+pub(crate) struct SelectArgs {
+    /// Interface to capture on and send probes from (`any`: all of them).
+    #[arg(long, short = 'i')]
+    iface: String,
+    /// Trace TCP flows (with --udp: both; neither: both when a service is given).
+    #[arg(long)]
+    tcp: bool,
+    /// Trace UDP flows.
+    #[arg(long)]
+    udp: bool,
+    /// The flow's remote end: IP or IP:PORT ([IPv6] or [IPv6]:PORT).
+    #[arg(long, value_parser = parse_remote, value_name = "IP[:PORT]")]
+    remote: Option<(IpAddr, Option<u16>)>,
+    /// The flow's local port.
+    #[arg(long, value_parser = parse_port)]
+    local_port: Option<u16>,
+    /// Trace the flows of this service of the signatures (repeatable; see `services`).
+    #[arg(long, value_name = "NAME")]
+    service: Vec<String>,
+    /// Trace the flows to names under this domain (repeatable; a service of its own).
+    #[arg(long, value_name = "SUFFIX")]
+    domain: Vec<String>,
+    /// Trace the flows to addresses in this prefix (repeatable; a service of its own).
+    #[arg(long, value_name = "PREFIX")]
+    cidr: Vec<String>,
+    /// More service signatures (TOML, format 1; repeatable). Without --service, every
+    /// service of these files is traced.
+    #[arg(long, value_name = "FILE")]
+    signatures: Vec<PathBuf>,
+    /// Do not recognise flows from sniffed DNS answers.
+    #[arg(long)]
+    no_dns: bool,
+    /// Do not recognise TCP flows by their TLS ClientHello's server name.
+    #[arg(long)]
+    no_tls: bool,
+    /// Do not recognise UDP flows by their QUIC Initial's server name.
+    #[arg(long)]
+    no_quic: bool,
+}
+
+/// How each flow is traced. The defaults are `svctr_core::TraceConfig`'s.
+#[derive(Args)]
+pub(crate) struct TraceOpts {
+    /// Probe scheduling.
+    #[arg(long, value_enum, default_value = "concurrent")]
+    algorithm: AlgorithmArg,
+    /// First TTL to probe (traceroute's -f).
+    #[arg(long, short = 'f', default_value_t = TraceConfig::default().first_ttl,
+          value_parser = clap::value_parser!(u8).range(1..))]
+    first_ttl: u8,
+    /// Highest TTL to probe (traceroute's -m).
+    #[arg(long, short = 'm', default_value_t = TraceConfig::default().max_ttl,
+          value_parser = clap::value_parser!(u8).range(1..))]
+    max_ttl: u8,
+    /// Probes per TTL (traceroute's -q).
+    #[arg(long, short = 'q', default_value_t = TraceConfig::default().probes_per_hop,
+          value_parser = clap::value_parser!(u8).range(1..))]
+    probes: u8,
+    /// Gap between probes of one TTL (e.g. 0, 20ms).
+    #[arg(long, default_value = "0", value_parser = parse_duration)]
+    inter_probe: Duration,
+    /// Gap between TTLs.
+    #[arg(long, default_value = "0", value_parser = parse_duration)]
+    inter_hop: Duration,
+    /// How long each probe waits for its reply (traceroute's -w).
+    #[arg(long, short = 'w', default_value = "2s", value_parser = parse_duration)]
+    timeout: Duration,
+    /// Stop after this many consecutive silent TTLs (0: never).
+    #[arg(long, default_value_t = TraceConfig::default().max_missing)]
+    max_missing: u8,
+    /// Stop at the TTL where this address answers (repeatable).
+    #[arg(long, value_name = "IP")]
+    stop_at: Vec<IpAddr>,
+    /// A UDP flow silent this long has ended (0: never).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    flow_timeout: Duration,
+    /// Extra rounds of --probes probes for a TTL nobody answered.
+    #[arg(long, default_value_t = 0)]
+    retries: u8,
+    /// Probe up to --max-ttl even past the remote (by default probing stops one TTL short of
+    /// the remote, whose distance comes from its packets' TTL, so the remote application never
+    /// receives a probe).
+    #[arg(long)]
+    probe_remote: bool,
+    /// Select flows for at most this long (e.g. 30, 30s, 1m); then exit once traces finish.
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// At most this many probes per second over all flows, with bursts of 10 ms worth (0: no
+    /// limit). The default lets a single trace go out at once and keeps thousands of flows
+    /// from flooding the path (and the capture ring with replies).
+    #[arg(long, default_value_t = 10_000)]
+    rate: u32,
+    /// Do not install the nftables rules that keep the ICMP errors caused by probes away from
+    /// the application's socket (UDP flows, and the SYN copies that trace a TCP connection
+    /// stuck in its handshake: such connections are then not traced).
+    #[arg(long)]
+    no_udp_shield: bool,
+    /// The flow capture's kernel ring in MiB (default: 4 for --count up to 64, else 32). More
+    /// absorbs longer stalls of a busy machine; less sets up faster.
+    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    capture_buffer: Option<u16>,
+    /// Print the run's counters on stderr at the end (packets captured, flows recognised and
+    /// traced, probes, the most traces at once).
+    #[arg(long)]
+    stats: bool,
+}
+
+#[derive(Args)]
+pub(crate) struct FlowArgs {
+    #[command(flatten)]
+    select: SelectArgs,
+    #[command(flatten)]
+    trace: TraceOpts,
+    /// Exit after this many traced flows (0: until interrupted or --duration).
+    #[arg(long, default_value_t = 1)]
+    count: usize,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
+}
+
+#[derive(Args)]
+pub(crate) struct MonitorArgs {
+    #[command(flatten)]
+    select: SelectArgs,
+    #[command(flatten)]
+    trace: TraceOpts,
+    /// Trace a flow again (a destination, with --per) once this long has passed since its last
+    /// trace ended ("never": once per run).
+    #[arg(long, default_value = "600s", value_parser = parse_retrace)]
+    retrace_after: Retrace,
+    /// One trace per flow, per destination and port, or per destination at a time.
+    #[arg(long, value_enum, default_value = "flow")]
+    per: PerArg,
+    /// Exit after this many traces (0: until interrupted or --duration).
+    #[arg(long, default_value_t = 0)]
+    count: usize,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "jsonl")]
+    format: Format,
+}
+
+/// The signature set the selection asks for: none (select by 5-tuple alone), or the named
+/// services of the shipped and given files plus `--domain` and `--cidr` services.
+fn services(a: &SelectArgs) -> Result<Option<Signatures>, CliError> {
+    if a.service.is_empty() && a.domain.is_empty() && a.cidr.is_empty() && a.signatures.is_empty() {
+        return Ok(None);
+    }
+    let mut files = Signatures::empty();
+    for f in &a.signatures {
+        files.merge(Signatures::load(f)?);
+    }
+    let mut selected = if a.service.is_empty() {
+        files
+    } else {
+        let mut all = Signatures::builtin();
+        all.merge(files);
+        let names: Vec<&str> = a.service.iter().map(String::as_str).collect();
+        all.select(&names)?
+    };
+    for d in &a.domain {
+        let spec = ServiceSpec {
+            name: d.clone(),
+            domains: vec![d.clone()],
+            ..ServiceSpec::default()
+        };
+        selected.add(spec, "--domain")?;
+    }
+    for c in &a.cidr {
+        let spec = ServiceSpec {
+            name: c.clone(),
+            prefixes: vec![c.clone()],
+            ..ServiceSpec::default()
+        };
+        selected.add(spec, "--cidr")?;
+    }
+    Ok(Some(selected))
+}
+
+impl TraceOpts {
+    /// The trace parameters these options give.
+    pub(crate) fn trace_config(&self) -> Result<TraceConfig, CliError> {
+        if self.first_ttl > self.max_ttl {
+            return Err(CliError::input(format!(
+                "--first-ttl {} is above --max-ttl {}",
+                self.first_ttl, self.max_ttl
+            )));
+        }
+        let trace = TraceConfig {
+            algorithm: self.algorithm.into(),
+            first_ttl: self.first_ttl,
+            max_ttl: self.max_ttl,
+            probes_per_hop: self.probes,
+            inter_probe: self.inter_probe,
+            inter_hop: self.inter_hop,
+            timeout: self.timeout,
+            max_missing: self.max_missing,
+            stop_at: self.stop_at.clone(),
+            flow_timeout: self.flow_timeout,
+            probe_remote: self.probe_remote,
+            retries: self.retries,
+            ..TraceConfig::default()
+        };
+        trace.validate_flow()?;
+        Ok(trace)
+    }
+}
+
+/// The run of `flow` and `monitor` (which then sets re-tracing and granularity).
+fn monitor_options(
+    s: &SelectArgs,
+    t: &TraceOpts,
+    count: usize,
+) -> Result<MonitorOptions, CliError> {
+    let trace = t.trace_config()?;
+    let services = services(s)?;
+    let protocol = match (s.tcp, s.udp) {
+        (true, false) => Some(Protocol::Tcp),
+        (false, true) => Some(Protocol::Udp),
+        (true, true) => None,
+        (false, false) if services.is_some() => None,
+        (false, false) => {
+            return Err(CliError::input(
+                "say which flows: --tcp, --udp, or a service (--service, --domain, --cidr)",
+            ))
+        }
+    };
+    Ok(MonitorOptions {
+        iface: s.iface.clone(),
+        config: MonitorConfig {
+            trace,
+            filter: FlowFilter {
+                protocol,
+                remote_ip: s.remote.map(|r| r.0),
+                remote_port: s.remote.and_then(|r| r.1),
+                local_port: s.local_port,
+            },
+            services,
+            detector: DetectorConfig {
+                dns: !s.no_dns,
+                tls: !s.no_tls,
+                quic: !s.no_quic,
+                ..DetectorConfig::default()
+            },
+            granularity: Granularity::Flow,
+            retrace_after: None,
+            max_traces: count,
+        },
+        duration: t.duration,
+        udp_shield: !t.no_udp_shield,
+        rate: t.rate,
+        capture_buffer: t.capture_buffer.map(|m| usize::from(m) << 20),
+    })
+}
+
+pub(crate) fn run_flow(a: FlowArgs) -> Result<Outcome, CliError> {
+    let opts = monitor_options(&a.select, &a.trace, a.count)?;
+    run_monitor(&opts, a.format, a.trace.stats)
+}
+
+pub(crate) fn run_monitor_cmd(a: MonitorArgs) -> Result<Outcome, CliError> {
+    let mut opts = monitor_options(&a.select, &a.trace, a.count)?;
+    opts.config.retrace_after = a.retrace_after.0;
+    opts.config.granularity = a.per.into();
+    run_monitor(&opts, a.format, a.trace.stats)
+}
+
+fn render(format: Format, r: &TraceResult) -> Option<String> {
+    match format {
+        Format::Text => Some(format!("{}\n", svctr_core::render_text(r))),
+        Format::Jsonl => serde_json::to_string(r).ok().map(|t| t + "\n"),
+        Format::Json => None,
+    }
+}
+
+/// Prints collected results as JSON: one object for one result, else an array.
+pub(crate) fn json_collection<T: serde::Serialize>(items: &[T]) -> String {
+    let text = if items.len() == 1 {
+        serde_json::to_string_pretty(&items[0])
+    } else {
+        serde_json::to_string_pretty(items)
+    };
+    text.map(|t| t + "\n").unwrap_or_default()
+}
+
+/// Runs the monitor and prints each result as it finishes (JSON: all at the end).
+fn run_monitor(
+    opts: &MonitorOptions,
+    format: Format,
+    show_stats: bool,
+) -> Result<Outcome, CliError> {
+    let mut run = Run::start()?;
+    let stop = std::sync::Arc::clone(&run.stop);
+    let mut collected = Vec::new();
+    let summary = match monitor(opts, &stop, |r| {
+        if let Some(text) = render(format, &r) {
+            run.print(&text);
+        }
+        if format == Format::Json {
+            collected.push(r);
+        }
+    }) {
+        Ok(s) => s,
+        Err(Error::NothingMatched { selector, duration }) => {
+            return Ok(Outcome::nothing(format!(
+                "no flow matched {selector} within {:.1} s",
+                duration.as_secs_f64()
+            )))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if format == Format::Json {
+        run.print(&json_collection(&collected));
+    }
+    run.finish()?;
+    if show_stats {
+        print_stats(&summary);
+    }
+    if summary.capture_drops > 0 {
+        eprintln!(
+            "service-traceroute: warning: the capture dropped {} packets (kernel ring full): some \
+             replies, or the kernel send timestamps of some probes, may be missing",
+            summary.capture_drops
+        );
+    }
+    Ok(outcome(opts, &summary, &run))
+}
+
+/// How the run ended, by the exit-status rule (see `main`): results, or why there are none.
+fn outcome(opts: &MonitorOptions, summary: &RunSummary, run: &Run) -> Outcome {
+    let count = opts.config.max_traces;
+    if run.output_closed() {
+        return Outcome::Closed;
+    }
+    if summary.traced > 0 {
+        if count != 0 && summary.traced < count && !run.stopped() {
+            eprintln!(
+                "service-traceroute: warning: traced {} of {} flows{}",
+                summary.traced,
+                count,
+                not_traced_text(summary)
+                    .map(|t| format!(": {t}"))
+                    .unwrap_or_default()
+            );
+        }
+        return Outcome::Printed(summary.traced);
+    }
+    if let Some(why) = not_traced_text(summary) {
+        return Outcome::nothing(why);
+    }
+    if run.stopped() {
+        return Outcome::nothing("interrupted before a flow was traced");
+    }
+    Outcome::nothing(format!(
+        "{} flow(s) matched but none could be traced: a TCP connection needs its handshake \
+         completed and packets both ways, a UDP flow a packet out",
+        summary.stats.flows_watched.max(1)
+    ))
+}
+
+/// The flows reported as not traced, in words.
+fn not_traced_text(summary: &RunSummary) -> Option<String> {
+    let (flow, reason) = summary.not_traced.first()?;
+    let more = summary.not_traced.len() - 1;
+    let more = if more > 0 {
+        format!(" (and {more} more)")
+    } else {
+        String::new()
+    };
+    Some(format!("the flow {flow} was not traced: {reason}{more}"))
+}
+
+fn print_stats(summary: &RunSummary) {
+    let st = &summary.stats;
+    eprintln!(
+        "service-traceroute: stats: captured {} packets (flows) + {} (detection), dropped {}; \
+         flows recognised {}, watched {}; packets of flows traced recently {}; traces {} (at \
+         most {} at once); probes {}, replies matched {}",
+        summary.captured,
+        summary.detection_captured,
+        summary.capture_drops,
+        st.flows_recognised,
+        st.flows_watched,
+        st.packets_held_back,
+        summary.traced,
+        summary.peak_traces,
+        st.engine.probes_sent,
+        st.engine.replies_matched
+    );
+}

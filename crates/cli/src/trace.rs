@@ -1,0 +1,386 @@
+//! `trace`: classic, Paris and Dublin traceroute with the habits of traceroute(8): its flags,
+//! `HOST [PACKETLEN]`, IPv4 first for a dual-stack name, and each hop printed as soon as it is
+//! known.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use clap::Args;
+use svctr_core::{Protocol, TracerouteConfig, TracerouteEvent};
+use svctr_io::{traceroute, TracerouteOptions};
+
+use crate::args::{parse_duration, parse_port, parse_sendwait, AlgorithmArg, Format, StrategyArg};
+use crate::error::CliError;
+use crate::flow::json_collection;
+use crate::output::Run;
+use crate::Outcome;
+
+#[derive(Args)]
+pub(crate) struct TraceArgs {
+    /// Targets: IP addresses or host names; a last number is the packet length, as in
+    /// traceroute(8) (`trace HOST 60`).
+    #[arg(required = true, value_name = "TARGET")]
+    targets: Vec<String>,
+    /// ICMP echo probes.
+    #[arg(short = 'I', long = "icmp", group = "proto")]
+    icmp: bool,
+    /// UDP probes (the default).
+    #[arg(short = 'U', long = "udp", group = "proto")]
+    udp: bool,
+    /// TCP SYN probes.
+    #[arg(short = 'T', long = "tcp", group = "proto")]
+    tcp: bool,
+    /// traceroute(8)'s method: default or udp, icmp, tcp.
+    #[arg(short = 'M', long = "method", group = "proto", value_name = "METHOD")]
+    method: Option<String>,
+    /// traceroute(8)'s raw protocol: 1 or icmp, 6 or tcp, 17 or udp (the probes of that
+    /// protocol).
+    #[arg(short = 'P', long = "protocol", group = "proto", value_name = "PROTO")]
+    raw_protocol: Option<String>,
+    /// IPv4 only.
+    #[arg(short = '4', conflicts_with = "ipv6")]
+    ipv4: bool,
+    /// IPv6 only (a host name with both is traced over IPv4 unless -6 is given, as
+    /// traceroute(8) does).
+    #[arg(short = '6')]
+    ipv6: bool,
+    /// Where the probe number goes.
+    #[arg(long, value_enum, default_value = "paris")]
+    strategy: StrategyArg,
+    /// First TTL.
+    #[arg(short = 'f', long = "first", visible_alias = "first-ttl",
+          default_value_t = TracerouteConfig::default().first_ttl,
+          value_parser = clap::value_parser!(u8).range(1..))]
+    first_ttl: u8,
+    /// Max TTL.
+    #[arg(short = 'm', long = "max-hops", visible_alias = "max-ttl",
+          default_value_t = TracerouteConfig::default().max_ttl,
+          value_parser = clap::value_parser!(u8).range(1..))]
+    max_ttl: u8,
+    /// Probes per hop.
+    #[arg(short = 'q', long = "queries", visible_alias = "probes",
+          default_value_t = TracerouteConfig::default().probes_per_hop,
+          value_parser = clap::value_parser!(u8).range(1..=10))]
+    queries: u8,
+    /// Wait for each reply (seconds, or with a unit).
+    #[arg(short = 'w', long = "wait", visible_alias = "timeout", default_value = "3",
+          value_parser = parse_duration)]
+    wait: Duration,
+    /// Destination port (UDP: the base port, 33434; TCP: 80).
+    #[arg(short = 'p', long = "port", value_parser = parse_port)]
+    port: Option<u16>,
+    /// Source port (default: one reserved for this process).
+    #[arg(long, value_parser = parse_port)]
+    sport: Option<u16>,
+    /// Source address of the probes.
+    #[arg(short = 's', long = "source", value_name = "ADDR")]
+    source: Option<IpAddr>,
+    /// TOS (IPv4) or traffic class (IPv6) of the probes.
+    #[arg(short = 't', long = "tos", default_value_t = 0)]
+    tos: u8,
+    /// Set "don't fragment" on IPv4 probes.
+    #[arg(short = 'F', long = "dont-fragment")]
+    dont_fragment: bool,
+    /// traceroute(8)'s AS path lookups: not supported (they query a routing registry over the
+    /// Internet).
+    #[arg(short = 'A', long = "as-path-lookups")]
+    as_lookups: bool,
+    /// Gap between two probes of a target (traceroute(8)'s -z: a number above 10 is
+    /// milliseconds, else seconds; or a duration with a unit).
+    #[arg(short = 'z', long = "sendwait", value_parser = parse_sendwait)]
+    sendwait: Option<Duration>,
+    /// Show the ICMP extensions routers add (MPLS label stacks, RFC 4950) in text output.
+    #[arg(short = 'e', long = "extensions")]
+    extensions: bool,
+    /// Extra payload bytes per probe (the packet length argument sets it too).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=1400))]
+    payload: u16,
+    /// Probes in flight per target (like traceroute -N).
+    #[arg(short = 'N', long = "sim-queries", default_value_t = 16,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    sim_queries: u16,
+    /// Extra rounds for a hop nobody answered (each sends --queries more probes).
+    #[arg(long, default_value_t = 0)]
+    retries: u8,
+    /// Do not resolve hop addresses to names.
+    #[arg(short = 'n')]
+    numeric: bool,
+    /// Interface to send from and capture on.
+    #[arg(short = 'i', long = "interface")]
+    iface: Option<String>,
+    /// Targets traced at once.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    parallel: u32,
+    /// Probes per second over all targets (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    rate: u32,
+    /// Stop after this many consecutive silent hops (0: never). The default is scamper's gap
+    /// limit (5), not the flow tracer's (3): a fresh traceroute has no flow whose remote
+    /// distance bounds it.
+    #[arg(long, default_value_t = TracerouteConfig::default().max_missing)]
+    max_missing: u8,
+    /// Probe scheduling.
+    #[arg(long, value_enum, default_value = "concurrent")]
+    algorithm: AlgorithmArg,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
+}
+
+/// The probe protocol the flags ask for.
+fn protocol(a: &TraceArgs) -> Result<Protocol, CliError> {
+    if a.icmp {
+        return Ok(Protocol::Icmp);
+    }
+    if a.tcp {
+        return Ok(Protocol::Tcp);
+    }
+    if let Some(m) = &a.method {
+        return match m.to_ascii_lowercase().as_str() {
+            "default" | "udp" => Ok(Protocol::Udp),
+            "icmp" => Ok(Protocol::Icmp),
+            "tcp" => Ok(Protocol::Tcp),
+            other => Err(CliError::input(format!(
+                "-M {other}: not supported (methods: default, udp, icmp, tcp)"
+            ))),
+        };
+    }
+    if let Some(p) = &a.raw_protocol {
+        return match p.to_ascii_lowercase().as_str() {
+            "1" | "icmp" => Ok(Protocol::Icmp),
+            "6" | "tcp" => Ok(Protocol::Tcp),
+            "17" | "udp" => Ok(Protocol::Udp),
+            other => Err(CliError::input(format!(
+                "-P {other}: not supported (protocols: 1/icmp, 6/tcp, 17/udp)"
+            ))),
+        };
+    }
+    Ok(Protocol::Udp)
+}
+
+/// Resolves a target to one address of the wanted family: IPv4 first for a name with both
+/// (traceroute(8)'s choice) unless `-6`. Returns the address and the name if it was one.
+fn resolve(target: &str, v4: bool, v6: bool) -> Result<(IpAddr, Option<String>), CliError> {
+    let pick = |ip: &IpAddr| (!v4 || ip.is_ipv4()) && (!v6 || ip.is_ipv6());
+    if let Ok(ip) = target.parse::<IpAddr>() {
+        if pick(&ip) {
+            return Ok((ip, None));
+        }
+        return Err(CliError::input(format!(
+            "{target} is an IPv{} address but -{} was given",
+            if ip.is_ipv4() { 4 } else { 6 },
+            if v4 { 4 } else { 6 }
+        )));
+    }
+    let addrs: Vec<IpAddr> = (target, 0u16)
+        .to_socket_addrs()
+        .map_err(|e| CliError::input(format!("cannot resolve {target:?}: {e}")))?
+        .map(|a| a.ip())
+        .filter(pick)
+        .collect();
+    let ip = addrs
+        .iter()
+        .find(|ip| ip.is_ipv4())
+        .or_else(|| addrs.first())
+        .copied()
+        .ok_or_else(|| {
+            CliError::input(format!(
+                "{target:?} has no IPv{} address",
+                if v6 { 6 } else { 4 }
+            ))
+        })?;
+    Ok((ip, Some(target.to_string())))
+}
+
+/// The probe's headers for `protocol` over IPv4 or IPv6 (what a packet length includes
+/// besides the payload).
+fn header_len(protocol: Protocol, v6: bool) -> u16 {
+    let ip = if v6 { 40 } else { 20 };
+    ip + match protocol {
+        Protocol::Tcp => 20,
+        Protocol::Udp | Protocol::Icmp => 8,
+    }
+}
+
+/// Prints a run's text as it comes: targets in the order given, each target's header as its
+/// trace starts, each hop as soon as it is known, the stop line when it ends. Traces of later
+/// targets are held until the earlier ones are printed.
+struct Streamer {
+    order: Vec<IpAddr>,
+    names: HashMap<IpAddr, String>,
+    next: usize,
+    held: HashMap<IpAddr, String>,
+    done: HashSet<IpAddr>,
+    config: TracerouteConfig,
+    extensions: bool,
+}
+
+impl Streamer {
+    fn text(&self, ev: &TracerouteEvent) -> Option<(IpAddr, String, bool)> {
+        let c = &self.config;
+        match ev {
+            TracerouteEvent::Started { target, source } => {
+                let port = (c.protocol != Protocol::Icmp).then(|| c.dest_port());
+                let header = svctr_core::traceroute_header(
+                    *target,
+                    self.names.get(target).map(String::as_str),
+                    port,
+                    c.protocol,
+                    c.strategy,
+                    *source,
+                    Some(c.max_ttl),
+                );
+                Some((*target, header + "\n", false))
+            }
+            TracerouteEvent::Hop { target, hop } => {
+                Some((*target, svctr_core::render_hop(hop, self.extensions), false))
+            }
+            TracerouteEvent::Finished(r) => Some((
+                r.destination,
+                svctr_core::traceroute_stop_line(r) + "\n\n",
+                true,
+            )),
+            _ => None,
+        }
+    }
+
+    fn on_event(&mut self, ev: &TracerouteEvent, run: &mut Run) {
+        let Some((target, text, finished)) = self.text(ev) else {
+            return;
+        };
+        if self.order.get(self.next) == Some(&target) {
+            run.print(&text);
+            if finished {
+                self.advance(run);
+            }
+        } else {
+            self.held.entry(target).or_default().push_str(&text);
+            if finished {
+                self.done.insert(target);
+            }
+        }
+    }
+
+    /// The current target is printed: print what the next ones hold, as far as they are done.
+    fn advance(&mut self, run: &mut Run) {
+        loop {
+            self.next += 1;
+            let Some(t) = self.order.get(self.next) else {
+                return;
+            };
+            if let Some(text) = self.held.remove(t) {
+                run.print(&text);
+            }
+            if !self.done.contains(t) {
+                return;
+            }
+        }
+    }
+}
+
+pub(crate) fn run_trace(a: TraceArgs) -> Result<Outcome, CliError> {
+    if a.as_lookups {
+        return Err(CliError::input(
+            "-A (AS path lookups) is not supported: it queries a routing registry over the \
+             Internet",
+        ));
+    }
+    if a.first_ttl > a.max_ttl {
+        return Err(CliError::input(format!(
+            "-f {} is above -m {}",
+            a.first_ttl, a.max_ttl
+        )));
+    }
+    let protocol = protocol(&a)?;
+    let mut names = a.targets.clone();
+    // traceroute(8): `HOST PACKETLEN`.
+    let packet_len = match names.as_slice() {
+        [_, .., last] if last.chars().all(|c| c.is_ascii_digit()) => {
+            let len = last
+                .parse::<u16>()
+                .map_err(|_| CliError::input(format!("packet length {last} is too large")))?;
+            names.pop();
+            Some(len)
+        }
+        _ => None,
+    };
+    let mut targets = Vec::new();
+    let mut target_names = HashMap::new();
+    for t in &names {
+        let (ip, name) = resolve(t, a.ipv4, a.ipv6)?;
+        if targets.contains(&ip) {
+            return Err(CliError::input(format!("{t} ({ip}) is given twice")));
+        }
+        if let Some(n) = name {
+            target_names.insert(ip, n);
+        }
+        targets.push(ip);
+    }
+    let payload = match packet_len {
+        // The packet length counts the headers of the first target's family; smaller than
+        // them gives the smallest probe, as traceroute(8) does.
+        Some(len) => len.saturating_sub(header_len(protocol, targets[0].is_ipv6())),
+        None => a.payload,
+    };
+    let gap = a.sendwait.unwrap_or(Duration::ZERO);
+    let config = TracerouteConfig {
+        protocol,
+        strategy: a.strategy.into(),
+        port: a.port,
+        sport: a.sport.unwrap_or(0),
+        marker: 0,
+        payload_size: payload,
+        tos: a.tos,
+        dont_fragment: a.dont_fragment,
+        algorithm: a.algorithm.into(),
+        first_ttl: a.first_ttl,
+        max_ttl: a.max_ttl,
+        probes_per_hop: a.queries,
+        timeout: a.wait,
+        inter_probe: gap,
+        inter_hop: gap,
+        max_missing: a.max_missing,
+        max_in_flight: usize::from(a.sim_queries),
+        retries: a.retries,
+        ..TracerouteConfig::default()
+    };
+    // Names are resolved in the background as hops come in, never on the probing path.
+    let opts = TracerouteOptions {
+        targets: targets.clone(),
+        config: config.clone(),
+        iface: a.iface,
+        parallel: a.parallel as usize,
+        rate: a.rate,
+        resolve_names: !a.numeric,
+        source: a.source,
+    };
+    let mut run = Run::start()?;
+    let stop = std::sync::Arc::clone(&run.stop);
+    let mut streamer = Streamer {
+        order: targets,
+        names: target_names,
+        next: 0,
+        held: HashMap::new(),
+        done: HashSet::new(),
+        config,
+        extensions: a.extensions,
+    };
+    let format = a.format;
+    let results = traceroute(&opts, &stop, |ev| match format {
+        Format::Text => streamer.on_event(ev, &mut run),
+        Format::Jsonl => {
+            if let TracerouteEvent::Finished(r) = ev {
+                if let Ok(t) = serde_json::to_string(r) {
+                    run.print(&(t + "\n"));
+                }
+            }
+        }
+        Format::Json => {}
+    })?;
+    if format == Format::Json {
+        run.print(&json_collection(&results));
+    }
+    run.finish()?;
+    Ok(Outcome::of(&run, results.len()))
+}

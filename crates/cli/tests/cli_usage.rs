@@ -1,0 +1,95 @@
+//! The command line's own behaviour, no network needed: help that lists the values an option
+//! takes and says what each format prints, `services` output, usage errors in one line.
+
+use std::process::{Command, Output};
+
+const TRACER: &str = env!("CARGO_BIN_EXE_service-traceroute");
+
+fn run(args: &[&str]) -> Output {
+    Command::new(TRACER).args(args).output().expect("runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn help_lists_the_values_of_algorithm_per_and_strategy() {
+    let flow = stdout(&run(&["flow", "--help"]));
+    for v in ["concurrent", "hop-by-hop", "packet-by-packet"] {
+        assert!(flow.contains(v), "flow --help lists {v}: {flow}");
+    }
+    let monitor = stdout(&run(&["monitor", "--help"]));
+    for v in ["flow", "destination-port", "destination"] {
+        assert!(monitor.contains(v), "monitor --help lists {v}");
+    }
+    let trace = stdout(&run(&["trace", "--help"]));
+    for v in [
+        "classic",
+        "paris",
+        "dublin",
+        "--max-ttl",
+        "--probes",
+        "--timeout",
+        "--first-ttl",
+    ] {
+        assert!(trace.contains(v), "trace --help shows {v}");
+    }
+    assert!(
+        flow.contains("-m, --max-ttl") && flow.contains("-q, --probes"),
+        "{flow}"
+    );
+}
+
+#[test]
+fn format_help_says_what_each_command_prints() {
+    let services = stdout(&run(&["services", "--help"]));
+    assert!(
+        services.contains("one JSON array of services"),
+        "{services}"
+    );
+    assert!(services.contains("a service each"), "{services}");
+    assert!(!services.contains("per flow"), "{services}");
+    let compare = stdout(&run(&["compare", "--help"]));
+    assert!(
+        compare.contains("the comparison with both traces"),
+        "{compare}"
+    );
+    assert!(!compare.contains("jsonl"), "{compare}");
+}
+
+#[test]
+fn services_jsonl_prints_a_line_per_service() {
+    let o = run(&["services", "--format", "jsonl"]);
+    assert!(o.status.success());
+    let text = stdout(&o);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.len() >= 10, "{text}");
+    for l in &lines {
+        let v: serde_json::Value = serde_json::from_str(l).expect("a JSON object per line");
+        assert!(v["name"].is_string(), "{l}");
+    }
+    let all: serde_json::Value =
+        serde_json::from_slice(&run(&["services", "--format", "json"]).stdout).expect("json");
+    assert_eq!(all.as_array().map(Vec::len), Some(lines.len()));
+}
+
+#[test]
+fn compare_needs_tcp_or_udp_and_says_so() {
+    let o = run(&["compare", "-i", "lo", "--remote", "192.0.2.1:80"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("--tcp") && err.contains("--udp"), "{err}");
+}
+
+#[test]
+fn zero_for_counts_that_need_one_is_refused() {
+    for args in [
+        vec!["trace", "-N", "0", "192.0.2.1"],
+        vec!["trace", "--parallel", "0", "192.0.2.1"],
+    ] {
+        let o = run(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+    }
+}
