@@ -645,7 +645,7 @@ fn bad_input_gives_one_line_and_nonzero_exit() {
         (
             &["flow", "--iface", "eth0", "--tcp", "--algorithm", "fastest"],
             2,
-            "unknown algorithm",
+            "'fastest' for '--algorithm <ALGORITHM>' [possible values: concurrent, hop-by-hop, packet-by-packet]",
         ),
         (
             &[

@@ -301,7 +301,7 @@ fn bad_input_gives_one_line_and_nonzero_exit() {
         ),
         (
             &["trace", "-n", "--strategy", "zigzag", "198.19.1.2"],
-            "unknown strategy",
+            "'zigzag' for '--strategy <STRATEGY>' [possible values: classic, paris, dublin]",
         ),
         (
             &["trace", "-n", "-i", "nosuch0", "198.19.1.2"],
