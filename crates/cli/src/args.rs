@@ -58,6 +58,28 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("invalid duration {s:?}: {e} (e.g. 2s, 150ms, 1m)"))
 }
 
+/// A duration option whose default comes from the engines' configuration: shown and parsed
+/// as [`parse_duration`] does (`2s`, `150ms`, `0`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DurationArg(pub(crate) Duration);
+
+impl std::fmt::Display for DurationArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_zero() {
+            f.write_str("0")
+        } else {
+            write!(f, "{}", humantime::format_duration(self.0))
+        }
+    }
+}
+
+impl std::str::FromStr for DurationArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        parse_duration(s).map(Self)
+    }
+}
+
 /// traceroute's `-z`: a number above 10 is milliseconds, else seconds; or a duration with a
 /// unit.
 pub(crate) fn parse_sendwait(s: &str) -> Result<Duration, String> {
@@ -76,6 +98,16 @@ pub(crate) enum AlgorithmArg {
     HopByHop,
     /// one probe at a time
     PacketByPacket,
+}
+
+impl From<Algorithm> for AlgorithmArg {
+    fn from(a: Algorithm) -> Self {
+        match a {
+            Algorithm::Concurrent => Self::Concurrent,
+            Algorithm::HopByHop => Self::HopByHop,
+            Algorithm::PacketByPacket => Self::PacketByPacket,
+        }
+    }
 }
 
 impl From<AlgorithmArg> for Algorithm {
@@ -99,6 +131,16 @@ pub(crate) enum StrategyArg {
     Dublin,
 }
 
+impl From<Strategy> for StrategyArg {
+    fn from(a: Strategy) -> Self {
+        match a {
+            Strategy::Classic => Self::Classic,
+            Strategy::Paris => Self::Paris,
+            Strategy::Dublin => Self::Dublin,
+        }
+    }
+}
+
 impl From<StrategyArg> for Strategy {
     fn from(a: StrategyArg) -> Self {
         match a {
@@ -118,6 +160,16 @@ pub(crate) enum PerArg {
     DestinationPort,
     /// one trace per protocol and destination address at a time
     Destination,
+}
+
+impl From<Granularity> for PerArg {
+    fn from(g: Granularity) -> Self {
+        match g {
+            Granularity::Flow => Self::Flow,
+            Granularity::DestinationPort => Self::DestinationPort,
+            Granularity::Destination => Self::Destination,
+        }
+    }
 }
 
 impl From<PerArg> for Granularity {
@@ -145,6 +197,15 @@ pub(crate) enum Format {
 /// `--retrace-after`: a duration, or never (`never` or 0).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Retrace(pub(crate) Option<Duration>);
+
+impl std::fmt::Display for Retrace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(d) => DurationArg(d).fmt(f),
+            None => f.write_str("never"),
+        }
+    }
+}
 
 pub(crate) fn parse_retrace(s: &str) -> Result<Retrace, String> {
     if s.eq_ignore_ascii_case("never") {

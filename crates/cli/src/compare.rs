@@ -5,10 +5,10 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use clap::{ArgGroup, Args, ValueEnum};
-use svctr_core::{FlowSelector, Protocol, Strategy, TraceConfig, TracerouteConfig};
+use svctr_core::{FlowFilter, Protocol, Strategy, TraceConfig, TracerouteConfig};
 use svctr_io::{trace_flows, traceroute, Error, FlowTraceOptions, TracerouteOptions};
 
-use crate::args::{parse_duration, parse_port, parse_remote};
+use crate::args::{parse_duration, parse_port, parse_remote, DurationArg};
 use crate::error::CliError;
 use crate::output::Run;
 use crate::Outcome;
@@ -51,8 +51,8 @@ pub(crate) struct CompareArgs {
           value_parser = clap::value_parser!(u8).range(1..))]
     probes: u8,
     /// Per-probe timeout (traceroute's -w).
-    #[arg(long, short = 'w', default_value = "2s", value_parser = parse_duration)]
-    timeout: Duration,
+    #[arg(long, short = 'w', default_value_t = DurationArg(TraceConfig::default().timeout))]
+    timeout: DurationArg,
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     format: CompareFormat,
@@ -67,18 +67,18 @@ pub(crate) fn run_compare(a: CompareArgs) -> Result<Outcome, CliError> {
     let protocol = if a.udp { Protocol::Udp } else { Protocol::Tcp };
     let opts = FlowTraceOptions {
         iface: a.iface.clone(),
-        selector: FlowSelector {
-            protocol,
+        filter: FlowFilter {
+            protocol: Some(protocol),
             remote_ip: Some(remote_ip),
             remote_port: Some(remote_port),
             local_port: a.local_port,
         },
         trace: TraceConfig {
             probes_per_hop: a.probes,
-            timeout: a.timeout,
+            timeout: a.timeout.0,
             ..TraceConfig::default()
         },
-        count: 1,
+        max_traces: 1,
         duration: a.duration,
         udp_shield: true,
     };
@@ -116,22 +116,22 @@ pub(crate) fn run_compare(a: CompareArgs) -> Result<Outcome, CliError> {
             port: Some(remote_port),
             max_ttl,
             probes_per_hop: a.probes,
-            timeout: a.timeout,
+            timeout: a.timeout.0,
             // Like the flow's own packets (Linux sets DF on TCP and on connected UDP sockets
             // doing path MTU discovery).
             dont_fragment: true,
+            parallel: 1,
             ..TracerouteConfig::default()
         };
         let topts = TracerouteOptions {
             targets: vec![remote_ip],
             config,
             iface: Some(a.iface.clone()),
-            parallel: 1,
             rate: 0,
             resolve_names: false,
             source: Some(flow.flow.local.ip),
         };
-        fresh.extend(traceroute(&topts, &stop, |_| {})?);
+        fresh.extend(traceroute(&topts, &stop, |_| {})?.results);
     }
     let c = svctr_core::compare(flow, fresh);
     match a.format {

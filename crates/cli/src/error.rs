@@ -27,4 +27,17 @@ impl CliError {
     pub(crate) fn input(text: impl Into<String>) -> Self {
         Self::Input(text.into())
     }
+
+    /// The TTL range error in the words of the command's own options (`-f`/`-m` for trace,
+    /// `--first-ttl`/`--max-ttl` for flow): the engines check the range, once.
+    pub(crate) fn naming_ttls(self, first_opt: &str, max_opt: &str) -> Self {
+        use svctr_core::ConfigError;
+        match self {
+            Self::Run(svctr_io::Error::Config(ConfigError::TtlRange { first, max }))
+            | Self::Config(ConfigError::TtlRange { first, max }) => {
+                Self::input(format!("{first_opt} {first} is above {max_opt} {max}"))
+            }
+            other => other,
+        }
+    }
 }

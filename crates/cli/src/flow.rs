@@ -12,7 +12,8 @@ use svctr_core::{
 use svctr_io::{monitor, Error, MonitorOptions, RunSummary};
 
 use crate::args::{
-    parse_duration, parse_port, parse_remote, parse_retrace, AlgorithmArg, Format, PerArg, Retrace,
+    parse_duration, parse_port, parse_remote, parse_retrace, AlgorithmArg, DurationArg, Format,
+    PerArg, Retrace,
 };
 use crate::error::CliError;
 use crate::output::Run;
@@ -64,7 +65,7 @@ pub(crate) struct SelectArgs {
 #[derive(Args)]
 pub(crate) struct TraceOpts {
     /// Probe scheduling.
-    #[arg(long, value_enum, default_value = "concurrent")]
+    #[arg(long, value_enum, default_value_t = TraceConfig::default().algorithm.into())]
     algorithm: AlgorithmArg,
     /// First TTL to probe (traceroute's -f).
     #[arg(long, short = 'f', default_value_t = TraceConfig::default().first_ttl,
@@ -79,14 +80,14 @@ pub(crate) struct TraceOpts {
           value_parser = clap::value_parser!(u8).range(1..))]
     probes: u8,
     /// Gap between probes of one TTL (e.g. 0, 20ms).
-    #[arg(long, default_value = "0", value_parser = parse_duration)]
-    inter_probe: Duration,
+    #[arg(long, default_value_t = DurationArg(TraceConfig::default().inter_probe))]
+    inter_probe: DurationArg,
     /// Gap between TTLs.
-    #[arg(long, default_value = "0", value_parser = parse_duration)]
-    inter_hop: Duration,
+    #[arg(long, default_value_t = DurationArg(TraceConfig::default().inter_hop))]
+    inter_hop: DurationArg,
     /// How long each probe waits for its reply (traceroute's -w).
-    #[arg(long, short = 'w', default_value = "2s", value_parser = parse_duration)]
-    timeout: Duration,
+    #[arg(long, short = 'w', default_value_t = DurationArg(TraceConfig::default().timeout))]
+    timeout: DurationArg,
     /// Stop after this many consecutive silent TTLs (0: never).
     #[arg(long, default_value_t = TraceConfig::default().max_missing)]
     max_missing: u8,
@@ -94,8 +95,8 @@ pub(crate) struct TraceOpts {
     #[arg(long, value_name = "IP")]
     stop_at: Vec<IpAddr>,
     /// A UDP flow silent this long has ended (0: never).
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    flow_timeout: Duration,
+    #[arg(long, default_value_t = DurationArg(TraceConfig::default().flow_timeout))]
+    flow_timeout: DurationArg,
     /// Extra rounds of --probes probes for a TTL nobody answered.
     #[arg(long, default_value_t = 0)]
     retries: u8,
@@ -110,7 +111,7 @@ pub(crate) struct TraceOpts {
     /// At most this many probes per second over all flows, with bursts of 10 ms worth (0: no
     /// limit). The default lets a single trace go out at once and keeps thousands of flows
     /// from flooding the path (and the capture ring with replies).
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = svctr_core::FLOW_RATE)]
     rate: u32,
     /// Do not install the nftables rules that keep the ICMP errors caused by probes away from
     /// the application's socket (UDP flows, and the SYN copies that trace a TCP connection
@@ -149,10 +150,11 @@ pub(crate) struct MonitorArgs {
     trace: TraceOpts,
     /// Trace a flow again (a destination, with --per) once this long has passed since its last
     /// trace ended ("never": once per run).
-    #[arg(long, default_value = "600s", value_parser = parse_retrace)]
+    #[arg(long, default_value_t = Retrace(MonitorConfig::default().retrace_after),
+          value_parser = parse_retrace)]
     retrace_after: Retrace,
     /// One trace per flow, per destination and port, or per destination at a time.
-    #[arg(long, value_enum, default_value = "flow")]
+    #[arg(long, value_enum, default_value_t = MonitorConfig::default().granularity.into())]
     per: PerArg,
     /// Exit after this many traces (0: until interrupted or --duration).
     #[arg(long, default_value_t = 0)]
@@ -180,51 +182,41 @@ fn services(a: &SelectArgs) -> Result<Option<Signatures>, CliError> {
         let names: Vec<&str> = a.service.iter().map(String::as_str).collect();
         all.select(&names)?
     };
-    for d in &a.domain {
-        let spec = ServiceSpec {
-            name: d.clone(),
-            domains: vec![d.clone()],
-            ..ServiceSpec::default()
-        };
-        selected.add(spec, "--domain")?;
-    }
-    for c in &a.cidr {
-        let spec = ServiceSpec {
-            name: c.clone(),
-            prefixes: vec![c.clone()],
-            ..ServiceSpec::default()
-        };
-        selected.add(spec, "--cidr")?;
+    // --domain and --cidr: a service each, named after it.
+    for (what, values) in [("--domain", &a.domain), ("--cidr", &a.cidr)] {
+        for v in values {
+            let mut spec = ServiceSpec {
+                name: v.clone(),
+                ..ServiceSpec::default()
+            };
+            match what {
+                "--domain" => spec.domains.push(v.clone()),
+                _ => spec.prefixes.push(v.clone()),
+            }
+            selected.add(spec, what)?;
+        }
     }
     Ok(Some(selected))
 }
 
 impl TraceOpts {
     /// The trace parameters these options give.
-    pub(crate) fn trace_config(&self) -> Result<TraceConfig, CliError> {
-        if self.first_ttl > self.max_ttl {
-            return Err(CliError::input(format!(
-                "--first-ttl {} is above --max-ttl {}",
-                self.first_ttl, self.max_ttl
-            )));
-        }
-        let trace = TraceConfig {
+    pub(crate) fn trace_config(&self) -> TraceConfig {
+        TraceConfig {
             algorithm: self.algorithm.into(),
             first_ttl: self.first_ttl,
             max_ttl: self.max_ttl,
             probes_per_hop: self.probes,
-            inter_probe: self.inter_probe,
-            inter_hop: self.inter_hop,
-            timeout: self.timeout,
+            inter_probe: self.inter_probe.0,
+            inter_hop: self.inter_hop.0,
+            timeout: self.timeout.0,
             max_missing: self.max_missing,
             stop_at: self.stop_at.clone(),
-            flow_timeout: self.flow_timeout,
+            flow_timeout: self.flow_timeout.0,
             probe_remote: self.probe_remote,
             retries: self.retries,
             ..TraceConfig::default()
-        };
-        trace.validate_flow()?;
-        Ok(trace)
+        }
     }
 }
 
@@ -234,7 +226,7 @@ fn monitor_options(
     t: &TraceOpts,
     count: usize,
 ) -> Result<MonitorOptions, CliError> {
-    let trace = t.trace_config()?;
+    let trace = t.trace_config();
     let services = services(s)?;
     let protocol = match (s.tcp, s.udp) {
         (true, false) => Some(Protocol::Tcp),
@@ -329,7 +321,7 @@ fn run_monitor(
                 duration.as_secs_f64()
             )))
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(CliError::from(e).naming_ttls("--first-ttl", "--max-ttl")),
     };
     if format == Format::Json {
         run.print(&json_collection(&collected));
@@ -339,13 +331,17 @@ fn run_monitor(
         print_stats(&summary);
     }
     if summary.capture_drops > 0 {
-        eprintln!(
-            "service-traceroute: warning: the capture dropped {} packets (kernel ring full): some \
-             replies, or the kernel send timestamps of some probes, may be missing",
-            summary.capture_drops
-        );
+        warn_drops(summary.capture_drops);
     }
     Ok(outcome(opts, &summary, &run))
+}
+
+/// The warning for a capture that overflowed.
+pub(crate) fn warn_drops(drops: u32) {
+    eprintln!(
+        "service-traceroute: warning: the capture dropped {drops} packets (kernel ring full): \
+         some replies, or the kernel send timestamps of some probes, may be missing"
+    );
 }
 
 /// How the run ended, by the exit-status rule (see `main`): results, or why there are none.

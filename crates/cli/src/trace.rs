@@ -10,7 +10,7 @@ use clap::Args;
 use svctr_core::{Protocol, TracerouteConfig, TracerouteEvent};
 use svctr_io::{traceroute, TracerouteOptions};
 
-use crate::args::{parse_duration, parse_port, parse_sendwait, AlgorithmArg, Format, StrategyArg};
+use crate::args::{parse_port, parse_sendwait, AlgorithmArg, DurationArg, Format, StrategyArg};
 use crate::error::CliError;
 use crate::flow::json_collection;
 use crate::output::Run;
@@ -46,7 +46,7 @@ pub(crate) struct TraceArgs {
     #[arg(short = '6')]
     ipv6: bool,
     /// Where the probe number goes.
-    #[arg(long, value_enum, default_value = "paris")]
+    #[arg(long, value_enum, default_value_t = TracerouteConfig::default().strategy.into())]
     strategy: StrategyArg,
     /// First TTL.
     #[arg(short = 'f', long = "first", visible_alias = "first-ttl",
@@ -64,9 +64,9 @@ pub(crate) struct TraceArgs {
           value_parser = clap::value_parser!(u8).range(1..=10))]
     queries: u8,
     /// Wait for each reply (seconds, or with a unit).
-    #[arg(short = 'w', long = "wait", visible_alias = "timeout", default_value = "3",
-          value_parser = parse_duration)]
-    wait: Duration,
+    #[arg(short = 'w', long = "wait", visible_alias = "timeout",
+          default_value_t = DurationArg(TracerouteConfig::default().timeout))]
+    wait: DurationArg,
     /// Destination port (UDP: the base port, 33434; TCP: 80).
     #[arg(short = 'p', long = "port", value_parser = parse_port)]
     port: Option<u16>,
@@ -97,7 +97,8 @@ pub(crate) struct TraceArgs {
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=1400))]
     payload: u16,
     /// Probes in flight per target (like traceroute -N).
-    #[arg(short = 'N', long = "sim-queries", default_value_t = 16,
+    #[arg(short = 'N', long = "sim-queries",
+          default_value_t = TracerouteConfig::default().max_in_flight as u16,
           value_parser = clap::value_parser!(u16).range(1..))]
     sim_queries: u16,
     /// Extra rounds for a hop nobody answered (each sends --queries more probes).
@@ -110,7 +111,8 @@ pub(crate) struct TraceArgs {
     #[arg(short = 'i', long = "interface")]
     iface: Option<String>,
     /// Targets traced at once.
-    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = TracerouteConfig::default().parallel as u32,
+          value_parser = clap::value_parser!(u32).range(1..))]
     parallel: u32,
     /// Probes per second over all targets (0: no limit).
     #[arg(long, default_value_t = 0)]
@@ -121,7 +123,7 @@ pub(crate) struct TraceArgs {
     #[arg(long, default_value_t = TracerouteConfig::default().max_missing)]
     max_missing: u8,
     /// Probe scheduling.
-    #[arg(long, value_enum, default_value = "concurrent")]
+    #[arg(long, value_enum, default_value_t = TracerouteConfig::default().algorithm.into())]
     algorithm: AlgorithmArg,
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
@@ -286,12 +288,6 @@ pub(crate) fn run_trace(a: TraceArgs) -> Result<Outcome, CliError> {
              Internet",
         ));
     }
-    if a.first_ttl > a.max_ttl {
-        return Err(CliError::input(format!(
-            "-f {} is above -m {}",
-            a.first_ttl, a.max_ttl
-        )));
-    }
     let protocol = protocol(&a)?;
     let mut names = a.targets.clone();
     // traceroute(8): `HOST PACKETLEN`.
@@ -337,12 +333,13 @@ pub(crate) fn run_trace(a: TraceArgs) -> Result<Outcome, CliError> {
         first_ttl: a.first_ttl,
         max_ttl: a.max_ttl,
         probes_per_hop: a.queries,
-        timeout: a.wait,
+        timeout: a.wait.0,
         inter_probe: gap,
         inter_hop: gap,
         max_missing: a.max_missing,
         max_in_flight: usize::from(a.sim_queries),
         retries: a.retries,
+        parallel: a.parallel as usize,
         ..TracerouteConfig::default()
     };
     // Names are resolved in the background as hops come in, never on the probing path.
@@ -350,7 +347,6 @@ pub(crate) fn run_trace(a: TraceArgs) -> Result<Outcome, CliError> {
         targets: targets.clone(),
         config: config.clone(),
         iface: a.iface,
-        parallel: a.parallel as usize,
         rate: a.rate,
         resolve_names: !a.numeric,
         source: a.source,
@@ -367,7 +363,7 @@ pub(crate) fn run_trace(a: TraceArgs) -> Result<Outcome, CliError> {
         extensions: a.extensions,
     };
     let format = a.format;
-    let results = traceroute(&opts, &stop, |ev| match format {
+    let summary = traceroute(&opts, &stop, |ev| match format {
         Format::Text => streamer.on_event(ev, &mut run),
         Format::Jsonl => {
             if let TracerouteEvent::Finished(r) = ev {
@@ -377,10 +373,14 @@ pub(crate) fn run_trace(a: TraceArgs) -> Result<Outcome, CliError> {
             }
         }
         Format::Json => {}
-    })?;
+    })
+    .map_err(|e| CliError::from(e).naming_ttls("-f", "-m"))?;
     if format == Format::Json {
-        run.print(&json_collection(&results));
+        run.print(&json_collection(&summary.results));
     }
     run.finish()?;
-    Ok(Outcome::of(&run, results.len()))
+    if summary.capture_drops > 0 {
+        crate::flow::warn_drops(summary.capture_drops);
+    }
+    Ok(Outcome::of(&run, summary.results.len()))
 }

@@ -18,24 +18,24 @@
 //! checked against it, so several processes tracing at once never take each other's replies.
 //! Targets are told apart by destination address: one trace per address at a time.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
-use std::str::FromStr;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use svctr_wire::icmp::IcmpMessage;
 use svctr_wire::packet::{parse_ip, Transport};
 use svctr_wire::probe::{
-    emit_icmp_echo_v4, emit_icmp_echo_v6, emit_tcp_v4, emit_tcp_v6, emit_udp_v4, emit_udp_v6,
-    force_checksum, ones_add, EchoFields, Ipv4Fields, Ipv6Fields, TcpFields, UdpFields,
+    emit, force_checksum, ones_add, EchoFields, IpFields, Ipv4Fields, Ipv6Fields, TcpFields,
+    TransportFields, UdpFields,
 };
 
 use crate::config::{Algorithm, ConfigError, TraceConfig};
-use crate::engine::Now;
 use crate::flow::{FlowKey, Protocol};
+use crate::machine::{Now, Transmit};
 use crate::probe::ProbeShape;
 use crate::result::{Hop, StopReason};
+use crate::scheduler::Scheduler;
 use crate::trace::{ReplyInfo, ReplyOutcome, Trace};
 
 /// Classic TCP probes use at most this many consecutive source ports (then the ports repeat):
@@ -55,32 +55,12 @@ pub enum Strategy {
     Dublin,
 }
 
-impl Strategy {
-    /// The name on the command line and in JSON.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Classic => "classic",
-            Self::Paris => "paris",
-            Self::Dublin => "dublin",
-        }
-    }
-}
+crate::names::names!(Strategy, "strategy", Classic => "classic", Paris => "paris", Dublin => "dublin");
 
-impl FromStr for Strategy {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "classic" => Ok(Self::Classic),
-            "paris" => Ok(Self::Paris),
-            "dublin" => Ok(Self::Dublin),
-            _ => Err(format!(
-                "unknown strategy {s:?} (expected classic, paris or dublin)"
-            )),
-        }
-    }
-}
-
-/// Parameters of a traceroute run. `Default` gives the documented defaults.
+/// Parameters of a traceroute run. `Default` gives the documented defaults, the single source
+/// of them: traceroute(8)'s max TTL (30) and probes per hop (3), scamper's gap limit (5 silent
+/// TTLs), a 3 s wait (between the original Service Traceroute's 2 s and traceroute(8)'s 5 s
+/// cap), Paris probes. Why they differ from the flow tracer's: see [`crate::TraceConfig`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TracerouteConfig {
     /// Probe protocol (default UDP).
@@ -126,6 +106,8 @@ pub struct TracerouteConfig {
     pub max_in_flight: usize,
     /// Extra rounds for a TTL nobody answered (0).
     pub retries: u8,
+    /// At most this many targets traced at once; the others wait their turn (1024; 0: all).
+    pub parallel: usize,
 }
 
 impl Default for TracerouteConfig {
@@ -150,6 +132,7 @@ impl Default for TracerouteConfig {
             max_missing: 5,
             max_in_flight: 16,
             retries: 0,
+            parallel: 1024,
         }
     }
 }
@@ -259,6 +242,17 @@ pub struct TracerouteResult {
     pub replies: u32,
 }
 
+impl TracerouteResult {
+    /// The trace as a path graph: a chain for Paris and Dublin (one flow identifier); nodes
+    /// without links for classic (a flow identifier per probe).
+    pub fn graph(&self) -> crate::PathGraph {
+        match self.strategy {
+            Strategy::Classic => crate::PathGraph::from_probes(&self.hops),
+            _ => crate::PathGraph::from_flow(&self.hops),
+        }
+    }
+}
+
 /// Something the traceroute engine reports.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -279,20 +273,6 @@ pub enum TracerouteEvent {
     },
     /// A target's trace is complete.
     Finished(Box<TracerouteResult>),
-}
-
-/// A probe to send.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[must_use]
-pub struct ProbeOut {
-    /// Destination (for `sendto`).
-    pub dst: IpAddr,
-    /// Bytes of the buffer to send.
-    pub len: usize,
-    /// TTL / hop limit.
-    pub ttl: u8,
-    /// The probe's number within its trace.
-    pub probe: u16,
 }
 
 /// Why a target cannot be added.
@@ -316,10 +296,6 @@ pub enum TargetError {
 struct Target {
     src: IpAddr,
     trace: Trace,
-    /// The instant this target is filed under in `timers`.
-    armed: Option<Instant>,
-    /// Whether it is in `tx_queue`.
-    queued: bool,
 }
 
 /// The traceroute engine. Same contract as [`crate::Engine`]: inputs `handle_packet` and
@@ -329,13 +305,15 @@ pub struct Traceroute {
     cfg: TracerouteConfig,
     trace_cfg: TraceConfig,
     targets: HashMap<IpAddr, Target>,
+    /// Targets added beyond `parallel`, with their source, in order.
+    waiting: VecDeque<(IpAddr, IpAddr)>,
     events: VecDeque<TracerouteEvent>,
-    /// Targets with a probe due, in turn (each at most once).
-    tx_queue: VecDeque<IpAddr>,
-    /// Targets by the next instant they need attention (an overdue reply, a probe to send):
-    /// every call costs what is due, not a scan of all targets, so thousands of targets under
-    /// a rate limit (a loop turn per few probes) stay cheap.
-    timers: BTreeSet<(Instant, IpAddr)>,
+    /// Targets by the next instant they need attention (an overdue reply, a probe to send),
+    /// and those with a probe due: every call costs what is due, not a scan of all targets, so
+    /// thousands of targets under a rate limit (a loop turn per few probes) stay cheap.
+    scheduler: Scheduler<IpAddr>,
+    /// No more targets start (`stop_starting`, `interrupt`).
+    closed: bool,
     scratch: Vec<u8>,
 }
 
@@ -379,9 +357,10 @@ impl Traceroute {
             cfg,
             trace_cfg,
             targets: HashMap::new(),
+            waiting: VecDeque::new(),
             events: VecDeque::new(),
-            tx_queue: VecDeque::new(),
-            timers: BTreeSet::new(),
+            scheduler: Scheduler::default(),
+            closed: false,
             scratch: Vec::new(),
         })
     }
@@ -391,7 +370,8 @@ impl Traceroute {
         &self.cfg
     }
 
-    /// Starts tracing `dst` from source address `src`.
+    /// Adds `dst`, traced from source address `src`: at once, or once fewer than `parallel`
+    /// traces are in progress (targets start in the order they were added).
     pub fn add_target(
         &mut self,
         now: Instant,
@@ -401,9 +381,29 @@ impl Traceroute {
         if dst.is_ipv4() != src.is_ipv4() {
             return Err(TargetError::Family { src, dst });
         }
-        if self.targets.contains_key(&dst) {
+        if self.targets.contains_key(&dst) || self.waiting.iter().any(|(d, _)| *d == dst) {
             return Err(TargetError::Duplicate(dst));
         }
+        self.waiting.push_back((dst, src));
+        self.start_waiting(now);
+        Ok(())
+    }
+
+    /// Starts waiting targets while fewer than `parallel` traces are in progress.
+    fn start_waiting(&mut self, now: Instant) {
+        let parallel = match self.cfg.parallel {
+            0 => usize::MAX,
+            n => n,
+        };
+        while self.targets.len() < parallel && !self.closed {
+            let Some((dst, src)) = self.waiting.pop_front() else {
+                return;
+            };
+            self.start(now, dst, src);
+        }
+    }
+
+    fn start(&mut self, now: Instant, dst: IpAddr, src: IpAddr) {
         let key = FlowKey {
             protocol: self.cfg.protocol,
             local: SocketAddr::new(src, self.cfg.sport),
@@ -412,21 +412,12 @@ impl Traceroute {
         // Probe numbers start at 1: 0 would be an IPv4 ID Linux rewrites, a UDP checksum
         // meaning "none", and an empty Dublin payload.
         let trace = Trace::new(key, &self.trace_cfg, None, 1, 1, now);
-        self.targets.insert(
-            dst,
-            Target {
-                src,
-                trace,
-                armed: None,
-                queued: false,
-            },
-        );
+        self.targets.insert(dst, Target { src, trace });
         self.events.push_back(TracerouteEvent::Started {
             target: dst,
             source: src,
         });
         self.schedule(dst, now);
-        Ok(())
     }
 
     /// Number of traces in progress.
@@ -434,8 +425,26 @@ impl Traceroute {
         self.targets.len()
     }
 
-    /// Stops every trace now; results come out as `interrupted` (with what was found).
-    pub fn cancel_all(&mut self, now: Now) {
+    /// Number of targets added but not started yet (`parallel` traces are in progress).
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Starts no more targets: those not started yet are dropped; traces in progress go on.
+    pub fn stop_starting(&mut self, _now: Now) {
+        self.closed = true;
+        self.waiting.clear();
+    }
+
+    /// Whether every trace is over and no target is waiting.
+    pub fn is_done(&self) -> bool {
+        self.targets.is_empty() && self.waiting.is_empty()
+    }
+
+    /// Stops every trace now, results coming out as `interrupted` (with what was found), and
+    /// starts no more.
+    pub fn interrupt(&mut self, now: Now) {
+        self.stop_starting(now);
         let all: Vec<IpAddr> = self.targets.keys().copied().collect();
         for dst in all {
             self.cancel(now, dst);
@@ -525,27 +534,23 @@ impl Traceroute {
             },
             seq: echo_seq,
         };
-        let len = match (c.protocol, src, dst) {
-            (Protocol::Udp, IpAddr::V4(s), IpAddr::V4(d)) => {
-                emit_udp_v4(&v4f(s, d), &udp, &payload, buf)
+        let ip = match (src, dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => IpFields::V4(v4f(s, d)),
+            (IpAddr::V6(s), IpAddr::V6(d)) => IpFields::V6(v6f(s, d)),
+            // add_target refuses mixed families.
+            _ => {
+                return ProbeShape {
+                    ip_len: 0,
+                    tcp_seq: None,
+                }
             }
-            (Protocol::Udp, IpAddr::V6(s), IpAddr::V6(d)) => {
-                emit_udp_v6(&v6f(s, d), &udp, &payload, buf)
-            }
-            (Protocol::Tcp, IpAddr::V4(s), IpAddr::V4(d)) => {
-                emit_tcp_v4(&v4f(s, d), &tcp, &payload, buf)
-            }
-            (Protocol::Tcp, IpAddr::V6(s), IpAddr::V6(d)) => {
-                emit_tcp_v6(&v6f(s, d), &tcp, &payload, buf)
-            }
-            (Protocol::Icmp, IpAddr::V4(s), IpAddr::V4(d)) => {
-                emit_icmp_echo_v4(&v4f(s, d), &echo, &payload, buf)
-            }
-            (Protocol::Icmp, IpAddr::V6(s), IpAddr::V6(d)) => {
-                emit_icmp_echo_v6(&v6f(s, d), &echo, &payload, buf)
-            }
-            _ => 0,
         };
+        let transport = match c.protocol {
+            Protocol::Tcp => TransportFields::Tcp(tcp),
+            Protocol::Udp => TransportFields::Udp(udp),
+            Protocol::Icmp => TransportFields::Echo(echo),
+        };
+        let len = emit(&ip, &transport, &payload, buf);
         let h = ip_header_len(v6);
         match (c.protocol, c.strategy) {
             // Paris UDP: the checksum is the probe number, set by the first two payload bytes.
@@ -767,18 +772,19 @@ impl Traceroute {
     /// over, else queue it if a probe is due and file it under its next deadline.
     fn touch(&mut self, dst: IpAddr, now: Instant, wall: SystemTime) {
         self.stream_hops(dst);
-        if !self.finish_if_done(dst, wall) {
+        if self.finish_if_done(dst, wall) {
+            self.start_waiting(now);
+        } else {
             self.schedule(dst, now);
         }
     }
 
     fn schedule(&mut self, dst: IpAddr, now: Instant) {
-        let Some(t) = self.targets.get_mut(&dst) else {
+        let Some(t) = self.targets.get(&dst) else {
             return;
         };
-        if !t.queued && t.trace.due(now).is_some() {
-            t.queued = true;
-            self.tx_queue.push_back(dst);
+        if t.trace.due(now).is_some() {
+            self.scheduler.enqueue(dst);
         }
         self.rearm(dst);
     }
@@ -787,10 +793,13 @@ impl Traceroute {
     /// queued already), unless it is filed no later: a target filed too early is looked at and
     /// filed again, which is cheaper than moving it on every reply.
     fn rearm(&mut self, dst: IpAddr) {
-        let Some(t) = self.targets.get_mut(&dst) else {
+        let Some(t) = self.targets.get(&dst) else {
             return;
         };
-        let send = t.trace.send_at().filter(|_| !t.queued);
+        let send = t
+            .trace
+            .send_at()
+            .filter(|_| !self.scheduler.is_queued(&dst));
         let next = match (t.trace.earliest_deadline(), send) {
             (Some(a), Some(b)) => a.min(b),
             (a, b) => match a.or(b) {
@@ -798,13 +807,7 @@ impl Traceroute {
                 None => return,
             },
         };
-        if t.armed.is_some_and(|at| at <= next) {
-            return;
-        }
-        if let Some(at) = t.armed.replace(next) {
-            self.timers.remove(&(at, dst));
-        }
-        self.timers.insert((next, dst));
+        self.scheduler.arm(dst, next);
     }
 
     /// Reports the target's trace if it is over; true if it was.
@@ -817,9 +820,7 @@ impl Traceroute {
             return false;
         }
         if let Some(t) = self.targets.remove(&dst) {
-            if let Some(at) = t.armed {
-                self.timers.remove(&(at, dst));
-            }
+            self.scheduler.remove(&dst);
             let r = t.trace.finish(wall);
             self.events
                 .push_back(TracerouteEvent::Finished(Box::new(TracerouteResult {
@@ -846,30 +847,22 @@ impl Traceroute {
     /// Expires overdue probes and queues probes whose time has come.
     pub fn handle_timeout(&mut self, now: Now) {
         // Take every target due first: one filed again at `now` waits for the next call.
-        let mut due = Vec::new();
-        while self.timers.first().is_some_and(|(at, _)| *at <= now.mono) {
-            due.extend(self.timers.pop_first());
-        }
-        for (at, dst) in due {
+        for dst in self.scheduler.take_due(now.mono) {
             let Some(t) = self.targets.get_mut(&dst) else {
                 continue;
             };
-            if t.armed != Some(at) {
-                continue;
-            }
-            t.armed = None;
             t.trace.handle_timeout(now.mono);
             self.touch(dst, now.mono, now.wall);
         }
+        self.start_waiting(now.mono);
     }
 
     /// The next probe to send, into `buf`. Call until `None`.
-    pub fn poll_transmit(&mut self, now: Now, buf: &mut Vec<u8>) -> Option<ProbeOut> {
-        while let Some(dst) = self.tx_queue.pop_front() {
+    pub fn poll_transmit(&mut self, now: Now, buf: &mut Vec<u8>) -> Option<Transmit> {
+        while let Some(dst) = self.scheduler.dequeue() {
             let Some(t) = self.targets.get_mut(&dst) else {
                 continue;
             };
-            t.queued = false;
             let Some(due) = t.trace.due(now.mono) else {
                 self.rearm(dst);
                 continue;
@@ -882,11 +875,21 @@ impl Traceroute {
             t.trace.mark_sent(due, shape, now.mono, now.wall);
             // Round robin: a target with more probes due goes to the back of the queue.
             self.touch(dst, now.mono, now.wall);
-            return Some(ProbeOut {
+            let c = &self.cfg;
+            let dport = match (c.protocol, c.strategy) {
+                (Protocol::Udp, Strategy::Classic) => c.dest_port().wrapping_add(due.ident - 1),
+                _ => c.dest_port(),
+            };
+            return Some(Transmit {
                 dst,
                 len: buf.len(),
+                flow: FlowKey {
+                    protocol: c.protocol,
+                    local: SocketAddr::new(src, c.source_port(due.ident)),
+                    remote: SocketAddr::new(dst, dport),
+                },
                 ttl: due.ttl,
-                probe: due.ident,
+                ident: due.ident,
             });
         }
         None
@@ -896,21 +899,21 @@ impl Traceroute {
     /// rate-limited driver that stopped calling it early wakes for its next token, not only
     /// at [`poll_timeout`](Self::poll_timeout).
     pub fn has_pending_transmit(&self) -> bool {
-        !self.tx_queue.is_empty()
+        self.scheduler.has_queued()
     }
 
-    /// The driver could not send probe `probe` to `dst`.
-    pub fn handle_send_error(&mut self, now: Now, dst: IpAddr, probe: u16, error: String) {
-        if let Some(t) = self.targets.get_mut(&dst) {
-            t.trace.send_failed(probe, error, now.mono);
+    /// The driver could not send the probe `tx`.
+    pub fn handle_send_error(&mut self, now: Now, tx: &Transmit, error: String) {
+        if let Some(t) = self.targets.get_mut(&tx.dst) {
+            t.trace.send_failed(tx.ident, error, now.mono);
         }
-        self.touch(dst, now.mono, now.wall);
+        self.touch(tx.dst, now.mono, now.wall);
     }
 
     /// When to call `handle_timeout` next. (Probes already due are queued: see
     /// [`has_pending_transmit`](Self::has_pending_transmit).)
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.first().map(|(at, _)| *at)
+        self.scheduler.next_deadline()
     }
 
     /// The next event.
@@ -918,3 +921,5 @@ impl Traceroute {
         self.events.pop_front()
     }
 }
+
+crate::machine::machine_by_inherent_methods!(Traceroute, TracerouteEvent);

@@ -1,7 +1,6 @@
 //! Trace parameters: the probing algorithm, TTL range, pacing, timeouts and stop rules.
 
 use std::net::IpAddr;
-use std::str::FromStr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -20,32 +19,24 @@ pub enum Algorithm {
     PacketByPacket,
 }
 
-impl Algorithm {
-    /// The name used on the command line and in JSON.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Concurrent => "concurrent",
-            Self::HopByHop => "hop-by-hop",
-            Self::PacketByPacket => "packet-by-packet",
-        }
-    }
-}
+crate::names::names!(
+    Algorithm,
+    "algorithm",
+    Concurrent => "concurrent",
+    HopByHop => "hop-by-hop",
+    PacketByPacket => "packet-by-packet",
+);
 
-impl FromStr for Algorithm {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().replace('_', "-").as_str() {
-            "concurrent" => Ok(Self::Concurrent),
-            "hop-by-hop" | "hopbyhop" => Ok(Self::HopByHop),
-            "packet-by-packet" | "packetbypacket" => Ok(Self::PacketByPacket),
-            _ => Err(format!(
-                "unknown algorithm {s:?} (expected concurrent, hop-by-hop or packet-by-packet)"
-            )),
-        }
-    }
-}
-
-/// Parameters of each trace. `Default` gives the documented defaults.
+/// Parameters of each trace of the flow tracer. `Default` gives the documented defaults, the
+/// single source of them (the command line takes its defaults from here).
+///
+/// The defaults are the original Service Traceroute tool's (its library's `DefaultDistance`
+/// 32, `DefaultTimeout` 2 s, `DefaultMaxConsecutiveMissingHops` 3) with its paper's 3 probes
+/// per TTL. They differ from the classic traceroute's ([`crate::TracerouteConfig`]: 30 TTLs,
+/// 3 s, 5 silent TTLs) on purpose: a flow's remote distance, read from its packets' TTL,
+/// already ends most flow traces one TTL short of the remote, so the silent-TTL rule only has
+/// to catch the rest; a fresh traceroute has no such bound and follows traceroute(8) (`-m 30`)
+/// and scamper (`gaplimit` 5).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TraceConfig {
     /// Probe scheduling.
@@ -73,8 +64,6 @@ pub struct TraceConfig {
     /// remote, whose distance it reads from the TTL of the remote's packets, so that probes never
     /// reach the remote application (an empty UDP datagram is a request to a UDP server).
     pub probe_remote: bool,
-    /// Trace at most this many flows, then select no more (0: no limit).
-    pub max_flows: usize,
     /// A UDP flow whose remote has not answered this long after its first packet is traced
     /// anyway, without a known remote distance (default 1 s).
     pub udp_reply_wait: Duration,
@@ -122,7 +111,6 @@ impl Default for TraceConfig {
             stop_at: Vec::new(),
             flow_timeout: Duration::from_secs(10),
             probe_remote: false,
-            max_flows: 0,
             udp_reply_wait: Duration::from_secs(1),
             handshake_wait: Duration::from_secs(2),
             ident_seed: 0x5eed,

@@ -1,7 +1,7 @@
 //! The engine: demultiplexes captured packets to flows, starts traces, and hands out probes,
 //! timers and results.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -9,35 +9,12 @@ use svctr_wire::icmp::{IcmpError, IcmpMessage};
 use svctr_wire::packet::{parse_ip, Packet, Transport};
 
 use crate::config::{ConfigError, TraceConfig, SLOT_BITS};
-use crate::flow::{FlowKey, FlowSelector, FlowState, Protocol};
+use crate::flow::{flow_of, FlowFilter, FlowKey, FlowState, Protocol};
+use crate::machine::{Now, Transmit};
 use crate::probe::{self, ProbeKind, ProbeShape};
 use crate::result::{ServiceTag, StopReason, TraceResult};
+use crate::scheduler::Scheduler;
 use crate::trace::{ReplyInfo, ReplyOutcome, Trace};
-
-/// The time of an input: a monotonic instant for timers and the wall clock for results.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Now {
-    /// Monotonic time (timers). Must never go backwards between calls.
-    pub mono: Instant,
-    /// Wall-clock time (reported start/end, fallback send time).
-    pub wall: SystemTime,
-}
-
-/// A probe to send: the IP datagram is in the buffer given to [`Engine::poll_transmit`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[must_use]
-pub struct Transmit {
-    /// Destination address (for the raw socket's `sendto`).
-    pub dst: IpAddr,
-    /// Bytes of the buffer to send.
-    pub len: usize,
-    /// The flow this probe imitates.
-    pub flow: FlowKey,
-    /// The probe's TTL.
-    pub ttl: u8,
-    /// The probe's IP identification (pass it back to [`Engine::handle_send_error`]).
-    pub ident: u16,
-}
 
 /// Something the engine reports.
 #[derive(Debug, Clone, PartialEq)]
@@ -124,10 +101,6 @@ enum Phase {
 struct Entry {
     state: FlowState,
     phase: Phase,
-    /// The instant this flow is filed under in the timer set, if any.
-    armed: Option<Instant>,
-    /// In the transmit queue.
-    queued: bool,
     /// The service the flow was selected for (external selection).
     tag: Option<ServiceTag>,
     /// What its probes look like (set when its trace starts).
@@ -154,7 +127,8 @@ const OBSERVING_IDLE_LIMIT: Duration = Duration::from_secs(120);
 /// * Time is monotonic across calls; the engine never reads a clock.
 ///
 /// # Which flows
-/// [`Engine::new`] traces the flows a [`FlowSelector`] picks, each once. [`Engine::external`]
+/// [`Engine::new`] traces the flows a [`FlowFilter`] passes, each once (at most
+/// [`set_max_traces`](Self::set_max_traces) of them). [`Engine::external`]
 /// traces only the flows it is told about with [`watch`](Self::watch) (the
 /// [`crate::Monitor`] decides which, by service, and when to trace a flow again).
 ///
@@ -166,28 +140,27 @@ const OBSERVING_IDLE_LIMIT: Duration = Duration::from_secs(120);
 pub struct Engine {
     cfg: TraceConfig,
     /// `None`: flows are selected from outside with `watch`.
-    selector: Option<FlowSelector>,
+    selector: Option<FlowFilter>,
     local: Vec<IpAddr>,
     flows: HashMap<FlowKey, Entry>,
     /// Flows already traced: never traced twice in one run (selector mode).
     done: HashSet<FlowKey>,
     events: VecDeque<Event>,
-    /// Flows by their next deadline. A flow may be filed earlier than it needs (a later
-    /// packet pushed its deadline back): it is then looked at and filed again.
-    timers: BTreeSet<(Instant, FlowKey)>,
-    /// Flows with a probe due, served round-robin so that flows interleave.
-    tx_queue: VecDeque<FlowKey>,
+    /// Flows by their next deadline, and those with a probe due (round-robin).
+    scheduler: Scheduler<FlowKey>,
     accepting: bool,
+    /// Start at most this many traces (0: no limit).
+    max_traces: usize,
     tracing: usize,
     stats: EngineStats,
 }
 
 impl Engine {
-    /// A new engine tracing the flows `selector` picks, each once; `local` are this host's
+    /// A new engine tracing the flows `selector` passes, each once; `local` are this host's
     /// addresses (they tell outgoing packets from incoming ones).
     pub fn new(
         cfg: TraceConfig,
-        selector: FlowSelector,
+        selector: FlowFilter,
         local: Vec<IpAddr>,
     ) -> Result<Self, ConfigError> {
         Self::with_selection(cfg, Some(selector), local)
@@ -200,7 +173,7 @@ impl Engine {
 
     fn with_selection(
         cfg: TraceConfig,
-        selector: Option<FlowSelector>,
+        selector: Option<FlowFilter>,
         local: Vec<IpAddr>,
     ) -> Result<Self, ConfigError> {
         cfg.validate_flow()?;
@@ -214,12 +187,22 @@ impl Engine {
             flows: HashMap::new(),
             done: HashSet::new(),
             events: VecDeque::new(),
-            timers: BTreeSet::new(),
-            tx_queue: VecDeque::new(),
+            scheduler: Scheduler::default(),
             accepting: true,
+            max_traces: 0,
             tracing: 0,
             stats: EngineStats::default(),
         })
+    }
+
+    /// Start at most `n` traces, then select no more flows (0: no limit).
+    pub fn set_max_traces(&mut self, n: usize) {
+        self.max_traces = n;
+    }
+
+    /// Whether the engine takes new flows: selection not stopped, the trace limit not reached.
+    pub fn is_accepting(&self) -> bool {
+        self.accepting && !self.traces_exhausted()
     }
 
     /// Counters so far.
@@ -255,7 +238,7 @@ impl Engine {
     /// Whether probes are queued, due now (a rate-limited driver that stopped calling
     /// [`poll_transmit`](Self::poll_transmit) uses this to know it must come back).
     pub fn has_pending_transmit(&self) -> bool {
-        !self.tx_queue.is_empty()
+        self.scheduler.has_queued()
     }
 
     /// Select no new flows; traces in progress go on. Flows watched but not yet traced are
@@ -265,16 +248,28 @@ impl Engine {
         self.drop_watched();
     }
 
-    /// Drops the flows watched but not traced (their timers expire unused).
+    /// Drops the flows watched but not traced.
     fn drop_watched(&mut self) {
-        let events = &mut self.events;
+        let (events, scheduler) = (&mut self.events, &mut self.scheduler);
         self.flows.retain(|k, e| {
             let keep = matches!(e.phase, Phase::Tracing(_));
             if !keep {
+                scheduler.remove(k);
                 events.push_back(Event::FlowForgotten(*k));
             }
             keep
         });
+    }
+
+    /// [`stop_selecting`](Self::stop_selecting), as [`crate::Machine::stop_starting`].
+    pub fn stop_starting(&mut self, _now: Now) {
+        self.stop_selecting();
+    }
+
+    /// Whether no trace is in progress and none will start (selection stopped, or the trace
+    /// limit reached).
+    pub fn is_done(&self) -> bool {
+        self.tracing == 0 && (!self.accepting || self.traces_exhausted())
     }
 
     /// Finish every trace now (stop reason `interrupted` unless one was already known) and
@@ -293,7 +288,7 @@ impl Engine {
     }
 
     fn traces_exhausted(&self) -> bool {
-        self.cfg.max_flows != 0 && self.stats.traces_started as usize >= self.cfg.max_flows
+        self.max_traces != 0 && self.stats.traces_started as usize >= self.max_traces
     }
 
     /// Starts watching `flow` (external selection): the engine learns its state from its
@@ -302,7 +297,7 @@ impl Engine {
     /// selects no more flows. Call it before handing the engine the packet that made the
     /// flow interesting, so that packet counts too.
     pub fn watch(&mut self, now: Instant, flow: FlowKey, tag: Option<ServiceTag>) -> bool {
-        if !self.accepting
+        if !self.is_accepting()
             || self.flows.contains_key(&flow)
             || flow.local.is_ipv4() != flow.remote.is_ipv4()
         {
@@ -316,8 +311,6 @@ impl Engine {
             Entry {
                 state: FlowState::new(now),
                 phase: Phase::Observing,
-                armed: None,
-                queued: false,
                 tag,
                 kind: ProbeKind::Flow,
                 reported: false,
@@ -341,17 +334,25 @@ impl Engine {
 
     /// [`handle_packet`](Self::handle_packet) for a packet already parsed.
     pub fn handle_parsed(&mut self, now: Instant, ts: SystemTime, pkt: &Packet<'_>) {
-        let outgoing = self.local.contains(&pkt.ip.src);
-        let incoming = self.local.contains(&pkt.ip.dst);
-        if !outgoing && !incoming {
-            return;
-        }
-        match &pkt.transport {
-            Transport::Icmp(IcmpMessage::Error(err)) if incoming => {
+        let flow = flow_of(&self.local, pkt);
+        self.handle_classified(now, ts, pkt, flow);
+    }
+
+    /// [`handle_parsed`](Self::handle_parsed) for a packet whose flow (and direction) the
+    /// caller already derived with [`flow_of`]: a packet's flow key is derived once.
+    pub(crate) fn handle_classified(
+        &mut self,
+        now: Instant,
+        ts: SystemTime,
+        pkt: &Packet<'_>,
+        flow: Option<(FlowKey, bool)>,
+    ) {
+        match (&pkt.transport, flow) {
+            (Transport::Icmp(IcmpMessage::Error(err)), _) if self.local.contains(&pkt.ip.dst) => {
                 self.handle_icmp_error(now, ts, pkt, err)
             }
-            Transport::Tcp(_) | Transport::Udp(_) => {
-                self.handle_flow_packet(now, ts, pkt, outgoing)
+            (Transport::Tcp(_) | Transport::Udp(_), Some((key, outgoing))) => {
+                self.handle_flow_packet(now, ts, pkt, key, outgoing)
             }
             _ => {}
         }
@@ -416,28 +417,12 @@ impl Engine {
         now: Instant,
         ts: SystemTime,
         pkt: &Packet<'_>,
+        key: FlowKey,
         outgoing: bool,
     ) {
-        let (protocol, sport, dport, tcp) = match &pkt.transport {
-            Transport::Tcp(t) => (Protocol::Tcp, t.src_port, t.dst_port, Some(t)),
-            Transport::Udp(u) => (Protocol::Udp, u.src_port, u.dst_port, None),
-            _ => return,
-        };
-        let (local, remote) = if outgoing {
-            (
-                SocketAddr::new(pkt.ip.src, sport),
-                SocketAddr::new(pkt.ip.dst, dport),
-            )
-        } else {
-            (
-                SocketAddr::new(pkt.ip.dst, dport),
-                SocketAddr::new(pkt.ip.src, sport),
-            )
-        };
-        let key = FlowKey {
-            protocol,
-            local,
-            remote,
+        let tcp = match &pkt.transport {
+            Transport::Tcp(t) => Some(t),
+            _ => None,
         };
         if !self.flows.contains_key(&key) && !self.select(now, &key) {
             return;
@@ -590,9 +575,7 @@ impl Engine {
 
     fn forget(&mut self, key: &FlowKey) {
         if let Some(e) = self.flows.remove(key) {
-            if let Some(at) = e.armed {
-                self.timers.remove(&(at, *key));
-            }
+            self.scheduler.remove(key);
             if matches!(e.phase, Phase::Tracing(_)) {
                 self.tracing -= 1;
             }
@@ -610,16 +593,15 @@ impl Engine {
             return;
         };
         if let Phase::Tracing(t) = &e.phase {
-            if !e.queued && t.due(now).is_some() {
-                e.queued = true;
-                self.tx_queue.push_back(*key);
+            if t.due(now).is_some() {
+                self.scheduler.enqueue(*key);
             }
         }
         self.rearm(key);
     }
 
     /// The next instant a flow needs attention, whatever its packets do meanwhile.
-    fn next_deadline(cfg: &TraceConfig, key: &FlowKey, e: &Entry) -> Option<Instant> {
+    fn next_deadline(cfg: &TraceConfig, key: &FlowKey, e: &Entry, queued: bool) -> Option<Instant> {
         let mut next: Option<Instant> = None;
         let mut take = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
         match &e.phase {
@@ -628,7 +610,7 @@ impl Engine {
                     take(at);
                 }
                 // A flow in the transmit queue has its probe due already: the queue serves it.
-                if let Some(at) = t.send_at().filter(|_| !e.queued) {
+                if let Some(at) = t.send_at().filter(|_| !queued) {
                     take(at);
                 }
                 if key.protocol == Protocol::Udp && !cfg.flow_timeout.is_zero() {
@@ -659,19 +641,13 @@ impl Engine {
     /// Files the flow under its next deadline, unless it is already filed no later (a flow
     /// filed too early is looked at and filed again: cheaper than moving it on every packet).
     fn rearm(&mut self, key: &FlowKey) {
-        let Some(e) = self.flows.get_mut(key) else {
+        let Some(e) = self.flows.get(key) else {
             return;
         };
-        let Some(next) = Self::next_deadline(&self.cfg, key, e) else {
-            return;
-        };
-        if e.armed.is_some_and(|at| at <= next) {
-            return;
+        let queued = self.scheduler.is_queued(key);
+        if let Some(next) = Self::next_deadline(&self.cfg, key, e, queued) {
+            self.scheduler.arm(*key, next);
         }
-        if let Some(at) = e.armed.replace(next) {
-            self.timers.remove(&(at, *key));
-        }
-        self.timers.insert((next, *key));
     }
 
     /// Reports the flow's trace if it is over. Returns true if it was.
@@ -683,9 +659,7 @@ impl Engine {
         let Some(e) = self.flows.remove(key) else {
             return false;
         };
-        if let Some(at) = e.armed {
-            self.timers.remove(&(at, *key));
-        }
+        self.scheduler.remove(key);
         let Phase::Tracing(t) = e.phase else {
             return false;
         };
@@ -711,18 +685,10 @@ impl Engine {
     /// reply, flows watched but silent too long.
     pub fn handle_timeout(&mut self, now: Now) {
         // Take every flow due first: a flow filed again at `now` waits for the next call.
-        let mut due = Vec::new();
-        while self.timers.first().is_some_and(|(at, _)| *at <= now.mono) {
-            due.extend(self.timers.pop_first());
-        }
-        for (at, key) in due {
+        for key in self.scheduler.take_due(now.mono) {
             let Some(e) = self.flows.get_mut(&key) else {
                 continue;
             };
-            if e.armed != Some(at) {
-                continue;
-            }
-            e.armed = None;
             match &mut e.phase {
                 Phase::Tracing(t) => {
                     t.handle_timeout(now.mono);
@@ -748,11 +714,10 @@ impl Engine {
 
     /// The next probe to send, written into `buf`. Call until it returns `None`.
     pub fn poll_transmit(&mut self, now: Now, buf: &mut Vec<u8>) -> Option<Transmit> {
-        while let Some(key) = self.tx_queue.pop_front() {
+        while let Some(key) = self.scheduler.dequeue() {
             let Some(e) = self.flows.get_mut(&key) else {
                 continue;
             };
-            e.queued = false;
             let Entry {
                 state,
                 phase: Phase::Tracing(t),
@@ -795,21 +760,21 @@ impl Engine {
     }
 
     /// The driver could not send the probe `ident` of `flow`.
-    pub fn handle_send_error(&mut self, now: Now, flow: &FlowKey, ident: u16, error: String) {
+    pub fn handle_send_error(&mut self, now: Now, tx: &Transmit, error: String) {
         if let Some(Entry {
             phase: Phase::Tracing(t),
             ..
-        }) = self.flows.get_mut(flow)
+        }) = self.flows.get_mut(&tx.flow)
         {
-            t.send_failed(ident, error, now.mono);
+            t.send_failed(tx.ident, error, now.mono);
         }
-        self.touch(flow, now.mono, now.wall);
+        self.touch(&tx.flow, now.mono, now.wall);
     }
 
     /// When to call [`handle_timeout`](Self::handle_timeout) next. (Probes already due are
     /// in the transmit queue: see [`has_pending_transmit`](Self::has_pending_transmit).)
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.first().map(|(at, _)| *at)
+        self.scheduler.next_deadline()
     }
 
     /// The next event.
@@ -824,6 +789,8 @@ impl Engine {
             .filter_map(|(k, e)| matches!(e.phase, Phase::Tracing(_)).then_some(k))
     }
 }
+
+crate::machine::machine_by_inherent_methods!(Engine, Event);
 
 fn protocol_of(n: u8) -> Option<Protocol> {
     match n {

@@ -1,75 +1,18 @@
 //! Flows: their identity (the 5-tuple), which flows the user selected, and what the engine learns
 //! about a flow from its packets (the state a harmless probe has to be built from).
 
-use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
-use svctr_wire::packet::{IpInfo, TcpInfo, TcpOptions};
+use svctr_wire::packet::{IpInfo, Packet, TcpInfo, TcpOptions, Transport};
 
-/// Transport protocol of a flow.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    /// TCP
-    #[default]
-    Tcp,
-    /// UDP
-    Udp,
-    /// ICMP echo (classic traceroute only; flows are TCP or UDP)
-    Icmp,
-}
+pub use svctr_wire::flow::{FlowKey, Protocol};
 
-impl Protocol {
-    /// IANA protocol number.
-    pub fn number(self) -> u8 {
-        match self {
-            Self::Tcp => 6,
-            Self::Udp => 17,
-            Self::Icmp => 1,
-        }
-    }
-    /// Lower-case name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Tcp => "tcp",
-            Self::Udp => "udp",
-            Self::Icmp => "icmp",
-        }
-    }
-}
-
-/// A flow's identity seen from this host: protocol, local and remote endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct FlowKey {
-    /// Protocol.
-    pub protocol: Protocol,
-    /// This host's end.
-    pub local: SocketAddr,
-    /// The far end.
-    pub remote: SocketAddr,
-}
-
-impl fmt::Display for FlowKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} {} -> {}",
-            self.protocol.as_str(),
-            self.local,
-            self.remote
-        )
-    }
-}
-
-/// Which flows to trace. `None` fields match anything.
+/// Which flows may be traced. `None` fields match anything; only TCP and UDP flows pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct FlowSelector {
-    /// Protocol of the flows.
-    pub protocol: Protocol,
+pub struct FlowFilter {
+    /// TCP or UDP (both when `None`).
+    pub protocol: Option<Protocol>,
     /// Remote address.
     pub remote_ip: Option<IpAddr>,
     /// Remote port.
@@ -78,13 +21,57 @@ pub struct FlowSelector {
     pub local_port: Option<u16>,
 }
 
-impl FlowSelector {
-    /// Does this flow match?
+impl FlowFilter {
+    /// The flows of one protocol (others fields: anything).
+    pub fn protocol(protocol: Protocol) -> Self {
+        Self {
+            protocol: Some(protocol),
+            ..Self::default()
+        }
+    }
+
+    /// Does this flow pass?
     pub fn matches(&self, key: &FlowKey) -> bool {
-        key.protocol == self.protocol
+        matches!(key.protocol, Protocol::Tcp | Protocol::Udp)
+            && self.protocol.is_none_or(|p| p == key.protocol)
             && self.remote_ip.is_none_or(|ip| ip == key.remote.ip())
             && self.remote_port.is_none_or(|p| p == key.remote.port())
             && self.local_port.is_none_or(|p| p == key.local.port())
+    }
+}
+
+/// The flow of a TCP or UDP packet as this host sees it (`local`: this host's addresses), and
+/// whether this host sent it; `None` for other packets and packets between other hosts.
+pub(crate) fn flow_of(local: &[IpAddr], pkt: &Packet<'_>) -> Option<(FlowKey, bool)> {
+    let (protocol, sport, dport) = match &pkt.transport {
+        Transport::Tcp(t) => (Protocol::Tcp, t.src_port, t.dst_port),
+        Transport::Udp(u) => (Protocol::Udp, u.src_port, u.dst_port),
+        _ => return None,
+    };
+    let (src, dst) = (
+        SocketAddr::new(pkt.ip.src, sport),
+        SocketAddr::new(pkt.ip.dst, dport),
+    );
+    if local.contains(&pkt.ip.src) {
+        Some((
+            FlowKey {
+                protocol,
+                local: src,
+                remote: dst,
+            },
+            true,
+        ))
+    } else if local.contains(&pkt.ip.dst) {
+        Some((
+            FlowKey {
+                protocol,
+                local: dst,
+                remote: src,
+            },
+            false,
+        ))
+    } else {
+        None
     }
 }
 
@@ -264,10 +251,7 @@ mod tests {
             local: "198.18.0.2:4000".parse().unwrap(),
             remote: "198.18.9.2:9000".parse().unwrap(),
         };
-        let mut s = FlowSelector {
-            protocol: Protocol::Udp,
-            ..Default::default()
-        };
+        let mut s = FlowFilter::protocol(Protocol::Udp);
         assert!(s.matches(&key));
         s.remote_port = Some(9001);
         assert!(!s.matches(&key));
@@ -275,7 +259,7 @@ mod tests {
         s.remote_ip = Some("198.18.9.2".parse().unwrap());
         s.local_port = Some(4000);
         assert!(s.matches(&key));
-        s.protocol = Protocol::Tcp;
+        s.protocol = Some(Protocol::Tcp);
         assert!(!s.matches(&key));
     }
 }

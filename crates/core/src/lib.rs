@@ -1,20 +1,29 @@
-//! The sans-IO engine of service-traceroute.
+//! The sans-IO engines of service-traceroute, and what they share.
 //!
-//! [`Engine`] watches the packets of live application flows and traces the path of each selected
-//! flow with TTL-limited probes that carry the flow's exact 5-tuple, so that load balancers, NATs
-//! and firewalls treat the probes as the flow itself. It matches the ICMP errors that routers
-//! send back to the probe that caused them and produces one [`TraceResult`] per traced flow.
+//! Every engine is a [`Machine`]: packets and time in; probes, timers and events out. It
+//! opens no socket, captures nothing and never reads a clock, so tests drive it with scripted
+//! packets and virtual time, and one live run loop (crate `svctr-io`) drives them all.
 //!
-//! What it does not do: it opens no socket, captures nothing and never reads a clock. Packets and
-//! time are inputs; probes to send, the next timer and results are outputs. The live driver
-//! (crate `svctr-io`) connects it to libpcap and a raw socket; tests drive it with scripted
-//! packets and virtual time.
+//! * [`Engine`], the flow tracer: watches the packets of live application flows and traces
+//!   the path of each selected flow with TTL-limited probes that carry the flow's exact
+//!   5-tuple, so that load balancers, NATs and firewalls treat them as the flow itself; it
+//!   matches the ICMP errors routers send back and produces one [`TraceResult`] per flow.
+//! * [`Monitor`]: the flow tracer with service recognition (`svctr-detect`), granularity and
+//!   re-tracing.
+//! * [`Traceroute`]: classic, Paris and Dublin traceroute to many targets.
+//!
+//! What they share: the [`Scheduler`] (per-key deadlines and a round-robin transmit queue, so
+//! work per input does not grow with the number of traces), the configurations with their
+//! defaults ([`TraceConfig`], [`TracerouteConfig`]), the [`Pacer`], the results and the
+//! [`PathGraph`] every result can be seen as (per-TTL nodes and links; a single path is its
+//! simplest case), and text rendering. A new engine (multipath discovery, reverse traceroute)
+//! implements [`Machine`], keeps its traces in a [`Scheduler`] and reports [`PathGraph`]s.
 //!
 //! ```
 //! use std::time::{Duration, Instant, SystemTime};
-//! use svctr_core::{Engine, FlowSelector, Now, Protocol, TraceConfig};
+//! use svctr_core::{Engine, FlowFilter, Now, Protocol, TraceConfig};
 //!
-//! let selector = FlowSelector { protocol: Protocol::Tcp, ..FlowSelector::default() };
+//! let selector = FlowFilter::protocol(Protocol::Tcp);
 //! let local = vec!["198.18.0.2".parse().unwrap()];
 //! let mut engine = Engine::new(TraceConfig::default(), selector, local).unwrap();
 //! let now = Now { mono: Instant::now(), wall: SystemTime::now() };
@@ -31,23 +40,29 @@ mod compare;
 mod config;
 mod engine;
 mod flow;
+mod machine;
 mod monitor;
+mod names;
 mod pacer;
+mod path;
 mod probe;
 mod report;
 mod result;
+mod scheduler;
 mod trace;
 
 pub use classic::{
-    ProbeOut, Strategy, TargetError, Traceroute, TracerouteConfig, TracerouteEvent,
-    TracerouteResult, CLASSIC_TCP_PORTS,
+    Strategy, TargetError, Traceroute, TracerouteConfig, TracerouteEvent, TracerouteResult,
+    CLASSIC_TCP_PORTS,
 };
 pub use compare::{compare, render_comparison, Comparison, TtlComparison};
 pub use config::{Algorithm, ConfigError, TraceConfig, FLOW_SLOTS, MAX_FLOW_PROBES, SLOT_BITS};
-pub use engine::{Engine, EngineStats, Event, NotTraced, Now, Transmit};
-pub use flow::{FlowKey, FlowSelector, Protocol};
-pub use monitor::{FlowFilter, Granularity, Monitor, MonitorConfig, MonitorStats, KNOWN_IDLE};
-pub use pacer::Pacer;
+pub use engine::{Engine, EngineStats, Event, NotTraced};
+pub use flow::{FlowFilter, FlowKey, Protocol};
+pub use machine::{Machine, Now, Transmit};
+pub use monitor::{Granularity, Monitor, MonitorConfig, MonitorStats, KNOWN_IDLE};
+pub use pacer::{Pacer, FLOW_RATE};
+pub use path::{GraphHop, Link, Node, PathGraph};
 pub use probe::SYN_COPY_MAX_TTL;
 pub use report::{
     render_hop, render_text, render_traceroute_text, traceroute_header, traceroute_stop_line,
@@ -56,6 +71,7 @@ pub use result::{
     Endpoint, FlowInfo, Hop, MatchSource, MplsEntry, ProbeReply, ServiceTag, StopReason,
     TraceResult,
 };
+pub use scheduler::Scheduler;
 /// Service recognition (re-exported from `svctr-detect`): signatures and the detector's settings.
 pub use svctr_detect::{
     DetectorConfig, DetectorStats, Service, ServiceSpec, SignatureError, Signatures,

@@ -35,59 +35,22 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
-use std::str::FromStr;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
-use svctr_detect::{
-    Detector, DetectorConfig, DetectorStats, ServiceMatch, Signatures, Source, Transport, Tuple,
-};
-use svctr_wire::packet::{parse_ip, Transport as Wire};
+use svctr_detect::{Detector, DetectorConfig, DetectorStats, ServiceMatch, Signatures, Source};
+use svctr_wire::packet::parse_ip;
 
 use crate::config::{ConfigError, TraceConfig};
-use crate::engine::{Engine, EngineStats, Event, Now, Transmit};
-use crate::flow::{FlowKey, FlowSelector, Protocol};
+use crate::engine::{Engine, EngineStats, Event};
+use crate::flow::{flow_of, FlowFilter, FlowKey, Protocol};
+use crate::machine::{Now, Transmit};
 use crate::result::{MatchSource, ServiceTag};
 
 /// A recognised flow without packets this long is forgotten.
 pub const KNOWN_IDLE: Duration = Duration::from_secs(300);
 /// How often the monitor's own maps are swept.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
-
-/// Which flows the monitor considers. `None` fields match anything.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct FlowFilter {
-    /// TCP or UDP (both when `None`).
-    pub protocol: Option<Protocol>,
-    /// Remote address.
-    pub remote_ip: Option<IpAddr>,
-    /// Remote port.
-    pub remote_port: Option<u16>,
-    /// Local port.
-    pub local_port: Option<u16>,
-}
-
-impl FlowFilter {
-    /// Does this flow pass?
-    pub fn matches(&self, key: &FlowKey) -> bool {
-        matches!(key.protocol, Protocol::Tcp | Protocol::Udp)
-            && self.protocol.is_none_or(|p| p == key.protocol)
-            && self.remote_ip.is_none_or(|ip| ip == key.remote.ip())
-            && self.remote_port.is_none_or(|p| p == key.remote.port())
-            && self.local_port.is_none_or(|p| p == key.local.port())
-    }
-}
-
-impl From<FlowSelector> for FlowFilter {
-    fn from(s: FlowSelector) -> Self {
-        Self {
-            protocol: Some(s.protocol),
-            remote_ip: s.remote_ip,
-            remote_port: s.remote_port,
-            local_port: s.local_port,
-        }
-    }
-}
 
 /// How many flows one trace stands for (the original tool's `-samehost` / `-sameport`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -102,35 +65,18 @@ pub enum Granularity {
     Destination,
 }
 
-impl Granularity {
-    /// The name on the command line.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Flow => "flow",
-            Self::DestinationPort => "destination-port",
-            Self::Destination => "destination",
-        }
-    }
-}
-
-impl FromStr for Granularity {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "flow" => Ok(Self::Flow),
-            "destination-port" | "dst-port" => Ok(Self::DestinationPort),
-            "destination" | "dst" => Ok(Self::Destination),
-            _ => Err(format!(
-                "unknown granularity {s:?} (expected flow, destination-port or destination)"
-            )),
-        }
-    }
-}
+crate::names::names!(
+    Granularity,
+    "granularity",
+    Flow => "flow",
+    DestinationPort => "destination-port",
+    Destination => "destination",
+);
 
 /// What the monitor traces and how.
 #[derive(Debug, Clone)]
 pub struct MonitorConfig {
-    /// Parameters of each trace. `max_flows` is ignored: see `max_traces`.
+    /// Parameters of each trace.
     pub trace: TraceConfig,
     /// Which flows may be traced at all.
     pub filter: FlowFilter,
@@ -227,9 +173,8 @@ pub struct Monitor {
 impl Monitor {
     /// A monitor for this host (`local`: its addresses, both families welcome).
     pub fn new(cfg: MonitorConfig, local: Vec<IpAddr>) -> Result<Self, ConfigError> {
-        let mut trace = cfg.trace.clone();
-        trace.max_flows = cfg.max_traces;
-        let engine = Engine::external(trace, local)?;
+        let mut engine = Engine::external(cfg.trace.clone(), local)?;
+        engine.set_max_traces(cfg.max_traces);
         let detector = cfg
             .services
             .clone()
@@ -283,7 +228,8 @@ impl Monitor {
     /// Whether it still selects new flows (it stops once `max_traces` traces started, or
     /// after [`stop_selecting`](Self::stop_selecting)).
     pub fn is_selecting(&self) -> bool {
-        self.selecting
+        // The engine enforces `max_traces` (it lets the flows still waiting go).
+        self.selecting && self.engine.is_accepting()
     }
 
     /// Select no new flows; traces in progress go on.
@@ -291,6 +237,16 @@ impl Monitor {
         self.selecting = false;
         self.engine.stop_selecting();
         self.pump();
+    }
+
+    /// [`stop_selecting`](Self::stop_selecting), as [`crate::Machine::stop_starting`].
+    pub fn stop_starting(&mut self, _now: Now) {
+        self.stop_selecting();
+    }
+
+    /// Whether no trace is in progress and none will start.
+    pub fn is_done(&self) -> bool {
+        self.is_idle() && !self.is_selecting()
     }
 
     /// Finish every trace now (`interrupted`) and select no new flows.
@@ -309,35 +265,14 @@ impl Monitor {
             self.engine.handle_packet(now, ts, bytes); // counted as malformed there
             return;
         };
-        let ports = match &pkt.transport {
-            Wire::Tcp(t) => Some((Protocol::Tcp, t.src_port, t.dst_port)),
-            Wire::Udp(u) => Some((Protocol::Udp, u.src_port, u.dst_port)),
-            _ => None,
-        };
-        if let Some((protocol, sport, dport)) = ports {
-            let local = self.engine.local_addresses();
-            let key = if local.contains(&pkt.ip.src) {
-                Some(FlowKey {
-                    protocol,
-                    local: SocketAddr::new(pkt.ip.src, sport),
-                    remote: SocketAddr::new(pkt.ip.dst, dport),
-                })
-            } else if local.contains(&pkt.ip.dst) {
-                Some(FlowKey {
-                    protocol,
-                    local: SocketAddr::new(pkt.ip.dst, dport),
-                    remote: SocketAddr::new(pkt.ip.src, sport),
-                })
-            } else {
-                None
-            };
-            if let Some(key) = key {
-                if !self.engine.is_tracking(&key) {
-                    self.consider(now, key);
-                }
+        // The packet's flow, derived once for the policy and the engine.
+        let flow = flow_of(self.engine.local_addresses(), &pkt);
+        if let Some((key, _)) = flow {
+            if !self.engine.is_tracking(&key) {
+                self.consider(now, key);
             }
         }
-        self.engine.handle_parsed(now, ts, &pkt);
+        self.engine.handle_classified(now, ts, &pkt, flow);
         self.pump();
     }
 
@@ -348,10 +283,9 @@ impl Monitor {
         let Some(det) = &mut self.detector else {
             return;
         };
-        let Some((tuple, m)) = det.handle_packet(now, bytes, self.engine.local_addresses()) else {
+        let Some((key, m)) = det.handle_packet(now, bytes, self.engine.local_addresses()) else {
             return;
         };
-        let key = key_of(&tuple);
         self.remember(now, key, tag_of(&m));
         // The flow may be waiting in no queue at all (its handshake is over): look at it now.
         if !self.engine.is_tracking(&key) {
@@ -393,7 +327,7 @@ impl Monitor {
 
     /// Hands a flow not being traced to the engine if the policy allows it now.
     fn consider(&mut self, now: Instant, key: FlowKey) {
-        if !self.selecting || !self.cfg.filter.matches(&key) {
+        if !self.is_selecting() || !self.cfg.filter.matches(&key) {
             return;
         }
         // With services: a recognised flow (its entry kept fresh), or none of ours.
@@ -402,12 +336,7 @@ impl Monitor {
             Some(det) => match self.known.get_mut(&key) {
                 Some(k) => k.last_seen = now,
                 None => {
-                    let tuple = Tuple {
-                        transport: transport_of(key.protocol),
-                        local: key.local,
-                        remote: key.remote,
-                    };
-                    let Some(m) = det.lookup(now, &tuple) else {
+                    let Some(m) = det.lookup(now, &key) else {
                         return;
                     };
                     self.remember(now, key, tag_of(&m));
@@ -449,19 +378,6 @@ impl Monitor {
                 _ => {}
             }
             self.events.push_back(ev);
-        }
-        if self.cfg.max_traces != 0
-            && self.engine.stats().traces_started as usize >= self.cfg.max_traces
-            && self.selecting
-        {
-            self.selecting = false;
-            self.engine.stop_selecting();
-            while let Some(ev) = self.engine.poll_event() {
-                if let Event::FlowForgotten(key) = &ev {
-                    self.release(key, false);
-                }
-                self.events.push_back(ev);
-            }
         }
     }
 
@@ -519,9 +435,9 @@ impl Monitor {
     }
 
     /// The driver could not send a probe.
-    pub fn handle_send_error(&mut self, now: Now, flow: &FlowKey, ident: u16, error: String) {
+    pub fn handle_send_error(&mut self, now: Now, tx: &Transmit, error: String) {
         self.last_now = Some(now.mono);
-        self.engine.handle_send_error(now, flow, ident, error);
+        self.engine.handle_send_error(now, tx, error);
         self.pump();
     }
 
@@ -540,24 +456,7 @@ impl Monitor {
     }
 }
 
-fn key_of(t: &Tuple) -> FlowKey {
-    let protocol = match t.transport {
-        Transport::Tcp => Protocol::Tcp,
-        Transport::Udp => Protocol::Udp,
-    };
-    FlowKey {
-        protocol,
-        local: t.local,
-        remote: t.remote,
-    }
-}
-
-fn transport_of(p: Protocol) -> Transport {
-    match p {
-        Protocol::Udp => Transport::Udp,
-        _ => Transport::Tcp,
-    }
-}
+crate::machine::machine_by_inherent_methods!(Monitor, Event);
 
 fn tag_of(m: &ServiceMatch) -> ServiceTag {
     ServiceTag {

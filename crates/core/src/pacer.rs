@@ -7,6 +7,11 @@
 
 use std::time::{Duration, Instant};
 
+/// The flow tracer's default probe rate (probes per second over all flows): a single trace
+/// goes out at once, and thousands of flows do not flood the path, nor the capture ring with
+/// their replies (BENCHMARKS.md: 10,000 flows without a limit overflow a 32 MiB ring).
+pub const FLOW_RATE: u32 = 10_000;
+
 /// A token bucket (see the module doc).
 #[derive(Debug, Clone)]
 pub struct Pacer {

@@ -35,23 +35,20 @@ pub enum StopReason {
     NothingToProbe,
 }
 
-impl StopReason {
-    /// The JSON / text name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::RemoteReached => "remote-reached",
-            Self::RemoteDistance => "remote-distance",
-            Self::StopAt => "stop-at",
-            Self::MaxMissing => "max-missing",
-            Self::MaxTtl => "max-ttl",
-            Self::Unreachable => "unreachable",
-            Self::FlowEnded => "flow-ended",
-            Self::FlowTimeout => "flow-timeout",
-            Self::Interrupted => "interrupted",
-            Self::NothingToProbe => "nothing-to-probe",
-        }
-    }
-}
+crate::names::names!(
+    StopReason,
+    "stop reason",
+    RemoteReached => "remote-reached",
+    RemoteDistance => "remote-distance",
+    StopAt => "stop-at",
+    MaxMissing => "max-missing",
+    MaxTtl => "max-ttl",
+    Unreachable => "unreachable",
+    FlowEnded => "flow-ended",
+    FlowTimeout => "flow-timeout",
+    Interrupted => "interrupted",
+    NothingToProbe => "nothing-to-probe",
+);
 
 /// One end of a flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,17 +73,14 @@ pub enum MatchSource {
     Prefix,
 }
 
-impl MatchSource {
-    /// The JSON / text name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Dns => "dns",
-            Self::TlsSni => "tls-sni",
-            Self::QuicSni => "quic-sni",
-            Self::Prefix => "prefix",
-        }
-    }
-}
+crate::names::names!(
+    MatchSource,
+    "match source",
+    Dns => "dns",
+    TlsSni => "tls-sni",
+    QuicSni => "quic-sni",
+    Prefix => "prefix",
+);
 
 /// Which service a flow belongs to, and what showed it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -122,6 +116,13 @@ pub struct FlowInfo {
     pub matched_by: Option<MatchSource>,
 }
 
+impl TraceResult {
+    /// The trace as a path graph (one flow: a chain of links where each TTL has one router).
+    pub fn graph(&self) -> crate::PathGraph {
+        crate::PathGraph::from_flow(&self.hops)
+    }
+}
+
 impl FlowInfo {
     /// The flow's 5-tuple.
     pub fn key(&self) -> FlowKey {
@@ -154,7 +155,7 @@ pub struct MplsEntry {
 }
 
 /// One probe and its reply (all reply fields are null for a probe nobody answered).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct ProbeReply {
     /// Who replied.
     pub addr: Option<IpAddr>,

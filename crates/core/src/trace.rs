@@ -104,6 +104,19 @@ struct Probe {
 }
 
 impl Probe {
+    /// A probe of TTL `ttl` not sent yet.
+    fn unsent(ttl: u8) -> Self {
+        Self {
+            ttl,
+            ident: 0,
+            shape: None,
+            state: ProbeState::NotSent,
+            sent_wall: None,
+            captured_wall: None,
+            reply: None,
+        }
+    }
+
     fn send_time(&self) -> Option<SystemTime> {
         self.captured_wall.or(self.sent_wall)
     }
@@ -195,15 +208,7 @@ impl Trace {
             hops * usize::from(cfg.probes_per_hop)
         };
         let probes = (0..count)
-            .map(|i| Probe {
-                ttl: cfg.first_ttl + (i / usize::from(cfg.probes_per_hop)) as u8,
-                ident: 0,
-                shape: None,
-                state: ProbeState::NotSent,
-                sent_wall: None,
-                captured_wall: None,
-                reply: None,
-            })
+            .map(|i| Probe::unsent(cfg.first_ttl + (i / usize::from(cfg.probes_per_hop)) as u8))
             .collect();
         let mut t = Self {
             key,
@@ -542,15 +547,7 @@ impl Trace {
     /// after the cursor move, and none of them has been sent, so the identification map and
     /// the `oldest` timer cursor stay valid.
     fn retry(&mut self, ttl: u8, now: Instant) {
-        let round = (0..self.probes_per_hop).map(|_| Probe {
-            ttl,
-            ident: 0,
-            shape: None,
-            state: ProbeState::NotSent,
-            sent_wall: None,
-            captured_wall: None,
-            reply: None,
-        });
+        let round = (0..self.probes_per_hop).map(|_| Probe::unsent(ttl));
         let at = self.cursor.min(self.probes.len());
         self.probes.splice(at..at, round);
         if let Some(used) = self.retries_used.get_mut(usize::from(ttl - self.first_ttl)) {

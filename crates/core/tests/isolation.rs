@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime};
 
 use svctr_core::{
-    Engine, Event, FlowKey, FlowSelector, Now, Protocol, StopReason, TraceConfig, TraceResult,
+    Engine, Event, FlowFilter, FlowKey, Now, Protocol, StopReason, TraceConfig, TraceResult,
     FLOW_SLOTS,
 };
 use svctr_wire::probe::{
@@ -173,10 +173,7 @@ fn run(protocol: Protocol, v6: bool, a: u8, b: u8) -> (TraceResult, TraceResult)
         local: SocketAddr::new(local(v6), 40000),
         remote: SocketAddr::new(remote(v6), 443),
     };
-    let selector = FlowSelector {
-        protocol,
-        ..FlowSelector::default()
-    };
+    let selector = FlowFilter::protocol(protocol);
     let mk = |slot: u8, first_ttl: u8, max_ttl: u8| Process {
         engine: Engine::new(
             TraceConfig {

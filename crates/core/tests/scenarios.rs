@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime};
 
 use svctr_core::{
-    Algorithm, Engine, Event, FlowKey, FlowSelector, Now, Protocol, StopReason, TraceConfig,
+    Algorithm, Engine, Event, FlowFilter, FlowKey, Now, Protocol, StopReason, TraceConfig,
     TraceResult, Transmit,
 };
 use svctr_wire::probe::{emit_tcp_v4, emit_udp_v4, Ipv4Fields, TcpFields, UdpFields};
@@ -70,7 +70,7 @@ fn key(proto: Protocol, lport: u16, rport: u16) -> FlowKey {
 }
 
 impl Sim {
-    fn new(cfg: TraceConfig, selector: FlowSelector, hops: Vec<HopKind>) -> Self {
+    fn new(cfg: TraceConfig, selector: FlowFilter, hops: Vec<HopKind>) -> Self {
         Self {
             engine: Engine::new(cfg, selector, vec![IpAddr::V4(LOCAL)]).expect("config"),
             t0: Instant::now(),
@@ -346,18 +346,18 @@ fn internet_checksum(data: &[u8]) -> u16 {
     !(sum as u16)
 }
 
-fn tcp_sel() -> FlowSelector {
-    FlowSelector {
-        protocol: Protocol::Tcp,
+fn tcp_sel() -> FlowFilter {
+    FlowFilter {
+        protocol: Some(Protocol::Tcp),
         remote_ip: Some(IpAddr::V4(REMOTE)),
         remote_port: Some(443),
         local_port: None,
     }
 }
 
-fn udp_sel() -> FlowSelector {
-    FlowSelector {
-        protocol: Protocol::Udp,
+fn udp_sel() -> FlowFilter {
+    FlowFilter {
+        protocol: Some(Protocol::Udp),
         remote_ip: Some(IpAddr::V4(REMOTE)),
         remote_port: Some(4433),
         local_port: None,
@@ -876,15 +876,13 @@ fn interrupt_reports_partial_traces() {
 
 #[test]
 fn count_limits_the_traced_flows() {
-    let cfg = TraceConfig {
-        max_flows: 2,
-        ..TraceConfig::default()
-    };
-    let sel = FlowSelector {
-        protocol: Protocol::Tcp,
-        ..FlowSelector::default()
+    let cfg = TraceConfig::default();
+    let sel = FlowFilter {
+        protocol: Some(Protocol::Tcp),
+        ..FlowFilter::default()
     };
     let mut sim = Sim::new(cfg, sel, vec![HopKind::Answers; 2]);
+    sim.engine.set_max_traces(2);
     for p in 0..5 {
         sim.tcp_flow(&key(Protocol::Tcp, 41000 + p, 443));
     }
@@ -896,9 +894,9 @@ fn count_limits_the_traced_flows() {
 #[test]
 fn thousands_of_flows_at_once_each_with_its_own_id_space() {
     let n = 3000u16;
-    let sel = FlowSelector {
-        protocol: Protocol::Tcp,
-        ..FlowSelector::default()
+    let sel = FlowFilter {
+        protocol: Some(Protocol::Tcp),
+        ..FlowFilter::default()
     };
     let mut sim = Sim::new(TraceConfig::default(), sel, vec![HopKind::Answers; 4]);
     for p in 0..n {
@@ -1125,9 +1123,9 @@ fn an_ipv6_connection_stuck_in_its_handshake_is_reported_not_traced() {
         Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 2),
         Ipv6Addr::new(0x2001, 0xdb8, 9, 0, 0, 0, 0, 2),
     );
-    let selector = FlowSelector {
-        protocol: Protocol::Tcp,
-        ..FlowSelector::default()
+    let selector = FlowFilter {
+        protocol: Some(Protocol::Tcp),
+        ..FlowFilter::default()
     };
     let mut engine = Engine::new(TraceConfig::default(), selector, vec![IpAddr::V6(l)]).unwrap();
     let mut b = Vec::new();

@@ -479,6 +479,7 @@ fn hops_stream_in_ttl_order_before_the_result() {
 fn ten_thousand_targets_at_once() {
     let mut net = Net::new(TracerouteConfig {
         probes_per_hop: 1,
+        parallel: 0, // all at once (the default starts 1024, the rest as those finish)
         ..cfg(Protocol::Udp, Strategy::Paris)
     });
     let now = net.now();
@@ -544,4 +545,48 @@ fn duplicate_and_mixed_family_targets_are_refused() {
     assert!(t
         .add_target(now, "2001:db8::9".parse().unwrap(), src_for(d))
         .is_err());
+}
+
+/// `parallel` bounds the traces in progress: the others wait and start, in the order they
+/// were added, as traces finish; every target gets its result.
+#[test]
+fn parallel_bounds_the_traces_in_progress() {
+    let mut net = Net::new(TracerouteConfig {
+        parallel: 2,
+        ..cfg(Protocol::Udp, Strategy::Paris)
+    });
+    let now = net.now();
+    let all = targets(false, 5);
+    for dst in &all {
+        net.engine
+            .add_target(now.mono, *dst, src_for(*dst))
+            .unwrap();
+    }
+    assert_eq!((net.engine.active(), net.engine.waiting()), (2, 3));
+    assert!(matches!(
+        net.engine.add_target(now.mono, all[4], src_for(all[4])),
+        Err(svctr_core::TargetError::Duplicate(_))
+    ));
+    net.run();
+    assert_eq!(net.results().len(), 5);
+    let started: Vec<IpAddr> = net
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            TracerouteEvent::Started { target, .. } => Some(*target),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(started, all, "started in the order added");
+    // Never more than 2 in progress: between a start and its result at most one other start.
+    let mut active = 0usize;
+    for e in &net.events {
+        match e {
+            TracerouteEvent::Started { .. } => active += 1,
+            TracerouteEvent::Finished(_) => active -= 1,
+            _ => {}
+        }
+        assert!(active <= 2);
+    }
+    assert!(svctr_core::Machine::is_done(&net.engine));
 }

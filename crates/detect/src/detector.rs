@@ -32,46 +32,12 @@ use std::time::{Duration, Instant};
 
 use etherparse::{LaxNetSlice, LaxSlicedPacket, TcpSlice, TransportSlice, UdpSlice};
 
+use svctr_wire::flow::{FlowKey, Protocol};
+
 use crate::dns::DnsCache;
 use crate::quic::{decrypt_initial, CryptoAssembler};
 use crate::signatures::Signatures;
 use crate::tls::{ClientHelloAssembler, Progress};
-
-/// Transport protocol of a flow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Transport {
-    /// TCP.
-    Tcp,
-    /// UDP.
-    Udp,
-}
-
-impl fmt::Display for Transport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Transport::Tcp => "tcp",
-            Transport::Udp => "udp",
-        })
-    }
-}
-
-/// A flow from this host's point of view.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Tuple {
-    /// TCP or UDP.
-    pub transport: Transport,
-    /// This host's end.
-    pub local: SocketAddr,
-    /// The other end.
-    pub remote: SocketAddr,
-}
-
-impl fmt::Display for Tuple {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {} -> {}", self.transport, self.local, self.remote)
-    }
-}
 
 /// How a flow was attributed to a service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -265,13 +231,13 @@ pub struct Detector {
     cfg: DetectorConfig,
     dns: DnsCache,
     stats: DetectorStats,
-    pending: HashMap<Tuple, Pending>,
+    pending: HashMap<FlowKey, Pending>,
     /// Creation order of `pending` (id -> tuple): the first is the oldest.
-    order: BTreeMap<u64, Tuple>,
+    order: BTreeMap<u64, FlowKey>,
     next_id: u64,
     /// Decided flows -> last packet seen.
-    finished: HashMap<Tuple, Instant>,
-    dns_streams: HashMap<Tuple, DnsStream>,
+    finished: HashMap<FlowKey, Instant>,
+    dns_streams: HashMap<FlowKey, DnsStream>,
     next_sweep: Option<Instant>,
 }
 
@@ -320,7 +286,7 @@ impl Detector {
         now: Instant,
         ip: &[u8],
         local: &[IpAddr],
-    ) -> Option<(Tuple, ServiceMatch)> {
+    ) -> Option<(FlowKey, ServiceMatch)> {
         self.stats.packets += 1;
         let Ok(pkt) = LaxSlicedPacket::from_ip(ip) else {
             self.stats.unparsed += 1;
@@ -376,7 +342,7 @@ impl Detector {
     /// What DNS answers and prefixes say about a flow now: the first name (in chain order)
     /// of `names_of(remote ip)` that matches a service, else the prefix of the remote
     /// address. DNS is preferred over a prefix.
-    pub fn lookup(&self, now: Instant, flow: &Tuple) -> Option<ServiceMatch> {
+    pub fn lookup(&self, now: Instant, flow: &FlowKey) -> Option<ServiceMatch> {
         let ip = flow.remote.ip().to_canonical();
         if self.cfg.dns {
             let mut service = None;
@@ -466,22 +432,22 @@ impl Detector {
         self.cfg.pending_timeout.max(Duration::from_secs(60))
     }
 
-    fn tuple(transport: Transport, src: SocketAddr, dst: SocketAddr, dir: Dir) -> Tuple {
+    fn tuple(protocol: Protocol, src: SocketAddr, dst: SocketAddr, dir: Dir) -> FlowKey {
         match dir {
-            Dir::Out => Tuple {
-                transport,
+            Dir::Out => FlowKey {
+                protocol,
                 local: src,
                 remote: dst,
             },
-            Dir::In => Tuple {
-                transport,
+            Dir::In => FlowKey {
+                protocol,
                 local: dst,
                 remote: src,
             },
         }
     }
 
-    fn handle_udp(&mut self, m: &Meta, udp: &UdpSlice<'_>) -> Option<(Tuple, ServiceMatch)> {
+    fn handle_udp(&mut self, m: &Meta, udp: &UdpSlice<'_>) -> Option<(FlowKey, ServiceMatch)> {
         let Meta {
             now,
             src,
@@ -516,7 +482,7 @@ impl Detector {
             return None;
         }
         let tuple = Self::tuple(
-            Transport::Udp,
+            Protocol::Udp,
             SocketAddr::new(src, udp.source_port()),
             SocketAddr::new(dst, udp.destination_port()),
             dir,
@@ -618,7 +584,7 @@ impl Detector {
         }
     }
 
-    fn handle_tcp(&mut self, m: &Meta, tcp: &TcpSlice<'_>) -> Option<(Tuple, ServiceMatch)> {
+    fn handle_tcp(&mut self, m: &Meta, tcp: &TcpSlice<'_>) -> Option<(FlowKey, ServiceMatch)> {
         let Meta {
             now,
             src,
@@ -628,7 +594,7 @@ impl Detector {
             ..
         } = *m;
         let tuple = Self::tuple(
-            Transport::Tcp,
+            Protocol::Tcp,
             SocketAddr::new(src, tcp.source_port()),
             SocketAddr::new(dst, tcp.destination_port()),
             dir,
@@ -723,10 +689,10 @@ impl Detector {
 
     fn classify(
         &mut self,
-        tuple: Tuple,
+        tuple: FlowKey,
         sni: Option<String>,
         source: Source,
-    ) -> Option<(Tuple, ServiceMatch)> {
+    ) -> Option<(FlowKey, ServiceMatch)> {
         let Some(sni) = sni else {
             self.stats.sni_absent += 1;
             return None;
@@ -760,7 +726,7 @@ impl Detector {
 
     /// DNS over TCP (RFC 1035 §4.2.2, RFC 7766): messages prefixed by a 2-byte length. Only
     /// in-order data is used; a gap drops the connection's buffer (the framing is lost).
-    fn dns_tcp(&mut self, now: Instant, tuple: Tuple, tcp: &TcpSlice<'_>) {
+    fn dns_tcp(&mut self, now: Instant, tuple: FlowKey, tcp: &TcpSlice<'_>) {
         let seq = tcp.sequence_number();
         if tcp.rst() || tcp.fin() && tcp.payload().is_empty() {
             self.dns_streams.remove(&tuple);
@@ -842,7 +808,7 @@ impl Detector {
     }
 
     /// Inserts or replaces the pending state of `tuple` (keeping its age when it exists).
-    fn set_pending(&mut self, now: Instant, tuple: Tuple, kind: Kind) {
+    fn set_pending(&mut self, now: Instant, tuple: FlowKey, kind: Kind) {
         if let Some(p) = self.pending.get_mut(&tuple) {
             p.kind = kind;
             return;
@@ -871,14 +837,14 @@ impl Detector {
         }
     }
 
-    fn drop_pending(&mut self, tuple: &Tuple) {
+    fn drop_pending(&mut self, tuple: &FlowKey) {
         if let Some(p) = self.pending.remove(tuple) {
             self.order.remove(&p.id);
         }
     }
 
     /// The flow is decided: release its reassembly and remember it (bounded).
-    fn finish(&mut self, now: Instant, tuple: Tuple) {
+    fn finish(&mut self, now: Instant, tuple: FlowKey) {
         self.drop_pending(&tuple);
         let cap = self.cfg.max_pending.max(1).saturating_mul(4);
         if self.finished.len() >= cap {
@@ -945,9 +911,9 @@ prefixes = ["198.51.100.0/24", "2001:db8::20/128"]
         Detector::new(sigs(), DetectorConfig::default())
     }
 
-    fn out_tuple(t: Transport, lport: u16, rport: u16) -> Tuple {
-        Tuple {
-            transport: t,
+    fn out_tuple(t: Protocol, lport: u16, rport: u16) -> FlowKey {
+        FlowKey {
+            protocol: t,
             local: SocketAddr::new(IpAddr::from(ME4), lport),
             remote: SocketAddr::new(IpAddr::from(PEER4), rport),
         }
@@ -990,7 +956,7 @@ prefixes = ["198.51.100.0/24", "2001:db8::20/128"]
         assert_eq!(
             got,
             Some((
-                out_tuple(Transport::Tcp, 40000, 443),
+                out_tuple(Protocol::Tcp, 40000, 443),
                 sni_match("YouTube", "r4---sn-abc.googlevideo.com", Source::TlsSni)
             ))
         );
@@ -1030,8 +996,8 @@ prefixes = ["198.51.100.0/24", "2001:db8::20/128"]
         );
         assert_eq!(
             got.map(|g| g.0),
-            Some(Tuple {
-                transport: Transport::Tcp,
+            Some(FlowKey {
+                protocol: Protocol::Tcp,
                 local: "192.0.2.10:443".parse().unwrap(),
                 remote: "198.51.100.20:51000".parse().unwrap(),
             })
@@ -1175,7 +1141,7 @@ prefixes = ["198.51.100.0/24", "2001:db8::20/128"]
             assert_eq!(
                 got,
                 Some((
-                    out_tuple(Transport::Udp, 50000, 443),
+                    out_tuple(Protocol::Udp, 50000, 443),
                     sni_match("Example", "example.com", Source::QuicSni)
                 )),
                 "v{v}"
@@ -1340,9 +1306,9 @@ prefixes = ["198.51.100.0/24", "2001:db8::20/128"]
             None
         );
         assert_eq!(d.stats().dns_addresses, 1);
-        let flow = Tuple {
+        let flow = FlowKey {
             remote: "203.0.113.7:443".parse().unwrap(),
-            ..out_tuple(Transport::Tcp, 1, 443)
+            ..out_tuple(Protocol::Tcp, 1, 443)
         };
         assert_eq!(
             d.lookup(t0, &flow),
@@ -1351,7 +1317,7 @@ prefixes = ["198.51.100.0/24", "2001:db8::20/128"]
         // after the TTL: nothing
         assert_eq!(d.lookup(t0 + Duration::from_secs(60), &flow), None);
         // a prefix match; DNS wins over it when both match
-        let nf = out_tuple(Transport::Tcp, 1, 443);
+        let nf = out_tuple(Protocol::Tcp, 1, 443);
         assert_eq!(d.lookup(t0, &nf).unwrap().source, Source::Prefix);
         assert_eq!(d.lookup(t0, &nf).unwrap().name, None);
         let msg = dns_response(&[("video.example.test", 60, PEER4)], &[]);
@@ -1363,7 +1329,7 @@ prefixes = ["198.51.100.0/24", "2001:db8::20/128"]
         // a DNS name that matches nothing falls back to the prefix
         let msg = dns_response(&[("nothing.test", 60, [198, 51, 100, 21])], &[]);
         d.handle_packet(t0, &udp4(resolver, ME4, 53, 33333, &msg), &local());
-        let nf2 = Tuple {
+        let nf2 = FlowKey {
             remote: "198.51.100.21:443".parse().unwrap(),
             ..nf
         };
@@ -1528,7 +1494,7 @@ prefixes = ["198.51.100.0/24", "2001:db8::20/128"]
 
     #[test]
     fn display_and_serde() {
-        let t = out_tuple(Transport::Udp, 5, 443);
+        let t = out_tuple(Protocol::Udp, 5, 443);
         assert_eq!(t.to_string(), "udp 192.0.2.10:5 -> 198.51.100.20:443");
         for (s, j) in [
             (Source::Dns, "\"dns\""),
@@ -1540,10 +1506,10 @@ prefixes = ["198.51.100.0/24", "2001:db8::20/128"]
             assert_eq!(format!("\"{s}\""), j);
             assert_eq!(serde_json::from_str::<Source>(j).unwrap(), s);
         }
-        assert_eq!(serde_json::to_string(&Transport::Tcp).unwrap(), "\"tcp\"");
+        assert_eq!(serde_json::to_string(&Protocol::Tcp).unwrap(), "\"tcp\"");
         assert_eq!(
-            serde_json::from_str::<Transport>("\"udp\"").unwrap(),
-            Transport::Udp
+            serde_json::from_str::<Protocol>("\"udp\"").unwrap(),
+            Protocol::Udp
         );
     }
 }

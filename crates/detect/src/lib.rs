@@ -37,7 +37,7 @@
 //! ```
 //! use std::net::IpAddr;
 //! use std::time::Instant;
-//! use svctr_detect::{Detector, DetectorConfig, Signatures, Source, Transport, Tuple};
+//! use svctr_detect::{Detector, DetectorConfig, FlowKey, Protocol, Signatures, Source};
 //!
 //! let sigs = Signatures::from_toml_str(
 //!     r#"
@@ -74,8 +74,8 @@
 //! assert_eq!(det.handle_packet(now, &ip, &[me]), None); // DNS alone classifies no flow...
 //!
 //! // ...but every later flow to that address is known to belong to my-cdn.
-//! let flow = Tuple {
-//!     transport: Transport::Tcp,
+//! let flow = FlowKey {
+//!     protocol: Protocol::Tcp,
 //!     local: "192.0.2.10:40000".parse().unwrap(),
 //!     remote: "198.51.100.80:443".parse().unwrap(),
 //! };
@@ -83,7 +83,7 @@
 //! assert_eq!((&*m.service, m.name.as_deref(), m.source), ("my-cdn", Some("video.cdn.example"), Source::Dns));
 //!
 //! // An address in the service's prefix needs no DNS at all.
-//! let other = Tuple { remote: "203.0.113.9:443".parse().unwrap(), ..flow };
+//! let other = FlowKey { remote: "203.0.113.9:443".parse().unwrap(), ..flow };
 //! assert_eq!(det.lookup(now, &other).unwrap().source, Source::Prefix);
 //! ```
 
@@ -101,12 +101,12 @@ mod no_panic;
 #[cfg(test)]
 mod testdata;
 
-pub use detector::{
-    Detector, DetectorConfig, DetectorStats, ServiceMatch, Source, Transport, Tuple,
-};
+pub use detector::{Detector, DetectorConfig, DetectorStats, ServiceMatch, Source};
 pub use dns::{DnsCache, DnsError};
 pub use quic::{decrypt_initial, CryptoAssembler, InitialPacket, QuicError, QuicVersion};
 pub use signatures::{
     Service, ServiceSpec, SignatureError, Signatures, BUILTIN_SIGNATURES, FORMAT_VERSION,
 };
+/// Flows are named as everywhere in service-traceroute (re-exported from `svctr-wire`).
+pub use svctr_wire::flow::{FlowKey, Protocol};
 pub use tls::{sni_from_handshake, ClientHelloAssembler, Progress, TlsError};

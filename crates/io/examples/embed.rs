@@ -17,7 +17,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use svctr_core::{
-    Algorithm, FlowSelector, MonitorConfig, Protocol, Signatures, TraceConfig, TraceResult,
+    Algorithm, FlowFilter, MonitorConfig, Protocol, Signatures, TraceConfig, TraceResult,
 };
 use svctr_io::{spawn_monitor, trace_flows, FlowTraceOptions, MonitorOptions};
 
@@ -78,8 +78,8 @@ fn usage() -> ExitCode {
 fn trace_one(iface: &str, remote: SocketAddr) -> ExitCode {
     let opts = FlowTraceOptions {
         iface: iface.to_string(),
-        selector: FlowSelector {
-            protocol: Protocol::Tcp,
+        filter: FlowFilter {
+            protocol: Some(Protocol::Tcp),
             remote_ip: Some(remote.ip()),
             remote_port: Some(remote.port()),
             local_port: None,
@@ -88,7 +88,7 @@ fn trace_one(iface: &str, remote: SocketAddr) -> ExitCode {
             algorithm: Algorithm::Concurrent,
             ..TraceConfig::default()
         },
-        count: 1,
+        max_traces: 1,
         duration: Some(Duration::from_secs(30)),
         udp_shield: true,
     };

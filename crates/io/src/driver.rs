@@ -1,22 +1,22 @@
-//! The run loop of the flow tracer and the service monitor: two captures → monitor → raw
-//! sockets, with `poll(2)` on the captures' descriptors so the loop sleeps exactly until the
-//! next packet, the monitor's next timer, or the next token of the probe rate.
+//! The flow tracer and the service monitor, live: the [`Monitor`] on the run loop (see the
+//! run module) with its captures (the flow capture, the detection capture when services are
+//! named, and the fast lane, opened when first needed) and its hooks (results, the UDP shield,
+//! the fast lane).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
-use std::os::fd::BorrowedFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant, SystemTime};
 
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use svctr_core::{
-    Event, FlowKey, FlowSelector, Granularity, Monitor, MonitorConfig, MonitorStats, NotTraced,
-    Now, Pacer, Protocol, TraceConfig, TraceResult,
+    Event, FlowFilter, FlowKey, Granularity, Monitor, MonitorConfig, MonitorStats, NotTraced,
+    Protocol, TraceConfig, TraceResult,
 };
 
 use crate::capture::{Capture, Delivery, DETECTION_SNAPLEN, SNAPLEN};
 use crate::filter::{detection_filter, flow_filter, lane_filter, DetectionSources, LANE_FLOWS};
 use crate::iface::interface_addresses;
+use crate::run::{Hooks, Limits, Source, Sources};
 use crate::sender::RawSockets;
 use crate::shield::{Guarded, Shield};
 use crate::Error;
@@ -28,11 +28,11 @@ pub struct FlowTraceOptions {
     /// Interface to capture on and send from.
     pub iface: String,
     /// Which flows.
-    pub selector: FlowSelector,
+    pub filter: FlowFilter,
     /// Trace parameters.
     pub trace: TraceConfig,
-    /// Stop after this many traced flows (0: until `duration` or the stop flag).
-    pub count: usize,
+    /// Stop after this many traces (0: until `duration` or the stop flag).
+    pub max_traces: usize,
     /// Stop selecting new flows after this long; in-flight traces finish.
     pub duration: Option<Duration>,
     /// Install the nftables rule that keeps ICMP errors caused by UDP probes away from the
@@ -65,11 +65,11 @@ impl From<&FlowTraceOptions> for MonitorOptions {
             iface: o.iface.clone(),
             config: MonitorConfig {
                 trace: o.trace.clone(),
-                filter: o.selector.into(),
+                filter: o.filter,
                 services: None,
                 granularity: Granularity::Flow,
                 retrace_after: None,
-                max_traces: o.count,
+                max_traces: o.max_traces,
                 ..MonitorConfig::default()
             },
             duration: o.duration,
@@ -121,10 +121,6 @@ fn describe(cfg: &MonitorConfig) -> String {
     s
 }
 
-/// The longest the loop sleeps, so the stop flag and the duration are noticed promptly.
-const MAX_SLEEP: Duration = Duration::from_millis(50);
-/// Packets read from a capture per loop turn: timers and probes are served in between.
-pub(crate) const DRAIN_MAX: usize = 4096;
 /// Kernel ring of the flow capture: room for a second or more of the packets of thousands of
 /// flows, their probes and replies (~70,000 packets of up to the snap length), so that a busy
 /// machine's scheduling hiccups lose nothing...
@@ -157,7 +153,7 @@ pub fn trace_flows(
 pub fn monitor(
     opts: &MonitorOptions,
     stop: &AtomicBool,
-    mut on_result: impl FnMut(TraceResult),
+    on_result: impl FnMut(TraceResult),
 ) -> Result<RunSummary, Error> {
     let cfg = &opts.config;
     let mut local = interface_addresses(&opts.iface)?;
@@ -167,6 +163,18 @@ pub fn monitor(
     if local.is_empty() {
         return Err(Error::NoAddress(opts.iface.clone()));
     }
+    // This process's slot, held until the run ends: the kernel filter and the engine take only
+    // replies that carry it (see the reserve module).
+    let (slot, _slot_reservation) = crate::reserve::flow_slot()?;
+    let mut mcfg = cfg.clone();
+    mcfg.trace.ident_seed = seed();
+    mcfg.trace.slot = slot;
+    if !opts.udp_shield {
+        // Copies of a SYN are harmless only behind the shield (see the shield module).
+        mcfg.trace.handshake_wait = Duration::ZERO;
+    }
+    // The configuration is checked here, once, before anything needs privileges.
+    let mut mon = Monitor::new(mcfg, local.clone())?;
     // The raw sockets first: their EPERM is the clearest privilege error.
     let sender = RawSockets::open(
         Some(&opts.iface),
@@ -181,182 +189,59 @@ pub fn monitor(
             FLOW_RING
         });
     let ring = i32::try_from(ring).unwrap_or(i32::MAX);
-    // This process's slot, held until the run ends: the kernel filter and the engine take only
-    // replies that carry it (see the reserve module).
-    let (slot, _slot_reservation) = crate::reserve::flow_slot()?;
-    let mut capture = Capture::open_with(
-        &opts.iface,
-        &flow_filter(&cfg.filter, &local, slot),
-        SNAPLEN,
-        ring,
-        BATCHED,
-    )?;
-    let mut detection = match &cfg.services {
-        Some(_) => {
-            let what = DetectionSources {
-                dns: cfg.detector.dns,
-                tls: cfg.detector.tls,
-                quic: cfg.detector.quic,
-            };
-            match detection_filter(&cfg.filter, &local, what) {
-                Some(f) => Some(Capture::open_with(
-                    &opts.iface,
-                    &f,
-                    DETECTION_SNAPLEN,
-                    DETECTION_RING,
-                    BATCHED,
-                )?),
-                None => None,
-            }
-        }
-        None => None,
+    let mut sources = Sources::new();
+    let flow_capture = sources.add(Source {
+        cap: Capture::open_with(
+            &opts.iface,
+            &flow_filter(&cfg.filter, &local, slot),
+            SNAPLEN,
+            ring,
+            BATCHED,
+        )?,
+        feed: Monitor::handle_packet,
+        paced: true,
+    });
+    let what = DetectionSources {
+        dns: cfg.detector.dns,
+        tls: cfg.detector.tls,
+        quic: cfg.detector.quic,
     };
-    let mut lane = Lane::new(&opts.iface);
-    let mut shield = Shield::new();
-    let mut shielded = Shielded::default();
-    let mut not_traced = Vec::new();
-    let mut mcfg = cfg.clone();
-    mcfg.trace.ident_seed = seed();
-    mcfg.trace.slot = slot;
-    if !opts.udp_shield {
-        // Copies of a SYN are harmless only behind the shield (see the shield module).
-        mcfg.trace.handshake_wait = Duration::ZERO;
-    }
-    let mut mon = Monitor::new(mcfg, local).map_err(|e| Error::Unsupported(e.to_string()))?;
-    let mut pacer = Pacer::new(opts.rate);
-
-    let started = Instant::now();
-    let mut traced = 0usize;
-    let mut buf = Vec::with_capacity(128);
-    let mut selecting = true;
-    let mut interrupted = false;
-    let mut peak_traces = 0;
-    loop {
-        let t = now();
-        if stop.load(Ordering::Relaxed) && !interrupted {
-            interrupted = true;
-            mon.interrupt(t);
-        }
-        if selecting && opts.duration.is_some_and(|d| t.mono >= started + d) {
-            selecting = false;
-            mon.stop_selecting();
-        }
-        if let Some(d) = &mut detection {
-            d.drain(DRAIN_MAX, |_, ip| {
-                mon.handle_detection_packet(Instant::now(), ip)
-            })
-            .map_err(|e| Error::Capture {
-                iface: opts.iface.clone(),
-                source: e,
-            })?;
-        }
-        let read = capture
-            .drain(DRAIN_MAX, |ts, ip| {
-                mon.handle_packet(Instant::now(), ts, ip)
-            })
-            .map_err(|e| Error::Capture {
-                iface: opts.iface.clone(),
-                source: e,
-            })?;
-        // Back-pressure: while the capture holds more than one turn's worth, send nothing new
-        // (every probe adds its own capture and a reply to read); the ring drains first. So a
-        // slower machine or build sends slower instead of overflowing the ring with replies.
-        let backlog = read >= DRAIN_MAX;
-        if let Some(cap) = &mut lane.cap {
-            cap.drain(DRAIN_MAX, |ts, ip| {
-                mon.handle_packet(Instant::now(), ts, ip)
-            })
-            .map_err(|e| Error::Capture {
-                iface: opts.iface.clone(),
-                source: e,
-            })?;
-        }
-        let t = now();
-        mon.handle_timeout(t);
-        // Events before probes: a UDP flow's shield must be in place before its first probe.
-        let mut events = Events {
-            shielded: &mut shielded,
-            lane: &mut lane,
-            traced: &mut traced,
-            not_traced: &mut not_traced,
-            on_result: &mut on_result,
-        };
-        events.handle(&mut mon);
-        if opts.udp_shield {
-            shield.protect(&shielded.started)?;
-        }
-        shielded.started.clear();
-        while !backlog && pacer.next_at(t.mono).is_none() {
-            let Some(tx) = mon.poll_transmit(t, &mut buf) else {
-                break;
-            };
-            pacer.try_take(t.mono);
-            if let Err(e) = sender.send(tx.dst, &buf[..tx.len]) {
-                mon.handle_send_error(t, &tx.flow, tx.ident, e.to_string());
-            }
-        }
-        Events {
-            shielded: &mut shielded,
-            lane: &mut lane,
-            traced: &mut traced,
-            not_traced: &mut not_traced,
-            on_result: &mut on_result,
-        }
-        .handle(&mut mon);
-        if opts.udp_shield {
-            shield.release(&shielded.finished, t.mono);
-            shield.expire(t.mono)?;
-        }
-        shielded.finished.clear();
-        lane.update(t.mono)?;
-
-        peak_traces = peak_traces.max(mon.engine().active_traces());
-        if mon.is_idle() && (interrupted || !selecting || !mon.is_selecting()) {
-            break;
-        }
-        let t = Instant::now();
-        let mut wake = t + MAX_SLEEP;
-        if let Some(at) = mon.poll_timeout() {
-            wake = wake.min(at);
-        }
-        if let Some(at) = lane.next_work() {
-            wake = wake.min(at);
-        }
-        if mon.has_pending_transmit() {
-            // Probes are due: as soon as the rate allows (at once without a limit).
-            wake = wake.min(pacer.next_at(t).unwrap_or(t));
-        }
-        let sleep = if backlog {
-            Duration::ZERO
-        } else {
-            wake.saturating_duration_since(t)
-        };
-        if !sleep.is_zero() {
-            let mut fds = vec![capture.fd()];
-            if let Some(c) = &lane.cap {
-                fds.push(c.fd());
-            }
-            if let Some(d) = &detection {
-                fds.push(d.fd());
-            }
-            wait_readable(&fds, sleep);
-        }
-    }
-    let drops = capture.drops()
-        + lane.cap.as_mut().map_or(0, Capture::drops)
-        + detection.as_mut().map_or(0, Capture::drops);
+    let detection = match (&cfg.services, detection_filter(&cfg.filter, &local, what)) {
+        (Some(_), Some(f)) => Some(sources.add(Source {
+            cap: Capture::open_with(&opts.iface, &f, DETECTION_SNAPLEN, DETECTION_RING, BATCHED)?,
+            feed: |m: &mut Monitor, now, _ts, packet| m.handle_detection_packet(now, packet),
+            paced: false,
+        })),
+        _ => None,
+    };
+    let mut hooks = MonitorHooks {
+        lane: Lane::new(&opts.iface),
+        shield: opts.udp_shield.then(Shield::new),
+        shielded: Shielded::default(),
+        traced: 0,
+        active: 0,
+        peak_traces: 0,
+        not_traced: Vec::new(),
+        on_result,
+    };
+    let limits = Limits {
+        iface: &opts.iface,
+        rate: opts.rate,
+        duration: opts.duration,
+        stop,
+    };
+    let end = crate::run::run(&mut mon, sources, &sender, &limits, &mut hooks)?;
+    let received = |id: Option<usize>| id.and_then(|i| end.received.get(i).copied()).unwrap_or(0);
     let summary = RunSummary {
-        traced,
+        traced: hooks.traced,
         stats: mon.stats(),
-        capture_drops: drops,
-        captured: capture.received() + lane.cap.as_mut().map_or(0, Capture::received),
-        detection_captured: detection.as_mut().map_or(0, Capture::received),
-        peak_traces,
-        not_traced,
+        capture_drops: end.dropped,
+        captured: received(Some(flow_capture)) + received(hooks.lane.source),
+        detection_captured: received(detection),
+        peak_traces: hooks.peak_traces,
+        not_traced: hooks.not_traced,
     };
-    // Closing a packet socket waits for an RCU grace period (~20 ms): close them side by side.
-    close_together([Some(capture), lane.cap.take(), detection]);
-    if traced == 0 && !interrupted {
+    if summary.traced == 0 && !end.interrupted {
         if let Some(d) = opts.duration {
             if summary.stats.flows_watched == 0 {
                 return Err(Error::NothingMatched {
@@ -369,13 +254,78 @@ pub fn monitor(
     Ok(summary)
 }
 
-/// Closes captures in parallel threads and waits for all.
-fn close_together<const N: usize>(caps: [Option<Capture>; N]) {
-    std::thread::scope(|s| {
-        for c in caps.into_iter().flatten() {
-            s.spawn(move || drop(c));
+/// What the monitor's run does with its events: results out, the shield up for the traces
+/// that need it, the fast lane for the flows waiting.
+struct MonitorHooks<F> {
+    lane: Lane,
+    shield: Option<Shield>,
+    shielded: Shielded,
+    traced: usize,
+    /// Traces in progress, and the most at once.
+    active: usize,
+    peak_traces: usize,
+    not_traced: Vec<(FlowKey, NotTraced)>,
+    on_result: F,
+}
+
+impl<F: FnMut(TraceResult)> Hooks<Monitor> for MonitorHooks<F> {
+    fn on_event(&mut self, ev: Event) -> Result<(), Error> {
+        match ev {
+            Event::FlowSelected(flow) => self.lane.add(flow, Instant::now()),
+            Event::FlowForgotten(flow) => self.lane.remove(&flow),
+            Event::FlowNotTraced { flow, reason } if self.not_traced.len() < NOT_TRACED_KEPT => {
+                self.not_traced.push((flow, reason));
+            }
+            Event::TraceStarted {
+                flow, syn_copy_of, ..
+            } => {
+                self.lane.remove(&flow);
+                self.active += 1;
+                self.peak_traces = self.peak_traces.max(self.active);
+                let guard = match (flow.protocol, syn_copy_of) {
+                    (Protocol::Udp, _) => Some(Guarded::Udp(flow)),
+                    (Protocol::Tcp, Some(seq)) => Some(Guarded::SynCopies(flow, seq)),
+                    _ => None,
+                };
+                if let Some(g) = guard {
+                    self.shielded.active.insert(flow, g);
+                    self.shielded.started.push(g);
+                }
+            }
+            Event::TraceFinished(r) => {
+                if let Some(g) = self.shielded.active.remove(&r.flow.key()) {
+                    self.shielded.finished.push(g);
+                }
+                self.traced += 1;
+                self.active = self.active.saturating_sub(1);
+                (self.on_result)(*r);
+            }
+            _ => {}
         }
-    });
+        Ok(())
+    }
+
+    /// A flow's shield must be in place before its first probe.
+    fn before_send(&mut self, _now: Instant) -> Result<(), Error> {
+        if let Some(shield) = &mut self.shield {
+            shield.protect(&self.shielded.started)?;
+        }
+        self.shielded.started.clear();
+        Ok(())
+    }
+
+    fn after_turn(&mut self, now: Instant, sources: &mut Sources<Monitor>) -> Result<(), Error> {
+        if let Some(shield) = &mut self.shield {
+            shield.release(&self.shielded.finished, now);
+            shield.expire(now)?;
+        }
+        self.shielded.finished.clear();
+        self.lane.update(now, sources)
+    }
+
+    fn next_wake(&self) -> Option<Instant> {
+        self.lane.next_work()
+    }
 }
 
 /// Kernel ring of the fast lane (a few flows' packets at a time).
@@ -392,7 +342,8 @@ const LANE_OPEN_AFTER: Duration = Duration::from_millis(20);
 /// needed.
 struct Lane {
     iface: String,
-    cap: Option<Capture>,
+    /// Its place among the run's captures, once open.
+    source: Option<usize>,
     /// Flows waiting, with the instant they began to, in that order (with flows since gone:
     /// see `member`).
     waiting: VecDeque<(FlowKey, Instant)>,
@@ -407,7 +358,7 @@ impl Lane {
     fn new(iface: &str) -> Self {
         Self {
             iface: iface.to_string(),
-            cap: None,
+            source: None,
             waiting: VecDeque::new(),
             member: HashSet::new(),
             shown: Vec::new(),
@@ -434,7 +385,7 @@ impl Lane {
         if !self.dirty {
             return None;
         }
-        match (&self.cap, self.waiting.front()) {
+        match (&self.source, self.waiting.front()) {
             (None, Some((_, since))) => Some(*since + LANE_OPEN_AFTER),
             (None, None) => None,
             (Some(_), _) => Some(self.next_update),
@@ -443,7 +394,7 @@ impl Lane {
 
     /// Installs the filter for the first waiting flows if they changed (rate-limited), opening
     /// the capture the first time a flow has waited [`LANE_OPEN_AFTER`].
-    fn update(&mut self, now: Instant) -> Result<(), Error> {
+    fn update(&mut self, now: Instant, sources: &mut Sources<Monitor>) -> Result<(), Error> {
         while self
             .waiting
             .front()
@@ -454,22 +405,31 @@ impl Lane {
         if !self.dirty || now < self.next_update {
             return Ok(());
         }
-        let cap = match &mut self.cap {
-            Some(c) => c,
+        let id = match self.source {
+            Some(id) => id,
             None if self
                 .waiting
                 .front()
                 .is_some_and(|(_, since)| now >= *since + LANE_OPEN_AFTER) =>
             {
-                self.cap.insert(Capture::open_with(
+                let cap = Capture::open_with(
                     &self.iface,
                     &lane_filter(&[]),
                     SNAPLEN,
                     LANE_RING,
                     BATCHED,
-                )?)
+                )?;
+                let id = sources.add(Source {
+                    cap,
+                    feed: Monitor::handle_packet,
+                    paced: false,
+                });
+                *self.source.insert(id)
             }
             None => return Ok(()),
+        };
+        let Some(lane) = sources.get_mut(id) else {
+            return Ok(());
         };
         self.shown = self
             .waiting
@@ -479,7 +439,7 @@ impl Lane {
             .take(LANE_FLOWS)
             .collect();
         let t = Instant::now();
-        cap.set_filter(&lane_filter(&self.shown))?;
+        lane.cap.set_filter(&lane_filter(&self.shown))?;
         // Compiling the filter costs milliseconds with many servers: wait ten times what it
         // took before the next update, so the lane never takes more than a tenth of a core.
         self.dirty = false;
@@ -499,72 +459,6 @@ struct Shielded {
 
 /// Flows reported as not traced: at most this many are kept for the summary.
 const NOT_TRACED_KEPT: usize = 16;
-
-/// What the loop does with the monitor's events.
-struct Events<'a, F> {
-    shielded: &'a mut Shielded,
-    lane: &'a mut Lane,
-    traced: &'a mut usize,
-    not_traced: &'a mut Vec<(FlowKey, NotTraced)>,
-    on_result: &'a mut F,
-}
-
-impl<F: FnMut(TraceResult)> Events<'_, F> {
-    fn handle(&mut self, mon: &mut Monitor) {
-        while let Some(ev) = mon.poll_event() {
-            match ev {
-                Event::FlowSelected(flow) => self.lane.add(flow, Instant::now()),
-                Event::FlowForgotten(flow) => self.lane.remove(&flow),
-                Event::FlowNotTraced { flow, reason }
-                    if self.not_traced.len() < NOT_TRACED_KEPT =>
-                {
-                    self.not_traced.push((flow, reason));
-                }
-                Event::TraceStarted {
-                    flow, syn_copy_of, ..
-                } => {
-                    self.lane.remove(&flow);
-                    let guard = match (flow.protocol, syn_copy_of) {
-                        (Protocol::Udp, _) => Some(Guarded::Udp(flow)),
-                        (Protocol::Tcp, Some(seq)) => Some(Guarded::SynCopies(flow, seq)),
-                        _ => None,
-                    };
-                    if let Some(g) = guard {
-                        self.shielded.active.insert(flow, g);
-                        self.shielded.started.push(g);
-                    }
-                }
-                Event::TraceFinished(r) => {
-                    if let Some(g) = self.shielded.active.remove(&r.flow.key()) {
-                        self.shielded.finished.push(g);
-                    }
-                    *self.traced += 1;
-                    (self.on_result)(*r);
-                }
-                _ => {}
-            }
-        }
-    }
-}
-
-fn now() -> Now {
-    Now {
-        mono: Instant::now(),
-        wall: SystemTime::now(),
-    }
-}
-
-/// Sleeps until one of `fds` is readable or `d` has passed.
-pub(crate) fn wait_readable(fds: &[BorrowedFd<'_>], d: Duration) {
-    // poll(2) takes milliseconds: round up, so a sub-millisecond wait is a real wait.
-    let ms = u16::try_from(d.as_micros().div_ceil(1000).max(1)).unwrap_or(u16::MAX);
-    let mut pfds: Vec<PollFd<'_>> = fds
-        .iter()
-        .map(|fd| PollFd::new(*fd, PollFlags::POLLIN))
-        .collect();
-    // EINTR (a signal) just ends the wait early: the loop checks the stop flag.
-    let _ = poll(&mut pfds, PollTimeout::from(ms));
-}
 
 /// A per-run seed for probe identifications (no RNG dependency: time and pid are enough to
 /// make two runs differ).

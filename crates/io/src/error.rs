@@ -58,6 +58,9 @@ pub enum Error {
     /// by another process.
     #[error("{0}")]
     Busy(String),
+    /// Trace parameters that cannot work together.
+    #[error(transparent)]
+    Config(#[from] svctr_core::ConfigError),
     /// Something this version cannot do.
     #[error("{0}")]
     Unsupported(String),

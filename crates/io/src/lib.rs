@@ -1,22 +1,29 @@
 //! The live driver of service-traceroute: connects the sans-IO engines of `svctr-core` (the
 //! flow tracer and service [`svctr_core::Monitor`], the classic/Paris/Dublin
-//! [`svctr_core::Traceroute`]) to libpcap captures (kernel BPF filters, immediate mode, kernel
-//! timestamps) and to raw IPv4/IPv6 sockets that send the probes.
+//! [`svctr_core::Traceroute`]) to libpcap captures (kernel BPF filters, block or immediate
+//! delivery, kernel timestamps) and to raw IPv4/IPv6 sockets that send the probes.
 //!
-//! What it does not do: decide anything about probes or replies. All of that is the engines'.
+//! One run loop (module `run`) drives any [`svctr_core::Machine`]: captures, raw sockets, the
+//! probe rate, the stop flag and shutdown live there once. What differs between engines is
+//! only which captures they have (their kernel filters, module `filter`), the per-process
+//! marker they reserve (module `reserve`) and what their hooks do with events (the monitor's
+//! UDP shield and fast lane, trace's reverse DNS).
+//!
+//! What it does not do: decide anything about probes or replies (the engines' job), or print
+//! (results and counters go back to the caller).
 //!
 //! Trace the flows of one 5-tuple selection:
 //!
 //! ```no_run
 //! use std::sync::atomic::AtomicBool;
-//! use svctr_core::{FlowSelector, Protocol, TraceConfig};
+//! use svctr_core::{FlowFilter, Protocol, TraceConfig};
 //! use svctr_io::{trace_flows, FlowTraceOptions};
 //!
 //! let opts = FlowTraceOptions {
 //!     iface: "eth0".into(),
-//!     selector: FlowSelector { protocol: Protocol::Tcp, remote_port: Some(443), ..Default::default() },
+//!     filter: FlowFilter { protocol: Some(Protocol::Tcp), remote_port: Some(443), ..Default::default() },
 //!     trace: TraceConfig::default(),
-//!     count: 1,
+//!     max_traces: 1,
 //!     duration: Some(std::time::Duration::from_secs(30)),
 //!     udp_shield: true,
 //! };
@@ -53,6 +60,7 @@ mod handle;
 mod iface;
 mod names;
 mod reserve;
+mod run;
 mod sender;
 mod shield;
 mod traceroute;
@@ -68,12 +76,13 @@ pub use filter::{
 pub use handle::{Canceller, RunHandle};
 pub use iface::interface_addresses;
 pub use names::{NameResolver, NAME_WAIT};
-pub use traceroute::{spawn_traceroute, traceroute, traceroute_one, TracerouteOptions};
+pub use traceroute::{
+    spawn_traceroute, traceroute, traceroute_one, TracerouteOptions, TracerouteSummary,
+};
 
 /// A traceroute running in the background ([`spawn_traceroute`]): hops and results as they
 /// come, then every result.
-pub type TracerouteHandle =
-    RunHandle<svctr_core::TracerouteEvent, Vec<svctr_core::TracerouteResult>>;
+pub type TracerouteHandle = RunHandle<svctr_core::TracerouteEvent, TracerouteSummary>;
 /// A monitor running in the background ([`spawn_monitor`]): results as traces finish, then
 /// the run's summary.
 pub type MonitorHandle = RunHandle<svctr_core::TraceResult, RunSummary>;

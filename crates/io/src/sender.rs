@@ -9,6 +9,16 @@ use socket2::{Domain, SockAddr, Socket, Type};
 
 use crate::Error;
 
+/// Binds `sock` to interface `iface`, if given: it then sends and receives there only.
+pub(crate) fn bind_device(sock: &Socket, iface: Option<&str>) -> Result<(), Error> {
+    let Some(i) = iface else { return Ok(()) };
+    sock.bind_device(Some(i.as_bytes()))
+        .map_err(|e| Error::Socket {
+            what: format!("binding a socket to {i}"),
+            source: e,
+        })
+}
+
 /// One raw socket per IP version in use.
 pub(crate) struct RawSockets {
     v4: Option<Socket>,
@@ -37,13 +47,7 @@ impl RawSockets {
                     }
                 }
             })?;
-            if let Some(i) = iface.filter(|i| *i != "any") {
-                s.bind_device(Some(i.as_bytes()))
-                    .map_err(|e| Error::Socket {
-                        what: format!("binding the raw socket to {i}"),
-                        source: e,
-                    })?;
-            }
+            bind_device(&s, iface.filter(|i| *i != "any"))?;
             Ok(s)
         };
         Ok(Self {

@@ -125,50 +125,43 @@ fn remove_stale() {
     }
 }
 
+/// An address as the raw payload matches of the rules read it.
+fn hex(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(a) => format!("0x{:08x}", u32::from(a)),
+        IpAddr::V6(a) => format!("0x{:032x}", u128::from(a)),
+    }
+}
+
 /// The set element of a guarded flow: quoted source, destination, source port, destination
 /// port (and the SYN's sequence number), as the raw payload matches of the rule read them;
-/// with the family and the set.
+/// with the family and the set. `None` for a flow that mixes families, or IPv6 SYN copies
+/// (never traced, see the engine's probe module).
 fn element(g: &Guarded) -> Option<(&'static str, &'static str, String)> {
-    let flow = match g {
-        Guarded::Udp(f) => f,
-        Guarded::SynCopies(f, seq) => {
-            let (IpAddr::V4(s), IpAddr::V4(d)) = (f.local.ip(), f.remote.ip()) else {
-                return None;
-            };
-            return Some((
-                "ip",
-                "syn",
-                format!(
-                    "0x{:08x} . 0x{:08x} . {} . {} . 0x{seq:08x}",
-                    u32::from(s),
-                    u32::from(d),
-                    f.local.port(),
-                    f.remote.port()
-                ),
-            ));
-        }
+    let (flow, seq) = match g {
+        Guarded::Udp(f) => (f, None),
+        Guarded::SynCopies(f, seq) => (f, Some(*seq)),
     };
-    let (sp, dp) = (flow.local.port(), flow.remote.port());
-    let (family, elem) = match (flow.local.ip(), flow.remote.ip()) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => Some((
-            "ip",
-            format!(
-                "0x{:08x} . 0x{:08x} . {sp} . {dp}",
-                u32::from(s),
-                u32::from(d)
-            ),
-        )),
-        (IpAddr::V6(s), IpAddr::V6(d)) => Some((
-            "ip6",
-            format!(
-                "0x{:032x} . 0x{:032x} . {sp} . {dp}",
-                u128::from(s),
-                u128::from(d)
-            ),
-        )),
-        _ => None,
-    }?;
-    Some((family, "flows", elem))
+    let (local, remote) = (flow.local.ip(), flow.remote.ip());
+    if local.is_ipv4() != remote.is_ipv4() || (seq.is_some() && local.is_ipv6()) {
+        return None;
+    }
+    let family = if local.is_ipv4() { "ip" } else { "ip6" };
+    let mut elem = format!(
+        "{} . {} . {} . {}",
+        hex(local),
+        hex(remote),
+        flow.local.port(),
+        flow.remote.port()
+    );
+    let set = match seq {
+        Some(seq) => {
+            elem.push_str(&format!(" . 0x{seq:08x}"));
+            "syn"
+        }
+        None => "flows",
+    };
+    Some((family, set, elem))
 }
 
 impl Shield {
@@ -314,5 +307,60 @@ impl Drop for Shield {
                 let _ = nft(&format!("delete table {family} {}\n", self.table));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use svctr_core::Protocol;
+
+    fn flow(protocol: Protocol, local: &str, remote: &str) -> FlowKey {
+        FlowKey {
+            protocol,
+            local: local.parse().unwrap(),
+            remote: remote.parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn elements_are_what_the_rules_read() {
+        let u4 = flow(Protocol::Udp, "198.18.1.2:40000", "198.19.1.2:9000");
+        assert_eq!(
+            element(&Guarded::Udp(u4)),
+            Some((
+                "ip",
+                "flows",
+                "0xc6120102 . 0xc6130102 . 40000 . 9000".into()
+            ))
+        );
+        let u6 = flow(Protocol::Udp, "[2001:db8::2]:40000", "[2001:db8:9::2]:443");
+        assert_eq!(
+            element(&Guarded::Udp(u6)),
+            Some((
+                "ip6",
+                "flows",
+                "0x20010db8000000000000000000000002 . 0x20010db8000900000000000000000002 . \
+                 40000 . 443"
+                    .into()
+            ))
+        );
+        let t4 = flow(Protocol::Tcp, "198.18.1.2:40000", "198.19.1.2:8099");
+        assert_eq!(
+            element(&Guarded::SynCopies(t4, 0x1234_5678)),
+            Some((
+                "ip",
+                "syn",
+                "0xc6120102 . 0xc6130102 . 40000 . 8099 . 0x12345678".into()
+            ))
+        );
+        let t6 = flow(Protocol::Tcp, "[2001:db8::2]:40000", "[2001:db8:9::2]:443");
+        assert_eq!(
+            element(&Guarded::SynCopies(t6, 1)),
+            None,
+            "IPv6 SYN copies: never"
+        );
+        let mixed = flow(Protocol::Udp, "198.18.1.2:1", "[2001:db8::1]:2");
+        assert_eq!(element(&Guarded::Udp(mixed)), None);
     }
 }

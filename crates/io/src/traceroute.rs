@@ -9,22 +9,20 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
 
 use socket2::{Domain, SockAddr, Socket, Type};
-use svctr_core::{
-    Now, Pacer, Protocol, Traceroute, TracerouteConfig, TracerouteEvent, TracerouteResult,
-};
+use svctr_core::{Protocol, Traceroute, TracerouteConfig, TracerouteEvent, TracerouteResult};
 
 use crate::capture::Capture;
-use crate::driver::DRAIN_MAX;
 use crate::names::{NameResolver, NAME_WAIT};
+use crate::run::{Hooks, Limits, Source, Sources};
 use crate::sender::RawSockets;
 use crate::Error;
 
 /// What to trace.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct TracerouteOptions {
     /// Destinations (IPv4 and IPv6 may be mixed).
     pub targets: Vec<IpAddr>,
@@ -34,8 +32,6 @@ pub struct TracerouteOptions {
     /// Interface to send from and capture on (`None`: chosen by the routing table, captured
     /// on `any`).
     pub iface: Option<String>,
-    /// At most this many targets traced at once (0: all).
-    pub parallel: usize,
     /// At most this many probes per second over all targets (0: no limit).
     pub rate: u32,
     /// Resolve hop addresses to names (reverse DNS) in background threads: names are asked
@@ -48,38 +44,20 @@ pub struct TracerouteOptions {
     pub source: Option<IpAddr>,
 }
 
-impl Default for TracerouteOptions {
-    fn default() -> Self {
-        Self {
-            targets: Vec::new(),
-            config: TracerouteConfig::default(),
-            iface: None,
-            parallel: 1024,
-            rate: 0,
-            resolve_names: false,
-            source: None,
-        }
-    }
-}
-
-/// The address this host would use to reach `dst` (a connected UDP socket sends nothing).
-fn source_for(dst: IpAddr, iface: Option<&str>) -> Result<IpAddr, Error> {
-    let domain = if dst.is_ipv4() {
-        Domain::IPV4
-    } else {
-        Domain::IPV6
-    };
+/// A UDP socket bound to `iface` if given: the probe of a source address.
+fn udp_socket(v4: bool, iface: Option<&str>) -> Result<Socket, Error> {
+    let domain = if v4 { Domain::IPV4 } else { Domain::IPV6 };
     let sock = Socket::new(domain, Type::DGRAM, None).map_err(|e| Error::Socket {
         what: "opening a UDP socket".into(),
         source: e,
     })?;
-    if let Some(i) = iface {
-        sock.bind_device(Some(i.as_bytes()))
-            .map_err(|e| Error::Socket {
-                what: format!("binding to {i}"),
-                source: e,
-            })?;
-    }
+    crate::sender::bind_device(&sock, iface)?;
+    Ok(sock)
+}
+
+/// The address this host would use to reach `dst` (a connected UDP socket sends nothing).
+fn source_for(dst: IpAddr, iface: Option<&str>) -> Result<IpAddr, Error> {
+    let sock = udp_socket(dst.is_ipv4(), iface)?;
     sock.connect(&SockAddr::from(SocketAddr::new(dst, 33434)))
         .map_err(|e| Error::Socket {
             what: format!("no route to {dst}"),
@@ -95,14 +73,34 @@ fn source_for(dst: IpAddr, iface: Option<&str>) -> Result<IpAddr, Error> {
         .ok_or_else(|| Error::Unsupported(format!("no source address for {dst}")))
 }
 
-/// Traces every target, calling `on_event` for each hop as it is found and each finished
-/// trace, until all are done or `stop` is set (remaining traces end as `interrupted`).
-/// Returns the results in the order they finished.
+/// Checks that `src` is an address of this host (of `iface`, if given) by binding to it.
+fn check_source(src: IpAddr, iface: Option<&str>) -> Result<(), Error> {
+    udp_socket(src.is_ipv4(), iface)?
+        .bind(&SockAddr::from(SocketAddr::new(src, 0)))
+        .map_err(|e| Error::Socket {
+            what: format!("cannot send from {src}"),
+            source: e,
+        })
+}
+
+/// What a traceroute run did.
+#[derive(Debug, Clone)]
+pub struct TracerouteSummary {
+    /// Every target's result, in the order they finished.
+    pub results: Vec<TracerouteResult>,
+    /// Packets the capture dropped (its kernel ring full): if non-zero, some replies or the
+    /// kernel send timestamps of some probes may be missing.
+    pub capture_drops: u32,
+}
+
+/// Traces every target, calling `on_event` for each trace's start, each hop as it is found
+/// and each finished trace, until all are done or `stop` is set (remaining traces end as
+/// `interrupted`).
 pub fn traceroute(
     opts: &TracerouteOptions,
     stop: &AtomicBool,
-    mut on_event: impl FnMut(&TracerouteEvent),
-) -> Result<Vec<TracerouteResult>, Error> {
+    on_event: impl FnMut(&TracerouteEvent),
+) -> Result<TracerouteSummary, Error> {
     let iface = opts.iface.as_deref();
     if let Some(i) = iface {
         if nix::net::if_::if_nametoindex(i).is_err() {
@@ -133,122 +131,92 @@ pub fn traceroute(
             )));
         }
     }
-    let mut pending: VecDeque<(IpAddr, IpAddr)> = VecDeque::new();
+    let (v4, v6) = (
+        opts.targets.iter().any(IpAddr::is_ipv4),
+        opts.targets.iter().any(IpAddr::is_ipv6),
+    );
+    let filter = crate::filter::traceroute_filter(&cfg, v4, v6);
+    // The configuration is checked here, once, before anything needs privileges.
+    let mut engine = Traceroute::new(cfg)?;
+    let start = Instant::now();
     for &dst in &opts.targets {
         let src = match opts.source {
             Some(s) if s.is_ipv4() == dst.is_ipv4() => s,
             _ => source_for(dst, iface)?,
         };
-        pending.push_back((dst, src));
+        engine
+            .add_target(start, dst, src)
+            .map_err(|e| Error::Unsupported(e.to_string()))?;
     }
-    let raw = RawSockets::open(
-        iface,
-        opts.targets.iter().any(IpAddr::is_ipv4),
-        opts.targets.iter().any(IpAddr::is_ipv6),
-    )?;
-    let filter = crate::filter::traceroute_filter(
-        &cfg,
-        opts.targets.iter().any(IpAddr::is_ipv4),
-        opts.targets.iter().any(IpAddr::is_ipv6),
-    );
-    let mut capture = Capture::open_with_buffer(iface.unwrap_or("any"), &filter, 16 << 20)?;
-    let mut engine = Traceroute::new(cfg).map_err(|e| Error::Unsupported(e.to_string()))?;
-
-    let mut gate = opts
-        .resolve_names
-        .then(|| NameGate::new(NameResolver::new(4)));
-    let parallel = if opts.parallel == 0 {
-        usize::MAX
-    } else {
-        opts.parallel
+    let sender = RawSockets::open(iface, v4, v6)?;
+    let mut sources = Sources::new();
+    sources.add(Source {
+        cap: Capture::open_with_buffer(iface.unwrap_or("any"), &filter, 16 << 20)?,
+        feed: Traceroute::handle_packet,
+        paced: true,
+    });
+    let mut hooks = TraceHooks {
+        gate: opts
+            .resolve_names
+            .then(|| NameGate::new(NameResolver::new(4))),
+        results: Vec::new(),
+        on_event,
     };
-    let mut results = Vec::new();
-    let mut buf = Vec::with_capacity(256);
-    let mut pacer = Pacer::new(opts.rate);
-    let mut interrupted = false;
-    loop {
-        let now = Now {
-            mono: Instant::now(),
-            wall: SystemTime::now(),
-        };
-        if stop.load(Ordering::Relaxed) && !interrupted {
-            interrupted = true;
-            pending.clear();
-            engine.cancel_all(now);
-        }
-        while engine.active() < parallel {
-            let Some((dst, src)) = pending.pop_front() else {
-                break;
-            };
-            if let Err(e) = engine.add_target(now.mono, dst, src) {
-                return Err(Error::Unsupported(e.to_string()));
-            }
-        }
-        capture
-            .drain(DRAIN_MAX, |ts, ip| {
-                engine.handle_packet(Instant::now(), ts, ip)
-            })
-            .map_err(|e| Error::Capture {
-                iface: iface.unwrap_or("any").to_string(),
-                source: e,
-            })?;
-        let now = Now {
-            mono: Instant::now(),
-            wall: SystemTime::now(),
-        };
-        engine.handle_timeout(now);
-        while pacer.next_at(now.mono).is_none() {
-            let Some(tx) = engine.poll_transmit(now, &mut buf) else {
-                break;
-            };
-            pacer.try_take(now.mono);
-            if let Err(e) = raw.send(tx.dst, &buf[..tx.len]) {
-                engine.handle_send_error(now, tx.dst, tx.probe, e.to_string());
-            }
-        }
-        let mut emit = |ev: TracerouteEvent| {
-            on_event(&ev);
-            if let TracerouteEvent::Finished(r) = ev {
-                results.push(*r);
-            }
-        };
-        while let Some(ev) = engine.poll_event() {
-            match &mut gate {
-                Some(g) => g.push(ev, Instant::now()),
-                None => emit(ev),
-            }
-        }
-        if let Some(g) = &mut gate {
-            g.release(Instant::now(), &mut emit);
-        }
-        let held = gate.as_ref().is_some_and(NameGate::is_holding);
-        if engine.active() == 0 && pending.is_empty() && !held {
-            let drops = capture.drops();
-            if drops > 0 {
-                eprintln!("service-traceroute: warning: the capture dropped {drops} packets (kernel ring full): some replies, or the kernel send timestamps of some probes, may be missing");
-            }
-            break;
-        }
-        let t = Instant::now();
-        let mut wake = t + Duration::from_millis(50);
-        if let Some(at) = engine.poll_timeout() {
-            wake = wake.min(at);
-        }
-        if held {
-            // Names come from other threads: look again soon.
-            wake = wake.min(t + NAME_POLL);
-        }
-        if engine.has_pending_transmit() {
-            // Probes are due: as soon as the rate allows (at once without a limit; a probe left
-            // queued means the tokens ran out, so this waits for the next one, never spins).
-            wake = wake.min(pacer.next_at(t).unwrap_or(t));
-        }
-        let sleep = wake.saturating_duration_since(t);
-        if !sleep.is_zero() {
-            crate::driver::wait_readable(&[capture.fd()], sleep);
+    let limits = Limits {
+        iface: iface.unwrap_or("any"),
+        rate: opts.rate,
+        duration: None,
+        stop,
+    };
+    let end = crate::run::run(&mut engine, sources, &sender, &limits, &mut hooks)?;
+    Ok(TracerouteSummary {
+        results: hooks.results,
+        capture_drops: end.dropped,
+    })
+}
+
+/// What a traceroute run does with its events: names attached (see [`NameGate`]), then each
+/// handed to the caller; results kept.
+struct TraceHooks<F> {
+    gate: Option<NameGate>,
+    results: Vec<TracerouteResult>,
+    on_event: F,
+}
+
+impl<F: FnMut(&TracerouteEvent)> TraceHooks<F> {
+    fn emit(&mut self, ev: TracerouteEvent) {
+        (self.on_event)(&ev);
+        if let TracerouteEvent::Finished(r) = ev {
+            self.results.push(*r);
         }
     }
-    Ok(results)
+}
+
+impl<F: FnMut(&TracerouteEvent)> Hooks<Traceroute> for TraceHooks<F> {
+    fn on_event(&mut self, ev: TracerouteEvent) -> Result<(), Error> {
+        match &mut self.gate {
+            Some(g) => g.push(ev, Instant::now()),
+            None => self.emit(ev),
+        }
+        Ok(())
+    }
+
+    fn after_turn(&mut self, now: Instant, _: &mut Sources<Traceroute>) -> Result<(), Error> {
+        if let Some(mut g) = self.gate.take() {
+            g.release(now, &mut |ev| self.emit(ev));
+            self.gate = Some(g);
+        }
+        Ok(())
+    }
+
+    fn next_wake(&self) -> Option<Instant> {
+        // Names come from other threads: look again soon while events are held.
+        self.busy().then(|| Instant::now() + NAME_POLL)
+    }
+
+    fn busy(&self) -> bool {
+        self.gate.as_ref().is_some_and(NameGate::is_holding)
+    }
 }
 
 /// How often the loop looks for names while it holds events for them.
@@ -341,31 +309,6 @@ impl NameGate {
     }
 }
 
-/// Checks that `src` is an address of this host (of `iface`, if given) by binding to it.
-fn check_source(src: IpAddr, iface: Option<&str>) -> Result<(), Error> {
-    let domain = if src.is_ipv4() {
-        Domain::IPV4
-    } else {
-        Domain::IPV6
-    };
-    let sock = Socket::new(domain, Type::DGRAM, None).map_err(|e| Error::Socket {
-        what: "opening a UDP socket".into(),
-        source: e,
-    })?;
-    if let Some(i) = iface {
-        sock.bind_device(Some(i.as_bytes()))
-            .map_err(|e| Error::Socket {
-                what: format!("binding to {i}"),
-                source: e,
-            })?;
-    }
-    sock.bind(&SockAddr::from(SocketAddr::new(src, 0)))
-        .map_err(|e| Error::Socket {
-            what: format!("cannot send from {src}"),
-            source: e,
-        })
-}
-
 /// Traces one target and returns its result (blocking).
 pub fn traceroute_one(
     target: IpAddr,
@@ -379,6 +322,7 @@ pub fn traceroute_one(
         ..TracerouteOptions::default()
     };
     traceroute(&opts, &AtomicBool::new(false), |_| {})?
+        .results
         .pop()
         .ok_or_else(|| Error::Unsupported(format!("no result for {target}")))
 }

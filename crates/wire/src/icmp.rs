@@ -208,30 +208,56 @@ const EXTENSION_VERSION: u8 = 2;
 const MPLS_CLASS: u8 = 1;
 const MPLS_CTYPE: u8 = 1;
 
+impl<'a> IcmpError<'a> {
+    fn new(
+        kind: ErrorKind,
+        (icmp_type, icmp_code): (u8, u8),
+        mtu: u32,
+        quote: Quote<'a>,
+        mpls: Vec<MplsLabel>,
+    ) -> Self {
+        Self {
+            kind,
+            icmp_type,
+            icmp_code,
+            mtu,
+            quote,
+            mpls,
+        }
+    }
+}
+
+/// A message of a type the tracer does not read.
+fn other<'a>(icmp_type: u8, icmp_code: u8) -> IcmpMessage<'a> {
+    IcmpMessage::Other {
+        icmp_type,
+        icmp_code,
+    }
+}
+
+/// An echo request or reply: identifier and sequence number in bytes 4..8 (RFC 792, RFC 4443
+/// §4), the same for both families.
+fn echo(icmp: &[u8], is_reply: bool) -> Result<IcmpMessage<'_>, crate::Error> {
+    let (ident, seq) = echo_fields(icmp)?;
+    Ok(if is_reply {
+        IcmpMessage::EchoReply { ident, seq }
+    } else {
+        IcmpMessage::EchoRequest { ident, seq }
+    })
+}
+
 /// Parses an ICMPv4 message (starting at the ICMP type byte; may be truncated by the capture).
 ///
 /// The checksum is deliberately not verified: captures may be truncated (see module docs).
 pub fn parse_icmpv4(icmp: &[u8]) -> Result<IcmpMessage<'_>, crate::Error> {
     let (icmp_type, icmp_code) = type_code(icmp)?;
     let kind = match icmp_type {
-        // RFC 792: echo reply (0) / echo request (8); identifier and sequence in bytes 4..8.
-        0 | 8 => {
-            let (ident, seq) = echo_fields(icmp)?;
-            return Ok(if icmp_type == 0 {
-                IcmpMessage::EchoReply { ident, seq }
-            } else {
-                IcmpMessage::EchoRequest { ident, seq }
-            });
-        }
+        // RFC 792: echo reply (0) / echo request (8).
+        0 | 8 => return echo(icmp, icmp_type == 0),
         3 => ErrorKind::DestinationUnreachable,
         11 => ErrorKind::TimeExceeded,
         12 => ErrorKind::ParameterProblem,
-        _ => {
-            return Ok(IcmpMessage::Other {
-                icmp_type,
-                icmp_code,
-            })
-        }
+        _ => return Ok(other(icmp_type, icmp_code)),
     };
     let header = fixed_header(icmp)?;
     // RFC 1191 §4: "Fragmentation needed and DF set" carries the next-hop MTU in the low-order
@@ -247,14 +273,13 @@ pub fn parse_icmpv4(icmp: &[u8]) -> Result<IcmpMessage<'_>, crate::Error> {
     let payload = icmp.get(ICMP_HEADER_LEN..).unwrap_or_default();
     let (quoted, mpls) = split_extensions(payload, usize::from(length_words) * 4, 20);
     let quote = parse_quote_v4(quoted)?;
-    Ok(IcmpMessage::Error(IcmpError {
+    Ok(IcmpMessage::Error(IcmpError::new(
         kind,
-        icmp_type,
-        icmp_code,
+        (icmp_type, icmp_code),
         mtu,
         quote,
         mpls,
-    }))
+    )))
 }
 
 /// Parses an ICMPv6 message (starting at the ICMPv6 type byte).
@@ -265,24 +290,12 @@ pub fn parse_icmpv6(icmp: &[u8]) -> Result<IcmpMessage<'_>, crate::Error> {
     let (icmp_type, icmp_code) = type_code(icmp)?;
     let kind = match icmp_type {
         // RFC 4443 §4.1/§4.2: echo request (128) / reply (129).
-        128 | 129 => {
-            let (ident, seq) = echo_fields(icmp)?;
-            return Ok(if icmp_type == 129 {
-                IcmpMessage::EchoReply { ident, seq }
-            } else {
-                IcmpMessage::EchoRequest { ident, seq }
-            });
-        }
+        128 | 129 => return echo(icmp, icmp_type == 129),
         1 => ErrorKind::DestinationUnreachable,
         2 => ErrorKind::PacketTooBig,
         3 => ErrorKind::TimeExceeded,
         4 => ErrorKind::ParameterProblem,
-        _ => {
-            return Ok(IcmpMessage::Other {
-                icmp_type,
-                icmp_code,
-            })
-        }
+        _ => return Ok(other(icmp_type, icmp_code)),
     };
     let header = fixed_header(icmp)?;
     let word = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
@@ -298,14 +311,13 @@ pub fn parse_icmpv6(icmp: &[u8]) -> Result<IcmpMessage<'_>, crate::Error> {
         (payload, Vec::new())
     };
     let quote = parse_quote_v6(quoted)?;
-    Ok(IcmpMessage::Error(IcmpError {
+    Ok(IcmpMessage::Error(IcmpError::new(
         kind,
-        icmp_type,
-        icmp_code,
+        (icmp_type, icmp_code),
         mtu,
         quote,
         mpls,
-    }))
+    )))
 }
 
 fn type_code(icmp: &[u8]) -> Result<(u8, u8), Error> {

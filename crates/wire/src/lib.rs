@@ -1,6 +1,7 @@
 //! Wire formats for service-traceroute.
 //!
 //! What this crate does:
+//! - [`flow`]: a flow's identity ([`flow::FlowKey`]: protocol and both endpoints).
 //! - [`link`]: strips the link-layer header of a captured frame (Ethernet with VLAN tags,
 //!   Linux "cooked" SLL and SLL2, raw IP, BSD loopback) and returns the IP packet.
 //! - [`packet`]: summarises one captured IPv4/IPv6 packet ([`packet::Packet`]): the IP fields the
@@ -20,6 +21,7 @@
 //! Panic contract: no function in this crate panics on any input bytes. Every length is checked
 //! before it is used; arithmetic on lengths read from the wire is checked or saturating.
 
+pub mod flow;
 pub mod icmp;
 pub mod link;
 pub mod packet;

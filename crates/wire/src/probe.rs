@@ -75,6 +75,44 @@ pub struct UdpFields {
     pub dst_port: u16,
 }
 
+/// The IP header of a probe, of either family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpFields {
+    /// IPv4.
+    V4(Ipv4Fields),
+    /// IPv6.
+    V6(Ipv6Fields),
+}
+
+/// The transport header of a probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportFields {
+    /// A TCP segment.
+    Tcp(TcpFields),
+    /// A UDP datagram.
+    Udp(UdpFields),
+    /// An ICMP / ICMPv6 echo request.
+    Echo(EchoFields),
+}
+
+/// Writes a probe of either family with any transport: the emitter below that the two headers
+/// name. Returns the length.
+pub fn emit(
+    ip: &IpFields,
+    transport: &TransportFields,
+    payload: &[u8],
+    out: &mut Vec<u8>,
+) -> usize {
+    match (ip, transport) {
+        (IpFields::V4(ip), TransportFields::Tcp(t)) => emit_tcp_v4(ip, t, payload, out),
+        (IpFields::V4(ip), TransportFields::Udp(u)) => emit_udp_v4(ip, u, payload, out),
+        (IpFields::V4(ip), TransportFields::Echo(e)) => emit_icmp_echo_v4(ip, e, payload, out),
+        (IpFields::V6(ip), TransportFields::Tcp(t)) => emit_tcp_v6(ip, t, payload, out),
+        (IpFields::V6(ip), TransportFields::Udp(u)) => emit_udp_v6(ip, u, payload, out),
+        (IpFields::V6(ip), TransportFields::Echo(e)) => emit_icmp_echo_v6(ip, e, payload, out),
+    }
+}
+
 /// Writes an IPv4+TCP probe with `payload` into `out` (cleared first). Returns the length.
 ///
 /// A payload longer than 65535 - 40 bytes is cut to fit the IPv4 total length.
