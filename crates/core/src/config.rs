@@ -142,6 +142,9 @@ pub enum ConfigError {
     /// no local address to tell outgoing from incoming packets.
     #[error("no local IP address given: cannot tell the flow's direction")]
     NoLocalAddress,
+    /// A confidence outside (0, 1).
+    #[error("confidence {0} must be above 0 and below 1 (e.g. 0.95)")]
+    Confidence(String),
     /// A slot outside `0..FLOW_SLOTS`.
     #[error("process slot {0} is not below {FLOW_SLOTS}")]
     Slot(u8),

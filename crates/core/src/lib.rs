@@ -38,9 +38,11 @@
 mod classic;
 mod compare;
 mod config;
+mod dot;
 mod engine;
 mod flow;
 mod machine;
+mod mda;
 mod monitor;
 mod names;
 mod pacer;
@@ -55,17 +57,25 @@ pub use classic::{
     Strategy, TargetError, Traceroute, TracerouteConfig, TracerouteEvent, TracerouteResult,
     CLASSIC_TCP_PORTS,
 };
-pub use compare::{compare, render_comparison, Comparison, TtlComparison};
+pub use compare::{
+    compare, compare_multipath, render_comparison, render_multipath_comparison, BranchTtl,
+    Comparison, FlowBranch, MultipathComparison, TtlComparison,
+};
 pub use config::{Algorithm, ConfigError, TraceConfig, FLOW_SLOTS, MAX_FLOW_PROBES, SLOT_BITS};
+pub use dot::{render_dot, DotPart};
 pub use engine::{Engine, EngineStats, Event, NotTraced};
 pub use flow::{FlowFilter, FlowKey, Protocol};
 pub use machine::{Machine, Now, Transmit};
-pub use monitor::{Granularity, Monitor, MonitorConfig, MonitorStats, KNOWN_IDLE};
+pub use mda::{Mda, MdaConfig, MdaEvent, MdaResult, MdaStop, PerPacket, BRANCH_TESTS};
+pub use monitor::{
+    Granularity, Monitor, MonitorConfig, MonitorStats, KNOWN_IDLE, PROBE_MEMORY, PROBE_TTL_MAX,
+};
 pub use pacer::{Pacer, FLOW_RATE};
-pub use path::{GraphHop, Link, Node, PathGraph};
+pub use path::{Diamond, GraphHop, Link, Node, PathGraph};
 pub use probe::SYN_COPY_MAX_TTL;
 pub use report::{
-    render_hop, render_text, render_traceroute_text, traceroute_header, traceroute_stop_line,
+    multipath_footer, multipath_header, render_hop, render_multipath_hop, render_multipath_text,
+    render_text, render_traceroute_text, traceroute_header, traceroute_stop_line,
 };
 pub use result::{
     Endpoint, FlowInfo, Hop, MatchSource, MplsEntry, ProbeReply, ServiceTag, StopReason,

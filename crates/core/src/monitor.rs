@@ -123,7 +123,19 @@ pub struct MonitorStats {
     /// Packets of flows not handed over because their group was being traced or had been
     /// traced less than `retrace_after` ago (counted per packet: a long flow counts often).
     pub packets_held_back: u64,
+    /// Packets of another tracer's probes (see [`PROBE_TTL_MAX`]) and of their replies, not
+    /// taken for flows.
+    pub probe_packets_ignored: u64,
 }
+
+/// A TCP or UDP packet that leaves this host with a TTL (hop limit) this low is a tracer's
+/// probe (a multipath discovery's, of this process or another, traceroute -T, mtr), never
+/// an application's (which start at 64 or more): its 5-tuple is not a flow to trace, and the
+/// replies to it are ignored for [`PROBE_MEMORY`].
+pub const PROBE_TTL_MAX: u8 = 32;
+/// How long a probe's 5-tuple is remembered, so that the answers it draws (a SYN-ACK, our
+/// kernel's RST) are not taken for a flow either.
+pub const PROBE_MEMORY: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Group {
@@ -167,6 +179,8 @@ pub struct Monitor {
     next_sweep: Option<Instant>,
     /// The time of the latest input (when a result is collected, its trace ended then).
     last_now: Option<Instant>,
+    /// The 5-tuples of other tracers' probes seen lately (see [`PROBE_TTL_MAX`]).
+    probes: HashMap<FlowKey, Instant>,
     stats: MonitorStats,
 }
 
@@ -189,6 +203,7 @@ impl Monitor {
             selecting: true,
             next_sweep: None,
             last_now: None,
+            probes: HashMap::new(),
             stats: MonitorStats::default(),
         })
     }
@@ -267,13 +282,37 @@ impl Monitor {
         };
         // The packet's flow, derived once for the policy and the engine.
         let flow = flow_of(self.engine.local_addresses(), &pkt);
-        if let Some((key, _)) = flow {
+        if let Some((key, outgoing)) = flow {
             if !self.engine.is_tracking(&key) {
+                if self.is_probe(now, &key, outgoing, pkt.ip.ttl) {
+                    self.stats.probe_packets_ignored += 1;
+                    return;
+                }
                 self.consider(now, key);
             }
         }
         self.engine.handle_classified(now, ts, &pkt, flow);
         self.pump();
+    }
+
+    /// Whether a packet of an untracked flow belongs to a tracer's probe (see
+    /// [`PROBE_TTL_MAX`]), remembering the probe's 5-tuple.
+    fn is_probe(&mut self, now: Instant, key: &FlowKey, outgoing: bool, ttl: u8) -> bool {
+        if outgoing && ttl <= PROBE_TTL_MAX {
+            if self.probes.len() >= 65_536 {
+                self.probes.retain(|_, seen| now < *seen + PROBE_MEMORY);
+            }
+            self.probes.insert(*key, now);
+            return true;
+        }
+        match self.probes.get(key) {
+            Some(seen) if now < *seen + PROBE_MEMORY => true,
+            Some(_) => {
+                self.probes.remove(key);
+                false
+            }
+            None => false,
+        }
     }
 
     /// One captured IP packet for the detector (DNS responses, TLS ClientHello segments,

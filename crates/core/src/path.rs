@@ -23,9 +23,12 @@
 //! assert_eq!(g.links.len(), 1); // 192.0.2.1 -> 198.51.100.1
 //! ```
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
+use petgraph::algo::dominators;
+use petgraph::graph::{DiGraph, NodeIndex};
 use serde::{Deserialize, Serialize};
 
 use crate::result::{Hop, ProbeReply};
@@ -66,6 +69,27 @@ pub struct Link {
     pub from: IpAddr,
     /// The node at `ttl + 1`.
     pub to: IpAddr,
+}
+
+/// Where the paths from one node split and meet again ([`PathGraph::diamonds`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Diamond {
+    /// The node where the paths split, and its TTL.
+    pub divergence: IpAddr,
+    /// See `divergence`.
+    pub divergence_ttl: u8,
+    /// How many ways it splits (its successors).
+    pub successors: usize,
+    /// The first node every path from `divergence` passes through again (absent: they end
+    /// apart).
+    pub convergence: Option<IpAddr>,
+    /// The TTLs at which the paths from `divergence` meet `convergence` (several when they
+    /// differ in length).
+    pub convergence_ttls: Vec<u8>,
+    /// The most nodes at one TTL between the two.
+    pub width: usize,
+    /// The most TTLs from `divergence` to `convergence` (or the paths' last node).
+    pub length: u8,
 }
 
 impl GraphHop {
@@ -136,6 +160,109 @@ impl PathGraph {
             hops: hops.iter().map(GraphHop::from_hop).collect(),
             links: Vec::new(),
         }
+    }
+
+    /// The routers and hosts as one graph: a node per address (a router met at several TTLs,
+    /// on paths of different lengths, is one node), an edge per pair of addresses linked at
+    /// any TTL. Returns the graph and each address's node.
+    pub fn routers(&self) -> (DiGraph<IpAddr, ()>, BTreeMap<IpAddr, NodeIndex>) {
+        let mut g = DiGraph::new();
+        let mut index = BTreeMap::new();
+        let mut node = |g: &mut DiGraph<IpAddr, ()>, a: IpAddr| {
+            *index.entry(a).or_insert_with(|| g.add_node(a))
+        };
+        for a in self.hops.iter().flat_map(GraphHop::addrs) {
+            node(&mut g, a);
+        }
+        let mut seen = BTreeSet::new();
+        for l in &self.links {
+            let (from, to) = (node(&mut g, l.from), node(&mut g, l.to));
+            if seen.insert((from, to)) {
+                g.add_edge(from, to, ());
+            }
+        }
+        (g, index)
+    }
+
+    /// The TTLs at which `addr` answered.
+    pub fn ttls_of(&self, addr: IpAddr) -> Vec<u8> {
+        self.hops
+            .iter()
+            .filter(|h| h.addrs().any(|a| a == addr))
+            .map(|h| h.ttl)
+            .collect()
+    }
+
+    /// Where the paths split and meet again: for every node with two or more successors,
+    /// the first node that every path from it passes through again (its immediate
+    /// post-dominator: the immediate dominator in the reversed graph, every path's end
+    /// joined to one virtual exit), the most nodes at one TTL between the two, and the
+    /// longest stretch of TTLs from one to the other.
+    pub fn diamonds(&self) -> Vec<Diamond> {
+        let (forward, index) = self.routers();
+        // Reversed, with a virtual exit (`None`) before every node that has no successor.
+        let mut rev: DiGraph<Option<IpAddr>, ()> = forward.map(|_, a| Some(*a), |_, _| ());
+        rev.reverse();
+        let exit = rev.add_node(None);
+        for n in forward.node_indices() {
+            if forward.neighbors(n).next().is_none() {
+                rev.add_edge(exit, n, ());
+            }
+        }
+        let doms = dominators::simple_fast(&rev, exit);
+        let mut out = Vec::new();
+        for (&addr, &n) in &index {
+            let succ: BTreeSet<NodeIndex> = forward.neighbors(n).collect();
+            let successors = succ.len();
+            if successors < 2 {
+                continue;
+            }
+            let conv = doms.immediate_dominator(n).filter(|d| *d != exit);
+            // The nodes between: reachable from `addr` without passing the convergence.
+            let mut between = BTreeSet::new();
+            let mut stack: Vec<NodeIndex> = succ.into_iter().collect();
+            while let Some(x) = stack.pop() {
+                if Some(x) == conv || !between.insert(forward[x]) {
+                    continue;
+                }
+                stack.extend(forward.neighbors(x));
+            }
+            let d_ttl = self.ttls_of(addr).first().copied().unwrap_or(0);
+            let mut width = 0;
+            let mut last = d_ttl;
+            for h in self.hops.iter().filter(|h| h.ttl > d_ttl) {
+                let c = h.addrs().filter(|a| between.contains(a)).count();
+                width = width.max(c);
+                if c > 0 {
+                    last = last.max(h.ttl);
+                }
+            }
+            let convergence = conv.map(|c| forward[c]);
+            // The TTLs at which the paths from here meet it (not where others do).
+            let mut convergence_ttls: Vec<u8> = match convergence {
+                Some(c) => self
+                    .links
+                    .iter()
+                    .filter(|l| l.to == c && (l.from == addr || between.contains(&l.from)))
+                    .map(|l| l.ttl.saturating_add(1))
+                    .collect(),
+                None => Vec::new(),
+            };
+            convergence_ttls.sort_unstable();
+            convergence_ttls.dedup();
+            let end = convergence_ttls.iter().copied().max().unwrap_or(last);
+            out.push(Diamond {
+                divergence: addr,
+                divergence_ttl: d_ttl,
+                successors,
+                convergence,
+                convergence_ttls,
+                width,
+                length: end.saturating_sub(d_ttl),
+            });
+        }
+        out.sort_by_key(|d| (d.divergence_ttl, d.divergence));
+        out
     }
 
     /// Distinct addresses over all TTLs.
@@ -236,6 +363,67 @@ mod tests {
         assert!(g.links.is_empty(), "{:?}", g.links);
         assert_eq!(g.hops[1].addrs().count(), 2);
         assert!(PathGraph::from_probes(&hops).links.is_empty());
+    }
+
+    /// The multipath lab at interface level: r2 splits to b1 and b2, b1 again to c1..c3;
+    /// r3 answers from the interface a probe came in on, so the paths meet again at r4, at
+    /// TTL 5 via b2 and 6 via the c's.
+    #[test]
+    fn diamonds_of_the_multipath_lab() {
+        let a = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let l = |ttl: u8, from: &str, to: &str| Link {
+            ttl,
+            from: a(from),
+            to: a(to),
+        };
+        let mut links = vec![
+            l(1, "10.0.1.1", "10.0.2.2"),
+            l(2, "10.0.2.2", "10.0.11.2"),
+            l(2, "10.0.2.2", "10.0.12.2"),
+            l(3, "10.0.12.2", "10.1.12.2"),
+            l(4, "10.1.12.2", "10.1.2.2"),
+            l(5, "10.1.2.2", "10.1.1.2"),
+            l(6, "10.1.2.2", "10.1.1.2"),
+        ];
+        for j in 1..=3 {
+            links.push(l(3, "10.0.11.2", &format!("10.0.6{j}.2")));
+            links.push(l(4, &format!("10.0.6{j}.2"), &format!("10.1.6{j}.2")));
+            links.push(l(5, &format!("10.1.6{j}.2"), "10.1.2.2"));
+        }
+        let hops: Vec<Hop> = [
+            (1, vec!["10.0.1.1"]),
+            (2, vec!["10.0.2.2"]),
+            (3, vec!["10.0.11.2", "10.0.12.2"]),
+            (4, vec!["10.0.61.2", "10.0.62.2", "10.0.63.2", "10.1.12.2"]),
+            (5, vec!["10.1.61.2", "10.1.62.2", "10.1.63.2", "10.1.2.2"]),
+            (6, vec!["10.1.1.2", "10.1.2.2"]),
+            (7, vec!["10.1.1.2"]),
+        ]
+        .into_iter()
+        .map(|(ttl, xs)| hop(ttl, &xs.into_iter().map(Some).collect::<Vec<_>>()))
+        .collect();
+        let g = PathGraph {
+            hops: PathGraph::from_probes(&hops).hops,
+            links,
+        };
+        let d = g.diamonds();
+        assert_eq!(d.len(), 2, "{d:?}");
+        assert_eq!(
+            (d[0].divergence, d[0].successors, d[0].convergence),
+            (a("10.0.2.2"), 2, Some(a("10.1.2.2")))
+        );
+        assert_eq!(d[0].convergence_ttls, vec![5, 6]);
+        assert_eq!((d[0].width, d[0].length), (4, 4));
+        assert_eq!(
+            (d[1].divergence, d[1].successors, d[1].convergence),
+            (a("10.0.11.2"), 3, Some(a("10.1.2.2")))
+        );
+        assert_eq!(
+            d[1].convergence_ttls,
+            vec![6],
+            "b1's paths meet r4 at TTL 6 only"
+        );
+        assert_eq!((d[1].width, d[1].length), (3, 3));
     }
 
     #[test]

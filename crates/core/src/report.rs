@@ -5,6 +5,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use crate::classic::{Strategy, TracerouteResult};
 use crate::flow::Protocol;
+use crate::mda::{MdaResult, MdaStop};
+use crate::path::{GraphHop, Link};
 use crate::result::{Hop, ProbeReply, StopReason, TraceResult};
 
 /// traceroute's annotation for a Destination Unreachable code (ICMP: RFC 792, RFC 1812
@@ -242,6 +244,161 @@ pub fn render_text(r: &TraceResult) -> String {
         }
     }
     let _ = writeln!(out, "{}", stop_text(r));
+    out
+}
+
+/// The first line of a multipath discovery's text.
+pub fn multipath_header(
+    destination: IpAddr,
+    name: Option<&str>,
+    protocol: Protocol,
+    port: Option<u16>,
+    source: IpAddr,
+    max_ttl: u8,
+    confidence: f64,
+) -> String {
+    let target = match name {
+        Some(n) => format!("{n} ({destination})"),
+        None => destination.to_string(),
+    };
+    let port = match (protocol, port) {
+        (Protocol::Udp, Some(p)) => format!(" port {p}+"),
+        (_, Some(p)) => format!(" port {p}"),
+        (_, None) => String::new(),
+    };
+    format!(
+        "multipath to {target}, {}{port} from {source}, {max_ttl} hops max, confidence {confidence}",
+        protocol.as_str()
+    )
+}
+
+/// The median RTT of `probes`' answers, in ms.
+fn median_rtt(probes: &[ProbeReply]) -> Option<f64> {
+    let mut rtts: Vec<f64> = probes.iter().filter_map(|p| p.rtt_ms).collect();
+    if rtts.is_empty() {
+        return None;
+    }
+    rtts.sort_by(f64::total_cmp);
+    Some(rtts[rtts.len() / 2])
+}
+
+/// A multipath TTL: a line per node (name and address, median RTT, probes answered, the
+/// nodes of the TTL before that link to it), `*` with the silent probes.
+pub fn render_multipath_hop(hop: &GraphHop, links: &[Link]) -> String {
+    let mut out = String::new();
+    for (i, n) in hop.nodes.iter().enumerate() {
+        let lead = if i == 0 {
+            format!("{:2}  ", hop.ttl)
+        } else {
+            "    ".to_string()
+        };
+        let k = n.probes.len();
+        let probes = format!("{k} probe{}", if k == 1 { "" } else { "s" });
+        match n.addr {
+            Some(a) => {
+                let who = match n.probes.iter().find_map(|p| p.name.as_deref()) {
+                    Some(name) => format!("{name} ({a})"),
+                    None => a.to_string(),
+                };
+                let rtt = median_rtt(&n.probes)
+                    .map(|r| format!("  {r:.3} ms"))
+                    .unwrap_or_default();
+                let mark = n
+                    .probes
+                    .iter()
+                    .find_map(unreachable_mark)
+                    .map(|m| format!(" {m}"))
+                    .unwrap_or_default();
+                let from: Vec<String> = links
+                    .iter()
+                    .filter(|l| l.to == a && l.ttl + 1 == hop.ttl)
+                    .map(|l| l.from.to_string())
+                    .collect();
+                let from = if from.is_empty() {
+                    String::new()
+                } else {
+                    format!(", from {}", from.join(", "))
+                };
+                let _ = writeln!(out, "{lead}{who}{mark}{rtt}  ({probes}{from})");
+            }
+            None => {
+                let _ = writeln!(out, "{lead}*  ({probes})");
+            }
+        }
+    }
+    out
+}
+
+/// The end of a multipath discovery's text: its diamonds, the nodes that balance per
+/// packet, and the stop line.
+pub fn multipath_footer(r: &MdaResult) -> String {
+    let mut out = String::new();
+    if !r.diamonds.is_empty() {
+        out.push_str("diamonds:\n");
+        for d in &r.diamonds {
+            let join = match d.convergence {
+                Some(c) => {
+                    let ttls: Vec<String> = d.convergence_ttls.iter().map(u8::to_string).collect();
+                    format!("joins at {c} (TTL {})", ttls.join(", "))
+                }
+                None => "does not join again".to_string(),
+            };
+            let _ = writeln!(
+                out,
+                "  {} (TTL {}) splits {} ways, {join}: width {}, length {}",
+                d.divergence, d.divergence_ttl, d.successors, d.width, d.length
+            );
+        }
+    }
+    for p in &r.per_packet {
+        let _ = writeln!(
+            out,
+            "per-packet load balancing at {} (TTL {}): flows mean nothing past it",
+            p.addr, p.ttl
+        );
+    }
+    let why = match r.stop_reason {
+        MdaStop::Completed => format!(
+            "every path reached its end; a branch was missed with probability at most {:.2}",
+            1.0 - r.confidence
+        ),
+        MdaStop::MaxMissing => "too many silent hops in a row".to_string(),
+        MdaStop::MaxTtl => "reached the max TTL".to_string(),
+        MdaStop::MaxProbes => "sent --max-probes probes; paths may be missing".to_string(),
+        MdaStop::PerPacketBalancing => "a router balances per packet".to_string(),
+        MdaStop::FlowsExhausted => "no flow identifier left (TCP: the source ports)".to_string(),
+        MdaStop::Interrupted => INTERRUPTED.to_string(),
+    };
+    let paths = r.graph.node_count();
+    let _ = writeln!(
+        out,
+        "stop: {} ({why}); {} probes sent, {} answered, {} flows, {paths} addresses, {} links",
+        r.stop_reason.as_str(),
+        r.probes_sent,
+        r.replies,
+        r.flows,
+        r.graph.links.len()
+    );
+    out
+}
+
+/// A multipath discovery's whole text: header, TTLs, diamonds, stop line.
+pub fn render_multipath_text(r: &MdaResult, name: Option<&str>, port: Option<u16>) -> String {
+    let max_ttl = r.graph.hops.last().map_or(0, |h| h.ttl);
+    let mut out = multipath_header(
+        r.destination,
+        name,
+        r.protocol,
+        port,
+        r.source,
+        max_ttl,
+        r.confidence,
+    );
+    out.push('\n');
+    for hop in &r.graph.hops {
+        out.push_str(&render_multipath_hop(hop, &r.graph.links));
+    }
+    out.push_str(&multipath_footer(r));
     out
 }
 

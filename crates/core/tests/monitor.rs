@@ -919,3 +919,56 @@ fn udp_ipv6_trace_through_the_monitor_with_a_tight_filter() {
     assert_eq!(r.hops[0].probes.len(), 2);
     assert_eq!(r.remote_distance, Some(HOPS));
 }
+
+/// Another tracer's probes (a multipath discovery of this process or another, traceroute -T)
+/// leave with a TTL no application uses: their 5-tuples are not flows, and neither are the
+/// answers they draw (the remote's SYN-ACK, our kernel's RST), so no SYN copies chase them.
+#[test]
+fn other_tracers_probes_are_not_flows() {
+    for v6 in [false, true] {
+        let cfg = MonitorConfig {
+            filter: FlowFilter {
+                protocol: Some(Protocol::Tcp),
+                remote_port: Some(443),
+                ..FlowFilter::default()
+            },
+            retrace_after: None,
+            ..MonitorConfig::default()
+        };
+        let mut net = Net::new(cfg, v6);
+        let tcp = |sport: u16, dport: u16, seq: u32, ack: u32, flags: u8| {
+            let mut t = Vec::new();
+            t.extend_from_slice(&sport.to_be_bytes());
+            t.extend_from_slice(&dport.to_be_bytes());
+            t.extend_from_slice(&seq.to_be_bytes());
+            t.extend_from_slice(&ack.to_be_bytes());
+            t.extend_from_slice(&[0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+            t
+        };
+        let (me, srv) = (local(v6), server(v6, 1));
+        // Twenty SYN probes from a block of source ports, TTL 1 to 20; the last ones reach
+        // the server, which answers SYN-ACK, and our kernel resets.
+        for i in 0..20u16 {
+            let at = MS * u32::from(i);
+            let syn = tcp(47000 + i, 443, 0x4d44_0000 + u32::from(i), 0, 0x02);
+            net.push(at, false, ip_packet(me, srv, 6, 1 + i as u8, &syn));
+            if i >= 10 {
+                let synack = tcp(443, 47000 + i, 7, 0x4d44_0001 + u32::from(i), 0x12);
+                net.push(at + MS, false, ip_packet(srv, me, 6, 60, &synack));
+                let rst = tcp(47000 + i, 443, 0x4d44_0001 + u32::from(i), 0, 0x04);
+                net.push(at + 2 * MS, false, ip_packet(me, srv, 6, 64, &rst));
+            }
+        }
+        let app = flow(v6, Protocol::Tcp, 40001, 1, 443);
+        net.tcp_flow(100 * MS, &app);
+        net.run(30 * SEC);
+        assert_eq!(net.traced(), BTreeSet::from([app]), "v6={v6}");
+        assert_eq!(
+            net.started,
+            vec![app],
+            "no SYN copies of the probes (v6={v6})"
+        );
+        let st = net.mon.stats();
+        assert_eq!(st.probe_packets_ignored, 20 + 10 * 2, "v6={v6}: {st:?}");
+    }
+}
