@@ -306,7 +306,7 @@ pub(crate) fn run_timed(mut cmd: Command, timeout: Duration) -> Result<Run> {
 }
 
 /// Whether `prog` is an executable file in one of $PATH's directories.
-fn in_path(prog: &str) -> bool {
+pub(crate) fn in_path(prog: &str) -> bool {
     std::env::var_os("PATH").is_some_and(|p| {
         std::env::split_paths(&p).any(|d| {
             let f = d.join(prog);
@@ -1548,7 +1548,7 @@ fn sh_quote(s: &str) -> String {
 }
 
 /// The client interface's transmitted-packet counter.
-fn client_tx_packets(lab: &Lab) -> Result<u64> {
+pub(crate) fn client_tx_packets(lab: &Lab) -> Result<u64> {
     let path = format!(
         "/sys/class/net/{}/statistics/tx_packets",
         lab.client_iface()

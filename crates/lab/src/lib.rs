@@ -75,6 +75,33 @@
 //! the sending socket's flow hash, which veth carries across namespaces, so an
 //! application's packets and raw-socket probes with the same 5-tuple could diverge.
 //!
+//! ## The multipath lab: a second stage
+//! With [`LabConfig::sub_branches`] = N, b1 splits again over c1..cN, which lead to r3
+//! (b1 loses its direct link to r3): `svctr-lab up --branches 2 --sub-branches 3`.
+//!
+//! ```text
+//!                         +-- c1 --+
+//!                  +- b1 -+-- c2 --+-+
+//!  client - r1 - r2        +-- c3 --+ +- r3 - r4 - server
+//!                  +- b2 -------------+
+//! ```
+//!
+//! | link     | subnet              | addresses    | IPv6                    |
+//! |----------|---------------------|--------------|-------------------------|
+//! | b1 — cJ  | 198.18.(60+J).0/24  | b1 .1, cJ .2 | 2001:2:0:18(60+J)::/64  |
+//! | cJ — r3  | 198.19.(60+J).0/24  | cJ .1, r3 .2 | 2001:2:0:19(60+J)::/64  |
+//!
+//! Paths through b1 meet 6 routers, the others 5: the paths differ in width (2, then 3
+//! on one side only) and length, the link b2 -> r3 skips a level, and r3 answers from
+//! the interface a probe came in on, so the paths join again at r4
+//! ([`Lab::all_paths_ip`]). b1 hashes like r2 (same policy and fields) but with a seed
+//! of its own: with one kernel-wide seed the two would be polarized (the flows r2 sends
+//! to b1 all fall on two of its three routers). ICMP echo has no ports, so over IPv4
+//! every echo to one destination takes one path; over IPv6 the flow label spreads them.
+//! Ground truth per flow: [`Lab::expected_path_ip`] asks r2 and then b1
+//! (`ip route get`, or the routing oracle, which b1 also has); the application's own
+//! packets are observed at b1 too ([`Lab::observed_sub_branches`]).
+//!
 //! ## Fan-out
 //! With `LabConfig::fanout = n`, the server also owns 198.19.128.1.. (n /32s) and
 //! 2001:2:0:1980::1.. (n /128s) on its loopback; r3 and r4 route 198.19.128.0/17 and
@@ -165,6 +192,11 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 
+/// The hop limit of an oracle packet at r2's forward hook: r1 sends it with 255, r2
+/// decrements it before the hook (ip6_forward). Sent with 254 it passes r2 and meets b1's
+/// oracle with one less.
+const ORACLE_HOPLIMIT: u8 = 254;
+
 /// Timeout for the small configuration commands (`ip`, `sysctl`, `nft`, ...).
 const CMD_TIMEOUT: Duration = Duration::from_secs(20);
 /// `net.ipv6.fib_multipath_hash_fields` on r2 and r3: source and destination address,
@@ -172,6 +204,10 @@ const CMD_TIMEOUT: Duration = Duration::from_secs(20);
 pub const IPV6_HASH_FIELDS: u32 = 0x003f;
 /// Maximum number of ECMP branches.
 pub const MAX_BRANCHES: usize = 32;
+/// Maximum number of second-stage branches behind b1 ([`LabConfig::sub_branches`]).
+pub const MAX_SUB_BRANCHES: usize = 8;
+/// b1's multipath hash seed when it splits again (see `Lab::setup`).
+const SUB_STAGE_SEED: u32 = 0x5eed_00b1;
 /// Maximum number of fan-out destinations per family (198.19.128.0/17 holds 32767).
 pub const MAX_FANOUT: usize = 32767;
 
@@ -192,6 +228,12 @@ pub struct LabConfig {
     /// 198.19.128.1.. and the IPv6 /128s 2001:2:0:1980::1.. (`fanout` of each, on its
     /// loopback), see [`Lab::fanout_targets`]. 0..=[`MAX_FANOUT`].
     pub fanout: usize,
+    /// A second ECMP stage behind b1 only: b1 splits its traffic towards the server over
+    /// `sub_branches` routers c1..cN, which lead to r3 (b1 has no direct link to r3). Paths
+    /// through b1 are one router longer, so the lab's paths differ in width and length and
+    /// the link b2..bK -> r3 skips a level ([`Lab::all_paths_ip`]). 0 (the default): no
+    /// second stage; else 2..=[`MAX_SUB_BRANCHES`], and `branches` may then be 2.
+    pub sub_branches: usize,
     /// Give the client's IPv6 flows their own non-zero flow labels
     /// (`net.ipv6.auto_flowlabels=1` in the client namespace), which r2's ECMP hash
     /// uses (fields [`IPV6_HASH_FIELDS`]). Each TCP connection and each connected UDP
@@ -212,6 +254,7 @@ impl Default for LabConfig {
             service_ports_tcp: (8080..=8089).collect(),
             service_ports_udp: (9000..=9009).collect(),
             fanout: 0,
+            sub_branches: 0,
             client_flow_labels: false,
         }
     }
@@ -354,6 +397,14 @@ pub mod plan {
     pub fn branch_r3_net(k: usize) -> Ipv4Addr {
         Ipv4Addr::new(198, 19, (10 + k) as u8, 0)
     }
+    /// b1 — cJ (the second stage) is 198.18.(60+J).0/24
+    pub fn b1_sub_net(j: usize) -> Ipv4Addr {
+        Ipv4Addr::new(198, 18, (60 + j) as u8, 0)
+    }
+    /// cJ — r3 is 198.19.(60+J).0/24
+    pub fn sub_r3_net(j: usize) -> Ipv4Addr {
+        Ipv4Addr::new(198, 19, (60 + j) as u8, 0)
+    }
 
     /// The whole lab in IPv6: inside the benchmarking prefix 2001:2::/48 (RFC 5180).
     pub const LAB6: &str = "2001:2:0:1800::/55";
@@ -406,8 +457,8 @@ pub struct Lab {
     created: Vec<String>,
     /// Stop flags of the application threads started on this lab.
     stops: Mutex<Vec<Weak<AtomicBool>>>,
-    /// Last-read packet counters of r2's IPv6 routing oracle (one query at a time).
-    oracle: Mutex<Vec<u64>>,
+    /// Last-read packet counters of each IPv6 routing oracle (one query at a time).
+    oracle: Mutex<BTreeMap<String, Vec<u64>>>,
 }
 
 impl std::fmt::Debug for Lab {
@@ -501,10 +552,17 @@ impl Lab {
     /// Builds a lab whose namespaces are `<prefix>-<role>`. Fails if any already exists.
     pub fn build_named(cfg: LabConfig, prefix: &str) -> Result<Lab> {
         validate_prefix(prefix)?;
-        if !(3..=MAX_BRANCHES).contains(&cfg.branches) {
+        let min_branches = if cfg.sub_branches > 0 { 2 } else { 3 };
+        if !(min_branches..=MAX_BRANCHES).contains(&cfg.branches) {
             bail!(
-                "branches must be in 3..={MAX_BRANCHES}, got {}",
+                "branches must be in {min_branches}..={MAX_BRANCHES}, got {}",
                 cfg.branches
+            );
+        }
+        if cfg.sub_branches == 1 || cfg.sub_branches > MAX_SUB_BRANCHES {
+            bail!(
+                "sub_branches must be 0 or in 2..={MAX_SUB_BRANCHES}, got {}",
+                cfg.sub_branches
             );
         }
         if cfg.fanout > MAX_FANOUT {
@@ -513,7 +571,7 @@ impl Lab {
         if !nix::unistd::geteuid().is_root() {
             bail!("building a lab needs root (network namespaces)");
         }
-        let (nodes, links) = topology(prefix, cfg.branches);
+        let (nodes, links) = topology(prefix, cfg.branches, cfg.sub_branches);
         let mut lab = Lab {
             cfg,
             prefix: prefix.to_string(),
@@ -521,7 +579,7 @@ impl Lab {
             links,
             created: Vec::new(),
             stops: Mutex::new(Vec::new()),
-            oracle: Mutex::new(Vec::new()),
+            oracle: Mutex::new(BTreeMap::new()),
         };
         // On any error `lab` is dropped here, which deletes what was created.
         lab.setup()
@@ -586,13 +644,22 @@ impl Lab {
                 kv.push("net.ipv6.conf.all.forwarding=1".into());
                 kv.push("net.ipv6.conf.default.forwarding=1".into());
             }
-            if n.role == "r2" || n.role == "r3" {
+            if n.role == "r2" || n.role == "r3" || (n.role == "b1" && self.cfg.sub_branches > 0) {
                 kv.push("net.ipv4.fib_multipath_hash_policy=3".into());
                 kv.push("net.ipv4.fib_multipath_hash_fields=0x0037".into());
                 kv.push("net.ipv6.fib_multipath_hash_policy=3".into());
                 kv.push(format!(
                     "net.ipv6.fib_multipath_hash_fields={IPV6_HASH_FIELDS:#06x}"
                 ));
+            }
+            if n.role == "b1" && self.cfg.sub_branches > 0 {
+                // Hash polarization: with the default seed (0: one random key for the
+                // whole kernel, every namespace alike) b1 computes the same hash as r2,
+                // so the flows r2 sends to b1 (the lower half of the hash space, by
+                // hash-threshold) all fall on c1 and c2, and c3 never carries a flow. A
+                // seed of its own (Linux 6.11+; IPv4 and IPv6) makes b1 independent,
+                // as operators make their routers.
+                kv.push(format!("net.ipv4.fib_multipath_hash_seed={SUB_STAGE_SEED}"));
             }
             let mut c = self.command(&n.ns, "sysctl");
             c.arg("-q").arg("-w").args(&kv);
@@ -630,21 +697,10 @@ impl Lab {
             c.args(["-f", "-"]);
             run_checked(&mut c, Some(&script), CMD_TIMEOUT)?;
         }
-        {
-            // IPv6 routing oracle on r2 (see `oracle_branch`).
-            let ns = self.ns_of("r2")?.to_string();
-            let mark = "ip6 dscp 0x3f ip6 ecn ce ip6 hoplimit 254 iifname \"r1\"";
-            let mut rules = String::new();
-            for k in 1..=self.cfg.branches {
-                rules.push_str(&format!("    {mark} oifname \"b{k}\" counter drop\n"));
-            }
-            rules.push_str(&format!("    {mark} counter drop\n"));
-            let script = format!(
-                "table ip6 svctr_oracle {{\n  chain forward {{\n    type filter hook forward priority -200; policy accept;\n{rules}  }}\n}}\n"
-            );
-            let mut c = self.command(&ns, "nft");
-            c.args(["-f", "-"]);
-            run_checked(&mut c, Some(&script), CMD_TIMEOUT)?;
+        // IPv6 routing oracles (see `oracle_branch`): on r2, and on b1 for the second stage.
+        self.install_oracle("r2", "r1", ORACLE_HOPLIMIT, 'b', self.cfg.branches)?;
+        if self.cfg.sub_branches > 0 {
+            self.install_oracle("b1", "r2", ORACLE_HOPLIMIT - 1, 'c', self.cfg.sub_branches)?;
         }
         self.install_observer()?;
         if self.cfg.firewall {
@@ -682,6 +738,35 @@ impl Lab {
         self.verify_reachability()
     }
 
+    /// An IPv6 routing oracle chain on `router`: marked packets (traffic class 0xff and
+    /// hop limit `hoplimit` at its forward hook) that arrive from `iif` are dropped with a
+    /// counter per output interface `<prefix>1..<prefix>count`, then a catch-all.
+    fn install_oracle(
+        &self,
+        router: &str,
+        iif: &str,
+        hoplimit: u8,
+        prefix: char,
+        count: usize,
+    ) -> Result<()> {
+        let ns = self.ns_of(router)?.to_string();
+        let mark = format!("ip6 dscp 0x3f ip6 ecn ce ip6 hoplimit {hoplimit} iifname \"{iif}\"");
+        let mut rules = String::new();
+        for k in 1..=count {
+            rules.push_str(&format!(
+                "    {mark} oifname \"{prefix}{k}\" counter drop\n"
+            ));
+        }
+        rules.push_str(&format!("    {mark} counter drop\n"));
+        let script = format!(
+            "table ip6 svctr_oracle {{\n  chain forward {{\n    type filter hook forward priority -200; policy accept;\n{rules}  }}\n}}\n"
+        );
+        let mut c = self.command(&ns, "nft");
+        c.args(["-f", "-"]);
+        run_checked(&mut c, Some(&script), CMD_TIMEOUT)?;
+        Ok(())
+    }
+
     fn ip_batch(&self, n: &Node) -> String {
         let mut b = String::new();
         b.push_str("link set lo up\n");
@@ -699,6 +784,7 @@ impl Lab {
             b.push_str(&format!("link set {ifn} up\n"));
         }
         let k = self.cfg.branches;
+        let subs = self.cfg.sub_branches;
         let v6 = |net: Ipv4Addr, h: u8| host6(plan::v6_net(net), h);
         let ecmp = |hops: Vec<(String, String)>| {
             hops.iter()
@@ -747,14 +833,32 @@ impl Lab {
                     route(&fan4, host(plan::R3_R4_NET, 2).to_string(), "r4");
                     route(&fan6, v6(plan::R3_R4_NET, 2).to_string(), "r4");
                 }
-                let hops = (1..=k)
-                    .map(|i| (host(plan::branch_r3_net(i), 1).to_string(), format!("b{i}")))
-                    .collect();
-                b.push_str(&format!("route add {}{}\n", plan::CLIENT_HALF, ecmp(hops)));
-                let hops = (1..=k)
-                    .map(|i| (v6(plan::branch_r3_net(i), 1).to_string(), format!("b{i}")))
-                    .collect();
-                b.push_str(&format!("route add {}{}\n", plan::CLIENT_HALF6, ecmp(hops)));
+                // Back over every router that leads to r3: b1..bK, or with the second
+                // stage b2..bK and c1..cN.
+                let back = |v6net: bool| -> Vec<(String, String)> {
+                    let gw = |net: Ipv4Addr| {
+                        if v6net {
+                            v6(net, 1).to_string()
+                        } else {
+                            host(net, 1).to_string()
+                        }
+                    };
+                    let first = if subs > 0 { 2 } else { 1 };
+                    (first..=k)
+                        .map(|i| (gw(plan::branch_r3_net(i)), format!("b{i}")))
+                        .chain((1..=subs).map(|j| (gw(plan::sub_r3_net(j)), format!("c{j}"))))
+                        .collect()
+                };
+                b.push_str(&format!(
+                    "route add {}{}\n",
+                    plan::CLIENT_HALF,
+                    ecmp(back(false))
+                ));
+                b.push_str(&format!(
+                    "route add {}{}\n",
+                    plan::CLIENT_HALF6,
+                    ecmp(back(true))
+                ));
             }
             "r4" => {
                 route("198.18.0.0/15", host(plan::R3_R4_NET, 1).to_string(), "r3");
@@ -763,6 +867,50 @@ impl Lab {
                     route(&fan4, host(plan::SERVER_NET, 2).to_string(), "server");
                     route(&fan6, v6(plan::SERVER_NET, 2).to_string(), "server");
                 }
+            }
+            role if role.starts_with('c') => {
+                // second-stage router cJ, between b1 and r3
+                let j: usize = role[1..].parse().expect("second-stage role");
+                route(
+                    plan::CLIENT_HALF,
+                    host(plan::b1_sub_net(j), 1).to_string(),
+                    "b1",
+                );
+                route(
+                    plan::CLIENT_HALF6,
+                    v6(plan::b1_sub_net(j), 1).to_string(),
+                    "b1",
+                );
+                route(
+                    plan::SERVER_HALF,
+                    host(plan::sub_r3_net(j), 2).to_string(),
+                    "r3",
+                );
+                route(
+                    plan::SERVER_HALF6,
+                    v6(plan::sub_r3_net(j), 2).to_string(),
+                    "r3",
+                );
+            }
+            "b1" if subs > 0 => {
+                route(
+                    plan::CLIENT_HALF,
+                    host(plan::r2_branch_net(1), 1).to_string(),
+                    "r2",
+                );
+                route(
+                    plan::CLIENT_HALF6,
+                    v6(plan::r2_branch_net(1), 1).to_string(),
+                    "r2",
+                );
+                let hops = (1..=subs)
+                    .map(|j| (host(plan::b1_sub_net(j), 2).to_string(), format!("c{j}")))
+                    .collect();
+                b.push_str(&format!("route add {}{}\n", plan::SERVER_HALF, ecmp(hops)));
+                let hops = (1..=subs)
+                    .map(|j| (v6(plan::b1_sub_net(j), 2).to_string(), format!("c{j}")))
+                    .collect();
+                b.push_str(&format!("route add {}{}\n", plan::SERVER_HALF6, ecmp(hops)));
             }
             role => {
                 // branch router bK
@@ -992,7 +1140,60 @@ impl Lab {
         self.cfg.branches
     }
 
-    /// The hop addresses (ICMP sources) of the path through branch `k` (1-based).
+    /// The hop addresses (routers r1 to r4) of the path through branch `k` (1-based) and,
+    /// for b1 with the second stage, through `cJ` (`sub` = J; ignored elsewhere).
+    pub fn path_ip(&self, k: usize, sub: Option<usize>, v6: bool) -> Vec<IpAddr> {
+        let path = match sub {
+            Some(j) if k == 1 && self.cfg.sub_branches > 0 => vec![
+                host(plan::CLIENT_NET, 1),
+                host(plan::R1_R2_NET, 2),
+                host(plan::r2_branch_net(1), 2),
+                host(plan::b1_sub_net(j), 2),
+                host(plan::sub_r3_net(j), 2),
+                host(plan::R3_R4_NET, 2),
+            ],
+            _ => self.branch_path(k),
+        };
+        path.into_iter()
+            .map(|a| match v6 {
+                true => IpAddr::V6(v4_to_v6(a).expect("lab address")),
+                false => IpAddr::V4(a),
+            })
+            .collect()
+    }
+
+    /// Every path from the client towards the server half, as [`Lab::path_ip`] gives them:
+    /// one per branch, and with the second stage one per cJ instead of b1's.
+    pub fn all_paths_ip(&self, v6: bool) -> Vec<Vec<IpAddr>> {
+        let mut out = Vec::new();
+        for k in 1..=self.cfg.branches {
+            if k == 1 && self.cfg.sub_branches > 0 {
+                for j in 1..=self.cfg.sub_branches {
+                    out.push(self.path_ip(1, Some(j), v6));
+                }
+            } else {
+                out.push(self.path_ip(k, None, v6));
+            }
+        }
+        out
+    }
+
+    /// The second-stage router (1-based J of cJ) an address belongs to: cJ's or r3's
+    /// address on a link of cJ.
+    pub fn sub_branch_of_ip(&self, addr: IpAddr) -> Option<usize> {
+        let a = match addr {
+            IpAddr::V4(a) => a,
+            IpAddr::V6(a) => v6_to_v4(a)?,
+        };
+        (1..=self.cfg.sub_branches).find(|&j| {
+            let o = a.octets();
+            o[..3] == plan::b1_sub_net(j).octets()[..3]
+                || o[..3] == plan::sub_r3_net(j).octets()[..3]
+        })
+    }
+
+    /// The hop addresses (ICMP sources) of the path through branch `k` (1-based), without
+    /// the second stage ([`Lab::path_ip`] has it).
     pub fn branch_path(&self, k: usize) -> Vec<Ipv4Addr> {
         vec![
             host(plan::CLIENT_NET, 1),
@@ -1180,9 +1381,60 @@ impl Lab {
             bail!("flow label {flow_label:#x} has more than 20 bits");
         }
         if v6 {
-            return self.oracle_branch(proto, src, sport, dst, dport, flow_label);
+            return self.oracle_branch("r2", proto, src, sport, dst, dport, flow_label);
         }
-        let ns = self.router_ns("r2")?.to_string();
+        self.route_get_v4(
+            "r2",
+            "r1",
+            'b',
+            self.cfg.branches,
+            proto,
+            src,
+            sport,
+            dst,
+            dport,
+        )
+    }
+
+    /// With the second stage ([`LabConfig::sub_branches`]): the router c1..cN (1-based)
+    /// that b1 picks for a packet of this flow arriving from r2 (the flow must go through
+    /// b1: see [`Lab::route_branch_ip`]). IPv4 by `ip route get ... iif r2` in b1, IPv6 by
+    /// b1's routing oracle.
+    pub fn route_sub_branch_ip(
+        &self,
+        proto: Proto,
+        src: IpAddr,
+        sport: u16,
+        dst: IpAddr,
+        dport: u16,
+        flow_label: u32,
+    ) -> Result<usize> {
+        if self.cfg.sub_branches == 0 {
+            bail!("lab {} has no second stage behind b1", self.prefix);
+        }
+        if dst.is_ipv6() {
+            return self.oracle_branch("b1", proto, src, sport, dst, dport, flow_label);
+        }
+        let n = self.cfg.sub_branches;
+        self.route_get_v4("b1", "r2", 'c', n, proto, src, sport, dst, dport)
+    }
+
+    /// `ip route get` in `router` for a packet from `iif`: the output interface
+    /// `<prefix>N`, N in 1..=count.
+    #[allow(clippy::too_many_arguments)]
+    fn route_get_v4(
+        &self,
+        router: &str,
+        iif: &str,
+        prefix: char,
+        count: usize,
+        proto: Proto,
+        src: IpAddr,
+        sport: u16,
+        dst: IpAddr,
+        dport: u16,
+    ) -> Result<usize> {
+        let ns = self.router_ns(router)?.to_string();
         let mut c = Command::new("ip");
         c.args([
             "-n",
@@ -1195,7 +1447,7 @@ impl Lab {
             "from",
             &src.to_string(),
             "iif",
-            "r1",
+            iif,
             "ipproto",
             proto.name(),
         ]);
@@ -1209,26 +1461,23 @@ impl Lab {
             .find(|w| w[0] == "dev")
             .map(|w| w[1])
             .ok_or_else(|| anyhow!("cannot parse `ip route get` output: {out}"))?;
-        let k: usize = dev
-            .strip_prefix('b')
+        dev.strip_prefix(prefix)
             .and_then(|s| s.parse().ok())
-            .filter(|k| (1..=self.cfg.branches).contains(k))
-            .ok_or_else(|| anyhow!("r2 routes this flow via {dev:?}, not a branch: {out}"))?;
-        if let Some(w) = toks.windows(2).find(|w| w[0] == "via") {
-            let via: Ipv4Addr = w[1].parse().with_context(|| format!("bad via in {out}"))?;
-            if via != host(plan::r2_branch_net(k), 2) {
-                bail!("unexpected gateway {via} for dev {dev}: {out}");
-            }
-        }
-        Ok(k)
+            .filter(|k| (1..=count).contains(k))
+            .ok_or_else(|| anyhow!("{router} routes this flow via {dev:?}, not a branch: {out}"))
     }
 
     /// IPv6 ground truth by experiment: r1 sends a packet with the flow's header
     /// fields (addresses, next header, ports, flow label) into r2, marked with traffic
     /// class 0xff and hop limit 255, which the ECMP hash ignores. r2 routes it like the
     /// flow, and its `svctr_oracle` forward chain drops it with a per-branch counter.
+    /// For the second stage (`router` b1) it is sent with hop limit 254: r2's chain lets it
+    /// through, r2 forwards it like the flow (to b1, for a flow that goes there), and b1's
+    /// chain drops it with a counter per second-stage router.
+    #[allow(clippy::too_many_arguments)]
     fn oracle_branch(
         &self,
+        router: &str,
         proto: Proto,
         src: IpAddr,
         sport: u16,
@@ -1239,19 +1488,26 @@ impl Lab {
         let (IpAddr::V6(src6), IpAddr::V6(dst6)) = (src, dst) else {
             bail!("the routing oracle is IPv6-only");
         };
-        let pkt = util::oracle_packet6(proto.number(true), src6, dst6, sport, dport, flow_label);
+        let (count, hoplimit) = match router {
+            "r2" => (self.cfg.branches, 255),
+            _ => (self.cfg.sub_branches, 254),
+        };
+        let mut pkt =
+            util::oracle_packet6(proto.number(true), src6, dst6, sport, dport, flow_label);
+        pkt[7] = hoplimit;
         let r1 = self.router_ns("r1")?.to_string();
-        let r2 = self.router_ns("r2")?.to_string();
-        let mut seen = self.oracle.lock().unwrap_or_else(|e| e.into_inner());
+        let ns = self.router_ns(router)?.to_string();
+        let mut all = self.oracle.lock().unwrap_or_else(|e| e.into_inner());
+        let seen = all.entry(router.to_string()).or_default();
         util::send_raw6(&r1, dst6, pkt)?;
-        // r2 forwards in softirq context right after r1's transmit; poll briefly.
+        // The routers forward in softirq context right after r1's transmit; poll briefly.
         let deadline = std::time::Instant::now() + Duration::from_secs(2);
         loop {
-            let now = self.oracle_counters(&r2)?;
-            if now.len() != self.cfg.branches + 1 {
-                bail!("unexpected svctr_oracle chain on r2: {now:?}");
+            let now = self.oracle_counters(&ns)?;
+            if now.len() != count + 1 {
+                bail!("unexpected svctr_oracle chain on {router}: {now:?}");
             }
-            let old = std::mem::replace(&mut *seen, now.clone());
+            let old = std::mem::replace(seen, now.clone());
             let grown: Vec<usize> = (0..now.len())
                 .filter(|&i| now[i] > old.get(i).copied().unwrap_or(0))
                 .collect();
@@ -1260,11 +1516,11 @@ impl Lab {
                     std::thread::sleep(Duration::from_millis(2));
                 }
                 [] => bail!(
-                    "routing oracle: r2 did not forward the probe {src}:{sport} -> {dst}:{dport} ({})",
+                    "routing oracle: {router} did not forward the probe {src}:{sport} -> {dst}:{dport} ({})",
                     proto.name()
                 ),
-                [i] if *i < self.cfg.branches => return Ok(i + 1),
-                [_] => bail!("routing oracle: r2 routes {src} -> {dst} to no branch"),
+                [i] if *i < count => return Ok(i + 1),
+                [_] => bail!("routing oracle: {router} routes {src} -> {dst} to no branch"),
                 _ => bail!("routing oracle: counters moved on several branches {grown:?}"),
             }
         }
@@ -1348,7 +1604,12 @@ impl Lab {
             _ => (src, sport),
         };
         let k = self.route_branch_ip(proto, src, sport, dst, dport, flow_label)?;
-        Ok(self.branch_path_ip(k, dst.is_ipv6()))
+        let j = if k == 1 && self.cfg.sub_branches > 0 {
+            Some(self.route_sub_branch_ip(proto, src, sport, dst, dport, flow_label)?)
+        } else {
+            None
+        };
+        Ok(self.path_ip(k, j, dst.is_ipv6()))
     }
 
     /// Absolute SNMP/netstat counters of a namespace (`nstat -asz --json`), e.g.
@@ -1467,7 +1728,7 @@ fn v6_to_v4(a: Ipv6Addr) -> Option<Ipv4Addr> {
 }
 
 /// Nodes and links of the topology for `branches` branches.
-fn topology(prefix: &str, branches: usize) -> (Vec<Node>, Vec<LinkSpec>) {
+fn topology(prefix: &str, branches: usize, subs: usize) -> (Vec<Node>, Vec<LinkSpec>) {
     let node = |role: &str, router: bool| Node {
         role: role.to_string(),
         ns: format!("{prefix}-{role}"),
@@ -1476,6 +1737,9 @@ fn topology(prefix: &str, branches: usize) -> (Vec<Node>, Vec<LinkSpec>) {
     let mut nodes = vec![node("client", false), node("r1", true), node("r2", true)];
     for k in 1..=branches {
         nodes.push(node(&format!("b{k}"), true));
+    }
+    for j in 1..=subs {
+        nodes.push(node(&format!("c{j}"), true));
     }
     nodes.push(node("r3", true));
     nodes.push(node("r4", true));
@@ -1502,7 +1766,15 @@ fn topology(prefix: &str, branches: usize) -> (Vec<Node>, Vec<LinkSpec>) {
     for k in 1..=branches {
         let bk = format!("b{k}");
         links.push(link("r2", &bk, 1, &bk, "r2", 2, plan::r2_branch_net(k)));
-        links.push(link(&bk, "r3", 1, "r3", &bk, 2, plan::branch_r3_net(k)));
+        if k == 1 && subs > 0 {
+            for j in 1..=subs {
+                let cj = format!("c{j}");
+                links.push(link("b1", &cj, 1, &cj, "b1", 2, plan::b1_sub_net(j)));
+                links.push(link(&cj, "r3", 1, "r3", &cj, 2, plan::sub_r3_net(j)));
+            }
+        } else {
+            links.push(link(&bk, "r3", 1, "r3", &bk, 2, plan::branch_r3_net(k)));
+        }
     }
     links.push(link("r3", "r4", 1, "r4", "r3", 2, plan::R3_R4_NET));
     links.push(link(
@@ -1627,7 +1899,7 @@ mod unit {
 
     #[test]
     fn topology_shape() {
-        let (nodes, links) = topology("t", 4);
+        let (nodes, links) = topology("t", 4, 0);
         assert_eq!(nodes.len(), 2 + 2 + 4 + 2);
         assert_eq!(links.len(), 4 + 2 * 4);
         assert_eq!(links[0].addr_b(), Ipv4Addr::new(198, 18, 1, 2));
@@ -1644,7 +1916,7 @@ mod unit {
             plan::v6_net(plan::branch_r3_net(32)).to_string(),
             "2001:2:0:1942::"
         );
-        let (_, links) = topology("t", 3);
+        let (_, links) = topology("t", 3, 0);
         assert_eq!(links[0].addr6_a().to_string(), "2001:2:0:1801::1");
         assert_eq!(links[0].addr6_b().to_string(), "2001:2:0:1801::2");
         assert_eq!(

@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_flows;
+mod bench_multipath;
 
 use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
@@ -46,6 +47,10 @@ enum Cmd {
         /// Extra destinations behind r4 (IPv4 198.19.128.1.., IPv6 2001:2:0:1980::1..).
         #[arg(long, default_value_t = 0)]
         fanout: usize,
+        /// A second ECMP stage of this many routers (c1..cN) behind b1 only (0: none);
+        /// then --branches may be 2 (the multipath lab: --branches 2 --sub-branches 3).
+        #[arg(long, default_value_t = 0)]
+        sub_branches: usize,
     },
     /// Remove the namespaces of a leftover lab (`NAME-*`).
     Down {
@@ -128,6 +133,17 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         reps: usize,
     },
+    /// Benchmark: multipath discovery on the multipath lab (2 branches, b1 splitting again
+    /// over 3), ours against scamper tracelb and Dublin traceroute: probes, time,
+    /// completeness; prints a Markdown report.
+    BenchMultipath {
+        /// Path of the service-traceroute binary.
+        #[arg(long)]
+        tracer: PathBuf,
+        /// Runs of each tool.
+        #[arg(long, default_value_t = 10)]
+        reps: usize,
+    },
     /// Echo server for the lab's flow generator, in the current network namespace
     /// (run by `echo_server_process` as `ip netns exec <server> svctr-lab echo ...`).
     /// Prints `listening PORT`, then `stats CONNS MESSAGES BYTES CPU_NS` every 200 ms;
@@ -158,7 +174,8 @@ fn main() -> ExitCode {
             name,
             branches,
             fanout,
-        } => up(nat, firewall, name, branches, fanout, &stop),
+            sub_branches,
+        } => up(nat, firewall, name, branches, fanout, sub_branches, &stop),
         Cmd::Down { name } => down(&name),
         Cmd::Demo {
             tracer,
@@ -211,6 +228,15 @@ fn main() -> ExitCode {
         Cmd::BenchCapture { tracer, secs, reps } => {
             bench_flows::run_capture(&bench_flows::CaptureBenchArgs { tracer, secs, reps }, &stop)
         }
+        Cmd::BenchMultipath { tracer, reps } => bench_multipath::run(
+            &bench_multipath::MultipathArgs { tracer, reps },
+            &std::env::args().collect::<Vec<_>>().join(" "),
+            &stop,
+        )
+        .map(|report| {
+            print!("{report}");
+            0
+        }),
         Cmd::Echo { proto, bind } => match proto.as_str() {
             "tcp" => svctr_lab::run_echo_process(Proto::Tcp, bind, &stop).map(|()| 0),
             "udp" => svctr_lab::run_echo_process(Proto::Udp, bind, &stop).map(|()| 0),
@@ -245,9 +271,14 @@ fn describe_hop(lab: &Lab, a: Ipv4Addr) -> String {
 fn print_summary(lab: &Lab) {
     let c = lab.config();
     println!(
-        "lab {}: {} branches, nat={}, firewall={}",
+        "lab {}: {} branches{}, nat={}, firewall={}",
         lab.name(),
         c.branches,
+        if c.sub_branches > 0 {
+            format!(" (b1 splits again over {} routers)", c.sub_branches)
+        } else {
+            String::new()
+        },
         c.nat,
         c.firewall
     );
@@ -290,11 +321,11 @@ fn print_summary(lab: &Lab) {
         "  service ports: tcp {:?}, udp {:?}",
         c.service_ports_tcp, c.service_ports_udp
     );
-    for k in 1..=lab.branches() {
-        let p: Vec<String> = lab.branch_path(k).iter().map(|a| a.to_string()).collect();
-        println!("  path via b{k}: {} -> {}", p.join(" "), lab.server_addr());
-        let p: Vec<String> = lab.branch_path6(k).iter().map(|a| a.to_string()).collect();
-        println!("               {} -> {}", p.join(" "), lab.server_addr6());
+    for (v4, v6) in lab.all_paths_ip(false).iter().zip(lab.all_paths_ip(true)) {
+        let p: Vec<String> = v4.iter().map(|a| a.to_string()).collect();
+        println!("  path: {} -> {}", p.join(" "), lab.server_addr());
+        let p: Vec<String> = v6.iter().map(|a| a.to_string()).collect();
+        println!("        {} -> {}", p.join(" "), lab.server_addr6());
     }
     if c.fanout > 0 {
         let (v4, v6) = (lab.fanout_targets_v4(), lab.fanout_targets_v6());
@@ -320,10 +351,12 @@ fn up(
     name: Option<String>,
     branches: usize,
     fanout: usize,
+    sub_branches: usize,
     stop: &AtomicBool,
 ) -> Result<u8> {
     let cfg = LabConfig {
         fanout,
+        sub_branches,
         ..config(nat, firewall, branches)
     };
     let lab = match &name {

@@ -70,9 +70,18 @@ fn observer_set(proto: Proto, v6: bool) -> &'static str {
 }
 
 impl Lab {
-    /// Installs r2's application-flow observer (see the module documentation).
+    /// Installs r2's application-flow observer (see the module documentation), and b1's
+    /// when the lab has the second stage.
     pub(crate) fn install_observer(&self) -> Result<()> {
-        let ns = self.router_ns("r2")?.to_string();
+        self.install_observer_on("r2", "r1", 'b')?;
+        if self.config().sub_branches > 0 {
+            self.install_observer_on("b1", "r2", 'c')?;
+        }
+        Ok(())
+    }
+
+    fn install_observer_on(&self, router: &str, iif: &str, prefix: char) -> Result<()> {
+        let ns = self.router_ns(router)?.to_string();
         let mut sets = String::new();
         let mut rules = String::new();
         for (v6, addr_type, ip, ttl) in [
@@ -86,7 +95,7 @@ impl Lab {
                     "  set {set} {{\n    type {addr_type} . inet_service . {addr_type} . inet_service . iface_index\n    flags dynamic\n    size {OBSERVER_CAPACITY}\n  }}\n"
                 ));
                 rules.push_str(&format!(
-                    "    iifname \"r1\" oifname \"b*\" {ttl} > {OBSERVER_MIN_TTL} meta l4proto {p} add @{set} {{ {ip} saddr . {p} sport . {ip} daddr . {p} dport . meta oif }}\n"
+                    "    iifname \"{iif}\" oifname \"{prefix}*\" {ttl} > {OBSERVER_MIN_TTL} meta l4proto {p} add @{set} {{ {ip} saddr . {p} sport . {ip} daddr . {p} dport . meta oif }}\n"
                 ));
             }
         }
@@ -106,7 +115,26 @@ impl Lab {
     /// packets were spread (e.g. an IPv6 flow whose label changed). Flows are as r2
     /// sees them: with NAT, IPv4 sources are r1's translations ([`Lab::app_flow`]).
     pub fn observed_branches(&self) -> Result<HashMap<AppFlow, BTreeSet<usize>>> {
-        let ns = self.router_ns("r2")?.to_string();
+        self.observed_at("r2", 'b', self.cfg.branches)
+    }
+
+    /// With the second stage ([`crate::LabConfig::sub_branches`]): which routers c1..cN
+    /// (1-based) the application packets of each TCP/UDP flow took at b1, like
+    /// [`Lab::observed_branches`].
+    pub fn observed_sub_branches(&self) -> Result<HashMap<AppFlow, BTreeSet<usize>>> {
+        if self.cfg.sub_branches == 0 {
+            bail!("lab {} has no second stage behind b1", self.name());
+        }
+        self.observed_at("b1", 'c', self.cfg.sub_branches)
+    }
+
+    fn observed_at(
+        &self,
+        router: &str,
+        prefix: char,
+        count: usize,
+    ) -> Result<HashMap<AppFlow, BTreeSet<usize>>> {
+        let ns = self.router_ns(router)?.to_string();
         let mut c = self.command(&ns, "nft");
         c.args(["-j", "list", "table", "inet", "svctr_observe"]);
         let out = run_checked(&mut c, None, CMD_TIMEOUT)?;
@@ -154,14 +182,14 @@ impl Lab {
                         ifindex_names
                             .as_ref()
                             .and_then(|m| m.get(&idx).cloned())
-                            .ok_or_else(|| anyhow!("r2 has no interface with index {idx}"))?
+                            .ok_or_else(|| anyhow!("{router} has no interface with index {idx}"))?
                     }
                     _ => bail!("bad interface in observer element {e}"),
                 };
                 let Some(k) = name
-                    .strip_prefix('b')
+                    .strip_prefix(prefix)
                     .and_then(|k| k.parse::<usize>().ok())
-                    .filter(|k| (1..=self.cfg.branches).contains(k))
+                    .filter(|k| (1..=count).contains(k))
                 else {
                     continue;
                 };
@@ -178,16 +206,23 @@ impl Lab {
         Ok(flows)
     }
 
-    /// Forgets every observed flow (flushes r2's observer sets).
+    /// Forgets every observed flow (flushes the observers' sets).
     pub fn clear_observed(&self) -> Result<()> {
-        let ns = self.router_ns("r2")?.to_string();
-        let script: String = ["tcp4", "udp4", "tcp6", "udp6"]
-            .iter()
-            .map(|s| format!("flush set inet svctr_observe {s}\n"))
-            .collect();
-        let mut c = self.command(&ns, "nft");
-        c.args(["-f", "-"]);
-        run_checked(&mut c, Some(&script), CMD_TIMEOUT)?;
+        let routers: &[&str] = if self.cfg.sub_branches > 0 {
+            &["r2", "b1"]
+        } else {
+            &["r2"]
+        };
+        for router in routers {
+            let ns = self.router_ns(router)?.to_string();
+            let script: String = ["tcp4", "udp4", "tcp6", "udp6"]
+                .iter()
+                .map(|s| format!("flush set inet svctr_observe {s}\n"))
+                .collect();
+            let mut c = self.command(&ns, "nft");
+            c.args(["-f", "-"]);
+            run_checked(&mut c, Some(&script), CMD_TIMEOUT)?;
+        }
         Ok(())
     }
 
