@@ -8,7 +8,7 @@
 set -euo pipefail
 
 need=(libpcap-dev pkg-config iproute2 nftables conntrack traceroute scamper procps util-linux
-      dnsmasq-base curl openssl ethtool tcpdump)
+      dnsmasq-base curl openssl ethtool tcpdump graphviz)
 missing=()
 for p in "${need[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

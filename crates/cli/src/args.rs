@@ -194,6 +194,31 @@ pub(crate) enum Format {
     Jsonl,
 }
 
+/// Output of `trace`: the formats of the other commands, and graphs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum TraceFormat {
+    /// traceroute-like text, each hop printed as soon as it is known
+    Text,
+    /// one JSON object, or an array of them when there are several targets, printed at the end
+    Json,
+    /// one JSON object per line, printed as each target finishes
+    Jsonl,
+    /// a Graphviz graph of every target's paths (nodes by TTL, diamonds visible), at the end
+    Dot,
+    /// the Graphviz graph rendered as SVG by Graphviz's `dot` program
+    Svg,
+}
+
+/// `--confidence`: a probability strictly between 0 and 1.
+pub(crate) fn parse_confidence(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(c) if c > 0.0 && c < 1.0 => Ok(c),
+        _ => Err(format!(
+            "invalid confidence {s:?}: expected a probability between 0 and 1, e.g. 0.95"
+        )),
+    }
+}
+
 /// `--retrace-after`: a duration, or never (`never` or 0).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Retrace(pub(crate) Option<Duration>);

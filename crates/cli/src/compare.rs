@@ -1,14 +1,21 @@
 //! `compare`: the paper's experiment. Traces a live flow with its own probes, then fresh Paris
-//! flows to the same destination and port, and shows where their paths differ.
+//! flows to the same destination and port, and shows where their paths differ; with
+//! `--multipath`, every load-balanced path to the destination (the MDA engine) with the
+//! flow's own path among them.
 
 use std::net::IpAddr;
 use std::time::Duration;
 
 use clap::{ArgGroup, Args, ValueEnum};
-use svctr_core::{FlowFilter, Protocol, Strategy, TraceConfig, TracerouteConfig};
-use svctr_io::{trace_flows, traceroute, Error, FlowTraceOptions, TracerouteOptions};
+use svctr_core::{
+    DotPart, FlowFilter, MdaConfig, Protocol, Strategy, TraceConfig, TraceResult, TracerouteConfig,
+};
+use svctr_io::{
+    multipath, trace_flows, traceroute, Error, FlowTraceOptions, MultipathOptions,
+    TracerouteOptions,
+};
 
-use crate::args::{parse_duration, parse_port, parse_remote, DurationArg};
+use crate::args::{parse_confidence, parse_duration, parse_port, parse_remote, DurationArg};
 use crate::error::CliError;
 use crate::output::Run;
 use crate::Outcome;
@@ -20,6 +27,10 @@ pub(crate) enum CompareFormat {
     Text,
     /// one JSON object: the comparison with both traces
     Json,
+    /// --multipath: a Graphviz graph of every path, the flow's drawn bold
+    Dot,
+    /// --multipath: that graph rendered as SVG by Graphviz's `dot` program
+    Svg,
 }
 
 #[derive(Args)]
@@ -43,6 +54,19 @@ pub(crate) struct CompareArgs {
     /// How many fresh Paris flows to compare with.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=32))]
     fresh: u8,
+    /// Compare with every load-balanced path to the destination instead (multipath
+    /// discovery with fresh flows: TCP to the flow's port from other source ports, UDP to
+    /// ports 33434 and up, so no fresh datagram reaches the application).
+    #[arg(long, conflicts_with = "fresh")]
+    multipath: bool,
+    /// --multipath: the probability of finding every node and link.
+    #[arg(long, requires = "multipath", value_parser = parse_confidence,
+          default_value_t = MdaConfig::default().confidence)]
+    confidence: f64,
+    /// --multipath: probes at most.
+    #[arg(long, requires = "multipath", default_value_t = MdaConfig::default().max_probes,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_probes: u32,
     /// Wait at most this long for the flow.
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
@@ -65,6 +89,13 @@ pub(crate) fn run_compare(a: CompareArgs) -> Result<Outcome, CliError> {
         ));
     };
     let protocol = if a.udp { Protocol::Udp } else { Protocol::Tcp };
+    match a.format {
+        CompareFormat::Dot | CompareFormat::Svg if !a.multipath => {
+            return Err(CliError::input("--format dot and svg need --multipath"))
+        }
+        CompareFormat::Svg => crate::graph::check_dot()?,
+        _ => {}
+    }
     let opts = FlowTraceOptions {
         iface: a.iface.clone(),
         filter: FlowFilter {
@@ -102,6 +133,9 @@ pub(crate) fn run_compare(a: CompareArgs) -> Result<Outcome, CliError> {
             "the flow could not be traced".to_string()
         }));
     };
+    if a.multipath {
+        return compare_multipath(&a, flow, protocol, remote_port, run);
+    }
     // Fresh flows: Paris probes to the same port, each from its own new source port. They stop
     // where the flow's probes stopped, short of the remote, so the application never sees them.
     let max_ttl = flow.hops.last().map_or(1, |h| h.ttl).max(1);
@@ -141,6 +175,69 @@ pub(crate) fn run_compare(a: CompareArgs) -> Result<Outcome, CliError> {
                 run.print(&(t + "\n"));
             }
         }
+        CompareFormat::Dot | CompareFormat::Svg => {}
+    }
+    run.finish()?;
+    Ok(Outcome::of(&run, 1))
+}
+
+/// `compare --multipath`: the discovery from the flow's own source address, then the flow's
+/// path placed among the paths found.
+fn compare_multipath(
+    a: &CompareArgs,
+    flow: TraceResult,
+    protocol: Protocol,
+    remote_port: u16,
+    mut run: Run,
+) -> Result<Outcome, CliError> {
+    let stop = std::sync::Arc::clone(&run.stop);
+    let config = MdaConfig {
+        protocol,
+        // TCP: SYNs to the flow's port (a completed handshake is all an application sees,
+        // and these never complete); UDP: the traceroute ports, never the application's.
+        port: (protocol == Protocol::Tcp).then_some(remote_port),
+        timeout: a.timeout.0,
+        confidence: a.confidence,
+        max_probes: a.max_probes,
+        ..MdaConfig::default()
+    };
+    let opts = MultipathOptions {
+        targets: vec![flow.flow.remote.ip],
+        config,
+        iface: Some(a.iface.clone()),
+        rate: 0,
+        resolve_names: false,
+        source: Some(flow.flow.local.ip),
+    };
+    let Some(mda) = multipath(&opts, &stop, |_| {})?.results.pop() else {
+        return Ok(Outcome::nothing(
+            "interrupted before the multipath discovery",
+        ));
+    };
+    let c = svctr_core::compare_multipath(flow, mda);
+    let dot = || {
+        let per_packet: Vec<_> = c.multipath.per_packet.iter().map(|p| p.addr).collect();
+        svctr_core::render_dot(&[DotPart {
+            title: format!(
+                "{} — the application flow {}:{} in bold",
+                c.summary, c.flow.flow.local.ip, c.flow.flow.local.port
+            ),
+            source: Some(c.multipath.source),
+            destination: Some(c.multipath.destination),
+            graph: &c.multipath.graph,
+            highlight: &c.flow_links,
+            per_packet: &per_packet,
+        }])
+    };
+    match a.format {
+        CompareFormat::Text => run.print(&svctr_core::render_multipath_comparison(&c)),
+        CompareFormat::Json => {
+            if let Ok(t) = serde_json::to_string(&c) {
+                run.print(&(t + "\n"));
+            }
+        }
+        CompareFormat::Dot => run.print(&dot()),
+        CompareFormat::Svg => run.print(&crate::graph::svg(&dot())?),
     }
     run.finish()?;
     Ok(Outcome::of(&run, 1))

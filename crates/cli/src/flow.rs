@@ -15,6 +15,7 @@ use crate::args::{
     parse_duration, parse_port, parse_remote, parse_retrace, AlgorithmArg, DurationArg, Format,
     PerArg, Retrace,
 };
+use crate::branches::MarkerConfig;
 use crate::error::CliError;
 use crate::output::Run;
 use crate::Outcome;
@@ -159,6 +160,15 @@ pub(crate) struct MonitorArgs {
     /// Exit after this many traces (0: until interrupted or --duration).
     #[arg(long, default_value_t = 0)]
     count: usize,
+    /// Also discover every load-balanced path of each destination, once (fresh flows: TCP
+    /// to the flow's port, UDP to ports 33434 and up), and mark each traced flow's branch
+    /// among them in its result (`multipath`).
+    #[arg(long)]
+    multipath: bool,
+    /// --multipath: the probability of finding every node and link.
+    #[arg(long, requires = "multipath", value_parser = crate::args::parse_confidence,
+          default_value_t = svctr_core::MdaConfig::default().confidence)]
+    confidence: f64,
     /// Output format.
     #[arg(long, value_enum, default_value = "jsonl")]
     format: Format,
@@ -269,14 +279,20 @@ fn monitor_options(
 
 pub(crate) fn run_flow(a: FlowArgs) -> Result<Outcome, CliError> {
     let opts = monitor_options(&a.select, &a.trace, a.count)?;
-    run_monitor(&opts, a.format, a.trace.stats)
+    run_monitor(&opts, a.format, a.trace.stats, None)
 }
 
 pub(crate) fn run_monitor_cmd(a: MonitorArgs) -> Result<Outcome, CliError> {
     let mut opts = monitor_options(&a.select, &a.trace, a.count)?;
     opts.config.retrace_after = a.retrace_after.0;
     opts.config.granularity = a.per.into();
-    run_monitor(&opts, a.format, a.trace.stats)
+    let marker = a.multipath.then(|| MarkerConfig {
+        iface: (opts.iface != "any").then(|| opts.iface.clone()),
+        rate: opts.rate,
+        confidence: a.confidence,
+        timeout: opts.config.trace.timeout,
+    });
+    run_monitor(&opts, a.format, a.trace.stats, marker)
 }
 
 fn render(format: Format, r: &TraceResult) -> Option<String> {
@@ -302,7 +318,11 @@ fn run_monitor(
     opts: &MonitorOptions,
     format: Format,
     show_stats: bool,
+    marker: Option<MarkerConfig>,
 ) -> Result<Outcome, CliError> {
+    if let Some(m) = marker {
+        return run_monitor_marked(opts, format, show_stats, m);
+    }
     let mut run = Run::start()?;
     let stop = std::sync::Arc::clone(&run.stop);
     let mut collected = Vec::new();
@@ -314,6 +334,46 @@ fn run_monitor(
             collected.push(r);
         }
     }) {
+        Ok(s) => s,
+        Err(Error::NothingMatched { selector, duration }) => {
+            return Ok(Outcome::nothing(format!(
+                "no flow matched {selector} within {:.1} s",
+                duration.as_secs_f64()
+            )))
+        }
+        Err(e) => return Err(CliError::from(e).naming_ttls("--first-ttl", "--max-ttl")),
+    };
+    if format == Format::Json {
+        run.print(&json_collection(&collected));
+    }
+    run.finish()?;
+    if show_stats {
+        print_stats(&summary);
+    }
+    if summary.capture_drops > 0 {
+        warn_drops(summary.capture_drops);
+    }
+    Ok(outcome(opts, &summary, &run))
+}
+
+/// [`run_monitor`] with each result marked with its branch (see the branches module).
+fn run_monitor_marked(
+    opts: &MonitorOptions,
+    format: Format,
+    show_stats: bool,
+    marker: MarkerConfig,
+) -> Result<Outcome, CliError> {
+    let run = Run::start()?;
+    let stop = std::sync::Arc::clone(&run.stop);
+    let (tx, printer) = crate::branches::spawn_printer(run, format, marker);
+    let result = monitor(opts, &stop, |r| {
+        let _ = tx.send(r);
+    });
+    drop(tx);
+    let (mut run, collected) = printer
+        .join()
+        .map_err(|_| CliError::input("the printer thread panicked"))?;
+    let summary = match result {
         Ok(s) => s,
         Err(Error::NothingMatched { selector, duration }) => {
             return Ok(Outcome::nothing(format!(

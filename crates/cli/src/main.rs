@@ -17,9 +17,11 @@
 //!   another process holds) or to run (capture, output); one line on stderr.
 
 mod args;
+mod branches;
 mod compare;
 mod error;
 mod flow;
+mod graph;
 mod output;
 mod services;
 mod trace;

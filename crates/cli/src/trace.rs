@@ -1,16 +1,23 @@
 //! `trace`: classic, Paris and Dublin traceroute with the habits of traceroute(8): its flags,
 //! `HOST [PACKETLEN]`, IPv4 first for a dual-stack name, and each hop printed as soon as it is
-//! known.
+//! known; with `--multipath`, every load-balanced path (the MDA engine), as text, JSON or a
+//! Graphviz picture.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, ToSocketAddrs};
 use std::time::Duration;
 
 use clap::Args;
-use svctr_core::{Protocol, TracerouteConfig, TracerouteEvent};
-use svctr_io::{traceroute, TracerouteOptions};
+use svctr_core::{
+    DotPart, MdaConfig, MdaEvent, MdaResult, Protocol, TracerouteConfig, TracerouteEvent,
+    TracerouteResult,
+};
+use svctr_io::{multipath, traceroute, MultipathOptions, TracerouteOptions};
 
-use crate::args::{parse_port, parse_sendwait, AlgorithmArg, DurationArg, Format, StrategyArg};
+use crate::args::{
+    parse_confidence, parse_port, parse_sendwait, AlgorithmArg, DurationArg, StrategyArg,
+    TraceFormat,
+};
 use crate::error::CliError;
 use crate::flow::json_collection;
 use crate::output::Run;
@@ -45,6 +52,20 @@ pub(crate) struct TraceArgs {
     /// traceroute(8) does).
     #[arg(short = '6')]
     ipv6: bool,
+    /// Every load-balanced path, not one: vary the flow identifier and enumerate each
+    /// router's successors until none is missed with the --confidence (the Multipath
+    /// Detection Algorithm, MDA).
+    #[arg(long, conflicts_with_all = ["strategy", "queries", "sim_queries", "algorithm",
+          "retries", "sendwait", "dont_fragment", "payload", "extensions"])]
+    multipath: bool,
+    /// --multipath: the probability of finding every node and link.
+    #[arg(long, requires = "multipath", value_parser = parse_confidence,
+          default_value_t = MdaConfig::default().confidence)]
+    confidence: f64,
+    /// --multipath: probes per target at most (the stop reason says when it was reached).
+    #[arg(long, requires = "multipath", default_value_t = MdaConfig::default().max_probes,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_probes: u32,
     /// Where the probe number goes.
     #[arg(long, value_enum, default_value_t = TracerouteConfig::default().strategy.into())]
     strategy: StrategyArg,
@@ -127,7 +148,7 @@ pub(crate) struct TraceArgs {
     algorithm: AlgorithmArg,
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
-    format: Format,
+    format: TraceFormat,
 }
 
 /// The probe protocol the flags ask for.
@@ -214,50 +235,32 @@ struct Streamer {
     next: usize,
     held: HashMap<IpAddr, String>,
     done: HashSet<IpAddr>,
-    config: TracerouteConfig,
-    extensions: bool,
 }
 
 impl Streamer {
-    fn text(&self, ev: &TracerouteEvent) -> Option<(IpAddr, String, bool)> {
-        let c = &self.config;
-        match ev {
-            TracerouteEvent::Started { target, source } => {
-                let port = (c.protocol != Protocol::Icmp).then(|| c.dest_port());
-                let header = svctr_core::traceroute_header(
-                    *target,
-                    self.names.get(target).map(String::as_str),
-                    port,
-                    c.protocol,
-                    c.strategy,
-                    *source,
-                    Some(c.max_ttl),
-                );
-                Some((*target, header + "\n", false))
-            }
-            TracerouteEvent::Hop { target, hop } => {
-                Some((*target, svctr_core::render_hop(hop, self.extensions), false))
-            }
-            TracerouteEvent::Finished(r) => Some((
-                r.destination,
-                svctr_core::traceroute_stop_line(r) + "\n\n",
-                true,
-            )),
-            _ => None,
+    fn new(order: Vec<IpAddr>, names: HashMap<IpAddr, String>) -> Self {
+        Self {
+            order,
+            names,
+            next: 0,
+            held: HashMap::new(),
+            done: HashSet::new(),
         }
     }
 
-    fn on_event(&mut self, ev: &TracerouteEvent, run: &mut Run) {
-        let Some((target, text, finished)) = self.text(ev) else {
-            return;
-        };
+    fn name(&self, target: &IpAddr) -> Option<&str> {
+        self.names.get(target).map(String::as_str)
+    }
+
+    /// Text of `target`; `finished`: its last.
+    fn push(&mut self, target: IpAddr, text: &str, finished: bool, run: &mut Run) {
         if self.order.get(self.next) == Some(&target) {
-            run.print(&text);
+            run.print(text);
             if finished {
                 self.advance(run);
             }
         } else {
-            self.held.entry(target).or_default().push_str(&text);
+            self.held.entry(target).or_default().push_str(text);
             if finished {
                 self.done.insert(target);
             }
@@ -279,6 +282,150 @@ impl Streamer {
             }
         }
     }
+
+    fn traceroute_event(
+        &mut self,
+        ev: &TracerouteEvent,
+        c: &TracerouteConfig,
+        extensions: bool,
+        run: &mut Run,
+    ) {
+        match ev {
+            TracerouteEvent::Started { target, source } => {
+                let port = (c.protocol != Protocol::Icmp).then(|| c.dest_port());
+                let header = svctr_core::traceroute_header(
+                    *target,
+                    self.name(target),
+                    port,
+                    c.protocol,
+                    c.strategy,
+                    *source,
+                    Some(c.max_ttl),
+                );
+                self.push(*target, &(header + "\n"), false, run);
+            }
+            TracerouteEvent::Hop { target, hop } => {
+                self.push(
+                    *target,
+                    &svctr_core::render_hop(hop, extensions),
+                    false,
+                    run,
+                );
+            }
+            TracerouteEvent::Finished(r) => {
+                let text = svctr_core::traceroute_stop_line(r) + "\n\n";
+                self.push(r.destination, &text, true, run);
+            }
+            _ => {}
+        }
+    }
+
+    fn multipath_event(&mut self, ev: &MdaEvent, c: &MdaConfig, run: &mut Run) {
+        match ev {
+            MdaEvent::Started { target, source } => {
+                let port = (c.protocol != Protocol::Icmp).then(|| c.dest_port());
+                let header = svctr_core::multipath_header(
+                    *target,
+                    self.name(target),
+                    c.protocol,
+                    port,
+                    *source,
+                    c.max_ttl,
+                    c.confidence,
+                );
+                self.push(*target, &(header + "\n"), false, run);
+            }
+            MdaEvent::Hop { target, hop, links } => {
+                self.push(
+                    *target,
+                    &svctr_core::render_multipath_hop(hop, links),
+                    false,
+                    run,
+                );
+            }
+            MdaEvent::Finished(r) => {
+                let text = svctr_core::multipath_footer(r) + "\n";
+                self.push(r.destination, &text, true, run);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The Graphviz picture of traceroute results.
+fn traceroute_dot(results: &[TracerouteResult], names: &HashMap<IpAddr, String>) -> String {
+    let graphs: Vec<_> = results.iter().map(TracerouteResult::graph).collect();
+    let parts: Vec<DotPart<'_>> = results
+        .iter()
+        .zip(&graphs)
+        .map(|(r, g)| DotPart {
+            title: format!(
+                "traceroute from {} to {}, {} {}",
+                r.source,
+                titled(r.destination, names),
+                r.protocol.as_str(),
+                r.strategy.as_str()
+            ),
+            source: Some(r.source),
+            destination: Some(r.destination),
+            graph: g,
+            highlight: &[],
+            per_packet: &[],
+        })
+        .collect();
+    svctr_core::render_dot(&parts)
+}
+
+/// The Graphviz picture of multipath results.
+fn multipath_dot(results: &[MdaResult], names: &HashMap<IpAddr, String>) -> String {
+    let per_packet: Vec<Vec<IpAddr>> = results
+        .iter()
+        .map(|r| r.per_packet.iter().map(|p| p.addr).collect())
+        .collect();
+    let parts: Vec<DotPart<'_>> = results
+        .iter()
+        .zip(&per_packet)
+        .map(|(r, pp)| DotPart {
+            title: format!(
+                "multipath from {} to {}, {}, confidence {}: {}, {} probes",
+                r.source,
+                titled(r.destination, names),
+                r.protocol.as_str(),
+                r.confidence,
+                r.stop_reason.as_str(),
+                r.probes_sent
+            ),
+            source: Some(r.source),
+            destination: Some(r.destination),
+            graph: &r.graph,
+            highlight: &[],
+            per_packet: pp,
+        })
+        .collect();
+    svctr_core::render_dot(&parts)
+}
+
+fn titled(ip: IpAddr, names: &HashMap<IpAddr, String>) -> String {
+    match names.get(&ip) {
+        Some(n) => format!("{n} ({ip})"),
+        None => ip.to_string(),
+    }
+}
+
+/// Prints what is printed at the end: JSON, or the picture.
+fn print_at_end<T: serde::Serialize>(
+    run: &mut Run,
+    format: TraceFormat,
+    results: &[T],
+    dot: impl FnOnce() -> String,
+) -> Result<(), CliError> {
+    match format {
+        TraceFormat::Json => run.print(&json_collection(results)),
+        TraceFormat::Dot if !results.is_empty() => run.print(&dot()),
+        TraceFormat::Svg if !results.is_empty() => run.print(&crate::graph::svg(&dot())?),
+        _ => {}
+    }
+    Ok(())
 }
 
 pub(crate) fn run_trace(a: TraceArgs) -> Result<Outcome, CliError> {
@@ -312,6 +459,17 @@ pub(crate) fn run_trace(a: TraceArgs) -> Result<Outcome, CliError> {
             target_names.insert(ip, n);
         }
         targets.push(ip);
+    }
+    if a.format == TraceFormat::Svg {
+        crate::graph::check_dot()?;
+    }
+    if a.multipath {
+        if packet_len.is_some() {
+            return Err(CliError::input(
+                "--multipath takes no packet length: its probes are as small as they can be",
+            ));
+        }
+        return run_multipath(a, protocol, targets, target_names);
     }
     let payload = match packet_len {
         // The packet length counts the headers of the first target's family; smaller than
@@ -353,31 +511,78 @@ pub(crate) fn run_trace(a: TraceArgs) -> Result<Outcome, CliError> {
     };
     let mut run = Run::start()?;
     let stop = std::sync::Arc::clone(&run.stop);
-    let mut streamer = Streamer {
-        order: targets,
-        names: target_names,
-        next: 0,
-        held: HashMap::new(),
-        done: HashSet::new(),
-        config,
-        extensions: a.extensions,
-    };
-    let format = a.format;
+    let mut streamer = Streamer::new(targets, target_names.clone());
+    let (format, extensions) = (a.format, a.extensions);
     let summary = traceroute(&opts, &stop, |ev| match format {
-        Format::Text => streamer.on_event(ev, &mut run),
-        Format::Jsonl => {
+        TraceFormat::Text => streamer.traceroute_event(ev, &config, extensions, &mut run),
+        TraceFormat::Jsonl => {
             if let TracerouteEvent::Finished(r) = ev {
                 if let Ok(t) = serde_json::to_string(r) {
                     run.print(&(t + "\n"));
                 }
             }
         }
-        Format::Json => {}
+        _ => {}
     })
     .map_err(|e| CliError::from(e).naming_ttls("-f", "-m"))?;
-    if format == Format::Json {
-        run.print(&json_collection(&summary.results));
+    print_at_end(&mut run, format, &summary.results, || {
+        traceroute_dot(&summary.results, &target_names)
+    })?;
+    run.finish()?;
+    if summary.capture_drops > 0 {
+        crate::flow::warn_drops(summary.capture_drops);
     }
+    Ok(Outcome::of(&run, summary.results.len()))
+}
+
+/// `trace --multipath`.
+fn run_multipath(
+    a: TraceArgs,
+    protocol: Protocol,
+    targets: Vec<IpAddr>,
+    names: HashMap<IpAddr, String>,
+) -> Result<Outcome, CliError> {
+    let config = MdaConfig {
+        protocol,
+        port: a.port,
+        sport: a.sport.unwrap_or(0),
+        first_ttl: a.first_ttl,
+        max_ttl: a.max_ttl,
+        confidence: a.confidence,
+        timeout: a.wait.0,
+        max_missing: a.max_missing,
+        max_probes: a.max_probes,
+        tos: a.tos,
+        parallel: a.parallel as usize,
+        ..MdaConfig::default()
+    };
+    let opts = MultipathOptions {
+        targets: targets.clone(),
+        config: config.clone(),
+        iface: a.iface,
+        rate: a.rate,
+        resolve_names: !a.numeric,
+        source: a.source,
+    };
+    let mut run = Run::start()?;
+    let stop = std::sync::Arc::clone(&run.stop);
+    let mut streamer = Streamer::new(targets, names.clone());
+    let format = a.format;
+    let summary = multipath(&opts, &stop, |ev| match format {
+        TraceFormat::Text => streamer.multipath_event(ev, &config, &mut run),
+        TraceFormat::Jsonl => {
+            if let MdaEvent::Finished(r) = ev {
+                if let Ok(t) = serde_json::to_string(r) {
+                    run.print(&(t + "\n"));
+                }
+            }
+        }
+        _ => {}
+    })
+    .map_err(|e| CliError::from(e).naming_ttls("-f", "-m"))?;
+    print_at_end(&mut run, format, &summary.results, || {
+        multipath_dot(&summary.results, &names)
+    })?;
     run.finish()?;
     if summary.capture_drops > 0 {
         crate::flow::warn_drops(summary.capture_drops);

@@ -93,3 +93,78 @@ fn zero_for_counts_that_need_one_is_refused() {
         assert_eq!(o.status.code(), Some(2), "{args:?}");
     }
 }
+
+/// `--multipath`'s options: a clear one-line refusal for what cannot work together, before
+/// any privilege is needed.
+#[test]
+fn multipath_usage_errors_are_one_line() {
+    for (args, says) in [
+        (
+            &["trace", "--multipath", "-q", "5", "192.0.2.1"][..],
+            "cannot be used with",
+        ),
+        (
+            &["trace", "--confidence", "0.9", "192.0.2.1"][..],
+            "--multipath",
+        ),
+        (
+            &["trace", "--multipath", "--confidence", "1", "192.0.2.1"][..],
+            "between 0 and 1",
+        ),
+        (
+            &["trace", "--multipath", "--max-probes", "0", "192.0.2.1"][..],
+            "--max-probes",
+        ),
+        (
+            &["trace", "--multipath", "192.0.2.1", "60"][..],
+            "packet length",
+        ),
+        (
+            &[
+                "compare",
+                "--tcp",
+                "-i",
+                "lo",
+                "--remote",
+                "192.0.2.1:80",
+                "--format",
+                "dot",
+            ][..],
+            "need --multipath",
+        ),
+        (
+            &[
+                "compare",
+                "--multipath",
+                "--fresh",
+                "2",
+                "--tcp",
+                "-i",
+                "lo",
+                "--remote",
+                "192.0.2.1:80",
+            ][..],
+            "cannot be used with",
+        ),
+    ] {
+        let out = run(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(
+            err.trim_end().lines().count(),
+            1,
+            "{args:?}: one line: {err}"
+        );
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    let help = stdout(&run(&["trace", "--help"]));
+    for s in [
+        "--multipath",
+        "--confidence",
+        "--max-probes",
+        "Graphviz",
+        "svg",
+    ] {
+        assert!(help.contains(s), "trace --help shows {s}");
+    }
+}

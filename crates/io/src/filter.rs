@@ -52,7 +52,7 @@
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
-use svctr_core::{FlowFilter, FlowKey, Protocol, Strategy, TracerouteConfig, SLOT_BITS};
+use svctr_core::{FlowFilter, FlowKey, MdaConfig, Protocol, Strategy, TracerouteConfig, SLOT_BITS};
 
 /// Outgoing packets up to this IPv4 total length are taken: one Ethernet MTU.
 const MTU_V4: u16 = 1500;
@@ -206,13 +206,84 @@ pub fn flow_filter(f: &FlowFilter, local: &[IpAddr], slot: u8) -> String {
 /// header at `ip6[88]`.
 pub fn traceroute_filter(cfg: &TracerouteConfig, v4: bool, v6: bool) -> String {
     let m = cfg.marker;
-    let (lo, hi) = (cfg.sport, cfg.sport.saturating_add(cfg.tcp_ports() - 1));
-    let d = cfg.dest_port();
+    let echo = match cfg.strategy {
+        Strategy::Classic => EchoMark::Ident(m),
+        Strategy::Paris => EchoMark::Checksum {
+            request: cfg.paris_checksum(),
+            reply_v4: cfg.paris_reply_checksum(false),
+            reply_v6: cfg.paris_reply_checksum(true),
+        },
+        Strategy::Dublin => EchoMark::IdentSeq(m),
+    };
+    probe_filter(
+        &ProbeMarks {
+            protocol: cfg.protocol,
+            ports: (cfg.sport, cfg.sport.saturating_add(cfg.tcp_ports() - 1)),
+            dest_port: cfg.dest_port(),
+            marker: m,
+            echo,
+        },
+        v4,
+        v6,
+    )
+}
+
+/// The multipath capture's filter: like [`traceroute_filter`], for the marks of
+/// `svctr_core::Mda` (UDP: the reserved source port, whatever the destination port of the
+/// flow; TCP: the reserved block of source ports and the high half of the sequence number;
+/// ICMP: the reserved echo identifier).
+pub fn multipath_filter(cfg: &MdaConfig, v4: bool, v6: bool) -> String {
+    probe_filter(
+        &ProbeMarks {
+            protocol: cfg.protocol,
+            ports: (
+                cfg.sport,
+                cfg.sport.saturating_add(cfg.reserved_ports() - 1),
+            ),
+            dest_port: cfg.dest_port(),
+            marker: cfg.marker,
+            echo: EchoMark::Ident(cfg.marker),
+        },
+        v4,
+        v6,
+    )
+}
+
+/// What marks an echo request as this process's.
+enum EchoMark {
+    /// The identifier.
+    Ident(u16),
+    /// A constant checksum (it changes with the type in the reply, RFC 1624).
+    Checksum {
+        request: u16,
+        reply_v4: u16,
+        reply_v6: u16,
+    },
+    /// Identifier and sequence number both.
+    IdentSeq(u16),
+}
+
+/// The marks a process's probes carry (see the reserve module).
+struct ProbeMarks {
+    protocol: Protocol,
+    /// The reserved source ports, first and last.
+    ports: (u16, u16),
+    /// TCP: the destination port.
+    dest_port: u16,
+    /// TCP: the high half of every sequence number.
+    marker: u16,
+    echo: EchoMark,
+}
+
+fn probe_filter(marks: &ProbeMarks, v4: bool, v6: bool) -> String {
+    let m = marks.marker;
+    let (lo, hi) = marks.ports;
+    let d = marks.dest_port;
     let errors4 = "icmp and (icmp[0] == 3 or icmp[0] == 11 or icmp[0] == 12)";
     let errors6 = "ip6[6] == 58 and ip6[40] >= 1 and ip6[40] <= 4";
     let mut clauses = Vec::new();
-    match cfg.protocol {
-        Protocol::Udp => {
+    match marks.protocol {
+        Protocol::Udp if lo == hi => {
             if v4 {
                 clauses.push(format!(
                     "({errors4} and icmp[17] == 17 and icmp[28:2] == {lo})"
@@ -224,6 +295,19 @@ pub fn traceroute_filter(cfg: &TracerouteConfig, v4: bool, v6: bool) -> String {
                 ));
             }
             clauses.push(format!("(udp and src port {lo})"));
+        }
+        Protocol::Udp => {
+            if v4 {
+                clauses.push(format!(
+                    "({errors4} and icmp[17] == 17 and icmp[28:2] >= {lo} and icmp[28:2] <= {hi})"
+                ));
+            }
+            if v6 {
+                clauses.push(format!(
+                    "({errors6} and ip6[54] == 17 and ip6[88:2] >= {lo} and ip6[88:2] <= {hi})"
+                ));
+            }
+            clauses.push(format!("(udp and src portrange {lo}-{hi})"));
         }
         Protocol::Tcp => {
             if v4 {
@@ -251,19 +335,19 @@ pub fn traceroute_filter(cfg: &TracerouteConfig, v4: bool, v6: bool) -> String {
             }
         }
         Protocol::Icmp => {
-            // What identifies our echo requests, at `at` (the start of an ICMP header): the
-            // identifier (classic), the constant checksum (Paris), identifier and sequence
-            // number (Dublin).
-            let request = |p: &str, at: usize| match cfg.strategy {
-                Strategy::Classic => format!("{p}[{}:2] == {m}", at + 4),
-                Strategy::Paris => format!("{p}[{}:2] == {}", at + 2, cfg.paris_checksum()),
-                Strategy::Dublin => {
+            // What identifies our echo requests, at `at` (the start of an ICMP header).
+            let request = |p: &str, at: usize| match marks.echo {
+                EchoMark::Ident(m) => format!("{p}[{}:2] == {m}", at + 4),
+                EchoMark::Checksum { request, .. } => format!("{p}[{}:2] == {request}", at + 2),
+                EchoMark::IdentSeq(m) => {
                     format!("{p}[{}:2] == {m} and {p}[{}:2] == {m}", at + 4, at + 6)
                 }
             };
-            // An echo reply: the same, but Paris's checksum changes with the type (RFC 1624).
-            let reply = |p: &str, at: usize, v6: bool| match cfg.strategy {
-                Strategy::Paris => match cfg.paris_reply_checksum(v6) {
+            // An echo reply: the same, but a constant checksum changes with the type.
+            let reply = |p: &str, at: usize, v6: bool| match marks.echo {
+                EchoMark::Checksum {
+                    reply_v4, reply_v6, ..
+                } => match if v6 { reply_v6 } else { reply_v4 } {
                     // 0x0000 and 0xffff are the same one's-complement number.
                     0 | 0xffff => format!("({p}[{0}:2] == 0 or {p}[{0}:2] == 65535)", at + 2),
                     c => format!("{p}[{}:2] == {c}", at + 2),
@@ -753,6 +837,86 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The multipath capture, the same way: a process's probes (many flow identifiers: UDP
+    /// destination ports, TCP source ports of its block, ICMP checksums) and their replies
+    /// pass, another process's do not.
+    #[test]
+    fn multipath_capture_passes_only_its_own_process_packets() {
+        for (dst, v4, v6) in [
+            (IpAddr::V4(THEM4), true, false),
+            (IpAddr::V6(THEM6), false, true),
+        ] {
+            for (protocol, keep_port) in [
+                (Protocol::Udp, false),
+                (Protocol::Udp, true),
+                (Protocol::Tcp, false),
+                (Protocol::Icmp, false),
+            ] {
+                let ours = MdaConfig {
+                    protocol,
+                    keep_port,
+                    port: keep_port.then_some(9000),
+                    sport: 40100,
+                    source_ports: 8,
+                    marker: if protocol == Protocol::Icmp {
+                        0x1234
+                    } else {
+                        40100
+                    },
+                    ..MdaConfig::default()
+                };
+                let next = 40100 + ours.reserved_ports();
+                let theirs = MdaConfig {
+                    sport: next,
+                    marker: if protocol == Protocol::Icmp {
+                        0x1235
+                    } else {
+                        next
+                    },
+                    ..ours.clone()
+                };
+                let expr = Bpf::new(&multipath_filter(&ours, v4, v6));
+                let case = format!("{protocol:?} {dst}");
+                let (mine, other) = (multipath_probes(&ours, dst), multipath_probes(&theirs, dst));
+                assert!(mine.len() >= 8, "{case}: {}", mine.len());
+                for probe in mine {
+                    assert!(passes(&expr, &probe), "{case}: our probe");
+                    for r in replies_to(&probe) {
+                        assert!(passes(&expr, &r), "{case}: a reply to our probe {r:02x?}");
+                    }
+                }
+                for probe in other {
+                    assert!(!passes(&expr, &probe), "{case}: their probe");
+                    for r in replies_to(&probe) {
+                        assert!(!passes(&expr, &r), "{case}: a reply to their probe");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The first round of a multipath engine with `cfg` to `dst`.
+    fn multipath_probes(cfg: &MdaConfig, dst: IpAddr) -> Vec<Vec<u8>> {
+        use std::time::{Instant, SystemTime};
+        let src = if dst.is_ipv4() {
+            IpAddr::V4(ME4)
+        } else {
+            IpAddr::V6(ME6)
+        };
+        let mut engine = svctr_core::Mda::new(cfg.clone()).unwrap();
+        let now = svctr_core::Now {
+            mono: Instant::now(),
+            wall: SystemTime::now(),
+        };
+        engine.add_target(now.mono, dst, src).unwrap();
+        let mut out = Vec::new();
+        let mut buf = Vec::new();
+        while let Some(tx) = engine.poll_transmit(now, &mut buf) {
+            out.push(buf[..tx.len].to_vec());
+        }
+        out
     }
 
     #[test]

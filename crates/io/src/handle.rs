@@ -54,6 +54,11 @@ impl<E, R> RunHandle<E, R> {
         Canceller(Arc::clone(&self.stop))
     }
 
+    /// Whether the run is over (its last events may still be waiting to be read).
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+
     /// Waits for the end of the run and returns its outcome.
     pub fn wait(mut self) -> Result<R, Error> {
         match self.thread.take().map(JoinHandle::join) {

@@ -1,7 +1,8 @@
 //! The live driver of service-traceroute: connects the sans-IO engines of `svctr-core` (the
 //! flow tracer and service [`svctr_core::Monitor`], the classic/Paris/Dublin
-//! [`svctr_core::Traceroute`]) to libpcap captures (kernel BPF filters, block or immediate
-//! delivery, kernel timestamps) and to raw IPv4/IPv6 sockets that send the probes.
+//! [`svctr_core::Traceroute`], the multipath [`svctr_core::Mda`]) to libpcap captures
+//! (kernel BPF filters, block or immediate delivery, kernel timestamps) and to raw IPv4/IPv6
+//! sockets that send the probes.
 //!
 //! One run loop (module `run`) drives any [`svctr_core::Machine`]: captures, raw sockets, the
 //! probe rate, the stop flag and shutdown live there once. What differs between engines is
@@ -58,6 +59,7 @@ mod error;
 mod filter;
 mod handle;
 mod iface;
+mod multipath;
 mod names;
 mod reserve;
 mod run;
@@ -71,10 +73,14 @@ pub use driver::{
 };
 pub use error::Error;
 pub use filter::{
-    detection_filter, flow_filter, lane_filter, traceroute_filter, DetectionSources, LANE_FLOWS,
+    detection_filter, flow_filter, lane_filter, multipath_filter, traceroute_filter,
+    DetectionSources, LANE_FLOWS,
 };
 pub use handle::{Canceller, RunHandle};
 pub use iface::interface_addresses;
+pub use multipath::{
+    multipath, multipath_one, spawn_multipath, MultipathOptions, MultipathSummary,
+};
 pub use names::{NameResolver, NAME_WAIT};
 pub use traceroute::{
     spawn_traceroute, traceroute, traceroute_one, TracerouteOptions, TracerouteSummary,
@@ -86,3 +92,6 @@ pub type TracerouteHandle = RunHandle<svctr_core::TracerouteEvent, TracerouteSum
 /// A monitor running in the background ([`spawn_monitor`]): results as traces finish, then
 /// the run's summary.
 pub type MonitorHandle = RunHandle<svctr_core::TraceResult, RunSummary>;
+/// A multipath discovery running in the background ([`spawn_multipath`]): TTLs and results
+/// as they come, then every result.
+pub type MultipathHandle = RunHandle<svctr_core::MdaEvent, MultipathSummary>;

@@ -2,7 +2,7 @@
 //! as hops are found, so a slow or dead resolver never delays a probe or a reply. The caller
 //! asks for a name when it prints, waiting at most a bounded time for pending ones.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -121,6 +121,71 @@ impl Drop for NameResolver {
 
 /// How long printing waits for names still being resolved.
 pub const NAME_WAIT: Duration = Duration::from_millis(500);
+
+/// How often a run loop looks for names while it holds events for them.
+pub(crate) const NAME_POLL: Duration = Duration::from_millis(5);
+
+/// An event whose addresses get names (see [`NameGate`]).
+pub(crate) trait Named {
+    /// The target it is about (events of one target stay in order).
+    fn target(&self) -> Option<IpAddr>;
+    /// The addresses to name.
+    fn addrs(&self) -> Vec<IpAddr>;
+    /// A result whose parts were each held already: it waits for nothing more.
+    fn is_final(&self) -> bool;
+    /// Writes the names known.
+    fn set_names(&mut self, names: &HashMap<IpAddr, String>);
+}
+
+/// Holds the events of each target until the names of their addresses are known (at most
+/// [`NAME_WAIT`] after the event), so that a hop is printed with its names, as traceroute(8)
+/// does, while probing goes on; a target's events stay in order.
+pub(crate) struct NameGate<E> {
+    resolver: NameResolver,
+    /// Per target, its events in order, each with the instant it gives up on names.
+    held: HashMap<IpAddr, VecDeque<(E, Instant)>>,
+}
+
+impl<E: Named> NameGate<E> {
+    pub(crate) fn new(resolver: NameResolver) -> Self {
+        Self {
+            resolver,
+            held: HashMap::new(),
+        }
+    }
+
+    pub(crate) fn push(&mut self, ev: E, now: Instant) {
+        for a in ev.addrs() {
+            self.resolver.request(a);
+        }
+        let Some(target) = ev.target() else { return };
+        self.held
+            .entry(target)
+            .or_default()
+            .push_back((ev, now + NAME_WAIT));
+    }
+
+    /// Emits, per target in order, the events whose names are settled or whose wait is over.
+    pub(crate) fn release(&mut self, now: Instant, emit: &mut impl FnMut(E)) {
+        for queue in self.held.values_mut() {
+            while let Some((ev, deadline)) = queue.front_mut() {
+                let (names, settled) = self.resolver.try_names(&ev.addrs());
+                if !settled && !ev.is_final() && now < *deadline {
+                    break;
+                }
+                ev.set_names(&names);
+                if let Some((ev, _)) = queue.pop_front() {
+                    emit(ev);
+                }
+            }
+        }
+        self.held.retain(|_, q| !q.is_empty());
+    }
+
+    pub(crate) fn is_holding(&self) -> bool {
+        !self.held.is_empty()
+    }
+}
 
 #[cfg(test)]
 mod tests {

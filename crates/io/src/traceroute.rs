@@ -7,16 +7,16 @@
 //! filter passes only replies that carry it, and the engine checks every reply again, so no
 //! process takes another's replies.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::AtomicBool;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use socket2::{Domain, SockAddr, Socket, Type};
 use svctr_core::{Protocol, Traceroute, TracerouteConfig, TracerouteEvent, TracerouteResult};
 
 use crate::capture::Capture;
-use crate::names::{NameResolver, NAME_WAIT};
+use crate::names::{NameGate, NameResolver, NAME_POLL};
 use crate::run::{Hooks, Limits, Source, Sources};
 use crate::sender::RawSockets;
 use crate::Error;
@@ -56,7 +56,7 @@ fn udp_socket(v4: bool, iface: Option<&str>) -> Result<Socket, Error> {
 }
 
 /// The address this host would use to reach `dst` (a connected UDP socket sends nothing).
-fn source_for(dst: IpAddr, iface: Option<&str>) -> Result<IpAddr, Error> {
+pub(crate) fn source_for(dst: IpAddr, iface: Option<&str>) -> Result<IpAddr, Error> {
     let sock = udp_socket(dst.is_ipv4(), iface)?;
     sock.connect(&SockAddr::from(SocketAddr::new(dst, 33434)))
         .map_err(|e| Error::Socket {
@@ -74,7 +74,7 @@ fn source_for(dst: IpAddr, iface: Option<&str>) -> Result<IpAddr, Error> {
 }
 
 /// Checks that `src` is an address of this host (of `iface`, if given) by binding to it.
-fn check_source(src: IpAddr, iface: Option<&str>) -> Result<(), Error> {
+pub(crate) fn check_source(src: IpAddr, iface: Option<&str>) -> Result<(), Error> {
     udp_socket(src.is_ipv4(), iface)?
         .bind(&SockAddr::from(SocketAddr::new(src, 0)))
         .map_err(|e| Error::Socket {
@@ -178,7 +178,7 @@ pub fn traceroute(
 /// What a traceroute run does with its events: names attached (see [`NameGate`]), then each
 /// handed to the caller; results kept.
 struct TraceHooks<F> {
-    gate: Option<NameGate>,
+    gate: Option<NameGate<TracerouteEvent>>,
     results: Vec<TracerouteResult>,
     on_event: F,
 }
@@ -219,93 +219,41 @@ impl<F: FnMut(&TracerouteEvent)> Hooks<Traceroute> for TraceHooks<F> {
     }
 }
 
-/// How often the loop looks for names while it holds events for them.
-const NAME_POLL: Duration = Duration::from_millis(5);
-
-/// Holds the events of each target until the names of their hops are known (at most
-/// [`NAME_WAIT`] after the event), so that a hop is printed with its names, as traceroute(8)
-/// does, while probing goes on; a target's events stay in order.
-struct NameGate {
-    resolver: NameResolver,
-    /// Per target, its events in order, each with the instant it gives up on names.
-    held: HashMap<IpAddr, VecDeque<(TracerouteEvent, Instant)>>,
-}
-
-fn target_of(ev: &TracerouteEvent) -> Option<IpAddr> {
-    match ev {
-        TracerouteEvent::Started { target, .. } | TracerouteEvent::Hop { target, .. } => {
-            Some(*target)
-        }
-        TracerouteEvent::Finished(r) => Some(r.destination),
-        _ => None,
-    }
-}
-
-fn hop_addrs(hops: &[svctr_core::Hop]) -> Vec<IpAddr> {
-    hops.iter()
-        .flat_map(|h| h.probes.iter().filter_map(|p| p.addr))
-        .collect()
-}
-
-fn set_names(hops: &mut [svctr_core::Hop], names: &HashMap<IpAddr, String>) {
-    for p in hops.iter_mut().flat_map(|h| h.probes.iter_mut()) {
-        p.name = p.addr.and_then(|a| names.get(&a).cloned());
-    }
-}
-
-impl NameGate {
-    fn new(resolver: NameResolver) -> Self {
-        Self {
-            resolver,
-            held: HashMap::new(),
-        }
-    }
-
-    fn push(&mut self, ev: TracerouteEvent, now: Instant) {
-        if let TracerouteEvent::Hop { hop, .. } = &ev {
-            for a in hop.probes.iter().filter_map(|p| p.addr) {
-                self.resolver.request(a);
+impl crate::names::Named for TracerouteEvent {
+    fn target(&self) -> Option<IpAddr> {
+        match self {
+            TracerouteEvent::Started { target, .. } | TracerouteEvent::Hop { target, .. } => {
+                Some(*target)
             }
+            TracerouteEvent::Finished(r) => Some(r.destination),
+            _ => None,
         }
-        let Some(target) = target_of(&ev) else { return };
-        self.held
-            .entry(target)
-            .or_default()
-            .push_back((ev, now + NAME_WAIT));
     }
 
-    /// Emits, per target in order, the events whose names are settled or whose wait is over.
-    fn release(&mut self, now: Instant, emit: &mut impl FnMut(TracerouteEvent)) {
-        for queue in self.held.values_mut() {
-            while let Some((ev, deadline)) = queue.front_mut() {
-                let addrs = match &*ev {
-                    TracerouteEvent::Hop { hop, .. } => hop_addrs(std::slice::from_ref(hop)),
-                    TracerouteEvent::Finished(r) => hop_addrs(&r.hops),
-                    _ => Vec::new(),
-                };
-                let (names, settled) = self.resolver.try_names(&addrs);
-                // A result's hops were each held already: it waits for nothing more.
-                let finished = matches!(ev, TracerouteEvent::Finished(_));
-                if !settled && !finished && now < *deadline {
-                    break;
-                }
-                match ev {
-                    TracerouteEvent::Hop { hop, .. } => {
-                        set_names(std::slice::from_mut(hop), &names)
-                    }
-                    TracerouteEvent::Finished(r) => set_names(&mut r.hops, &names),
-                    _ => {}
-                }
-                if let Some((ev, _)) = queue.pop_front() {
-                    emit(ev);
-                }
-            }
-        }
-        self.held.retain(|_, q| !q.is_empty());
+    fn addrs(&self) -> Vec<IpAddr> {
+        let hops = match self {
+            TracerouteEvent::Hop { hop, .. } => std::slice::from_ref(hop),
+            TracerouteEvent::Finished(r) => &r.hops[..],
+            _ => &[],
+        };
+        hops.iter()
+            .flat_map(|h| h.probes.iter().filter_map(|p| p.addr))
+            .collect()
     }
 
-    fn is_holding(&self) -> bool {
-        !self.held.is_empty()
+    fn is_final(&self) -> bool {
+        matches!(self, TracerouteEvent::Finished(_))
+    }
+
+    fn set_names(&mut self, names: &HashMap<IpAddr, String>) {
+        let hops = match self {
+            TracerouteEvent::Hop { hop, .. } => std::slice::from_mut(hop),
+            TracerouteEvent::Finished(r) => &mut r.hops[..],
+            _ => &mut [],
+        };
+        for p in hops.iter_mut().flat_map(|h| h.probes.iter_mut()) {
+            p.name = p.addr.and_then(|a| names.get(&a).cloned());
+        }
     }
 }
 

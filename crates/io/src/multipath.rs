@@ -1,0 +1,232 @@
+//! The live driver of the multipath engine ([`svctr_core::Mda`]): the same run loop, raw
+//! sockets and capture as traceroute, with the marks of multipath probes (see
+//! [`crate::multipath_filter`]) and the process's marker reserved from the kernel.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use svctr_core::{Mda, MdaConfig, MdaEvent, MdaResult, Protocol};
+
+use crate::capture::Capture;
+use crate::names::{NameGate, NameResolver, Named, NAME_POLL};
+use crate::run::{Hooks, Limits, Source, Sources};
+use crate::sender::RawSockets;
+use crate::traceroute::{check_source, source_for};
+use crate::Error;
+
+/// What to discover.
+#[derive(Debug, Clone, Default)]
+pub struct MultipathOptions {
+    /// Destinations (IPv4 and IPv6 may be mixed).
+    pub targets: Vec<IpAddr>,
+    /// The engine's parameters. `sport` 0 (UDP, TCP) and `marker` 0 (ICMP) mean "reserve
+    /// for this process"; a value given is reserved too, and an error if another process
+    /// holds it.
+    pub config: MdaConfig,
+    /// Interface to send from and capture on (`None`: chosen by the routing table, captured
+    /// on `any`).
+    pub iface: Option<String>,
+    /// At most this many probes per second over all destinations (0: no limit).
+    pub rate: u32,
+    /// Resolve node addresses to names (reverse DNS, off the probing path; see
+    /// [`crate::TracerouteOptions::resolve_names`]).
+    pub resolve_names: bool,
+    /// The probes' source address (`None`: the routing table's for each destination).
+    pub source: Option<IpAddr>,
+}
+
+/// What a multipath run did.
+#[derive(Debug, Clone)]
+pub struct MultipathSummary {
+    /// Every destination's result, in the order they finished.
+    pub results: Vec<MdaResult>,
+    /// Packets the capture dropped (its kernel ring full): if non-zero, replies may be
+    /// missing, and with them nodes or links.
+    pub capture_drops: u32,
+}
+
+/// Discovers the load-balanced paths to every target, calling `on_event` for each start,
+/// each TTL as it is enumerated and each result, until all are done or `stop` is set (those
+/// in progress end as `interrupted`, with what they found).
+pub fn multipath(
+    opts: &MultipathOptions,
+    stop: &AtomicBool,
+    on_event: impl FnMut(&MdaEvent),
+) -> Result<MultipathSummary, Error> {
+    let iface = opts.iface.as_deref();
+    if let Some(i) = iface {
+        if nix::net::if_::if_nametoindex(i).is_err() {
+            return Err(Error::UnknownInterface(i.to_string()));
+        }
+    }
+    let mut cfg = opts.config.clone();
+    // The process's marker, held for the run: the ICMP identifier, or the source port(s)
+    // (TCP: a block, one per flow identifier, whose first port is also the high half of
+    // every sequence number).
+    let _reservation = if cfg.protocol == Protocol::Icmp {
+        let (marker, r) = crate::reserve::icmp_marker((cfg.marker != 0).then_some(cfg.marker))?;
+        cfg.marker = marker;
+        r
+    } else {
+        let want = (cfg.sport != 0).then_some(cfg.sport);
+        let (port, r) = crate::reserve::source_ports(cfg.protocol, want, cfg.reserved_ports())?;
+        cfg.sport = port;
+        cfg.marker = port;
+        r
+    };
+    if let Some(src) = opts.source {
+        check_source(src, iface)?;
+        if !opts.targets.iter().any(|t| t.is_ipv4() == src.is_ipv4()) {
+            return Err(Error::Unsupported(format!(
+                "source address {src} is IPv{} but no target is",
+                if src.is_ipv4() { 4 } else { 6 }
+            )));
+        }
+    }
+    let (v4, v6) = (
+        opts.targets.iter().any(IpAddr::is_ipv4),
+        opts.targets.iter().any(IpAddr::is_ipv6),
+    );
+    let filter = crate::filter::multipath_filter(&cfg, v4, v6);
+    let mut engine = Mda::new(cfg)?;
+    let start = Instant::now();
+    for &dst in &opts.targets {
+        let src = match opts.source {
+            Some(s) if s.is_ipv4() == dst.is_ipv4() => s,
+            _ => source_for(dst, iface)?,
+        };
+        engine
+            .add_target(start, dst, src)
+            .map_err(|e| Error::Unsupported(e.to_string()))?;
+    }
+    let sender = RawSockets::open(iface, v4, v6)?;
+    let mut sources = Sources::new();
+    sources.add(Source {
+        cap: Capture::open_with_buffer(iface.unwrap_or("any"), &filter, 16 << 20)?,
+        feed: Mda::handle_packet,
+        paced: true,
+    });
+    let mut hooks = MultipathHooks {
+        gate: opts
+            .resolve_names
+            .then(|| NameGate::new(NameResolver::new(4))),
+        results: Vec::new(),
+        on_event,
+    };
+    let limits = Limits {
+        iface: iface.unwrap_or("any"),
+        rate: opts.rate,
+        duration: None,
+        stop,
+    };
+    let end = crate::run::run(&mut engine, sources, &sender, &limits, &mut hooks)?;
+    Ok(MultipathSummary {
+        results: hooks.results,
+        capture_drops: end.dropped,
+    })
+}
+
+/// Discovers the paths to one target and returns its result (blocking).
+pub fn multipath_one(
+    target: IpAddr,
+    config: MdaConfig,
+    iface: Option<String>,
+) -> Result<MdaResult, Error> {
+    let opts = MultipathOptions {
+        targets: vec![target],
+        config,
+        iface,
+        ..MultipathOptions::default()
+    };
+    multipath(&opts, &AtomicBool::new(false), |_| {})?
+        .results
+        .pop()
+        .ok_or_else(|| Error::Unsupported(format!("no result for {target}")))
+}
+
+/// Starts a discovery in a background thread: iterate over its events as TTLs are
+/// enumerated, cancel it at any time, then `wait` for the results.
+pub fn spawn_multipath(opts: MultipathOptions) -> crate::MultipathHandle {
+    crate::handle::spawn(move |stop, emit| multipath(&opts, stop, |ev| emit(ev.clone())))
+}
+
+struct MultipathHooks<F> {
+    gate: Option<NameGate<MdaEvent>>,
+    results: Vec<MdaResult>,
+    on_event: F,
+}
+
+impl<F: FnMut(&MdaEvent)> MultipathHooks<F> {
+    fn emit(&mut self, ev: MdaEvent) {
+        (self.on_event)(&ev);
+        if let MdaEvent::Finished(r) = ev {
+            self.results.push(*r);
+        }
+    }
+}
+
+impl<F: FnMut(&MdaEvent)> Hooks<Mda> for MultipathHooks<F> {
+    fn on_event(&mut self, ev: MdaEvent) -> Result<(), Error> {
+        match &mut self.gate {
+            Some(g) => g.push(ev, Instant::now()),
+            None => self.emit(ev),
+        }
+        Ok(())
+    }
+
+    fn after_turn(&mut self, now: Instant, _: &mut Sources<Mda>) -> Result<(), Error> {
+        if let Some(mut g) = self.gate.take() {
+            g.release(now, &mut |ev| self.emit(ev));
+            self.gate = Some(g);
+        }
+        Ok(())
+    }
+
+    fn next_wake(&self) -> Option<Instant> {
+        self.busy().then(|| Instant::now() + NAME_POLL)
+    }
+
+    fn busy(&self) -> bool {
+        self.gate.as_ref().is_some_and(NameGate::is_holding)
+    }
+}
+
+impl Named for MdaEvent {
+    fn target(&self) -> Option<IpAddr> {
+        match self {
+            MdaEvent::Started { target, .. } | MdaEvent::Hop { target, .. } => Some(*target),
+            MdaEvent::Finished(r) => Some(r.destination),
+            _ => None,
+        }
+    }
+
+    fn addrs(&self) -> Vec<IpAddr> {
+        let hops = match self {
+            MdaEvent::Hop { hop, .. } => std::slice::from_ref(hop),
+            MdaEvent::Finished(r) => &r.graph.hops[..],
+            _ => &[],
+        };
+        hops.iter().flat_map(|h| h.addrs()).collect()
+    }
+
+    fn is_final(&self) -> bool {
+        matches!(self, MdaEvent::Finished(_))
+    }
+
+    fn set_names(&mut self, names: &HashMap<IpAddr, String>) {
+        let hops = match self {
+            MdaEvent::Hop { hop, .. } => std::slice::from_mut(hop),
+            MdaEvent::Finished(r) => &mut r.graph.hops[..],
+            _ => &mut [],
+        };
+        for p in hops
+            .iter_mut()
+            .flat_map(|h| h.nodes.iter_mut())
+            .flat_map(|n| n.probes.iter_mut())
+        {
+            p.name = p.addr.and_then(|a| names.get(&a).cloned());
+        }
+    }
+}
