@@ -411,8 +411,14 @@ pub fn render_multipath_comparison(c: &MultipathComparison) -> String {
         "ttl  {:<24} {:<8} every router found",
         "application flow", "paths"
     );
+    let probed = c.flow.hops.last().map_or(0, |h| h.ttl);
     for t in &c.per_ttl {
-        let flow = t.flow.map_or("*".to_string(), |a| a.to_string());
+        let flow = match t.flow {
+            Some(a) => a.to_string(),
+            None if t.ttl <= probed => "*".to_string(),
+            // The flow's probes stop short of its remote, by design.
+            None => "-".to_string(),
+        };
         let paths = if t.flow.is_some() {
             format!("{}/{}", t.paths_through, c.paths)
         } else {

@@ -38,8 +38,10 @@
 //!
 //! When too few known flows pass through `v`, new flows are sent at TTL `h` (*node control*):
 //! as many as the share of flows `v` has had at `h` says are needed, and those that land on
-//! `v` are probed at `h + 1` in the next round. All probes of a round go out at once (under
-//! the driver's rate), so a trace takes a few rounds per hop, not probes times the RTT.
+//! `v` are probed at `h + 1` in the next round; where `v` is the only node of TTL `h`, every
+//! flow passes it, and new flows go straight to `h + 1`. All probes of a round go out at once
+//! (under the driver's rate), so a trace takes a few rounds per hop, not probes times the
+//! RTT.
 //!
 //! * A flow that reached the destination, or a router's Destination Unreachable, ends there:
 //!   paths of different lengths are followed each to its own end (a trace that stopped at the
@@ -553,6 +555,7 @@ impl Mda {
             let mut plan: Vec<(u16, u8, bool)> = Vec::new();
             let mut new_flows = 0usize;
             let mut new_at_h = 0usize;
+            let mut new_through: Option<(Seen, usize)> = None;
             for (node, flows) in &parents {
                 let probed: Vec<Seen> = flows
                     .iter()
@@ -603,6 +606,11 @@ impl Mda {
                 if h < cfg.first_ttl {
                     // The source: every new flow goes through it.
                     new_flows += short;
+                } else if parents.len() == 1 && matches!(node, Seen::Addr(_)) {
+                    // The only node of its TTL (enumerated from the TTL before): every flow
+                    // passes it, so new flows go straight to the next TTL, without a probe
+                    // at this one to learn what is already known.
+                    new_through = Some((*node, short));
                 } else if *node == Seen::Silent && parents.len() > 1 {
                     // A few silent probes beside routers that answer (loss, a rate limit):
                     // their flows go on, but no new flows are spent looking for more.
@@ -615,13 +623,22 @@ impl Mda {
                 }
             }
             let room = usize::from(cfg.max_flows()).saturating_sub(usize::from(t.flows));
-            if (new_flows > 0 || new_at_h > 0) && room == 0 && plan.iter().all(|p| p.2) {
+            let wants_new = new_flows > 0 || new_at_h > 0 || new_through.is_some();
+            if wants_new && room == 0 && plan.iter().all(|p| p.2) {
                 t.stop = Some(MdaStop::FlowsExhausted);
                 break;
             }
             for _ in 0..new_flows.min(room) {
                 plan.push((t.flows, next, false));
                 t.flows += 1;
+            }
+            if let Some((node, n)) = new_through {
+                let room = usize::from(cfg.max_flows()).saturating_sub(usize::from(t.flows));
+                for _ in 0..n.min(room) {
+                    t.seen.insert((t.flows, h), node);
+                    plan.push((t.flows, next, false));
+                    t.flows += 1;
+                }
             }
             let room = usize::from(cfg.max_flows()).saturating_sub(usize::from(t.flows));
             for _ in 0..new_at_h.min(room) {
