@@ -5,18 +5,22 @@
 # time, probes/s, CPU and memory to trace all of them against scamper, trippy and traceroute
 # (`svctr-lab bench-trace`); then live flows traced per second and memory per concurrent flow at
 # 1,000 and 10,000 flows (`svctr-lab bench-flows`), and the capture's CPU next to a multi-gigabit
-# transfer against tcpdump (`svctr-lab bench-capture`). Prints one Markdown report on stdout
+# transfer against tcpdump (`svctr-lab bench-capture`); then multipath discovery on the
+# multipath lab against scamper tracelb and Dublin traceroute (`svctr-lab bench-multipath`).
+# Prints one Markdown report on stdout
 # (see BENCHMARKS.md). Needs root (network namespaces, raw sockets).
 #
 # Options:
 #   --runs N (15), --flows M (200)                   flow benchmark (`bench`)
 #   --targets T (1000), --parallel P (50), --reps R (3)
 #                                                    many-destination benchmark (`bench-trace`)
-#   --skip-flow, --skip-trace, --skip-flows, --skip-capture
+#   --mp-reps N (10)                                 multipath benchmark (`bench-multipath`)
+#   --skip-flow, --skip-trace, --skip-flows, --skip-capture, --skip-multipath
 #                                                    leave a section out
 #
 # Time: about 20 s for `bench`, 2-3 min for `bench-trace` (mostly trippy with its default
-# 1 s rounds), about 3 min for `bench-flows` and 2 min for `bench-capture`. The first run also installs trippy with `cargo install trippy --locked` if
+# 1 s rounds), about 3 min for `bench-flows`, 2 min for `bench-capture` and 6 min for
+# `bench-multipath` (scamper waits 250 ms between probes). The first run also installs trippy with `cargo install trippy --locked` if
 # `trip` is missing, which compiles for several minutes on 2 cores (skipped if cargo or the
 # build fails: the report then says trippy was not run).
 set -euo pipefail
@@ -28,6 +32,8 @@ skip_flow=0
 skip_trace=0
 skip_flows=0
 skip_capture=0
+skip_multipath=0
+mp_args=()
 while (($#)); do
   case "$1" in
     --runs | --flows)
@@ -40,15 +46,19 @@ while (($#)); do
     --skip-trace) skip_trace=1; shift ;;
     --skip-flows) skip_flows=1; shift ;;
     --skip-capture) skip_capture=1; shift ;;
+    --skip-multipath) skip_multipath=1; shift ;;
+    --mp-reps)
+      (($# >= 2)) || { echo "bench: $1 needs a value" >&2; exit 2; }
+      mp_args+=(--reps "$2"); shift 2 ;;
     *) echo "bench: unknown option $1 (see the comment at the top of $0)" >&2; exit 2 ;;
   esac
 done
 
 source scripts/setup.sh
-# Peers and measurement tools, only what is missing: scamper and tcpdump (peers), time (GNU time:
-# max RSS).
+# Peers and measurement tools, only what is missing: scamper, tcpdump and dublin-traceroute
+# (peers), time (GNU time: max RSS).
 missing=()
-for p in scamper time tcpdump; do
+for p in scamper time tcpdump dublin-traceroute; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if ((${#missing[@]})); then
@@ -90,5 +100,8 @@ if ((!skip_flows)); then
 fi
 if ((!skip_capture)); then
   "$bin/svctr-lab" bench-capture --tracer "$bin/service-traceroute" || status=$?
+fi
+if ((!skip_multipath)); then
+  "$bin/svctr-lab" bench-multipath --tracer "$bin/service-traceroute" "${mp_args[@]}" || status=$?
 fi
 exit "$status"

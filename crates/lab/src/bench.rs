@@ -202,7 +202,7 @@ pub(crate) fn header(out: &mut String, command_line: &str, tracer: &Path) -> Res
 }
 
 /// First line of a small command's stdout, or why there is none.
-fn tool_output(cmd: &mut Command) -> String {
+pub(crate) fn tool_output(cmd: &mut Command) -> String {
     let line = describe(cmd);
     match svctr_lab::output_with_timeout(cmd, None, Duration::from_secs(10)) {
         Ok(o) => {

@@ -255,11 +255,18 @@ pub(crate) fn run(args: &MultipathArgs, command_line: &str, stop: &AtomicBool) -
     let _ = std::fs::remove_dir_all(&tmp);
     let (ta, tl) = truth(&lab);
     let mut out = String::new();
+    crate::bench::header(&mut out, command_line, &args.tracer)?;
+    let dublin = crate::bench::tool_output(std::process::Command::new("dpkg-query").args([
+        "-W",
+        "-f",
+        "${Package} ${Version}",
+        "dublin-traceroute",
+    ]));
+    writeln!(out, "* also: {dublin}\n")?;
     writeln!(
         out,
         "## 6. Multipath discovery (`svctr-lab bench-multipath`)\n"
     )?;
-    writeln!(out, "* command: `{command_line}`")?;
     writeln!(
         out,
         "* lab: 2 branches, b1 splits again over 3; truth: {} addresses, {} links, 4 paths of 5 and 6 routers; {} runs per tool, interleaved\n",
