@@ -295,9 +295,8 @@ pub enum MdaEvent {
         /// The probes' source address.
         source: IpAddr,
     },
-    /// A TTL of a destination is enumerated, streamed in TTL order: its nodes, and the links
-    /// into them from the TTL before. (Flows sent later may still add a node; the result
-    /// holds everything.)
+    /// A TTL of a destination is final (the next one is enumerated, or the discovery is
+    /// over), streamed in TTL order: its nodes, and the links into them from the TTL before.
     Hop {
         /// The destination.
         target: IpAddr,
@@ -668,19 +667,26 @@ impl Mda {
             } else {
                 t.missing = 0;
             }
-            self.stream(dst);
+            self.stream(dst, false);
         }
         self.finish(dst, SystemTime::UNIX_EPOCH);
         let _ = now;
     }
 
     /// Streams the TTLs enumerated since the last call.
-    fn stream(&mut self, dst: IpAddr) {
+    /// A TTL is final once the next one is enumerated (until then, node control may still
+    /// send new flows to it); at the end (`all`), every TTL probed.
+    fn stream(&mut self, dst: IpAddr, all: bool) {
         let Some(t) = self.targets.get_mut(&dst) else {
             return;
         };
         let first = self.cfg.first_ttl;
-        while u16::from(first) + u16::from(t.emitted) <= u16::from(t.hop) {
+        let last = if all {
+            t.probes.iter().map(|p| u16::from(p.ttl)).max().unwrap_or(0)
+        } else {
+            u16::from(t.hop).saturating_sub(1)
+        };
+        while u16::from(first) + u16::from(t.emitted) <= last {
             let ttl = first + t.emitted;
             t.emitted += 1;
             if let Some(hop) = graph_hop(t, ttl) {
@@ -702,7 +708,7 @@ impl Mda {
         {
             return;
         }
-        self.stream(dst);
+        self.stream(dst, true);
         let Some(t) = self.targets.remove(&dst) else {
             return;
         };

@@ -375,6 +375,7 @@ fn discover_with(topo: &Topo, cfg: MdaConfig, v6: bool, seed: u64) -> MdaResult 
     let mut n = 0u64;
     let mut buf = Vec::new();
     let mut result = None;
+    let mut streamed = Vec::new();
     for _ in 0..1_000_000 {
         while let Some((&(at, i), _)) = queue.iter().next() {
             if at > t {
@@ -394,11 +395,27 @@ fn discover_with(topo: &Topo, cfg: MdaConfig, v6: bool, seed: u64) -> MdaResult 
             }
         }
         while let Some(ev) = mda.poll_event() {
-            if let MdaEvent::Finished(r) = ev {
-                result = Some(*r);
+            match ev {
+                MdaEvent::Finished(r) => result = Some(*r),
+                MdaEvent::Hop { hop, links, .. } => streamed.push((hop, links)),
+                _ => {}
             }
         }
         if let Some(r) = result.take() {
+            // What was streamed is the result, TTL by TTL, in order: a TTL is only streamed
+            // once nothing can change it.
+            let hops: Vec<_> = streamed.iter().map(|(h, _)| h.clone()).collect();
+            assert_eq!(hops, r.graph.hops, "{}: streamed hops", topo.name);
+            for (h, links) in &streamed {
+                let want: Vec<Link> = r
+                    .graph
+                    .links
+                    .iter()
+                    .filter(|l| l.ttl + 1 == h.ttl)
+                    .copied()
+                    .collect();
+                assert_eq!(*links, want, "{}: links into TTL {}", topo.name, h.ttl);
+            }
             return r;
         }
         let next = [
