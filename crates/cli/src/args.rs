@@ -209,6 +209,19 @@ pub(crate) enum TraceFormat {
     Svg,
 }
 
+/// The options of every `--multipath` (they need it).
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub(crate) struct MultipathOpts {
+    /// --multipath: the probability of finding every node and link.
+    #[arg(long, requires = "multipath", value_parser = parse_confidence,
+          default_value_t = svctr_core::MdaConfig::default().confidence)]
+    pub(crate) confidence: f64,
+    /// --multipath: probes per destination at most (the stop reason says when it was reached).
+    #[arg(long, requires = "multipath", default_value_t = svctr_core::MdaConfig::default().max_probes,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) max_probes: u32,
+}
+
 /// `--confidence`: a probability strictly between 0 and 1.
 pub(crate) fn parse_confidence(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {

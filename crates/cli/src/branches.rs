@@ -33,6 +33,7 @@ pub(crate) struct MarkerConfig {
     pub(crate) iface: Option<String>,
     pub(crate) rate: u32,
     pub(crate) confidence: f64,
+    pub(crate) max_probes: u32,
     pub(crate) timeout: Duration,
 }
 
@@ -142,6 +143,7 @@ impl Printer {
                 protocol,
                 port,
                 confidence: self.cfg.confidence,
+                max_probes: self.cfg.max_probes,
                 timeout: self.cfg.timeout,
                 ..MdaConfig::default()
             },

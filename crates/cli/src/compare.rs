@@ -15,7 +15,7 @@ use svctr_io::{
     TracerouteOptions,
 };
 
-use crate::args::{parse_confidence, parse_duration, parse_port, parse_remote, DurationArg};
+use crate::args::{parse_duration, parse_port, parse_remote, DurationArg, MultipathOpts};
 use crate::error::CliError;
 use crate::output::Run;
 use crate::Outcome;
@@ -59,14 +59,8 @@ pub(crate) struct CompareArgs {
     /// ports 33434 and up, so no fresh datagram reaches the application).
     #[arg(long, conflicts_with = "fresh")]
     multipath: bool,
-    /// --multipath: the probability of finding every node and link.
-    #[arg(long, requires = "multipath", value_parser = parse_confidence,
-          default_value_t = MdaConfig::default().confidence)]
-    confidence: f64,
-    /// --multipath: probes at most.
-    #[arg(long, requires = "multipath", default_value_t = MdaConfig::default().max_probes,
-          value_parser = clap::value_parser!(u32).range(1..))]
-    max_probes: u32,
+    #[command(flatten)]
+    mp: MultipathOpts,
     /// Wait at most this long for the flow.
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
@@ -197,8 +191,8 @@ fn compare_multipath(
         // and these never complete); UDP: the traceroute ports, never the application's.
         port: (protocol == Protocol::Tcp).then_some(remote_port),
         timeout: a.timeout.0,
-        confidence: a.confidence,
-        max_probes: a.max_probes,
+        confidence: a.mp.confidence,
+        max_probes: a.mp.max_probes,
         ..MdaConfig::default()
     };
     let opts = MultipathOptions {

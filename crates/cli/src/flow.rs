@@ -165,10 +165,8 @@ pub(crate) struct MonitorArgs {
     /// among them in its result (`multipath`).
     #[arg(long)]
     multipath: bool,
-    /// --multipath: the probability of finding every node and link.
-    #[arg(long, requires = "multipath", value_parser = crate::args::parse_confidence,
-          default_value_t = svctr_core::MdaConfig::default().confidence)]
-    confidence: f64,
+    #[command(flatten)]
+    mp: crate::args::MultipathOpts,
     /// Output format.
     #[arg(long, value_enum, default_value = "jsonl")]
     format: Format,
@@ -289,7 +287,8 @@ pub(crate) fn run_monitor_cmd(a: MonitorArgs) -> Result<Outcome, CliError> {
     let marker = a.multipath.then(|| MarkerConfig {
         iface: (opts.iface != "any").then(|| opts.iface.clone()),
         rate: opts.rate,
-        confidence: a.confidence,
+        confidence: a.mp.confidence,
+        max_probes: a.mp.max_probes,
         timeout: opts.config.trace.timeout,
     });
     run_monitor(&opts, a.format, a.trace.stats, marker)
@@ -326,34 +325,15 @@ fn run_monitor(
     let mut run = Run::start()?;
     let stop = std::sync::Arc::clone(&run.stop);
     let mut collected = Vec::new();
-    let summary = match monitor(opts, &stop, |r| {
+    let result = monitor(opts, &stop, |r| {
         if let Some(text) = render(format, &r) {
             run.print(&text);
         }
         if format == Format::Json {
             collected.push(r);
         }
-    }) {
-        Ok(s) => s,
-        Err(Error::NothingMatched { selector, duration }) => {
-            return Ok(Outcome::nothing(format!(
-                "no flow matched {selector} within {:.1} s",
-                duration.as_secs_f64()
-            )))
-        }
-        Err(e) => return Err(CliError::from(e).naming_ttls("--first-ttl", "--max-ttl")),
-    };
-    if format == Format::Json {
-        run.print(&json_collection(&collected));
-    }
-    run.finish()?;
-    if show_stats {
-        print_stats(&summary);
-    }
-    if summary.capture_drops > 0 {
-        warn_drops(summary.capture_drops);
-    }
-    Ok(outcome(opts, &summary, &run))
+    });
+    end_monitor(opts, result, run, format, &collected, show_stats)
 }
 
 /// [`run_monitor`] with each result marked with its branch (see the branches module).
@@ -370,9 +350,22 @@ fn run_monitor_marked(
         let _ = tx.send(r);
     });
     drop(tx);
-    let (mut run, collected) = printer
+    let (run, collected) = printer
         .join()
         .map_err(|_| CliError::input("the printer thread panicked"))?;
+    end_monitor(opts, result, run, format, &collected, show_stats)
+}
+
+/// The end of a monitor run: nothing matched, a failure, or the JSON printed at the end, the
+/// statistics, the capture's drops and the outcome.
+fn end_monitor<T: serde::Serialize>(
+    opts: &MonitorOptions,
+    result: Result<RunSummary, Error>,
+    mut run: Run,
+    format: Format,
+    collected: &[T],
+    show_stats: bool,
+) -> Result<Outcome, CliError> {
     let summary = match result {
         Ok(s) => s,
         Err(Error::NothingMatched { selector, duration }) => {
@@ -384,7 +377,7 @@ fn run_monitor_marked(
         Err(e) => return Err(CliError::from(e).naming_ttls("--first-ttl", "--max-ttl")),
     };
     if format == Format::Json {
-        run.print(&json_collection(&collected));
+        run.print(&json_collection(collected));
     }
     run.finish()?;
     if show_stats {

@@ -15,8 +15,7 @@ use svctr_core::{
 use svctr_io::{multipath, traceroute, MultipathOptions, TracerouteOptions};
 
 use crate::args::{
-    parse_confidence, parse_port, parse_sendwait, AlgorithmArg, DurationArg, StrategyArg,
-    TraceFormat,
+    parse_port, parse_sendwait, AlgorithmArg, DurationArg, MultipathOpts, StrategyArg, TraceFormat,
 };
 use crate::error::CliError;
 use crate::flow::json_collection;
@@ -58,14 +57,8 @@ pub(crate) struct TraceArgs {
     #[arg(long, conflicts_with_all = ["strategy", "queries", "sim_queries", "algorithm",
           "retries", "sendwait", "dont_fragment", "payload", "extensions"])]
     multipath: bool,
-    /// --multipath: the probability of finding every node and link.
-    #[arg(long, requires = "multipath", value_parser = parse_confidence,
-          default_value_t = MdaConfig::default().confidence)]
-    confidence: f64,
-    /// --multipath: probes per target at most (the stop reason says when it was reached).
-    #[arg(long, requires = "multipath", default_value_t = MdaConfig::default().max_probes,
-          value_parser = clap::value_parser!(u32).range(1..))]
-    max_probes: u32,
+    #[command(flatten)]
+    mp: MultipathOpts,
     /// Where the probe number goes.
     #[arg(long, value_enum, default_value_t = TracerouteConfig::default().strategy.into())]
     strategy: StrategyArg,
@@ -412,20 +405,33 @@ fn titled(ip: IpAddr, names: &HashMap<IpAddr, String>) -> String {
     }
 }
 
-/// Prints what is printed at the end: JSON, or the picture.
-fn print_at_end<T: serde::Serialize>(
-    run: &mut Run,
+/// One JSON line.
+fn print_line<T: serde::Serialize>(run: &mut Run, r: &T) {
+    if let Ok(t) = serde_json::to_string(r) {
+        run.print(&(t + "\n"));
+    }
+}
+
+/// The end of a run: what is printed at the end (JSON, or the picture), the capture's drops,
+/// the outcome.
+fn end_run<T: serde::Serialize>(
+    mut run: Run,
     format: TraceFormat,
     results: &[T],
+    drops: u32,
     dot: impl FnOnce() -> String,
-) -> Result<(), CliError> {
+) -> Result<Outcome, CliError> {
     match format {
         TraceFormat::Json => run.print(&json_collection(results)),
         TraceFormat::Dot if !results.is_empty() => run.print(&dot()),
         TraceFormat::Svg if !results.is_empty() => run.print(&crate::graph::svg(&dot())?),
         _ => {}
     }
-    Ok(())
+    run.finish()?;
+    if drops > 0 {
+        crate::flow::warn_drops(drops);
+    }
+    Ok(Outcome::of(&run, results.len()))
 }
 
 pub(crate) fn run_trace(a: TraceArgs) -> Result<Outcome, CliError> {
@@ -513,26 +519,15 @@ pub(crate) fn run_trace(a: TraceArgs) -> Result<Outcome, CliError> {
     let stop = std::sync::Arc::clone(&run.stop);
     let mut streamer = Streamer::new(targets, target_names.clone());
     let (format, extensions) = (a.format, a.extensions);
-    let summary = traceroute(&opts, &stop, |ev| match format {
-        TraceFormat::Text => streamer.traceroute_event(ev, &config, extensions, &mut run),
-        TraceFormat::Jsonl => {
-            if let TracerouteEvent::Finished(r) = ev {
-                if let Ok(t) = serde_json::to_string(r) {
-                    run.print(&(t + "\n"));
-                }
-            }
-        }
+    let summary = traceroute(&opts, &stop, |ev| match (format, ev) {
+        (TraceFormat::Text, _) => streamer.traceroute_event(ev, &config, extensions, &mut run),
+        (TraceFormat::Jsonl, TracerouteEvent::Finished(r)) => print_line(&mut run, r),
         _ => {}
     })
     .map_err(|e| CliError::from(e).naming_ttls("-f", "-m"))?;
-    print_at_end(&mut run, format, &summary.results, || {
+    end_run(run, format, &summary.results, summary.capture_drops, || {
         traceroute_dot(&summary.results, &target_names)
-    })?;
-    run.finish()?;
-    if summary.capture_drops > 0 {
-        crate::flow::warn_drops(summary.capture_drops);
-    }
-    Ok(Outcome::of(&run, summary.results.len()))
+    })
 }
 
 /// `trace --multipath`.
@@ -548,10 +543,10 @@ fn run_multipath(
         sport: a.sport.unwrap_or(0),
         first_ttl: a.first_ttl,
         max_ttl: a.max_ttl,
-        confidence: a.confidence,
+        confidence: a.mp.confidence,
         timeout: a.wait.0,
         max_missing: a.max_missing,
-        max_probes: a.max_probes,
+        max_probes: a.mp.max_probes,
         tos: a.tos,
         parallel: a.parallel as usize,
         ..MdaConfig::default()
@@ -568,24 +563,13 @@ fn run_multipath(
     let stop = std::sync::Arc::clone(&run.stop);
     let mut streamer = Streamer::new(targets, names.clone());
     let format = a.format;
-    let summary = multipath(&opts, &stop, |ev| match format {
-        TraceFormat::Text => streamer.multipath_event(ev, &config, &mut run),
-        TraceFormat::Jsonl => {
-            if let MdaEvent::Finished(r) = ev {
-                if let Ok(t) = serde_json::to_string(r) {
-                    run.print(&(t + "\n"));
-                }
-            }
-        }
+    let summary = multipath(&opts, &stop, |ev| match (format, ev) {
+        (TraceFormat::Text, _) => streamer.multipath_event(ev, &config, &mut run),
+        (TraceFormat::Jsonl, MdaEvent::Finished(r)) => print_line(&mut run, r),
         _ => {}
     })
     .map_err(|e| CliError::from(e).naming_ttls("-f", "-m"))?;
-    print_at_end(&mut run, format, &summary.results, || {
+    end_run(run, format, &summary.results, summary.capture_drops, || {
         multipath_dot(&summary.results, &names)
-    })?;
-    run.finish()?;
-    if summary.capture_drops > 0 {
-        crate::flow::warn_drops(summary.capture_drops);
-    }
-    Ok(Outcome::of(&run, summary.results.len()))
+    })
 }

@@ -35,7 +35,7 @@ use crate::flow::{FlowKey, Protocol};
 use crate::machine::{Now, Transmit};
 use crate::probe::ProbeShape;
 use crate::result::{Hop, StopReason};
-use crate::scheduler::Scheduler;
+use crate::scheduler::{Scheduler, TargetQueue};
 use crate::trace::{ReplyInfo, ReplyOutcome, Trace};
 
 /// Classic TCP probes use at most this many consecutive source ports (then the ports repeat):
@@ -306,14 +306,12 @@ pub struct Traceroute {
     trace_cfg: TraceConfig,
     targets: HashMap<IpAddr, Target>,
     /// Targets added beyond `parallel`, with their source, in order.
-    waiting: VecDeque<(IpAddr, IpAddr)>,
+    waiting: TargetQueue,
     events: VecDeque<TracerouteEvent>,
     /// Targets by the next instant they need attention (an overdue reply, a probe to send),
     /// and those with a probe due: every call costs what is due, not a scan of all targets, so
     /// thousands of targets under a rate limit (a loop turn per few probes) stay cheap.
     scheduler: Scheduler<IpAddr>,
-    /// No more targets start (`stop_starting`, `interrupt`).
-    closed: bool,
     scratch: Vec<u8>,
 }
 
@@ -357,10 +355,9 @@ impl Traceroute {
             cfg,
             trace_cfg,
             targets: HashMap::new(),
-            waiting: VecDeque::new(),
+            waiting: TargetQueue::default(),
             events: VecDeque::new(),
             scheduler: Scheduler::default(),
-            closed: false,
             scratch: Vec::new(),
         })
     }
@@ -378,27 +375,15 @@ impl Traceroute {
         dst: IpAddr,
         src: IpAddr,
     ) -> Result<(), TargetError> {
-        if dst.is_ipv4() != src.is_ipv4() {
-            return Err(TargetError::Family { src, dst });
-        }
-        if self.targets.contains_key(&dst) || self.waiting.iter().any(|(d, _)| *d == dst) {
-            return Err(TargetError::Duplicate(dst));
-        }
-        self.waiting.push_back((dst, src));
+        let active = self.targets.contains_key(&dst);
+        self.waiting.push(dst, src, active)?;
         self.start_waiting(now);
         Ok(())
     }
 
     /// Starts waiting targets while fewer than `parallel` traces are in progress.
     fn start_waiting(&mut self, now: Instant) {
-        let parallel = match self.cfg.parallel {
-            0 => usize::MAX,
-            n => n,
-        };
-        while self.targets.len() < parallel && !self.closed {
-            let Some((dst, src)) = self.waiting.pop_front() else {
-                return;
-            };
+        while let Some((dst, src)) = self.waiting.next(self.targets.len(), self.cfg.parallel) {
             self.start(now, dst, src);
         }
     }
@@ -432,8 +417,7 @@ impl Traceroute {
 
     /// Starts no more targets: those not started yet are dropped; traces in progress go on.
     pub fn stop_starting(&mut self, _now: Now) {
-        self.closed = true;
-        self.waiting.clear();
+        self.waiting.close();
     }
 
     /// Whether every trace is over and no target is waiting.

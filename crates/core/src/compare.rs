@@ -444,63 +444,14 @@ pub fn render_multipath_comparison(c: &MultipathComparison) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::path::{GraphHop, Node};
-    use crate::result::ProbeReply;
 
     fn a(s: &str) -> IpAddr {
         s.parse().unwrap()
     }
 
-    /// The multipath lab's shape: r2 splits to b1 and b2, b1 again to c1..c3; r3 answers
-    /// from the interface a probe came in on, so the paths join at r4 (TTL 5 via b2, 6 via
-    /// the c's).
-    fn lab() -> PathGraph {
-        let hop = |ttl: u8, addrs: &[&str]| GraphHop {
-            ttl,
-            nodes: addrs
-                .iter()
-                .map(|x| Node {
-                    addr: Some(a(x)),
-                    probes: vec![ProbeReply::default()],
-                })
-                .collect(),
-        };
-        let l = |ttl: u8, from: &str, to: &str| Link {
-            ttl,
-            from: a(from),
-            to: a(to),
-        };
-        let mut links = vec![
-            l(1, "10.0.1.1", "10.0.2.2"),
-            l(2, "10.0.2.2", "10.0.11.2"),
-            l(2, "10.0.2.2", "10.0.12.2"),
-            l(3, "10.0.12.2", "10.1.12.2"),
-            l(4, "10.1.12.2", "10.1.2.2"),
-            l(5, "10.1.2.2", "10.1.1.2"),
-        ];
-        for j in 1..=3 {
-            links.push(l(3, "10.0.11.2", &format!("10.0.6{j}.2")));
-            links.push(l(4, &format!("10.0.6{j}.2"), &format!("10.1.6{j}.2")));
-            links.push(l(5, &format!("10.1.6{j}.2"), "10.1.2.2"));
-        }
-        links.push(l(6, "10.1.2.2", "10.1.1.2"));
-        PathGraph {
-            hops: vec![
-                hop(1, &["10.0.1.1"]),
-                hop(2, &["10.0.2.2"]),
-                hop(3, &["10.0.11.2", "10.0.12.2"]),
-                hop(4, &["10.0.61.2", "10.0.62.2", "10.0.63.2", "10.1.12.2"]),
-                hop(5, &["10.1.61.2", "10.1.62.2", "10.1.63.2", "10.1.2.2"]),
-                hop(6, &["10.1.1.2", "10.1.2.2"]),
-                hop(7, &["10.1.1.2"]),
-            ],
-            links,
-        }
-    }
-
     #[test]
     fn paths_through_each_node_of_the_lab_shape() {
-        let g = lab();
+        let g = crate::path::multipath_lab_graph();
         let (to, from) = path_counts(&g);
         let through = |ttl: u8, x: &str| to[&(ttl, a(x))] * from[&(ttl, a(x))];
         assert_eq!(through(1, "10.0.1.1"), 4, "every path");

@@ -76,7 +76,7 @@ use crate::flow::{FlowKey, Protocol};
 use crate::machine::{Now, Transmit};
 use crate::path::{Diamond, GraphHop, Link, PathGraph};
 use crate::result::{MplsEntry, ProbeReply};
-use crate::scheduler::Scheduler;
+use crate::scheduler::{Scheduler, TargetQueue};
 
 /// The load balancers on a path the confidence is split over (see the module doc). A path
 /// through more of them keeps each one's bound `a`, not the trace-wide one.
@@ -374,10 +374,9 @@ struct Target {
 pub struct Mda {
     cfg: MdaConfig,
     targets: HashMap<IpAddr, Target>,
-    waiting: VecDeque<(IpAddr, IpAddr)>,
+    waiting: TargetQueue,
     scheduler: Scheduler<IpAddr>,
     events: VecDeque<MdaEvent>,
-    closed: bool,
 }
 
 /// The IPv6 flow label of flow `f`: distinct and non-zero for every `f`, so that routers
@@ -406,10 +405,9 @@ impl Mda {
         Ok(Self {
             cfg,
             targets: HashMap::new(),
-            waiting: VecDeque::new(),
+            waiting: TargetQueue::default(),
             scheduler: Scheduler::default(),
             events: VecDeque::new(),
-            closed: false,
         })
     }
 
@@ -426,26 +424,14 @@ impl Mda {
         dst: IpAddr,
         src: IpAddr,
     ) -> Result<(), crate::TargetError> {
-        if dst.is_ipv4() != src.is_ipv4() {
-            return Err(crate::TargetError::Family { src, dst });
-        }
-        if self.targets.contains_key(&dst) || self.waiting.iter().any(|(d, _)| *d == dst) {
-            return Err(crate::TargetError::Duplicate(dst));
-        }
-        self.waiting.push_back((dst, src));
+        let active = self.targets.contains_key(&dst);
+        self.waiting.push(dst, src, active)?;
         self.start_waiting(now);
         Ok(())
     }
 
     fn start_waiting(&mut self, now: Instant) {
-        let parallel = match self.cfg.parallel {
-            0 => usize::MAX,
-            n => n,
-        };
-        while self.targets.len() < parallel && !self.closed {
-            let Some((dst, src)) = self.waiting.pop_front() else {
-                return;
-            };
+        while let Some((dst, src)) = self.waiting.next(self.targets.len(), self.cfg.parallel) {
             self.targets.insert(
                 dst,
                 Target {
@@ -481,8 +467,7 @@ impl Mda {
 
     /// No new destinations start; those in progress go on.
     pub fn stop_starting(&mut self, _now: Now) {
-        self.closed = true;
-        self.waiting.clear();
+        self.waiting.close();
     }
 
     /// Every destination ends now with what it found.
@@ -1174,16 +1159,7 @@ fn error_reply(from: IpAddr, ttl: u8, err: &IcmpError<'_>) -> ProbeReply {
         icmp_code: Some(err.icmp_code),
         reply_ttl: Some(ttl),
         quoted_ttl: Some(err.quote.ttl),
-        mpls: err
-            .mpls
-            .iter()
-            .map(|m| MplsEntry {
-                label: m.label,
-                tc: m.tc,
-                s: m.bottom,
-                ttl: m.ttl,
-            })
-            .collect(),
+        mpls: err.mpls.iter().map(MplsEntry::from).collect(),
         ..ProbeReply::default()
     }
 }

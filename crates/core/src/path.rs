@@ -299,6 +299,56 @@ impl PathGraph {
     }
 }
 
+/// The multipath lab at interface level: r2 (10.0.2.2) splits to b1 and b2, b1 again to
+/// c1..c3; r3 answers from the interface a probe came in on (10.1.12.2, 10.1.6J.2), so the
+/// paths join at r4 (10.1.2.2), at TTL 5 via b2 and 6 via the c's; the destination
+/// (10.1.1.2) at TTL 6 and 7.
+#[cfg(test)]
+pub(crate) fn multipath_lab_graph() -> PathGraph {
+    let a = |s: &str| -> IpAddr { s.parse().unwrap() };
+    let l = |ttl: u8, from: &str, to: &str| Link {
+        ttl,
+        from: a(from),
+        to: a(to),
+    };
+    let mut links = vec![
+        l(1, "10.0.1.1", "10.0.2.2"),
+        l(2, "10.0.2.2", "10.0.11.2"),
+        l(2, "10.0.2.2", "10.0.12.2"),
+        l(3, "10.0.12.2", "10.1.12.2"),
+        l(4, "10.1.12.2", "10.1.2.2"),
+        l(5, "10.1.2.2", "10.1.1.2"),
+        l(6, "10.1.2.2", "10.1.1.2"),
+    ];
+    for j in 1..=3 {
+        links.push(l(3, "10.0.11.2", &format!("10.0.6{j}.2")));
+        links.push(l(4, &format!("10.0.6{j}.2"), &format!("10.1.6{j}.2")));
+        links.push(l(5, &format!("10.1.6{j}.2"), "10.1.2.2"));
+    }
+    let hops = [
+        (1, vec!["10.0.1.1"]),
+        (2, vec!["10.0.2.2"]),
+        (3, vec!["10.0.11.2", "10.0.12.2"]),
+        (4, vec!["10.0.61.2", "10.0.62.2", "10.0.63.2", "10.1.12.2"]),
+        (5, vec!["10.1.61.2", "10.1.62.2", "10.1.63.2", "10.1.2.2"]),
+        (6, vec!["10.1.1.2", "10.1.2.2"]),
+        (7, vec!["10.1.1.2"]),
+    ]
+    .into_iter()
+    .map(|(ttl, xs)| GraphHop {
+        ttl,
+        nodes: xs
+            .into_iter()
+            .map(|x| Node {
+                addr: Some(a(x)),
+                probes: vec![ProbeReply::default()],
+            })
+            .collect(),
+    })
+    .collect();
+    PathGraph { hops, links }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -365,48 +415,11 @@ mod tests {
         assert!(PathGraph::from_probes(&hops).links.is_empty());
     }
 
-    /// The multipath lab at interface level: r2 splits to b1 and b2, b1 again to c1..c3;
-    /// r3 answers from the interface a probe came in on, so the paths meet again at r4, at
-    /// TTL 5 via b2 and 6 via the c's.
+    /// The multipath lab at interface level (see [`multipath_lab_graph`]).
     #[test]
     fn diamonds_of_the_multipath_lab() {
         let a = |s: &str| -> IpAddr { s.parse().unwrap() };
-        let l = |ttl: u8, from: &str, to: &str| Link {
-            ttl,
-            from: a(from),
-            to: a(to),
-        };
-        let mut links = vec![
-            l(1, "10.0.1.1", "10.0.2.2"),
-            l(2, "10.0.2.2", "10.0.11.2"),
-            l(2, "10.0.2.2", "10.0.12.2"),
-            l(3, "10.0.12.2", "10.1.12.2"),
-            l(4, "10.1.12.2", "10.1.2.2"),
-            l(5, "10.1.2.2", "10.1.1.2"),
-            l(6, "10.1.2.2", "10.1.1.2"),
-        ];
-        for j in 1..=3 {
-            links.push(l(3, "10.0.11.2", &format!("10.0.6{j}.2")));
-            links.push(l(4, &format!("10.0.6{j}.2"), &format!("10.1.6{j}.2")));
-            links.push(l(5, &format!("10.1.6{j}.2"), "10.1.2.2"));
-        }
-        let hops: Vec<Hop> = [
-            (1, vec!["10.0.1.1"]),
-            (2, vec!["10.0.2.2"]),
-            (3, vec!["10.0.11.2", "10.0.12.2"]),
-            (4, vec!["10.0.61.2", "10.0.62.2", "10.0.63.2", "10.1.12.2"]),
-            (5, vec!["10.1.61.2", "10.1.62.2", "10.1.63.2", "10.1.2.2"]),
-            (6, vec!["10.1.1.2", "10.1.2.2"]),
-            (7, vec!["10.1.1.2"]),
-        ]
-        .into_iter()
-        .map(|(ttl, xs)| hop(ttl, &xs.into_iter().map(Some).collect::<Vec<_>>()))
-        .collect();
-        let g = PathGraph {
-            hops: PathGraph::from_probes(&hops).hops,
-            links,
-        };
-        let d = g.diamonds();
+        let d = multipath_lab_graph().diamonds();
         assert_eq!(d.len(), 2, "{d:?}");
         assert_eq!(
             (d[0].divergence, d[0].successors, d[0].convergence),

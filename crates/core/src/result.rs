@@ -154,6 +154,17 @@ pub struct MplsEntry {
     pub ttl: u8,
 }
 
+impl From<&svctr_wire::icmp::MplsLabel> for MplsEntry {
+    fn from(m: &svctr_wire::icmp::MplsLabel) -> Self {
+        Self {
+            label: m.label,
+            tc: m.tc,
+            s: m.bottom,
+            ttl: m.ttl,
+        }
+    }
+}
+
 /// One probe and its reply (all reply fields are null for a probe nobody answered).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct ProbeReply {

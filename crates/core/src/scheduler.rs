@@ -27,6 +27,7 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::hash::Hash;
+use std::net::IpAddr;
 use std::time::Instant;
 
 /// Where a key stands.
@@ -138,6 +139,59 @@ impl<K: Copy + Ord + Hash> Scheduler<K> {
     /// Whether any key waits in the transmit queue.
     pub fn has_queued(&self) -> bool {
         self.queued > 0
+    }
+}
+
+/// Destinations given to an engine that works on at most `parallel` of them at once (0: no
+/// limit): the rest wait here, in order, each with its source address.
+#[derive(Debug, Default)]
+pub(crate) struct TargetQueue {
+    waiting: VecDeque<(IpAddr, IpAddr)>,
+    closed: bool,
+}
+
+impl TargetQueue {
+    /// Queues `dst` (probed from `src`): an error for mixed families, or a destination
+    /// already in progress (`active`) or waiting.
+    pub(crate) fn push(
+        &mut self,
+        dst: IpAddr,
+        src: IpAddr,
+        active: bool,
+    ) -> Result<(), crate::TargetError> {
+        if dst.is_ipv4() != src.is_ipv4() {
+            return Err(crate::TargetError::Family { src, dst });
+        }
+        if active || self.waiting.iter().any(|(d, _)| *d == dst) {
+            return Err(crate::TargetError::Duplicate(dst));
+        }
+        self.waiting.push_back((dst, src));
+        Ok(())
+    }
+
+    /// The next destination to start, if fewer than `parallel` are in progress.
+    pub(crate) fn next(&mut self, in_progress: usize, parallel: usize) -> Option<(IpAddr, IpAddr)> {
+        let limit = if parallel == 0 { usize::MAX } else { parallel };
+        if self.closed || in_progress >= limit {
+            return None;
+        }
+        self.waiting.pop_front()
+    }
+
+    /// No destination starts any more; those waiting are dropped.
+    pub(crate) fn close(&mut self) {
+        self.closed = true;
+        self.waiting.clear();
+    }
+
+    /// Destinations waiting.
+    pub(crate) fn len(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Whether none waits.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.waiting.is_empty()
     }
 }
 

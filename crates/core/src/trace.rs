@@ -433,16 +433,7 @@ impl Trace {
             quoted_ttl: reply.quoted_ttl,
             tcp_flags: reply.tcp_flags,
             unreachable: reply.unreachable,
-            mpls: reply
-                .mpls
-                .iter()
-                .map(|m| MplsEntry {
-                    label: m.label,
-                    tc: m.tc,
-                    s: m.bottom,
-                    ttl: m.ttl,
-                })
-                .collect(),
+            mpls: reply.mpls.iter().map(MplsEntry::from).collect(),
         });
         let ttl = p.ttl;
         self.pending -= 1;

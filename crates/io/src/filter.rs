@@ -283,20 +283,8 @@ fn probe_filter(marks: &ProbeMarks, v4: bool, v6: bool) -> String {
     let errors6 = "ip6[6] == 58 and ip6[40] >= 1 and ip6[40] <= 4";
     let mut clauses = Vec::new();
     match marks.protocol {
-        Protocol::Udp if lo == hi => {
-            if v4 {
-                clauses.push(format!(
-                    "({errors4} and icmp[17] == 17 and icmp[28:2] == {lo})"
-                ));
-            }
-            if v6 {
-                clauses.push(format!(
-                    "({errors6} and ip6[54] == 17 and ip6[88:2] == {lo})"
-                ));
-            }
-            clauses.push(format!("(udp and src port {lo})"));
-        }
         Protocol::Udp => {
+            // The reserved source port, or block of them (multipath with a kept port).
             if v4 {
                 clauses.push(format!(
                     "({errors4} and icmp[17] == 17 and icmp[28:2] >= {lo} and icmp[28:2] <= {hi})"

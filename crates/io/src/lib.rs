@@ -61,6 +61,7 @@ mod handle;
 mod iface;
 mod multipath;
 mod names;
+mod probing;
 mod reserve;
 mod run;
 mod sender;

@@ -7,13 +7,11 @@ use std::net::IpAddr;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use svctr_core::{Mda, MdaConfig, MdaEvent, MdaResult, Protocol};
+use svctr_core::{Mda, MdaConfig, MdaEvent, MdaResult};
 
-use crate::capture::Capture;
 use crate::names::{NameGate, NameResolver, Named, NAME_POLL};
-use crate::run::{Hooks, Limits, Source, Sources};
-use crate::sender::RawSockets;
-use crate::traceroute::{check_source, source_for};
+use crate::probing::{reserve_marker, Probing};
+use crate::run::{Hooks, Sources};
 use crate::Error;
 
 /// What to discover.
@@ -55,59 +53,30 @@ pub fn multipath(
     stop: &AtomicBool,
     on_event: impl FnMut(&MdaEvent),
 ) -> Result<MultipathSummary, Error> {
-    let iface = opts.iface.as_deref();
-    if let Some(i) = iface {
-        if nix::net::if_::if_nametoindex(i).is_err() {
-            return Err(Error::UnknownInterface(i.to_string()));
-        }
-    }
+    let probing = Probing {
+        targets: &opts.targets,
+        source: opts.source,
+        iface: opts.iface.as_deref(),
+        rate: opts.rate,
+    };
+    probing.check_iface()?;
     let mut cfg = opts.config.clone();
     // The process's marker, held for the run: the ICMP identifier, or the source port(s)
-    // (TCP: a block, one per flow identifier, whose first port is also the high half of
-    // every sequence number).
-    let _reservation = if cfg.protocol == Protocol::Icmp {
-        let (marker, r) = crate::reserve::icmp_marker((cfg.marker != 0).then_some(cfg.marker))?;
-        cfg.marker = marker;
-        r
-    } else {
-        let want = (cfg.sport != 0).then_some(cfg.sport);
-        let (port, r) = crate::reserve::source_ports(cfg.protocol, want, cfg.reserved_ports())?;
-        cfg.sport = port;
-        cfg.marker = port;
-        r
-    };
-    if let Some(src) = opts.source {
-        check_source(src, iface)?;
-        if !opts.targets.iter().any(|t| t.is_ipv4() == src.is_ipv4()) {
-            return Err(Error::Unsupported(format!(
-                "source address {src} is IPv{} but no target is",
-                if src.is_ipv4() { 4 } else { 6 }
-            )));
-        }
-    }
-    let (v4, v6) = (
-        opts.targets.iter().any(IpAddr::is_ipv4),
-        opts.targets.iter().any(IpAddr::is_ipv6),
-    );
+    // (TCP, and UDP keeping its destination port: a block, one per flow identifier, whose
+    // first port is also the high half of every TCP sequence number).
+    let (_reservation, sport, marker) =
+        reserve_marker(cfg.protocol, cfg.sport, cfg.marker, cfg.reserved_ports())?;
+    (cfg.sport, cfg.marker) = (sport, marker);
+    let sources = probing.sources()?;
+    let (v4, v6) = probing.families();
     let filter = crate::filter::multipath_filter(&cfg, v4, v6);
     let mut engine = Mda::new(cfg)?;
     let start = Instant::now();
-    for &dst in &opts.targets {
-        let src = match opts.source {
-            Some(s) if s.is_ipv4() == dst.is_ipv4() => s,
-            _ => source_for(dst, iface)?,
-        };
+    for &(dst, src) in &sources {
         engine
             .add_target(start, dst, src)
             .map_err(|e| Error::Unsupported(e.to_string()))?;
     }
-    let sender = RawSockets::open(iface, v4, v6)?;
-    let mut sources = Sources::new();
-    sources.add(Source {
-        cap: Capture::open_with_buffer(iface.unwrap_or("any"), &filter, 16 << 20)?,
-        feed: Mda::handle_packet,
-        paced: true,
-    });
     let mut hooks = MultipathHooks {
         gate: opts
             .resolve_names
@@ -115,13 +84,7 @@ pub fn multipath(
         results: Vec::new(),
         on_event,
     };
-    let limits = Limits {
-        iface: iface.unwrap_or("any"),
-        rate: opts.rate,
-        duration: None,
-        stop,
-    };
-    let end = crate::run::run(&mut engine, sources, &sender, &limits, &mut hooks)?;
+    let end = probing.run(&mut engine, &filter, Mda::handle_packet, stop, &mut hooks)?;
     Ok(MultipathSummary {
         results: hooks.results,
         capture_drops: end.dropped,

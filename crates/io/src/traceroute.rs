@@ -8,17 +8,15 @@
 //! process takes another's replies.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use socket2::{Domain, SockAddr, Socket, Type};
-use svctr_core::{Protocol, Traceroute, TracerouteConfig, TracerouteEvent, TracerouteResult};
+use svctr_core::{Traceroute, TracerouteConfig, TracerouteEvent, TracerouteResult};
 
-use crate::capture::Capture;
 use crate::names::{NameGate, NameResolver, NAME_POLL};
-use crate::run::{Hooks, Limits, Source, Sources};
-use crate::sender::RawSockets;
+use crate::probing::{reserve_marker, Probing};
+use crate::run::{Hooks, Sources};
 use crate::Error;
 
 /// What to trace.
@@ -44,45 +42,6 @@ pub struct TracerouteOptions {
     pub source: Option<IpAddr>,
 }
 
-/// A UDP socket bound to `iface` if given: the probe of a source address.
-fn udp_socket(v4: bool, iface: Option<&str>) -> Result<Socket, Error> {
-    let domain = if v4 { Domain::IPV4 } else { Domain::IPV6 };
-    let sock = Socket::new(domain, Type::DGRAM, None).map_err(|e| Error::Socket {
-        what: "opening a UDP socket".into(),
-        source: e,
-    })?;
-    crate::sender::bind_device(&sock, iface)?;
-    Ok(sock)
-}
-
-/// The address this host would use to reach `dst` (a connected UDP socket sends nothing).
-pub(crate) fn source_for(dst: IpAddr, iface: Option<&str>) -> Result<IpAddr, Error> {
-    let sock = udp_socket(dst.is_ipv4(), iface)?;
-    sock.connect(&SockAddr::from(SocketAddr::new(dst, 33434)))
-        .map_err(|e| Error::Socket {
-            what: format!("no route to {dst}"),
-            source: e,
-        })?;
-    let local = sock.local_addr().map_err(|e| Error::Socket {
-        what: "reading the source address".into(),
-        source: e,
-    })?;
-    local
-        .as_socket()
-        .map(|s| s.ip())
-        .ok_or_else(|| Error::Unsupported(format!("no source address for {dst}")))
-}
-
-/// Checks that `src` is an address of this host (of `iface`, if given) by binding to it.
-pub(crate) fn check_source(src: IpAddr, iface: Option<&str>) -> Result<(), Error> {
-    udp_socket(src.is_ipv4(), iface)?
-        .bind(&SockAddr::from(SocketAddr::new(src, 0)))
-        .map_err(|e| Error::Socket {
-            what: format!("cannot send from {src}"),
-            source: e,
-        })
-}
-
 /// What a traceroute run did.
 #[derive(Debug, Clone)]
 pub struct TracerouteSummary {
@@ -101,60 +60,31 @@ pub fn traceroute(
     stop: &AtomicBool,
     on_event: impl FnMut(&TracerouteEvent),
 ) -> Result<TracerouteSummary, Error> {
-    let iface = opts.iface.as_deref();
-    if let Some(i) = iface {
-        if nix::net::if_::if_nametoindex(i).is_err() {
-            return Err(Error::UnknownInterface(i.to_string()));
-        }
-    }
+    let probing = Probing {
+        targets: &opts.targets,
+        source: opts.source,
+        iface: opts.iface.as_deref(),
+        rate: opts.rate,
+    };
+    probing.check_iface()?;
     let mut cfg = opts.config.clone();
     // This process's marker, held until the run ends (see the reserve module): the source
     // port(s) for UDP and TCP, the echo identifier for ICMP. The kernel filter and the engine
     // take only replies that carry it.
-    let _reservation = if cfg.protocol == Protocol::Icmp {
-        let (marker, r) = crate::reserve::icmp_marker((cfg.marker != 0).then_some(cfg.marker))?;
-        cfg.marker = marker;
-        r
-    } else {
-        let want = (cfg.sport != 0).then_some(cfg.sport);
-        let (port, r) = crate::reserve::source_ports(cfg.protocol, want, cfg.tcp_ports())?;
-        cfg.sport = port;
-        cfg.marker = port;
-        r
-    };
-    if let Some(src) = opts.source {
-        check_source(src, iface)?;
-        if !opts.targets.iter().any(|t| t.is_ipv4() == src.is_ipv4()) {
-            return Err(Error::Unsupported(format!(
-                "source address {src} is IPv{} but no target is",
-                if src.is_ipv4() { 4 } else { 6 }
-            )));
-        }
-    }
-    let (v4, v6) = (
-        opts.targets.iter().any(IpAddr::is_ipv4),
-        opts.targets.iter().any(IpAddr::is_ipv6),
-    );
+    let (_reservation, sport, marker) =
+        reserve_marker(cfg.protocol, cfg.sport, cfg.marker, cfg.tcp_ports())?;
+    (cfg.sport, cfg.marker) = (sport, marker);
+    let sources = probing.sources()?;
+    let (v4, v6) = probing.families();
     let filter = crate::filter::traceroute_filter(&cfg, v4, v6);
     // The configuration is checked here, once, before anything needs privileges.
     let mut engine = Traceroute::new(cfg)?;
     let start = Instant::now();
-    for &dst in &opts.targets {
-        let src = match opts.source {
-            Some(s) if s.is_ipv4() == dst.is_ipv4() => s,
-            _ => source_for(dst, iface)?,
-        };
+    for &(dst, src) in &sources {
         engine
             .add_target(start, dst, src)
             .map_err(|e| Error::Unsupported(e.to_string()))?;
     }
-    let sender = RawSockets::open(iface, v4, v6)?;
-    let mut sources = Sources::new();
-    sources.add(Source {
-        cap: Capture::open_with_buffer(iface.unwrap_or("any"), &filter, 16 << 20)?,
-        feed: Traceroute::handle_packet,
-        paced: true,
-    });
     let mut hooks = TraceHooks {
         gate: opts
             .resolve_names
@@ -162,13 +92,13 @@ pub fn traceroute(
         results: Vec::new(),
         on_event,
     };
-    let limits = Limits {
-        iface: iface.unwrap_or("any"),
-        rate: opts.rate,
-        duration: None,
+    let end = probing.run(
+        &mut engine,
+        &filter,
+        Traceroute::handle_packet,
         stop,
-    };
-    let end = crate::run::run(&mut engine, sources, &sender, &limits, &mut hooks)?;
+        &mut hooks,
+    )?;
     Ok(TracerouteSummary {
         results: hooks.results,
         capture_drops: end.dropped,

@@ -369,6 +369,18 @@ fn host6(net: Ipv6Addr, h: u8) -> Ipv6Addr {
     Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, u16::from(h))
 }
 
+/// Routes to `halves` (IPv4, IPv6) through the `.h` end of link `net` (both families) on `dev`.
+fn both(
+    route: &mut impl FnMut(&str, String, &str),
+    halves: (&str, &str),
+    net: Ipv4Addr,
+    h: u8,
+    dev: &str,
+) {
+    route(halves.0, host(net, h).to_string(), dev);
+    route(halves.1, host6(plan::v6_net(net), h).to_string(), dev);
+}
+
 fn host(net: Ipv4Addr, h: u8) -> Ipv4Addr {
     let o = net.octets();
     Ipv4Addr::new(o[0], o[1], o[2], h)
@@ -871,36 +883,27 @@ impl Lab {
             role if role.starts_with('c') => {
                 // second-stage router cJ, between b1 and r3
                 let j: usize = role[1..].parse().expect("second-stage role");
-                route(
-                    plan::CLIENT_HALF,
-                    host(plan::b1_sub_net(j), 1).to_string(),
+                both(
+                    &mut route,
+                    (plan::CLIENT_HALF, plan::CLIENT_HALF6),
+                    plan::b1_sub_net(j),
+                    1,
                     "b1",
                 );
-                route(
-                    plan::CLIENT_HALF6,
-                    v6(plan::b1_sub_net(j), 1).to_string(),
-                    "b1",
-                );
-                route(
-                    plan::SERVER_HALF,
-                    host(plan::sub_r3_net(j), 2).to_string(),
-                    "r3",
-                );
-                route(
-                    plan::SERVER_HALF6,
-                    v6(plan::sub_r3_net(j), 2).to_string(),
+                both(
+                    &mut route,
+                    (plan::SERVER_HALF, plan::SERVER_HALF6),
+                    plan::sub_r3_net(j),
+                    2,
                     "r3",
                 );
             }
             "b1" if subs > 0 => {
-                route(
-                    plan::CLIENT_HALF,
-                    host(plan::r2_branch_net(1), 1).to_string(),
-                    "r2",
-                );
-                route(
-                    plan::CLIENT_HALF6,
-                    v6(plan::r2_branch_net(1), 1).to_string(),
+                both(
+                    &mut route,
+                    (plan::CLIENT_HALF, plan::CLIENT_HALF6),
+                    plan::r2_branch_net(1),
+                    1,
                     "r2",
                 );
                 let hops = (1..=subs)
@@ -915,24 +918,18 @@ impl Lab {
             role => {
                 // branch router bK
                 let i: usize = role[1..].parse().expect("branch role");
-                route(
-                    plan::CLIENT_HALF,
-                    host(plan::r2_branch_net(i), 1).to_string(),
+                both(
+                    &mut route,
+                    (plan::CLIENT_HALF, plan::CLIENT_HALF6),
+                    plan::r2_branch_net(i),
+                    1,
                     "r2",
                 );
-                route(
-                    plan::CLIENT_HALF6,
-                    v6(plan::r2_branch_net(i), 1).to_string(),
-                    "r2",
-                );
-                route(
-                    plan::SERVER_HALF,
-                    host(plan::branch_r3_net(i), 2).to_string(),
-                    "r3",
-                );
-                route(
-                    plan::SERVER_HALF6,
-                    v6(plan::branch_r3_net(i), 2).to_string(),
+                both(
+                    &mut route,
+                    (plan::SERVER_HALF, plan::SERVER_HALF6),
+                    plan::branch_r3_net(i),
+                    2,
                     "r3",
                 );
             }

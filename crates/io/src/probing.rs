@@ -1,0 +1,157 @@
+//! What the runs that probe the destinations they are given (traceroute, multipath) share
+//! around their engine: the interface and source address checked, this process's marker
+//! reserved, each destination's source address, and the run itself (raw sockets, one capture,
+//! the run loop).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::AtomicBool;
+use std::time::{Instant, SystemTime};
+
+use socket2::{Domain, SockAddr, Socket, Type};
+use svctr_core::{Machine, Protocol};
+
+use crate::capture::Capture;
+use crate::reserve::Reservation;
+use crate::run::{End, Hooks, Limits, Source, Sources};
+use crate::sender::RawSockets;
+use crate::Error;
+
+/// A UDP socket bound to `iface` if given: the probe of a source address.
+fn udp_socket(v4: bool, iface: Option<&str>) -> Result<Socket, Error> {
+    let domain = if v4 { Domain::IPV4 } else { Domain::IPV6 };
+    let sock = Socket::new(domain, Type::DGRAM, None).map_err(|e| Error::Socket {
+        what: "opening a UDP socket".into(),
+        source: e,
+    })?;
+    crate::sender::bind_device(&sock, iface)?;
+    Ok(sock)
+}
+
+/// The address this host would use to reach `dst` (a connected UDP socket sends nothing).
+fn source_for(dst: IpAddr, iface: Option<&str>) -> Result<IpAddr, Error> {
+    let sock = udp_socket(dst.is_ipv4(), iface)?;
+    sock.connect(&SockAddr::from(SocketAddr::new(dst, 33434)))
+        .map_err(|e| Error::Socket {
+            what: format!("no route to {dst}"),
+            source: e,
+        })?;
+    let local = sock.local_addr().map_err(|e| Error::Socket {
+        what: "reading the source address".into(),
+        source: e,
+    })?;
+    local
+        .as_socket()
+        .map(|s| s.ip())
+        .ok_or_else(|| Error::Unsupported(format!("no source address for {dst}")))
+}
+
+/// Checks that `src` is an address of this host (of `iface`, if given) by binding to it.
+fn check_source(src: IpAddr, iface: Option<&str>) -> Result<(), Error> {
+    udp_socket(src.is_ipv4(), iface)?
+        .bind(&SockAddr::from(SocketAddr::new(src, 0)))
+        .map_err(|e| Error::Socket {
+            what: format!("cannot send from {src}"),
+            source: e,
+        })
+}
+
+/// Reserves this process's marker (see the reserve module): for ICMP the echo identifier
+/// (`marker`, 0: any free one), else `ports` consecutive source ports from `sport` (0: any
+/// free block), whose first is also the marker. Returns the reservation, held for the run, and
+/// the source port and marker to use.
+pub(crate) fn reserve_marker(
+    protocol: Protocol,
+    sport: u16,
+    marker: u16,
+    ports: u16,
+) -> Result<(Reservation, u16, u16), Error> {
+    if protocol == Protocol::Icmp {
+        let (marker, r) = crate::reserve::icmp_marker((marker != 0).then_some(marker))?;
+        Ok((r, sport, marker))
+    } else {
+        let want = (sport != 0).then_some(sport);
+        let (port, r) = crate::reserve::source_ports(protocol, want, ports)?;
+        Ok((r, port, port))
+    }
+}
+
+/// A run over given destinations.
+pub(crate) struct Probing<'a> {
+    pub(crate) targets: &'a [IpAddr],
+    /// The probes' source address (`None`: the routing table's per destination).
+    pub(crate) source: Option<IpAddr>,
+    pub(crate) iface: Option<&'a str>,
+    /// Probes per second over all destinations (0: no limit).
+    pub(crate) rate: u32,
+}
+
+impl Probing<'_> {
+    /// The interface, if one is given, exists.
+    pub(crate) fn check_iface(&self) -> Result<(), Error> {
+        if let Some(i) = self.iface {
+            if nix::net::if_::if_nametoindex(i).is_err() {
+                return Err(Error::UnknownInterface(i.to_string()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Which IP versions the destinations use.
+    pub(crate) fn families(&self) -> (bool, bool) {
+        (
+            self.targets.iter().any(IpAddr::is_ipv4),
+            self.targets.iter().any(IpAddr::is_ipv6),
+        )
+    }
+
+    /// Each destination with its source address: the one given (checked to be this host's,
+    /// and of some destination's version), else the one the routing table picks.
+    pub(crate) fn sources(&self) -> Result<Vec<(IpAddr, IpAddr)>, Error> {
+        if let Some(src) = self.source {
+            check_source(src, self.iface)?;
+            if !self.targets.iter().any(|t| t.is_ipv4() == src.is_ipv4()) {
+                return Err(Error::Unsupported(format!(
+                    "source address {src} is IPv{} but no target is",
+                    if src.is_ipv4() { 4 } else { 6 }
+                )));
+            }
+        }
+        self.targets
+            .iter()
+            .map(|&dst| {
+                let src = match self.source {
+                    Some(s) if s.is_ipv4() == dst.is_ipv4() => s,
+                    _ => source_for(dst, self.iface)?,
+                };
+                Ok((dst, src))
+            })
+            .collect()
+    }
+
+    /// Opens the raw sockets and the capture (`filter`, packets to `feed`), and runs `engine`
+    /// until it is done or `stop` is set.
+    pub(crate) fn run<M: Machine, H: Hooks<M>>(
+        &self,
+        engine: &mut M,
+        filter: &str,
+        feed: fn(&mut M, Instant, SystemTime, &[u8]),
+        stop: &AtomicBool,
+        hooks: &mut H,
+    ) -> Result<End, Error> {
+        let (v4, v6) = self.families();
+        let sender = RawSockets::open(self.iface, v4, v6)?;
+        let mut sources = Sources::new();
+        sources.add(Source {
+            cap: Capture::open_with_buffer(self.iface.unwrap_or("any"), filter, 16 << 20)?,
+            feed,
+            paced: true,
+        });
+        let limits = Limits {
+            iface: self.iface.unwrap_or("any"),
+            rate: self.rate,
+            duration: None,
+            stop,
+        };
+        crate::run::run(engine, sources, &sender, &limits, hooks)
+    }
+}
