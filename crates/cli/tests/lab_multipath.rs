@@ -155,7 +155,14 @@ fn text_dot_svg_and_many_destinations() {
     let Some(_g) = lab_test_guard() else { return };
     let lab = multipath_lab();
     let dst = lab.server_addr().to_string();
-    let out = tracer_for(&lab, &["trace", "--multipath", "-n", &dst], SECS(60));
+    let out = tracer_for(
+        &lab,
+        // Both splits must be found for the diamonds' text: at 0.999 a run misses a branch
+        // about once in 2,400 (at 0.95, once in 70: n(1) = 8 flows all one way of two,
+        // n(2) = 14 all on two of three).
+        &["trace", "--multipath", "--confidence", "0.999", "-n", &dst],
+        SECS(60),
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -278,6 +285,9 @@ fn compare_multipath_places_the_flow_on_its_true_branch() {
             &[
                 "compare",
                 "--multipath",
+                // Every path must be found (see text_dot_svg_and_many_destinations).
+                "--confidence",
+                "0.999",
                 "--tcp",
                 "-i",
                 lab.client_iface(),
@@ -364,6 +374,8 @@ fn monitor_multipath_marks_each_flows_branch() {
         &[
             "monitor",
             "--multipath",
+            "--confidence",
+            "0.999",
             "--tcp",
             "-i",
             lab.client_iface(),

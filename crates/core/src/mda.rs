@@ -346,6 +346,11 @@ struct Target {
     probes: Vec<Probe>,
     /// What each flow met at each TTL (its first answered probe there).
     seen: HashMap<(u16, u8), Seen>,
+    /// Entries of `seen` that were assumed, not observed: flows sent straight past the only
+    /// node of a TTL. They never make a link; see [`Mda::unconfirmed`].
+    assumed: BTreeSet<(u16, u8)>,
+    /// Assumed entries already probed to check them.
+    checking: BTreeSet<(u16, u8)>,
     /// Flows that ended (destination reached, unreachable), at which TTL.
     ended: HashMap<u16, u8>,
     /// Flows created, in order.
@@ -438,6 +443,8 @@ impl Mda {
                     src,
                     probes: Vec::new(),
                     seen: HashMap::new(),
+                    assumed: BTreeSet::new(),
+                    checking: BTreeSet::new(),
                     ended: HashMap::new(),
                     flows: 0,
                     hop: self.cfg.first_ttl - 1,
@@ -510,6 +517,44 @@ impl Mda {
         out
     }
 
+    /// Flows assumed to pass the only node of TTL `h` that met, at `h + 1`, a node no flow
+    /// observed there reached from it: one per such node, to probe at `h` (not yet probed).
+    /// Were TTL `h` not really one node (its first flows all went one way, the chance the
+    /// stopping rule allows), such a flow may have come another way, and the link from the
+    /// assumed node would not exist: it is only drawn once a probe at `h` shows the way.
+    fn unconfirmed(t: &Target, parents: &BTreeMap<Seen, Vec<u16>>, h: u8) -> Vec<u16> {
+        let next = h.wrapping_add(1);
+        let mut out = Vec::new();
+        let mut pending: BTreeSet<(Seen, Seen)> = BTreeSet::new();
+        for (node, flows) in parents {
+            let observed: BTreeSet<Seen> = flows
+                .iter()
+                .filter(|f| !t.assumed.contains(&(**f, h)))
+                .filter_map(|f| t.seen.get(&(*f, next)).copied())
+                .collect();
+            for f in flows {
+                if !t.assumed.contains(&(*f, h)) {
+                    continue;
+                }
+                let Some(to @ Seen::Addr(_)) = t.seen.get(&(*f, next)).copied() else {
+                    continue;
+                };
+                if observed.contains(&to) {
+                    continue;
+                }
+                if t.checking.contains(&(*f, h)) {
+                    // Checked, no answer (a round ends once all its probes have): another
+                    // flow to the same node may try.
+                    continue;
+                }
+                if pending.insert((*node, to)) {
+                    out.push(*f);
+                }
+            }
+        }
+        out
+    }
+
     /// Decides the next round of `dst`, or advances to the next hop, or finishes.
     fn plan(&mut self, dst: IpAddr, now: Instant) {
         loop {
@@ -537,6 +582,10 @@ impl Mda {
             };
             let total_at_h: usize = parents.values().map(Vec::len).sum();
             let mut plan: Vec<(u16, u8, bool)> = Vec::new();
+            for f in Self::unconfirmed(t, &parents, h) {
+                t.checking.insert((f, h));
+                plan.push((f, h, false));
+            }
             let mut new_flows = 0usize;
             let mut new_at_h = 0usize;
             let mut new_through: Option<(Seen, usize)> = None;
@@ -620,6 +669,7 @@ impl Mda {
                 let room = usize::from(cfg.max_flows()).saturating_sub(usize::from(t.flows));
                 for _ in 0..n.min(room) {
                     t.seen.insert((t.flows, h), node);
+                    t.assumed.insert((t.flows, h));
                     plan.push((t.flows, next, false));
                     t.flows += 1;
                 }
@@ -990,6 +1040,10 @@ impl Mda {
                 t.to_send.clear();
             }
         } else {
+            if t.assumed.remove(&(f, ttl)) {
+                // The check of an assumption: what the flow really met.
+                t.seen.insert((f, ttl), seen);
+            }
             match t.seen.get(&(f, ttl)) {
                 Some(Seen::Addr(_)) => {}
                 _ => {
@@ -1197,10 +1251,14 @@ fn build_graph(t: &Target) -> PathGraph {
     }
 }
 
-/// The links one flow took: it met `from` at a TTL and `to` at the next, in order.
+/// The links one flow took: it met `from` at a TTL and `to` at the next, in order (both
+/// observed, never assumed).
 fn links(t: &Target) -> Vec<Link> {
     let mut links = BTreeSet::new();
     for (&(f, ttl), s) in &t.seen {
+        if t.assumed.contains(&(f, ttl)) {
+            continue;
+        }
         let next = ttl.checked_add(1).and_then(|n| t.seen.get(&(f, n)));
         if let (Seen::Addr(from), Some(Seen::Addr(to))) = (s, next) {
             links.insert(Link {
