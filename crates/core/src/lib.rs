@@ -53,6 +53,8 @@ mod result;
 mod scheduler;
 mod trace;
 
+pub mod reverse;
+
 pub use classic::{
     Strategy, TargetError, Traceroute, TracerouteConfig, TracerouteEvent, TracerouteResult,
     CLASSIC_TCP_PORTS,

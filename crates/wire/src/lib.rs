@@ -14,6 +14,7 @@
 //! - [`probe`]: emits TCP/UDP/ICMP-echo probe packets, IPv4 (IP_HDRINCL-ready headers) and
 //!   IPv6 (header included), and computes the Paris traceroute fields (UDP payload that fixes
 //!   the UDP checksum, ICMP identifier that keeps the ICMP checksum constant).
+//! - [`revtr`]: reverse traceroute (draft-heiwin-intarea-reverse-traceroute) messages and probes.
 //!
 //! What it does not do: no sockets, no clock, no allocation on the parse path except where a
 //! message carries a variable list (MPLS labels).
@@ -26,6 +27,7 @@ pub mod icmp;
 pub mod link;
 pub mod packet;
 pub mod probe;
+pub mod revtr;
 
 #[cfg(test)]
 mod vectors;

@@ -223,6 +223,27 @@ pub fn emit_tcp_v6(ip: &Ipv6Fields, tcp: &TcpFields, payload: &[u8], out: &mut V
     write_parts(out, &[&ip_header.to_bytes(), &header.to_bytes(), payload])
 }
 
+/// Writes an IPv6+TCP segment with `options` (raw option bytes, a whole number of 32-bit
+/// words, at most 40) and no payload into `out` (cleared first). Returns the length. As
+/// [`emit_tcp_v4_with_options`], options that cannot be a real header's are left out.
+pub fn emit_tcp_v6_with_options(
+    ip: &Ipv6Fields,
+    tcp: &TcpFields,
+    options: &[u8],
+    out: &mut Vec<u8>,
+) -> usize {
+    out.clear();
+    let mut header = tcp_header(tcp);
+    if options.len() % 4 != 0 || header.set_options_raw(options).is_err() {
+        header = tcp_header(tcp);
+    }
+    let ip_header = ipv6_header(ip, IpNumber::TCP, header.header_len());
+    header.checksum = header.calc_checksum_ipv6(&ip_header, &[]).unwrap_or(0);
+    out.extend_from_slice(&ip_header.to_bytes());
+    out.extend_from_slice(&header.to_bytes());
+    out.len()
+}
+
 /// Writes an IPv6+UDP probe with `payload` into `out` (resized to the packet length, every byte
 /// overwritten). Returns the length.
 ///
@@ -326,6 +347,54 @@ pub fn emit_icmp_echo_v6(
             ),
         });
     write_parts(out, &[&ip_header.to_bytes(), &icmp.to_bytes(), payload])
+}
+
+/// Writes an IP datagram of either family carrying the ICMP / ICMPv6 message `icmp` (type,
+/// code, a checksum field, then the body, e.g. a reverse-traceroute request or response) into
+/// `out`; the checksum at `icmp[2..4]` is computed (RFC 792; ICMPv6 over the RFC 4443 §2.3
+/// pseudo-header). Returns the length. A message that does not fit the IP length field is cut.
+pub fn emit_icmp_message(ip: &IpFields, icmp: &[u8], out: &mut Vec<u8>) -> usize {
+    let (header, icmp): (Vec<u8>, &[u8]) = match ip {
+        IpFields::V4(v4) => {
+            let icmp = fit(icmp, 0);
+            (
+                ipv4_header(v4, IpNumber::ICMP, icmp.len())
+                    .to_bytes()
+                    .to_vec(),
+                icmp,
+            )
+        }
+        IpFields::V6(v6) => {
+            let icmp = fit_v6(icmp, 0);
+            (
+                ipv6_header(v6, IpNumber::IPV6_ICMP, icmp.len())
+                    .to_bytes()
+                    .to_vec(),
+                icmp,
+            )
+        }
+    };
+    let len = write_parts(out, &[&header, icmp]);
+    let h = header.len();
+    if len < h + 4 {
+        return len;
+    }
+    out[h + 2] = 0;
+    out[h + 3] = 0;
+    let pseudo = match ip {
+        IpFields::V4(_) => 0,
+        IpFields::V6(v6) => {
+            residue(&v6.src.octets())
+                + residue(&v6.dst.octets())
+                + (icmp.len() as u64 % 0xffff)
+                + u64::from(IpNumber::IPV6_ICMP.0)
+        }
+    };
+    let sum = pseudo + residue(&out[h..]);
+    // RFC 1071: the complement of the folded sum (a sum that folds to 0xFFFF gives 0).
+    let checksum = !fold(sum);
+    out[h + 2..h + 4].copy_from_slice(&checksum.to_be_bytes());
+    len
 }
 
 /// Paris traceroute for UDP over IPv4 (Augustin et al., IMC 2006): the two payload bytes that
@@ -528,6 +597,43 @@ fn ipv4_header(ip: &Ipv4Fields, protocol: IpNumber, ip_payload_len: usize) -> Ip
 
 #[cfg(test)]
 mod tests {
+
+    /// `emit_icmp_message` computes the checksums of the reverse-traceroute vectors (IPv4,
+    /// and IPv6 over its pseudo-header), whatever the checksum field held.
+    #[test]
+    fn icmp_messages_get_the_vectors_checksums() {
+        use crate::vectors::{REVTR_REQUEST, REVTR_SUCCESS, REVTR_SUCCESS_V6};
+        let v4 = IpFields::V4(Ipv4Fields {
+            src: Ipv4Addr::new(192, 0, 2, 1),
+            dst: Ipv4Addr::new(198, 51, 100, 1),
+            ttl: 64,
+            tos: 0,
+            dont_fragment: false,
+            ident: 0,
+        });
+        let v6 = IpFields::V6(Ipv6Fields {
+            src: "2001:db8::20".parse().unwrap(),
+            dst: "2001:db8::10".parse().unwrap(),
+            hop_limit: 64,
+            traffic_class: 0,
+            flow_label: 0,
+        });
+        for (ip, msg, h) in [
+            (v4, REVTR_REQUEST, 20),
+            (v4, REVTR_SUCCESS, 20),
+            (v6, REVTR_SUCCESS_V6, 40),
+        ] {
+            let mut zeroed = msg.to_vec();
+            zeroed[2] = 0xde;
+            zeroed[3] = 0xad;
+            let mut out = Vec::new();
+            assert_eq!(emit_icmp_message(&ip, &zeroed, &mut out), h + msg.len());
+            assert_eq!(&out[h..], msg);
+            let p = crate::packet::parse_ip(&out).unwrap();
+            assert_eq!(p.ip.ttl, 64);
+        }
+    }
+
     use super::*;
     use crate::icmp::{ones_complement_sum, IcmpMessage};
     use crate::packet::{parse_ip, IpInfo, Transport, UdpInfo};

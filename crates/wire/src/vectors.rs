@@ -742,3 +742,211 @@ fn write_fuzz_seeds() {
         std::fs::write(root.join("link").join(format!("{name}.bin")), framed).unwrap();
     }
 }
+
+// Reverse traceroute (`crate::revtr`): ICMP messages only, no IP header, laid out after the
+// clean-room spec of the HSAnet reference implementation (shared/reference/reverse-traceroute.md,
+// "spec" below). The five IPv4 vectors of spec §1.2-§1.4 are copied from it; the others were
+// computed with the same independent Python script (IPv6 checksums over the RFC 4443 §2.3
+// pseudo-header: requests 2001:db8::10 -> 2001:db8::20, responses the other way).
+
+/// Request (spec §1.2): id 0x1234, TTL 5, UDP, flow 40000. (12 bytes)
+#[rustfmt::skip]
+pub(crate) const REVTR_REQUEST: &[u8] = &[
+    // ICMP: type 8 (echo request), code 1, checksum 0x4479
+    0x08, 0x01, 0x44, 0x79,
+    // identifier 0x1234, sequence 0
+    0x12, 0x34, 0x00, 0x00,
+    // TTL 5, protocol 17 (UDP), flow 40000
+    0x05, 0x11, 0x9c, 0x40,
+];
+
+/// The same request with the indirect-target extension for 198.51.100.7 (spec §1.3); the ICMP
+/// checksum is unchanged because the extension checksums itself. (36 bytes)
+#[rustfmt::skip]
+pub(crate) const REVTR_REQUEST_INDIRECT: &[u8] = &[
+    // ICMP: type 8 (echo request), code 1, checksum 0x4479
+    0x08, 0x01, 0x44, 0x79,
+    // identifier 0x1234, sequence 0
+    0x12, 0x34, 0x00, 0x00,
+    // TTL 5, protocol 17 (UDP), flow 40000
+    0x05, 0x11, 0x9c, 0x40,
+    // extension header (RFC 4884 §7): version 2, reserved 0, checksum 0xb0b4
+    0x20, 0x00, 0xb0, 0xb4,
+    // object header: length 16 (the reference's: address only), class-num 5, c-type 0
+    0x00, 0x10, 0x05, 0x00,
+    // target ::ffff:198.51.100.7
+    0x00, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0xff, 0xff,
+    0xc6, 0x33, 0x64, 0x07,
+];
+
+/// Presence check (spec §1.5): id 0x1235, TTL 0, protocol 0, flow 0. (12 bytes)
+#[rustfmt::skip]
+pub(crate) const REVTR_PRESENCE_CHECK: &[u8] = &[
+    // ICMP: type 8 (echo request), code 1, checksum 0xe5c9
+    0x08, 0x01, 0xe5, 0xc9,
+    // identifier 0x1235, sequence 0
+    0x12, 0x35, 0x00, 0x00,
+    // TTL 0, protocol 0 (default), flow 0 (default)
+    0x00, 0x00, 0x00, 0x00,
+];
+
+/// Success response (spec §1.4): id 0x1234, hop 192.0.2.1, RTT 12.345678 ms. (36 bytes)
+#[rustfmt::skip]
+pub(crate) const REVTR_SUCCESS: &[u8] = &[
+    // ICMP: type 0 (echo reply), code 1, checksum 0xc9be
+    0x00, 0x01, 0xc9, 0xbe,
+    // identifier 0x1234, sequence 0
+    0x12, 0x34, 0x00, 0x00,
+    // state 0, error message length 0, value 0
+    0x00, 0x00, 0x00, 0x00,
+    // hop ::ffff:192.0.2.1
+    0x00, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0xff, 0xff,
+    0xc0, 0x00, 0x02, 0x01,
+    // RTT 12345678 ns as deployed: 32 bits big-endian, then 4 zero bytes
+    0x00, 0xbc, 0x61, 0x4e,
+    0x00, 0x00, 0x00, 0x00,
+];
+
+/// Error response, state 1 (TTL 0) (spec §1.4). (12 bytes)
+#[rustfmt::skip]
+pub(crate) const REVTR_ERROR_TTL: &[u8] = &[
+    // ICMP: type 0 (echo reply), code 1, checksum 0xecca
+    0x00, 0x01, 0xec, 0xca,
+    // identifier 0x1234, sequence 0
+    0x12, 0x34, 0x00, 0x00,
+    // state 1, error message length 0, value 0
+    0x01, 0x00, 0x00, 0x00,
+];
+
+/// Error response, state 4 (extension rejected) with value 0x0500: class-num 5, c-type 0
+/// (spec §1.4). (12 bytes)
+#[rustfmt::skip]
+pub(crate) const REVTR_ERROR_MULTIPART: &[u8] = &[
+    // ICMP: type 0 (echo reply), code 1, checksum 0xe4ca
+    0x00, 0x01, 0xe4, 0xca,
+    // identifier 0x1234, sequence 0
+    0x12, 0x34, 0x00, 0x00,
+    // state 4, error message length 0, value 0x0500
+    0x04, 0x00, 0x05, 0x00,
+];
+
+/// Success response with a 64-bit RTT (the form the draft may define, spec §1.4 ⚠): 5 s.
+/// (36 bytes)
+#[rustfmt::skip]
+pub(crate) const REVTR_SUCCESS_RTT64: &[u8] = &[
+    // ICMP: type 0 (echo reply), code 1, checksum 0x0fc2
+    0x00, 0x01, 0x0f, 0xc2,
+    // identifier 0x1234, sequence 0
+    0x12, 0x34, 0x00, 0x00,
+    // state 0, error message length 0, value 0
+    0x00, 0x00, 0x00, 0x00,
+    // hop ::ffff:192.0.2.1
+    0x00, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0xff, 0xff,
+    0xc0, 0x00, 0x02, 0x01,
+    // RTT 5000000000 ns, 64 bits big-endian
+    0x00, 0x00, 0x00, 0x01,
+    0x2a, 0x05, 0xf2, 0x00,
+];
+
+/// ICMPv6 request 2001:db8::10 -> 2001:db8::20: id 0xabcd, TTL 3, TCP, flow 443. (12 bytes)
+#[rustfmt::skip]
+pub(crate) const REVTR_REQUEST_V6: &[u8] = &[
+    // ICMPv6: type 128 (echo request), code 1, checksum 0x7387
+    0x80, 0x01, 0x73, 0x87,
+    // identifier 0xabcd, sequence 0
+    0xab, 0xcd, 0x00, 0x00,
+    // TTL 3, protocol 6 (TCP), flow 443
+    0x03, 0x06, 0x01, 0xbb,
+];
+
+/// The same ICMPv6 request with the indirect target 2001:db8::99 and 8 bytes of zero padding;
+/// the ICMPv6 checksum changes with the length in the pseudo-header. (44 bytes)
+#[rustfmt::skip]
+pub(crate) const REVTR_REQUEST_V6_INDIRECT_PADDED: &[u8] = &[
+    // ICMPv6: type 128 (echo request), code 1, checksum 0x7367
+    0x80, 0x01, 0x73, 0x67,
+    // identifier 0xabcd, sequence 0
+    0xab, 0xcd, 0x00, 0x00,
+    // TTL 3, protocol 6 (TCP), flow 443
+    0x03, 0x06, 0x01, 0xbb,
+    // extension header (RFC 4884 §7): version 2, reserved 0, checksum 0xac9d
+    0x20, 0x00, 0xac, 0x9d,
+    // object header: length 16, class-num 5, c-type 0
+    0x00, 0x10, 0x05, 0x00,
+    // target 2001:db8::99
+    0x20, 0x01, 0x0d, 0xb8,
+    0x00, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x99,
+    // padding
+    0x00, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00,
+];
+
+/// ICMPv6 success response 2001:db8::20 -> 2001:db8::10: id 0xabcd, hop 2001:db8:ffff::1,
+/// RTT 1.5 ms. (36 bytes)
+#[rustfmt::skip]
+pub(crate) const REVTR_SUCCESS_V6: &[u8] = &[
+    // ICMPv6: type 129 (echo reply), code 1, checksum 0x65ff
+    0x81, 0x01, 0x65, 0xff,
+    // identifier 0xabcd, sequence 0
+    0xab, 0xcd, 0x00, 0x00,
+    // state 0, error message length 0, value 0
+    0x00, 0x00, 0x00, 0x00,
+    // hop 2001:db8:ffff::1
+    0x20, 0x01, 0x0d, 0xb8,
+    0xff, 0xff, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x01,
+    // RTT 1500000 ns: 32 bits big-endian, then 4 zero bytes
+    0x00, 0x16, 0xe3, 0x60,
+    0x00, 0x00, 0x00, 0x00,
+];
+
+/// ICMPv6 error response, state 2 (unsupported protocol). (12 bytes)
+#[rustfmt::skip]
+pub(crate) const REVTR_ERROR_PROTOCOL_V6: &[u8] = &[
+    // ICMPv6: type 129 (echo reply), code 1, checksum 0x7548
+    0x81, 0x01, 0x75, 0x48,
+    // identifier 0xabcd, sequence 0
+    0xab, 0xcd, 0x00, 0x00,
+    // state 2, error message length 0, value 0
+    0x02, 0x00, 0x00, 0x00,
+];
+
+/// Every reverse-traceroute vector, with its name (fuzz seeds, random mutation tests).
+pub(crate) const REVTR_ALL: &[(&str, &[u8])] = &[
+    ("request", REVTR_REQUEST),
+    ("request_indirect", REVTR_REQUEST_INDIRECT),
+    ("presence_check", REVTR_PRESENCE_CHECK),
+    ("success", REVTR_SUCCESS),
+    ("error_ttl", REVTR_ERROR_TTL),
+    ("error_multipart", REVTR_ERROR_MULTIPART),
+    ("success_rtt64", REVTR_SUCCESS_RTT64),
+    ("request_v6", REVTR_REQUEST_V6),
+    (
+        "request_v6_indirect_padded",
+        REVTR_REQUEST_V6_INDIRECT_PADDED,
+    ),
+    ("success_v6", REVTR_SUCCESS_V6),
+    ("error_protocol_v6", REVTR_ERROR_PROTOCOL_V6),
+];
+
+/// Writes the reverse-traceroute vectors to `fuzz/seeds/revtr/` (see fuzz/README.md). Run on
+/// demand: `cargo test -p svctr-wire -- --ignored write_revtr_fuzz_seeds`. (Separate from
+/// `write_fuzz_seeds`, so that writing these seeds does not rewrite the others.)
+#[test]
+#[ignore = "writes files into fuzz/seeds"]
+fn write_revtr_fuzz_seeds() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds/revtr");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, v) in REVTR_ALL {
+        std::fs::write(dir.join(format!("{name}.bin")), v).unwrap();
+    }
+}
