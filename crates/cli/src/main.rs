@@ -23,6 +23,7 @@ mod error;
 mod flow;
 mod graph;
 mod output;
+mod reverse;
 mod services;
 mod trace;
 
@@ -57,6 +58,11 @@ enum Command {
     Monitor(flow::MonitorArgs),
     /// List the service signatures (the shipped ones and those of --signatures files).
     Services(services::ServicesArgs),
+    /// Reverse traceroute: ask a reverse-traceroute server to probe the path back to this
+    /// host and show who answered (draft-heiwin-intarea-reverse-traceroute).
+    Reverse(reverse::ReverseArgs),
+    /// Serve reverse-traceroute requests on an interface (rate-limited, allowlists, logs).
+    ReverseServer(reverse::ServerArgs),
 }
 
 /// How a run that did not fail ended (see the exit-status rule in the module doc).
@@ -122,6 +128,8 @@ fn run(cli: Cli) -> Result<Outcome, CliError> {
         Command::Compare(a) => compare::run_compare(a),
         Command::Monitor(a) => flow::run_monitor_cmd(a),
         Command::Services(a) => services::run_services(a),
+        Command::Reverse(a) => reverse::run_reverse(a),
+        Command::ReverseServer(a) => reverse::run_server(a),
     }
 }
 

@@ -168,3 +168,53 @@ fn multipath_usage_errors_are_one_line() {
         assert!(help.contains(s), "trace --help shows {s}");
     }
 }
+
+/// `reverse` and `reverse-server` refuse bad input in one line with exit 2, before anything
+/// is sent: an unknown interface, an allowlist with a bad line (file and line named), rates
+/// that are not positive, an empty TTL range, an address of the other family.
+#[test]
+fn reverse_bad_input_is_one_line_and_exit_2() {
+    let dir = std::env::temp_dir().join(format!("svctr-allow-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("allowed.txt");
+    std::fs::write(&bad, "# clients\n198.18.0.0/15\n198.18.0.1/24\n").unwrap();
+    let bad_path = bad.to_string_lossy().to_string();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec![
+                "reverse-server",
+                "--iface",
+                "no-such-if0",
+                "--allow-from",
+                &bad_path,
+            ],
+            "line 3",
+        ),
+        (
+            vec!["reverse-server", "--iface", "no-such-if0"],
+            "no-such-if0",
+        ),
+        (
+            vec!["reverse-server", "--iface", "lo", "--rate", "0"],
+            "--rate must be a positive number",
+        ),
+        (
+            vec!["reverse-server", "--iface", "lo", "--indirect"],
+            "--allow-indirect-from",
+        ),
+        (
+            vec!["reverse", "-f", "9", "-m", "3", "198.18.0.1"],
+            "-f 9 is above -m 3",
+        ),
+        (vec!["reverse", "-4", "2001:2::1"], "not an IPv4 address"),
+    ];
+    for (args, want) in cases {
+        let o = run(&args);
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(o.stdout.is_empty(), "{args:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -883,7 +883,7 @@ fn identifiers_are_never_reused_while_outstanding_and_answered_ones_come_back_fi
     let mut cl = ReverseClient::new(
         ClientConfig {
             presence_check: false,
-            seed: 65534,
+            seed: 65533,
             window: 2,
             probes: 2,
             ..ClientConfig::default()

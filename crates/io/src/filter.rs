@@ -249,6 +249,54 @@ pub fn multipath_filter(cfg: &MdaConfig, v4: bool, v6: bool) -> String {
     )
 }
 
+/// The kernel filter of a reverse-traceroute client: the server's echo replies (responses
+/// are code 1; a host without a server answers the presence check with a plain reply, which
+/// the engine reads as "not supported") whose identifier is in this process's block
+/// `first..=last`.
+pub fn reverse_client_filter(server: IpAddr, first: u16, last: u16) -> String {
+    match server {
+        IpAddr::V4(s) => format!(
+            "(icmp and src host {s} and icmp[0] == 0 and icmp[4:2] >= {first} and icmp[4:2] <= {last})"
+        ),
+        IpAddr::V6(s) => format!(
+            "(icmp6 and src host {s} and ip6[6] == 58 and ip6[40] == 129 and ip6[44:2] >= {first} \
+             and ip6[44:2] <= {last})"
+        ),
+    }
+}
+
+/// The kernel filter of a reverse-traceroute server: requests (echo request code 1), its own
+/// probes leaving (to time them) and their answers (reference §1.7): errors quoting a probe
+/// (UDP or TCP from port 1021, an echo request with sequence 0xFFFF), echo replies with
+/// sequence 0xFFFF, and TCP to port 1021. Offsets assume no IPv4 options and no IPv6
+/// extension headers in the quoted probe (the server sends neither).
+pub fn reverse_server_filter(v4: bool, v6: bool) -> String {
+    let mut clauses = Vec::new();
+    if v4 {
+        clauses.push(
+            "(icmp and ((icmp[0] == 8 and icmp[1] == 1) \
+             or ((icmp[0] == 8 or icmp[0] == 0) and icmp[1] == 0 and icmp[6:2] == 0xffff) \
+             or ((icmp[0] == 11 or icmp[0] == 3) and (((icmp[17] == 17 or icmp[17] == 6) \
+             and icmp[28:2] == 1021) or (icmp[17] == 1 and icmp[28] == 8 and icmp[34:2] == 0xffff)))))"
+                .to_string(),
+        );
+        clauses.push("(ip and tcp port 1021)".into());
+        clauses.push("(ip and udp src port 1021)".into());
+    }
+    if v6 {
+        clauses.push(
+            "(ip6 and ip6[6] == 58 and ((ip6[40] == 128 and ip6[41] == 1) \
+             or ((ip6[40] == 128 or ip6[40] == 129) and ip6[41] == 0 and ip6[46:2] == 0xffff) \
+             or ((ip6[40] == 1 or ip6[40] == 3) and (((ip6[54] == 17 or ip6[54] == 6) \
+             and ip6[88:2] == 1021) or (ip6[54] == 58 and ip6[88] == 128 and ip6[94:2] == 0xffff)))))"
+                .to_string(),
+        );
+        clauses.push("(ip6 and tcp port 1021)".into());
+        clauses.push("(ip6 and udp src port 1021)".into());
+    }
+    clauses.join(" or ")
+}
+
 /// What marks an echo request as this process's.
 enum EchoMark {
     /// The identifier.
@@ -1234,5 +1282,119 @@ mod tests {
         };
         let expr = Bpf::new(&detection_filter(&FlowFilter::default(), &local(), dns_only).unwrap());
         assert!(!passes(&expr, &seg));
+    }
+
+    /// A reverse-traceroute request from THEM (the client) to ME (the server).
+    fn revtr_request(v6: bool, id: u16, proto: u8, code: u8) -> Vec<u8> {
+        use svctr_wire::probe::{emit_icmp_message, IpFields};
+        let req = svctr_wire::revtr::Request {
+            ident: id,
+            seq: 0,
+            ttl: 3,
+            protocol: proto,
+            flow: 5353,
+            indirect: None,
+            padding: 0,
+        };
+        let mut icmp = Vec::new();
+        let ip = if v6 {
+            req.emit_v6(&THEM6, &ME6, &mut icmp);
+            IpFields::V6(Ipv6Fields {
+                src: THEM6,
+                dst: ME6,
+                hop_limit: 64,
+                traffic_class: 0,
+                flow_label: 0,
+            })
+        } else {
+            req.emit_v4(&mut icmp);
+            IpFields::V4(Ipv4Fields {
+                src: THEM4,
+                dst: ME4,
+                ttl: 64,
+                tos: 0,
+                dont_fragment: false,
+                ident: 1,
+            })
+        };
+        icmp[1] = code;
+        let mut out = Vec::new();
+        emit_icmp_message(&ip, &icmp, &mut out);
+        out
+    }
+
+    /// The server's capture passes requests, its probes of every protocol and every answer
+    /// they draw, and nothing of ordinary pings, traceroutes or traffic; the client's passes
+    /// the responses to its block of identifiers only.
+    #[test]
+    fn reverse_traceroute_captures() {
+        use svctr_core::reverse::{ReverseServer, ServerConfig};
+        use svctr_core::Now;
+        let server = Bpf::new(&reverse_server_filter(true, true));
+        let now = Now {
+            mono: std::time::Instant::now(),
+            wall: std::time::SystemTime::now(),
+        };
+        for v6 in [false, true] {
+            let icmp = if v6 { 58 } else { 1 };
+            for proto in [17u8, 6, icmp] {
+                let mut srv = ReverseServer::new(ServerConfig::default());
+                let req = revtr_request(v6, 0x4321, proto, 1);
+                assert!(passes(&server, &req), "request {proto} v6={v6}");
+                srv.handle_packet(now.mono, now.wall, &req);
+                let mut probe = Vec::new();
+                let _tx = srv.poll_transmit(now, &mut probe).expect("a probe");
+                assert!(passes(&server, &probe), "probe {proto} v6={v6}");
+                for (i, answer) in replies_to(&probe).iter().enumerate() {
+                    assert!(passes(&server, answer), "answer {i} to {proto} v6={v6}");
+                }
+                // A response goes out: the server does not need to see it.
+                let ping = revtr_request(v6, 0x4321, proto, 0);
+                assert!(!passes(&server, &ping), "a plain ping {proto} v6={v6}");
+            }
+            // Another tool's probes and their errors are not taken.
+            let (udp, tcp) = if v6 {
+                (udp6(true, &[0; 4]), tcp6(true, 5, 0x02, &[]))
+            } else {
+                (udp4(true, &[0; 4]), tcp4(true, 5, 0x02, 0))
+            };
+            for other in [udp, tcp] {
+                assert!(!passes(&server, &other), "v6={v6}");
+                for r in replies_to(&other) {
+                    assert!(!passes(&server, &r), "v6={v6}: a reply to another probe");
+                }
+            }
+        }
+        // The client: responses from its server with an identifier in its block.
+        for (srv_addr, v6) in [(IpAddr::V4(THEM4), false), (IpAddr::V6(THEM6), true)] {
+            let client = Bpf::new(&reverse_client_filter(srv_addr, 1024, 2047));
+            for (id, want) in [
+                (1024u16, true),
+                (2047, true),
+                (1500, true),
+                (1023, false),
+                (2048, false),
+            ] {
+                let mut resp = revtr_request(v6, id, 17, 1);
+                // Turn the request around: an echo reply from THEM to ME.
+                let h = if v6 { 40 } else { 20 };
+                resp[h] = if v6 { 129 } else { 0 };
+                if v6 {
+                    resp[8..24].copy_from_slice(&THEM6.octets());
+                    resp[24..40].copy_from_slice(&ME6.octets());
+                } else {
+                    resp[12..16].copy_from_slice(&THEM4.octets());
+                    resp[16..20].copy_from_slice(&ME4.octets());
+                }
+                assert_eq!(passes(&client, &resp), want, "id {id} v6={v6}");
+                // The same from another host: never.
+                if v6 {
+                    resp[8..24].copy_from_slice(&ME6.octets());
+                } else {
+                    resp[12..16].copy_from_slice(&ME4.octets());
+                }
+                assert!(!passes(&client, &resp));
+            }
+        }
     }
 }

@@ -63,6 +63,7 @@ mod multipath;
 mod names;
 mod probing;
 mod reserve;
+mod reverse;
 mod run;
 mod sender;
 mod shield;
@@ -74,8 +75,8 @@ pub use driver::{
 };
 pub use error::Error;
 pub use filter::{
-    detection_filter, flow_filter, lane_filter, multipath_filter, traceroute_filter,
-    DetectionSources, LANE_FLOWS,
+    detection_filter, flow_filter, lane_filter, multipath_filter, reverse_client_filter,
+    reverse_server_filter, traceroute_filter, DetectionSources, LANE_FLOWS,
 };
 pub use handle::{Canceller, RunHandle};
 pub use iface::interface_addresses;
@@ -83,6 +84,7 @@ pub use multipath::{
     multipath, multipath_one, spawn_multipath, MultipathOptions, MultipathSummary,
 };
 pub use names::{NameResolver, NAME_WAIT};
+pub use reverse::{reverse, serve, ReverseOptions, ServerOptions};
 pub use traceroute::{
     spawn_traceroute, traceroute, traceroute_one, TracerouteOptions, TracerouteSummary,
 };

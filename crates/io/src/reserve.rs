@@ -88,6 +88,41 @@ pub(crate) fn flow_slot() -> Result<(u8, Reservation), Error> {
     )))
 }
 
+/// Request identifiers per reverse-traceroute client process: 64 blocks of 1,024 (the
+/// first without identifier 0).
+pub(crate) const REVERSE_BLOCK: u16 = 1024;
+
+/// Reserves a block of reverse-traceroute request identifiers: `(first, count)`. The server
+/// echoes nothing but the identifier (its response's sequence number is always 0, reference
+/// §1.4), so processes tell their responses apart by disjoint blocks.
+pub(crate) fn reverse_ident_block() -> Result<(u16, u16, Reservation), Error> {
+    let blocks = u32::from(u16::MAX / REVERSE_BLOCK) + 1;
+    let first = start() % blocks;
+    for i in 0..blocks {
+        let b = (first + i) % blocks;
+        if let Some(s) = claim("reverse-idents", b)? {
+            let base = u16::try_from(b * u32::from(REVERSE_BLOCK)).unwrap_or(0);
+            let (first, count) = if base == 0 {
+                (1, REVERSE_BLOCK - 1)
+            } else {
+                (base, REVERSE_BLOCK)
+            };
+            return Ok((
+                first,
+                count,
+                Reservation {
+                    _ports: Vec::new(),
+                    _names: vec![s],
+                },
+            ));
+        }
+    }
+    Err(Error::Busy(format!(
+        "{blocks} reverse-traceroute clients already run in this network namespace (each needs \
+         its own block of request identifiers): wait for one to finish"
+    )))
+}
+
 /// A ping socket's identifier, if this process may open one (`ping_group_range`): the socket
 /// holds the identifier in the kernel's ping-socket namespace.
 fn ping_socket_ident() -> Option<(u16, Socket)> {

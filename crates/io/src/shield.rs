@@ -102,7 +102,7 @@ fn nft(script: &str) -> Result<(), String> {
 }
 
 /// Removes `svctr_<pid>` tables whose process is gone.
-fn remove_stale() {
+pub(crate) fn remove_stale() {
     for family in ["ip", "ip6"] {
         let Ok(out) = Command::new("nft")
             .args(["list", "tables", family])

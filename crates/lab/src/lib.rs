@@ -1393,6 +1393,46 @@ impl Lab {
         )
     }
 
+    /// The branch (1-based) r3 picks for a packet from the server to the client (the way
+    /// back, reverse traceroute's probes: `src_port -> dst_port`, ports ignored for ICMP),
+    /// by `ip route get ... iif r4` in r3. IPv4, and the lab without a second stage only.
+    pub fn reverse_branch_v4(&self, proto: Proto, src_port: u16, dst_port: u16) -> Result<usize> {
+        if self.cfg.sub_branches > 0 {
+            bail!("the way back is only modelled for the lab without a second stage");
+        }
+        self.route_get_v4(
+            "r3",
+            "r4",
+            'b',
+            self.cfg.branches,
+            proto,
+            IpAddr::V4(self.server_addr()),
+            src_port,
+            IpAddr::V4(self.client_addr()),
+            dst_port,
+        )
+    }
+
+    /// The hop addresses of the way back from the server to the client through branch `k`
+    /// (1-based), as reverse traceroute meets them: each router answers from the interface
+    /// the probe came in on (r4, r3, bK, r2, r1), then the client itself.
+    pub fn reverse_path_ip(&self, k: usize, v6: bool) -> Vec<IpAddr> {
+        [
+            host(plan::SERVER_NET, 1),
+            host(plan::R3_R4_NET, 1),
+            host(plan::branch_r3_net(k), 1),
+            host(plan::r2_branch_net(k), 1),
+            host(plan::R1_R2_NET, 1),
+            self.client_addr(),
+        ]
+        .into_iter()
+        .map(|a| match v6 {
+            true => IpAddr::V6(v4_to_v6(a).expect("lab address")),
+            false => IpAddr::V4(a),
+        })
+        .collect()
+    }
+
     /// With the second stage ([`LabConfig::sub_branches`]): the router c1..cN (1-based)
     /// that b1 picks for a packet of this flow arriving from r2 (the flow must go through
     /// b1: see [`Lab::route_branch_ip`]). IPv4 by `ip route get ... iif r2` in b1, IPv6 by

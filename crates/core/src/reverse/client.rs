@@ -56,7 +56,13 @@ pub struct ClientConfig {
     pub pad: usize,
     /// Check first that the server answers (TTL 0 → state 1).
     pub presence_check: bool,
-    /// Seed of the first identifier.
+    /// The request identifiers this client may use: `ident_first ..= ident_first +
+    /// ident_count - 1` (1 and 65,535: all but 0). The live driver reserves a block per
+    /// process, so that two clients never take each other's responses.
+    pub ident_first: u16,
+    /// See `ident_first`.
+    pub ident_count: u16,
+    /// Seed of the first identifier (its offset in the block).
     pub seed: u64,
 }
 
@@ -80,7 +86,9 @@ impl Default for ClientConfig {
             window: 8,
             pad: usize::MAX,
             presence_check: true,
-            seed: 1,
+            ident_first: 1,
+            ident_count: u16::MAX,
+            seed: 0,
         }
     }
 }
@@ -266,7 +274,11 @@ impl ReverseClient {
             cfg.pad = default_pad(server.is_ipv6());
         }
         cfg.window = cfg.window.max(1);
-        let next_id = (cfg.seed as u16).max(1);
+        if cfg.ident_first == 0 || cfg.ident_count == 0 {
+            return Err("request identifiers start at 1, and at least one is needed".into());
+        }
+        cfg.ident_count = cfg.ident_count.min(u16::MAX - cfg.ident_first + 1);
+        let next_id = cfg.ident_first + (cfg.seed % u64::from(cfg.ident_count)) as u16;
         let first = cfg.first_ttl;
         let mut c = Self {
             cfg,
@@ -344,9 +356,11 @@ impl ReverseClient {
                 return Some(id);
             }
         }
-        for _ in 0..u16::MAX {
+        let (first, count) = (self.cfg.ident_first, self.cfg.ident_count);
+        for _ in 0..count {
             let id = self.next_id;
-            self.next_id = self.next_id.wrapping_add(1).max(1);
+            let offset = (id - first + 1) % count;
+            self.next_id = first + offset;
             if !self.pending.contains_key(&id) {
                 return Some(id);
             }

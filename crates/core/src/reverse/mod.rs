@@ -20,6 +20,7 @@ mod server;
 pub use client::{
     default_pad, state_text, ClientConfig, ReverseClient, ReverseEvent, ReverseResult, ReverseStop,
 };
+pub use ipnet::IpNet;
 pub use limit::{parse_allowlist, AllowlistError, Rate};
 pub use server::{
     RefusedCounts, ReverseServer, ServerConfig, ServerEvent, ServerStats, SessionEvent,

@@ -44,10 +44,11 @@ pub struct ServerConfig {
     pub max_sessions: usize,
     /// How long a session waits for an answer to its probe (reference `-t`, 5 s).
     pub timeout: Duration,
-    /// Requests admitted per source (IPv6: per /64): 100 per second, bursts of 300 (a
-    /// multipath reverse trace sends a few hundred requests in rounds).
+    /// Requests admitted per source (IPv6: per /64): 200 per second, bursts of 1,000. A
+    /// reverse trace is about 40 requests, a multipath one a few hundred, and a user runs
+    /// several in a row; a spoofed source gets no more than this aimed at it.
     pub source_rate: Rate,
-    /// Requests admitted from all sources together: 5,000 per second, bursts of 1,000.
+    /// Requests admitted from all sources together: 10,000 per second, bursts of 2,000.
     pub global_rate: Rate,
     /// Sources whose rate is tracked at most (65,536); idle ones are forgotten first, and a
     /// new source that finds the table full of busy ones is refused.
@@ -76,8 +77,8 @@ impl Default for ServerConfig {
         Self {
             max_sessions: 5000,
             timeout: Duration::from_secs(5),
-            source_rate: Rate::new(100.0, 300.0),
-            global_rate: Rate::new(5000.0, 1000.0),
+            source_rate: Rate::new(200.0, 1000.0),
+            global_rate: Rate::new(10_000.0, 2000.0),
             max_sources: 65_536,
             allow: Vec::new(),
             indirect: false,

@@ -1,0 +1,402 @@
+//! `reverse` and `reverse-server`: reverse traceroute (draft-heiwin-intarea-reverse-traceroute,
+//! wire-compatible with the reference implementation). The client asks a server to send
+//! TTL-limited probes back toward this host and prints who answered them: the path back.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use clap::Args;
+use svctr_core::reverse::{
+    default_pad, parse_allowlist, ClientConfig, Rate, ReverseEvent, ReverseResult, ServerConfig,
+    ServerEvent, SessionEvent,
+};
+use svctr_core::{DotPart, Protocol};
+use svctr_io::{reverse, serve, ReverseOptions, ServerOptions};
+
+use crate::args::{DurationArg, TraceFormat};
+use crate::error::CliError;
+use crate::output::Run;
+use crate::Outcome;
+
+#[derive(Args)]
+pub(crate) struct ReverseArgs {
+    /// The server (an IP address or a host name) that runs a reverse-traceroute server.
+    #[arg(value_name = "SERVER")]
+    server: String,
+    /// ICMP echo probes (the server's default).
+    #[arg(short = 'I', long = "icmp", group = "proto")]
+    icmp: bool,
+    /// UDP probes (the default here).
+    #[arg(short = 'U', long = "udp", group = "proto")]
+    udp: bool,
+    /// TCP SYN probes.
+    #[arg(short = 'T', long = "tcp", group = "proto")]
+    tcp: bool,
+    /// The flow value, constant for every probe so that load balancers keep them on one path:
+    /// the UDP/TCP destination port or the ICMP checksum (0: the server's default, UDP 53,
+    /// TCP 80, ICMP 0xBEAF).
+    #[arg(long, default_value_t = 0)]
+    flow: u16,
+    /// IPv4 only.
+    #[arg(short = '4', conflicts_with = "ipv6")]
+    ipv4: bool,
+    /// IPv6 only.
+    #[arg(short = '6')]
+    ipv6: bool,
+    /// First TTL.
+    #[arg(short = 'f', long = "first", visible_alias = "first-ttl",
+          default_value_t = ClientConfig::default().first_ttl,
+          value_parser = clap::value_parser!(u8).range(1..))]
+    first_ttl: u8,
+    /// Max TTL.
+    #[arg(short = 'm', long = "max-hops", visible_alias = "max-ttl",
+          default_value_t = ClientConfig::default().max_ttl,
+          value_parser = clap::value_parser!(u8).range(1..))]
+    max_ttl: u8,
+    /// Probes per TTL.
+    #[arg(short = 'q', long = "queries", visible_alias = "probes",
+          default_value_t = ClientConfig::default().probes,
+          value_parser = clap::value_parser!(u8).range(1..=10))]
+    queries: u8,
+    /// Wait for each response (seconds, or with a unit).
+    #[arg(short = 'w', long = "wait", visible_alias = "timeout",
+          default_value_t = DurationArg(ClientConfig::default().timeout))]
+    wait: DurationArg,
+    /// Stop after this many TTLs in a row without an answer (0: never).
+    #[arg(long, default_value_t = ClientConfig::default().max_missing)]
+    max_missing: u8,
+    /// TTLs asked for at once.
+    #[arg(long, default_value_t = ClientConfig::default().window,
+          value_parser = clap::value_parser!(u8).range(1..))]
+    window: u8,
+    /// Pad each request with zeros to this many bytes (IP header included; 0: no padding).
+    /// The default (100 bytes over IPv4, 140 over IPv6) is what a server that refuses to
+    /// send more than it receives requires.
+    #[arg(long, value_name = "BYTES")]
+    pad: Option<usize>,
+    /// Names are not resolved (accepted for traceroute(8)'s habit; reverse hops are printed
+    /// as addresses).
+    #[arg(short = 'n')]
+    numeric: bool,
+    /// Requests per second at most (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    rate: u32,
+    /// Interface to send from and capture on.
+    #[arg(short = 'i', long = "interface")]
+    iface: Option<String>,
+    /// This host's address toward the server.
+    #[arg(short = 's', long = "source", value_name = "ADDR")]
+    source: Option<IpAddr>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    format: TraceFormat,
+}
+
+fn resolve(target: &str, v4: bool, v6: bool) -> Result<IpAddr, CliError> {
+    use std::net::ToSocketAddrs;
+    let pick = |ip: &IpAddr| (!v4 || ip.is_ipv4()) && (!v6 || ip.is_ipv6());
+    if let Ok(ip) = target.parse::<IpAddr>() {
+        return if pick(&ip) {
+            Ok(ip)
+        } else {
+            Err(CliError::input(format!(
+                "{target} is not an IPv{} address",
+                if v4 { 4 } else { 6 }
+            )))
+        };
+    }
+    let addrs: Vec<IpAddr> = (target, 0u16)
+        .to_socket_addrs()
+        .map_err(|e| CliError::input(format!("cannot resolve {target:?}: {e}")))?
+        .map(|a| a.ip())
+        .filter(pick)
+        .collect();
+    addrs
+        .iter()
+        .find(|ip| ip.is_ipv4())
+        .or_else(|| addrs.first())
+        .copied()
+        .ok_or_else(|| CliError::input(format!("{target:?} has no usable address")))
+}
+
+/// The header line of a reverse trace.
+fn header(server: IpAddr, c: &ClientConfig) -> String {
+    let flow = match (c.flow, c.protocol) {
+        (0, Protocol::Udp) => "port 53 (the server's default)".to_string(),
+        (0, Protocol::Tcp) => "port 80 (the server's default)".to_string(),
+        (0, Protocol::Icmp) => "checksum 0xbeaf (the server's default)".to_string(),
+        (f, Protocol::Icmp) => format!("checksum {f:#06x}"),
+        (f, _) => format!("port {f}"),
+    };
+    format!(
+        "reverse traceroute from {server} back to this host, {} probes, flow {flow}, {} hops max\n",
+        c.protocol.as_str(),
+        c.max_ttl
+    )
+}
+
+fn stop_line(r: &ReverseResult) -> String {
+    format!(
+        "stop: {}; {} requests, {} responses\n",
+        r.stop_reason.describe(),
+        r.requests_sent,
+        r.responses
+    )
+}
+
+fn dot(r: &ReverseResult) -> String {
+    svctr_core::render_dot(&[DotPart {
+        title: format!(
+            "reverse: from {} back to {}, {}: {}",
+            r.source,
+            r.destination,
+            r.protocol.as_str(),
+            r.stop_reason.describe()
+        ),
+        source: Some(r.source),
+        destination: Some(r.destination),
+        graph: &r.graph,
+        highlight: &[],
+        per_packet: &[],
+    }])
+}
+
+pub(crate) fn run_reverse(a: ReverseArgs) -> Result<Outcome, CliError> {
+    let server = resolve(&a.server, a.ipv4, a.ipv6)?;
+    if a.first_ttl > a.max_ttl {
+        return Err(CliError::input(format!(
+            "-f {} is above -m {}",
+            a.first_ttl, a.max_ttl
+        )));
+    }
+    if a.wait.0.is_zero() {
+        return Err(CliError::input("-w must be positive"));
+    }
+    if a.format == TraceFormat::Svg {
+        crate::graph::check_dot()?;
+    }
+    let protocol = if a.icmp {
+        Protocol::Icmp
+    } else if a.tcp {
+        Protocol::Tcp
+    } else {
+        Protocol::Udp
+    };
+    let config = ClientConfig {
+        protocol,
+        flow: a.flow,
+        first_ttl: a.first_ttl,
+        max_ttl: a.max_ttl,
+        probes: a.queries,
+        timeout: a.wait.0,
+        max_missing: a.max_missing,
+        window: a.window,
+        pad: a.pad.unwrap_or_else(|| default_pad(server.is_ipv6())),
+        ..ClientConfig::default()
+    };
+    let _ = a.numeric;
+    let opts = ReverseOptions {
+        server: Some(server),
+        config: config.clone(),
+        iface: a.iface,
+        rate: a.rate,
+        source: a.source,
+    };
+    let mut run = Run::start()?;
+    let stop = std::sync::Arc::clone(&run.stop);
+    let format = a.format;
+    if format == TraceFormat::Text {
+        run.print(&header(server, &config));
+    }
+    let result = reverse(&opts, &stop, |ev| match (format, ev) {
+        (TraceFormat::Text, ReverseEvent::Hop(h)) => run.print(&svctr_core::render_hop(h, false)),
+        (TraceFormat::Text, ReverseEvent::Finished(r)) => run.print(&stop_line(r)),
+        _ => {}
+    })
+    .map_err(|e| CliError::from(e).naming_ttls("-f", "-m"))?;
+    match format {
+        TraceFormat::Json | TraceFormat::Jsonl => {
+            if let Ok(t) = serde_json::to_string(&result) {
+                run.print(&(t + "\n"));
+            }
+        }
+        TraceFormat::Dot => run.print(&dot(&result)),
+        TraceFormat::Svg => run.print(&crate::graph::svg(&dot(&result))?),
+        TraceFormat::Text => {}
+    }
+    run.finish()?;
+    if run.output_closed() {
+        return Ok(Outcome::Closed);
+    }
+    if result.stop_reason.is_ok() || !result.graph.hops.is_empty() {
+        Ok(Outcome::Printed(1))
+    } else {
+        Ok(Outcome::nothing(format!(
+            "{server}: {}",
+            result.stop_reason.describe()
+        )))
+    }
+}
+
+#[derive(Args)]
+pub(crate) struct ServerArgs {
+    /// The interface whose addresses requests are served on.
+    #[arg(long = "iface", short = 'i', value_name = "IF")]
+    iface: String,
+    /// Sessions open at once at most (the reference's -n).
+    #[arg(short = 'n', long = "max-sessions", default_value_t = ServerConfig::default().max_sessions as u32,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    max_sessions: u32,
+    /// How long a session waits for its probe's answer (the reference's -t; seconds, or with
+    /// a unit).
+    #[arg(short = 't', long = "timeout", default_value_t = DurationArg(ServerConfig::default().timeout))]
+    timeout: DurationArg,
+    /// Requests per second admitted from one source (IPv6: one /64).
+    #[arg(long, default_value_t = ServerConfig::default().source_rate.per_sec)]
+    source_rate: f64,
+    /// Requests one source may send at once after a quiet time.
+    #[arg(long, default_value_t = ServerConfig::default().source_rate.burst)]
+    source_burst: f64,
+    /// Requests per second admitted from all sources together.
+    #[arg(long, default_value_t = ServerConfig::default().global_rate.per_sec)]
+    rate: f64,
+    /// Requests admitted at once from all sources after a quiet time.
+    #[arg(long, default_value_t = ServerConfig::default().global_rate.burst)]
+    burst: f64,
+    /// Serve only these sources: a file of CIDR prefixes, one per line (`#` comments).
+    #[arg(long, value_name = "FILE")]
+    allow_from: Option<std::path::PathBuf>,
+    /// Honour the indirect-target extension (probes toward another address), for the sources
+    /// of --allow-indirect-from only.
+    #[arg(long, requires = "allow_indirect_from")]
+    indirect: bool,
+    /// Sources that may name another target (a CIDR file, as --allow-from).
+    #[arg(long, value_name = "FILE")]
+    allow_indirect_from: Option<std::path::PathBuf>,
+    /// Answer only requests at least as long as the probe and the response together (clients
+    /// pad with zeros): nothing sent in answer is larger than what was received.
+    #[arg(long)]
+    require_padding: bool,
+    /// Log format: text lines (`[client, id] | event`, as the reference) or JSON lines.
+    #[arg(long, value_enum, default_value = "text")]
+    format: LogFormat,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum LogFormat {
+    /// one line per event: `[client, id] | event`
+    Text,
+    /// one JSON object per event
+    Jsonl,
+}
+
+fn read_allowlist(path: &std::path::Path) -> Result<Vec<svctr_core::reverse::IpNet>, CliError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CliError::input(format!("{}: {e}", path.display())))?;
+    parse_allowlist(&text).map_err(|e| CliError::input(format!("{}: {e}", path.display())))
+}
+
+fn log_line(ev: &ServerEvent) -> String {
+    let what = match &ev.event {
+        SessionEvent::Created {
+            target,
+            protocol,
+            flow,
+            ttl,
+        } => format!(
+            "session created: {} probe, flow {flow}, TTL {ttl}, to {target}",
+            protocol.as_str()
+        ),
+        SessionEvent::Answered { hop, rtt_ms } => {
+            format!("probe answer received from {hop} after {rtt_ms:.3} ms; session deleted")
+        }
+        SessionEvent::TimedOut => "session timed out".into(),
+        SessionEvent::Error { state } => format!(
+            "request refused: {}",
+            svctr_core::reverse::state_text(*state)
+        ),
+    };
+    format!("{} [{}, {}] | {what}\n", ev.at, ev.client, ev.id)
+}
+
+pub(crate) fn run_server(a: ServerArgs) -> Result<Outcome, CliError> {
+    for (name, v) in [
+        ("--source-rate", a.source_rate),
+        ("--source-burst", a.source_burst),
+        ("--rate", a.rate),
+        ("--burst", a.burst),
+    ] {
+        if !(v.is_finite() && v > 0.0) {
+            return Err(CliError::input(format!("{name} must be a positive number")));
+        }
+    }
+    if a.timeout.0 < Duration::from_millis(1) {
+        return Err(CliError::input("-t must be at least 1 ms"));
+    }
+    let allow = match &a.allow_from {
+        Some(p) => read_allowlist(p)?,
+        None => Vec::new(),
+    };
+    let allow_indirect = match &a.allow_indirect_from {
+        Some(p) => read_allowlist(p)?,
+        None => Vec::new(),
+    };
+    let config = ServerConfig {
+        max_sessions: a.max_sessions as usize,
+        timeout: a.timeout.0,
+        source_rate: Rate::new(a.source_rate, a.source_burst),
+        global_rate: Rate::new(a.rate, a.burst),
+        allow,
+        indirect: a.indirect,
+        allow_indirect,
+        require_padding: a.require_padding,
+        ..ServerConfig::default()
+    };
+    let opts = ServerOptions {
+        iface: a.iface,
+        config,
+    };
+    let mut run = Run::start()?;
+    let stop = std::sync::Arc::clone(&run.stop);
+    let format = a.format;
+    let line = format!(
+        "at most {} sessions, timeout {}, {}/s per source (burst {}), {}/s in all (burst {}){}{}",
+        opts.config.max_sessions,
+        humantime::format_duration(opts.config.timeout),
+        a.source_rate,
+        a.source_burst,
+        a.rate,
+        a.burst,
+        if opts.config.require_padding {
+            ", padded requests only"
+        } else {
+            ""
+        },
+        if opts.config.indirect {
+            ", indirect targets for the allowlisted"
+        } else {
+            ""
+        },
+    );
+    let iface = opts.iface.clone();
+    let ready = |addrs: &[IpAddr]| {
+        let addrs: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+        eprintln!(
+            "service-traceroute reverse-server: serving on {iface} ({}): {line}",
+            addrs.join(", ")
+        );
+    };
+    let stats = serve(&opts, &stop, ready, |ev| match format {
+        LogFormat::Text => run.print(&log_line(ev)),
+        LogFormat::Jsonl => {
+            if let Ok(t) = serde_json::to_string(ev) {
+                run.print(&(t + "\n"));
+            }
+        }
+    })?;
+    if let Ok(t) = serde_json::to_string(&stats) {
+        eprintln!("service-traceroute reverse-server: stopped; counters {t}");
+    }
+    run.finish()?;
+    Ok(Outcome::Printed(1))
+}

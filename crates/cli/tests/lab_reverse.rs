@@ -1,0 +1,219 @@
+//! End-to-end tests of reverse traceroute in the namespace lab: our server in the server's
+//! namespace, our client in the client's, the path back checked against the return ECMP
+//! stage's ground truth (r3 splits the traffic toward the client over the branches).
+//! Root only (see `svctr_lab::lab_test_guard`).
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::IpAddr;
+use std::process::{Child, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::{stderr, tracer_for, TRACER};
+use svctr_core::reverse::{ReverseResult, ReverseStop};
+use svctr_lab::{lab_test_guard, Lab, LabConfig, Proto};
+
+const SECS: fn(u64) -> Duration = Duration::from_secs;
+
+/// `reverse-server` running in the server's namespace; stopped (SIGTERM) when dropped. Its
+/// output is read as it comes (a full pipe would stall it).
+struct Server {
+    child: Option<Child>,
+    stderr: mpsc::Receiver<String>,
+    stdout: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Server {
+    fn start(lab: &Lab, extra: &[&str]) -> Self {
+        let mut c = lab.command(lab.server_ns(), TRACER);
+        c.args(["reverse-server", "--iface", lab.server_iface()])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().expect("reverse-server starts");
+        let out = child.stdout.take().expect("stdout");
+        let stdout = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = std::io::Read::read_to_string(&mut BufReader::new(out), &mut s);
+            s
+        });
+        let err = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let s = Self {
+            child: Some(child),
+            stderr: rx,
+            stdout: Some(stdout),
+        };
+        let deadline = Instant::now() + SECS(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match s.stderr.recv_timeout(left) {
+                Ok(l) if l.contains("serving on") => return s,
+                Ok(_) => {}
+                Err(e) => panic!("reverse-server did not start: {e}"),
+            }
+        }
+    }
+
+    /// Stops it; returns its stdout (the session log) and the rest of its stderr.
+    fn stop(mut self) -> (String, String) {
+        let (Some(mut child), Some(stdout)) = (self.child.take(), self.stdout.take()) else {
+            return Default::default();
+        };
+        let stderr = &self.stderr;
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + SECS(10);
+        while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        let out = stdout.join().unwrap_or_default();
+        let mut err = String::new();
+        while let Ok(l) = stderr.recv_timeout(Duration::from_millis(200)) {
+            err.push_str(&l);
+            err.push('\n');
+        }
+        (out, err)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn reverse_json(lab: &Lab, args: &[&str]) -> ReverseResult {
+    let mut all = vec!["reverse", "--format", "json"];
+    all.extend_from_slice(args);
+    let out = tracer_for(lab, &all, SECS(60));
+    assert!(out.status.success(), "{all:?}: {}", stderr(&out));
+    serde_json::from_slice(&out.stdout).expect("result JSON")
+}
+
+/// Per TTL the one address that answered (every probe of a TTL the same).
+fn hop_addrs(r: &ReverseResult) -> Vec<IpAddr> {
+    r.graph
+        .hops
+        .iter()
+        .map(|h| {
+            let addrs: Vec<IpAddr> = h.nodes.iter().filter_map(|n| n.addr).collect();
+            assert_eq!(addrs.len(), 1, "TTL {}: {addrs:?}", h.ttl);
+            assert!(
+                h.nodes.iter().all(|n| n.addr.is_some()),
+                "TTL {}: a probe unanswered",
+                h.ttl
+            );
+            addrs[0]
+        })
+        .collect()
+}
+
+/// UDP, TCP and ICMP, IPv4 and IPv6, several flow values: every hop of the way back equals
+/// the return stage's truth (IPv4: r3's `ip route get` for the probe's 5-tuple; IPv6: one of
+/// the lab's ways back, the same for every probe of the flow), and the trace stops at the
+/// client. Before the server runs, the kernel answers the presence check as a ping: exit 1
+/// with the reason; while it runs, ordinary pings are still answered and the kernel's own
+/// answers to requests are dropped (the server's nftables counter says so); on SIGTERM the
+/// table is gone.
+#[test]
+fn the_way_back_equals_the_return_stages_truth() {
+    let Some(_g) = lab_test_guard() else { return };
+    let lab = Lab::build(LabConfig::default()).expect("lab");
+    let server4 = lab.server_addr().to_string();
+    let server6 = lab.server_addr6().to_string();
+    // No server yet: the kernel answers the presence check as a plain ping.
+    let out = tracer_for(&lab, &["reverse", &server4], SECS(30));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("does not run reverse traceroute"),
+        "{}",
+        stderr(&out)
+    );
+    let server = Server::start(&lab, &[]);
+    let mut branches_seen = std::collections::BTreeSet::new();
+    for (proto, flag) in [(Proto::Udp, "-U"), (Proto::Tcp, "-T"), (Proto::Icmp, "-I")] {
+        for flow in [4000u16, 4001, 4002, 4003] {
+            // IPv4: the exact way back.
+            let f = flow.to_string();
+            let r = reverse_json(&lab, &[flag, "--flow", &f, &server4]);
+            assert_eq!(r.stop_reason, ReverseStop::Reached, "{proto:?} {flow}");
+            let (sport, dport) = match proto {
+                Proto::Icmp => (0, 0),
+                _ => (1021, flow),
+            };
+            let k = lab.reverse_branch_v4(proto, sport, dport).expect("truth");
+            branches_seen.insert(k);
+            assert_eq!(
+                hop_addrs(&r),
+                lab.reverse_path_ip(k, false),
+                "{proto:?} flow {flow}: the way back through b{k}"
+            );
+            assert_eq!(r.source, lab.server_addr());
+            assert_eq!(r.destination, lab.client_addr());
+            assert!(r.graph.hops.iter().all(|h| h.nodes[0].probes.len() == 3));
+            // IPv6: one of the ways back, the same for every probe.
+            let r = reverse_json(&lab, &["-6", flag, "--flow", &f, &server6]);
+            assert_eq!(r.stop_reason, ReverseStop::Reached, "v6 {proto:?} {flow}");
+            let got = hop_addrs(&r);
+            assert!(
+                (1..=lab.branches()).any(|k| got == lab.reverse_path_ip(k, true)),
+                "v6 {proto:?} flow {flow}: {got:?} is not a way back"
+            );
+        }
+    }
+    // UDP and TCP flows spread over the return stage (ICMP over IPv4 hashes addresses only).
+    assert!(branches_seen.len() >= 2, "{branches_seen:?}");
+    // Ordinary pings are answered by the kernel still.
+    lab.ping(lab.client_ns(), lab.server_addr().into(), SECS(2))
+        .expect("a plain ping is answered while the server runs");
+    lab.ping(lab.client_ns(), lab.server_addr6().into(), SECS(2))
+        .expect("a plain IPv6 ping is answered while the server runs");
+    // The requests never reached the kernel, which would have answered them as pings (nft
+    // prints code 1 by its ICMP name: host-unreachable, admin-prohibited for ICMPv6).
+    let mut c = lab.command(lab.server_ns(), "nft");
+    c.args(["list", "ruleset"]);
+    let rules = svctr_lab::output_with_timeout(&mut c, None, SECS(10)).expect("nft");
+    let rules = String::from_utf8_lossy(&rules.stdout).to_string();
+    let dropped: u64 = rules
+        .lines()
+        .filter(|l| l.contains("echo-request") && l.contains("drop"))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .skip_while(|w| *w != "packets")
+                .nth(1)
+                .and_then(|n| n.parse::<u64>().ok())
+        })
+        .sum();
+    assert!(dropped >= 24 * 2, "{rules}");
+    let (log, err) = server.stop();
+    assert!(
+        log.contains("session created: udp probe, flow 4000"),
+        "{log}"
+    );
+    assert!(log.contains("probe answer received from"), "{log}");
+    assert!(log.contains("request refused: state 1, TTL 0"), "{log}");
+    assert!(err.contains("stopped; counters"), "{err}");
+    let mut c = lab.command(lab.server_ns(), "nft");
+    c.args(["list", "tables"]);
+    let tables = svctr_lab::output_with_timeout(&mut c, None, SECS(10)).expect("nft");
+    assert!(
+        !String::from_utf8_lossy(&tables.stdout).contains("svctr_"),
+        "the server's table is removed on exit"
+    );
+}

@@ -1,0 +1,288 @@
+//! The live drivers of reverse traceroute: the client ([`svctr_core::reverse::ReverseClient`])
+//! and the server ([`svctr_core::reverse::ReverseServer`]), on the one run loop with a capture
+//! and raw sockets.
+//!
+//! # The server: in user space, beside the kernel
+//!
+//! The reference server is an eBPF program on tc ingress that rewrites each request into its
+//! probe and bounces it out of the interface it came in on, Ethernet MACs swapped: it needs
+//! Ethernet (no L3 devices) and assumes the way back leaves where the request came in. This
+//! one captures with libpcap (which sees a packet before the IP layer does), answers through
+//! raw sockets that follow the routing table (so an asymmetric path back is the path the
+//! probes take, and any interface type works), and keeps the kernel out of the exchange with
+//! an nftables table in front of the local stack:
+//!
+//! * echo requests of code 1 are dropped on input: Linux would answer them itself as pings
+//!   (`icmp_echo` / `icmpv6_echo_reply` copy the request, code 1 included);
+//! * TCP to port 1021 (the probes' source port, RFC 4727 experimental) is dropped on input:
+//!   the SYN-ACK or RST a target answers a TCP probe with would draw the kernel's RST.
+//!
+//! Ordinary pings (code 0) still reach the kernel and are answered. Echo replies to the ICMP
+//! probes and ICMP errors about them reach the kernel too, which ignores them (no socket).
+//! The table (`svctr_<pid>`, families `ip` and `ip6`) is deleted on exit, and tables left by
+//! a process that is gone are removed at start (as the flow tracer's shield does).
+
+use std::net::IpAddr;
+use std::process::{Command, Stdio};
+use std::sync::atomic::AtomicBool;
+use std::time::SystemTime;
+
+use svctr_core::reverse::{
+    ClientConfig, ReverseClient, ReverseEvent, ReverseResult, ReverseServer, ServerConfig,
+    ServerEvent, ServerStats,
+};
+
+use crate::capture::Capture;
+use crate::probing::Probing;
+use crate::run::{Hooks, Limits, Source, Sources};
+use crate::sender::RawSockets;
+use crate::Error;
+
+/// What to trace back.
+#[derive(Debug, Clone, Default)]
+pub struct ReverseOptions {
+    /// The server (it runs a reverse-traceroute server).
+    pub server: Option<IpAddr>,
+    /// The engine's settings. `ident_first`/`ident_count` are replaced by this process's
+    /// reserved block.
+    pub config: ClientConfig,
+    /// Interface to send from and capture on (`None`: chosen by the routing table).
+    pub iface: Option<String>,
+    /// Requests per second at most (0: no limit).
+    pub rate: u32,
+    /// This host's address toward the server (`None`: the routing table's).
+    pub source: Option<IpAddr>,
+}
+
+/// Traces the path back from `opts.server`, calling `on_event` as TTLs complete, until it
+/// ends or `stop` is set.
+pub fn reverse(
+    opts: &ReverseOptions,
+    stop: &AtomicBool,
+    mut on_event: impl FnMut(&ReverseEvent),
+) -> Result<ReverseResult, Error> {
+    let server = opts
+        .server
+        .ok_or_else(|| Error::Unsupported("no server to trace back from".into()))?;
+    let targets = [server];
+    let probing = Probing {
+        targets: &targets,
+        source: opts.source,
+        iface: opts.iface.as_deref(),
+        rate: opts.rate,
+    };
+    probing.check_iface()?;
+    let (first, count, _reservation) = crate::reserve::reverse_ident_block()?;
+    let mut cfg = opts.config.clone();
+    cfg.ident_first = first;
+    cfg.ident_count = count;
+    cfg.seed = u64::from(std::process::id());
+    let (_, source) = probing.sources()?[0];
+    let filter = crate::filter::reverse_client_filter(server, first, first + (count - 1));
+    let mut engine = ReverseClient::new(cfg, server, source).map_err(Error::Unsupported)?;
+    let mut hooks = ClientHooks {
+        result: None,
+        on_event: &mut on_event,
+    };
+    probing.run(
+        &mut engine,
+        &filter,
+        ReverseClient::handle_packet,
+        stop,
+        &mut hooks,
+    )?;
+    hooks
+        .result
+        .ok_or_else(|| Error::Unsupported(format!("no result from {server}")))
+}
+
+struct ClientHooks<'a, F> {
+    result: Option<ReverseResult>,
+    on_event: &'a mut F,
+}
+
+impl<F: FnMut(&ReverseEvent)> Hooks<ReverseClient> for ClientHooks<'_, F> {
+    fn on_event(&mut self, ev: ReverseEvent) -> Result<(), Error> {
+        (self.on_event)(&ev);
+        if let ReverseEvent::Finished(r) = ev {
+            self.result = Some(*r);
+        }
+        Ok(())
+    }
+}
+
+/// How to serve.
+#[derive(Debug, Clone, Default)]
+pub struct ServerOptions {
+    /// The interface whose addresses requests are served on.
+    pub iface: String,
+    /// The engine's settings (`addresses` is filled from the interface when empty).
+    pub config: ServerConfig,
+}
+
+/// Runs a reverse-traceroute server until `stop` is set: `on_ready` once it serves (the
+/// kernel kept out, the capture open), each session's events to `on_event`; returns the
+/// counters.
+pub fn serve(
+    opts: &ServerOptions,
+    stop: &AtomicBool,
+    on_ready: impl FnOnce(&[IpAddr]),
+    mut on_event: impl FnMut(&ServerEvent),
+) -> Result<ServerStats, Error> {
+    let mut cfg = opts.config.clone();
+    if cfg.addresses.is_empty() {
+        cfg.addresses = crate::iface::interface_addresses(&opts.iface)?
+            .into_iter()
+            .filter(|a| !is_link_local(a))
+            .collect();
+    } else {
+        crate::iface::interface_addresses(&opts.iface)?;
+    }
+    let v4 = cfg.addresses.iter().any(IpAddr::is_ipv4);
+    let v6 = cfg.addresses.iter().any(IpAddr::is_ipv6);
+    if !v4 && !v6 {
+        return Err(Error::Unsupported(format!(
+            "{} has no address to serve requests on",
+            opts.iface
+        )));
+    }
+    // Probes and responses follow the routing table (not bound to the interface): the way
+    // back may leave by another interface than the request came in by.
+    let sender = RawSockets::open(None, v4, v6)?;
+    let guard = KernelGuard::install(v4, v6)?;
+    let mut sources = Sources::new();
+    // Requests on the interface; answers to probes on any (the way back may differ).
+    sources.add(Source {
+        cap: Capture::open_with_buffer(
+            "any",
+            &crate::filter::reverse_server_filter(v4, v6),
+            32 << 20,
+        )?,
+        feed: ReverseServer::handle_packet,
+        paced: false,
+    });
+    on_ready(&cfg.addresses);
+    let mut engine = ReverseServer::new(ServerConfig {
+        seed: seed(),
+        ..cfg
+    });
+    let limits = Limits {
+        iface: &opts.iface,
+        rate: 0,
+        duration: None,
+        stop,
+    };
+    let mut hooks = ServerHooks {
+        on_event: &mut on_event,
+    };
+    let run = crate::run::run(&mut engine, sources, &sender, &limits, &mut hooks);
+    drop(guard);
+    run?;
+    Ok(engine.stats())
+}
+
+fn is_link_local(a: &IpAddr) -> bool {
+    match a {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+    }
+}
+
+/// A seed no client can guess: the probes' payload bytes come from it.
+fn seed() -> u64 {
+    let mut b = [0u8; 8];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut f, &mut b);
+    }
+    let t = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    u64::from_le_bytes(b) ^ t ^ u64::from(std::process::id())
+}
+
+struct ServerHooks<'a, F> {
+    on_event: &'a mut F,
+}
+
+impl<F: FnMut(&ServerEvent)> Hooks<ReverseServer> for ServerHooks<'_, F> {
+    fn on_event(&mut self, ev: ServerEvent) -> Result<(), Error> {
+        (self.on_event)(&ev);
+        Ok(())
+    }
+}
+
+/// The nftables table that keeps the kernel from answering requests and probe answers (see
+/// the module doc); deleted when dropped.
+struct KernelGuard {
+    table: String,
+    families: Vec<&'static str>,
+}
+
+fn nft(script: &str) -> Result<(), String> {
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("running nft: {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        std::io::Write::write_all(&mut stdin, script.as_bytes())
+            .map_err(|e| format!("writing to nft: {e}"))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("waiting for nft: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .next()
+            .unwrap_or("nft failed")
+            .to_string())
+    }
+}
+
+impl KernelGuard {
+    fn install(v4: bool, v6: bool) -> Result<Self, Error> {
+        crate::shield::remove_stale();
+        let table = format!("svctr_{}", std::process::id());
+        let mut script = String::new();
+        let mut families = Vec::new();
+        // Priority -300: before conntrack and any filter.
+        if v4 {
+            families.push("ip");
+            script.push_str(&format!(
+                "table ip {table} {{\n chain input {{ type filter hook input priority -300; policy accept;\n  \
+                 icmp type echo-request icmp code 1 counter drop\n  tcp dport 1021 counter drop\n }}\n}}\n"
+            ));
+        }
+        if v6 {
+            families.push("ip6");
+            script.push_str(&format!(
+                "table ip6 {table} {{\n chain input {{ type filter hook input priority -300; policy accept;\n  \
+                 icmpv6 type echo-request icmpv6 code 1 counter drop\n  tcp dport 1021 counter drop\n }}\n}}\n"
+            ));
+        }
+        nft(&script).map_err(|e| {
+            if e.contains("Operation not permitted") {
+                Error::Privilege {
+                    what: "keeping the kernel from answering requests (nftables)".into(),
+                }
+            } else {
+                Error::Unsupported(format!("installing the server's nftables table: {e}"))
+            }
+        })?;
+        Ok(Self { table, families })
+    }
+}
+
+impl Drop for KernelGuard {
+    fn drop(&mut self) {
+        for f in &self.families {
+            let _ = nft(&format!("delete table {f} {}\n", self.table));
+        }
+    }
+}
