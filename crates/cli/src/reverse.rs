@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use clap::Args;
 use svctr_core::reverse::{
-    default_pad, parse_allowlist, ClientConfig, Rate, ReverseEvent, ReverseResult, ServerConfig,
-    ServerEvent, SessionEvent,
+    default_pad, parse_allowlist, ClientConfig, ForwardPath, Rate, ReverseEvent, ReverseResult,
+    ServerConfig, ServerEvent, SessionEvent, TwoWayResult,
 };
-use svctr_core::{DotPart, Protocol};
-use svctr_io::{reverse, serve, ReverseOptions, ServerOptions};
+use svctr_core::{DotPart, Protocol, Strategy, TracerouteConfig, TracerouteEvent};
+use svctr_io::{reverse, serve, traceroute, ReverseOptions, ServerOptions, TracerouteOptions};
 
 use crate::args::{DurationArg, TraceFormat};
 use crate::error::CliError;
@@ -87,6 +87,10 @@ pub(crate) struct ReverseArgs {
     /// This host's address toward the server.
     #[arg(short = 's', long = "source", value_name = "ADDR")]
     source: Option<IpAddr>,
+    /// Forward then reverse: a Paris traceroute to the server with the same protocol and
+    /// flow value, then the reverse trace; one result holding both.
+    #[arg(long)]
+    two_way: bool,
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     format: TraceFormat,
@@ -144,10 +148,27 @@ fn stop_line(r: &ReverseResult) -> String {
     )
 }
 
-fn dot(r: &ReverseResult) -> String {
-    svctr_core::render_dot(&[DotPart {
+/// The Graphviz picture: one cluster per direction (as the reference client draws it).
+fn dot(forward: Option<&ForwardPath>, r: &ReverseResult) -> String {
+    let mut parts = Vec::new();
+    if let Some(f) = forward {
+        parts.push(DotPart {
+            title: format!(
+                "FORWARD: from {} to {}, {}",
+                f.source,
+                f.destination,
+                f.protocol.as_str()
+            ),
+            source: Some(f.source),
+            destination: Some(f.destination),
+            graph: &f.graph,
+            highlight: &[],
+            per_packet: &[],
+        });
+    }
+    parts.push(DotPart {
         title: format!(
-            "reverse: from {} back to {}, {}: {}",
+            "REVERSE: from {} back to {}, {}: {}",
             r.source,
             r.destination,
             r.protocol.as_str(),
@@ -158,7 +179,74 @@ fn dot(r: &ReverseResult) -> String {
         graph: &r.graph,
         highlight: &[],
         per_packet: &[],
-    }])
+    });
+    svctr_core::render_dot(&parts)
+}
+
+/// The forward half of `--two-way`: a Paris traceroute with the reverse probes' protocol and
+/// flow value (UDP/TCP destination port; ICMP keeps Paris's own constant checksum).
+fn forward(
+    a: &ReverseArgs,
+    server: IpAddr,
+    c: &ClientConfig,
+    run: &mut Run,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Result<Option<ForwardPath>, CliError> {
+    let port = match (c.flow, c.protocol) {
+        (_, Protocol::Icmp) => None,
+        (0, p) => Some(svctr_wire_default_flow(p)),
+        (f, _) => Some(f),
+    };
+    let config = TracerouteConfig {
+        protocol: c.protocol,
+        strategy: Strategy::Paris,
+        port,
+        first_ttl: c.first_ttl,
+        max_ttl: c.max_ttl,
+        probes_per_hop: c.probes,
+        timeout: c.timeout,
+        max_missing: c.max_missing,
+        ..TracerouteConfig::default()
+    };
+    let opts = TracerouteOptions {
+        targets: vec![server],
+        config: config.clone(),
+        iface: a.iface.clone(),
+        rate: a.rate,
+        resolve_names: false,
+        source: a.source,
+    };
+    let text = a.format == TraceFormat::Text;
+    let summary = traceroute(&opts, stop, |ev| match ev {
+        TracerouteEvent::Started { target, source } if text => {
+            let header = svctr_core::traceroute_header(
+                *target,
+                None,
+                port,
+                config.protocol,
+                config.strategy,
+                *source,
+                Some(config.max_ttl),
+            );
+            run.print(&format!("forward: {header}\n"));
+        }
+        TracerouteEvent::Hop { hop, .. } if text => run.print(&svctr_core::render_hop(hop, false)),
+        TracerouteEvent::Finished(r) if text => {
+            run.print(&(svctr_core::traceroute_stop_line(r) + "\n\n"));
+        }
+        _ => {}
+    })
+    .map_err(|e| CliError::from(e).naming_ttls("-f", "-m"))?;
+    Ok(summary.results.first().map(ForwardPath::from))
+}
+
+/// The server's default flow value for `p` (what a request with flow 0 gets).
+fn svctr_wire_default_flow(p: Protocol) -> u16 {
+    match p {
+        Protocol::Udp => 53,
+        Protocol::Tcp => 80,
+        Protocol::Icmp => 0xbeaf,
+    }
 }
 
 pub(crate) fn run_reverse(a: ReverseArgs) -> Result<Outcome, CliError> {
@@ -198,15 +286,21 @@ pub(crate) fn run_reverse(a: ReverseArgs) -> Result<Outcome, CliError> {
     let opts = ReverseOptions {
         server: Some(server),
         config: config.clone(),
-        iface: a.iface,
+        iface: a.iface.clone(),
         rate: a.rate,
         source: a.source,
     };
     let mut run = Run::start()?;
     let stop = std::sync::Arc::clone(&run.stop);
     let format = a.format;
+    let forward_path = if a.two_way {
+        forward(&a, server, &config, &mut run, &stop)?
+    } else {
+        None
+    };
     if format == TraceFormat::Text {
-        run.print(&header(server, &config));
+        let prefix = if a.two_way { "reverse: " } else { "" };
+        run.print(&format!("{prefix}{}", header(server, &config)));
     }
     let result = reverse(&opts, &stop, |ev| match (format, ev) {
         (TraceFormat::Text, ReverseEvent::Hop(h)) => run.print(&svctr_core::render_hop(h, false)),
@@ -214,14 +308,21 @@ pub(crate) fn run_reverse(a: ReverseArgs) -> Result<Outcome, CliError> {
         _ => {}
     })
     .map_err(|e| CliError::from(e).naming_ttls("-f", "-m"))?;
+    let json = match &forward_path {
+        Some(f) => serde_json::to_string(&TwoWayResult {
+            forward: f.clone(),
+            reverse: result.clone(),
+        }),
+        None => serde_json::to_string(&result),
+    };
     match format {
         TraceFormat::Json | TraceFormat::Jsonl => {
-            if let Ok(t) = serde_json::to_string(&result) {
+            if let Ok(t) = json {
                 run.print(&(t + "\n"));
             }
         }
-        TraceFormat::Dot => run.print(&dot(&result)),
-        TraceFormat::Svg => run.print(&crate::graph::svg(&dot(&result))?),
+        TraceFormat::Dot => run.print(&dot(forward_path.as_ref(), &result)),
+        TraceFormat::Svg => run.print(&crate::graph::svg(&dot(forward_path.as_ref(), &result))?),
         TraceFormat::Text => {}
     }
     run.finish()?;

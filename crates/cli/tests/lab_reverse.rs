@@ -217,3 +217,89 @@ fn the_way_back_equals_the_return_stages_truth() {
         "the server's table is removed on exit"
     );
 }
+
+/// `--two-way`: one result with both directions, each equal to its truth (forward: r2's
+/// choice for the Paris probes' 5-tuple; back: r3's for the reverse probes'), in text, JSON
+/// and DOT (one cluster per direction).
+#[test]
+fn two_way_holds_both_directions_each_equal_to_its_truth() {
+    let Some(_g) = lab_test_guard() else { return };
+    let lab = Lab::build(LabConfig::default()).expect("lab");
+    let server = Server::start(&lab, &[]);
+    let s4 = lab.server_addr().to_string();
+    for (proto, flag, flow) in [(Proto::Udp, "-U", 5000u16), (Proto::Tcp, "-T", 8080)] {
+        let f = flow.to_string();
+        let out = tracer_for(
+            &lab,
+            &[
+                "reverse",
+                "--two-way",
+                "--format",
+                "json",
+                flag,
+                "--flow",
+                &f,
+                &s4,
+            ],
+            SECS(60),
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        let r: svctr_core::reverse::TwoWayResult =
+            serde_json::from_slice(&out.stdout).expect("JSON");
+        let sport = r.forward.source_port.expect("a source port");
+        let mut want = lab
+            .expected_path_ip(
+                proto,
+                lab.client_addr().into(),
+                lab.server_addr().into(),
+                sport,
+                flow,
+                0,
+            )
+            .expect("forward truth");
+        want.push(lab.server_addr().into());
+        let fwd: Vec<IpAddr> = r
+            .forward
+            .graph
+            .hops
+            .iter()
+            .map(|h| h.nodes[0].addr.expect("answered"))
+            .collect();
+        assert_eq!(fwd, want, "{proto:?}: forward");
+        assert_eq!(r.forward.graph.links.len(), want.len() - 1);
+        let k = lab
+            .reverse_branch_v4(proto, 1021, flow)
+            .expect("reverse truth");
+        assert_eq!(
+            hop_addrs(&r.reverse),
+            lab.reverse_path_ip(k, false),
+            "{proto:?}: back"
+        );
+    }
+    // Text: both sections, each with its stop line; DOT: a cluster per direction.
+    let out = tracer_for(&lab, &["reverse", "--two-way", "-I", &s4], SECS(60));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(text.starts_with("forward: traceroute to"), "{text}");
+    assert!(
+        text.contains("\nreverse: reverse traceroute from"),
+        "{text}"
+    );
+    assert!(text.contains("stop: reached this host"), "{text}");
+    let out = tracer_for(
+        &lab,
+        &["reverse", "--two-way", "--format", "dot", &s4],
+        SECS(60),
+    );
+    let dot = String::from_utf8_lossy(&out.stdout);
+    assert!(dot.contains("FORWARD") && dot.contains("REVERSE"), "{dot}");
+    let mut c = lab.command(lab.client_ns(), "dot");
+    c.arg("-Tsvg");
+    let svg = svctr_lab::output_with_timeout(&mut c, Some(&dot), SECS(30)).expect("graphviz");
+    assert!(
+        svg.status.success(),
+        "{}",
+        String::from_utf8_lossy(&svg.stderr)
+    );
+    let _ = server.stop();
+}

@@ -93,9 +93,10 @@ impl Default for ClientConfig {
     }
 }
 
-/// Why a reverse trace stopped.
+/// Why a reverse trace stopped. In JSON a string (`"reached"`, `"max-missing"`, ...), or
+/// `{"server-error": {"state": N}}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case", tag = "reason")]
+#[serde(rename_all = "kebab-case")]
 pub enum ReverseStop {
     /// The probes reached the client (or the NAT in front of it).
     Reached,

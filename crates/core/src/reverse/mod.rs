@@ -16,6 +16,7 @@
 mod client;
 mod limit;
 mod server;
+mod two_way;
 
 pub use client::{
     default_pad, state_text, ClientConfig, ReverseClient, ReverseEvent, ReverseResult, ReverseStop,
@@ -25,3 +26,4 @@ pub use limit::{parse_allowlist, AllowlistError, Rate};
 pub use server::{
     RefusedCounts, ReverseServer, ServerConfig, ServerEvent, ServerStats, SessionEvent,
 };
+pub use two_way::{ForwardPath, TwoWayResult};
