@@ -303,3 +303,103 @@ fn two_way_holds_both_directions_each_equal_to_its_truth() {
     );
     let _ = server.stop();
 }
+
+/// The shipped systemd unit's capabilities are enough and each is needed: the server runs as
+/// an unprivileged user (65534) with exactly the unit's `AmbientCapabilities` and answers a
+/// reverse trace; without either capability it refuses to start, in one line, exit 2.
+#[test]
+fn the_server_runs_with_the_units_capabilities_and_no_more() {
+    let Some(_g) = lab_test_guard() else { return };
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../dist/service-traceroute-reverse@.service"
+    ))
+    .expect("the unit file");
+    let caps: Vec<String> = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("AmbientCapabilities="))
+        .expect("AmbientCapabilities")
+        .split_whitespace()
+        .map(|c| c.trim_start_matches("CAP_").to_ascii_lowercase())
+        .collect();
+    assert_eq!(caps, ["net_raw", "net_admin"]);
+    let lab = Lab::build(LabConfig::default()).expect("lab");
+    // A copy the unprivileged user can run wherever the checkout is (its directories may be
+    // closed to others).
+    struct TempDir(std::path::PathBuf);
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let dir = std::env::temp_dir().join(format!("svctr-caps-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let _cleanup = TempDir(dir.clone());
+    let bin = dir.join("service-traceroute");
+    std::fs::copy(TRACER, &bin).expect("copy the binary");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let bin = bin.to_string_lossy().to_string();
+    let setpriv = |caps: &[String]| -> std::process::Command {
+        let set = caps.iter().map(|c| format!(",+{c}")).collect::<String>();
+        let mut c = lab.command(lab.server_ns(), "setpriv");
+        c.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            &format!("--inh-caps=-all{set}"),
+            &format!("--ambient-caps=-all{set}"),
+            &format!("--bounding-set=-all{set}"),
+            &bin,
+            "reverse-server",
+            "--iface",
+            lab.server_iface(),
+        ]);
+        c
+    };
+    for missing in 0..caps.len() {
+        let fewer: Vec<String> = caps
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != missing)
+            .map(|(_, c)| c.clone())
+            .collect();
+        let out =
+            svctr_lab::output_with_timeout(&mut setpriv(&fewer), None, SECS(20)).expect("runs");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "without {}: {err}",
+            caps[missing]
+        );
+        assert!(err.contains("needs root or the capabilities"), "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    }
+    let mut c = setpriv(&caps);
+    c.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().expect("setpriv");
+    let err = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(err).lines();
+    let first = lines.next().and_then(Result::ok).unwrap_or_default();
+    assert!(first.contains("serving on"), "{first}");
+    let out = tracer_for(
+        &lab,
+        &[
+            "reverse",
+            "--format",
+            "json",
+            "-T",
+            &lab.server_addr().to_string(),
+        ],
+        SECS(60),
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let r: ReverseResult = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(r.stop_reason, ReverseStop::Reached);
+}
