@@ -412,6 +412,7 @@ fn log_line(ev: &ServerEvent) -> String {
             format!("probe answer received from {hop} after {rtt_ms:.3} ms; session deleted")
         }
         SessionEvent::TimedOut => "session timed out".into(),
+        SessionEvent::Error { state: 1 } => "presence check (TTL 0) answered with state 1".into(),
         SessionEvent::Error { state } => format!(
             "request refused: {}",
             svctr_core::reverse::state_text(*state)

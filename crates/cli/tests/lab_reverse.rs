@@ -207,7 +207,7 @@ fn the_way_back_equals_the_return_stages_truth() {
         "{log}"
     );
     assert!(log.contains("probe answer received from"), "{log}");
-    assert!(log.contains("request refused: state 1, TTL 0"), "{log}");
+    assert!(log.contains("presence check (TTL 0) answered"), "{log}");
     assert!(err.contains("stopped; counters"), "{err}");
     let mut c = lab.command(lab.server_ns(), "nft");
     c.args(["list", "tables"]);
