@@ -403,3 +403,168 @@ fn the_server_runs_with_the_units_capabilities_and_no_more() {
     let r: ReverseResult = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(r.stop_reason, ReverseStop::Reached);
 }
+
+/// The resident memory of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Packet counters of an nftables table, by the comment of each rule.
+fn nft_counters(lab: &Lab, ns: &str, table: &str) -> std::collections::BTreeMap<String, u64> {
+    let mut c = lab.command(ns, "nft");
+    c.args(["list", "table", "ip", table]);
+    let out = svctr_lab::output_with_timeout(&mut c, None, SECS(10)).expect("nft");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let n = l
+                .split_whitespace()
+                .skip_while(|w| *w != "packets")
+                .nth(1)?
+                .parse()
+                .ok()?;
+            let name = l.split("comment \"").nth(1)?.split('"').next()?.to_string();
+            Some((name, n))
+        })
+        .collect()
+}
+
+/// The server under a flood: 1,000,000 requests from 10,000 spoofed sources, as fast as the
+/// client's raw socket sends them. The session table never exceeds `-n` (its counters), memory
+/// stays flat once the capture ring is in use, the probes that leave (counted on r4, the
+/// router next to the server, not by the server) stay within the global rate, nothing leaves
+/// for an address that sent no request, and pings are answered throughout.
+#[test]
+fn a_spoofed_flood_is_held_to_the_limits() {
+    let Some(_g) = lab_test_guard() else { return };
+    use svctr_wire::probe::{emit_icmp_message, IpFields, Ipv4Fields};
+    let lab = Lab::build(LabConfig::default()).expect("lab");
+    let (rate, burst, max) = (5000.0f64, 1000.0f64, 1000u64);
+    let server = Server::start(
+        &lab,
+        &[
+            "-n", "1000", "-t", "1", "--rate", "5000", "--burst", "1000", "--format", "jsonl",
+        ],
+    );
+    let pid = server.child.as_ref().map(Child::id).expect("pid");
+    // r4 counts what the server sends, by kind and by destination.
+    let table = "svctr_flood_count";
+    let script = format!(
+        "table ip {table} {{\n chain counting {{ type filter hook forward priority 0; policy accept;\n  \
+         ip saddr {s} udp sport 1021 counter comment \"probes\"\n  \
+         ip saddr {s} icmp type echo-reply icmp code 1 counter comment \"responses\"\n  \
+         ip saddr {s} ip daddr != {{ 198.18.128.0/17, {c} }} counter comment \"elsewhere\"\n }}\n}}\n",
+        s = lab.server_addr(),
+        c = lab.client_addr()
+    );
+    let r4 = lab.router_ns("r4").expect("r4").to_string();
+    let mut c = lab.command(&r4, "nft");
+    c.args(["-f", "-"]);
+    let out = svctr_lab::output_with_timeout(&mut c, Some(&script), SECS(10)).expect("nft");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // 10,000 sources in 198.18.128.0/17, 100 requests each (UDP, TTL 2: r3 answers each probe
+    // at once, so sessions close and the global rate is what binds), identifiers differing
+    // per round.
+    let dst = IpAddr::V4(lab.server_addr());
+    let build = |src: u32, id: u16| {
+        let req = svctr_wire::revtr::Request {
+            ident: id,
+            seq: 0,
+            ttl: 2,
+            protocol: 17,
+            flow: 53,
+            indirect: None,
+            padding: 0,
+        };
+        let mut icmp = Vec::new();
+        req.emit_v4(&mut icmp);
+        let ip = IpFields::V4(Ipv4Fields {
+            src: std::net::Ipv4Addr::from(
+                u32::from(std::net::Ipv4Addr::new(198, 18, 128, 1)) + src,
+            ),
+            dst: lab.server_addr(),
+            ttl: 64,
+            tos: 0,
+            dont_fragment: false,
+            ident: 1,
+        });
+        let mut out = Vec::new();
+        emit_icmp_message(&ip, &icmp, &mut out);
+        (dst, out)
+    };
+    let start = Instant::now();
+    let deadline = start + SECS(60);
+    let mut sent = 0u64;
+    let mut rss = Vec::new();
+    for chunk in 0..10u16 {
+        let packets: Vec<_> = (0..10_000u32)
+            .flat_map(|s| (0..10u16).map(move |r| (s, chunk * 10 + r + 1)))
+            .map(|(s, id)| build(s, id))
+            .collect();
+        sent += svctr_lab::send_raw_flood(lab.client_ns(), packets, 1, deadline).expect("flood");
+        rss.push(rss_kib(pid));
+        if chunk == 4 {
+            lab.ping(lab.client_ns(), lab.server_addr().into(), SECS(2))
+                .expect("a ping is answered during the flood");
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(1500));
+    lab.ping(lab.client_ns(), lab.server_addr().into(), SECS(2))
+        .expect("a ping is answered after the flood");
+    let counts = nft_counters(&lab, &r4, table);
+    let (log, err) = server.stop();
+    assert_eq!(
+        sent, 1_000_000,
+        "the flood was cut short after {elapsed:.1} s"
+    );
+    let probes = counts.get("probes").copied().unwrap_or(0);
+    let bound = (rate * (elapsed + 1.5) + burst) as u64;
+    assert!(
+        probes <= bound,
+        "{probes} probes in {elapsed:.1} s > {bound}: {counts:?}"
+    );
+    // ... and it is the rate that binds (not a stall): at least 80 % of it was used.
+    assert!(
+        probes as f64 >= 0.8 * rate * elapsed,
+        "{probes} probes in {elapsed:.1} s: {counts:?}"
+    );
+    assert!(
+        counts.get("responses").copied().unwrap_or(0) > 0,
+        "{counts:?}"
+    );
+    assert_eq!(counts.get("elsewhere"), Some(&0), "{counts:?}");
+    // The server's own counters: the table never held more than -n.
+    let stats = err
+        .lines()
+        .find_map(|l| l.split("counters ").nth(1))
+        .expect("counters at exit");
+    let stats: serde_json::Value = serde_json::from_str(stats).expect("JSON counters");
+    assert!(stats["open_max"].as_u64().unwrap() <= max, "{stats}");
+    assert!(
+        stats["refused"]["global_rate"].as_u64().unwrap() > 0,
+        "{stats}"
+    );
+    assert!(log.contains("session created"), "the session log");
+    // Memory: flat once the ring is in use (after the first tenth).
+    let (lo, hi) = (
+        rss[1..].iter().min().copied().unwrap_or(0),
+        rss[1..].iter().max().copied().unwrap_or(0),
+    );
+    assert!(
+        hi - lo < 16 * 1024,
+        "RSS grew from {lo} to {hi} KiB: {rss:?}"
+    );
+    eprintln!(
+        "flood: {sent} requests in {elapsed:.1} s, {probes} probes left (bound {bound}), RSS {rss:?} KiB, {stats}"
+    );
+}

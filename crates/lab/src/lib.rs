@@ -180,7 +180,7 @@ pub use tls::{
 };
 pub use util::{
     describe, enter_netns, lab_test_guard, open_netns, output_with_timeout, run_checked,
-    spawn_in_netns, NETNS_DIR,
+    send_raw_flood, spawn_in_netns, NETNS_DIR,
 };
 
 use std::collections::BTreeMap;

@@ -278,6 +278,43 @@ pub(crate) fn send_raw6(ns: &str, dst: Ipv6Addr, pkt: Vec<u8>) -> Result<()> {
     h.join().map_err(|_| anyhow!("raw send thread panicked"))?
 }
 
+/// Sends `packets` (complete IP datagrams, each with its destination) from a raw socket in
+/// namespace `ns`, in order, `rounds` times over, as fast as the socket takes them (a full
+/// send buffer blocks), stopping early once `until` has passed. Returns how many were sent.
+/// Load for tests of a server under flood; the datagrams may carry any source address.
+pub fn send_raw_flood(
+    ns: &str,
+    packets: Vec<(IpAddr, Vec<u8>)>,
+    rounds: usize,
+    until: std::time::Instant,
+) -> Result<u64> {
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    let h = spawn_in_netns(ns, "flood", move || {
+        let open = |d: Domain| {
+            Socket::new(d, Type::RAW, Some(Protocol::from(libc::IPPROTO_RAW))).context("raw socket")
+        };
+        let (v4, v6) = (open(Domain::IPV4)?, open(Domain::IPV6)?);
+        let addrs: Vec<SockAddr> = packets
+            .iter()
+            .map(|(d, _)| SockAddr::from(std::net::SocketAddr::new(*d, 0)))
+            .collect();
+        let mut sent = 0u64;
+        for _ in 0..rounds {
+            if std::time::Instant::now() >= until {
+                break;
+            }
+            for ((dst, p), a) in packets.iter().zip(&addrs) {
+                let s = if dst.is_ipv4() { &v4 } else { &v6 };
+                if s.send_to(p, a).is_ok() {
+                    sent += 1;
+                }
+            }
+        }
+        Ok(sent)
+    })?;
+    h.join().map_err(|_| anyhow!("flood thread panicked"))?
+}
+
 /// A temporary directory (`<tmp>/svctr-lab-<what>-<pid>-<n>`), removed on drop.
 #[derive(Debug)]
 pub(crate) struct TempDir {
