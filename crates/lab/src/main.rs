@@ -4,6 +4,7 @@
 mod bench;
 mod bench_flows;
 mod bench_multipath;
+mod bench_reverse;
 
 use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
@@ -144,6 +145,24 @@ enum Cmd {
         #[arg(long, default_value_t = 10)]
         reps: usize,
     },
+    /// Benchmark: reverse traceroute, ours and (when given) the reference implementation's
+    /// client and server: the time of a reverse trace of the lab's path, and a server's
+    /// sessions per second and memory per session up to 50,000 open; prints a Markdown report.
+    BenchReverse {
+        /// Path of the service-traceroute binary.
+        #[arg(long)]
+        tracer: PathBuf,
+        /// Runs of each client against each server.
+        #[arg(long, default_value_t = 10)]
+        reps: usize,
+        /// The directory of the reference server's `augsburg-traceroute-server-v4`, built by
+        /// hand (BENCHMARKS.md says how).
+        #[arg(long)]
+        ref_server: Option<PathBuf>,
+        /// The reference client's `augsburg-traceroute` executable.
+        #[arg(long)]
+        ref_client: Option<PathBuf>,
+    },
     /// Echo server for the lab's flow generator, in the current network namespace
     /// (run by `echo_server_process` as `ip netns exec <server> svctr-lab echo ...`).
     /// Prints `listening PORT`, then `stats CONNS MESSAGES BYTES CPU_NS` every 200 ms;
@@ -230,6 +249,25 @@ fn main() -> ExitCode {
         }
         Cmd::BenchMultipath { tracer, reps } => bench_multipath::run(
             &bench_multipath::MultipathArgs { tracer, reps },
+            &std::env::args().collect::<Vec<_>>().join(" "),
+            &stop,
+        )
+        .map(|report| {
+            print!("{report}");
+            0
+        }),
+        Cmd::BenchReverse {
+            tracer,
+            reps,
+            ref_server,
+            ref_client,
+        } => bench_reverse::run(
+            &bench_reverse::ReverseArgs {
+                tracer,
+                reps,
+                ref_server,
+                ref_client,
+            },
             &std::env::args().collect::<Vec<_>>().join(" "),
             &stop,
         )
