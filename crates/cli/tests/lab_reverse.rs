@@ -124,17 +124,22 @@ fn hop_addrs(r: &ReverseResult) -> Vec<IpAddr> {
         .collect()
 }
 
-/// UDP, TCP and ICMP, IPv4 and IPv6, several flow values: every hop of the way back equals
-/// the return stage's truth (IPv4: r3's `ip route get` for the probe's 5-tuple; IPv6: one of
-/// the lab's ways back, the same for every probe of the flow), and the trace stops at the
-/// client. Before the server runs, the kernel answers the presence check as a ping: exit 1
+/// The lab with asymmetric routing (out through b1..b3, back through a stage of its own,
+/// d1..d3): UDP, TCP and ICMP, IPv4 and IPv6, several flow values: every hop of the way back
+/// equals the return stage's truth (IPv4: r3's `ip route get` for the probe's 5-tuple; IPv6:
+/// the dJ that forwarded the probes, counted there), and the trace stops at the client. Before the server runs, the kernel answers the presence check as a ping: exit 1
 /// with the reason; while it runs, ordinary pings are still answered and the kernel's own
 /// answers to requests are dropped (the server's nftables counter says so); on SIGTERM the
 /// table is gone.
 #[test]
 fn the_way_back_equals_the_return_stages_truth() {
     let Some(_g) = lab_test_guard() else { return };
-    let lab = Lab::build(LabConfig::default()).expect("lab");
+    let lab = Lab::build(LabConfig {
+        return_branches: 3,
+        ..LabConfig::default()
+    })
+    .expect("lab");
+    lab.install_return_observer().expect("observer");
     let server4 = lab.server_addr().to_string();
     let server6 = lab.server_addr6().to_string();
     // No server yet: the kernel answers the presence check as a plain ping.
@@ -167,18 +172,38 @@ fn the_way_back_equals_the_return_stages_truth() {
             assert_eq!(r.source, lab.server_addr());
             assert_eq!(r.destination, lab.client_addr());
             assert!(r.graph.hops.iter().all(|h| h.nodes[0].probes.len() == 3));
-            // IPv6: one of the ways back, the same for every probe.
+            // IPv6: the way back the probes' own packets took (counted on d1..d3).
+            let before = lab.return_probe_counts().expect("counts");
             let r = reverse_json(&lab, &["-6", flag, "--flow", &f, &server6]);
+            let after = lab.return_probe_counts().expect("counts");
             assert_eq!(r.stop_reason, ReverseStop::Reached, "v6 {proto:?} {flow}");
-            let got = hop_addrs(&r);
-            assert!(
-                (1..=lab.branches()).any(|k| got == lab.reverse_path_ip(k, true)),
-                "v6 {proto:?} flow {flow}: {got:?} is not a way back"
+            let used: Vec<usize> = (0..after.len())
+                .filter(|&j| after[j] > before[j])
+                .map(|j| j + 1)
+                .collect();
+            assert_eq!(
+                used.len(),
+                1,
+                "v6 {proto:?} flow {flow}: probes through {used:?}"
+            );
+            assert_eq!(
+                hop_addrs(&r),
+                lab.reverse_path_ip(used[0], true),
+                "v6 {proto:?} flow {flow}: the way back through d{}",
+                used[0]
             );
         }
     }
     // UDP and TCP flows spread over the return stage (ICMP over IPv4 hashes addresses only).
     assert!(branches_seen.len() >= 2, "{branches_seen:?}");
+    // The way out does not go through the return stage: a forward trace meets a bK.
+    let out = tracer_for(&lab, &["trace", "-n", "-q", "1", &server4], SECS(60));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        (1..=lab.branches()).any(|k| text.contains(&format!(" 198.18.1{k}.2 "))),
+        "{text}"
+    );
+    assert!(!text.contains(" 198.18.8"), "{text}");
     // Ordinary pings are answered by the kernel still.
     lab.ping(lab.client_ns(), lab.server_addr().into(), SECS(2))
         .expect("a plain ping is answered while the server runs");
@@ -218,13 +243,18 @@ fn the_way_back_equals_the_return_stages_truth() {
     );
 }
 
-/// `--two-way`: one result with both directions, each equal to its truth (forward: r2's
-/// choice for the Paris probes' 5-tuple; back: r3's for the reverse probes'), in text, JSON
-/// and DOT (one cluster per direction).
+/// `--two-way` in the asymmetric lab (out through b1..b3, back through d1..d2): one result
+/// with both directions, each equal to its truth (forward: r2's choice for the Paris probes'
+/// 5-tuple; back: r3's for the reverse probes'), in text, JSON and DOT (one cluster per
+/// direction).
 #[test]
 fn two_way_holds_both_directions_each_equal_to_its_truth() {
     let Some(_g) = lab_test_guard() else { return };
-    let lab = Lab::build(LabConfig::default()).expect("lab");
+    let lab = Lab::build(LabConfig {
+        return_branches: 2,
+        ..LabConfig::default()
+    })
+    .expect("lab");
     let server = Server::start(&lab, &[]);
     let s4 = lab.server_addr().to_string();
     for (proto, flag, flow) in [(Proto::Udp, "-U", 5000u16), (Proto::Tcp, "-T", 8080)] {

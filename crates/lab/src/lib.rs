@@ -102,6 +102,21 @@
 //! (`ip route get`, or the routing oracle, which b1 also has); the application's own
 //! packets are observed at b1 too ([`Lab::observed_sub_branches`]).
 //!
+//! ## Asymmetric routing: a way back of its own
+//! With [`LabConfig::return_branches`] = M, r3 sends the traffic toward the client half over
+//! routers d1..dM of its own (ECMP, hash policy 3), which lead to r2, while the way out still
+//! goes through b1..bK: the reverse path differs from the forward one, including an ECMP stage
+//! only the way back has (`svctr-lab up --return-branches 3`). The b's keep their routes to
+//! the client half for their own ICMP errors. Truth for the way back: r3's `ip route get ...
+//! iif r4` for IPv4 ([`Lab::reverse_branch_v4`]), counters on d1..dM for the probes' own
+//! packets for IPv6 ([`Lab::install_return_observer`]); hop addresses
+//! [`Lab::reverse_path_ip`].
+//!
+//! | link     | subnet              | addresses    | IPv6                    |
+//! |----------|---------------------|--------------|-------------------------|
+//! | r2 — dJ  | 198.18.(80+J).0/24  | r2 .1, dJ .2 | 2001:2:0:18(80+J)::/64  |
+//! | dJ — r3  | 198.19.(80+J).0/24  | dJ .1, r3 .2 | 2001:2:0:19(80+J)::/64  |
+//!
 //! ## Fan-out
 //! With `LabConfig::fanout = n`, the server also owns 198.19.128.1.. (n /32s) and
 //! 2001:2:0:1980::1.. (n /128s) on its loopback; r3 and r4 route 198.19.128.0/17 and
@@ -234,6 +249,13 @@ pub struct LabConfig {
     /// the link b2..bK -> r3 skips a level ([`Lab::all_paths_ip`]). 0 (the default): no
     /// second stage; else 2..=[`MAX_SUB_BRANCHES`], and `branches` may then be 2.
     pub sub_branches: usize,
+    /// Asymmetric routing: the way back from the server half goes through a stage of its
+    /// own, `return_branches` routers d1..dM between r3 and r2 over which r3 balances the
+    /// traffic toward the client (ECMP, hash policy 3), while the way out still goes through
+    /// b1..bK. The reverse path then differs from the forward one, including a reverse-only
+    /// ECMP stage ([`Lab::reverse_path_ip`]). 0 (the default): the way back goes through the
+    /// b's as the way out does; else 2..=[`MAX_SUB_BRANCHES`].
+    pub return_branches: usize,
     /// Give the client's IPv6 flows their own non-zero flow labels
     /// (`net.ipv6.auto_flowlabels=1` in the client namespace), which r2's ECMP hash
     /// uses (fields [`IPV6_HASH_FIELDS`]). Each TCP connection and each connected UDP
@@ -255,6 +277,7 @@ impl Default for LabConfig {
             service_ports_udp: (9000..=9009).collect(),
             fanout: 0,
             sub_branches: 0,
+            return_branches: 0,
             client_flow_labels: false,
         }
     }
@@ -417,6 +440,14 @@ pub mod plan {
     pub fn sub_r3_net(j: usize) -> Ipv4Addr {
         Ipv4Addr::new(198, 19, (60 + j) as u8, 0)
     }
+    /// r2 — dJ (the return stage) is 198.18.(80+J).0/24
+    pub fn r2_return_net(j: usize) -> Ipv4Addr {
+        Ipv4Addr::new(198, 18, (80 + j) as u8, 0)
+    }
+    /// dJ — r3 is 198.19.(80+J).0/24
+    pub fn return_r3_net(j: usize) -> Ipv4Addr {
+        Ipv4Addr::new(198, 19, (80 + j) as u8, 0)
+    }
 
     /// The whole lab in IPv6: inside the benchmarking prefix 2001:2::/48 (RFC 5180).
     pub const LAB6: &str = "2001:2:0:1800::/55";
@@ -577,13 +608,19 @@ impl Lab {
                 cfg.sub_branches
             );
         }
+        if cfg.return_branches == 1 || cfg.return_branches > MAX_SUB_BRANCHES {
+            bail!(
+                "return_branches must be 0 or in 2..={MAX_SUB_BRANCHES}, got {}",
+                cfg.return_branches
+            );
+        }
         if cfg.fanout > MAX_FANOUT {
             bail!("fanout must be at most {MAX_FANOUT}, got {}", cfg.fanout);
         }
         if !nix::unistd::geteuid().is_root() {
             bail!("building a lab needs root (network namespaces)");
         }
-        let (nodes, links) = topology(prefix, cfg.branches, cfg.sub_branches);
+        let (nodes, links) = topology(prefix, cfg.branches, cfg.sub_branches, cfg.return_branches);
         let mut lab = Lab {
             cfg,
             prefix: prefix.to_string(),
@@ -797,6 +834,7 @@ impl Lab {
         }
         let k = self.cfg.branches;
         let subs = self.cfg.sub_branches;
+        let returns = self.cfg.return_branches;
         let v6 = |net: Ipv4Addr, h: u8| host6(plan::v6_net(net), h);
         let ecmp = |hops: Vec<(String, String)>| {
             hops.iter()
@@ -855,6 +893,12 @@ impl Lab {
                             host(net, 1).to_string()
                         }
                     };
+                    if returns > 0 {
+                        // The return stage: the way back differs from the way out.
+                        return (1..=returns)
+                            .map(|j| (gw(plan::return_r3_net(j)), format!("d{j}")))
+                            .collect();
+                    }
                     let first = if subs > 0 { 2 } else { 1 };
                     (first..=k)
                         .map(|i| (gw(plan::branch_r3_net(i)), format!("b{i}")))
@@ -879,6 +923,25 @@ impl Lab {
                     route(&fan4, host(plan::SERVER_NET, 2).to_string(), "server");
                     route(&fan6, v6(plan::SERVER_NET, 2).to_string(), "server");
                 }
+            }
+            role if role.starts_with('d') => {
+                // return-stage router dJ, between r3 and r2: toward the client by r2, and
+                // toward the server (its own errors) by r3
+                let j: usize = role[1..].parse().expect("return-stage role");
+                both(
+                    &mut route,
+                    (plan::CLIENT_HALF, plan::CLIENT_HALF6),
+                    plan::r2_return_net(j),
+                    1,
+                    "r2",
+                );
+                both(
+                    &mut route,
+                    (plan::SERVER_HALF, plan::SERVER_HALF6),
+                    plan::return_r3_net(j),
+                    2,
+                    "r3",
+                );
             }
             role if role.starts_with('c') => {
                 // second-stage router cJ, between b1 and r3
@@ -1395,16 +1458,21 @@ impl Lab {
 
     /// The branch (1-based) r3 picks for a packet from the server to the client (the way
     /// back, reverse traceroute's probes: `src_port -> dst_port`, ports ignored for ICMP),
-    /// by `ip route get ... iif r4` in r3. IPv4, and the lab without a second stage only.
+    /// by `ip route get ... iif r4` in r3: bK, or dJ with the return stage
+    /// ([`LabConfig::return_branches`]). IPv4, and the lab without a second stage only.
     pub fn reverse_branch_v4(&self, proto: Proto, src_port: u16, dst_port: u16) -> Result<usize> {
         if self.cfg.sub_branches > 0 {
             bail!("the way back is only modelled for the lab without a second stage");
         }
+        let (prefix, count) = match self.cfg.return_branches {
+            0 => ('b', self.cfg.branches),
+            m => ('d', m),
+        };
         self.route_get_v4(
             "r3",
             "r4",
-            'b',
-            self.cfg.branches,
+            prefix,
+            count,
             proto,
             IpAddr::V4(self.server_addr()),
             src_port,
@@ -1414,14 +1482,19 @@ impl Lab {
     }
 
     /// The hop addresses of the way back from the server to the client through branch `k`
-    /// (1-based), as reverse traceroute meets them: each router answers from the interface
-    /// the probe came in on (r4, r3, bK, r2, r1), then the client itself.
+    /// (1-based: bK, or dJ with the return stage), as reverse traceroute meets them: each
+    /// router answers from the interface the probe came in on (r4, r3, bK or dJ, r2, r1),
+    /// then the client itself.
     pub fn reverse_path_ip(&self, k: usize, v6: bool) -> Vec<IpAddr> {
+        let (stage, r2_side) = match self.cfg.return_branches {
+            0 => (plan::branch_r3_net(k), plan::r2_branch_net(k)),
+            _ => (plan::return_r3_net(k), plan::r2_return_net(k)),
+        };
         [
             host(plan::SERVER_NET, 1),
             host(plan::R3_R4_NET, 1),
-            host(plan::branch_r3_net(k), 1),
-            host(plan::r2_branch_net(k), 1),
+            host(stage, 1),
+            host(r2_side, 1),
             host(plan::R1_R2_NET, 1),
             self.client_addr(),
         ]
@@ -1431,6 +1504,57 @@ impl Lab {
             false => IpAddr::V4(a),
         })
         .collect()
+    }
+
+    /// How many ways back r3 balances over: the return stage's routers, or the branches.
+    pub fn reverse_branches(&self) -> usize {
+        match self.cfg.return_branches {
+            0 => self.cfg.branches,
+            m => m,
+        }
+    }
+
+    /// With the return stage: counts, on each of d1..dM, the reverse-traceroute probes
+    /// (UDP and TCP from port 1021, echo requests) the server sends, both families; read
+    /// them with [`Lab::return_probe_counts`]. The way back of IPv6 probes by their own
+    /// packets (`ip -6 route get` does not predict forwarding under hash policy 3).
+    pub fn install_return_observer(&self) -> Result<()> {
+        let (s4, s6) = (self.server_addr(), self.server_addr6());
+        for j in 1..=self.cfg.return_branches {
+            let ns = self.ns_of(&format!("d{j}"))?.to_string();
+            let script = format!(
+                "table inet svctr_return_obs {{\n  chain fwd_probes {{\n    type filter hook forward priority 0; policy accept;\n    \
+                 ip saddr {s4} udp sport 1021 counter\n    ip saddr {s4} tcp sport 1021 counter\n    \
+                 ip saddr {s4} icmp type echo-request counter\n    ip6 saddr {s6} udp sport 1021 counter\n    \
+                 ip6 saddr {s6} tcp sport 1021 counter\n    ip6 saddr {s6} icmpv6 type echo-request counter\n  }}\n}}\n"
+            );
+            let mut c = self.command(&ns, "nft");
+            c.args(["-f", "-"]);
+            run_checked(&mut c, Some(&script), CMD_TIMEOUT)?;
+        }
+        Ok(())
+    }
+
+    /// The probes each of d1..dM has forwarded so far (see [`Lab::install_return_observer`]).
+    pub fn return_probe_counts(&self) -> Result<Vec<u64>> {
+        (1..=self.cfg.return_branches)
+            .map(|j| {
+                let ns = self.ns_of(&format!("d{j}"))?.to_string();
+                let mut c = self.command(&ns, "nft");
+                c.args(["list", "table", "inet", "svctr_return_obs"]);
+                let out = run_checked(&mut c, None, CMD_TIMEOUT)?;
+                Ok(out
+                    .lines()
+                    .filter_map(|l| {
+                        l.split_whitespace()
+                            .skip_while(|w| *w != "packets")
+                            .nth(1)?
+                            .parse::<u64>()
+                            .ok()
+                    })
+                    .sum())
+            })
+            .collect()
     }
 
     /// With the second stage ([`LabConfig::sub_branches`]): the router c1..cN (1-based)
@@ -1765,7 +1889,12 @@ fn v6_to_v4(a: Ipv6Addr) -> Option<Ipv4Addr> {
 }
 
 /// Nodes and links of the topology for `branches` branches.
-fn topology(prefix: &str, branches: usize, subs: usize) -> (Vec<Node>, Vec<LinkSpec>) {
+fn topology(
+    prefix: &str,
+    branches: usize,
+    subs: usize,
+    returns: usize,
+) -> (Vec<Node>, Vec<LinkSpec>) {
     let node = |role: &str, router: bool| Node {
         role: role.to_string(),
         ns: format!("{prefix}-{role}"),
@@ -1777,6 +1906,9 @@ fn topology(prefix: &str, branches: usize, subs: usize) -> (Vec<Node>, Vec<LinkS
     }
     for j in 1..=subs {
         nodes.push(node(&format!("c{j}"), true));
+    }
+    for j in 1..=returns {
+        nodes.push(node(&format!("d{j}"), true));
     }
     nodes.push(node("r3", true));
     nodes.push(node("r4", true));
@@ -1812,6 +1944,11 @@ fn topology(prefix: &str, branches: usize, subs: usize) -> (Vec<Node>, Vec<LinkS
         } else {
             links.push(link(&bk, "r3", 1, "r3", &bk, 2, plan::branch_r3_net(k)));
         }
+    }
+    for j in 1..=returns {
+        let dj = format!("d{j}");
+        links.push(link("r2", &dj, 1, &dj, "r2", 2, plan::r2_return_net(j)));
+        links.push(link(&dj, "r3", 1, "r3", &dj, 2, plan::return_r3_net(j)));
     }
     links.push(link("r3", "r4", 1, "r4", "r3", 2, plan::R3_R4_NET));
     links.push(link(
@@ -1936,11 +2073,22 @@ mod unit {
 
     #[test]
     fn topology_shape() {
-        let (nodes, links) = topology("t", 4, 0);
+        let (nodes, links) = topology("t", 4, 0, 0);
         assert_eq!(nodes.len(), 2 + 2 + 4 + 2);
         assert_eq!(links.len(), 4 + 2 * 4);
         assert_eq!(links[0].addr_b(), Ipv4Addr::new(198, 18, 1, 2));
         assert_eq!(links.last().unwrap().addr_b(), Ipv4Addr::new(198, 19, 1, 2));
+        // The return stage: d1..d3 between r2 and r3, on subnets of their own.
+        let (nodes, links) = topology("t", 3, 0, 3);
+        assert_eq!(nodes.len(), 2 + 2 + 3 + 3 + 2);
+        assert_eq!(links.len(), 4 + 2 * 3 + 2 * 3);
+        let d2: Vec<_> = links
+            .iter()
+            .filter(|l| l.a == "d2" || l.b == "d2")
+            .collect();
+        assert_eq!(d2.len(), 2);
+        assert_eq!(d2[0].addr_a(), Ipv4Addr::new(198, 18, 82, 1));
+        assert_eq!(d2[1].addr_b(), Ipv4Addr::new(198, 19, 82, 2));
     }
 
     #[test]
@@ -1953,7 +2101,7 @@ mod unit {
             plan::v6_net(plan::branch_r3_net(32)).to_string(),
             "2001:2:0:1942::"
         );
-        let (_, links) = topology("t", 3, 0);
+        let (_, links) = topology("t", 3, 0, 0);
         assert_eq!(links[0].addr6_a().to_string(), "2001:2:0:1801::1");
         assert_eq!(links[0].addr6_b().to_string(), "2001:2:0:1801::2");
         assert_eq!(

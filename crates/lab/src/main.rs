@@ -52,6 +52,10 @@ enum Cmd {
         /// then --branches may be 2 (the multipath lab: --branches 2 --sub-branches 3).
         #[arg(long, default_value_t = 0)]
         sub_branches: usize,
+        /// Asymmetric routing: the way back from the server goes through a stage of its own,
+        /// this many routers d1..dN between r3 and r2 (0: back through the branches).
+        #[arg(long, default_value_t = 0)]
+        return_branches: usize,
     },
     /// Remove the namespaces of a leftover lab (`NAME-*`).
     Down {
@@ -194,7 +198,15 @@ fn main() -> ExitCode {
             branches,
             fanout,
             sub_branches,
-        } => up(nat, firewall, name, branches, fanout, sub_branches, &stop),
+            return_branches,
+        } => up(
+            nat,
+            firewall,
+            name,
+            branches,
+            (fanout, sub_branches, return_branches),
+            &stop,
+        ),
         Cmd::Down { name } => down(&name),
         Cmd::Demo {
             tracer,
@@ -312,10 +324,13 @@ fn print_summary(lab: &Lab) {
         "lab {}: {} branches{}, nat={}, firewall={}",
         lab.name(),
         c.branches,
-        if c.sub_branches > 0 {
-            format!(" (b1 splits again over {} routers)", c.sub_branches)
-        } else {
-            String::new()
+        match (c.sub_branches, c.return_branches) {
+            (0, 0) => String::new(),
+            (s, 0) => format!(" (b1 splits again over {s} routers)"),
+            (0, r) => format!(" (the way back over its own {r} routers d1..d{r})"),
+            (s, r) => format!(
+                " (b1 splits again over {s} routers; the way back over its own {r} routers)"
+            ),
         },
         c.nat,
         c.firewall
@@ -388,13 +403,13 @@ fn up(
     firewall: bool,
     name: Option<String>,
     branches: usize,
-    fanout: usize,
-    sub_branches: usize,
+    (fanout, sub_branches, return_branches): (usize, usize, usize),
     stop: &AtomicBool,
 ) -> Result<u8> {
     let cfg = LabConfig {
         fanout,
         sub_branches,
+        return_branches,
         ..config(nat, firewall, branches)
     };
     let lab = match &name {
