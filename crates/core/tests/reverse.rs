@@ -699,10 +699,11 @@ fn run(
                 let at = if c.is_ipv4() { 24 } else { 44 };
                 let id = u16::from_be_bytes([buf[at], buf[at + 1]]);
                 outstanding.remove(&id);
-                wire.insert(
-                    (clock.t + Duration::from_millis(5), n),
-                    (false, buf.clone()),
-                );
+                // The response crosses the routers of the way back.
+                let mut resp = buf.clone();
+                let ttl_at = if c.is_ipv4() { 8 } else { 7 };
+                resp[ttl_at] = resp[ttl_at].saturating_sub(path.routers.len() as u8);
+                wire.insert((clock.t + Duration::from_millis(5), n), (false, resp));
             } else if let Some(ans) = path.answer(&buf) {
                 let ttl = u64::from(tx.ttl);
                 wire.insert((clock.t + Duration::from_millis(ttl), n), (true, ans));
@@ -806,8 +807,24 @@ fn a_reverse_trace_finds_every_hop_of_the_path_back() {
             assert!((rtt - 3.0).abs() < 1e-6, "{rtt}");
             assert_eq!(r.source, s);
             assert_eq!(r.destination, c);
+            // The presence check's response (TTL 60 here: 4 routers) bounds the TTLs asked
+            // for: the check and 3 per TTL, none past this host.
+            assert_eq!(r.requests_sent, 1 + 3 * 5, "{protocol:?}");
         }
     }
+}
+
+/// A way back longer than the presence check's response said (the probes' flow takes a longer
+/// branch than the response did): the trace goes on past the estimate and reaches this host.
+#[test]
+fn a_longer_way_than_the_estimate_is_followed_to_its_end() {
+    let (c, s) = (a(C4), a(S4));
+    let routers: Vec<Option<IpAddr>> = (1..=7).map(|i| Some(a(&format!("198.19.{i}.1")))).collect();
+    let path = PathBack { routers, client: c };
+    let r = result(&run(ClientConfig::default(), c, s, &path, true));
+    assert_eq!(r.stop_reason, ReverseStop::Reached);
+    assert_eq!(r.graph.hops.len(), 8);
+    assert_eq!(r.graph.hops[7].nodes[0].addr, Some(c));
 }
 
 #[test]

@@ -249,6 +249,10 @@ pub struct ReverseClient {
     presence_deadline: Option<Instant>,
     /// The wall clock of the latest input (the result's end).
     last_wall: Option<SystemTime>,
+    /// This host's distance from the server (TTL of the probe that reaches it), from the
+    /// presence check's response: servers send responses with TTL 64 (reference §1.4), so
+    /// 64 minus the TTL it arrives with is the routers on the way back.
+    distance: Option<u8>,
 }
 
 impl ReverseClient {
@@ -302,6 +306,7 @@ impl ReverseClient {
             responses: 0,
             presence_deadline: None,
             last_wall: None,
+            distance: None,
         };
         if c.cfg.presence_check {
             c.to_send.push_back((0, 0));
@@ -331,10 +336,17 @@ impl ReverseClient {
         if self.stop_at.is_some() || self.phase != Phase::Tracing {
             return;
         }
-        let limit = self
+        let mut limit = self
             .next_stream
             .saturating_add(self.cfg.window)
             .min(self.cfg.max_ttl.saturating_add(1));
+        // Up to the distance the presence check's response gave, no further, until the
+        // trace passes it without reaching us (a longer way for the probes' flow).
+        if let Some(d) = self.distance {
+            if self.next_stream <= d {
+                limit = limit.min(d.saturating_add(1));
+            }
+        }
         while self.next_ttl < limit {
             let ttl = self.next_ttl;
             self.hops
@@ -477,6 +489,9 @@ impl ReverseClient {
         self.reusable.push(ident);
         self.responses += 1;
         if p.ttl == 0 {
+            if let Some(routers) = revtr::RESPONSE_TTL.checked_sub(pkt.ip.ttl) {
+                self.distance = Some(routers.saturating_add(1).max(self.cfg.first_ttl));
+            }
             self.presence(now, parsed.map(|r| r.state()));
             return;
         }
