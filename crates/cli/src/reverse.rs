@@ -74,8 +74,8 @@ pub(crate) struct ReverseArgs {
     /// send more than it receives requires.
     #[arg(long, value_name = "BYTES")]
     pad: Option<usize>,
-    /// Names are not resolved (accepted for traceroute(8)'s habit; reverse hops are printed
-    /// as addresses).
+    /// Do not resolve hop addresses to names (names are resolved by default, in background
+    /// threads, never delaying a request).
     #[arg(short = 'n')]
     numeric: bool,
     /// Requests per second at most (0: no limit).
@@ -213,7 +213,7 @@ fn forward(
         config: config.clone(),
         iface: a.iface.clone(),
         rate: a.rate,
-        resolve_names: false,
+        resolve_names: !a.numeric,
         source: a.source,
     };
     let text = a.format == TraceFormat::Text;
@@ -282,13 +282,13 @@ pub(crate) fn run_reverse(a: ReverseArgs) -> Result<Outcome, CliError> {
         pad: a.pad.unwrap_or_else(|| default_pad(server.is_ipv6())),
         ..ClientConfig::default()
     };
-    let _ = a.numeric;
     let opts = ReverseOptions {
         server: Some(server),
         config: config.clone(),
         iface: a.iface.clone(),
         rate: a.rate,
         source: a.source,
+        resolve_names: !a.numeric,
     };
     let mut run = Run::start()?;
     let stop = std::sync::Arc::clone(&run.stop);

@@ -316,6 +316,12 @@ fn two_way_holds_both_directions_each_equal_to_its_truth() {
         "{text}"
     );
     assert!(text.contains("stop: reached this host"), "{text}");
+    // Without -n the hops are named (the lab's hosts files): r4 answers first on the way back.
+    let reverse_part = text.split("\nreverse: ").nth(1).unwrap_or_default();
+    assert!(
+        reverse_part.contains(" 1  r4.lab.test (198.19.1.1)"),
+        "{reverse_part}"
+    );
     let out = tracer_for(
         &lab,
         &["reverse", "--two-way", "--format", "dot", &s4],

@@ -22,10 +22,11 @@
 //! The table (`svctr_<pid>`, families `ip` and `ip6`) is deleted on exit, and tables left by
 //! a process that is gone are removed at start (as the flow tracer's shield does).
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::process::{Command, Stdio};
 use std::sync::atomic::AtomicBool;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use svctr_core::reverse::{
     ClientConfig, ReverseClient, ReverseEvent, ReverseResult, ReverseServer, ServerConfig,
@@ -33,6 +34,7 @@ use svctr_core::reverse::{
 };
 
 use crate::capture::Capture;
+use crate::names::{NameGate, NameResolver, Named, NAME_POLL};
 use crate::probing::Probing;
 use crate::run::{Hooks, Limits, Source, Sources};
 use crate::sender::RawSockets;
@@ -52,6 +54,9 @@ pub struct ReverseOptions {
     pub rate: u32,
     /// This host's address toward the server (`None`: the routing table's).
     pub source: Option<IpAddr>,
+    /// Resolve the hops' addresses to names (reverse DNS, in background threads, never
+    /// delaying a request; see [`crate::TracerouteOptions::resolve_names`]).
+    pub resolve_names: bool,
 }
 
 /// Traces the path back from `opts.server`, calling `on_event` as TTLs complete, until it
@@ -81,6 +86,9 @@ pub fn reverse(
     let filter = crate::filter::reverse_client_filter(server, first, first + (count - 1));
     let mut engine = ReverseClient::new(cfg, server, source).map_err(Error::Unsupported)?;
     let mut hooks = ClientHooks {
+        gate: opts
+            .resolve_names
+            .then(|| NameGate::new(NameResolver::new(4))),
         result: None,
         on_event: &mut on_event,
     };
@@ -97,17 +105,79 @@ pub fn reverse(
 }
 
 struct ClientHooks<'a, F> {
+    gate: Option<NameGate<ReverseEvent>>,
     result: Option<ReverseResult>,
     on_event: &'a mut F,
 }
 
-impl<F: FnMut(&ReverseEvent)> Hooks<ReverseClient> for ClientHooks<'_, F> {
-    fn on_event(&mut self, ev: ReverseEvent) -> Result<(), Error> {
+impl<F: FnMut(&ReverseEvent)> ClientHooks<'_, F> {
+    fn emit(&mut self, ev: ReverseEvent) {
         (self.on_event)(&ev);
         if let ReverseEvent::Finished(r) = ev {
             self.result = Some(*r);
         }
+    }
+}
+
+impl<F: FnMut(&ReverseEvent)> Hooks<ReverseClient> for ClientHooks<'_, F> {
+    fn on_event(&mut self, ev: ReverseEvent) -> Result<(), Error> {
+        match &mut self.gate {
+            Some(g) => g.push(ev, Instant::now()),
+            None => self.emit(ev),
+        }
         Ok(())
+    }
+
+    fn after_turn(&mut self, now: Instant, _: &mut Sources<ReverseClient>) -> Result<(), Error> {
+        if let Some(mut g) = self.gate.take() {
+            g.release(now, &mut |ev| self.emit(ev));
+            self.gate = Some(g);
+        }
+        Ok(())
+    }
+
+    fn next_wake(&self) -> Option<Instant> {
+        self.busy().then(|| Instant::now() + NAME_POLL)
+    }
+
+    fn busy(&self) -> bool {
+        self.gate.as_ref().is_some_and(NameGate::is_holding)
+    }
+}
+
+/// One trace: every event is about the server.
+impl Named for ReverseEvent {
+    fn target(&self) -> Option<IpAddr> {
+        Some(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+    }
+
+    fn addrs(&self) -> Vec<IpAddr> {
+        match self {
+            ReverseEvent::Hop(h) => h.addrs(),
+            ReverseEvent::Finished(r) => r.graph.hops.iter().flat_map(|h| h.addrs()).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    fn is_final(&self) -> bool {
+        matches!(self, ReverseEvent::Finished(_))
+    }
+
+    fn set_names(&mut self, names: &HashMap<IpAddr, String>) {
+        let probes: Vec<&mut svctr_core::ProbeReply> = match self {
+            ReverseEvent::Hop(h) => h.probes.iter_mut().collect(),
+            ReverseEvent::Finished(r) => r
+                .graph
+                .hops
+                .iter_mut()
+                .flat_map(|h| h.nodes.iter_mut())
+                .flat_map(|n| n.probes.iter_mut())
+                .collect(),
+            _ => Vec::new(),
+        };
+        for p in probes {
+            p.name = p.addr.and_then(|a| names.get(&a).cloned());
+        }
     }
 }
 
