@@ -96,33 +96,6 @@ pub(crate) struct ReverseArgs {
     format: TraceFormat,
 }
 
-fn resolve(target: &str, v4: bool, v6: bool) -> Result<IpAddr, CliError> {
-    use std::net::ToSocketAddrs;
-    let pick = |ip: &IpAddr| (!v4 || ip.is_ipv4()) && (!v6 || ip.is_ipv6());
-    if let Ok(ip) = target.parse::<IpAddr>() {
-        return if pick(&ip) {
-            Ok(ip)
-        } else {
-            Err(CliError::input(format!(
-                "{target} is not an IPv{} address",
-                if v4 { 4 } else { 6 }
-            )))
-        };
-    }
-    let addrs: Vec<IpAddr> = (target, 0u16)
-        .to_socket_addrs()
-        .map_err(|e| CliError::input(format!("cannot resolve {target:?}: {e}")))?
-        .map(|a| a.ip())
-        .filter(pick)
-        .collect();
-    addrs
-        .iter()
-        .find(|ip| ip.is_ipv4())
-        .or_else(|| addrs.first())
-        .copied()
-        .ok_or_else(|| CliError::input(format!("{target:?} has no usable address")))
-}
-
 /// The header line of a reverse trace.
 fn header(server: IpAddr, c: &ClientConfig) -> String {
     let flow = match (c.flow, c.protocol) {
@@ -250,7 +223,8 @@ fn svctr_wire_default_flow(p: Protocol) -> u16 {
 }
 
 pub(crate) fn run_reverse(a: ReverseArgs) -> Result<Outcome, CliError> {
-    let server = resolve(&a.server, a.ipv4, a.ipv6)?;
+    // As trace does: IPv4 first for a name with both, unless -6.
+    let (server, _) = crate::trace::resolve(&a.server, a.ipv4, a.ipv6)?;
     if a.first_ttl > a.max_ttl {
         return Err(CliError::input(format!(
             "-f {} is above -m {}",

@@ -177,7 +177,11 @@ fn protocol(a: &TraceArgs) -> Result<Protocol, CliError> {
 
 /// Resolves a target to one address of the wanted family: IPv4 first for a name with both
 /// (traceroute(8)'s choice) unless `-6`. Returns the address and the name if it was one.
-fn resolve(target: &str, v4: bool, v6: bool) -> Result<(IpAddr, Option<String>), CliError> {
+pub(crate) fn resolve(
+    target: &str,
+    v4: bool,
+    v6: bool,
+) -> Result<(IpAddr, Option<String>), CliError> {
     let pick = |ip: &IpAddr| (!v4 || ip.is_ipv4()) && (!v6 || ip.is_ipv6());
     if let Ok(ip) = target.parse::<IpAddr>() {
         if pick(&ip) {

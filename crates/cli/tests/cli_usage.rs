@@ -206,7 +206,10 @@ fn reverse_bad_input_is_one_line_and_exit_2() {
             vec!["reverse", "-f", "9", "-m", "3", "198.18.0.1"],
             "-f 9 is above -m 3",
         ),
-        (vec!["reverse", "-4", "2001:2::1"], "not an IPv4 address"),
+        (
+            vec!["reverse", "-4", "2001:2::1"],
+            "is an IPv6 address but -4 was given",
+        ),
     ];
     for (args, want) in cases {
         let o = run(&args);

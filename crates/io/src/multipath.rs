@@ -9,9 +9,8 @@ use std::time::Instant;
 
 use svctr_core::{Mda, MdaConfig, MdaEvent, MdaResult};
 
-use crate::names::{NameGate, NameResolver, Named, NAME_POLL};
+use crate::names::{Named, NamedHooks};
 use crate::probing::{reserve_marker, Probing};
-use crate::run::{Hooks, Sources};
 use crate::Error;
 
 /// What to discover.
@@ -51,7 +50,7 @@ pub struct MultipathSummary {
 pub fn multipath(
     opts: &MultipathOptions,
     stop: &AtomicBool,
-    on_event: impl FnMut(&MdaEvent),
+    mut on_event: impl FnMut(&MdaEvent),
 ) -> Result<MultipathSummary, Error> {
     let probing = Probing {
         targets: &opts.targets,
@@ -77,16 +76,17 @@ pub fn multipath(
             .add_target(start, dst, src)
             .map_err(|e| Error::Unsupported(e.to_string()))?;
     }
-    let mut hooks = MultipathHooks {
-        gate: opts
-            .resolve_names
-            .then(|| NameGate::new(NameResolver::new(4))),
-        results: Vec::new(),
-        on_event,
-    };
+    let mut results = Vec::new();
+    let mut hooks = NamedHooks::new(opts.resolve_names, |ev: MdaEvent| {
+        on_event(&ev);
+        if let MdaEvent::Finished(r) = ev {
+            results.push(*r);
+        }
+    });
     let end = probing.run(&mut engine, &filter, Mda::handle_packet, stop, &mut hooks)?;
+    drop(hooks);
     Ok(MultipathSummary {
-        results: hooks.results,
+        results,
         capture_drops: end.dropped,
     })
 }
@@ -113,47 +113,6 @@ pub fn multipath_one(
 /// enumerated, cancel it at any time, then `wait` for the results.
 pub fn spawn_multipath(opts: MultipathOptions) -> crate::MultipathHandle {
     crate::handle::spawn(move |stop, emit| multipath(&opts, stop, |ev| emit(ev.clone())))
-}
-
-struct MultipathHooks<F> {
-    gate: Option<NameGate<MdaEvent>>,
-    results: Vec<MdaResult>,
-    on_event: F,
-}
-
-impl<F: FnMut(&MdaEvent)> MultipathHooks<F> {
-    fn emit(&mut self, ev: MdaEvent) {
-        (self.on_event)(&ev);
-        if let MdaEvent::Finished(r) = ev {
-            self.results.push(*r);
-        }
-    }
-}
-
-impl<F: FnMut(&MdaEvent)> Hooks<Mda> for MultipathHooks<F> {
-    fn on_event(&mut self, ev: MdaEvent) -> Result<(), Error> {
-        match &mut self.gate {
-            Some(g) => g.push(ev, Instant::now()),
-            None => self.emit(ev),
-        }
-        Ok(())
-    }
-
-    fn after_turn(&mut self, now: Instant, _: &mut Sources<Mda>) -> Result<(), Error> {
-        if let Some(mut g) = self.gate.take() {
-            g.release(now, &mut |ev| self.emit(ev));
-            self.gate = Some(g);
-        }
-        Ok(())
-    }
-
-    fn next_wake(&self) -> Option<Instant> {
-        self.busy().then(|| Instant::now() + NAME_POLL)
-    }
-
-    fn busy(&self) -> bool {
-        self.gate.as_ref().is_some_and(NameGate::is_holding)
-    }
 }
 
 impl Named for MdaEvent {

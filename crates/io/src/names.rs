@@ -187,6 +187,63 @@ impl<E: Named> NameGate<E> {
     }
 }
 
+/// The hooks of a run whose events get names before they go out (traceroute, multipath
+/// discovery, reverse traceroute): each event is held in a [`NameGate`] until the names of its
+/// addresses are known (at most [`NAME_WAIT`]), then handed to `emit`; without name
+/// resolution, handed at once.
+pub(crate) struct NamedHooks<E, F> {
+    gate: Option<NameGate<E>>,
+    emit: F,
+}
+
+impl<E: Named, F: FnMut(E)> NamedHooks<E, F> {
+    /// With reverse DNS when `resolve`.
+    pub(crate) fn new(resolve: bool, emit: F) -> Self {
+        Self {
+            gate: resolve.then(|| NameGate::new(NameResolver::new(4))),
+            emit,
+        }
+    }
+}
+
+impl<M, E, F> crate::run::Hooks<M> for NamedHooks<E, F>
+where
+    M: svctr_core::Machine<Event = E>,
+    E: Named,
+    F: FnMut(E),
+{
+    fn on_event(&mut self, ev: E) -> Result<(), crate::Error> {
+        match &mut self.gate {
+            Some(g) => g.push(ev, Instant::now()),
+            None => (self.emit)(ev),
+        }
+        Ok(())
+    }
+
+    fn after_turn(
+        &mut self,
+        now: Instant,
+        _: &mut crate::run::Sources<M>,
+    ) -> Result<(), crate::Error> {
+        if let Some(g) = &mut self.gate {
+            g.release(now, &mut self.emit);
+        }
+        Ok(())
+    }
+
+    fn next_wake(&self) -> Option<Instant> {
+        // Names come from other threads: look again soon while events are held.
+        self.gate
+            .as_ref()
+            .is_some_and(NameGate::is_holding)
+            .then(|| Instant::now() + NAME_POLL)
+    }
+
+    fn busy(&self) -> bool {
+        self.gate.as_ref().is_some_and(NameGate::is_holding)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,9 +24,8 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::process::{Command, Stdio};
 use std::sync::atomic::AtomicBool;
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 use svctr_core::reverse::{
     ClientConfig, ReverseClient, ReverseEvent, ReverseResult, ReverseServer, ServerConfig,
@@ -34,7 +33,7 @@ use svctr_core::reverse::{
 };
 
 use crate::capture::Capture;
-use crate::names::{NameGate, NameResolver, Named, NAME_POLL};
+use crate::names::{Named, NamedHooks};
 use crate::probing::Probing;
 use crate::run::{Hooks, Limits, Source, Sources};
 use crate::sender::RawSockets;
@@ -85,13 +84,13 @@ pub fn reverse(
     let (_, source) = probing.sources()?[0];
     let filter = crate::filter::reverse_client_filter(server, first, first + (count - 1));
     let mut engine = ReverseClient::new(cfg, server, source).map_err(Error::Unsupported)?;
-    let mut hooks = ClientHooks {
-        gate: opts
-            .resolve_names
-            .then(|| NameGate::new(NameResolver::new(4))),
-        result: None,
-        on_event: &mut on_event,
-    };
+    let mut result = None;
+    let mut hooks = NamedHooks::new(opts.resolve_names, |ev: ReverseEvent| {
+        on_event(&ev);
+        if let ReverseEvent::Finished(r) = ev {
+            result = Some(*r);
+        }
+    });
     probing.run(
         &mut engine,
         &filter,
@@ -99,50 +98,8 @@ pub fn reverse(
         stop,
         &mut hooks,
     )?;
-    hooks
-        .result
-        .ok_or_else(|| Error::Unsupported(format!("no result from {server}")))
-}
-
-struct ClientHooks<'a, F> {
-    gate: Option<NameGate<ReverseEvent>>,
-    result: Option<ReverseResult>,
-    on_event: &'a mut F,
-}
-
-impl<F: FnMut(&ReverseEvent)> ClientHooks<'_, F> {
-    fn emit(&mut self, ev: ReverseEvent) {
-        (self.on_event)(&ev);
-        if let ReverseEvent::Finished(r) = ev {
-            self.result = Some(*r);
-        }
-    }
-}
-
-impl<F: FnMut(&ReverseEvent)> Hooks<ReverseClient> for ClientHooks<'_, F> {
-    fn on_event(&mut self, ev: ReverseEvent) -> Result<(), Error> {
-        match &mut self.gate {
-            Some(g) => g.push(ev, Instant::now()),
-            None => self.emit(ev),
-        }
-        Ok(())
-    }
-
-    fn after_turn(&mut self, now: Instant, _: &mut Sources<ReverseClient>) -> Result<(), Error> {
-        if let Some(mut g) = self.gate.take() {
-            g.release(now, &mut |ev| self.emit(ev));
-            self.gate = Some(g);
-        }
-        Ok(())
-    }
-
-    fn next_wake(&self) -> Option<Instant> {
-        self.busy().then(|| Instant::now() + NAME_POLL)
-    }
-
-    fn busy(&self) -> bool {
-        self.gate.as_ref().is_some_and(NameGate::is_holding)
-    }
+    drop(hooks);
+    result.ok_or_else(|| Error::Unsupported(format!("no result from {server}")))
 }
 
 /// One trace: every event is about the server.
@@ -289,32 +246,6 @@ struct KernelGuard {
     families: Vec<&'static str>,
 }
 
-fn nft(script: &str) -> Result<(), String> {
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("running nft: {e}"))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        std::io::Write::write_all(&mut stdin, script.as_bytes())
-            .map_err(|e| format!("writing to nft: {e}"))?;
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| format!("waiting for nft: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr)
-            .lines()
-            .next()
-            .unwrap_or("nft failed")
-            .to_string())
-    }
-}
-
 impl KernelGuard {
     fn install(v4: bool, v6: bool) -> Result<Self, Error> {
         crate::shield::remove_stale();
@@ -336,7 +267,7 @@ impl KernelGuard {
                  icmpv6 type echo-request icmpv6 code 1 counter drop\n  tcp dport 1021 counter drop\n }}\n}}\n"
             ));
         }
-        nft(&script).map_err(|e| {
+        crate::shield::nft(&script).map_err(|e| {
             if e.contains("Operation not permitted") {
                 Error::Privilege {
                     what: "keeping the kernel from answering requests (nftables)".into(),
@@ -352,7 +283,7 @@ impl KernelGuard {
 impl Drop for KernelGuard {
     fn drop(&mut self) {
         for f in &self.families {
-            let _ = nft(&format!("delete table {f} {}\n", self.table));
+            let _ = crate::shield::nft(&format!("delete table {f} {}\n", self.table));
         }
     }
 }

@@ -73,7 +73,8 @@ pub(crate) struct Shield {
     next_expiry: Option<Instant>,
 }
 
-fn nft(script: &str) -> Result<(), String> {
+/// Runs `nft -f -` with `script`; the first line of its error output on failure.
+pub(crate) fn nft(script: &str) -> Result<(), String> {
     let mut child = Command::new("nft")
         .arg("-f")
         .arg("-")

@@ -14,9 +14,8 @@ use std::time::Instant;
 
 use svctr_core::{Traceroute, TracerouteConfig, TracerouteEvent, TracerouteResult};
 
-use crate::names::{NameGate, NameResolver, NAME_POLL};
+use crate::names::NamedHooks;
 use crate::probing::{reserve_marker, Probing};
-use crate::run::{Hooks, Sources};
 use crate::Error;
 
 /// What to trace.
@@ -58,7 +57,7 @@ pub struct TracerouteSummary {
 pub fn traceroute(
     opts: &TracerouteOptions,
     stop: &AtomicBool,
-    on_event: impl FnMut(&TracerouteEvent),
+    mut on_event: impl FnMut(&TracerouteEvent),
 ) -> Result<TracerouteSummary, Error> {
     let probing = Probing {
         targets: &opts.targets,
@@ -85,13 +84,13 @@ pub fn traceroute(
             .add_target(start, dst, src)
             .map_err(|e| Error::Unsupported(e.to_string()))?;
     }
-    let mut hooks = TraceHooks {
-        gate: opts
-            .resolve_names
-            .then(|| NameGate::new(NameResolver::new(4))),
-        results: Vec::new(),
-        on_event,
-    };
+    let mut results = Vec::new();
+    let mut hooks = NamedHooks::new(opts.resolve_names, |ev: TracerouteEvent| {
+        on_event(&ev);
+        if let TracerouteEvent::Finished(r) = ev {
+            results.push(*r);
+        }
+    });
     let end = probing.run(
         &mut engine,
         &filter,
@@ -99,54 +98,11 @@ pub fn traceroute(
         stop,
         &mut hooks,
     )?;
+    drop(hooks);
     Ok(TracerouteSummary {
-        results: hooks.results,
+        results,
         capture_drops: end.dropped,
     })
-}
-
-/// What a traceroute run does with its events: names attached (see [`NameGate`]), then each
-/// handed to the caller; results kept.
-struct TraceHooks<F> {
-    gate: Option<NameGate<TracerouteEvent>>,
-    results: Vec<TracerouteResult>,
-    on_event: F,
-}
-
-impl<F: FnMut(&TracerouteEvent)> TraceHooks<F> {
-    fn emit(&mut self, ev: TracerouteEvent) {
-        (self.on_event)(&ev);
-        if let TracerouteEvent::Finished(r) = ev {
-            self.results.push(*r);
-        }
-    }
-}
-
-impl<F: FnMut(&TracerouteEvent)> Hooks<Traceroute> for TraceHooks<F> {
-    fn on_event(&mut self, ev: TracerouteEvent) -> Result<(), Error> {
-        match &mut self.gate {
-            Some(g) => g.push(ev, Instant::now()),
-            None => self.emit(ev),
-        }
-        Ok(())
-    }
-
-    fn after_turn(&mut self, now: Instant, _: &mut Sources<Traceroute>) -> Result<(), Error> {
-        if let Some(mut g) = self.gate.take() {
-            g.release(now, &mut |ev| self.emit(ev));
-            self.gate = Some(g);
-        }
-        Ok(())
-    }
-
-    fn next_wake(&self) -> Option<Instant> {
-        // Names come from other threads: look again soon while events are held.
-        self.busy().then(|| Instant::now() + NAME_POLL)
-    }
-
-    fn busy(&self) -> bool {
-        self.gate.as_ref().is_some_and(NameGate::is_holding)
-    }
 }
 
 impl crate::names::Named for TracerouteEvent {
