@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use clap::Args;
 use svctr_core::reverse::{
-    default_pad, parse_allowlist, ClientConfig, ForwardPath, Rate, ReverseEvent, ReverseResult,
-    ServerConfig, ServerEvent, SessionEvent, TwoWayResult,
+    default_flow, default_pad, parse_allowlist, ClientConfig, ForwardPath, Rate, ReverseEvent,
+    ReverseResult, ServerConfig, ServerEvent, SessionEvent, TwoWayResult,
 };
 use svctr_core::{DotPart, Protocol, Strategy, TracerouteConfig, TracerouteEvent};
 use svctr_io::{reverse, serve, traceroute, ReverseOptions, ServerOptions, TracerouteOptions};
@@ -98,12 +98,14 @@ pub(crate) struct ReverseArgs {
 
 /// The header line of a reverse trace.
 fn header(server: IpAddr, c: &ClientConfig) -> String {
-    let flow = match (c.flow, c.protocol) {
-        (0, Protocol::Udp) => "port 53 (the server's default)".to_string(),
-        (0, Protocol::Tcp) => "port 80 (the server's default)".to_string(),
-        (0, Protocol::Icmp) => "checksum 0xbeaf (the server's default)".to_string(),
-        (f, Protocol::Icmp) => format!("checksum {f:#06x}"),
-        (f, _) => format!("port {f}"),
+    let default = if c.flow == 0 {
+        " (the server's default)"
+    } else {
+        ""
+    };
+    let flow = match (default_flow_or(c.flow, c.protocol), c.protocol) {
+        (f, Protocol::Icmp) => format!("checksum {f:#06x}{default}"),
+        (f, _) => format!("port {f}{default}"),
     };
     format!(
         "reverse traceroute from {server} back to this host, {} probes, flow {flow}, {} hops max\n",
@@ -167,8 +169,7 @@ fn forward(
 ) -> Result<Option<ForwardPath>, CliError> {
     let port = match (c.flow, c.protocol) {
         (_, Protocol::Icmp) => None,
-        (0, p) => Some(svctr_wire_default_flow(p)),
-        (f, _) => Some(f),
+        (f, p) => Some(default_flow_or(f, p)),
     };
     let config = TracerouteConfig {
         protocol: c.protocol,
@@ -213,12 +214,11 @@ fn forward(
     Ok(summary.results.first().map(ForwardPath::from))
 }
 
-/// The server's default flow value for `p` (what a request with flow 0 gets).
-fn svctr_wire_default_flow(p: Protocol) -> u16 {
-    match p {
-        Protocol::Udp => 53,
-        Protocol::Tcp => 80,
-        Protocol::Icmp => 0xbeaf,
+/// The flow value a request with `flow` gets: 0 asks for the server's default.
+fn default_flow_or(flow: u16, p: Protocol) -> u16 {
+    match flow {
+        0 => default_flow(p),
+        f => f,
     }
 }
 

@@ -218,12 +218,7 @@ fn the_way_back_equals_the_return_stages_truth() {
     let dropped: u64 = rules
         .lines()
         .filter(|l| l.contains("echo-request") && l.contains("drop"))
-        .filter_map(|l| {
-            l.split_whitespace()
-                .skip_while(|w| *w != "packets")
-                .nth(1)
-                .and_then(|n| n.parse::<u64>().ok())
-        })
+        .filter_map(svctr_lab::nft_rule_packets)
         .sum();
     assert!(dropped >= 24 * 2, "{rules}");
     let (log, err) = server.stop();
@@ -440,16 +435,6 @@ fn the_server_runs_with_the_units_capabilities_and_no_more() {
     assert_eq!(r.stop_reason, ReverseStop::Reached);
 }
 
-/// The resident memory of process `pid`, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 /// Packet counters of an nftables table, by the comment of each rule.
 fn nft_counters(lab: &Lab, ns: &str, table: &str) -> std::collections::BTreeMap<String, u64> {
     let mut c = lab.command(ns, "nft");
@@ -458,12 +443,7 @@ fn nft_counters(lab: &Lab, ns: &str, table: &str) -> std::collections::BTreeMap<
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| {
-            let n = l
-                .split_whitespace()
-                .skip_while(|w| *w != "packets")
-                .nth(1)?
-                .parse()
-                .ok()?;
+            let n = svctr_lab::nft_rule_packets(l)?;
             let name = l.split("comment \"").nth(1)?.split('"').next()?.to_string();
             Some((name, n))
         })
@@ -547,7 +527,7 @@ fn a_spoofed_flood_is_held_to_the_limits() {
             .map(|(s, id)| build(s, id))
             .collect();
         sent += svctr_lab::send_raw_flood(lab.client_ns(), packets, 1, deadline).expect("flood");
-        rss.push(rss_kib(pid));
+        rss.push(svctr_lab::process_rss_kib(pid));
         if chunk == 4 {
             lab.ping(lab.client_ns(), lab.server_addr().into(), SECS(2))
                 .expect("a ping is answered during the flood");

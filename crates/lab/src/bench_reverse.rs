@@ -167,15 +167,6 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 /// The requests (echo requests of code 1) r1 has forwarded from the client: installs the
 /// counter on first use.
 fn r1_requests(lab: &Lab) -> Result<u64> {
@@ -206,15 +197,8 @@ fn r1_requests(lab: &Lab) -> Result<u64> {
         text = list(lab)?;
     }
     text.lines()
-        .find_map(|l| {
-            l.contains("echo-request").then(|| {
-                l.split_whitespace()
-                    .skip_while(|w| *w != "packets")
-                    .nth(1)?
-                    .parse::<u64>()
-                    .ok()
-            })?
-        })
+        .filter(|l| l.contains("echo-request"))
+        .find_map(svctr_lab::nft_rule_packets)
         .ok_or_else(|| anyhow!("no request counter on r1"))
 }
 
@@ -226,15 +210,8 @@ fn r4_probes(lab: &Lab) -> Result<u64> {
     let out = svctr_lab::output_with_timeout(&mut c, None, Duration::from_secs(10))?;
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .find_map(|l| {
-            l.contains("sport 1021").then(|| {
-                l.split_whitespace()
-                    .skip_while(|w| *w != "packets")
-                    .nth(1)?
-                    .parse::<u64>()
-                    .ok()
-            })?
-        })
+        .filter(|l| l.contains("sport 1021"))
+        .find_map(svctr_lab::nft_rule_packets)
         .ok_or_else(|| anyhow!("no probe counter on r4"))
 }
 
@@ -353,10 +330,10 @@ fn server_bench(
         )?,
         Server::Reference => start_server(lab, which, args, &["-n", "50000", "-t", "30000000000"])?,
     };
-    let idle = rss_kib(running.child.id());
+    let idle = svctr_lab::process_rss_kib(running.child.id());
     let before = r4_probes(lab)?;
     let t0 = Instant::now();
-    let sent = flood(lab, pace)?;
+    flood(lab, pace)?;
     // Wait for the counter to settle: the last probe is out.
     let mut last = (before, t0);
     loop {
@@ -376,7 +353,7 @@ fn server_bench(
     let secs = last.1.duration_since(t0).as_secs_f64();
     let per_session = match which {
         Server::Ours => {
-            let full = rss_kib(running.child.id());
+            let full = svctr_lab::process_rss_kib(running.child.id());
             format!(
                 "{:.0} B (resident {} → {} KiB)",
                 (full.saturating_sub(idle) as f64 * 1024.0) / sessions.max(1) as f64,
@@ -412,7 +389,6 @@ fn server_bench(
         }
     };
     drop(running);
-    let _ = sent;
     let mut c = lab.command(&r4, "nft");
     c.args(["delete", "table", "ip", "svctr_bench_reverse"]);
     let _ = svctr_lab::output_with_timeout(&mut c, None, Duration::from_secs(10));

@@ -194,8 +194,8 @@ pub use tls::{
     TlsReport, TlsServer, TLS_FILE_PATH,
 };
 pub use util::{
-    describe, enter_netns, lab_test_guard, open_netns, output_with_timeout, run_checked,
-    send_raw_flood, spawn_in_netns, NETNS_DIR,
+    describe, enter_netns, lab_test_guard, nft_rule_packets, open_netns, output_with_timeout,
+    process_rss_kib, run_checked, send_raw_flood, spawn_in_netns, NETNS_DIR,
 };
 
 use std::collections::BTreeMap;
@@ -1543,16 +1543,7 @@ impl Lab {
                 let mut c = self.command(&ns, "nft");
                 c.args(["list", "table", "inet", "svctr_return_obs"]);
                 let out = run_checked(&mut c, None, CMD_TIMEOUT)?;
-                Ok(out
-                    .lines()
-                    .filter_map(|l| {
-                        l.split_whitespace()
-                            .skip_while(|w| *w != "packets")
-                            .nth(1)?
-                            .parse::<u64>()
-                            .ok()
-                    })
-                    .sum())
+                Ok(out.lines().filter_map(nft_rule_packets).sum())
             })
             .collect()
     }

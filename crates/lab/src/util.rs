@@ -278,6 +278,26 @@ pub(crate) fn send_raw6(ns: &str, dst: Ipv6Addr, pkt: Vec<u8>) -> Result<()> {
     h.join().map_err(|_| anyhow!("raw send thread panicked"))?
 }
 
+/// The packet count of one rule's `counter` in `nft list` output (`... counter packets N
+/// bytes M ...`), if the line has one.
+pub fn nft_rule_packets(line: &str) -> Option<u64> {
+    line.split_whitespace()
+        .skip_while(|w| *w != "packets")
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// The resident memory of process `pid` (`VmRSS`), in KiB; 0 if it cannot be read.
+pub fn process_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Sends `packets` (complete IP datagrams, each with its destination) from a raw socket in
 /// namespace `ns`, in order, `rounds` times over, as fast as the socket takes them (a full
 /// send buffer blocks), stopping early once `until` has passed. Returns how many were sent.

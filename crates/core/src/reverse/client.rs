@@ -246,7 +246,6 @@ pub struct ReverseClient {
     start: Option<SystemTime>,
     requests: u32,
     responses: u32,
-    presence_deadline: Option<Instant>,
     /// The wall clock of the latest input (the result's end).
     last_wall: Option<SystemTime>,
     /// This host's distance from the server (TTL of the probe that reaches it), from the
@@ -304,7 +303,6 @@ impl ReverseClient {
             start: None,
             requests: 0,
             responses: 0,
-            presence_deadline: None,
             last_wall: None,
             distance: None,
         };
@@ -399,9 +397,6 @@ impl ReverseClient {
                 deadline,
             },
         );
-        if ttl == 0 {
-            self.presence_deadline = Some(deadline);
-        }
         self.scheduler.arm(id, deadline);
         self.requests += 1;
         let ip_header = if self.server.is_ipv4() { 20 } else { 40 };
@@ -527,7 +522,6 @@ impl ReverseClient {
         match state {
             Some(State::Ttl) => {
                 self.phase = Phase::Tracing;
-                self.presence_deadline = None;
                 self.events.push_back(ReverseEvent::ServerPresent);
                 self.fill_window();
             }

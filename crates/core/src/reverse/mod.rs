@@ -26,4 +26,5 @@ pub use limit::{parse_allowlist, AllowlistError, Rate};
 pub use server::{
     RefusedCounts, ReverseServer, ServerConfig, ServerEvent, ServerStats, SessionEvent,
 };
+pub use svctr_wire::revtr::default_flow;
 pub use two_way::{ForwardPath, TwoWayResult};

@@ -222,7 +222,6 @@ pub struct ReverseServer {
     limits: Option<Limits>,
     sessions: HashMap<Key, Session>,
     scheduler: Scheduler<Key>,
-    deadlines: HashMap<Key, Instant>,
     out: VecDeque<Out>,
     events: VecDeque<ServerEvent>,
     stats: ServerStats,
@@ -253,7 +252,6 @@ impl ReverseServer {
             limits: None,
             sessions: HashMap::new(),
             scheduler: Scheduler::default(),
-            deadlines: HashMap::new(),
             out: VecDeque::new(),
             events: VecDeque::new(),
             stats: ServerStats::default(),
@@ -326,13 +324,13 @@ impl ReverseServer {
                 let Some(id) = revtr::quoted_identifier(q.protocol, q.transport) else {
                     return;
                 };
-                self.answer(now, ts, (q.dst, id), Some(q.src), pkt.ip.src);
+                self.answer(ts, (q.dst, id), Some(q.src), pkt.ip.src);
             }
             Transport::Icmp(IcmpMessage::EchoReply { .. }) => {
                 // A direct answer: the target's echo reply (code 0) to an ICMP probe.
                 let t = bytes.get(h..).unwrap_or_default();
                 if let Some(id) = revtr::answer_identifier(pkt.ip.protocol, t, TcpProbe::Syn) {
-                    self.answer(now, ts, (pkt.ip.src, id), Some(pkt.ip.dst), pkt.ip.src);
+                    self.answer(ts, (pkt.ip.src, id), Some(pkt.ip.dst), pkt.ip.src);
                 }
             }
             Transport::Tcp(t) => {
@@ -344,7 +342,7 @@ impl ReverseServer {
                     revtr::answer_identifier(6, bytes.get(h..).unwrap_or_default(), TcpProbe::Syn)
                 {
                     // SYN-ACK or RST from the target: it acknowledges seq + 1.
-                    self.answer(now, ts, (pkt.ip.src, id), Some(pkt.ip.dst), pkt.ip.src);
+                    self.answer(ts, (pkt.ip.src, id), Some(pkt.ip.dst), pkt.ip.src);
                 }
             }
             Transport::Udp(u) if u.src_port == revtr::PROBE_PORT => {
@@ -518,9 +516,9 @@ impl ReverseServer {
                 captured_wall: None,
             },
         );
-        let deadline = now + self.cfg.timeout;
-        self.deadlines.insert(key, deadline);
-        self.scheduler.arm(key, deadline);
+        // Each session is filed once, at its deadline: the scheduler's due keys are the
+        // sessions whose time is up (an answered one was removed from it).
+        self.scheduler.arm(key, now + self.cfg.timeout);
         self.stats.sessions += 1;
         self.stats.open = self.sessions.len() as u64;
         self.stats.open_max = self.stats.open_max.max(self.stats.open);
@@ -687,15 +685,7 @@ impl ReverseServer {
     }
 
     /// An answer to the probe of session `key`: from `hop`, quoting (or sent to) `server`.
-    fn answer(
-        &mut self,
-        now: Instant,
-        ts: SystemTime,
-        key: Key,
-        server: Option<IpAddr>,
-        hop: IpAddr,
-    ) {
-        let _ = now;
+    fn answer(&mut self, ts: SystemTime, key: Key, server: Option<IpAddr>, hop: IpAddr) {
         let mut key = key;
         if !self.sessions.contains_key(&key) && key.1 == 0xffff {
             // A UDP checksum of 0 is sent as 0xFFFF (RFC 768): identifier 0.
@@ -712,7 +702,6 @@ impl ReverseServer {
         let Some(s) = self.sessions.remove(&key) else {
             return;
         };
-        self.deadlines.remove(&key);
         self.scheduler.remove(&key);
         self.stats.open = self.sessions.len() as u64;
         let sent = s.captured_wall.unwrap_or(s.sent_wall);
@@ -739,15 +728,6 @@ impl ReverseServer {
     /// Closes the sessions whose time is up (silently toward the client, as the reference).
     pub fn handle_timeout(&mut self, now: Now) {
         for key in self.scheduler.take_due(now.mono) {
-            match self.deadlines.get(&key) {
-                Some(&d) if d <= now.mono => {}
-                Some(&d) => {
-                    self.scheduler.arm(key, d);
-                    continue;
-                }
-                None => continue,
-            }
-            self.deadlines.remove(&key);
             if let Some(s) = self.sessions.remove(&key) {
                 self.stats.timed_out += 1;
                 self.events.push_back(ServerEvent {
@@ -786,7 +766,6 @@ impl ReverseServer {
         let key = (tx.dst, tx.ident);
         let is_probe = tx.flow.protocol != Protocol::Icmp || tx.ttl != revtr::RESPONSE_TTL;
         if is_probe && self.sessions.remove(&key).is_some() {
-            self.deadlines.remove(&key);
             self.scheduler.remove(&key);
             self.stats.open = self.sessions.len() as u64;
         }
@@ -813,7 +792,6 @@ impl ReverseServer {
         let keys: Vec<Key> = self.sessions.keys().copied().collect();
         for key in keys {
             self.scheduler.remove(&key);
-            self.deadlines.remove(&key);
             if let Some(s) = self.sessions.remove(&key) {
                 self.events.push_back(ServerEvent {
                     at: rfc3339(now.wall),
