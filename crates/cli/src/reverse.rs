@@ -6,14 +6,20 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use clap::Args;
+use svctr_core::reverse::TwoWayMultipath;
 use svctr_core::reverse::{
     default_flow, default_pad, parse_allowlist, ClientConfig, ForwardPath, Rate, ReverseEvent,
     ReverseResult, ServerConfig, ServerEvent, SessionEvent, TwoWayResult,
 };
-use svctr_core::{DotPart, Protocol, Strategy, TracerouteConfig, TracerouteEvent};
-use svctr_io::{reverse, serve, traceroute, ReverseOptions, ServerOptions, TracerouteOptions};
+use svctr_core::{
+    DotPart, MdaConfig, MdaEvent, MdaResult, Protocol, Strategy, TracerouteConfig, TracerouteEvent,
+};
+use svctr_io::{
+    multipath, reverse, reverse_multipath, serve, traceroute, MultipathOptions, ReverseOptions,
+    ServerOptions, TracerouteOptions,
+};
 
-use crate::args::{DurationArg, TraceFormat};
+use crate::args::{DurationArg, MultipathOpts, TraceFormat};
 use crate::error::CliError;
 use crate::output::Run;
 use crate::Outcome;
@@ -35,8 +41,14 @@ pub(crate) struct ReverseArgs {
     /// The flow value, constant for every probe so that load balancers keep them on one path:
     /// the UDP/TCP destination port or the ICMP checksum (0: the server's default, UDP 53,
     /// TCP 80, ICMP 0xBEAF).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, conflicts_with = "multipath")]
     flow: u16,
+    /// Every way back through per-flow load balancers (the Multipath Detection Algorithm,
+    /// with the request's flow value as what varies, from 10000 up), not one.
+    #[arg(long)]
+    multipath: bool,
+    #[command(flatten)]
+    mp: MultipathOpts,
     /// IPv4 only.
     #[arg(short = '4', conflicts_with = "ipv6")]
     ipv4: bool,
@@ -54,7 +66,7 @@ pub(crate) struct ReverseArgs {
           value_parser = clap::value_parser!(u8).range(1..))]
     max_ttl: u8,
     /// Probes per TTL.
-    #[arg(short = 'q', long = "queries", visible_alias = "probes",
+    #[arg(short = 'q', long = "queries", visible_alias = "probes", conflicts_with = "multipath",
           default_value_t = ClientConfig::default().probes,
           value_parser = clap::value_parser!(u8).range(1..=10))]
     queries: u8,
@@ -66,7 +78,7 @@ pub(crate) struct ReverseArgs {
     #[arg(long, default_value_t = ClientConfig::default().max_missing)]
     max_missing: u8,
     /// TTLs asked for at once.
-    #[arg(long, default_value_t = ClientConfig::default().window,
+    #[arg(long, conflicts_with = "multipath", default_value_t = ClientConfig::default().window,
           value_parser = clap::value_parser!(u8).range(1..))]
     window: u8,
     /// Pad each request with zeros to this many bytes (IP header included; 0: no padding).
@@ -264,6 +276,9 @@ pub(crate) fn run_reverse(a: ReverseArgs) -> Result<Outcome, CliError> {
         source: a.source,
         resolve_names: !a.numeric,
     };
+    if a.multipath {
+        return run_reverse_multipath(&a, server, &opts);
+    }
     let mut run = Run::start()?;
     let stop = std::sync::Arc::clone(&run.stop);
     let format = a.format;
@@ -475,4 +490,141 @@ pub(crate) fn run_server(a: ServerArgs) -> Result<Outcome, CliError> {
     }
     run.finish()?;
     Ok(Outcome::Printed(1))
+}
+
+/// `reverse --multipath` (and with `--two-way`, the forward discovery first).
+fn run_reverse_multipath(
+    a: &ReverseArgs,
+    server: IpAddr,
+    opts: &ReverseOptions,
+) -> Result<Outcome, CliError> {
+    let c = &opts.config;
+    let mda = MdaConfig {
+        protocol: c.protocol,
+        first_ttl: c.first_ttl,
+        max_ttl: c.max_ttl,
+        confidence: a.mp.confidence,
+        timeout: c.timeout,
+        max_missing: c.max_missing,
+        max_probes: a.mp.max_probes,
+        ..MdaConfig::default()
+    };
+    let mut run = Run::start()?;
+    let stop = std::sync::Arc::clone(&run.stop);
+    let format = a.format;
+    let text = format == TraceFormat::Text;
+    let hop = |run: &mut Run, ev: &MdaEvent| match ev {
+        MdaEvent::Hop { hop, links, .. } => {
+            run.print(&svctr_core::render_multipath_hop(hop, links))
+        }
+        MdaEvent::Finished(r) => run.print(&(svctr_core::multipath_footer(r) + "\n")),
+        _ => {}
+    };
+    let forward = if a.two_way {
+        let fwd = MultipathOptions {
+            targets: vec![server],
+            config: mda.clone(),
+            iface: a.iface.clone(),
+            rate: a.rate,
+            resolve_names: opts.resolve_names,
+            source: a.source,
+        };
+        let summary = multipath(&fwd, &stop, |ev| {
+            if !text {
+                return;
+            }
+            if let MdaEvent::Started { target, source } = ev {
+                let port = (mda.protocol != Protocol::Icmp).then(|| mda.dest_port());
+                let header = svctr_core::multipath_header(
+                    *target,
+                    None,
+                    mda.protocol,
+                    port,
+                    *source,
+                    mda.max_ttl,
+                    mda.confidence,
+                );
+                run.print(&format!("forward: {header}\n"));
+            }
+            hop(&mut run, ev);
+        })
+        .map_err(|e| CliError::from(e).naming_ttls("-f", "-m"))?;
+        summary.results.into_iter().next()
+    } else {
+        None
+    };
+    if text {
+        let prefix = if a.two_way { "reverse: " } else { "" };
+        run.print(&format!(
+            "{prefix}reverse multipath from {server} back to this host, {} probes, flows {}+, \
+             {} hops max, confidence {}\n",
+            mda.protocol.as_str(),
+            svctr_core::REVERSE_FLOW_BASE,
+            mda.max_ttl,
+            mda.confidence
+        ));
+    }
+    let result = reverse_multipath(opts, &mda, a.pad, &stop, |ev| {
+        if text {
+            hop(&mut run, ev);
+        }
+    })
+    .map_err(|e| CliError::from(e).naming_ttls("-f", "-m"))?;
+    let json = match &forward {
+        Some(f) => serde_json::to_string(&TwoWayMultipath {
+            forward: f.clone(),
+            reverse: result.clone(),
+        }),
+        None => serde_json::to_string(&result),
+    };
+    let picture = || {
+        let pp = |r: &MdaResult| r.per_packet.iter().map(|p| p.addr).collect::<Vec<_>>();
+        let (fpp, rpp) = (forward.as_ref().map(pp).unwrap_or_default(), pp(&result));
+        fn part<'a>(r: &'a MdaResult, what: &str, per_packet: &'a [IpAddr]) -> DotPart<'a> {
+            DotPart {
+                title: format!(
+                    "{what}: from {} to {}, {}, confidence {}: {}, {} probes",
+                    r.source,
+                    r.destination,
+                    r.protocol.as_str(),
+                    r.confidence,
+                    r.stop_reason.as_str(),
+                    r.probes_sent
+                ),
+                source: Some(r.source),
+                destination: Some(r.destination),
+                graph: &r.graph,
+                highlight: &[],
+                per_packet,
+            }
+        }
+        let mut parts = Vec::new();
+        if let Some(f) = &forward {
+            parts.push(part(f, "FORWARD", &fpp[..]));
+        }
+        parts.push(part(&result, "REVERSE", &rpp[..]));
+        svctr_core::render_dot(&parts)
+    };
+    match format {
+        TraceFormat::Json | TraceFormat::Jsonl => {
+            if let Ok(t) = json {
+                run.print(&(t + "\n"));
+            }
+        }
+        TraceFormat::Dot => run.print(&picture()),
+        TraceFormat::Svg => run.print(&crate::graph::svg(&picture())?),
+        TraceFormat::Text => {}
+    }
+    run.finish()?;
+    if run.output_closed() {
+        return Ok(Outcome::Closed);
+    }
+    if result.stop_reason.is_ok() || !result.graph.hops.is_empty() {
+        Ok(Outcome::Printed(1))
+    } else {
+        Ok(Outcome::nothing(format!(
+            "{server}: {}",
+            svctr_core::multipath_stop_text(&result)
+        )))
+    }
 }

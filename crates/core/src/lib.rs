@@ -68,7 +68,10 @@ pub use dot::{render_dot, DotPart};
 pub use engine::{Engine, EngineStats, Event, NotTraced};
 pub use flow::{FlowFilter, FlowKey, Protocol};
 pub use machine::{Machine, Now, Transmit};
-pub use mda::{Mda, MdaConfig, MdaEvent, MdaResult, MdaStop, PerPacket, BRANCH_TESTS};
+pub use mda::{
+    Mda, MdaConfig, MdaEvent, MdaResult, MdaStop, PerPacket, ReverseMda, BRANCH_TESTS,
+    REVERSE_FLOW_BASE,
+};
 pub use monitor::{
     Granularity, Monitor, MonitorConfig, MonitorStats, KNOWN_IDLE, PROBE_MEMORY, PROBE_TTL_MAX,
 };
@@ -76,8 +79,9 @@ pub use pacer::{Pacer, FLOW_RATE};
 pub use path::{Diamond, GraphHop, Link, Node, PathGraph};
 pub use probe::SYN_COPY_MAX_TTL;
 pub use report::{
-    multipath_footer, multipath_header, render_hop, render_multipath_hop, render_multipath_text,
-    render_text, render_traceroute_text, traceroute_header, traceroute_stop_line,
+    multipath_footer, multipath_header, multipath_stop_text, render_hop, render_multipath_hop,
+    render_multipath_text, render_text, render_traceroute_text, traceroute_header,
+    traceroute_stop_line,
 };
 pub use result::{
     Endpoint, FlowInfo, Hop, MatchSource, MplsEntry, ProbeReply, ServiceTag, StopReason,

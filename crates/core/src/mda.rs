@@ -67,15 +67,17 @@ use serde::{Deserialize, Serialize};
 use svctr_wire::icmp::{IcmpError, IcmpMessage};
 use svctr_wire::packet::{parse_ip, Transport};
 use svctr_wire::probe::{
-    emit, force_checksum, EchoFields, IpFields, Ipv4Fields, Ipv6Fields, TcpFields, TransportFields,
-    UdpFields,
+    emit, emit_icmp_message, force_checksum, EchoFields, IpFields, Ipv4Fields, Ipv6Fields,
+    TcpFields, TransportFields, UdpFields,
 };
+use svctr_wire::revtr::{self, Family, Response, ResponseBody, State};
 
 use crate::config::ConfigError;
 use crate::flow::{FlowKey, Protocol};
 use crate::machine::{Now, Transmit};
 use crate::path::{Diamond, GraphHop, Link, PathGraph};
 use crate::result::{MplsEntry, ProbeReply};
+use crate::reverse::IdentPool;
 use crate::scheduler::{Scheduler, TargetQueue};
 
 /// The load balancers on a path the confidence is split over (see the module doc). A path
@@ -117,6 +119,35 @@ pub struct MdaConfig {
     pub tos: u8,
     /// At most this many destinations at once (64; 0: all).
     pub parallel: usize,
+    /// Reverse mode (`None`: forward): the destinations are reverse-traceroute servers, asked
+    /// to send the probes back toward this host (see [`ReverseMda`]).
+    pub reverse: Option<ReverseMda>,
+}
+
+/// The first flow value of a reverse discovery: flow `f` asks for `REVERSE_FLOW_BASE + f`,
+/// the range the reference client's multipath mode uses (10000..65535).
+pub const REVERSE_FLOW_BASE: u16 = 10_000;
+
+/// Multipath discovery of the path *back*: each probe is a reverse-traceroute request
+/// (draft-heiwin-intarea-reverse-traceroute; `svctr_wire::revtr`) asking the destination, a
+/// server, to send one probe with the TTL toward this host and to report who answered. The
+/// flow identifier is the request's flow value (the UDP/TCP destination port or the ICMP
+/// checksum of the server's probe; TOS and IPv6 flow label stay constant, since the server
+/// copies them from the request), the probe number is looked up by the request's
+/// identifier, unique among those outstanding ([`crate::reverse`]'s identifier rules). A
+/// presence check (TTL 0, answered with state 1) comes first; a flow ends where the answer
+/// comes from this host, or from the address its TTL before did (a NAT in front of us
+/// answers for every TTL beyond it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReverseMda {
+    /// Pad each request's IP datagram with zeros to this many bytes (see
+    /// [`crate::reverse::default_pad`]).
+    pub pad: usize,
+    /// The identifiers this process may use: `ident_first ..= ident_first + ident_count - 1`
+    /// (the live driver reserves a block).
+    pub ident_first: u16,
+    /// See `ident_first`.
+    pub ident_count: u16,
 }
 
 impl Default for MdaConfig {
@@ -136,6 +167,7 @@ impl Default for MdaConfig {
             max_probes: 20_000,
             tos: 0,
             parallel: 64,
+            reverse: None,
         }
     }
 }
@@ -156,6 +188,9 @@ impl MdaConfig {
 
     /// How many distinct flow identifiers a destination can have.
     pub fn max_flows(&self) -> u16 {
+        if self.reverse.is_some() {
+            return u16::MAX - REVERSE_FLOW_BASE;
+        }
         match self.protocol {
             _ if self.varies_source_port() => self.source_ports.max(1),
             Protocol::Udp => u16::MAX - self.dest_port(),
@@ -226,6 +261,12 @@ pub enum MdaStop {
     FlowsExhausted,
     /// Interrupted.
     Interrupted,
+    /// Reverse mode: the presence check had no answer (no server, or requests filtered).
+    NoServer,
+    /// Reverse mode: the destination answered, but not as a reverse-traceroute server.
+    NotSupported,
+    /// Reverse mode: the server refused a request (its state is in `server_state`).
+    ServerError,
 }
 
 crate::names::names!(
@@ -238,7 +279,20 @@ crate::names::names!(
     PerPacketBalancing => "per-packet-balancing",
     FlowsExhausted => "flows-exhausted",
     Interrupted => "interrupted",
+    NoServer => "no-server",
+    NotSupported => "not-supported",
+    ServerError => "server-error",
 );
+
+impl MdaStop {
+    /// Whether the discovery ran (an ordinary end), rather than failed before it could.
+    pub fn is_ok(self) -> bool {
+        !matches!(
+            self,
+            Self::NoServer | Self::NotSupported | Self::ServerError
+        )
+    }
+}
 
 /// A node found to balance per packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -252,9 +306,12 @@ pub struct PerPacket {
 /// The result of a multipath discovery to one destination.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MdaResult {
-    /// The destination.
+    /// `"reverse"` for the path back from a reverse-traceroute server (absent: forward).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direction: Option<String>,
+    /// Where the probes went: the destination (reverse: this host, as the server saw it).
     pub destination: IpAddr,
-    /// The probes' source address.
+    /// Where they came from: this host (reverse: the server).
     pub source: IpAddr,
     /// Probe protocol.
     pub protocol: Protocol,
@@ -282,6 +339,9 @@ pub struct MdaResult {
     pub probes_sent: u32,
     /// Replies matched.
     pub replies: u32,
+    /// Reverse mode: the error state the server answered (`server-error`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_state: Option<u8>,
 }
 
 /// Something the multipath engine reports.
@@ -328,6 +388,8 @@ enum ProbeState {
 #[derive(Debug, Clone)]
 struct Probe {
     flow: u16,
+    /// Reverse mode: the request's identifier (0 forward).
+    ident: u16,
     ttl: u8,
     /// A repeat for the per-packet check (its answer does not count as the flow's).
     check: bool,
@@ -371,6 +433,8 @@ struct Target {
     /// TTLs already streamed as hop events.
     emitted: u8,
     replies: u32,
+    /// Reverse mode: the error state the server answered.
+    server_state: Option<u8>,
 }
 
 /// The multipath engine: many destinations at once, each by rounds (see the module doc).
@@ -382,6 +446,8 @@ pub struct Mda {
     waiting: TargetQueue,
     scheduler: Scheduler<IpAddr>,
     events: VecDeque<MdaEvent>,
+    /// Reverse mode: outstanding requests' identifiers, to (server, probe number).
+    ids: IdentPool<(IpAddr, u16)>,
 }
 
 /// The IPv6 flow label of flow `f`: distinct and non-zero for every `f`, so that routers
@@ -407,12 +473,17 @@ impl Mda {
     /// A new engine.
     pub fn new(cfg: MdaConfig) -> Result<Self, ConfigError> {
         cfg.validate()?;
+        let ids = match &cfg.reverse {
+            Some(r) => IdentPool::new(r.ident_first, r.ident_count, 0),
+            None => IdentPool::new(1, 1, 0),
+        };
         Ok(Self {
             cfg,
             targets: HashMap::new(),
             waiting: TargetQueue::default(),
             scheduler: Scheduler::default(),
             events: VecDeque::new(),
+            ids,
         })
     }
 
@@ -457,13 +528,23 @@ impl Mda {
                     round_start: 0,
                     emitted: 0,
                     replies: 0,
+                    server_state: None,
                 },
             );
             self.events.push_back(MdaEvent::Started {
                 target: dst,
                 source: src,
             });
-            self.plan(dst, now);
+            if self.cfg.reverse.is_some() {
+                // The presence check first (TTL 0 → state 1): the rounds start once it is
+                // answered.
+                if let Some(t) = self.targets.get_mut(&dst) {
+                    t.to_send.push_back((0, 0, false));
+                }
+                self.scheduler.enqueue(dst);
+            } else {
+                self.plan(dst, now);
+            }
         }
     }
 
@@ -680,7 +761,12 @@ impl Mda {
                 t.flows += 1;
             }
             if !plan.is_empty() {
-                let budget = (cfg.max_probes as usize).saturating_sub(t.probes.len());
+                let mut budget = (cfg.max_probes as usize).saturating_sub(t.probes.len());
+                if let Some(r) = &cfg.reverse {
+                    // Every request of a round outstanding at once needs an identifier of
+                    // its own: rounds stay within half the block (the rest comes next round).
+                    budget = budget.min(usize::from(r.ident_count / 2).max(1));
+                }
                 plan.truncate(budget);
                 t.round_start = t.probes.len();
                 t.to_send.extend(plan);
@@ -748,6 +834,11 @@ impl Mda {
             return;
         };
         self.scheduler.remove(&dst);
+        for p in &t.probes {
+            if p.ident != 0 && matches!(p.state, ProbeState::Awaiting { .. }) {
+                self.ids.expired(p.ident);
+            }
+        }
         let graph = build_graph(&t);
         let start = t
             .probes
@@ -766,9 +857,12 @@ impl Mda {
         let fmt = |w: Option<SystemTime>| {
             humantime::format_rfc3339_micros(w.unwrap_or(SystemTime::UNIX_EPOCH)).to_string()
         };
+        let reverse = self.cfg.reverse.is_some();
+        let (source, destination) = if reverse { (dst, t.src) } else { (t.src, dst) };
         let result = MdaResult {
-            destination: dst,
-            source: t.src,
+            direction: reverse.then(|| "reverse".to_string()),
+            destination,
+            source,
             protocol: self.cfg.protocol,
             ip_version: if dst.is_ipv4() { 4 } else { 6 },
             start: fmt(start),
@@ -781,6 +875,7 @@ impl Mda {
             flows: u32::from(t.flows),
             probes_sent: t.probes.len() as u32,
             replies: t.replies,
+            server_state: t.server_state,
         };
         self.events.push_back(MdaEvent::Finished(Box::new(result)));
     }
@@ -868,6 +963,170 @@ impl Mda {
         })
     }
 
+    /// Reverse mode: writes the request for flow `f` at TTL `ttl` (TTL 0: the presence
+    /// check) with identifier `ident` into `buf`.
+    #[allow(clippy::too_many_arguments)]
+    fn build_request(
+        &self,
+        r: &ReverseMda,
+        src: IpAddr,
+        dst: IpAddr,
+        f: u16,
+        ttl: u8,
+        ident: u16,
+        buf: &mut Vec<u8>,
+    ) -> Option<FlowKey> {
+        let protocol = match (self.cfg.protocol, dst) {
+            (Protocol::Udp, _) => 17,
+            (Protocol::Tcp, _) => 6,
+            (Protocol::Icmp, IpAddr::V4(_)) => 1,
+            (Protocol::Icmp, IpAddr::V6(_)) => 58,
+        };
+        let ip_header = if dst.is_ipv4() { 20 } else { 40 };
+        let presence = ttl == 0;
+        let req = revtr::Request {
+            ident,
+            seq: 0,
+            ttl,
+            // The presence check as the reference client sends it (protocol and flow 0).
+            protocol: if presence { 0 } else { protocol },
+            flow: if presence { 0 } else { REVERSE_FLOW_BASE + f },
+            indirect: None,
+            // Zeros: a first byte 0x2X would read as an extension (reference §1.3).
+            padding: r.pad.saturating_sub(ip_header + revtr::REQUEST_LEN),
+        };
+        let mut icmp = Vec::new();
+        // TOS / traffic class and flow label constant (0): the server copies them into its
+        // probe, and routers may hash them; only the flow value varies.
+        let ip = match (src, dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                req.emit_v4(&mut icmp);
+                IpFields::V4(Ipv4Fields {
+                    src: s,
+                    dst: d,
+                    ttl: 64,
+                    tos: 0,
+                    dont_fragment: false,
+                    ident: 1,
+                })
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                req.emit_v6(&s, &d, &mut icmp);
+                IpFields::V6(Ipv6Fields {
+                    src: s,
+                    dst: d,
+                    hop_limit: 64,
+                    traffic_class: 0,
+                    flow_label: 0,
+                })
+            }
+            _ => return None,
+        };
+        emit_icmp_message(&ip, &icmp, buf);
+        Some(FlowKey {
+            protocol: Protocol::Icmp,
+            local: std::net::SocketAddr::new(src, 0),
+            remote: std::net::SocketAddr::new(dst, 0),
+        })
+    }
+
+    /// Reverse mode: a captured packet, a server's response to one of our requests
+    /// (anything else is ignored).
+    fn handle_response(
+        &mut self,
+        now: Instant,
+        ts: SystemTime,
+        pkt: &svctr_wire::packet::Packet<'_>,
+        bytes: &[u8],
+    ) {
+        let Transport::Icmp(IcmpMessage::EchoReply { ident, .. }) = pkt.transport else {
+            return;
+        };
+        let server = pkt.ip.src;
+        match self.ids.get(ident) {
+            Some((dst, _)) if dst == server => {}
+            _ => return,
+        }
+        let Some(t) = self.targets.get(&server) else {
+            return;
+        };
+        if pkt.ip.dst != t.src {
+            return;
+        }
+        let Some((_, n)) = self.ids.answered(ident) else {
+            return;
+        };
+        let (family, h) = match server {
+            IpAddr::V4(_) => (Family::V4, usize::from(bytes[0] & 0x0f) * 4),
+            IpAddr::V6(_) => (Family::V6, 40),
+        };
+        let response = bytes
+            .get(h..)
+            .and_then(|icmp| Response::parse(family, icmp).ok());
+        let Some(ttl) = t.probes.get(usize::from(n) - 1).map(|p| p.ttl) else {
+            return;
+        };
+        match (ttl, response.map(|r| r.body)) {
+            (
+                0,
+                Some(ResponseBody::Error {
+                    state: State::Ttl, ..
+                }),
+            ) => {
+                // The presence check answered: a server is there; the rounds begin.
+                let Some(t) = self.targets.get_mut(&server) else {
+                    return;
+                };
+                if let Some(p) = t.probes.get_mut(usize::from(n) - 1) {
+                    if matches!(p.state, ProbeState::Awaiting { .. }) {
+                        p.state = ProbeState::Answered;
+                        p.reply_wall = Some(ts);
+                        t.outstanding -= 1;
+                        t.replies += 1;
+                    }
+                }
+                self.round_done(server, now, ts);
+            }
+            // A plain echo reply (the kernel answering a ping), or a response that is not
+            // the server's: nobody speaks reverse traceroute there.
+            (_, None) | (0, Some(_)) => self.abort(server, MdaStop::NotSupported, None, ts),
+            (_, Some(ResponseBody::Error { state, .. })) => {
+                self.abort(server, MdaStop::ServerError, Some(u8::from(state)), ts)
+            }
+            (_, Some(ResponseBody::Success { hop, rtt_ns })) => {
+                let Some(t) = self.targets.get(&server) else {
+                    return;
+                };
+                // The server's probe met this host, or an address that answered the TTL
+                // before for the same flow: a NAT in front of us (routers appear once on a
+                // flow's path).
+                let flow = t.probes.get(usize::from(n) - 1).map(|p| p.flow);
+                let again = flow
+                    .zip(ttl.checked_sub(1))
+                    .is_some_and(|(f, before)| t.seen.get(&(f, before)) == Some(&Seen::Addr(hop)));
+                let reply = ProbeReply {
+                    addr: Some(hop),
+                    rtt_ms: Some(rtt_ns as f64 / 1e6),
+                    reply_ttl: Some(pkt.ip.ttl),
+                    ..ProbeReply::default()
+                };
+                self.reply(now, ts, server, n, reply, again);
+            }
+        }
+    }
+
+    /// Ends `dst`'s discovery at once (reverse mode: the server cannot serve it).
+    fn abort(&mut self, dst: IpAddr, why: MdaStop, state: Option<u8>, wall: SystemTime) {
+        let Some(t) = self.targets.get_mut(&dst) else {
+            return;
+        };
+        t.stop.get_or_insert(why);
+        t.server_state = t.server_state.or(state);
+        t.to_send.clear();
+        t.outstanding = 0;
+        self.finish(dst, wall);
+    }
+
     /// The probe number a probe's bytes carry, if they are one of ours (`t`: the transport
     /// header and what follows; `ident`: IPv4 identification).
     fn probe_number(&self, v6: bool, ident: u16, t: &[u8]) -> Option<u16> {
@@ -905,6 +1164,10 @@ impl Mda {
     /// A captured IP packet: our probes leaving, ICMP errors, the destination's answers.
     pub fn handle_packet(&mut self, now: Instant, ts: SystemTime, bytes: &[u8]) {
         let Ok(pkt) = parse_ip(bytes) else { return };
+        if self.cfg.reverse.is_some() {
+            self.handle_response(now, ts, &pkt, bytes);
+            return;
+        }
         let v6 = pkt.ip.src.is_ipv6();
         let h = if v6 {
             40
@@ -1011,10 +1274,12 @@ impl Mda {
         let mut reply = reply;
         reply.tag = n;
         reply.ip_id = dst.is_ipv4().then_some(n);
-        reply.rtt_ms = ts
-            .duration_since(sent)
-            .ok()
-            .map(|d| d.as_nanos() as f64 / 1e6);
+        if reply.rtt_ms.is_none() {
+            reply.rtt_ms = ts
+                .duration_since(sent)
+                .ok()
+                .map(|d| d.as_nanos() as f64 / 1e6);
+        }
         p.reply = Some(reply);
         let (f, ttl, check) = (p.flow, p.ttl, p.check);
         t.replies += 1;
@@ -1050,7 +1315,12 @@ impl Mda {
                     t.seen.insert((f, ttl), seen);
                 }
             }
-            if addr == dst || ends {
+            let end = if self.cfg.reverse.is_some() {
+                t.src
+            } else {
+                dst
+            };
+            if addr == end || ends {
                 let e = t.ended.entry(f).or_insert(ttl);
                 *e = (*e).min(ttl);
             }
@@ -1108,7 +1378,15 @@ impl Mda {
                     if deadline <= now.mono {
                         p.state = ProbeState::Silent;
                         t.outstanding -= 1;
-                        if !p.check {
+                        if p.ident != 0 {
+                            // Not reused soon: its response may still come.
+                            self.ids.expired(p.ident);
+                        }
+                        if p.ttl == 0 {
+                            // The presence check (reverse mode) had no answer.
+                            t.stop.get_or_insert(MdaStop::NoServer);
+                            t.to_send.clear();
+                        } else if !p.check {
                             t.seen.entry((p.flow, p.ttl)).or_insert(Seen::Silent);
                         }
                     }
@@ -1136,8 +1414,23 @@ impl Mda {
                     continue;
                 }
             };
+            let ident = match self.cfg.reverse {
+                Some(_) => match self.ids.take((dst, n)) {
+                    Some(id) => id,
+                    None => {
+                        // Every identifier outstanding (rounds stay within half the block,
+                        // so only with many servers at once): try again when one is free.
+                        t.to_send.push_front((f, ttl, check));
+                        self.scheduler
+                            .arm(dst, now.mono + Duration::from_millis(10));
+                        continue;
+                    }
+                },
+                None => 0,
+            };
             t.probes.push(Probe {
                 flow: f,
+                ident,
                 ttl,
                 check,
                 state: ProbeState::Awaiting {
@@ -1151,7 +1444,11 @@ impl Mda {
             t.outstanding += 1;
             let src = t.src;
             let more = !t.to_send.is_empty();
-            let Some(flow) = self.build(src, dst, f, ttl, n, buf) else {
+            let built = match &self.cfg.reverse {
+                Some(r) => self.build_request(r, src, dst, f, ttl, ident, buf),
+                None => self.build(src, dst, f, ttl, n, buf),
+            };
+            let Some(flow) = built else {
                 continue;
             };
             if more {
@@ -1162,7 +1459,8 @@ impl Mda {
                 dst,
                 len: buf.len(),
                 flow,
-                ttl,
+                // A request travels with an ordinary TTL: the one it asks for is inside.
+                ttl: if ident != 0 { 64 } else { ttl },
                 ident: n,
             });
         }
@@ -1239,7 +1537,7 @@ fn build_graph(t: &Target) -> PathGraph {
     let mut ttls: Vec<u8> = t
         .probes
         .iter()
-        .filter(|p| !p.check)
+        .filter(|p| !p.check && p.ttl > 0)
         .map(|p| p.ttl)
         .collect();
     ttls.sort_unstable();

@@ -357,18 +357,7 @@ pub fn multipath_footer(r: &MdaResult) -> String {
             p.addr, p.ttl
         );
     }
-    let why = match r.stop_reason {
-        MdaStop::Completed => format!(
-            "every path reached its end; a branch was missed with probability at most {:.2}",
-            1.0 - r.confidence
-        ),
-        MdaStop::MaxMissing => "too many silent hops in a row".to_string(),
-        MdaStop::MaxTtl => "reached the max TTL".to_string(),
-        MdaStop::MaxProbes => "sent --max-probes probes; paths may be missing".to_string(),
-        MdaStop::PerPacketBalancing => "a router balances per packet".to_string(),
-        MdaStop::FlowsExhausted => "no flow identifier left (TCP: the source ports)".to_string(),
-        MdaStop::Interrupted => INTERRUPTED.to_string(),
-    };
+    let why = multipath_stop_text(r);
     let paths = r.graph.node_count();
     let _ = writeln!(
         out,
@@ -380,6 +369,34 @@ pub fn multipath_footer(r: &MdaResult) -> String {
         r.graph.links.len()
     );
     out
+}
+
+/// Why a multipath discovery stopped, in a sentence.
+pub fn multipath_stop_text(r: &MdaResult) -> String {
+    match r.stop_reason {
+        MdaStop::Completed => format!(
+            "every path reached its end; a branch was missed with probability at most {:.2}",
+            1.0 - r.confidence
+        ),
+        MdaStop::MaxMissing => "too many silent hops in a row".to_string(),
+        MdaStop::MaxTtl => "reached the max TTL".to_string(),
+        MdaStop::MaxProbes => "sent --max-probes probes; paths may be missing".to_string(),
+        MdaStop::PerPacketBalancing => "a router balances per packet".to_string(),
+        MdaStop::FlowsExhausted => "no flow identifier left (TCP: the source ports)".to_string(),
+        MdaStop::Interrupted => INTERRUPTED.to_string(),
+        MdaStop::NoServer => {
+            "no answer to the presence check (no reverse-traceroute server, or ICMP echo \
+         requests of code 1 are filtered on the way)"
+                .to_string()
+        }
+        MdaStop::NotSupported => {
+            "the server answered as a plain ping: it does not run reverse traceroute".to_string()
+        }
+        MdaStop::ServerError => format!(
+            "the server refused the request: {}",
+            crate::reverse::state_text(r.server_state.unwrap_or_default())
+        ),
+    }
 }
 
 /// A multipath discovery's whole text: header, TTLs, diamonds, stop line.

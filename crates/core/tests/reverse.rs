@@ -2,7 +2,7 @@
 //! and responses out), and client and server together over a simulated path back, in virtual
 //! time.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv6Addr};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -10,7 +10,9 @@ use svctr_core::reverse::{
     ClientConfig, Rate, ReverseClient, ReverseEvent, ReverseResult, ReverseServer, ReverseStop,
     ServerConfig, ServerEvent, SessionEvent,
 };
-use svctr_core::{Now, Protocol};
+use svctr_core::{
+    Machine, Mda, MdaConfig, MdaEvent, MdaResult, MdaStop, Now, Protocol, ReverseMda,
+};
 use svctr_wire::packet::{parse_ip, Transport};
 use svctr_wire::probe::{emit_icmp_message, IpFields, Ipv4Fields, Ipv6Fields};
 use svctr_wire::revtr::{Family, Request, Response, ResponseBody, State};
@@ -633,18 +635,56 @@ fn the_allowlist_and_the_indirect_target() {
     assert_eq!(resp.ident, 77, "with the requester's identifier");
 }
 
-/// A path back from the server: routers, then the client; each answers as Linux does.
+/// A path back from the server: routers, then the client; each answers as Linux does. A
+/// TTL with several routers is a per-flow load balancer's stage: a probe meets the one its
+/// flow (ports, or ICMP checksum) hashes to, with `seed`.
 struct PathBack {
     routers: Vec<Option<IpAddr>>,
     client: IpAddr,
+    /// TTL (1-based) → the routers of an ECMP stage there.
+    stages: BTreeMap<usize, Vec<IpAddr>>,
+    seed: u64,
 }
 
 impl PathBack {
+    fn line(routers: Vec<Option<IpAddr>>, client: IpAddr) -> Self {
+        Self {
+            routers,
+            client,
+            stages: BTreeMap::new(),
+            seed: 0,
+        }
+    }
+
+    /// The hashed fields of a probe: its ports, or its ICMP checksum.
+    fn flow_of(probe: &[u8]) -> u64 {
+        let p = parse_ip(probe).unwrap();
+        let h = if p.ip.src.is_ipv4() { 20 } else { 40 };
+        let b = |i: usize| u64::from(u16::from_be_bytes([probe[h + i], probe[h + i + 1]]));
+        match p.transport {
+            Transport::Udp(_) | Transport::Tcp(_) => (b(0) << 16) | b(2),
+            _ => b(2),
+        }
+    }
+
     fn answer(&self, probe: &[u8]) -> Option<Vec<u8>> {
         let p = parse_ip(probe).unwrap();
         let ttl = usize::from(p.ip.ttl);
         if ttl <= self.routers.len() {
-            let r = self.routers[ttl - 1]?;
+            let r = match self.stages.get(&ttl) {
+                Some(stage) => {
+                    // splitmix64's finalizer, salted by the seed and the TTL (each stage
+                    // hashes on its own, as routers with their own keys do).
+                    let mut x = Self::flow_of(probe)
+                        ^ self.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                        ^ (ttl as u64).wrapping_mul(0xd1b5_4a32_d192_ed03);
+                    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                    x ^= x >> 31;
+                    stage[(x % stage.len() as u64) as usize]
+                }
+                None => self.routers[ttl - 1]?,
+            };
             return Some(icmp_error(r, probe, false));
         }
         (p.ip.dst == self.client).then(|| direct_answer(probe))
@@ -659,8 +699,14 @@ fn run(
     path: &PathBack,
     server: bool,
 ) -> Vec<ReverseEvent> {
+    let cl = ReverseClient::new(cfg, s, c).unwrap();
+    run_machine(cl, c, path, server)
+}
+
+/// A client engine `cl` (requests out, responses in) and our server over `path`: returns
+/// the client's events. Asserts that no identifier is reused while outstanding.
+fn run_machine<M: Machine>(mut cl: M, c: IpAddr, path: &PathBack, server: bool) -> Vec<M::Event> {
     let mut clock = Clock::new();
-    let mut cl = ReverseClient::new(cfg, s, c).unwrap();
     let mut srv = ReverseServer::new(ServerConfig::default());
     // (deliver at, to the server?, packet)
     let mut wire: BTreeMap<(Duration, u64), (bool, Vec<u8>)> = BTreeMap::new();
@@ -683,11 +729,13 @@ fn run(
         cl.handle_timeout(clock.now());
         srv.handle_timeout(clock.now());
         while let Some(tx) = cl.poll_transmit(clock.now(), &mut buf) {
+            let at = if c.is_ipv4() { 24 } else { 44 };
+            let id = u16::from_be_bytes([buf[at], buf[at + 1]]);
             assert!(
-                outstanding.insert(tx.ident),
-                "identifier {} reused while outstanding",
-                tx.ident
+                outstanding.insert(id),
+                "identifier {id} reused while outstanding"
             );
+            let _ = tx;
             n += 1;
             if server {
                 wire.insert((clock.t + Duration::from_millis(5), n), (true, buf.clone()));
@@ -766,10 +814,7 @@ fn a_reverse_trace_finds_every_hop_of_the_path_back() {
     ] {
         let (c, s) = (a(c), a(s));
         for protocol in [Protocol::Udp, Protocol::Tcp, Protocol::Icmp] {
-            let path = PathBack {
-                routers: routers.iter().map(|r| Some(a(r))).collect(),
-                client: c,
-            };
+            let path = PathBack::line(routers.iter().map(|r| Some(a(r))).collect(), c);
             let cfg = ClientConfig {
                 protocol,
                 flow: 33000,
@@ -820,7 +865,7 @@ fn a_reverse_trace_finds_every_hop_of_the_path_back() {
 fn a_longer_way_than_the_estimate_is_followed_to_its_end() {
     let (c, s) = (a(C4), a(S4));
     let routers: Vec<Option<IpAddr>> = (1..=7).map(|i| Some(a(&format!("198.19.{i}.1")))).collect();
-    let path = PathBack { routers, client: c };
+    let path = PathBack::line(routers, c);
     let r = result(&run(ClientConfig::default(), c, s, &path, true));
     assert_eq!(r.stop_reason, ReverseStop::Reached);
     assert_eq!(r.graph.hops.len(), 8);
@@ -831,19 +876,16 @@ fn a_longer_way_than_the_estimate_is_followed_to_its_end() {
 fn silent_routers_missing_ttls_and_no_server() {
     let (c, s) = (a(C4), a(S4));
     // A silent router is a silent TTL; the trace goes on past it.
-    let path = PathBack {
-        routers: vec![Some(a("198.19.1.1")), None, Some(a("198.18.1.1"))],
-        client: c,
-    };
+    let path = PathBack::line(vec![Some(a("198.19.1.1")), None, Some(a("198.18.1.1"))], c);
     let r = result(&run(ClientConfig::default(), c, s, &path, true));
     assert_eq!(r.stop_reason, ReverseStop::Reached);
     assert_eq!(r.graph.hops.len(), 4);
     assert!(r.graph.hops[1].nodes.iter().all(|n| n.addr.is_none()));
     // The client never answers and the routers stop: max missing.
-    let path = PathBack {
-        routers: vec![Some(a("198.19.1.1")), None, None, None, None, None],
-        client: a("198.18.99.99"),
-    };
+    let path = PathBack::line(
+        vec![Some(a("198.19.1.1")), None, None, None, None, None],
+        a("198.18.99.99"),
+    );
     let r = result(&run(ClientConfig::default(), c, s, &path, true));
     assert_eq!(r.stop_reason, ReverseStop::MaxMissing);
     assert_eq!(r.graph.hops.len(), 4, "TTL 1 and three silent ones");
@@ -929,4 +971,182 @@ fn identifiers_are_never_reused_while_outstanding_and_answered_ones_come_back_fi
     let ids: Vec<u16> =
         std::iter::from_fn(|| cl.poll_transmit(now, &mut buf).map(|t| t.ident)).collect();
     assert_eq!(ids, vec![65535, 65534]);
+}
+
+// ---- multipath discovery of the way back -------------------------------------------------
+
+/// A way back with a 3-wide ECMP stage at TTL 2 (and a 2-wide one at TTL 4): the reverse
+/// MDA, against our server, with the request's flow value as what varies.
+fn ecmp_back(c: IpAddr, seed: u64) -> PathBack {
+    let v6 = c.is_ipv6();
+    let r = |i: u8| {
+        if v6 {
+            a(&format!("2001:2:0:19{i:02}::1"))
+        } else {
+            a(&format!("198.19.{i}.1"))
+        }
+    };
+    let mut p = PathBack::line(vec![Some(r(1)), None, Some(r(5)), None, Some(r(8))], c);
+    p.stages.insert(2, vec![r(2), r(3), r(4)]);
+    p.stages.insert(4, vec![r(6), r(7)]);
+    p.seed = seed;
+    p
+}
+
+fn reverse_mda(protocol: Protocol, c: IpAddr, s: IpAddr) -> Mda {
+    let mut mda = Mda::new(MdaConfig {
+        protocol,
+        reverse: Some(ReverseMda {
+            pad: svctr_core::reverse::default_pad(c.is_ipv6()),
+            ident_first: 5000,
+            ident_count: 1024,
+        }),
+        ..MdaConfig::default()
+    })
+    .unwrap();
+    mda.add_target(Clock::new().now().mono, s, c).unwrap();
+    mda
+}
+
+fn mda_result(ev: Vec<MdaEvent>) -> MdaResult {
+    ev.into_iter()
+        .find_map(|e| match e {
+            MdaEvent::Finished(r) => Some(*r),
+            _ => None,
+        })
+        .expect("a result")
+}
+
+#[test]
+fn reverse_multipath_finds_every_way_back_and_never_one_that_does_not_exist() {
+    let (mut runs, mut exact, mut probes) = (0u32, 0u32, 0u64);
+    for (c, s) in [(C4, S4), (C6, S6)] {
+        let (c, s) = (a(c), a(s));
+        for protocol in [Protocol::Udp, Protocol::Tcp, Protocol::Icmp] {
+            for seed in 0..50 {
+                let path = ecmp_back(c, seed);
+                let r = mda_result(run_machine(reverse_mda(protocol, c, s), c, &path, true));
+                assert_eq!(r.stop_reason, MdaStop::Completed, "{protocol:?} {seed}");
+                assert_eq!(r.direction.as_deref(), Some("reverse"));
+                assert_eq!((r.source, r.destination), (s, c));
+                let nodes: BTreeSet<(u8, IpAddr)> = r
+                    .graph
+                    .hops
+                    .iter()
+                    .flat_map(|h| h.addrs().map(move |x| (h.ttl, x)))
+                    .collect();
+                let mut want = BTreeSet::new();
+                for (i, router) in path.routers.iter().enumerate() {
+                    let ttl = i as u8 + 1;
+                    match router {
+                        Some(x) => {
+                            want.insert((ttl, *x));
+                        }
+                        None => want.extend(path.stages[&(i + 1)].iter().map(|x| (ttl, *x))),
+                    }
+                }
+                want.insert((6, c));
+                assert!(
+                    nodes.is_subset(&want),
+                    "{protocol:?} {seed}: {:?} do not exist",
+                    nodes.difference(&want).collect::<Vec<_>>()
+                );
+                // Every link is one the stages make (TTL t to t + 1, both on the way).
+                for l in &r.graph.links {
+                    assert!(want.contains(&(l.ttl, l.from)) && want.contains(&(l.ttl + 1, l.to)));
+                }
+                // The RTT is the server's (TTL ms there and back in this simulation).
+                let rtt = r.graph.hops[0].nodes[0].probes[0].rtt_ms.unwrap();
+                assert!((rtt - 1.0).abs() < 1e-6, "{rtt}");
+                runs += 1;
+                probes += u64::from(r.probes_sent);
+                if nodes == want && r.graph.links.len() == 3 + 3 + 2 + 2 + 1 {
+                    exact += 1;
+                } else {
+                    eprintln!(
+                        "{protocol:?} {c} {seed}: missing {:?}, {} links",
+                        want.difference(&nodes).collect::<Vec<_>>(),
+                        r.graph.links.len()
+                    );
+                }
+            }
+        }
+    }
+    eprintln!(
+        "{exact} of {runs} runs exact, {} requests per run",
+        probes / u64::from(runs)
+    );
+    assert!(exact * 100 >= runs * 95, "{exact} of {runs}");
+}
+
+#[test]
+fn reverse_multipath_presence_check_plain_ping_and_refusal() {
+    let (c, s) = (a(C4), a(S4));
+    // No server: the presence check times out.
+    let path = ecmp_back(c, 0);
+    let r = mda_result(run_machine(
+        reverse_mda(Protocol::Udp, c, s),
+        c,
+        &path,
+        false,
+    ));
+    assert_eq!(r.stop_reason, MdaStop::NoServer);
+    assert_eq!((r.probes_sent, r.replies), (1, 0));
+    assert!(r.graph.hops.is_empty());
+    assert!(!r.stop_reason.is_ok());
+    // A kernel's echo reply to the presence check: not a server.
+    let now = Clock::new().now();
+    let mut m = reverse_mda(Protocol::Udp, c, s);
+    let mut buf = Vec::new();
+    let _ = m.poll_transmit(now, &mut buf).unwrap();
+    let req = Request::parse(Family::V4, &buf[20..]).expect("a request");
+    assert_eq!(
+        (req.ttl, req.protocol, req.flow),
+        (0, 0, 0),
+        "the presence check"
+    );
+    assert_eq!(buf.len(), svctr_core::reverse::default_pad(false), "padded");
+    let mut echo = buf[20..].to_vec();
+    echo[0] = 0;
+    m.handle_packet(now.mono, now.wall, &ip(s, c, 1, &echo));
+    let r = mda_result(std::iter::from_fn(|| m.poll_event()).collect());
+    assert_eq!(r.stop_reason, MdaStop::NotSupported);
+    // The server answers the check, then refuses the protocol (state 2): the discovery ends
+    // at once with the state, the requests in flight forgotten.
+    let mut m = reverse_mda(Protocol::Tcp, c, s);
+    let tx = m.poll_transmit(now, &mut buf).unwrap();
+    let id = |b: &[u8]| u16::from_be_bytes([b[24], b[25]]);
+    let error = |ident, state| Response {
+        ident,
+        seq: 0,
+        body: ResponseBody::Error { state, value: 0 },
+    };
+    m.handle_packet(
+        now.mono,
+        now.wall,
+        &response_packet(s, c, &error(id(&buf), State::Ttl)),
+    );
+    let mut flows = BTreeSet::new();
+    let mut first = None;
+    while m.poll_transmit(now, &mut buf).is_some() {
+        let req = Request::parse(Family::V4, &buf[20..]).expect("a request");
+        assert_eq!((req.ttl, req.protocol), (1, 6));
+        assert!(flows.insert(req.flow), "one request per flow in a round");
+        assert!(req.flow >= svctr_core::REVERSE_FLOW_BASE);
+        first.get_or_insert(id(&buf));
+    }
+    assert!(flows.len() >= 8, "{flows:?}");
+    let refused = response_packet(s, c, &error(first.unwrap(), State::Protocol));
+    m.handle_packet(now.mono, now.wall, &refused);
+    let r = mda_result(std::iter::from_fn(|| m.poll_event()).collect());
+    assert_eq!(r.stop_reason, MdaStop::ServerError);
+    assert_eq!(r.server_state, Some(2));
+    assert!(
+        svctr_core::multipath_footer(&r).contains("protocol"),
+        "{tx:?}"
+    );
+    let json = serde_json::to_value(&r).unwrap();
+    assert_eq!(json["direction"], "reverse");
+    assert_eq!(json["stop_reason"], "server-error");
+    assert_eq!(json["server_state"], 2);
 }

@@ -84,7 +84,7 @@ pub use multipath::{
     multipath, multipath_one, spawn_multipath, MultipathOptions, MultipathSummary,
 };
 pub use names::{NameResolver, NAME_WAIT};
-pub use reverse::{reverse, serve, ReverseOptions, ServerOptions};
+pub use reverse::{reverse, reverse_multipath, serve, ReverseOptions, ServerOptions};
 pub use traceroute::{
     spawn_traceroute, traceroute, traceroute_one, TracerouteOptions, TracerouteSummary,
 };

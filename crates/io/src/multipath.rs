@@ -119,6 +119,8 @@ impl Named for MdaEvent {
     fn target(&self) -> Option<IpAddr> {
         match self {
             MdaEvent::Started { target, .. } | MdaEvent::Hop { target, .. } => Some(*target),
+            // Reverse mode: the destination key is the server, where the probes start.
+            MdaEvent::Finished(r) if r.direction.is_some() => Some(r.source),
             MdaEvent::Finished(r) => Some(r.destination),
             _ => None,
         }

@@ -32,6 +32,8 @@ use svctr_core::reverse::{
     ServerEvent, ServerStats,
 };
 
+use svctr_core::{Mda, MdaConfig, MdaEvent, MdaResult, ReverseMda};
+
 use crate::capture::Capture;
 use crate::names::{Named, NamedHooks};
 use crate::probing::Probing;
@@ -98,6 +100,56 @@ pub fn reverse(
         stop,
         &mut hooks,
     )?;
+    drop(hooks);
+    result.ok_or_else(|| Error::Unsupported(format!("no result from {server}")))
+}
+
+/// Discovers every way back from `opts.server` through per-flow load balancers (the
+/// multipath engine in reverse mode: [`svctr_core::ReverseMda`], the request's flow value
+/// varied), calling `on_event` as TTLs are enumerated, until it ends or `stop` is set. `mda`
+/// gives the protocol, TTLs, confidence, wait and limits; its `reverse` is filled here (this
+/// process's identifier block, and `pad`: `None` for [`default_pad`]).
+///
+/// [`default_pad`]: svctr_core::reverse::default_pad
+pub fn reverse_multipath(
+    opts: &ReverseOptions,
+    mda: &MdaConfig,
+    pad: Option<usize>,
+    stop: &AtomicBool,
+    mut on_event: impl FnMut(&MdaEvent),
+) -> Result<MdaResult, Error> {
+    let server = opts
+        .server
+        .ok_or_else(|| Error::Unsupported("no server to trace back from".into()))?;
+    let targets = [server];
+    let probing = Probing {
+        targets: &targets,
+        source: opts.source,
+        iface: opts.iface.as_deref(),
+        rate: opts.rate,
+    };
+    probing.check_iface()?;
+    let (first, count, _reservation) = crate::reserve::reverse_ident_block()?;
+    let mut cfg = mda.clone();
+    cfg.reverse = Some(ReverseMda {
+        pad: pad.unwrap_or_else(|| svctr_core::reverse::default_pad(server.is_ipv6())),
+        ident_first: first,
+        ident_count: count,
+    });
+    let (_, source) = probing.sources()?[0];
+    let filter = crate::filter::reverse_client_filter(server, first, first + (count - 1));
+    let mut engine = Mda::new(cfg)?;
+    engine
+        .add_target(std::time::Instant::now(), server, source)
+        .map_err(|e| Error::Unsupported(e.to_string()))?;
+    let mut result = None;
+    let mut hooks = NamedHooks::new(opts.resolve_names, |ev: MdaEvent| {
+        on_event(&ev);
+        if let MdaEvent::Finished(r) = ev {
+            result = Some(*r);
+        }
+    });
+    probing.run(&mut engine, &filter, Mda::handle_packet, stop, &mut hooks)?;
     drop(hooks);
     result.ok_or_else(|| Error::Unsupported(format!("no result from {server}")))
 }

@@ -15,7 +15,7 @@
 //! front of us answers for every TTL beyond it), after `max_missing` silent TTLs in a row,
 //! at `max_ttl`, or at the first error state the server sends.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -25,6 +25,7 @@ use svctr_wire::packet::{parse_ip, Transport};
 use svctr_wire::probe::{emit_icmp_message, IpFields, Ipv4Fields, Ipv6Fields};
 use svctr_wire::revtr::{self, Family, Request, Response, ResponseBody, State};
 
+use super::ident::IdentPool;
 use crate::machine::{Now, Transmit};
 use crate::path::PathGraph;
 use crate::result::{Hop, ProbeReply};
@@ -228,10 +229,7 @@ pub struct ReverseClient {
     source: IpAddr,
     phase: Phase,
     /// Outstanding requests by identifier.
-    pending: HashMap<u16, Pending>,
-    /// Answered identifiers, reused last-answered-first.
-    reusable: Vec<u16>,
-    next_id: u16,
+    ids: IdentPool<Pending>,
     /// Requests to send: (TTL, probe index); TTL 0 is the presence check.
     to_send: std::collections::VecDeque<(u8, usize)>,
     hops: BTreeMap<u8, Vec<Option<ProbeReply>>>,
@@ -282,16 +280,14 @@ impl ReverseClient {
             return Err("request identifiers start at 1, and at least one is needed".into());
         }
         cfg.ident_count = cfg.ident_count.min(u16::MAX - cfg.ident_first + 1);
-        let next_id = cfg.ident_first + (cfg.seed % u64::from(cfg.ident_count)) as u16;
+        let ids = IdentPool::new(cfg.ident_first, cfg.ident_count, cfg.seed);
         let first = cfg.first_ttl;
         let mut c = Self {
             cfg,
             server,
             source,
             phase: Phase::Presence,
-            pending: HashMap::new(),
-            reusable: Vec::new(),
-            next_id,
+            ids,
             to_send: Default::default(),
             hops: BTreeMap::new(),
             next_ttl: first,
@@ -359,44 +355,21 @@ impl ReverseClient {
         }
     }
 
-    /// A fresh identifier: an answered one if there is one (last answered first), else the
-    /// next never outstanding.
-    fn take_id(&mut self) -> Option<u16> {
-        while let Some(id) = self.reusable.pop() {
-            if !self.pending.contains_key(&id) {
-                return Some(id);
-            }
-        }
-        let (first, count) = (self.cfg.ident_first, self.cfg.ident_count);
-        for _ in 0..count {
-            let id = self.next_id;
-            let offset = (id - first + 1) % count;
-            self.next_id = first + offset;
-            if !self.pending.contains_key(&id) {
-                return Some(id);
-            }
-        }
-        None
-    }
-
     /// The next request, into `buf`.
     pub fn poll_transmit(&mut self, now: Now, buf: &mut Vec<u8>) -> Option<Transmit> {
         if self.phase == Phase::Done {
             return None;
         }
-        let (ttl, index) = self.to_send.pop_front()?;
-        let id = self.take_id()?;
+        let (ttl, index) = *self.to_send.front()?;
+        let deadline = now.mono + self.cfg.timeout;
+        let id = self.ids.take(Pending {
+            ttl,
+            index,
+            deadline,
+        })?;
+        self.to_send.pop_front();
         self.start.get_or_insert(now.wall);
         self.last_wall = Some(now.wall);
-        let deadline = now.mono + self.cfg.timeout;
-        self.pending.insert(
-            id,
-            Pending {
-                ttl,
-                index,
-                deadline,
-            },
-        );
         self.scheduler.arm(id, deadline);
         self.requests += 1;
         let ip_header = if self.server.is_ipv4() { 20 } else { 40 };
@@ -470,7 +443,7 @@ impl ReverseClient {
             40
         };
         let Some(icmp) = bytes.get(h..) else { return };
-        let Some(p) = self.pending.get(&ident).copied() else {
+        let Some(p) = self.ids.get(ident) else {
             return;
         };
         let family = if self.server.is_ipv4() {
@@ -479,9 +452,8 @@ impl ReverseClient {
             Family::V6
         };
         let parsed = Response::parse(family, icmp).ok();
-        self.pending.remove(&ident);
+        self.ids.answered(ident);
         self.scheduler.remove(&ident);
-        self.reusable.push(ident);
         self.responses += 1;
         if p.ttl == 0 {
             if let Some(routers) = revtr::RESPONSE_TTL.checked_sub(pkt.ip.ttl) {
@@ -555,7 +527,7 @@ impl ReverseClient {
             };
             let complete = slots.iter().enumerate().all(|(i, s)| {
                 s.is_some()
-                    || !self.pending.values().any(|p| p.ttl == ttl && p.index == i)
+                    || !self.ids.iter().any(|(_, p)| p.ttl == ttl && p.index == i)
                         && !self.to_send.contains(&(ttl, i))
             });
             if !complete {
@@ -617,10 +589,9 @@ impl ReverseClient {
             .stop_at
             .clone()
             .unwrap_or((0, ReverseStop::Interrupted));
-        for id in self.pending.keys().copied().collect::<Vec<_>>() {
+        for id in self.ids.clear() {
             self.scheduler.remove(&id);
         }
-        self.pending.clear();
         self.to_send.clear();
         let hops: Vec<Hop> = self
             .hops
@@ -656,16 +627,15 @@ impl ReverseClient {
         self.last_wall = Some(now.wall);
         let mut presence_lost = false;
         for id in self.scheduler.take_due(now.mono) {
-            let Some(p) = self.pending.get(&id).copied() else {
+            let Some(p) = self.ids.get(id) else {
                 continue;
             };
             if p.deadline > now.mono {
                 self.scheduler.arm(id, p.deadline);
                 continue;
             }
-            // Not reusable: its response may still come (the reference never reuses an
-            // identifier that was not answered).
-            self.pending.remove(&id);
+            // Not reused soon: its response may still come.
+            self.ids.expired(id);
             if p.ttl == 0 {
                 presence_lost = true;
             } else if let Some(slot) = self.hops.get_mut(&p.ttl).and_then(|h| h.get_mut(p.index)) {
@@ -681,11 +651,10 @@ impl ReverseClient {
 
     /// A request could not be sent: its probe is silent, with the error.
     pub fn handle_send_error(&mut self, now: Now, tx: &Transmit, error: String) {
-        let Some(p) = self.pending.remove(&tx.ident) else {
+        let Some(p) = self.ids.answered(tx.ident) else {
             return;
         };
         self.scheduler.remove(&tx.ident);
-        self.reusable.push(tx.ident);
         if p.ttl == 0 {
             self.stop(0, ReverseStop::NoServer, now.mono);
             return;

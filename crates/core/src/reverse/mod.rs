@@ -14,6 +14,7 @@
 //! The wire format is `svctr_wire::revtr`.
 
 mod client;
+mod ident;
 mod limit;
 mod server;
 mod two_way;
@@ -21,10 +22,11 @@ mod two_way;
 pub use client::{
     default_pad, state_text, ClientConfig, ReverseClient, ReverseEvent, ReverseResult, ReverseStop,
 };
+pub(crate) use ident::IdentPool;
 pub use ipnet::IpNet;
 pub use limit::{parse_allowlist, AllowlistError, Rate};
 pub use server::{
     RefusedCounts, ReverseServer, ServerConfig, ServerEvent, ServerStats, SessionEvent,
 };
 pub use svctr_wire::revtr::default_flow;
-pub use two_way::{ForwardPath, TwoWayResult};
+pub use two_way::{ForwardPath, TwoWayMultipath, TwoWayResult};

@@ -72,3 +72,14 @@ pub struct TwoWayResult {
     /// The server back to this host.
     pub reverse: ReverseResult,
 }
+
+/// Both directions of `reverse --two-way --multipath`: every load-balanced path out (the
+/// multipath engine toward the server) and back (the same engine in reverse mode), each in
+/// the path contract.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TwoWayMultipath {
+    /// This host to the server.
+    pub forward: crate::MdaResult,
+    /// The server back to this host (`direction` `"reverse"`).
+    pub reverse: crate::MdaResult,
+}
