@@ -18,6 +18,7 @@ use crate::args::{
 use crate::branches::MarkerConfig;
 use crate::error::CliError;
 use crate::output::Run;
+use crate::reverse_flow::BackConfig;
 use crate::Outcome;
 
 /// Which flows: by 5-tuple, by service, or both.
@@ -138,6 +139,11 @@ pub(crate) struct FlowArgs {
     /// Exit after this many traced flows (0: until interrupted or --duration).
     #[arg(long, default_value_t = 1)]
     count: usize,
+    /// Also trace each flow's way back, with the flow's own 5-tuple, when its remote end runs
+    /// `service-traceroute reverse-server` (experimental; see `reverse`). Another server gets
+    /// ordinary reverse-traceroute probes instead, with a notice.
+    #[arg(long)]
+    reverse: bool,
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     format: Format,
@@ -167,6 +173,10 @@ pub(crate) struct MonitorArgs {
     multipath: bool,
     #[command(flatten)]
     mp: crate::args::MultipathOpts,
+    /// Also trace each flow's way back, with the flow's own 5-tuple, when its remote end runs
+    /// `service-traceroute reverse-server` (experimental; see `reverse`).
+    #[arg(long, conflicts_with = "multipath")]
+    reverse: bool,
     /// Output format.
     #[arg(long, value_enum, default_value = "jsonl")]
     format: Format,
@@ -277,7 +287,18 @@ fn monitor_options(
 
 pub(crate) fn run_flow(a: FlowArgs) -> Result<Outcome, CliError> {
     let opts = monitor_options(&a.select, &a.trace, a.count)?;
-    run_monitor(&opts, a.format, a.trace.stats, None)
+    let back = a.reverse.then(|| back_config(&opts, &a.trace));
+    run_monitor(&opts, a.format, a.trace.stats, None, back)
+}
+
+/// `--reverse`: the way back of each flow, with the trace's probes per TTL and wait.
+fn back_config(opts: &MonitorOptions, t: &TraceOpts) -> BackConfig {
+    BackConfig {
+        iface: (opts.iface != "any").then(|| opts.iface.clone()),
+        rate: opts.rate,
+        probes: t.probes,
+        timeout: t.timeout.0,
+    }
 }
 
 pub(crate) fn run_monitor_cmd(a: MonitorArgs) -> Result<Outcome, CliError> {
@@ -291,7 +312,8 @@ pub(crate) fn run_monitor_cmd(a: MonitorArgs) -> Result<Outcome, CliError> {
         max_probes: a.mp.max_probes,
         timeout: opts.config.trace.timeout,
     });
-    run_monitor(&opts, a.format, a.trace.stats, marker)
+    let back = a.reverse.then(|| back_config(&opts, &a.trace));
+    run_monitor(&opts, a.format, a.trace.stats, marker, back)
 }
 
 fn render(format: Format, r: &TraceResult) -> Option<String> {
@@ -318,9 +340,13 @@ fn run_monitor(
     format: Format,
     show_stats: bool,
     marker: Option<MarkerConfig>,
+    back: Option<BackConfig>,
 ) -> Result<Outcome, CliError> {
     if let Some(m) = marker {
         return run_monitor_marked(opts, format, show_stats, m);
+    }
+    if let Some(b) = back {
+        return run_monitor_reverse(opts, format, show_stats, b);
     }
     let mut run = Run::start()?;
     let stop = std::sync::Arc::clone(&run.stop);
@@ -346,6 +372,26 @@ fn run_monitor_marked(
     let run = Run::start()?;
     let stop = std::sync::Arc::clone(&run.stop);
     let (tx, printer) = crate::branches::spawn_printer(run, format, marker);
+    let result = monitor(opts, &stop, |r| {
+        let _ = tx.send(r);
+    });
+    drop(tx);
+    let (run, collected) = printer
+        .join()
+        .map_err(|_| CliError::input("the printer thread panicked"))?;
+    end_monitor(opts, result, run, format, &collected, show_stats)
+}
+
+/// [`run_monitor`] with each flow's way back (see the reverse_flow module).
+fn run_monitor_reverse(
+    opts: &MonitorOptions,
+    format: Format,
+    show_stats: bool,
+    back: BackConfig,
+) -> Result<Outcome, CliError> {
+    let run = Run::start()?;
+    let stop = std::sync::Arc::clone(&run.stop);
+    let (tx, printer) = crate::reverse_flow::spawn_printer(run, format, back);
     let result = monitor(opts, &stop, |r| {
         let _ = tx.send(r);
     });

@@ -24,6 +24,7 @@ mod flow;
 mod graph;
 mod output;
 mod reverse;
+mod reverse_flow;
 mod services;
 mod trace;
 

@@ -367,6 +367,10 @@ pub(crate) struct ServerArgs {
     /// pad with zeros): nothing sent in answer is larger than what was received.
     #[arg(long)]
     require_padding: bool,
+    /// Refuse the experimental flow-probe extension of `flow --reverse` (state 4, as the
+    /// reference server does): probes only ever from port 1021.
+    #[arg(long)]
+    no_flow_probes: bool,
     /// Log format: text lines (`[client, id] | event`, as the reference) or JSON lines.
     #[arg(long, value_enum, default_value = "text")]
     format: LogFormat,
@@ -441,6 +445,7 @@ pub(crate) fn run_server(a: ServerArgs) -> Result<Outcome, CliError> {
         indirect: a.indirect,
         allow_indirect,
         require_padding: a.require_padding,
+        flow_probes: !a.no_flow_probes,
         ..ServerConfig::default()
     };
     let opts = ServerOptions {

@@ -499,6 +499,7 @@ fn a_spoofed_flood_is_held_to_the_limits() {
             protocol: 17,
             flow: 53,
             indirect: None,
+            flow_probe: None,
             padding: 0,
         };
         let mut icmp = Vec::new();
@@ -782,4 +783,312 @@ fn reverse_multipath_finds_the_return_stage() {
         "{}",
         stderr(&out)
     );
+}
+
+const RETRANS_COUNTERS: &[&str] = &[
+    "TcpRetransSegs",
+    "TcpExtTCPLostRetransmit",
+    "TcpExtTCPFastRetrans",
+    "TcpExtTCPTimeouts",
+    "TcpExtTCPLossProbes",
+    "TcpExtTCPSackRecovery",
+    "TcpExtTCPDSACKRecv",
+];
+const ODD_SEGMENT_COUNTERS: &[&str] = &[
+    "TcpExtTCPChallengeACK",
+    "TcpExtTCPACKSkippedSeq",
+    "TcpExtPAWSEstab",
+    "TcpExtBeyondWindow",
+];
+
+fn counter_delta(
+    before: &std::collections::BTreeMap<String, u64>,
+    after: &std::collections::BTreeMap<String, u64>,
+    name: &str,
+) -> u64 {
+    after
+        .get(name)
+        .copied()
+        .unwrap_or(0)
+        .saturating_sub(before.get(name).copied().unwrap_or(0))
+}
+
+/// `flow --reverse` output (JSON): the forward result and its way back.
+fn flow_reverse(
+    lab: &Lab,
+    proto: &str,
+    remote: std::net::SocketAddr,
+) -> (
+    svctr_core::TraceResult,
+    Option<ReverseResult>,
+    Option<String>,
+) {
+    let remote = remote.to_string();
+    let args = [
+        "flow",
+        "-i",
+        "eth0",
+        proto,
+        "--remote",
+        &remote,
+        "--reverse",
+        "--duration",
+        "10",
+        "--format",
+        "json",
+    ];
+    let out = tracer_for(lab, &args, SECS(60));
+    assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let forward: svctr_core::TraceResult = serde_json::from_value(v.clone()).expect("result");
+    let back = serde_json::from_value(v["reverse"].clone()).ok();
+    let note = v["reverse_note"].as_str().map(str::to_string);
+    (forward, back, note)
+}
+
+/// The routers of the way back that r3 (IPv4: `ip route get` for the flow's reverse 5-tuple)
+/// or the d that forwarded the flow's own packets (IPv6: counters on d1..d3) gives.
+fn back_truth_of(
+    lab: &Lab,
+    proto: Proto,
+    v6: bool,
+    server_port: u16,
+    client_port: u16,
+    used: &[usize],
+) -> Vec<IpAddr> {
+    let k = if v6 {
+        assert_eq!(used.len(), 1, "the flow's packets went through d{used:?}");
+        used[0]
+    } else {
+        lab.reverse_branch_v4(proto, server_port, client_port)
+            .expect("truth")
+    };
+    let mut path = lab.reverse_path_ip(k, v6);
+    path.pop(); // this host: the flow's probes stop one hop short of it
+    path
+}
+
+/// `flow --reverse` on a live TCP download and a live UDP session, IPv4 and IPv6, in the
+/// asymmetric lab with our server beside the applications: the way out equals r2's choice for
+/// the flow, the way back the flow's own branch of the return stage (the probes carry the
+/// flow's reverse 5-tuple), and the flow tracer's harmlessness holds both ways: the download
+/// arrives intact with no socket error, no retransmission or odd segment on either end
+/// beyond an untraced run's, the server's TCP ignored the errors its probes drew (out of
+/// window), the UDP session's every answer intact (no probe reached the client's
+/// application), and the server's shield kept the UDP probes' errors from its sockets. With
+/// `--no-flow-probes` (as the reference server) the way back falls back to ordinary probes,
+/// with a notice.
+#[test]
+fn flow_reverse_traces_both_directions_of_a_live_flow() {
+    let Some(_g) = lab_test_guard() else { return };
+    use std::net::SocketAddr;
+    use svctr_lab::{tcp_download_to, tcp_server_on, udp_server_on, udp_session_to};
+    let lab = Lab::build(LabConfig {
+        return_branches: 3,
+        ..LabConfig::default()
+    })
+    .expect("lab");
+    lab.install_return_observer().expect("observer");
+    let _t4 = tcp_server_on(&lab, "0.0.0.0:8080".parse().unwrap(), 1_000_000).expect("tcp");
+    let _t6 = tcp_server_on(&lab, "[::]:8080".parse().unwrap(), 1_000_000).expect("tcp6");
+    let _u4 = udp_server_on(&lab, "0.0.0.0:9000".parse().unwrap()).expect("udp");
+    let _u6 = udp_server_on(&lab, "[::]:9000".parse().unwrap()).expect("udp6");
+    let server = Server::start(&lab, &[]);
+    let pid = server.child.as_ref().map(Child::id).expect("pid");
+    for v6 in [false, true] {
+        let s_ip: IpAddr = if v6 {
+            lab.server_addr6().into()
+        } else {
+            lab.server_addr().into()
+        };
+        let c_ip: IpAddr = if v6 {
+            lab.client_addr6().into()
+        } else {
+            lab.client_addr().into()
+        };
+        // TCP: an untraced download, then one traced three times.
+        let download = |traces: usize| {
+            let (c0, s0) = (
+                lab.nstat(lab.client_ns()).unwrap(),
+                lab.nstat(lab.server_ns()).unwrap(),
+            );
+            let d = tcp_download_to(&lab, SocketAddr::new(s_ip, 8080), 0, 3_000_000, true)
+                .expect("download");
+            d.wait_established(SECS(10)).expect("established");
+            let mut results = Vec::new();
+            for _ in 0..traces {
+                let before = lab.return_flow_counts().expect("counts");
+                let (fwd, back, note) = flow_reverse(&lab, "--tcp", SocketAddr::new(s_ip, 8080));
+                let after = lab.return_flow_counts().expect("counts");
+                let used: Vec<usize> = (0..after.len())
+                    .filter(|&j| after[j] > before[j])
+                    .map(|j| j + 1)
+                    .collect();
+                results.push((fwd, back, note, used));
+            }
+            let rep = d.wait().expect("report");
+            assert!(rep.intact && rep.bytes == 3_000_000, "v6={v6}: {rep:?}");
+            assert!(rep.errors.is_empty(), "v6={v6}: {rep:?}");
+            let (c1, s1) = (
+                lab.nstat(lab.client_ns()).unwrap(),
+                lab.nstat(lab.server_ns()).unwrap(),
+            );
+            (c0, c1, s0, s1, results, rep.local_port)
+        };
+        let (bc0, bc1, bs0, bs1, _, _) = download(0);
+        let (c0, c1, s0, s1, results, port) = download(3);
+        for (fwd, back, note, used) in &results {
+            assert_eq!(fwd.flow.local.port, port);
+            // The way out: r2's choice for the flow.
+            let want = lab
+                .expected_path_ip(
+                    Proto::Tcp,
+                    c_ip,
+                    s_ip,
+                    port,
+                    8080,
+                    fwd.flow.flow_label.unwrap_or(0),
+                )
+                .expect("forward truth");
+            let got: Vec<IpAddr> = fwd.hops[..want.len()]
+                .iter()
+                .map(|h| h.probes[0].addr.expect("answered"))
+                .collect();
+            assert_eq!(got, want, "v6={v6} tcp forward");
+            // The way back: the flow's own branch.
+            let back = back
+                .as_ref()
+                .unwrap_or_else(|| panic!("v6={v6}: no way back: {note:?}"));
+            assert!(back.flow_shaped && note.is_none(), "{note:?}");
+            assert_eq!(back.stop_reason, ReverseStop::MaxTtl);
+            assert_eq!(
+                hop_addrs(back),
+                back_truth_of(&lab, Proto::Tcp, v6, 8080, port, used),
+                "v6={v6} tcp back"
+            );
+        }
+        for name in RETRANS_COUNTERS.iter().chain(ODD_SEGMENT_COUNTERS) {
+            let (traced_c, base_c) = (
+                counter_delta(&c0, &c1, name),
+                counter_delta(&bc0, &bc1, name),
+            );
+            let (traced_s, base_s) = (
+                counter_delta(&s0, &s1, name),
+                counter_delta(&bs0, &bs1, name),
+            );
+            assert!(
+                traced_c <= base_c,
+                "v6={v6} client {name}: {traced_c} > {base_c}"
+            );
+            assert!(
+                traced_s <= base_s,
+                "v6={v6} server {name}: {traced_s} > {base_s}"
+            );
+        }
+        // The errors the server's probes drew reached its TCP, which ignored them: 3 traces ×
+        // 5 routers × 3 probes (the client's own traces add theirs on the client only).
+        let ignored = counter_delta(&s0, &s1, "TcpExtOutOfWindowIcmps");
+        assert!(
+            ignored >= 45,
+            "v6={v6}: the server ignored {ignored} ICMP errors"
+        );
+
+        // UDP: a live session, traced three times.
+        let table = format!("svctr_{pid}");
+        let shield_drops = || -> u64 {
+            let family = if v6 { "ip6" } else { "ip" };
+            let mut c = lab.command(lab.server_ns(), "nft");
+            c.args(["list", "table", family, &table]);
+            let out = svctr_lab::output_with_timeout(&mut c, None, SECS(10)).expect("nft");
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| l.contains("time-exceeded"))
+                .filter_map(svctr_lab::nft_rule_packets)
+                .sum()
+        };
+        let dropped0 = shield_drops();
+        let dst = SocketAddr::new(s_ip, 9000);
+        let session =
+            udp_session_to(&lab, dst, 0, 150, Duration::from_millis(20), true).expect("session");
+        let port = session.wait_started(SECS(10)).expect("started");
+        for _ in 0..3 {
+            let before = lab.return_flow_counts().expect("counts");
+            let (fwd, back, note) = flow_reverse(&lab, "--udp", dst);
+            let after = lab.return_flow_counts().expect("counts");
+            let used: Vec<usize> = (0..after.len())
+                .filter(|&j| after[j] > before[j])
+                .map(|j| j + 1)
+                .collect();
+            let want = lab
+                .expected_path_ip(
+                    Proto::Udp,
+                    c_ip,
+                    s_ip,
+                    port,
+                    9000,
+                    fwd.flow.flow_label.unwrap_or(0),
+                )
+                .expect("forward truth");
+            let got: Vec<IpAddr> = fwd
+                .hops
+                .iter()
+                .map(|h| h.probes[0].addr.expect("answered"))
+                .collect();
+            assert_eq!(got, want, "v6={v6} udp forward");
+            let back = back.unwrap_or_else(|| panic!("v6={v6}: no way back: {note:?}"));
+            assert!(back.flow_shaped);
+            assert_eq!(
+                hop_addrs(&back),
+                back_truth_of(&lab, Proto::Udp, v6, 9000, port, &used),
+                "v6={v6} udp back"
+            );
+        }
+        let rep = session.wait().expect("report");
+        assert!(
+            rep.intact && rep.answered == rep.sent && rep.errors.is_empty(),
+            "v6={v6}: no probe reached the client's application, no error: {rep:?}"
+        );
+        let dropped = shield_drops() - dropped0;
+        assert!(
+            dropped >= 45,
+            "v6={v6}: the server's shield dropped {dropped} errors about its UDP probes"
+        );
+    }
+    drop(server.stop());
+    // A server that refuses the flow-probe object (the reference's answer, state 4): the way
+    // back with ordinary probes, and a notice.
+    let _server = Server::start(&lab, &["--no-flow-probes"]);
+    let d = tcp_download_to(
+        &lab,
+        SocketAddr::new(lab.server_addr().into(), 8080),
+        0,
+        2_000_000,
+        true,
+    )
+    .expect("download");
+    d.wait_established(SECS(10)).expect("established");
+    let remote = format!("{}:8080", lab.server_addr());
+    let args = [
+        "flow",
+        "-i",
+        "eth0",
+        "--tcp",
+        "--remote",
+        &remote,
+        "--reverse",
+        "--duration",
+        "10",
+    ];
+    let out = tracer_for(&lab, &args, SECS(60));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("does not take the flow-probe extension (state 4)"),
+        "{}",
+        stderr(&out)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("ordinary probes from port 1021"), "{text}");
+    assert!(text.contains(" 3  198.19.8"), "the return stage: {text}");
+    let rep = d.wait().expect("report");
+    assert!(rep.intact && rep.errors.is_empty(), "{rep:?}");
 }

@@ -676,6 +676,7 @@ impl Engine {
             result.flow.tag(tag);
         }
         result.syn_copies = e.kind == ProbeKind::SynCopy;
+        result.reverse_flow = e.state.reverse_flow(key);
         self.events
             .push_back(Event::TraceFinished(Box::new(result)));
         true

@@ -108,6 +108,10 @@ pub(crate) struct FlowState {
     pub(crate) v6_probe_seq: Option<(u32, u32)>,
     /// TTL of the latest packet from the remote: its distance.
     pub(crate) remote_ttl: Option<u8>,
+    /// TOS / traffic class and IPv6 flow label of the latest packet from the remote: the
+    /// reverse direction's, which `flow --reverse` asks the remote's server to copy.
+    pub(crate) remote_tos: u8,
+    pub(crate) remote_flow_label: u32,
     pub(crate) tcp: TcpTrack,
     /// FIN or RST seen in either direction.
     pub(crate) ended: bool,
@@ -139,6 +143,8 @@ pub(crate) struct TcpTrack {
     pub(crate) rcv_nxt: Option<u32>,
     /// Window field of the latest outgoing segment.
     pub(crate) window: u16,
+    /// Window field of the latest incoming segment.
+    pub(crate) remote_window: u16,
     /// An outgoing segment without SYN has been seen: the handshake is over.
     pub(crate) established: bool,
 }
@@ -155,6 +161,8 @@ impl FlowState {
             flow_label: 0,
             v6_probe_seq: None,
             remote_ttl: None,
+            remote_tos: 0,
+            remote_flow_label: 0,
             tcp: TcpTrack::default(),
             ended: false,
             syn: None,
@@ -178,6 +186,8 @@ impl FlowState {
         } else {
             self.packets_in += 1;
             self.remote_ttl = Some(ip.ttl);
+            self.remote_tos = ip.tos;
+            self.remote_flow_label = ip.flow_label;
         }
         let Some(t) = tcp else { return };
         if t.flags & (tcp_flags::FIN | tcp_flags::RST) != 0 {
@@ -211,9 +221,34 @@ impl FlowState {
             if t.flags & tcp_flags::SYN == 0 && t.flags & tcp_flags::ACK != 0 {
                 tr.established = true;
             }
-        } else if t.flags & tcp_flags::ACK != 0 && tr.snd_una.is_none_or(|n| seq_after(t.ack, n)) {
-            tr.snd_una = Some(t.ack);
+        } else {
+            tr.remote_window = t.window;
+            if t.flags & tcp_flags::ACK != 0 && tr.snd_una.is_none_or(|n| seq_after(t.ack, n)) {
+                tr.snd_una = Some(t.ack);
+            }
         }
+    }
+
+    /// The flow as the remote's flow-shaped reverse probes imitate it (`flow --reverse`): its
+    /// ports, the remote's keep-alive numbers as this host knows them (TCP: the remote's
+    /// `SND.UNA` is this host's `RCV.NXT`, its `RCV.NXT` this host's `SND.UNA`), the remote's
+    /// TOS, flow label and distance. `None` for a TCP flow without both directions seen.
+    pub(crate) fn reverse_flow(&self, key: &FlowKey) -> Option<crate::reverse::ReverseFlow> {
+        let (seq, ack) = match key.protocol {
+            Protocol::Tcp => (self.tcp.rcv_nxt?.wrapping_sub(1), self.tcp.snd_una?),
+            Protocol::Udp => (0, 0),
+            Protocol::Icmp => return None,
+        };
+        Some(crate::reverse::ReverseFlow {
+            server_port: key.remote.port(),
+            client_port: key.local.port(),
+            seq,
+            ack,
+            window: self.tcp.remote_window,
+            tos: self.remote_tos,
+            flow_label: self.remote_flow_label,
+            distance: self.remote_router_hops(),
+        })
     }
 
     /// The remote's distance in hops, read from the TTL of its packets: the initial TTL is taken

@@ -992,6 +992,7 @@ impl Mda {
             protocol: if presence { 0 } else { protocol },
             flow: if presence { 0 } else { REVERSE_FLOW_BASE + f },
             indirect: None,
+            flow_probe: None,
             // Zeros: a first byte 0x2X would read as an extension (reference §1.3).
             padding: r.pad.saturating_sub(ip_header + revtr::REQUEST_LEN),
         };

@@ -477,6 +477,7 @@ mod tests {
             probes_sent: 1,
             replies: 1,
             syn_copies: false,
+            reverse_flow: None,
         }
     }
 

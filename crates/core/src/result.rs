@@ -253,4 +253,8 @@ pub struct TraceResult {
     /// (see the probe module): the trace shows where the SYNs go.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub syn_copies: bool,
+    /// The flow as its remote's server would send flow-shaped reverse probes (`flow
+    /// --reverse`), when the trace ended: not part of the JSON.
+    #[serde(skip)]
+    pub reverse_flow: Option<crate::reverse::ReverseFlow>,
 }

@@ -724,6 +724,7 @@ impl Trace {
             probes_sent: self.sent,
             replies: self.replies,
             syn_copies: false,
+            reverse_flow: None,
         }
     }
 }

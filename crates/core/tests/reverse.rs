@@ -99,6 +99,7 @@ fn req(id: u16, ttl: u8, protocol: u8, flow: u16) -> Request {
         protocol,
         flow,
         indirect: None,
+        flow_probe: None,
         padding: 0,
     }
 }
@@ -1149,4 +1150,196 @@ fn reverse_multipath_presence_check_plain_ping_and_refusal() {
     assert_eq!(json["direction"], "reverse");
     assert_eq!(json["stop_reason"], "server-error");
     assert_eq!(json["server_state"], 2);
+}
+
+// ---- flow-shaped probes (`flow --reverse`, experimental object) ---------------------------
+
+/// A request with the flow-probe object makes the server send the flow's own packet back:
+/// TCP a pure ACK from the service port with the given numbers (IPv4 and IPv6), UDP the
+/// flow's ports with the identifier as checksum; a router's error quoting it is matched by
+/// what the probe carries (its ports are not 1021) and answered; an ICMP flow probe is
+/// refused with state 2, and a second request whose probe would look the same is dropped.
+#[test]
+fn flow_shaped_probes_carry_the_flows_reverse_five_tuple() {
+    for (c, s, r) in [(C4, S4, "198.19.3.1"), (C6, S6, "2001:2:0:1903::1")] {
+        let (c, s, r) = (a(c), a(s), a(r));
+        let clock = Clock::new();
+        let mut srv = ReverseServer::new(ServerConfig::default());
+        let flow = svctr_wire::revtr::FlowProbe {
+            server_port: 8080,
+            client_port: 50_001,
+            seq: 1_000_000,
+            ack: 2_000_000,
+            window: 501,
+        };
+        let tcp = Request {
+            flow_probe: Some(flow),
+            ..req(7, 3, 6, 50_001)
+        };
+        let packet = request_packet(c, s, &tcp, 0, 0x28);
+        srv.handle_packet(clock.now().mono, clock.now().wall, &packet);
+        let out = drain(&mut srv, clock.now());
+        assert_eq!(out.len(), 1, "one probe");
+        let p = parse_ip(&out[0]).unwrap();
+        assert_eq!((p.ip.src, p.ip.dst, p.ip.ttl, p.ip.tos), (s, c, 3, 0x28));
+        let Transport::Tcp(t) = p.transport else {
+            panic!("a TCP probe")
+        };
+        assert_eq!((t.src_port, t.dst_port), (8080, 50_001));
+        assert_eq!(
+            (t.seq, t.ack, t.flags, t.window),
+            (1_000_000, 2_000_000, 0x10, 501)
+        );
+        assert_eq!(t.payload_len, 0, "a keep-alive-shaped ACK");
+        // A second request whose probe carries the same sequence number: ambiguous, dropped.
+        let again = Request { ident: 8, ..tcp };
+        srv.handle_packet(
+            clock.now().mono,
+            clock.now().wall,
+            &request_packet(c, s, &again, 0, 0),
+        );
+        assert!(drain(&mut srv, clock.now()).is_empty());
+        assert_eq!(srv.stats().refused.session_exists, 1);
+        // The router's error, quoting the probe, is matched and answered to the requester.
+        srv.handle_packet(
+            clock.now().mono,
+            clock.now().wall,
+            &icmp_error(r, &out[0], false),
+        );
+        let (from, to, _, resp) = response_of(&drain(&mut srv, clock.now())[0]);
+        assert_eq!((from, to, resp.ident), (s, c, 7));
+        assert_eq!(success(&resp).0, r);
+        // UDP: the flow's ports, the identifier as checksum.
+        let udp = Request {
+            flow_probe: Some(flow),
+            ..req(9, 2, 17, 50_001)
+        };
+        srv.handle_packet(
+            clock.now().mono,
+            clock.now().wall,
+            &request_packet(c, s, &udp, 0, 0),
+        );
+        let out = drain(&mut srv, clock.now());
+        let p = parse_ip(&out[0]).unwrap();
+        let Transport::Udp(u) = p.transport else {
+            panic!("a UDP probe")
+        };
+        assert_eq!((u.src_port, u.dst_port), (8080, 50_001));
+        let h = if c.is_ipv4() { 20 } else { 40 };
+        assert_eq!(&out[0][h + 6..h + 8], &[0, 9], "checksum = identifier");
+        assert_eq!(out[0].len(), h + 10, "two payload bytes");
+        assert!(rfc1071_ok(&out[0][..h]) || c.is_ipv6());
+        srv.handle_packet(
+            clock.now().mono,
+            clock.now().wall,
+            &icmp_error(r, &out[0], false),
+        );
+        let (_, _, _, resp) = response_of(&drain(&mut srv, clock.now())[0]);
+        assert_eq!((resp.ident, success(&resp).0), (9, r));
+        // ICMP with the object: state 2.
+        let icmp = Request {
+            flow_probe: Some(flow),
+            ..req(10, 2, if c.is_ipv4() { 1 } else { 58 }, 0)
+        };
+        srv.handle_packet(
+            clock.now().mono,
+            clock.now().wall,
+            &request_packet(c, s, &icmp, 0, 0),
+        );
+        let (_, _, _, resp) = response_of(&drain(&mut srv, clock.now())[0]);
+        assert_eq!(resp.state(), State::Protocol);
+        assert_eq!(srv.open_sessions(), 0);
+    }
+}
+
+/// The client with a flow (`flow --reverse`) against our server over a 4-router way back:
+/// TTLs up to the flow's distance, never further (the probes never reach this host), every
+/// router found, each request its own sequence number; against a server that refuses the
+/// object (the reference: state 4), the trace ends with that state for the caller to fall
+/// back.
+#[test]
+fn a_flows_reverse_trace_stops_short_of_this_host() {
+    let (c, s) = (a(C4), a(S4));
+    let routers = ["198.19.1.1", "198.19.3.1", "198.18.2.1", "198.18.1.1"];
+    let path = PathBack::line(routers.iter().map(|r| Some(a(r))).collect(), c);
+    for protocol in [Protocol::Tcp, Protocol::Udp] {
+        let cfg = ClientConfig {
+            protocol,
+            max_ttl: 4,
+            flow_probe: Some(svctr_core::reverse::ReverseFlow {
+                server_port: 8080,
+                client_port: 50_002,
+                seq: 5000,
+                ack: 6000,
+                window: 100,
+                tos: 0,
+                flow_label: 0,
+                distance: Some(4),
+            }),
+            ..ClientConfig::default()
+        };
+        let r = result(&run(cfg, c, s, &path, true));
+        assert_eq!(r.stop_reason, ReverseStop::MaxTtl, "{protocol:?}");
+        let hops: Vec<IpAddr> = r
+            .graph
+            .hops
+            .iter()
+            .map(|h| h.nodes[0].addr.expect("answered"))
+            .collect();
+        assert_eq!(hops, routers.map(a), "{protocol:?}");
+        assert_eq!(r.requests_sent, 1 + 3 * 4);
+    }
+    // A server that refuses the object: state 4 on the first probe's request.
+    let now = Clock::new().now();
+    let cfg = ClientConfig {
+        protocol: Protocol::Tcp,
+        max_ttl: 4,
+        flow_probe: Some(svctr_core::reverse::ReverseFlow {
+            server_port: 8080,
+            client_port: 50_002,
+            seq: 5000,
+            ack: 6000,
+            window: 100,
+            tos: 0,
+            flow_label: 0,
+            distance: Some(4),
+        }),
+        ..ClientConfig::default()
+    };
+    let mut cl = ReverseClient::new(cfg, s, c).unwrap();
+    let mut buf = Vec::new();
+    let tx = cl.poll_transmit(now, &mut buf).unwrap();
+    let presence = Request::parse(Family::V4, &buf[20..]).unwrap();
+    assert_eq!(
+        presence.flow_probe, None,
+        "the presence check goes without the object"
+    );
+    let error = |ident, state, value| Response {
+        ident,
+        seq: 0,
+        body: ResponseBody::Error { state, value },
+    };
+    cl.handle_packet(
+        now.mono,
+        now.wall,
+        &response_packet(s, c, &error(tx.ident, State::Ttl, 0)),
+    );
+    let tx = cl.poll_transmit(now, &mut buf).unwrap();
+    let first = Request::parse(Family::V4, &buf[20..]).unwrap();
+    assert!(first.flow_probe.is_some());
+    let value = u16::from_be_bytes([
+        svctr_wire::revtr::FLOW_OBJECT_CLASS,
+        svctr_wire::revtr::FLOW_OBJECT_CTYPE,
+    ]);
+    cl.handle_packet(
+        now.mono,
+        now.wall,
+        &response_packet(s, c, &error(tx.ident, State::MultipartNotSupported, value)),
+    );
+    cl.interrupt(now);
+    let ev: Vec<_> = std::iter::from_fn(|| cl.poll_event()).collect();
+    assert_eq!(
+        result(&ev).stop_reason,
+        ReverseStop::ServerError { state: 4 }
+    );
 }

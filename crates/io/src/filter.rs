@@ -268,8 +268,16 @@ pub fn reverse_client_filter(server: IpAddr, first: u16, last: u16) -> String {
 /// The kernel filter of a reverse-traceroute server: requests (echo request code 1), its own
 /// probes leaving (to time them) and their answers (reference §1.7): errors quoting a probe
 /// (UDP or TCP from port 1021, an echo request with sequence 0xFFFF), echo replies with
-/// sequence 0xFFFF, and TCP to port 1021. Offsets assume no IPv4 options and no IPv6
-/// extension headers in the quoted probe (the server sends neither).
+/// sequence 0xFFFF, and TCP to port 1021; and the errors quoting a flow-shaped probe
+/// (`flow --reverse`, [`svctr_wire::revtr::FlowProbe`]): a pure ACK with no options or payload
+/// (quoted IPv4 length 40 / IPv6 payload 20, and flags 0x10 where the quote reaches them:
+/// an IPv4 router may quote only the RFC 792 minimum of 8 transport bytes, ICMPv6 quotes it
+/// all), or a UDP datagram of 2 payload bytes (30 / 10). Those clauses also take errors about
+/// the host's own pure ACKs (and, under short quotes, any 40-byte TCP segment); the engine
+/// drops whatever matches no session.
+/// Offsets assume no IPv4 options and no IPv6 extension headers in the quoted probe (the
+/// server sends neither). The flow-shaped probes leaving are not captured (they look like the
+/// service's own segments): their RTT starts when they are queued.
 pub fn reverse_server_filter(v4: bool, v6: bool) -> String {
     let mut clauses = Vec::new();
     if v4 {
@@ -277,7 +285,10 @@ pub fn reverse_server_filter(v4: bool, v6: bool) -> String {
             "(icmp and ((icmp[0] == 8 and icmp[1] == 1) \
              or ((icmp[0] == 8 or icmp[0] == 0) and icmp[1] == 0 and icmp[6:2] == 0xffff) \
              or ((icmp[0] == 11 or icmp[0] == 3) and (((icmp[17] == 17 or icmp[17] == 6) \
-             and icmp[28:2] == 1021) or (icmp[17] == 1 and icmp[28] == 8 and icmp[34:2] == 0xffff)))))"
+             and icmp[28:2] == 1021) or (icmp[17] == 1 and icmp[28] == 8 and icmp[34:2] == 0xffff) \
+             or (icmp[8] == 0x45 and icmp[17] == 6 and icmp[10:2] == 40 \
+             and (ip[2:2] <= 56 or icmp[41] == 0x10)) \
+             or (icmp[8] == 0x45 and icmp[17] == 17 and icmp[10:2] == 30)))))"
                 .to_string(),
         );
         clauses.push("(ip and tcp port 1021)".into());
@@ -288,7 +299,9 @@ pub fn reverse_server_filter(v4: bool, v6: bool) -> String {
             "(ip6 and ip6[6] == 58 and ((ip6[40] == 128 and ip6[41] == 1) \
              or ((ip6[40] == 128 or ip6[40] == 129) and ip6[41] == 0 and ip6[46:2] == 0xffff) \
              or ((ip6[40] == 1 or ip6[40] == 3) and (((ip6[54] == 17 or ip6[54] == 6) \
-             and ip6[88:2] == 1021) or (ip6[54] == 58 and ip6[88] == 128 and ip6[94:2] == 0xffff)))))"
+             and ip6[88:2] == 1021) or (ip6[54] == 58 and ip6[88] == 128 and ip6[94:2] == 0xffff) \
+             or (ip6[54] == 6 and ip6[52:2] == 20 and ip6[101] == 0x10) \
+             or (ip6[54] == 17 and ip6[52:2] == 10)))))"
                 .to_string(),
         );
         clauses.push("(ip6 and tcp port 1021)".into());
@@ -1286,7 +1299,6 @@ mod tests {
 
     /// A reverse-traceroute request from THEM (the client) to ME (the server).
     fn revtr_request(v6: bool, id: u16, proto: u8, code: u8) -> Vec<u8> {
-        use svctr_wire::probe::{emit_icmp_message, IpFields};
         let req = svctr_wire::revtr::Request {
             ident: id,
             seq: 0,
@@ -1294,8 +1306,14 @@ mod tests {
             protocol: proto,
             flow: 5353,
             indirect: None,
+            flow_probe: None,
             padding: 0,
         };
+        revtr_request_of(v6, &req, code)
+    }
+
+    fn revtr_request_of(v6: bool, req: &svctr_wire::revtr::Request, code: u8) -> Vec<u8> {
+        use svctr_wire::probe::{emit_icmp_message, IpFields};
         let mut icmp = Vec::new();
         let ip = if v6 {
             req.emit_v6(&THEM6, &ME6, &mut icmp);
@@ -1352,11 +1370,45 @@ mod tests {
                 let ping = revtr_request(v6, 0x4321, proto, 0);
                 assert!(!passes(&server, &ping), "a plain ping {proto} v6={v6}");
             }
+            // Flow-shaped probes (`flow --reverse`): their errors are taken.
+            for proto in [17u8, 6] {
+                let mut srv = ReverseServer::new(ServerConfig::default());
+                let req = revtr_request_of(
+                    v6,
+                    &svctr_wire::revtr::Request {
+                        ident: 0x4322,
+                        ttl: 3,
+                        protocol: proto,
+                        flow: 50_000,
+                        flow_probe: Some(svctr_wire::revtr::FlowProbe {
+                            server_port: 8080,
+                            client_port: 50_000,
+                            seq: 1000,
+                            ack: 2000,
+                            window: 300,
+                        }),
+                        ..Default::default()
+                    },
+                    1,
+                );
+                assert!(passes(&server, &req), "flow request {proto} v6={v6}");
+                srv.handle_packet(now.mono, now.wall, &req);
+                let mut probe = Vec::new();
+                let _tx = srv.poll_transmit(now, &mut probe).expect("a flow probe");
+                // The routers' errors (the first reply: a time exceeded).
+                let errors = replies_to(&probe);
+                assert!(
+                    passes(&server, &errors[0]),
+                    "error about a flow probe {proto} v6={v6}"
+                );
+            }
             // Another tool's probes and their errors are not taken.
             let (udp, tcp) = if v6 {
                 (udp6(true, &[0; 4]), tcp6(true, 5, 0x02, &[]))
             } else {
-                (udp4(true, &[0; 4]), tcp4(true, 5, 0x02, 0))
+                // (A SYN with options: a 40-byte TCP segment's error with a short quote could
+                // be a flow-shaped probe's, and is taken; the engine drops it.)
+                (udp4(true, &[0; 4]), tcp4(true, 5, 0x02, 4))
             };
             for other in [udp, tcp] {
                 assert!(!passes(&server, &other), "v6={v6}");

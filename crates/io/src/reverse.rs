@@ -17,6 +17,16 @@
 //! * TCP to port 1021 (the probes' source port, RFC 4727 experimental) is dropped on input:
 //!   the SYN-ACK or RST a target answers a TCP probe with would draw the kernel's RST.
 //!
+//! * ICMP errors quoting a UDP datagram of 2 payload bytes are dropped on input: those are
+//!   the flow-shaped probes of `flow --reverse` (experimental, [`svctr_wire::revtr::FlowProbe`]),
+//!   which carry a live flow's own ports, so the kernel would hand the errors to the
+//!   service's UDP socket (`__udp4_lib_err`: `EHOSTUNREACH` on its next call with
+//!   `IP_RECVERR`), as the flow tracer's shield keeps them from the client's. (Offsets from
+//!   the ICMP header: the quoted IPv4 total length at 10, 30 bytes, protocol at 17; the quoted
+//!   IPv6 payload length at 12, 10 bytes, next header at 14.) Errors about the TCP ones need
+//!   no rule: their sequence number lies below the connection's `SND.UNA`, and Linux
+//!   `tcp_v4_err()` / `tcp_v6_err()` ignore such errors (`OutOfWindowIcmps`).
+//!
 //! Ordinary pings (code 0) still reach the kernel and are answered. Echo replies to the ICMP
 //! probes and ICMP errors about them reach the kernel too, which ignores them (no socket).
 //! The table (`svctr_<pid>`, families `ip` and `ip6`) is deleted on exit, and tables left by
@@ -309,14 +319,16 @@ impl KernelGuard {
             families.push("ip");
             script.push_str(&format!(
                 "table ip {table} {{\n chain input {{ type filter hook input priority -300; policy accept;\n  \
-                 icmp type echo-request icmp code 1 counter drop\n  tcp dport 1021 counter drop\n }}\n}}\n"
+                 icmp type echo-request icmp code 1 counter drop\n  tcp dport 1021 counter drop\n  \
+                 icmp type {{ destination-unreachable, time-exceeded }} @th,80,16 30 @th,136,8 17 counter drop\n }}\n}}\n"
             ));
         }
         if v6 {
             families.push("ip6");
             script.push_str(&format!(
                 "table ip6 {table} {{\n chain input {{ type filter hook input priority -300; policy accept;\n  \
-                 icmpv6 type echo-request icmpv6 code 1 counter drop\n  tcp dport 1021 counter drop\n }}\n}}\n"
+                 icmpv6 type echo-request icmpv6 code 1 counter drop\n  tcp dport 1021 counter drop\n  \
+                 icmpv6 type {{ destination-unreachable, time-exceeded }} @th,96,16 10 @th,112,8 17 counter drop\n }}\n}}\n"
             ));
         }
         crate::shield::nft(&script).map_err(|e| {

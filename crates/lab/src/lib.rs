@@ -1516,8 +1516,9 @@ impl Lab {
 
     /// With the return stage: counts, on each of d1..dM, the reverse-traceroute probes
     /// (UDP and TCP from port 1021, echo requests) the server sends, both families; read
-    /// them with [`Lab::return_probe_counts`]. The way back of IPv6 probes by their own
-    /// packets (`ip -6 route get` does not predict forwarding under hash policy 3).
+    /// them with [`Lab::return_probe_counts`]; and the server's other TCP and UDP packets
+    /// ([`Lab::return_flow_counts`]). The way back of IPv6 probes by their own packets
+    /// (`ip -6 route get` does not predict forwarding under hash policy 3).
     pub fn install_return_observer(&self) -> Result<()> {
         let (s4, s6) = (self.server_addr(), self.server_addr6());
         for j in 1..=self.cfg.return_branches {
@@ -1526,7 +1527,10 @@ impl Lab {
                 "table inet svctr_return_obs {{\n  chain fwd_probes {{\n    type filter hook forward priority 0; policy accept;\n    \
                  ip saddr {s4} udp sport 1021 counter\n    ip saddr {s4} tcp sport 1021 counter\n    \
                  ip saddr {s4} icmp type echo-request counter\n    ip6 saddr {s6} udp sport 1021 counter\n    \
-                 ip6 saddr {s6} tcp sport 1021 counter\n    ip6 saddr {s6} icmpv6 type echo-request counter\n  }}\n}}\n"
+                 ip6 saddr {s6} tcp sport 1021 counter\n    ip6 saddr {s6} icmpv6 type echo-request counter\n  }}\n}}\n\
+                 table inet svctr_return_flows {{\n  chain fwd_flows {{\n    type filter hook forward priority 0; policy accept;\n    \
+                 ip saddr {s4} meta l4proto {{ tcp, udp }} th sport != 1021 counter\n    \
+                 ip6 saddr {s6} meta l4proto {{ tcp, udp }} th sport != 1021 counter\n  }}\n}}\n"
             );
             let mut c = self.command(&ns, "nft");
             c.args(["-f", "-"]);
@@ -1542,6 +1546,21 @@ impl Lab {
                 let ns = self.ns_of(&format!("d{j}"))?.to_string();
                 let mut c = self.command(&ns, "nft");
                 c.args(["list", "table", "inet", "svctr_return_obs"]);
+                let out = run_checked(&mut c, None, CMD_TIMEOUT)?;
+                Ok(out.lines().filter_map(nft_rule_packets).sum())
+            })
+            .collect()
+    }
+
+    /// The TCP and UDP packets from the server other than reverse-traceroute probes (a flow's
+    /// own, and the flow-shaped probes of `flow --reverse`, which share its 5-tuple) each of
+    /// d1..dM has forwarded so far (see [`Lab::install_return_observer`]).
+    pub fn return_flow_counts(&self) -> Result<Vec<u64>> {
+        (1..=self.cfg.return_branches)
+            .map(|j| {
+                let ns = self.ns_of(&format!("d{j}"))?.to_string();
+                let mut c = self.command(&ns, "nft");
+                c.args(["list", "table", "inet", "svctr_return_flows"]);
                 let out = run_checked(&mut c, None, CMD_TIMEOUT)?;
                 Ok(out.lines().filter_map(nft_rule_packets).sum())
             })

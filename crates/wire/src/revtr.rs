@@ -114,6 +114,17 @@ pub const OBJECT_CLASS: u8 = 5;
 /// C-type of the indirect-target object (spec §1.3).
 pub const OBJECT_CTYPE: u8 = 0;
 
+/// Class-num of this project's experimental *flow-probe* object ([`FlowProbe`]): one of the
+/// class-nums the IANA "ICMP Extension Object Classes" registry keeps for private use
+/// (247-255), so that no assigned class is squatted. A reference server refuses it (state 4,
+/// value `class_num << 8 | c_type`), which tells a client to fall back to ordinary probes.
+pub const FLOW_OBJECT_CLASS: u8 = 250;
+/// C-type of the flow-probe object (version 1 of its layout).
+pub const FLOW_OBJECT_CTYPE: u8 = 1;
+/// Object length of the flow-probe object, counted as RFC 4884 §7 counts it: the 4-byte
+/// object header and its 16 bytes.
+pub const FLOW_OBJECT_LENGTH: u16 = 20;
+
 /// The address family of a message: which echo types and which ICMP protocol number apply.
 /// The reference runs one server per family (spec §2.1); the wire format is the same for both
 /// except for the types (and the ICMPv6 checksum's pseudo-header).
@@ -302,8 +313,65 @@ pub struct Request {
     /// address instead of back to the requester. An IPv4 server reads the last 4 bytes (sent
     /// IPv4-mapped, `::ffff:a.b.c.d`); see [`Request::indirect_target`].
     pub indirect: Option<Ipv6Addr>,
+    /// The experimental flow-probe object (this project's, [`FlowProbe`]): send the probe as
+    /// a live flow's own packet from the server to the requester. Emitted only without
+    /// `indirect` (one object per extension, as the reference reads it).
+    pub flow_probe: Option<FlowProbe>,
     /// Number of bytes after the fixed part (or after the extension). Emitted as zeros.
     pub padding: usize,
+}
+
+/// **Experimental** (not in the draft, not understood by the reference): a request's
+/// extension object asking the server to send its probe with the *reverse 5-tuple of a live
+/// flow* between the server and the requester, in the shape the flow tracer gives its own
+/// probes (see `svctr_core`'s probe module), so that load balancers on the way back treat
+/// the probes as the flow's own packets and neither end changes state:
+///
+/// * TCP: a pure ACK from `server_port` to `client_port` with `seq` (the requester sends the
+///   server's `SND.UNA - 1` as far as it knows it, its own `RCV.NXT - 1`, less a small
+///   per-request offset: below the requester's receive window, so its stack discards it as
+///   it discards a keep-alive, and outside `[SND.UNA, SND.NXT]` on the server, whose stack
+///   ignores the ICMP errors it draws), `ack` and `window` as given, no options, no payload;
+///   the server tells its probes apart by `seq`.
+/// * UDP: from `server_port` to `client_port` with two payload bytes that set the checksum to
+///   the request's identifier (Paris traceroute's trick); the requester asks only for TTLs
+///   short of itself (its distance from the server's packets' TTL), so its application never
+///   receives one.
+///
+/// The probe always goes to the requester (never with the indirect-target object), the
+/// request's protocol must be TCP or UDP (else state 2), and the request's TOS / traffic
+/// class and flow label are the probe's, as for every probe (the requester copies the
+/// flow's own incoming ones). Rate limits apply as to any request.
+///
+/// | object offset | size | field |
+/// |---|---|---|
+/// | 0 | 2 | length 20 |
+/// | 2 | 1 | class-num [`FLOW_OBJECT_CLASS`] |
+/// | 3 | 1 | c-type [`FLOW_OBJECT_CTYPE`] |
+/// | 4 | 2 | server port (the probe's source port) |
+/// | 6 | 2 | client port (its destination port) |
+/// | 8 | 4 | TCP sequence number |
+/// | 12 | 4 | TCP acknowledgment number |
+/// | 16 | 2 | TCP window |
+/// | 18 | 2 | reserved, 0 |
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct FlowProbe {
+    /// The flow's port on the server: the probe's source port.
+    pub server_port: u16,
+    /// The flow's port on the requester: the probe's destination port.
+    pub client_port: u16,
+    /// TCP: the probe's sequence number.
+    pub seq: u32,
+    /// TCP: the probe's acknowledgment number.
+    pub ack: u32,
+    /// TCP: the probe's window.
+    pub window: u16,
+}
+
+/// The object a request's extension carries.
+enum Extension {
+    Indirect(Ipv6Addr),
+    Flow(FlowProbe),
 }
 
 impl Request {
@@ -323,12 +391,15 @@ impl Request {
     pub fn parse(family: Family, icmp: &[u8]) -> Result<Self, ParseError> {
         let h = fixed_header(icmp, family.echo_request(), REQUEST_CODE)?;
         let rest = icmp.get(REQUEST_LEN..).unwrap_or_default();
-        let (indirect, padding) = match rest.first() {
+        let (indirect, flow_probe, padding) = match rest.first() {
             Some(b) if rest.len() >= 4 && b >> 4 == EXTENSION_VERSION => {
-                let target = parse_extension(icmp.len(), rest)?;
-                (Some(target), rest.len().saturating_sub(EXTENSION_LEN))
+                let after = rest.len().saturating_sub(EXTENSION_LEN);
+                match parse_extension(icmp.len(), rest)? {
+                    Extension::Indirect(target) => (Some(target), None, after),
+                    Extension::Flow(flow) => (None, Some(flow), after),
+                }
             }
-            _ => (None, rest.len()),
+            _ => (None, None, rest.len()),
         };
         Ok(Self {
             ident: u16::from_be_bytes([h[4], h[5]]),
@@ -337,6 +408,7 @@ impl Request {
             protocol: h[9],
             flow: u16::from_be_bytes([h[10], h[11]]),
             indirect,
+            flow_probe,
             padding,
         })
     }
@@ -378,6 +450,21 @@ impl Request {
             out.extend_from_slice(&OBJECT_LENGTH.to_be_bytes());
             out.extend_from_slice(&[OBJECT_CLASS, OBJECT_CTYPE]);
             out.extend_from_slice(&target.octets());
+            let sum = extension_checksum(out.get(at..).unwrap_or_default());
+            if let Some(field) = out.get_mut(at + 2..at + 4) {
+                field.copy_from_slice(&sum.to_be_bytes());
+            }
+        } else if let Some(f) = self.flow_probe {
+            let at = out.len();
+            out.extend_from_slice(&[EXTENSION_VERSION << 4, 0, 0, 0]);
+            out.extend_from_slice(&FLOW_OBJECT_LENGTH.to_be_bytes());
+            out.extend_from_slice(&[FLOW_OBJECT_CLASS, FLOW_OBJECT_CTYPE]);
+            out.extend_from_slice(&f.server_port.to_be_bytes());
+            out.extend_from_slice(&f.client_port.to_be_bytes());
+            out.extend_from_slice(&f.seq.to_be_bytes());
+            out.extend_from_slice(&f.ack.to_be_bytes());
+            out.extend_from_slice(&f.window.to_be_bytes());
+            out.extend_from_slice(&[0, 0]);
             let sum = extension_checksum(out.get(at..).unwrap_or_default());
             if let Some(field) = out.get_mut(at + 2..at + 4) {
                 field.copy_from_slice(&sum.to_be_bytes());
@@ -434,6 +521,9 @@ impl Request {
             return Err(State::Ttl);
         }
         let protocol = self.probe_protocol(family).ok_or(State::Protocol)?;
+        if let Some(f) = self.flow_probe {
+            return f.probe(protocol, self.ttl, identifier);
+        }
         let flow = self.probe_flow(protocol);
         Ok(match protocol {
             // UDP header + 8 payload bytes: 6 server-random, the last 2 chosen so that the UDP
@@ -494,6 +584,52 @@ impl Request {
                 forced_checksum: Some(flow),
             },
         })
+    }
+}
+
+impl FlowProbe {
+    /// The probe for a request with this object (see the type's doc): TCP or UDP only.
+    fn probe(&self, protocol: Protocol, ttl: u8, identifier: u16) -> Result<Probe, State> {
+        Ok(match protocol {
+            Protocol::Tcp => Probe {
+                protocol,
+                ttl,
+                transport: TransportFields::Tcp(TcpFields {
+                    src_port: self.server_port,
+                    dst_port: self.client_port,
+                    seq: self.seq,
+                    ack: self.ack,
+                    flags: TCP_ACK,
+                    window: self.window,
+                }),
+                tcp_options: &[],
+                payload_len: 0,
+                forced_checksum: None,
+            },
+            Protocol::Udp => Probe {
+                protocol,
+                ttl,
+                transport: TransportFields::Udp(UdpFields {
+                    src_port: self.server_port,
+                    dst_port: self.client_port,
+                }),
+                tcp_options: &[],
+                payload_len: 2,
+                forced_checksum: Some(identifier),
+            },
+            Protocol::Icmp => return Err(State::Protocol),
+        })
+    }
+
+    /// What tells one of these probes apart, from the start of its transport header (as sent,
+    /// or as an ICMP error quotes it; the RFC 792 minimum of 8 bytes suffices): the TCP
+    /// sequence number, or the UDP checksum.
+    pub fn tag(protocol: u8, transport: &[u8]) -> Option<u32> {
+        match protocol {
+            6 => crate::be32(transport, 4),
+            17 => crate::be16(transport, 6).map(u32::from),
+            _ => None,
+        }
     }
 }
 
@@ -840,7 +976,7 @@ fn fixed_header(icmp: &[u8], icmp_type: u8, code: u8) -> Result<[u8; 12], ParseE
 
 /// The indirect target of the extension that starts `ext` (the bytes after the fixed part of a
 /// request `total` bytes long), spec §1.3.
-fn parse_extension(total: usize, ext: &[u8]) -> Result<Ipv6Addr, ParseError> {
+fn parse_extension(total: usize, ext: &[u8]) -> Result<Extension, ParseError> {
     // The extension header's 12 reserved bits (RFC 4884 §7: "must be set to 0") are not checked,
     // like the reference; they are covered by the checksum.
     let object: [u8; 4] =
@@ -852,7 +988,9 @@ fn parse_extension(total: usize, ext: &[u8]) -> Result<Ipv6Addr, ParseError> {
             })?;
     let length = u16::from_be_bytes([object[0], object[1]]);
     let (class_num, c_type) = (object[2], object[3]);
-    if (length, class_num, c_type) != (OBJECT_LENGTH, OBJECT_CLASS, OBJECT_CTYPE) {
+    let flow =
+        (length, class_num, c_type) == (FLOW_OBJECT_LENGTH, FLOW_OBJECT_CLASS, FLOW_OBJECT_CTYPE);
+    if !flow && (length, class_num, c_type) != (OBJECT_LENGTH, OBJECT_CLASS, OBJECT_CTYPE) {
         return Err(ParseError::Object {
             length,
             class_num,
@@ -870,11 +1008,22 @@ fn parse_extension(total: usize, ext: &[u8]) -> Result<Ipv6Addr, ParseError> {
     if carried != 0 && carried != computed {
         return Err(ParseError::ExtensionChecksum { carried, computed });
     }
-    let address: [u8; 16] = ext
+    let body: [u8; 16] = ext
         .get(8..EXTENSION_LEN)
         .and_then(|s| s.try_into().ok())
         .unwrap_or_default();
-    Ok(Ipv6Addr::from(address))
+    if flow {
+        let be16 = |i: usize| u16::from_be_bytes([body[i], body[i + 1]]);
+        let be32 = |i: usize| u32::from_be_bytes([body[i], body[i + 1], body[i + 2], body[i + 3]]);
+        return Ok(Extension::Flow(FlowProbe {
+            server_port: be16(0),
+            client_port: be16(2),
+            seq: be32(4),
+            ack: be32(8),
+            window: be16(12),
+        }));
+    }
+    Ok(Extension::Indirect(Ipv6Addr::from(body)))
 }
 
 #[cfg(test)]
@@ -933,6 +1082,20 @@ mod tests {
                 Request {
                     indirect: Some(indirect4),
                     ..request(0x1234, 5, 17, 40000)
+                },
+            ),
+            (
+                REVTR_REQUEST_FLOW,
+                Family::V4,
+                Request {
+                    flow_probe: Some(FlowProbe {
+                        server_port: 8080,
+                        client_port: 50000,
+                        seq: 0x0102_0304,
+                        ack: 0x0a0b_0c0d,
+                        window: 0xffff,
+                    }),
+                    ..request(0x1234, 5, 6, 50000)
                 },
             ),
             (REVTR_PRESENCE_CHECK, Family::V4, request(0x1235, 0, 0, 0)),
@@ -994,6 +1157,72 @@ mod tests {
             assert_eq!(Request::parse(family, bytes), Ok(want), "{bytes:02x?}");
             assert_eq!(emit_request(&want, family), bytes);
         }
+    }
+
+    /// The flow-probe object's probes: TCP a pure ACK with the flow's ports and numbers, UDP
+    /// the flow's ports with the identifier as checksum, ICMP refused (state 2); the object
+    /// with another length is refused like any unknown object (state 4 with its class).
+    #[test]
+    fn flow_probe_object_gives_the_flows_own_packet() {
+        let flow = FlowProbe {
+            server_port: 8080,
+            client_port: 50000,
+            seq: 77,
+            ack: 99,
+            window: 512,
+        };
+        let req = |protocol| Request {
+            flow_probe: Some(flow),
+            ..request(0x1234, 5, protocol, 50000)
+        };
+        let p = req(6).probe(Family::V4, 0x1234, TcpProbe::Syn).unwrap();
+        assert_eq!(
+            p.transport,
+            TransportFields::Tcp(TcpFields {
+                src_port: 8080,
+                dst_port: 50000,
+                seq: 77,
+                ack: 99,
+                flags: TCP_ACK,
+                window: 512,
+            })
+        );
+        assert!(p.tcp_options.is_empty() && p.payload_len == 0);
+        let p = req(17).probe(Family::V6, 0x1234, TcpProbe::Syn).unwrap();
+        assert_eq!(
+            p.transport,
+            TransportFields::Udp(UdpFields {
+                src_port: 8080,
+                dst_port: 50000
+            })
+        );
+        assert_eq!((p.payload_len, p.forced_checksum), (2, Some(0x1234)));
+        assert_eq!(
+            req(1).probe(Family::V4, 1, TcpProbe::Syn),
+            Err(State::Protocol)
+        );
+        assert_eq!(
+            FlowProbe::tag(6, &[0x1f, 0x90, 0xc3, 0x50, 0, 0, 0, 77]),
+            Some(77)
+        );
+        assert_eq!(
+            FlowProbe::tag(17, &[0x1f, 0x90, 0xc3, 0x50, 0, 10, 0x12, 0x34]),
+            Some(0x1234)
+        );
+        let mut bad = REVTR_REQUEST_FLOW.to_vec();
+        bad[17] = 16;
+        assert_eq!(
+            Request::parse(Family::V4, &bad),
+            Err(ParseError::Object {
+                length: 16,
+                class_num: FLOW_OBJECT_CLASS,
+                c_type: FLOW_OBJECT_CTYPE
+            })
+        );
+        assert!(matches!(
+            Request::parse(Family::V4, &REVTR_REQUEST_FLOW[..30]),
+            Err(ParseError::Truncated { .. })
+        ));
     }
 
     #[test]

@@ -781,6 +781,31 @@ pub(crate) const REVTR_REQUEST_INDIRECT: &[u8] = &[
     0xc6, 0x33, 0x64, 0x07,
 ];
 
+/// A request with this project's experimental flow-probe object (`FlowProbe`): id 0x1234,
+/// TTL 5, TCP, flow 50000 (the client port), for the flow server port 8080 -> client port
+/// 50000, seq 0x01020304, ack 0x0a0b0c0d, window 0xffff. Checksums computed independently
+/// (RFC 1071 over the bytes below). (36 bytes)
+#[rustfmt::skip]
+pub(crate) const REVTR_REQUEST_FLOW: &[u8] = &[
+    // ICMP: type 8 (echo request), code 1, checksum 0x1d74
+    0x08, 0x01, 0x1d, 0x74,
+    // identifier 0x1234, sequence 0
+    0x12, 0x34, 0x00, 0x00,
+    // TTL 5, protocol 6 (TCP), flow 50000
+    0x05, 0x06, 0xc3, 0x50,
+    // extension header: version 2, reserved 0, checksum 0xe8ea
+    0x20, 0x00, 0xe8, 0xea,
+    // object header: length 20 (RFC 4884: header included), class-num 250, c-type 1
+    0x00, 0x14, 0xfa, 0x01,
+    // server port 8080, client port 50000
+    0x1f, 0x90, 0xc3, 0x50,
+    // seq, ack
+    0x01, 0x02, 0x03, 0x04,
+    0x0a, 0x0b, 0x0c, 0x0d,
+    // window 0xffff, reserved
+    0xff, 0xff, 0x00, 0x00,
+];
+
 /// Presence check (spec §1.5): id 0x1235, TTL 0, protocol 0, flow 0. (12 bytes)
 #[rustfmt::skip]
 pub(crate) const REVTR_PRESENCE_CHECK: &[u8] = &[
@@ -934,6 +959,7 @@ pub(crate) const REVTR_ALL: &[(&str, &[u8])] = &[
         "request_v6_indirect_padded",
         REVTR_REQUEST_V6_INDIRECT_PADDED,
     ),
+    ("request_flow_probe", REVTR_REQUEST_FLOW),
     ("success_v6", REVTR_SUCCESS_V6),
     ("error_protocol_v6", REVTR_ERROR_PROTOCOL_V6),
 ];

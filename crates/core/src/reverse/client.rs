@@ -65,7 +65,39 @@ pub struct ClientConfig {
     pub ident_count: u16,
     /// Seed of the first identifier (its offset in the block).
     pub seed: u64,
+    /// `flow --reverse` (experimental, our server only): the probes are a live flow's own
+    /// packets from the server back to this host ([`revtr::FlowProbe`]); `protocol` is the
+    /// flow's, `flow` is ignored, and `max_ttl` should be the flow's distance (the probes
+    /// then never reach this host's application).
+    pub flow_probe: Option<ReverseFlow>,
 }
+
+/// A live flow as the server's flow-shaped probes imitate it (see [`revtr::FlowProbe`]): its
+/// ports and, from this host's view of the connection, the server's keep-alive numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReverseFlow {
+    /// The flow's port on the server.
+    pub server_port: u16,
+    /// The flow's port on this host.
+    pub client_port: u16,
+    /// TCP: the server's `SND.UNA - 1` as far as this host knows it (its own `RCV.NXT - 1`):
+    /// each request asks for a number a little below it, its own.
+    pub seq: u32,
+    /// TCP: the server's `RCV.NXT` as far as this host knows it (its own `SND.UNA`).
+    pub ack: u32,
+    /// TCP: the window of the server's latest segment.
+    pub window: u16,
+    /// TOS / traffic class of the server's latest packet (routers may forward by it).
+    pub tos: u8,
+    /// IPv6 flow label of the server's latest packet (routers may hash it, RFC 6438).
+    pub flow_label: u32,
+    /// Routers between the server and this host, from the TTL of the server's packets.
+    pub distance: Option<u8>,
+}
+
+/// How many distinct sequence numbers below [`ReverseFlow::seq`] the requests of one trace
+/// cycle through: far more than are ever outstanding, and 1 KB at most below the window.
+const FLOW_SEQ_SPAN: u32 = 1024;
 
 /// The request size (IP datagram) that a server refusing amplification answers: its largest
 /// probe (TCP, 24 bytes of transport) and its success response, each with an IP header.
@@ -90,6 +122,7 @@ impl Default for ClientConfig {
             ident_first: 1,
             ident_count: u16::MAX,
             seed: 0,
+            flow_probe: None,
         }
     }
 }
@@ -191,6 +224,10 @@ pub struct ReverseResult {
     pub requests_sent: u32,
     /// Responses matched.
     pub responses: u32,
+    /// The probes were a live flow's own packets (`flow --reverse`, [`ReverseFlow`]): source
+    /// port the flow's on the server, destination port `flow`, its on this host.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub flow_shaped: bool,
 }
 
 /// What the client reports.
@@ -373,15 +410,36 @@ impl ReverseClient {
         self.scheduler.arm(id, deadline);
         self.requests += 1;
         let ip_header = if self.server.is_ipv4() { 20 } else { 40 };
+        // The presence check goes without the flow object: a server that does not know the
+        // object still says that it is there, and refuses the object on the first probe.
+        let flow = self.cfg.flow_probe.filter(|_| ttl > 0);
+        let flow_probe = flow.map(|f| revtr::FlowProbe {
+            server_port: f.server_port,
+            client_port: f.client_port,
+            // Each request its own number (the server tells its probes apart by it), all
+            // below the server's SND.UNA.
+            seq: f.seq.wrapping_sub(self.requests % FLOW_SEQ_SPAN),
+            ack: f.ack,
+            window: f.window,
+        });
+        let extension = if flow_probe.is_some() {
+            revtr::EXTENSION_LEN
+        } else {
+            0
+        };
         let req = Request {
             ident: id,
             seq: 0,
             ttl,
             protocol: self.protocol_number(),
-            flow: self.cfg.flow,
+            flow: flow.map_or(self.cfg.flow, |f| f.client_port),
             indirect: None,
+            flow_probe,
             // Zeros: a first byte 0x2X would read as an extension (§1.3).
-            padding: self.cfg.pad.saturating_sub(ip_header + revtr::REQUEST_LEN),
+            padding: self
+                .cfg
+                .pad
+                .saturating_sub(ip_header + revtr::REQUEST_LEN + extension),
         };
         let mut icmp = Vec::new();
         match (self.source, self.server) {
@@ -391,12 +449,14 @@ impl ReverseClient {
         // TOS / traffic class, IPv4 identification and IPv6 flow label are constant (0, as
         // the reference client): the server copies them into the probe, and routers may hash
         // them (§2.4).
+        // For a flow's probes, the flow's own (the server's latest packet's).
+        let (tos, flow_label) = flow.map_or((0, 0), |f| (f.tos, f.flow_label));
         let ip = match (self.source, self.server) {
             (IpAddr::V4(s), IpAddr::V4(d)) => IpFields::V4(Ipv4Fields {
                 src: s,
                 dst: d,
                 ttl: 64,
-                tos: 0,
+                tos,
                 dont_fragment: false,
                 ident: 1,
             }),
@@ -404,8 +464,8 @@ impl ReverseClient {
                 src: s,
                 dst: d,
                 hop_limit: 64,
-                traffic_class: 0,
-                flow_label: 0,
+                traffic_class: tos,
+                flow_label,
             }),
             _ => return None,
         };
@@ -619,6 +679,7 @@ impl ReverseClient {
                 graph: PathGraph::from_flow(&hops),
                 requests_sent: self.requests,
                 responses: self.responses,
+                flow_shaped: self.cfg.flow_probe.is_some(),
             })));
     }
 

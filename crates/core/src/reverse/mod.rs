@@ -20,7 +20,8 @@ mod server;
 mod two_way;
 
 pub use client::{
-    default_pad, state_text, ClientConfig, ReverseClient, ReverseEvent, ReverseResult, ReverseStop,
+    default_pad, state_text, ClientConfig, ReverseClient, ReverseEvent, ReverseFlow, ReverseResult,
+    ReverseStop,
 };
 pub(crate) use ident::IdentPool;
 pub use ipnet::IpNet;

@@ -61,6 +61,9 @@ pub struct ServerConfig {
     pub indirect: bool,
     /// Sources that may name another target.
     pub allow_indirect: Vec<IpNet>,
+    /// Whether the experimental flow-probe object ([`revtr::FlowProbe`], `flow --reverse`) is
+    /// honoured (on; off: refused with state 4, as the reference refuses it).
+    pub flow_probes: bool,
     /// Answer only requests whose IP datagram is at least as long as everything sent because
     /// of it (the probe and the response): a spoofed request then reflects no more bytes than
     /// it cost (the reference sends about 3×; its PR #18 plans the same rule).
@@ -83,6 +86,7 @@ impl Default for ServerConfig {
             allow: Vec::new(),
             indirect: false,
             allow_indirect: Vec::new(),
+            flow_probes: true,
             require_padding: false,
             addresses: Vec::new(),
             seed: 0x5eed_1021,
@@ -196,7 +200,13 @@ struct Session {
     /// When the probe was queued and when its capture saw it leave (kernel time).
     sent_wall: SystemTime,
     captured_wall: Option<SystemTime>,
+    /// A flow-shaped probe's entry in [`ReverseServer::flow_probes`].
+    flow: Option<FlowTag>,
 }
+
+/// How a flow-shaped probe ([`revtr::FlowProbe`]) is told apart: its destination, its ports
+/// and IP protocol, and its tag (TCP sequence number, UDP checksum).
+type FlowTag = (IpAddr, u16, u16, u8, u32);
 
 type Key = (IpAddr, u16);
 
@@ -221,6 +231,9 @@ pub struct ReverseServer {
     cfg: ServerConfig,
     limits: Option<Limits>,
     sessions: HashMap<Key, Session>,
+    /// The sessions of flow-shaped probes, by what their probes carry (their ports are the
+    /// flow's, not 1021, so the identifier is not where ordinary probes carry it).
+    flow_probes: HashMap<FlowTag, Key>,
     scheduler: Scheduler<Key>,
     out: VecDeque<Out>,
     events: VecDeque<ServerEvent>,
@@ -239,6 +252,10 @@ fn next_random(state: &mut u64) -> u64 {
     z ^ (z >> 31)
 }
 
+fn svctr_be16(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]))
+}
+
 fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_micros(t).to_string()
 }
@@ -251,6 +268,7 @@ impl ReverseServer {
             cfg,
             limits: None,
             sessions: HashMap::new(),
+            flow_probes: HashMap::new(),
             scheduler: Scheduler::default(),
             out: VecDeque::new(),
             events: VecDeque::new(),
@@ -321,10 +339,11 @@ impl ReverseServer {
                     return;
                 }
                 let q = &err.quote;
-                let Some(id) = revtr::quoted_identifier(q.protocol, q.transport) else {
-                    return;
-                };
-                self.answer(ts, (q.dst, id), Some(q.src), pkt.ip.src);
+                if let Some(id) = revtr::quoted_identifier(q.protocol, q.transport) {
+                    self.answer(ts, (q.dst, id), Some(q.src), pkt.ip.src);
+                } else if let Some(key) = self.flow_session(q.dst, q.protocol, q.transport) {
+                    self.answer(ts, key, Some(q.src), pkt.ip.src);
+                }
             }
             Transport::Icmp(IcmpMessage::EchoReply { .. }) => {
                 // A direct answer: the target's echo reply (code 0) to an ICMP probe.
@@ -351,6 +370,19 @@ impl ReverseServer {
             }
             _ => {}
         }
+    }
+
+    /// The session of a flow-shaped probe to `dst` (IP protocol `proto`, its transport
+    /// header as sent or quoted).
+    fn flow_session(&self, dst: IpAddr, proto: u8, t: &[u8]) -> Option<Key> {
+        if self.flow_probes.is_empty() {
+            return None;
+        }
+        let tag = revtr::FlowProbe::tag(proto, t)?;
+        let (sport, dport) = (svctr_be16(t, 0)?, svctr_be16(t, 2)?);
+        self.flow_probes
+            .get(&(dst, sport, dport, proto, tag))
+            .copied()
     }
 
     fn is_ours(&self, a: IpAddr) -> bool {
@@ -438,6 +470,15 @@ impl ReverseServer {
             Err(_) => Some((State::MultipartNotSupported, 0)),
             Ok(r) if r.ttl == 0 => Some((State::Ttl, 0)),
             Ok(r) if r.probe_protocol(family).is_none() => Some((State::Protocol, 0)),
+            Ok(r) if r.flow_probe.is_some() && !self.cfg.flow_probes => {
+                let object =
+                    u16::from_be_bytes([revtr::FLOW_OBJECT_CLASS, revtr::FLOW_OBJECT_CTYPE]);
+                Some((State::MultipartNotSupported, object))
+            }
+            // A flow's probes are TCP or UDP (experimental flow-probe object).
+            Ok(r) if r.flow_probe.is_some() && r.probe_protocol(family) == Some(Protocol::Icmp) => {
+                Some((State::Protocol, 0))
+            }
             Ok(r)
                 if r.indirect.is_some()
                     && !(self.cfg.indirect && allowed(&self.cfg.allow_indirect, client)) =>
@@ -492,6 +533,25 @@ impl ReverseServer {
             self.stats.refused.session_exists += 1;
             return;
         }
+        let flow_tag = match (req.flow_probe, req.probe_protocol(family)) {
+            (Some(f), Some(Protocol::Tcp)) => {
+                Some((target, f.server_port, f.client_port, 6, f.seq))
+            }
+            // The UDP checksum is the identifier (0 is sent as 0xFFFF, RFC 768).
+            (Some(f), Some(Protocol::Udp)) => Some((
+                target,
+                f.server_port,
+                f.client_port,
+                17,
+                u32::from(if probe_id == 0 { 0xffff } else { probe_id }),
+            )),
+            _ => None,
+        };
+        if flow_tag.is_some_and(|t| self.flow_probes.contains_key(&t)) {
+            // Another open session's probe would look the same: its answer would be ambiguous.
+            self.stats.refused.session_exists += 1;
+            return;
+        }
         if self.sessions.len() >= self.cfg.max_sessions || self.out.len() >= MAX_QUEUED {
             self.stats.refused.sessions_full += 1;
             return;
@@ -514,8 +574,12 @@ impl ReverseServer {
                 server,
                 sent_wall: ts,
                 captured_wall: None,
+                flow: flow_tag,
             },
         );
+        if let Some(tag) = flow_tag {
+            self.flow_probes.insert(tag, key);
+        }
         // Each session is filed once, at its deadline: the scheduler's due keys are the
         // sessions whose time is up (an answered one was removed from it).
         self.scheduler.arm(key, now + self.cfg.timeout);
@@ -702,6 +766,9 @@ impl ReverseServer {
         let Some(s) = self.sessions.remove(&key) else {
             return;
         };
+        if let Some(tag) = &s.flow {
+            self.flow_probes.remove(tag);
+        }
         self.scheduler.remove(&key);
         self.stats.open = self.sessions.len() as u64;
         let sent = s.captured_wall.unwrap_or(s.sent_wall);
@@ -729,6 +796,9 @@ impl ReverseServer {
     pub fn handle_timeout(&mut self, now: Now) {
         for key in self.scheduler.take_due(now.mono) {
             if let Some(s) = self.sessions.remove(&key) {
+                if let Some(tag) = &s.flow {
+                    self.flow_probes.remove(tag);
+                }
                 self.stats.timed_out += 1;
                 self.events.push_back(ServerEvent {
                     at: rfc3339(now.wall),
@@ -793,6 +863,9 @@ impl ReverseServer {
         for key in keys {
             self.scheduler.remove(&key);
             if let Some(s) = self.sessions.remove(&key) {
+                if let Some(tag) = &s.flow {
+                    self.flow_probes.remove(tag);
+                }
                 self.events.push_back(ServerEvent {
                     at: rfc3339(now.wall),
                     client: s.client,
