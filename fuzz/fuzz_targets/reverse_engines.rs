@@ -1,10 +1,12 @@
 //! Fuzz target: captured packets into the reverse-traceroute engines (`svctr_core::reverse`).
 //! Input: IP packets, each prefixed by its length (u16, big endian; a length that does not fit
 //! makes the rest one packet), fed 1 ms apart to a server (this host: 198.19.1.2 and
-//! 2001:2:0:1901::2; at most 64 sessions) and to a client tracing back from 198.19.1.2 to
-//! 198.18.1.2. Nothing may panic; the server never holds more than its sessions and never
-//! sends anything to an address that did not send it a packet (no indirect target is
-//! allowed); the client never has two requests out with one identifier.
+//! 2001:2:0:1901::2; at most 64 sessions), to a client tracing back from 198.19.1.2 to
+//! 198.18.1.2 (with `flow --reverse`'s flow-shaped probes when the first byte's bit 1 is set)
+//! and to a reverse multipath discovery (the MDA in reverse mode) from the same server.
+//! Nothing may panic; the server never holds more than its sessions and never sends anything
+//! to an address that did not send it a packet (no indirect target is allowed); the client
+//! never has two requests out with one identifier.
 #![no_main]
 
 use std::collections::BTreeSet;
@@ -13,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use libfuzzer_sys::fuzz_target;
 use svctr_core::reverse::{ClientConfig, ReverseClient, ReverseServer, ServerConfig};
-use svctr_core::Now;
+use svctr_core::{Mda, MdaConfig, Now, ReverseMda};
 use svctr_wire::packet::parse_ip;
 
 fuzz_target!(|data: &[u8]| {
@@ -29,13 +31,38 @@ fuzz_target!(|data: &[u8]| {
     let mut cl = ReverseClient::new(
         ClientConfig {
             presence_check: data.first().is_some_and(|b| b & 1 == 1),
+            flow_probe: data
+                .first()
+                .is_some_and(|b| b & 2 == 2)
+                .then_some(svctr_core::reverse::ReverseFlow {
+                    server_port: 8080,
+                    client_port: 40_000,
+                    seq: 1_000_000,
+                    ack: 2_000_000,
+                    window: 500,
+                    tos: 0,
+                    flow_label: 0,
+                    distance: Some(5),
+                }),
+            protocol: svctr_core::Protocol::Tcp,
             ..ClientConfig::default()
         },
         server_addrs[0],
         "198.18.1.2".parse().unwrap(),
     )
     .unwrap();
+    let mut mda = Mda::new(MdaConfig {
+        reverse: Some(ReverseMda {
+            pad: 0,
+            ident_first: 1,
+            ident_count: 1024,
+        }),
+        ..MdaConfig::default()
+    })
+    .unwrap();
     let t0 = Instant::now();
+    mda.add_target(t0, server_addrs[0], "198.18.1.2".parse().unwrap())
+        .unwrap();
     let w0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
     let mut senders: BTreeSet<IpAddr> = BTreeSet::new();
     let mut buf = Vec::new();
@@ -65,8 +92,12 @@ fuzz_target!(|data: &[u8]| {
         }
         srv.handle_packet(now.mono, now.wall, pkt);
         cl.handle_packet(now.mono, now.wall, pkt);
+        mda.handle_packet(now.mono, now.wall, pkt);
         srv.handle_timeout(now);
         cl.handle_timeout(now);
+        mda.handle_timeout(now);
+        while mda.poll_transmit(now, &mut buf).is_some() {}
+        while mda.poll_event().is_some() {}
         while let Some(tx) = srv.poll_transmit(now, &mut buf) {
             assert!(senders.contains(&tx.dst), "sent to {} who sent nothing", tx.dst);
             assert!(server_addrs.contains(&parse_ip(&buf[..tx.len]).unwrap().ip.src));

@@ -50,6 +50,7 @@ fuzz_target!(|data: &[u8]| {
     }
     for protocol in [1, 6, 17, 58] {
         let _ = quoted_identifier(protocol, data);
+        let _ = svctr_wire::revtr::FlowProbe::tag(protocol, data);
         let _ = answer_identifier(protocol, data, TcpProbe::Syn);
         let _ = answer_identifier(protocol, data, TcpProbe::Plain);
     }
