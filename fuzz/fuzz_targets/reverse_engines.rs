@@ -56,6 +56,7 @@ fuzz_target!(|data: &[u8]| {
             pad: 0,
             ident_first: 1,
             ident_count: 1024,
+            flow_offset: 0,
         }),
         ..MdaConfig::default()
     })

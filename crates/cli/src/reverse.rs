@@ -368,7 +368,7 @@ pub(crate) struct ServerArgs {
     #[arg(long)]
     require_padding: bool,
     /// Refuse the experimental flow-probe extension of `flow --reverse` (state 4, as the
-    /// reference server does): probes only ever from port 1021.
+    /// reference's indirect_multipart branch does): probes only ever from port 1021.
     #[arg(long)]
     no_flow_probes: bool,
     /// Log format: text lines (`[client, id] | event`, as the reference) or JSON lines.

@@ -6,10 +6,12 @@
 //! from its end (the service port to this host's port; for TCP the keep-alive shape with the
 //! numbers this host saw), so load balancers on the way back treat the probes as the flow's
 //! packets, and only up to the flow's distance (read from the TTL of the remote's packets),
-//! so none reaches this host's application. A server that does not know the object (the
-//! reference refuses it with state 4) gets a one-line notice and the way back is traced with
-//! ordinary probes whose flow value is this host's port instead (source port 1021: the path
-//! of *a* flow to this port, not necessarily the application's).
+//! so none reaches this host's application. A server that does not know the object is noticed
+//! in one line: the reference's `main` ignores it and sends its ordinary probes (from port 1021
+//! to this host's port: the path of *a* flow to this port, not necessarily the
+//! application's), which the responses tell (our server marks those of flow-shaped probes);
+//! one that refuses it (state 4: the reference's `indirect_multipart`, ours with
+//! `--no-flow-probes`) gets a second trace with ordinary probes.
 //!
 //! The monitor's results come in on a channel; a printer thread traces each one's way back
 //! (one at a time: each is a few round trips) and prints the two together.
@@ -152,6 +154,17 @@ fn trace_back(cfg: &BackConfig, r: TraceResult, stop: &AtomicBool) -> WithRevers
         ref why if !why.is_ok() => {
             let why = why.describe();
             done(r, Some(first), Some(format!("not traced: {why}")))
+        }
+        // Answered, but not marked as the flow's own packets: the server ignored the object
+        // (the reference's `main` does) and sent ordinary probes, up to the flow's distance.
+        _ if !first.flow_shaped => {
+            let note = format!(
+                "{server} ignored the flow-probe extension: its way back traced with ordinary \
+                 probes from port 1021 to port {} instead",
+                flow.client_port
+            );
+            eprintln!("service-traceroute: {note}");
+            done(r, Some(first), Some(note))
         }
         _ => done(r, Some(first), None),
     }

@@ -148,6 +148,11 @@ pub struct ReverseMda {
     pub ident_first: u16,
     /// See `ident_first`.
     pub ident_count: u16,
+    /// Where the flow values start in their range: flow `f` asks for `REVERSE_FLOW_BASE +
+    /// (flow_offset + f) mod 55,536`. The live driver draws it per run (as the reference
+    /// client draws its flows at random), so that a load balancer whose hash happens to send
+    /// the first flows one way does not make every run miss the same branch.
+    pub flow_offset: u16,
 }
 
 impl Default for MdaConfig {
@@ -990,7 +995,13 @@ impl Mda {
             ttl,
             // The presence check as the reference client sends it (protocol and flow 0).
             protocol: if presence { 0 } else { protocol },
-            flow: if presence { 0 } else { REVERSE_FLOW_BASE + f },
+            flow: if presence {
+                0
+            } else {
+                let span = u32::from(u16::MAX - REVERSE_FLOW_BASE) + 1;
+                let f = (u32::from(r.flow_offset) + u32::from(f)) % span;
+                REVERSE_FLOW_BASE + f as u16
+            },
             indirect: None,
             flow_probe: None,
             // Zeros: a first byte 0x2X would read as an extension (reference §1.3).
@@ -1094,7 +1105,7 @@ impl Mda {
             (_, Some(ResponseBody::Error { state, .. })) => {
                 self.abort(server, MdaStop::ServerError, Some(u8::from(state)), ts)
             }
-            (_, Some(ResponseBody::Success { hop, rtt_ns })) => {
+            (_, Some(ResponseBody::Success { hop, rtt_ns, .. })) => {
                 let Some(t) = self.targets.get(&server) else {
                     return;
                 };

@@ -111,7 +111,7 @@ fn mapped(a: IpAddr) -> IpAddr {
 /// The success body of a response.
 fn success(r: &Response) -> (IpAddr, u64) {
     match r.body {
-        ResponseBody::Success { hop, rtt_ns } => (hop, rtt_ns),
+        ResponseBody::Success { hop, rtt_ns, .. } => (hop, rtt_ns),
         ResponseBody::Error { state, .. } => panic!("state {state:?}"),
     }
 }
@@ -965,6 +965,7 @@ fn identifiers_are_never_reused_while_outstanding_and_answered_ones_come_back_fi
             body: ResponseBody::Success {
                 hop: a("198.19.1.1"),
                 rtt_ns: 1000,
+                value: 0,
             },
         };
         cl.handle_packet(now.mono, now.wall, &response_packet(s, c, &r));
@@ -995,12 +996,18 @@ fn ecmp_back(c: IpAddr, seed: u64) -> PathBack {
 }
 
 fn reverse_mda(protocol: Protocol, c: IpAddr, s: IpAddr) -> Mda {
+    reverse_mda_from(protocol, c, s, 0)
+}
+
+/// The reverse MDA with its flow values starting `offset` into their range.
+fn reverse_mda_from(protocol: Protocol, c: IpAddr, s: IpAddr, offset: u16) -> Mda {
     let mut mda = Mda::new(MdaConfig {
         protocol,
         reverse: Some(ReverseMda {
             pad: svctr_core::reverse::default_pad(c.is_ipv6()),
             ident_first: 5000,
             ident_count: 1024,
+            flow_offset: offset,
         }),
         ..MdaConfig::default()
     })
@@ -1026,7 +1033,10 @@ fn reverse_multipath_finds_every_way_back_and_never_one_that_does_not_exist() {
         for protocol in [Protocol::Udp, Protocol::Tcp, Protocol::Icmp] {
             for seed in 0..50 {
                 let path = ecmp_back(c, seed);
-                let r = mda_result(run_machine(reverse_mda(protocol, c, s), c, &path, true));
+                // Offsets near the end of the range too: the flow values wrap to 10000.
+                let offset = (seed as u16).wrapping_mul(55_000 / 49);
+                let m = reverse_mda_from(protocol, c, s, offset);
+                let r = mda_result(run_machine(m, c, &path, true));
                 assert_eq!(r.stop_reason, MdaStop::Completed, "{protocol:?} {seed}");
                 assert_eq!(r.direction.as_deref(), Some("reverse"));
                 assert_eq!((r.source, r.destination), (s, c));
@@ -1209,6 +1219,16 @@ fn flow_shaped_probes_carry_the_flows_reverse_five_tuple() {
         let (from, to, _, resp) = response_of(&drain(&mut srv, clock.now())[0]);
         assert_eq!((from, to, resp.ident), (s, c, 7));
         assert_eq!(success(&resp).0, r);
+        assert!(
+            matches!(
+                resp.body,
+                ResponseBody::Success {
+                    value: svctr_wire::revtr::FLOW_PROBE_MARK,
+                    ..
+                }
+            ),
+            "the response says the flow's own packet was sent"
+        );
         // UDP: the flow's ports, the identifier as checksum.
         let udp = Request {
             flow_probe: Some(flow),
@@ -1288,6 +1308,61 @@ fn a_flows_reverse_trace_stops_short_of_this_host() {
             .collect();
         assert_eq!(hops, routers.map(a), "{protocol:?}");
         assert_eq!(r.requests_sent, 1 + 3 * 4);
+        assert!(
+            r.flow_shaped,
+            "our server marks its flow-shaped probes' responses"
+        );
+    }
+    // A server that ignores the object (the reference's `main`: trailing bytes): its
+    // responses carry no mark, and the result does not claim the flow's own 5-tuple.
+    {
+        let now = Clock::new().now();
+        let cfg = ClientConfig {
+            protocol: Protocol::Udp,
+            max_ttl: 1,
+            probes: 1,
+            flow_probe: Some(svctr_core::reverse::ReverseFlow {
+                server_port: 9000,
+                client_port: 50_003,
+                seq: 0,
+                ack: 0,
+                window: 0,
+                tos: 0,
+                flow_label: 0,
+                distance: Some(1),
+            }),
+            ..ClientConfig::default()
+        };
+        let mut cl = ReverseClient::new(cfg, s, c).unwrap();
+        let mut buf = Vec::new();
+        let tx = cl.poll_transmit(now, &mut buf).unwrap();
+        let presence = Response {
+            ident: tx.ident,
+            seq: 0,
+            body: ResponseBody::Error {
+                state: State::Ttl,
+                value: 0,
+            },
+        };
+        cl.handle_packet(now.mono, now.wall, &response_packet(s, c, &presence));
+        let tx = cl.poll_transmit(now, &mut buf).unwrap();
+        let plain = Response {
+            ident: tx.ident,
+            seq: 0,
+            body: ResponseBody::Success {
+                hop: a(routers[0]),
+                rtt_ns: 1000,
+                value: 0,
+            },
+        };
+        cl.handle_packet(now.mono, now.wall, &response_packet(s, c, &plain));
+        let ev: Vec<_> = std::iter::from_fn(|| cl.poll_event()).collect();
+        let r = result(&ev);
+        assert_eq!(r.stop_reason, ReverseStop::MaxTtl);
+        assert!(
+            !r.flow_shaped,
+            "ordinary probes: not the flow's own 5-tuple"
+        );
     }
     // A server that refuses the object: state 4 on the first probe's request.
     let now = Clock::new().now();

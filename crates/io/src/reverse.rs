@@ -145,6 +145,7 @@ pub fn reverse_multipath(
         pad: pad.unwrap_or_else(|| svctr_core::reverse::default_pad(server.is_ipv6())),
         ident_first: first,
         ident_count: count,
+        flow_offset: seed() as u16,
     });
     let (_, source) = probing.sources()?[0];
     let filter = crate::filter::reverse_client_filter(server, first, first + (count - 1));

@@ -116,11 +116,17 @@ pub const OBJECT_CTYPE: u8 = 0;
 
 /// Class-num of this project's experimental *flow-probe* object ([`FlowProbe`]): one of the
 /// class-nums the IANA "ICMP Extension Object Classes" registry keeps for private use
-/// (247-255), so that no assigned class is squatted. A reference server refuses it (state 4,
-/// value `class_num << 8 | c_type`), which tells a client to fall back to ordinary probes.
+/// (247-255), so that no assigned class is squatted. The reference's `main` ignores it (bytes
+/// after the fixed part) and sends its ordinary probe: our server marks the success responses
+/// of probes it sent in the flow's shape ([`FLOW_PROBE_MARK`]), so a client knows which it
+/// got. The reference's `indirect_multipart` branch, and ours with `--no-flow-probes`, refuse
+/// it with state 4 (value `class_num << 8 | c_type`).
 pub const FLOW_OBJECT_CLASS: u8 = 250;
 /// C-type of the flow-probe object (version 1 of its layout).
 pub const FLOW_OBJECT_CTYPE: u8 = 1;
+/// The value field of a success response whose probe was the flow's own packet (see
+/// [`ResponseBody::Success`]): the object's `class_num << 8 | c_type`.
+pub const FLOW_PROBE_MARK: u16 = (FLOW_OBJECT_CLASS as u16) << 8 | FLOW_OBJECT_CTYPE as u16;
 /// Object length of the flow-probe object, counted as RFC 4884 §7 counts it: the 4-byte
 /// object header and its 16 bytes.
 pub const FLOW_OBJECT_LENGTH: u16 = 20;
@@ -798,6 +804,12 @@ pub enum ResponseBody {
         /// written as 64 bits (wrapping it would make it wrong for every reader), and if its low
         /// 32 bits are all zero it is sent 1 ns longer so that it cannot read as 32 bits.
         rtt_ns: u64,
+        /// The value field (bytes 10..12): 0 from the reference; our server sets
+        /// [`FLOW_PROBE_MARK`] when the probe it sent was the flow's own packet (the request's
+        /// [`FlowProbe`] object honoured), so that a client can tell it from a server that
+        /// ignored the object (the reference's `main` ignores bytes after the fixed part and
+        /// sends an ordinary probe from port 1021).
+        value: u16,
     },
     /// Any other state: no address, no RTT.
     Error {
@@ -843,7 +855,11 @@ impl Response {
                 };
                 let hop = Ipv6Addr::from(hop);
                 let hop = hop.to_ipv4_mapped().map_or(IpAddr::V6(hop), IpAddr::V4);
-                ResponseBody::Success { hop, rtt_ns }
+                ResponseBody::Success {
+                    hop,
+                    rtt_ns,
+                    value: u16::from_be_bytes([h[10], h[11]]),
+                }
             }
             state => ResponseBody::Error {
                 state,
@@ -880,8 +896,9 @@ impl Response {
         out.extend_from_slice(&self.ident.to_be_bytes());
         out.extend_from_slice(&self.seq.to_be_bytes());
         match self.body {
-            ResponseBody::Success { hop, rtt_ns } => {
-                out.extend_from_slice(&[u8::from(State::Success), 0, 0, 0]);
+            ResponseBody::Success { hop, rtt_ns, value } => {
+                out.extend_from_slice(&[u8::from(State::Success), 0]);
+                out.extend_from_slice(&value.to_be_bytes());
                 let hop = match hop {
                     IpAddr::V4(a) => a.to_ipv6_mapped(),
                     IpAddr::V6(a) => a,
@@ -1116,7 +1133,11 @@ mod tests {
         let success = |ident, hop, rtt_ns| Response {
             ident,
             seq: 0,
-            body: ResponseBody::Success { hop, rtt_ns },
+            body: ResponseBody::Success {
+                hop,
+                rtt_ns,
+                value: 0,
+            },
         };
         let error = |ident, state, value| Response {
             ident,
@@ -1157,6 +1178,31 @@ mod tests {
             assert_eq!(Request::parse(family, bytes), Ok(want), "{bytes:02x?}");
             assert_eq!(emit_request(&want, family), bytes);
         }
+    }
+
+    /// A success response of a flow-shaped probe carries the mark in its value field, which
+    /// the reference leaves 0: the bytes, and the round trip.
+    #[test]
+    fn flow_probe_mark_rides_in_the_value_field() {
+        let r = Response {
+            ident: 0x1234,
+            seq: 0,
+            body: ResponseBody::Success {
+                hop: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
+                rtt_ns: 1000,
+                value: FLOW_PROBE_MARK,
+            },
+        };
+        let mut out = Vec::new();
+        r.emit_v4(&mut out);
+        assert_eq!(&out[8..12], &[0, 0, 0xfa, 0x01]);
+        assert_eq!(Response::parse(Family::V4, &out), Ok(r));
+        // The reference's success (value 0) parses with value 0.
+        let reference = Response::parse(Family::V4, REVTR_SUCCESS).unwrap();
+        assert!(matches!(
+            reference.body,
+            ResponseBody::Success { value: 0, .. }
+        ));
     }
 
     /// The flow-probe object's probes: TCP a pure ACK with the flow's ports and numbers, UDP
@@ -1575,7 +1621,11 @@ mod tests {
         let response = |rtt_ns| Response {
             ident: 0x1234,
             seq: 0,
-            body: ResponseBody::Success { hop, rtt_ns },
+            body: ResponseBody::Success {
+                hop,
+                rtt_ns,
+                value: 0,
+            },
         };
         let rtt_of = |bytes: &[u8]| match Response::parse(Family::V4, bytes).unwrap().body {
             ResponseBody::Success { rtt_ns, .. } => rtt_ns,

@@ -225,7 +225,9 @@ pub struct ReverseResult {
     /// Responses matched.
     pub responses: u32,
     /// The probes were a live flow's own packets (`flow --reverse`, [`ReverseFlow`]): source
-    /// port the flow's on the server, destination port `flow`, its on this host.
+    /// port the flow's on the server, destination port `flow`, its on this host, as the
+    /// server's responses said ([`revtr::FLOW_PROBE_MARK`]). False when the object was asked
+    /// for but the server ignored it (ordinary probes from port 1021 to port `flow`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub flow_shaped: bool,
 }
@@ -287,6 +289,8 @@ pub struct ReverseClient {
     /// presence check's response: servers send responses with TTL 64 (reference §1.4), so
     /// 64 minus the TTL it arrives with is the routers on the way back.
     distance: Option<u8>,
+    /// `flow_probe`: success responses with and without the server's flow-probe mark.
+    flow_marks: (u32, u32),
 }
 
 impl ReverseClient {
@@ -338,6 +342,7 @@ impl ReverseClient {
             responses: 0,
             last_wall: None,
             distance: None,
+            flow_marks: (0, 0),
         };
         if c.cfg.presence_check {
             c.to_send.push_back((0, 0));
@@ -527,11 +532,20 @@ impl ReverseClient {
             self.stop(p.ttl, ReverseStop::NotSupported, now);
             return;
         };
-        let ResponseBody::Success { hop, rtt_ns } = r.body else {
+        let ResponseBody::Success { hop, rtt_ns, value } = r.body else {
             let state = u8::from(r.state());
             self.stop(p.ttl, ReverseStop::ServerError { state }, now);
             return;
         };
+        if self.cfg.flow_probe.is_some() {
+            // Did the server send the flow's own packet (our server marks it), or ignore the
+            // object and send an ordinary probe (the reference's `main`)?
+            if value == revtr::FLOW_PROBE_MARK {
+                self.flow_marks.0 += 1;
+            } else {
+                self.flow_marks.1 += 1;
+            }
+        }
         let reply = ProbeReply {
             addr: Some(hop),
             rtt_ms: Some(rtt_ns as f64 / 1e6),
@@ -679,7 +693,10 @@ impl ReverseClient {
                 graph: PathGraph::from_flow(&hops),
                 requests_sent: self.requests,
                 responses: self.responses,
-                flow_shaped: self.cfg.flow_probe.is_some(),
+                // Only what the server said it sent: every answered probe marked.
+                flow_shaped: self.cfg.flow_probe.is_some()
+                    && self.flow_marks.0 > 0
+                    && self.flow_marks.1 == 0,
             })));
     }
 

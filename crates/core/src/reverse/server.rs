@@ -62,7 +62,8 @@ pub struct ServerConfig {
     /// Sources that may name another target.
     pub allow_indirect: Vec<IpNet>,
     /// Whether the experimental flow-probe object ([`revtr::FlowProbe`], `flow --reverse`) is
-    /// honoured (on; off: refused with state 4, as the reference refuses it).
+    /// honoured (on; off: refused with state 4, as the reference's `indirect_multipart`
+    /// refuses objects it does not know; its `main` ignores them).
     pub flow_probes: bool,
     /// Answer only requests whose IP datagram is at least as long as everything sent because
     /// of it (the probe and the response): a spoofed request then reflects no more bytes than
@@ -777,7 +778,17 @@ impl ReverseServer {
         let response = Response {
             ident: s.client_id,
             seq: s.seq,
-            body: ResponseBody::Success { hop, rtt_ns },
+            body: ResponseBody::Success {
+                hop,
+                rtt_ns,
+                // A flow-shaped probe was sent: say so (the reference, which ignores the object,
+                // answers 0 here).
+                value: if s.flow.is_some() {
+                    revtr::FLOW_PROBE_MARK
+                } else {
+                    0
+                },
+            },
         };
         self.respond(s.server, s.client, &response);
         self.stats.answered += 1;
