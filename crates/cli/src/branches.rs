@@ -98,6 +98,8 @@ pub(crate) fn spawn_printer(
             stop: Arc::clone(&run.stop),
         };
         loop {
+            // Settle to what the monitor's run loop kept (see svctr_io::privilege).
+            svctr_io::privilege::sync_thread();
             match rx.recv_timeout(TICK) {
                 Ok(r) => p.take(r),
                 Err(RecvTimeoutError::Timeout) => {}

@@ -285,6 +285,22 @@ fn monitor_options(
     })
 }
 
+impl FlowArgs {
+    /// What the process keeps once set up (see `svctr_io::privilege`): `CAP_NET_RAW` (the fast
+    /// lane opens captures as flows come; `--reverse` opens a run per flow) and, with the
+    /// shield, `CAP_NET_ADMIN` (its nftables set is updated as flows come and go).
+    pub(crate) fn keeps(&self) -> (bool, bool) {
+        (true, !self.trace.no_udp_shield)
+    }
+}
+
+impl MonitorArgs {
+    /// As [`FlowArgs::keeps`].
+    pub(crate) fn keeps(&self) -> (bool, bool) {
+        (true, !self.trace.no_udp_shield)
+    }
+}
+
 pub(crate) fn run_flow(a: FlowArgs) -> Result<Outcome, CliError> {
     let opts = monitor_options(&a.select, &a.trace, a.count)?;
     let back = a.reverse.then(|| back_config(&opts, &a.trace));

@@ -43,6 +43,26 @@ use crate::error::CliError;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// When started as root, the user to run as once the captures and sockets are open (with
+    /// only the capabilities still needed; `root` stays root, capabilities still dropped).
+    #[arg(long, global = true, default_value = "nobody", value_name = "USER")]
+    user: String,
+}
+
+/// What a subcommand keeps once its first run is set up: (`CAP_NET_RAW`, `CAP_NET_ADMIN`)
+/// (see `svctr_io::privilege`).
+fn keeps(c: &Command) -> (bool, bool) {
+    match c {
+        Command::Flow(a) => a.keeps(),
+        Command::Monitor(a) => a.keeps(),
+        // One run each.
+        Command::Trace(_) | Command::Services(_) => (false, false),
+        // A flow trace, then fresh traces (or a discovery): more runs; the flow's shield.
+        Command::Compare(_) => (true, true),
+        Command::Reverse(a) => a.keeps(),
+        // Its nftables table is removed at exit.
+        Command::ReverseServer(_) => (false, true),
+    }
 }
 
 #[derive(Subcommand)]
@@ -123,6 +143,13 @@ fn parse_cli() -> Result<Cli, ExitCode> {
 }
 
 fn run(cli: Cli) -> Result<Outcome, CliError> {
+    // Before any thread exists (see svctr_io::privilege).
+    let (keep_raw, keep_admin) = keeps(&cli.command);
+    svctr_io::privilege::init(svctr_io::privilege::Privileges {
+        user: Some(cli.user.clone()),
+        keep_raw,
+        keep_admin,
+    })?;
     match cli.command {
         Command::Flow(a) => flow::run_flow(a),
         Command::Trace(a) => trace::run_trace(a),

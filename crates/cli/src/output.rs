@@ -92,6 +92,7 @@ impl Run {
 /// Regular files and terminals never report either (poll with no events asked for), so the
 /// thread just waits.
 fn watch_stdout(stop: &AtomicBool, closed: &AtomicBool) {
+    svctr_io::privilege::drop_all_in_thread();
     let stdout = io::stdout();
     let fd = stdout.as_fd();
     loop {

@@ -234,6 +234,14 @@ fn default_flow_or(flow: u16, p: Protocol) -> u16 {
     }
 }
 
+impl ReverseArgs {
+    /// What the process keeps once set up: `CAP_NET_RAW` only for `--two-way`, whose second
+    /// run opens its own capture and sockets.
+    pub(crate) fn keeps(&self) -> (bool, bool) {
+        (self.two_way, false)
+    }
+}
+
 pub(crate) fn run_reverse(a: ReverseArgs) -> Result<Outcome, CliError> {
     // As trace does: IPv4 first for a name with both, unless -6.
     let (server, _) = crate::trace::resolve(&a.server, a.ipv4, a.ipv6)?;

@@ -67,7 +67,15 @@ pub(crate) fn spawn_printer(
         let mut run = run;
         let stop = std::sync::Arc::clone(&run.stop);
         let mut collected = Vec::new();
-        for r in rx {
+        loop {
+            // Settle to what the monitor's run loop kept, as soon as it has (see
+            // svctr_io::privilege), also while waiting.
+            svctr_io::privilege::sync_thread();
+            let r = match rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(r) => r,
+                Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            };
             let item = trace_back(&cfg, r, &stop);
             match format {
                 Format::Text => run.print(&render_text(&item)),

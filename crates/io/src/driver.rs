@@ -181,6 +181,11 @@ pub fn monitor(
         local.iter().any(IpAddr::is_ipv4),
         local.iter().any(IpAddr::is_ipv6),
     )?;
+    if opts.udp_shield {
+        // Checked now, not at the first UDP flow (a monitor would fail hours into its run),
+        // and the tables of processes that are gone removed.
+        crate::shield::check()?;
+    }
     let ring = opts
         .capture_buffer
         .unwrap_or(if (1..=FEW_FLOWS).contains(&cfg.max_traces) {

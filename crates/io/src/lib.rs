@@ -61,6 +61,7 @@ mod handle;
 mod iface;
 mod multipath;
 mod names;
+pub mod privilege;
 mod probing;
 mod reserve;
 mod reverse;

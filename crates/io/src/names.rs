@@ -27,17 +27,21 @@ impl NameResolver {
             .map(|_| {
                 let rx = Arc::clone(&rx);
                 let cache = Arc::clone(&cache);
-                std::thread::spawn(move || loop {
-                    let next = rx.lock().map(|r| r.recv());
-                    let Ok(Ok(ip)) = next else { return };
-                    let name = dns_lookup::lookup_addr(&ip)
-                        .ok()
-                        .filter(|n| n != &ip.to_string());
-                    let (lock, cv) = &*cache;
-                    if let Ok(mut m) = lock.lock() {
-                        m.insert(ip, Some(name));
+                std::thread::spawn(move || {
+                    // Reads answers from the network (a resolver's): no privilege at all.
+                    crate::privilege::drop_all_in_thread();
+                    loop {
+                        let next = rx.lock().map(|r| r.recv());
+                        let Ok(Ok(ip)) = next else { return };
+                        let name = dns_lookup::lookup_addr(&ip)
+                            .ok()
+                            .filter(|n| n != &ip.to_string());
+                        let (lock, cv) = &*cache;
+                        if let Ok(mut m) = lock.lock() {
+                            m.insert(ip, Some(name));
+                        }
+                        cv.notify_all();
                     }
-                    cv.notify_all();
                 })
             })
             .collect();

@@ -135,6 +135,8 @@ pub(crate) fn run<M: Machine, H: Hooks<M>>(
     limits: &Limits<'_>,
     hooks: &mut H,
 ) -> Result<End, Error> {
+    // Captures and raw sockets are open: keep only what is still needed from here on.
+    crate::privilege::setup_done()?;
     let mut pacer = Pacer::new(limits.rate);
     let started = Instant::now();
     let mut end = End::default();

@@ -102,6 +102,28 @@ pub(crate) fn nft(script: &str) -> Result<(), String> {
     }
 }
 
+/// Whether the shield can work here: `nft` runs and may read the ruleset (it needs
+/// `CAP_NET_ADMIN`, which the process makes ambient, see the privilege module); tables left by
+/// processes that are gone are removed on the way.
+pub(crate) fn check() -> Result<(), Error> {
+    let out = Command::new("nft")
+        .args(["list", "tables"])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| Error::Shield(format!("running nft: {e}")))?;
+    if !out.status.success() {
+        return Err(Error::Shield(
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .next()
+                .unwrap_or("nft failed")
+                .to_string(),
+        ));
+    }
+    remove_stale();
+    Ok(())
+}
+
 /// Removes `svctr_<pid>` tables whose process is gone.
 pub(crate) fn remove_stale() {
     for family in ["ip", "ip6"] {
