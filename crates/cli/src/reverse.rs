@@ -44,7 +44,8 @@ pub(crate) struct ReverseArgs {
     #[arg(long, default_value_t = 0, conflicts_with = "multipath")]
     flow: u16,
     /// Every way back through per-flow load balancers (the Multipath Detection Algorithm,
-    /// with the request's flow value as what varies, from 10000 up), not one.
+    /// with the request's flow value as what varies: 10000-65535, from a random start), not
+    /// one.
     #[arg(long)]
     multipath: bool,
     #[command(flatten)]
@@ -569,8 +570,8 @@ fn run_reverse_multipath(
     if text {
         let prefix = if a.two_way { "reverse: " } else { "" };
         run.print(&format!(
-            "{prefix}reverse multipath from {server} back to this host, {} probes, flows {}+, \
-             {} hops max, confidence {}\n",
+            "{prefix}reverse multipath from {server} back to this host, {} probes, flow values \
+             {}-65535 from a random start, {} hops max, confidence {}\n",
             mda.protocol.as_str(),
             svctr_core::REVERSE_FLOW_BASE,
             mda.max_ttl,

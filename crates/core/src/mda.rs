@@ -124,8 +124,9 @@ pub struct MdaConfig {
     pub reverse: Option<ReverseMda>,
 }
 
-/// The first flow value of a reverse discovery: flow `f` asks for `REVERSE_FLOW_BASE + f`,
-/// the range the reference client's multipath mode uses (10000..65535).
+/// The lowest flow value of a reverse discovery: flow `f` asks for `REVERSE_FLOW_BASE +
+/// (flow_offset + f) mod 55,536` (see [`ReverseMda::flow_offset`]), within the range the
+/// reference client's multipath mode uses (10000..65535).
 pub const REVERSE_FLOW_BASE: u16 = 10_000;
 
 /// Multipath discovery of the path *back*: each probe is a reverse-traceroute request
