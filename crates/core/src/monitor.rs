@@ -39,7 +39,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use svctr_detect::{Detector, DetectorConfig, DetectorStats, ServiceMatch, Signatures, Source};
-use svctr_wire::packet::parse_ip;
+use svctr_wire::packet::{parse_ip, Transport};
 
 use crate::config::{ConfigError, TraceConfig};
 use crate::engine::{Engine, EngineStats, Event};
@@ -284,7 +284,8 @@ impl Monitor {
         let flow = flow_of(self.engine.local_addresses(), &pkt);
         if let Some((key, outgoing)) = flow {
             if !self.engine.is_tracking(&key) {
-                if self.is_probe(now, &key, outgoing, pkt.ip.ttl) {
+                let rst = matches!(&pkt.transport, Transport::Tcp(t) if t.flags & 0x04 != 0);
+                if self.is_probe(now, &key, outgoing, pkt.ip.ttl, rst) {
                     self.stats.probe_packets_ignored += 1;
                     return;
                 }
@@ -296,8 +297,19 @@ impl Monitor {
     }
 
     /// Whether a packet of an untracked flow belongs to a tracer's probe (see
-    /// [`PROBE_TTL_MAX`]), remembering the probe's 5-tuple.
-    fn is_probe(&mut self, now: Instant, key: &FlowKey, outgoing: bool, ttl: u8) -> bool {
+    /// [`PROBE_TTL_MAX`]), remembering the probe's 5-tuple: the probe itself, or, for
+    /// [`PROBE_MEMORY`], what it draws: an incoming packet, or this host's kernel's RST.
+    /// Another outgoing packet with an application's TTL is the application's own, even on a
+    /// 5-tuple that tracers probe too (other processes tracing the same live flow probe with
+    /// its 5-tuple): its flow is taken.
+    fn is_probe(
+        &mut self,
+        now: Instant,
+        key: &FlowKey,
+        outgoing: bool,
+        ttl: u8,
+        rst: bool,
+    ) -> bool {
         if outgoing && ttl <= PROBE_TTL_MAX {
             if self.probes.len() >= 65_536 {
                 self.probes.retain(|_, seen| now < *seen + PROBE_MEMORY);
@@ -306,6 +318,10 @@ impl Monitor {
             return true;
         }
         match self.probes.get(key) {
+            Some(_) if outgoing && !rst => {
+                self.probes.remove(key);
+                false
+            }
             Some(seen) if now < *seen + PROBE_MEMORY => true,
             Some(_) => {
                 self.probes.remove(key);

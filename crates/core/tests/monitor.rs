@@ -972,3 +972,55 @@ fn other_tracers_probes_are_not_flows() {
         assert_eq!(st.probe_packets_ignored, 20 + 10 * 2, "v6={v6}: {st:?}");
     }
 }
+
+/// Several processes trace one live flow (the isolation the slots give): this monitor may see
+/// another process's probes, which carry the flow's own 5-tuple with a low TTL, before the
+/// application's next packet. The application's packets (an application's TTL, no RST) are
+/// still taken for the flow, at once, not after the probes' memory has run out (it used to
+/// wait for a lull of `PROBE_MEMORY` in the other tracers' probing).
+#[test]
+fn a_flow_that_other_processes_probe_too_is_still_taken() {
+    for v6 in [false, true] {
+        let cfg = MonitorConfig {
+            filter: FlowFilter {
+                protocol: Some(Protocol::Udp),
+                remote_port: Some(9000),
+                ..FlowFilter::default()
+            },
+            retrace_after: None,
+            ..MonitorConfig::default()
+        };
+        let mut net = Net::new(cfg, v6);
+        let app = flow(v6, Protocol::Udp, 40003, 1, 9000);
+        let (me, srv) = (local(v6), server(v6, 1));
+        // Another process probes the flow (empty datagrams with its 5-tuple, TTL 1..5) every
+        // 100 ms for 3 s, starting before this monitor sees any packet of the application.
+        for i in 0..30u32 {
+            let mut udp = Vec::new();
+            udp.extend_from_slice(&40003u16.to_be_bytes());
+            udp.extend_from_slice(&9000u16.to_be_bytes());
+            udp.extend_from_slice(&8u16.to_be_bytes());
+            udp.extend_from_slice(&[0, 0]);
+            net.push(
+                100 * MS * i,
+                false,
+                ip_packet(me, srv, 17, 1 + (i % 5) as u8, &udp),
+            );
+        }
+        net.udp_flow(50 * MS, &app, 3 * SEC);
+        net.run(30 * SEC);
+        assert_eq!(net.traced(), BTreeSet::from([app]), "v6={v6}");
+        let first = net
+            .started
+            .first()
+            .copied()
+            .unwrap_or_else(|| panic!("v6={v6}: never traced"));
+        assert_eq!(first, app);
+        // Traced as soon as the application spoke (its first datagram at 50 ms; UDP waits
+        // up to a second for the remote's answer to learn its distance, which comes at once
+        // here), not after the other tracer's probing stopped (3 s) plus the probes' memory.
+        let (done_at, _) = &net.results[0];
+        assert!(*done_at < SEC, "v6={v6}: traced only at {done_at:?}");
+        assert!(net.mon.stats().probe_packets_ignored >= 1, "v6={v6}");
+    }
+}
