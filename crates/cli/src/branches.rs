@@ -100,7 +100,10 @@ pub(crate) fn spawn_printer(
         loop {
             // Settle to what the monitor's run loop kept (see svctr_io::privilege).
             svctr_io::privilege::sync_thread();
-            match rx.recv_timeout(TICK) {
+            let got = rx.recv_timeout(TICK);
+            // Again before starting discoveries: the run loop may have set up meanwhile.
+            svctr_io::privilege::sync_thread();
+            match got {
                 Ok(r) => p.take(r),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,

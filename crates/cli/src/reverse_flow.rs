@@ -76,6 +76,9 @@ pub(crate) fn spawn_printer(
                 Err(mpsc::RecvTimeoutError::Timeout) => continue,
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             };
+            // Again: the run loop may have set up (and switched user, emptying this thread's
+            // effective set) while this thread waited.
+            svctr_io::privilege::sync_thread();
             let item = trace_back(&cfg, r, &stop);
             match format {
                 Format::Text => run.print(&render_text(&item)),
