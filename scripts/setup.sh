@@ -2,14 +2,15 @@
 # Installs what service-traceroute needs on a fresh Debian machine, only what is missing:
 # libpcap (capture), iproute2 + nftables + conntrack (the namespace lab and the UDP shield),
 # scamper (the lab tests compare trace with it), util-linux (setpriv) and libcap2-bin (setcap)
-# for the privilege tests,
+# for the privilege tests, libclang-dev (the nftables netlink crate generates its kernel
+# bindings with bindgen at build time),
 # traceroute (the demo's comparison), the lab's real applications and test tools
 # (dnsmasq-base: DNS server; curl + openssl: TLS clients and server; ethtool: offloads;
 # tcpdump: captures in the lab's self-tests), and a Rust toolchain check.
 set -euo pipefail
 
 need=(libpcap-dev pkg-config iproute2 nftables conntrack traceroute scamper procps util-linux
-      libcap2-bin dnsmasq-base curl openssl ethtool tcpdump graphviz)
+      libcap2-bin libclang-dev dnsmasq-base curl openssl ethtool tcpdump graphviz)
 missing=()
 for p in "${need[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -13,10 +13,14 @@
 //! the same story with ICMPv6.
 //!
 //! One rule per family matches the probe shape and looks the quoted 5-tuple up in a set of the
-//! flows being traced, so that thousands of flows cost one rule, and flows are added and
-//! removed in batches: one `nft` run per turn of the driver's loop, not one per flow. A flow
-//! stays in the set for [`LINGER`] after its trace ended, for replies that come late (a probe
-//! given up after its timeout may still be answered).
+//! flows being traced, so that thousands of flows cost one rule. The table, its sets and rules
+//! are set up once with `nft` (and the table deleted with it at exit); flows are added to and
+//! removed from the sets over netlink from inside the process (the `rustables` crate), in one
+//! batch per turn of the driver's loop whose acknowledgement the kernel sends while it takes
+//! the batch, so reading it does not hold up the capture. (It used to be one `nft` process
+//! per batch: about 5 ms of CPU each, BENCHMARKS.md section 4.) A flow stays in the set for
+//! [`LINGER`] after its trace ended, for replies that come late (a probe given up after its
+//! timeout may still be answered).
 //!
 //! The same goes for the copies of a SYN that trace an IPv4 connection stuck in its handshake
 //! (see the engine's probe module): Linux `tcp_v4_err()` aborts a SYN_SENT connection on an
@@ -60,7 +64,60 @@ struct Entry {
     state: State,
     family: &'static str,
     set: &'static str,
-    element: String,
+    key: Vec<u8>,
+}
+
+/// A set element's key as it goes over netlink: its bytes as they are (see [`element`]).
+struct Key(Vec<u8>);
+
+impl rustables::data_type::DataType for Key {
+    // Only the elements' keys go over netlink: the set itself is made by `nft`.
+    const TYPE: u32 = 0;
+    const LEN: u32 = 0;
+
+    fn data(&self) -> Vec<u8> {
+        self.0.clone()
+    }
+}
+
+/// Adds (or deletes) these elements, in one netlink batch: (family, set, key).
+fn update(
+    table: &str,
+    add: bool,
+    elements: &[(&'static str, &'static str, Vec<u8>)],
+) -> Result<(), String> {
+    use rustables::{Batch, MsgType, ProtocolFamily, Table};
+    if elements.is_empty() {
+        return Ok(());
+    }
+    let mut batch = Batch::new();
+    let mut groups: Vec<(&str, &str)> = elements.iter().map(|(f, s, _)| (*f, *s)).collect();
+    groups.sort_unstable();
+    groups.dedup();
+    for (family, set) in groups {
+        let fam = if family == "ip" {
+            ProtocolFamily::Ipv4
+        } else {
+            ProtocolFamily::Ipv6
+        };
+        let t = Table::new(fam).with_name(table);
+        let mut builder = rustables::set::SetBuilder::<Key>::new(set, &t)
+            .map_err(|e| format!("netlink set element: {e}"))?;
+        for (_, _, key) in elements
+            .iter()
+            .filter(|(f, s, _)| *f == family && *s == set)
+        {
+            builder.add(&Key(key.clone()));
+        }
+        let (_, list) = builder.finish();
+        batch.add(&list, if add { MsgType::Add } else { MsgType::Del });
+    }
+    batch.send().map_err(|e| match e {
+        rustables::error::QueryError::NetlinkError(n) => {
+            format!("netlink: {}", nix::errno::Errno::from_raw(-n.error))
+        }
+        e => format!("netlink: {e}"),
+    })
 }
 
 pub(crate) struct Shield {
@@ -148,19 +205,13 @@ pub(crate) fn remove_stale() {
     }
 }
 
-/// An address as the raw payload matches of the rules read it.
-fn hex(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V4(a) => format!("0x{:08x}", u32::from(a)),
-        IpAddr::V6(a) => format!("0x{:032x}", u128::from(a)),
-    }
-}
-
 /// The set element of a guarded flow: quoted source, destination, source port, destination
-/// port (and the SYN's sequence number), as the raw payload matches of the rule read them;
-/// with the family and the set. `None` for a flow that mixes families, or IPv6 SYN copies
-/// (never traced, see the engine's probe module).
-fn element(g: &Guarded) -> Option<(&'static str, &'static str, String)> {
+/// port (and the SYN's sequence number), as the raw payload matches of the rule read them,
+/// each field in network byte order in a 32-bit register slot of its own (nftables pads a
+/// concatenation's 16-bit parts to 32 bits, zeros after); with the family and the set.
+/// `None` for a flow that mixes families, or IPv6 SYN copies (never traced, see the engine's
+/// probe module).
+fn element(g: &Guarded) -> Option<(&'static str, &'static str, Vec<u8>)> {
     let (flow, seq) = match g {
         Guarded::Udp(f) => (f, None),
         Guarded::SynCopies(f, seq) => (f, Some(*seq)),
@@ -170,21 +221,24 @@ fn element(g: &Guarded) -> Option<(&'static str, &'static str, String)> {
         return None;
     }
     let family = if local.is_ipv4() { "ip" } else { "ip6" };
-    let mut elem = format!(
-        "{} . {} . {} . {}",
-        hex(local),
-        hex(remote),
-        flow.local.port(),
-        flow.remote.port()
-    );
+    let octets = |ip: IpAddr| match ip {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    };
+    let mut key = octets(local);
+    key.extend(octets(remote));
+    for port in [flow.local.port(), flow.remote.port()] {
+        key.extend(port.to_be_bytes());
+        key.extend([0, 0]);
+    }
     let set = match seq {
         Some(seq) => {
-            elem.push_str(&format!(" . 0x{seq:08x}"));
+            key.extend(seq.to_be_bytes());
             "syn"
         }
         None => "flows",
     };
-    Some((family, set, elem))
+    Some((family, set, key))
 }
 
 impl Shield {
@@ -241,9 +295,10 @@ impl Shield {
             self.stale_removed = true;
         }
         let mut script = String::new();
+        let mut added = Vec::new();
         let (mut v4, mut v6) = (self.v4, self.v6);
         for flow in flows {
-            let Some((family, set, elem)) = element(flow) else {
+            let Some((family, set, key)) = element(flow) else {
                 return Err(Error::Unsupported(
                     "a flow mixes IPv4 and IPv6 addresses".into(),
                 ));
@@ -259,7 +314,7 @@ impl Shield {
                     state: State::Tracing,
                     family,
                     set,
-                    element: elem.clone(),
+                    key: key.clone(),
                 },
             );
             let created = if family == "ip" { &mut v4 } else { &mut v6 };
@@ -267,17 +322,15 @@ impl Shield {
                 script.push_str(&self.table_script(family));
                 *created = true;
             }
-            script.push_str(&format!(
-                "add element {family} {} {set} {{ {elem} }}\n",
-                self.table
-            ));
+            added.push((family, set, key));
         }
-        if script.is_empty() {
-            return Ok(());
+        // The table, sets and rule of a family the first time (nft), then the elements
+        // (netlink).
+        if !script.is_empty() {
+            nft(&script).map_err(Error::Shield)?;
+            (self.v4, self.v6) = (v4, v6);
         }
-        nft(&script).map_err(Error::Shield)?;
-        (self.v4, self.v6) = (v4, v6);
-        Ok(())
+        update(&self.table, true, &added).map_err(Error::Shield)
     }
 
     /// These flows' traces ended: they leave the set after [`LINGER`].
@@ -298,15 +351,11 @@ impl Shield {
         if self.next_expiry.is_none_or(|t| t > now) {
             return Ok(());
         }
-        let mut script = String::new();
+        let mut gone = Vec::new();
         let mut next = None;
-        let table = &self.table;
         self.flows.retain(|_, e| match e.state {
             State::Lingering(at) if at <= now => {
-                script.push_str(&format!(
-                    "delete element {} {table} {} {{ {} }}\n",
-                    e.family, e.set, e.element
-                ));
+                gone.push((e.family, e.set, std::mem::take(&mut e.key)));
                 false
             }
             State::Lingering(at) => {
@@ -316,10 +365,7 @@ impl Shield {
             State::Tracing => true,
         });
         self.next_expiry = next;
-        if script.is_empty() {
-            return Ok(());
-        }
-        nft(&script).map_err(Error::Shield)
+        update(&self.table, false, &gone).map_err(Error::Shield)
     }
 }
 
@@ -354,27 +400,25 @@ mod tests {
             Some((
                 "ip",
                 "flows",
-                "0xc6120102 . 0xc6130102 . 40000 . 9000".into()
+                vec![198, 18, 1, 2, 198, 19, 1, 2, 0x9c, 0x40, 0, 0, 0x23, 0x28, 0, 0]
             ))
         );
         let u6 = flow(Protocol::Udp, "[2001:db8::2]:40000", "[2001:db8:9::2]:443");
-        assert_eq!(
-            element(&Guarded::Udp(u6)),
-            Some((
-                "ip6",
-                "flows",
-                "0x20010db8000000000000000000000002 . 0x20010db8000900000000000000000002 . \
-                 40000 . 443"
-                    .into()
-            ))
-        );
+        let (family, set, key) = element(&Guarded::Udp(u6)).unwrap();
+        assert_eq!((family, set, key.len()), ("ip6", "flows", 40));
+        assert_eq!(&key[..2], &[0x20, 0x01]);
+        assert_eq!(&key[15..17], &[2, 0x20]);
+        assert_eq!(&key[32..], &[0x9c, 0x40, 0, 0, 0x01, 0xbb, 0, 0]);
         let t4 = flow(Protocol::Tcp, "198.18.1.2:40000", "198.19.1.2:8099");
         assert_eq!(
             element(&Guarded::SynCopies(t4, 0x1234_5678)),
             Some((
                 "ip",
                 "syn",
-                "0xc6120102 . 0xc6130102 . 40000 . 8099 . 0x12345678".into()
+                vec![
+                    198, 18, 1, 2, 198, 19, 1, 2, 0x9c, 0x40, 0, 0, 0x1f, 0xa3, 0, 0, 0x12, 0x34,
+                    0x56, 0x78
+                ]
             ))
         );
         let t6 = flow(Protocol::Tcp, "[2001:db8::2]:40000", "[2001:db8:9::2]:443");
