@@ -181,11 +181,16 @@ pub fn monitor(
         local.iter().any(IpAddr::is_ipv4),
         local.iter().any(IpAddr::is_ipv6),
     )?;
-    if opts.udp_shield {
-        // Checked now, not at the first UDP flow (a monitor would fail hours into its run),
-        // and the tables of processes that are gone removed.
-        crate::shield::check()?;
-    }
+    // Checked now, not at the first UDP flow (a monitor would fail hours into its run), and
+    // the tables of processes that are gone removed.
+    let shield = if opts.udp_shield {
+        Some(Shield::checked(
+            local.iter().any(IpAddr::is_ipv4),
+            local.iter().any(IpAddr::is_ipv6),
+        )?)
+    } else {
+        None
+    };
     let ring = opts
         .capture_buffer
         .unwrap_or(if (1..=FEW_FLOWS).contains(&cfg.max_traces) {
@@ -221,7 +226,7 @@ pub fn monitor(
     };
     let mut hooks = MonitorHooks {
         lane: Lane::new(&opts.iface),
-        shield: opts.udp_shield.then(Shield::new),
+        shield,
         shielded: Shielded::default(),
         traced: 0,
         active: 0,

@@ -14,11 +14,14 @@
 //!
 //! One rule per family matches the probe shape and looks the quoted 5-tuple up in a set of the
 //! flows being traced, so that thousands of flows cost one rule. The table, its sets and rules
-//! are set up once with `nft` (and the table deleted with it at exit); flows are added to and
-//! removed from the sets over netlink from inside the process (the `rustables` crate), in one
-//! batch per turn of the driver's loop whose acknowledgement the kernel sends while it takes
-//! the batch, so reading it does not hold up the capture. (It used to be one `nft` process
-//! per batch: about 5 ms of CPU each, BENCHMARKS.md section 4.) A flow stays in the set for
+//! are set up once, at start, with `nft` (a listing, which checks that `nft` works and finds
+//! the tables of processes that are gone, removed then; and the set-up itself); from then on
+//! everything goes over netlink
+//! from inside the process (the `rustables` crate): flows are added to and removed from the
+//! sets in one batch per turn of the driver's loop, whose acknowledgement the kernel sends
+//! while it takes the batch, so reading it does not hold up the capture, and the tables are
+//! deleted at exit. (It used to be one `nft` process per batch: about 5 ms of CPU each,
+//! BENCHMARKS.md section 4.) A flow stays in the set for
 //! [`LINGER`] after its trace ended, for replies that come late (a probe given up after its
 //! timeout may still be answered).
 //!
@@ -160,9 +163,9 @@ pub(crate) fn nft(script: &str) -> Result<(), String> {
 }
 
 /// Whether the shield can work here: `nft` runs and may read the ruleset (it needs
-/// `CAP_NET_ADMIN`, which the process makes ambient, see the privilege module); tables left by
-/// processes that are gone are removed on the way.
-pub(crate) fn check() -> Result<(), Error> {
+/// `CAP_NET_ADMIN`, which the process makes ambient, see the privilege module); the tables
+/// its listing shows for processes that are gone are removed on the way (one `nft` run).
+fn check() -> Result<(), Error> {
     let out = Command::new("nft")
         .args(["list", "tables"])
         .stdin(Stdio::null())
@@ -177,8 +180,30 @@ pub(crate) fn check() -> Result<(), Error> {
                 .to_string(),
         ));
     }
-    remove_stale();
+    let stale: String = stale_tables(&String::from_utf8_lossy(&out.stdout))
+        .iter()
+        .map(|(family, name)| format!("delete table {family} {name}\n"))
+        .collect();
+    if !stale.is_empty() {
+        let _ = nft(&stale);
+    }
     Ok(())
+}
+
+/// The `svctr_<pid>` tables of an `nft list tables` listing whose process is gone.
+fn stale_tables(listing: &str) -> Vec<(String, String)> {
+    listing
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            let (Some("table"), Some(family), Some(name)) = (w.next(), w.next(), w.next()) else {
+                return None;
+            };
+            let pid = name.strip_prefix("svctr_")?;
+            (pid.parse::<u32>().is_ok() && !std::path::Path::new(&format!("/proc/{pid}")).exists())
+                .then(|| (family.to_string(), name.to_string()))
+        })
+        .collect()
 }
 
 /// Removes `svctr_<pid>` tables whose process is gone.
@@ -242,6 +267,28 @@ fn element(g: &Guarded) -> Option<(&'static str, &'static str, Vec<u8>)> {
 }
 
 impl Shield {
+    /// A shield set up at start for the families this host has (`v4`, `v6`): `nft` checked,
+    /// stale tables removed, the tables, sets and rules installed (one `nft` run), so that a
+    /// monitor does not fail hours into its run at its first UDP flow, and no `nft` process
+    /// delays a first probe; flows then come and go over netlink only.
+    pub(crate) fn checked(v4: bool, v6: bool) -> Result<Self, Error> {
+        check()?;
+        let mut s = Self::new();
+        s.stale_removed = true;
+        let mut script = String::new();
+        if v4 {
+            script.push_str(&s.table_script("ip"));
+        }
+        if v6 {
+            script.push_str(&s.table_script("ip6"));
+        }
+        if !script.is_empty() {
+            nft(&script).map_err(Error::Shield)?;
+        }
+        (s.v4, s.v6) = (v4, v6);
+        Ok(s)
+    }
+
     pub(crate) fn new() -> Self {
         Self {
             table: format!("svctr_{}", std::process::id()),
@@ -370,9 +417,26 @@ impl Shield {
 }
 
 impl Drop for Shield {
+    /// The tables go, in one netlink batch (`nft` as the fallback).
     fn drop(&mut self) {
-        for (family, installed) in [("ip", self.v4), ("ip6", self.v6)] {
-            if installed {
+        use rustables::{Batch, MsgType, ProtocolFamily, Table};
+        let installed: Vec<(&str, ProtocolFamily)> = [
+            ("ip", self.v4, ProtocolFamily::Ipv4),
+            ("ip6", self.v6, ProtocolFamily::Ipv6),
+        ]
+        .into_iter()
+        .filter(|(_, on, _)| *on)
+        .map(|(name, _, fam)| (name, fam))
+        .collect();
+        if installed.is_empty() {
+            return;
+        }
+        let mut batch = Batch::new();
+        for (_, fam) in &installed {
+            batch.add(&Table::new(*fam).with_name(&self.table), MsgType::Del);
+        }
+        if batch.send().is_err() {
+            for (family, _) in installed {
                 let _ = nft(&format!("delete table {family} {}\n", self.table));
             }
         }
@@ -390,6 +454,20 @@ mod tests {
             local: local.parse().unwrap(),
             remote: remote.parse().unwrap(),
         }
+    }
+
+    #[test]
+    fn stale_tables_are_those_of_processes_that_are_gone() {
+        let listing = "table inet filter\ntable ip svctr_4000000000\ntable ip6 svctr_1\n\
+                       table ip svctr_x\ntable ip6 svctr_3999999999\n";
+        assert_eq!(
+            stale_tables(listing),
+            vec![
+                ("ip".to_string(), "svctr_4000000000".to_string()),
+                ("ip6".to_string(), "svctr_3999999999".to_string())
+            ],
+            "pid 1 lives; svctr_x is not ours"
+        );
     }
 
     #[test]
