@@ -385,17 +385,9 @@ fn run_monitor_marked(
     show_stats: bool,
     marker: MarkerConfig,
 ) -> Result<Outcome, CliError> {
-    let run = Run::start()?;
-    let stop = std::sync::Arc::clone(&run.stop);
-    let (tx, printer) = crate::branches::spawn_printer(run, format, marker);
-    let result = monitor(opts, &stop, |r| {
-        let _ = tx.send(r);
-    });
-    drop(tx);
-    let (run, collected) = printer
-        .join()
-        .map_err(|_| CliError::input("the printer thread panicked"))?;
-    end_monitor(opts, result, run, format, &collected, show_stats)
+    run_with_printer(opts, format, show_stats, |run| {
+        crate::branches::spawn_printer(run, format, marker)
+    })
 }
 
 /// [`run_monitor`] with each flow's way back (see the reverse_flow module).
@@ -405,9 +397,27 @@ fn run_monitor_reverse(
     show_stats: bool,
     back: BackConfig,
 ) -> Result<Outcome, CliError> {
+    run_with_printer(opts, format, show_stats, |run| {
+        crate::reverse_flow::spawn_printer(run, format, back)
+    })
+}
+
+/// The monitor's results to a printer thread that adds to each (`spawn` starts it with the
+/// run's output), then the end of the run with what it printed.
+fn run_with_printer<T: serde::Serialize>(
+    opts: &MonitorOptions,
+    format: Format,
+    show_stats: bool,
+    spawn: impl FnOnce(
+        Run,
+    ) -> (
+        std::sync::mpsc::Sender<TraceResult>,
+        std::thread::JoinHandle<(Run, Vec<T>)>,
+    ),
+) -> Result<Outcome, CliError> {
     let run = Run::start()?;
     let stop = std::sync::Arc::clone(&run.stop);
-    let (tx, printer) = crate::reverse_flow::spawn_printer(run, format, back);
+    let (tx, printer) = spawn(run);
     let result = monitor(opts, &stop, |r| {
         let _ = tx.send(r);
     });

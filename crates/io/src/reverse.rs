@@ -77,6 +77,39 @@ pub fn reverse(
     stop: &AtomicBool,
     mut on_event: impl FnMut(&ReverseEvent),
 ) -> Result<ReverseResult, Error> {
+    with_client(opts, |probing, server, source, (first, count), filter| {
+        let mut cfg = opts.config.clone();
+        cfg.ident_first = first;
+        cfg.ident_count = count;
+        cfg.seed = u64::from(std::process::id());
+        let mut engine = ReverseClient::new(cfg, server, source).map_err(Error::Unsupported)?;
+        let mut result = None;
+        let mut hooks = NamedHooks::new(opts.resolve_names, |ev: ReverseEvent| {
+            on_event(&ev);
+            if let ReverseEvent::Finished(r) = ev {
+                result = Some(*r);
+            }
+        });
+        probing.run(
+            &mut engine,
+            filter,
+            ReverseClient::handle_packet,
+            stop,
+            &mut hooks,
+        )?;
+        drop(hooks);
+        result.ok_or_else(|| Error::Unsupported(format!("no result from {server}")))
+    })
+}
+
+/// What a client run toward `opts.server` needs, for `body`: its probing (interface, rate,
+/// source), the server, this host's address toward it, this process's block of request
+/// identifiers (first, count; held until `body` returns) and the capture filter of their
+/// responses.
+fn with_client<R>(
+    opts: &ReverseOptions,
+    body: impl FnOnce(&Probing<'_>, IpAddr, IpAddr, (u16, u16), &str) -> Result<R, Error>,
+) -> Result<R, Error> {
     let server = opts
         .server
         .ok_or_else(|| Error::Unsupported("no server to trace back from".into()))?;
@@ -89,29 +122,9 @@ pub fn reverse(
     };
     probing.check_iface()?;
     let (first, count, _reservation) = crate::reserve::reverse_ident_block()?;
-    let mut cfg = opts.config.clone();
-    cfg.ident_first = first;
-    cfg.ident_count = count;
-    cfg.seed = u64::from(std::process::id());
     let (_, source) = probing.sources()?[0];
     let filter = crate::filter::reverse_client_filter(server, first, first + (count - 1));
-    let mut engine = ReverseClient::new(cfg, server, source).map_err(Error::Unsupported)?;
-    let mut result = None;
-    let mut hooks = NamedHooks::new(opts.resolve_names, |ev: ReverseEvent| {
-        on_event(&ev);
-        if let ReverseEvent::Finished(r) = ev {
-            result = Some(*r);
-        }
-    });
-    probing.run(
-        &mut engine,
-        &filter,
-        ReverseClient::handle_packet,
-        stop,
-        &mut hooks,
-    )?;
-    drop(hooks);
-    result.ok_or_else(|| Error::Unsupported(format!("no result from {server}")))
+    body(&probing, server, source, (first, count), &filter)
 }
 
 /// Discovers every way back from `opts.server` through per-flow load balancers (the
@@ -128,41 +141,29 @@ pub fn reverse_multipath(
     stop: &AtomicBool,
     mut on_event: impl FnMut(&MdaEvent),
 ) -> Result<MdaResult, Error> {
-    let server = opts
-        .server
-        .ok_or_else(|| Error::Unsupported("no server to trace back from".into()))?;
-    let targets = [server];
-    let probing = Probing {
-        targets: &targets,
-        source: opts.source,
-        iface: opts.iface.as_deref(),
-        rate: opts.rate,
-    };
-    probing.check_iface()?;
-    let (first, count, _reservation) = crate::reserve::reverse_ident_block()?;
-    let mut cfg = mda.clone();
-    cfg.reverse = Some(ReverseMda {
-        pad: pad.unwrap_or_else(|| svctr_core::reverse::default_pad(server.is_ipv6())),
-        ident_first: first,
-        ident_count: count,
-        flow_offset: seed() as u16,
-    });
-    let (_, source) = probing.sources()?[0];
-    let filter = crate::filter::reverse_client_filter(server, first, first + (count - 1));
-    let mut engine = Mda::new(cfg)?;
-    engine
-        .add_target(std::time::Instant::now(), server, source)
-        .map_err(|e| Error::Unsupported(e.to_string()))?;
-    let mut result = None;
-    let mut hooks = NamedHooks::new(opts.resolve_names, |ev: MdaEvent| {
-        on_event(&ev);
-        if let MdaEvent::Finished(r) = ev {
-            result = Some(*r);
-        }
-    });
-    probing.run(&mut engine, &filter, Mda::handle_packet, stop, &mut hooks)?;
-    drop(hooks);
-    result.ok_or_else(|| Error::Unsupported(format!("no result from {server}")))
+    with_client(opts, |probing, server, source, (first, count), filter| {
+        let mut cfg = mda.clone();
+        cfg.reverse = Some(ReverseMda {
+            pad: pad.unwrap_or_else(|| svctr_core::reverse::default_pad(server.is_ipv6())),
+            ident_first: first,
+            ident_count: count,
+            flow_offset: seed() as u16,
+        });
+        let mut engine = Mda::new(cfg)?;
+        engine
+            .add_target(std::time::Instant::now(), server, source)
+            .map_err(|e| Error::Unsupported(e.to_string()))?;
+        let mut result = None;
+        let mut hooks = NamedHooks::new(opts.resolve_names, |ev: MdaEvent| {
+            on_event(&ev);
+            if let MdaEvent::Finished(r) = ev {
+                result = Some(*r);
+            }
+        });
+        probing.run(&mut engine, filter, Mda::handle_packet, stop, &mut hooks)?;
+        drop(hooks);
+        result.ok_or_else(|| Error::Unsupported(format!("no result from {server}")))
+    })
 }
 
 /// One trace: every event is about the server.
