@@ -49,6 +49,9 @@ pub struct Privileges {
 
 static PENDING: Mutex<Option<Privileges>> = Mutex::new(None);
 
+/// A switch of user is to come or under way (set by [`init`], cleared once it is done).
+static SWITCHING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// What the threads settle to, once [`setup_done`] ran: (kept, ambient).
 static SETTLED: Mutex<Option<(CapsHashSet, CapsHashSet)>> = Mutex::new(None);
 
@@ -69,6 +72,7 @@ pub fn init(p: Privileges) -> Result<(), Error> {
         // Every thread created from now on inherits it (see the module doc).
         caps::securebits::set_keepcaps(true)
             .map_err(|e| Error::Unsupported(format!("keeping capabilities: {e}")))?;
+        SWITCHING.store(true, std::sync::atomic::Ordering::SeqCst);
     }
     if caps::has_cap(None, CapSet::Permitted, Capability::CAP_NET_ADMIN).unwrap_or(false) {
         // Inheritable first: an ambient capability must be permitted and inheritable.
@@ -108,6 +112,7 @@ pub(crate) fn setup_done() -> Result<(), Error> {
         nix::unistd::setgid(user.gid).map_err(|e| fail("group", &e))?;
         nix::unistd::setuid(user.uid).map_err(|e| fail("user", &e))?;
         caps::securebits::set_keepcaps(false).map_err(|e| fail("keep capabilities", &e))?;
+        SWITCHING.store(false, std::sync::atomic::Ordering::SeqCst);
     }
     let mut keep = CapsHashSet::new();
     let mut admin = CapsHashSet::new();
@@ -154,11 +159,8 @@ fn settle(keep: &CapsHashSet, ambient: &CapsHashSet) -> Result<(), caps::errors:
 /// thread change user together and aborts the process if one cannot; without
 /// `PR_SET_KEEPCAPS` in this thread, the switch then clears those two as well.
 pub fn drop_all_in_thread() {
-    let switching = is_root()
-        && PENDING
-            .lock()
-            .ok()
-            .is_some_and(|p| p.as_ref().is_some_and(|p| p.user.is_some()));
+    // Not from PENDING: setup_done takes it before the switch, which may still be under way.
+    let switching = SWITCHING.load(std::sync::atomic::Ordering::SeqCst);
     let mut keep = CapsHashSet::new();
     if switching {
         keep.insert(Capability::CAP_SETUID);
