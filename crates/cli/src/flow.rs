@@ -124,6 +124,12 @@ pub(crate) struct TraceOpts {
     /// absorbs longer stalls of a busy machine; less sets up faster.
     #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u16).range(1..=1024))]
     capture_buffer: Option<u16>,
+    /// Flows watched or traced at once, and the bound of every table of flows: beyond it the
+    /// oldest flow not yet traced is forgotten (counted, and reported at the end), so a flood
+    /// of new 5-tuples keeps memory flat.
+    #[arg(long, value_name = "N", default_value_t = svctr_core::DEFAULT_MAX_FLOWS,
+          value_parser = parse_max_flows)]
+    max_flows: usize,
     /// Print the run's counters on stderr at the end (packets captured, flows recognised and
     /// traced, probes, the most traces at once).
     #[arg(long)]
@@ -277,6 +283,7 @@ fn monitor_options(
             granularity: Granularity::Flow,
             retrace_after: None,
             max_traces: count,
+            max_flows: t.max_flows,
         },
         duration: t.duration,
         udp_shield: !t.no_udp_shield,
@@ -458,6 +465,7 @@ fn end_monitor<T: serde::Serialize>(
     if summary.capture_drops > 0 {
         warn_drops(summary.capture_drops);
     }
+    warn_evictions(&summary.stats, opts.config.max_flows);
     Ok(outcome(opts, &summary, &run))
 }
 
@@ -466,6 +474,29 @@ pub(crate) fn warn_drops(drops: u32) {
     eprintln!(
         "service-traceroute: warning: the capture dropped {drops} packets (kernel ring full): \
          some replies, or the kernel send timestamps of some probes, may be missing"
+    );
+}
+
+fn parse_max_flows(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("{s:?} is not a number of flows (1 or more)")),
+    }
+}
+
+/// The warning for tables that were full: flows forgotten before they could be traced.
+pub(crate) fn warn_evictions(st: &svctr_core::MonitorStats, max_flows: usize) {
+    let e = &st.engine;
+    if e.flows_evicted + e.flows_refused + e.done_evicted + st.entries_evicted == 0 {
+        return;
+    }
+    eprintln!(
+        "service-traceroute: warning: more than {max_flows} flows at once (--max-flows): {} \
+         forgotten before they could be traced (oldest first), {} not taken (every flow being \
+         traced), {} other table entries evicted",
+        e.flows_evicted,
+        e.flows_refused,
+        e.done_evicted + st.entries_evicted
     );
 }
 
@@ -517,13 +548,14 @@ fn print_stats(summary: &RunSummary) {
     let st = &summary.stats;
     eprintln!(
         "service-traceroute: stats: captured {} packets (flows) + {} (detection), dropped {}; \
-         flows recognised {}, watched {}; packets of flows traced recently {}; traces {} (at \
-         most {} at once); probes {}, replies matched {}",
+         flows recognised {}, watched {}, evicted {}; packets of flows traced recently {}; \
+         traces {} (at most {} at once); probes {}, replies matched {}",
         summary.captured,
         summary.detection_captured,
         summary.capture_drops,
         st.flows_recognised,
         st.flows_watched,
+        st.engine.flows_evicted,
         st.packets_held_back,
         summary.traced,
         summary.peak_traces,

@@ -1,7 +1,7 @@
 //! The engine: demultiplexes captured packets to flows, starts traces, and hands out probes,
 //! timers and results.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -89,6 +89,14 @@ pub struct EngineStats {
     pub traces_started: u64,
     /// Traces finished.
     pub traces_finished: u64,
+    /// Flows not yet traced forgotten to make room for a new one: the table of flows was
+    /// full ([`Engine::set_max_flows`]); the oldest watched flow goes first.
+    pub flows_evicted: u64,
+    /// New flows not taken because the table was full of flows being traced.
+    pub flows_refused: u64,
+    /// Traced flows forgotten from the memory that keeps a run from tracing a flow twice
+    /// (selector mode), oldest first: such a flow, seen again, is traced again.
+    pub done_evicted: u64,
 }
 
 #[derive(Debug)]
@@ -107,7 +115,14 @@ struct Entry {
     kind: ProbeKind,
     /// A `FlowNotTraced` event was reported for it.
     reported: bool,
+    /// Its place in the order flows were taken (eviction of the oldest watched flow).
+    seq: u64,
 }
+
+/// Flows watched or traced at once, by default: beyond it the oldest flow not being traced is
+/// forgotten. About 300 bytes each, so the default bounds the table near 20 MB whatever
+/// floods the capture (a scan, a SYN flood, a million new 5-tuples a minute).
+pub const DEFAULT_MAX_FLOWS: usize = 65_536;
 
 /// Flows not traced and silent this long are forgotten.
 const OBSERVING_IDLE_LIMIT: Duration = Duration::from_secs(120);
@@ -143,8 +158,15 @@ pub struct Engine {
     selector: Option<FlowFilter>,
     local: Vec<IpAddr>,
     flows: HashMap<FlowKey, Entry>,
-    /// Flows already traced: never traced twice in one run (selector mode).
+    /// Flows already traced: never traced twice in one run (selector mode); at most
+    /// `max_flows`, oldest first out (`done_order`).
     done: HashSet<FlowKey>,
+    done_order: VecDeque<FlowKey>,
+    /// The flows being watched, not traced, by the order they were taken (`Entry::seq`).
+    observing: BTreeMap<u64, FlowKey>,
+    next_seq: u64,
+    /// Flows watched or traced at once (at least 1).
+    max_flows: usize,
     events: VecDeque<Event>,
     /// Flows by their next deadline, and those with a probe due (round-robin).
     scheduler: Scheduler<FlowKey>,
@@ -186,6 +208,10 @@ impl Engine {
             local,
             flows: HashMap::new(),
             done: HashSet::new(),
+            done_order: VecDeque::new(),
+            observing: BTreeMap::new(),
+            next_seq: 0,
+            max_flows: DEFAULT_MAX_FLOWS,
             events: VecDeque::new(),
             scheduler: Scheduler::default(),
             accepting: true,
@@ -198,6 +224,19 @@ impl Engine {
     /// Start at most `n` traces, then select no more flows (0: no limit).
     pub fn set_max_traces(&mut self, n: usize) {
         self.max_traces = n;
+    }
+
+    /// Track at most `n` flows at once (watched or traced; default [`DEFAULT_MAX_FLOWS`], at
+    /// least 1): a new flow then evicts the oldest flow not being traced
+    /// ([`Event::FlowForgotten`], counted in [`EngineStats::flows_evicted`]), or is refused
+    /// when every flow is being traced ([`EngineStats::flows_refused`]).
+    pub fn set_max_flows(&mut self, n: usize) {
+        self.max_flows = n.max(1);
+    }
+
+    /// The bound of the table of flows ([`set_max_flows`](Self::set_max_flows)).
+    pub fn max_flows(&self) -> usize {
+        self.max_flows
     }
 
     /// Whether the engine takes new flows: selection not stopped, the trace limit not reached.
@@ -250,6 +289,7 @@ impl Engine {
 
     /// Drops the flows watched but not traced.
     fn drop_watched(&mut self) {
+        self.observing.clear();
         let (events, scheduler) = (&mut self.events, &mut self.scheduler);
         self.flows.retain(|k, e| {
             let keep = matches!(e.phase, Phase::Tracing(_));
@@ -306,6 +346,19 @@ impl Engine {
         if !matches!(flow.protocol, Protocol::Tcp | Protocol::Udp) {
             return false;
         }
+        if self.flows.len() >= self.max_flows {
+            // Full: the oldest flow still only watched makes room (a flood of new 5-tuples
+            // cannot grow the table), or, every flow being traced, the new one is refused.
+            let Some((_, oldest)) = self.observing.pop_first() else {
+                self.stats.flows_refused += 1;
+                return false;
+            };
+            self.stats.flows_evicted += 1;
+            self.forget(&oldest);
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.observing.insert(seq, flow);
         self.flows.insert(
             flow,
             Entry {
@@ -314,6 +367,7 @@ impl Engine {
                 tag,
                 kind: ProbeKind::Flow,
                 reported: false,
+                seq,
             },
         );
         self.stats.flows_selected += 1;
@@ -493,7 +547,13 @@ impl Engine {
             // A flow that ended before it could be traced is not traced (nor selected again
             // by its last packets).
             if self.selector.is_some() {
-                self.done.insert(*key);
+                Self::remember_done(
+                    &mut self.done,
+                    &mut self.done_order,
+                    &mut self.stats,
+                    self.max_flows,
+                    *key,
+                );
             }
             if s.packets_out + s.packets_in > 1 {
                 // Not merely the last packet of a flow that was over before we looked.
@@ -560,6 +620,7 @@ impl Engine {
         };
         entry.phase = Phase::Tracing(Box::new(trace));
         entry.kind = kind;
+        self.observing.remove(&entry.seq);
         self.tracing += 1;
         self.stats.traces_started += 1;
         self.events.push_back(Event::TraceStarted {
@@ -578,8 +639,31 @@ impl Engine {
             self.scheduler.remove(key);
             if matches!(e.phase, Phase::Tracing(_)) {
                 self.tracing -= 1;
+            } else {
+                self.observing.remove(&e.seq);
             }
             self.events.push_back(Event::FlowForgotten(*key));
+        }
+    }
+
+    /// Remembers a flow as traced (or over) so the run does not take it again; the memory
+    /// keeps the latest `max` flows, the oldest forgotten and counted.
+    fn remember_done(
+        done: &mut HashSet<FlowKey>,
+        order: &mut VecDeque<FlowKey>,
+        stats: &mut EngineStats,
+        max: usize,
+        key: FlowKey,
+    ) {
+        if !done.insert(key) {
+            return;
+        }
+        order.push_back(key);
+        while order.len() > max {
+            if let Some(old) = order.pop_front() {
+                done.remove(&old);
+                stats.done_evicted += 1;
+            }
         }
     }
 
@@ -665,7 +749,13 @@ impl Engine {
         };
         self.tracing -= 1;
         if self.selector.is_some() {
-            self.done.insert(*key);
+            Self::remember_done(
+                &mut self.done,
+                &mut self.done_order,
+                &mut self.stats,
+                self.max_flows,
+                *key,
+            );
         }
         self.stats.traces_finished += 1;
         let mut result = t.finish(wall);

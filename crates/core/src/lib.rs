@@ -65,7 +65,7 @@ pub use compare::{
 };
 pub use config::{Algorithm, ConfigError, TraceConfig, FLOW_SLOTS, MAX_FLOW_PROBES, SLOT_BITS};
 pub use dot::{render_dot, DotPart};
-pub use engine::{Engine, EngineStats, Event, NotTraced};
+pub use engine::{Engine, EngineStats, Event, NotTraced, DEFAULT_MAX_FLOWS};
 pub use flow::{FlowFilter, FlowKey, Protocol};
 pub use machine::{Machine, Now, Transmit};
 pub use mda::{

@@ -91,6 +91,9 @@ pub struct MonitorConfig {
     pub retrace_after: Option<Duration>,
     /// Start at most this many traces, then select no more (0: no limit).
     pub max_traces: usize,
+    /// Flows watched or traced at once, and the bound of each of the monitor's own tables
+    /// (see [`Engine::set_max_flows`]).
+    pub max_flows: usize,
 }
 
 impl Default for MonitorConfig {
@@ -105,6 +108,7 @@ impl Default for MonitorConfig {
             granularity: Granularity::Flow,
             retrace_after: Some(Duration::from_secs(600)),
             max_traces: 0,
+            max_flows: crate::engine::DEFAULT_MAX_FLOWS,
         }
     }
 }
@@ -126,6 +130,10 @@ pub struct MonitorStats {
     /// Packets of another tracer's probes (see [`PROBE_TTL_MAX`]) and of their replies, not
     /// taken for flows.
     pub probe_packets_ignored: u64,
+    /// Entries forgotten before their time to bound the monitor's own tables (recognised
+    /// flows, probes' 5-tuples, groups waiting for `retrace_after`), oldest first; the
+    /// engine's evictions are in `engine.flows_evicted`.
+    pub entries_evicted: u64,
 }
 
 /// A TCP or UDP packet that leaves this host with a TTL (hop limit) this low is a tracer's
@@ -189,6 +197,7 @@ impl Monitor {
     pub fn new(cfg: MonitorConfig, local: Vec<IpAddr>) -> Result<Self, ConfigError> {
         let mut engine = Engine::external(cfg.trace.clone(), local)?;
         engine.set_max_traces(cfg.max_traces);
+        engine.set_max_flows(cfg.max_flows);
         let detector = cfg
             .services
             .clone()
@@ -311,8 +320,9 @@ impl Monitor {
         rst: bool,
     ) -> bool {
         if outgoing && ttl <= PROBE_TTL_MAX {
-            if self.probes.len() >= 65_536 {
+            if self.probes.len() >= MAX_PROBE_MEMORY && !self.probes.contains_key(key) {
                 self.probes.retain(|_, seen| now < *seen + PROBE_MEMORY);
+                self.stats.entries_evicted += evict_oldest(&mut self.probes, |seen| *seen);
             }
             self.probes.insert(*key, now);
             return true;
@@ -350,6 +360,10 @@ impl Monitor {
     }
 
     fn remember(&mut self, now: Instant, key: FlowKey, tag: ServiceTag) {
+        if self.known.len() >= self.max_table() && !self.known.contains_key(&key) {
+            self.known.retain(|_, k| k.last_seen + KNOWN_IDLE > now);
+            self.stats.entries_evicted += evict_oldest(&mut self.known, |k| k.last_seen);
+        }
         if self
             .known
             .insert(
@@ -410,6 +424,13 @@ impl Monitor {
             None
         };
         if self.engine.watch(now, key, tag) {
+            // The engine's evictions (events) release their groups first.
+            self.pump();
+            // Groups with a flow in the engine are bounded by the engine's table; those that
+            // only wait out `retrace_after` get a bound of their own, as large.
+            if self.groups.len() >= 2 * self.max_table() && !self.groups.contains_key(&group) {
+                self.bound_groups(now);
+            }
             self.groups.entry(group).or_default().active = Some(key);
             self.stats.flows_watched += 1;
             self.schedule_sweep(now);
@@ -446,7 +467,44 @@ impl Monitor {
                 // The result is collected right after the input that ended the trace.
                 g.last_end = self.last_now;
             }
+            if g.active.is_none() && g.last_end.is_none() {
+                // Holds nothing back: the same as no entry (flows forgotten untraced, as in a
+                // flood of new 5-tuples, leave nothing behind).
+                self.groups.remove(&group);
+            }
         }
+    }
+
+    /// The bound of each of the monitor's tables: the engine's, so that a flood of new flows
+    /// keeps every table bounded (see [`Engine::set_max_flows`]).
+    fn max_table(&self) -> usize {
+        self.engine.max_flows()
+    }
+
+    /// Makes room in a full table of groups: those that hold nothing back go, then the half
+    /// that ended their trace longest ago (traced again sooner than `retrace_after`).
+    fn bound_groups(&mut self, now: Instant) {
+        let groups = std::mem::take(&mut self.groups);
+        let mut kept: HashMap<Group, GroupState> = groups
+            .into_iter()
+            .filter(|(_, g)| self.holds(g, now))
+            .collect();
+        if kept.len() >= 2 * self.max_table() {
+            // Groups with a flow in the engine stay: the engine bounds them.
+            let mut ended: HashMap<Group, Instant> = kept
+                .iter()
+                .filter(|(_, g)| g.active.is_none())
+                .filter_map(|(k, g)| g.last_end.map(|t| (*k, t)))
+                .collect();
+            let before = ended.len();
+            evict_oldest(&mut ended, |t| *t);
+            let evicted = before - ended.len();
+            if evicted > 0 {
+                kept.retain(|k, g| g.active.is_some() || ended.contains_key(k));
+                self.stats.entries_evicted += evicted as u64;
+            }
+        }
+        self.groups = kept;
     }
 
     /// Handles timers (the engine's and the detector's, and the monitor's sweeps).
@@ -512,6 +570,28 @@ impl Monitor {
 }
 
 crate::machine::machine_by_inherent_methods!(Monitor, Event);
+
+/// How many probes' 5-tuples are remembered at most (see [`PROBE_MEMORY`]).
+const MAX_PROBE_MEMORY: usize = 65_536;
+
+/// Removes the older half of a full map by the instant `at` gives each entry (at least one
+/// entry); returns how many went. Linear, and run only when a table is full, so a flood pays
+/// it once per half a table of new entries.
+fn evict_oldest<K: Eq + std::hash::Hash, V>(
+    map: &mut HashMap<K, V>,
+    at: impl Fn(&V) -> Instant,
+) -> u64 {
+    if map.is_empty() {
+        return 0;
+    }
+    let mut times: Vec<Instant> = map.values().map(&at).collect();
+    let mid = times.len() / 2;
+    let (_, median, _) = times.select_nth_unstable(mid);
+    let median = *median;
+    let before = map.len();
+    map.retain(|_, v| at(v) > median);
+    (before - map.len()) as u64
+}
 
 fn tag_of(m: &ServiceMatch) -> ServiceTag {
     ServiceTag {

@@ -1024,3 +1024,67 @@ fn a_flow_that_other_processes_probe_too_is_still_taken() {
         assert!(net.mon.stats().probe_packets_ignored >= 1, "v6={v6}");
     }
 }
+
+/// A flood of new 5-tuples (a scan, a SYN flood, a million new flows a minute) keeps every
+/// table bounded: with room for 1,000 flows, 50,000 incoming flows that never become
+/// traceable are forgotten oldest first and counted, the newest stay, and a real flow that
+/// starts in the middle of the flood is still traced. With services (a prefix that matches
+/// every flow), the table of recognised flows is bounded the same way.
+#[test]
+fn a_flood_of_new_flows_keeps_every_table_bounded() {
+    const FLOOD: u32 = 50_000;
+    for with_services in [false, true] {
+        let mut cfg = if with_services {
+            services_cfg(signatures(&[("lab", &[], &["198.19.0.0/16"])]))
+        } else {
+            MonitorConfig::default()
+        };
+        cfg.max_flows = 1000;
+        let mut net = Net::new(cfg, false);
+        let mut flood = Vec::new();
+        for i in 0..FLOOD {
+            let at = Duration::from_micros(u64::from(i) * 20);
+            let proto = if i % 2 == 0 {
+                Protocol::Udp
+            } else {
+                Protocol::Tcp
+            };
+            let k = flow(false, proto, 1024 + i as u16, 1 + (i % 7) as u16, 443);
+            match proto {
+                // Datagrams in, nothing out: never traceable.
+                Protocol::Udp => net.udp(at, &k, false, &[0; 8]),
+                // SYNs in, unanswered: never traceable.
+                _ => net.tcp(at, &k, false, 77, 0, 0x02, &[]),
+            }
+            flood.push(k);
+        }
+        let real = flow(false, Protocol::Udp, 60000, 9, 4433);
+        net.udp_flow(Duration::from_millis(500), &real, SEC);
+        net.run(3 * SEC);
+        let st = net.mon.stats();
+        let engine = net.mon.engine();
+        assert!(engine.flows() <= 1000, "{} flows tracked", engine.flows());
+        assert_eq!(
+            st.engine.flows_evicted,
+            u64::from(FLOOD) - engine.flows() as u64,
+            "every flood flow not still tracked was evicted and counted ({with_services})"
+        );
+        assert_eq!(st.engine.flows_refused, 0);
+        assert!(engine.is_tracking(flood.last().unwrap()), "the newest stay");
+        assert!(!engine.is_tracking(&flood[0]), "the oldest go first");
+        assert_eq!(
+            net.traced(),
+            BTreeSet::from([real]),
+            "the real flow is traced"
+        );
+        assert_eq!(net.results.len(), 1, "once");
+        assert_full_path(&net.results[0].1, false);
+        if with_services {
+            assert!(
+                st.entries_evicted >= u64::from(FLOOD) - 2000,
+                "recognised flows bounded too: {} evicted",
+                st.entries_evicted
+            );
+        }
+    }
+}

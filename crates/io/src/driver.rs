@@ -412,6 +412,12 @@ impl Lane {
         {
             self.waiting.pop_front();
         }
+        if self.waiting.len() > 2 * self.member.len() + 1024 {
+            // Flows gone behind one still waiting at the front (a flood of flows forgotten
+            // untraced): the queue stays bounded by the engine's table.
+            let member = &self.member;
+            self.waiting.retain(|(f, _)| member.contains(f));
+        }
         if !self.dirty || now < self.next_update {
             return Ok(());
         }
