@@ -122,6 +122,17 @@ fn render_hop_into(out: &mut String, hop: &Hop, extensions: bool) {
             (None, _) => out.push_str(" *"),
         }
     }
+    // A probe that never left this host (the interface down, no route) is not a silent
+    // router: say why, once per distinct error.
+    let mut errors: Vec<&str> = Vec::new();
+    for e in hop.probes.iter().filter_map(|p| p.error.as_deref()) {
+        if !errors.contains(&e) {
+            errors.push(e);
+        }
+    }
+    if !errors.is_empty() {
+        let _ = write!(out, "  (not sent: {})", errors.join("; "));
+    }
     out.push('\n');
     for e in mpls.iter().filter(|_| extensions) {
         let _ = writeln!(

@@ -165,6 +165,8 @@ pub(crate) struct Trace {
     /// is the first awaited one at or above `oldest`: timers cost O(1) amortized, not a scan.
     oldest: usize,
     next_send: Option<Instant>,
+    /// No probe goes before this instant (a retry after probes that failed to be sent).
+    resend_after: Option<Instant>,
     /// TTLs of the prefix already evaluated by the stop rules.
     evaluated: u8,
     missing: u8,
@@ -231,6 +233,7 @@ impl Trace {
             cursor: 0,
             oldest: 0,
             next_send: Some(now),
+            resend_after: None,
             evaluated: 0,
             missing: 0,
             stop: None,
@@ -269,7 +272,10 @@ impl Trace {
         if p.ttl > self.limit_ttl || p.state != ProbeState::NotSent {
             return None;
         }
-        self.next_send
+        match (self.next_send, self.resend_after) {
+            (Some(at), Some(hold)) => Some(at.max(hold)),
+            (at, _) => at,
+        }
     }
 
     /// The probe to send now, if one is due.
@@ -538,6 +544,17 @@ impl Trace {
     /// after the cursor move, and none of them has been sent, so the identification map and
     /// the `oldest` timer cursor stay valid.
     fn retry(&mut self, ttl: u8, now: Instant) {
+        if self
+            .probes
+            .iter()
+            .filter(|p| p.ttl == ttl)
+            .all(|p| matches!(p.state, ProbeState::Failed(_)))
+        {
+            // Every probe of the TTL failed to leave this host (the interface down, no route):
+            // the retry waits a probe's timeout, as for a lost probe, instead of failing again
+            // at once, so an outage shorter than the timeout costs no hop.
+            self.resend_after = Some(now + self.timeout);
+        }
         let round = (0..self.probes_per_hop).map(|_| Probe::unsent(ttl));
         let at = self.cursor.min(self.probes.len());
         self.probes.splice(at..at, round);
@@ -589,7 +606,11 @@ impl Trace {
                 Some(StopReason::Unreachable)
             } else if replies.is_empty() {
                 self.missing += 1;
-                (self.max_missing > 0 && self.missing >= self.max_missing)
+                // The gap rule ends a path that went silent, not one with silent routers in
+                // the middle (rate-limited ICMP, routers that never answer): a higher TTL that
+                // already answered (probes of every TTL go at once) says the path goes on.
+                let answered_above = self.probes.iter().any(|p| p.ttl > ttl && p.reply.is_some());
+                (self.max_missing > 0 && self.missing >= self.max_missing && !answered_above)
                     .then_some(StopReason::MaxMissing)
             } else {
                 self.missing = 0;

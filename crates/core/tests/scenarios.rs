@@ -59,6 +59,8 @@ struct Sim {
     drop_replies: Vec<u16>,
     /// Per TTL, how many of its first probes go unanswered (a lossy hop).
     drop_first: BTreeMap<u8, usize>,
+    /// Sends fail before this time (the interface down: ENETUNREACH).
+    send_fails_until: Duration,
 }
 
 fn key(proto: Protocol, lport: u16, rport: u16) -> FlowKey {
@@ -86,6 +88,7 @@ impl Sim {
             started: Vec::new(),
             drop_replies: Vec::new(),
             drop_first: BTreeMap::new(),
+            send_fails_until: Duration::ZERO,
         }
     }
 
@@ -293,6 +296,12 @@ impl Sim {
             let now = self.now();
             self.engine.handle_timeout(now);
             while let Some(tx) = self.engine.poll_transmit(now, &mut buf) {
+                if self.t < self.send_fails_until {
+                    self.sent.push((self.t, tx, Vec::new()));
+                    self.engine
+                        .handle_send_error(now, &tx, "Network is unreachable".into());
+                    continue;
+                }
                 let bytes = buf[..tx.len].to_vec();
                 self.on_probe(self.t, tx, bytes);
             }
@@ -575,6 +584,69 @@ fn max_missing_stops_after_consecutive_silent_hops() {
     // Concurrent sent all 32 TTLs; the trace still ends when the probes of TTL 3-5 time out.
     assert_eq!(r.probes_sent, 96);
     assert_eq!(sim.results[0].0, 200 * MS);
+}
+
+/// Routers that never answer (or rate-limit ICMP) in the middle of a path do not stop a trace
+/// whose higher TTLs answered: the gap rule ends only a path that went silent.
+#[test]
+fn silent_routers_in_the_middle_do_not_stop_a_trace_that_goes_on() {
+    let cfg = TraceConfig {
+        timeout: 200 * MS,
+        max_missing: 2,
+        ..TraceConfig::default()
+    };
+    let hops = vec![
+        HopKind::Answers,
+        HopKind::Silent,
+        HopKind::Silent,
+        HopKind::Silent,
+        HopKind::Answers,
+    ];
+    let mut sim = Sim::new(cfg, tcp_sel(), hops);
+    sim.tcp_flow(&key(Protocol::Tcp, 40000, 443));
+    sim.run(10 * SEC);
+    let r = sim.only_result();
+    assert_eq!(r.stop_reason, StopReason::RemoteDistance, "{r:?}");
+    assert_eq!(
+        hop_addrs(r),
+        vec![
+            Some(IpAddr::V4(router(1))),
+            None,
+            None,
+            None,
+            Some(IpAddr::V4(router(5)))
+        ]
+    );
+}
+
+/// Probes that could not be sent (the interface down) are retried after a probe's timeout, not
+/// at once: an outage shorter than the timeout costs no hop, and the error is kept.
+#[test]
+fn probes_that_failed_to_leave_are_retried_after_the_timeout() {
+    let cfg = TraceConfig {
+        algorithm: Algorithm::HopByHop,
+        timeout: 100 * MS,
+        retries: 1,
+        ..TraceConfig::default()
+    };
+    let mut sim = Sim::new(cfg, tcp_sel(), vec![HopKind::Answers; 3]);
+    sim.send_fails_until = 50 * MS;
+    sim.tcp_flow(&key(Protocol::Tcp, 40000, 443));
+    sim.run(10 * SEC);
+    let r = sim.only_result();
+    assert_eq!(r.stop_reason, StopReason::RemoteDistance, "{r:?}");
+    assert_eq!(hop_addrs(r), routers(3));
+    assert!(r.hops[0].probes[..3]
+        .iter()
+        .all(|p| p.error.as_deref() == Some("Network is unreachable")));
+    // The retry round went a timeout after the failures, once the outage was over.
+    let retry_at = sim.sent[3].0;
+    assert_eq!(
+        retry_at,
+        100 * MS,
+        "{:?}",
+        sim.sent.iter().map(|s| s.0).collect::<Vec<_>>()
+    );
 }
 
 #[test]
