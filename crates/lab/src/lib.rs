@@ -195,7 +195,7 @@ pub use tls::{
 };
 pub use util::{
     describe, enter_netns, lab_test_guard, nft_rule_packets, open_netns, output_with_timeout,
-    process_rss_kib, run_checked, send_raw_flood, spawn_in_netns, NETNS_DIR,
+    process_rss_kib, run_checked, send_raw_flood, spawn_in_netns, udp_flood, NETNS_DIR,
 };
 
 use std::collections::BTreeMap;
@@ -263,6 +263,11 @@ pub struct LabConfig {
     /// timeout); an unconnected UDP socket's label is a hash of its flow. Off by
     /// default: every packet carries label 0 unless the application sets one.
     pub client_flow_labels: bool,
+    /// Routers keep Linux's default ICMP rate limits, as real routers do: per destination a
+    /// burst of 6 errors, then one per `icmp_ratelimit` (1000 ms), ICMP and ICMPv6, within a
+    /// global 1000 per second (burst 50). Off by default: lab tests send bursts of probes, so
+    /// nothing is rate-limited; the client and the server are never limited.
+    pub router_icmp_defaults: bool,
 }
 
 impl Default for LabConfig {
@@ -279,6 +284,7 @@ impl Default for LabConfig {
             sub_branches: 0,
             return_branches: 0,
             client_flow_labels: false,
+            router_icmp_defaults: false,
         }
     }
 }
@@ -692,6 +698,18 @@ impl Lab {
                 kv.push("net.ipv4.icmp_errors_use_inbound_ifaddr=1".into());
                 kv.push("net.ipv6.conf.all.forwarding=1".into());
                 kv.push("net.ipv6.conf.default.forwarding=1".into());
+                if self.cfg.router_icmp_defaults {
+                    kv.retain(|s| {
+                        !s.starts_with("net.ipv4.icmp_") && !s.starts_with("net.ipv6.icmp.")
+                    });
+                    kv.extend([
+                        "net.ipv4.icmp_ratelimit=1000".into(),
+                        "net.ipv4.icmp_ratemask=6168".into(),
+                        "net.ipv4.icmp_msgs_per_sec=1000".into(),
+                        "net.ipv4.icmp_msgs_burst=50".into(),
+                        "net.ipv6.icmp.ratelimit=1000".into(),
+                    ]);
+                }
             }
             if n.role == "r2" || n.role == "r3" || (n.role == "b1" && self.cfg.sub_branches > 0) {
                 kv.push("net.ipv4.fib_multipath_hash_policy=3".into());

@@ -335,6 +335,67 @@ pub fn send_raw_flood(
     h.join().map_err(|_| anyhow!("flood thread panicked"))?
 }
 
+/// A flood of new flows: `total` UDP datagrams (8 bytes of payload) from `src` to `dst`, each
+/// with a 5-tuple of its own (source port 1024 + i mod 64,000, destination port 1 + i div
+/// 64,000: up to 4 million distinct), sent from a raw socket in namespace `ns` and paced evenly
+/// over `over` (in bursts of 256). IPv4 only. Returns (sent, the time it took). Load for tests
+/// of the tables that a flood of new 5-tuples must not grow.
+pub fn udp_flood(
+    ns: &str,
+    src: std::net::Ipv4Addr,
+    dst: std::net::Ipv4Addr,
+    total: u64,
+    over: std::time::Duration,
+) -> Result<(u64, std::time::Duration)> {
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    anyhow::ensure!(
+        total <= 64_000 * 65_535,
+        "at most 64,000 x 65,535 distinct flows"
+    );
+    let h = spawn_in_netns(ns, "udp-flood", move || {
+        let sock = Socket::new(
+            Domain::IPV4,
+            Type::RAW,
+            Some(Protocol::from(libc::IPPROTO_RAW)),
+        )
+        .context("raw socket")?;
+        let to = SockAddr::from(std::net::SocketAddr::new(dst.into(), 0));
+        // IPv4 header (the kernel fills the checksum and, left 0, the identification: raw(7)),
+        // UDP header with checksum 0 (none, RFC 768), 8 bytes of payload.
+        let mut p = [0u8; 36];
+        p[..12].copy_from_slice(&[0x45, 0, 0, 36, 0, 0, 0x40, 0, 64, 17, 0, 0]);
+        p[12..16].copy_from_slice(&src.octets());
+        p[16..20].copy_from_slice(&dst.octets());
+        p[24..26].copy_from_slice(&16u16.to_be_bytes());
+        p[28..36].copy_from_slice(b"svflood!");
+        let start = std::time::Instant::now();
+        let mut sent = 0u64;
+        let mut i = 0u64;
+        while i < total {
+            // Paced: the i-th datagram goes no earlier than i/total of `over`.
+            let due = over.mul_f64(i as f64 / total as f64);
+            if let Some(wait) = due.checked_sub(start.elapsed()) {
+                std::thread::sleep(wait);
+            }
+            for _ in 0..256 {
+                if i >= total {
+                    break;
+                }
+                let sport = 1024 + (i % 64_000) as u16;
+                let dport = 1 + (i / 64_000) as u16;
+                p[20..22].copy_from_slice(&sport.to_be_bytes());
+                p[22..24].copy_from_slice(&dport.to_be_bytes());
+                if sock.send_to(&p, &to).is_ok() {
+                    sent += 1;
+                }
+                i += 1;
+            }
+        }
+        Ok((sent, start.elapsed()))
+    })?;
+    h.join().map_err(|_| anyhow!("flood thread panicked"))?
+}
+
 /// A temporary directory (`<tmp>/svctr-lab-<what>-<pid>-<n>`), removed on drop.
 #[derive(Debug)]
 pub(crate) struct TempDir {
