@@ -171,6 +171,7 @@ mod apps;
 mod capture;
 mod dns;
 mod flowgen;
+mod line;
 mod observe;
 mod quic;
 mod tls;
@@ -187,6 +188,7 @@ pub use flowgen::{
     echo_server, echo_server_process, flow_generator, lab_binary, run_echo_process, EchoServer,
     FlowGenerator, FlowStats, FLOW_MESSAGE_LEN, MAX_CONNECTING,
 };
+pub use line::{DelayLine, LineConfig, LineStats, MAX_QUEUED_BYTES};
 pub use observe::{AppFlow, FlowSpec, OBSERVER_CAPACITY, OBSERVER_MIN_TTL};
 pub use quic::{quic_download, quic_server, QuicDownload, QuicReport, QuicServer, QUIC_V1};
 pub use tls::{
@@ -268,6 +270,11 @@ pub struct LabConfig {
     /// global 1000 per second (burst 50). Off by default: lab tests send bursts of probes, so
     /// nothing is rate-limited; the client and the server are never limited.
     pub router_icmp_defaults: bool,
+    /// Delay-and-loss lines on chosen links (see [`LineConfig`] and the `line` module): the
+    /// kernel has no `netem`, so a line forwards each frame after its delay in a namespace of
+    /// its own in the middle of the link. None by default: the lab's round trips are then tens
+    /// of microseconds.
+    pub lines: Vec<LineConfig>,
 }
 
 impl Default for LabConfig {
@@ -285,6 +292,7 @@ impl Default for LabConfig {
             return_branches: 0,
             client_flow_labels: false,
             router_icmp_defaults: false,
+            lines: Vec::new(),
         }
     }
 }
@@ -508,6 +516,8 @@ pub struct Lab {
     stops: Mutex<Vec<Weak<AtomicBool>>>,
     /// Last-read packet counters of each IPv6 routing oracle (one query at a time).
     oracle: Mutex<BTreeMap<String, Vec<u64>>>,
+    /// The running delay lines, in the order of `cfg.lines`.
+    lines: Vec<DelayLine>,
 }
 
 impl std::fmt::Debug for Lab {
@@ -635,6 +645,7 @@ impl Lab {
             created: Vec::new(),
             stops: Mutex::new(Vec::new()),
             oracle: Mutex::new(BTreeMap::new()),
+            lines: Vec::new(),
         };
         // On any error `lab` is dropped here, which deletes what was created.
         lab.setup()
@@ -657,6 +668,37 @@ impl Lab {
             let ns = self.nodes[i].ns.clone();
             run_checked(&mut ip(&["netns", "add", &ns]), None, CMD_TIMEOUT)?;
             self.created.push(ns);
+        }
+        // Delay lines: a namespace each, no IP stack to speak of (IPv6 off, no address).
+        for (i, line) in self.cfg.lines.iter().enumerate() {
+            let on_link = self
+                .links
+                .iter()
+                .any(|l| (l.a == line.a && l.b == line.b) || (l.a == line.b && l.b == line.a));
+            if !on_link {
+                bail!(
+                    "a delay line on {}-{}: the lab has no such link",
+                    line.a,
+                    line.b
+                );
+            }
+            if line.loss_ppm > 1_000_000 {
+                bail!(
+                    "a delay line's loss is at most 1,000,000 per million, got {}",
+                    line.loss_ppm
+                );
+            }
+            let ns = format!("{}-line{i}", self.prefix);
+            run_checked(&mut ip(&["netns", "add", &ns]), None, CMD_TIMEOUT)?;
+            self.created.push(ns.clone());
+            let mut c = self.command(&ns, "sysctl");
+            c.args([
+                "-q",
+                "-w",
+                "net.ipv6.conf.all.disable_ipv6=1",
+                "net.ipv6.conf.default.disable_ipv6=1",
+            ]);
+            run_checked(&mut c, None, CMD_TIMEOUT)?;
         }
         self.write_name_files()?;
         // sysctls before creating interfaces so that conf.default applies to them.
@@ -736,6 +778,27 @@ impl Lab {
         for l in &self.links {
             let a_ns = self.ns_of(&l.a)?.to_string();
             let b_ns = self.ns_of(&l.b)?.to_string();
+            if self.line_of(l).is_some() {
+                // A delay line in the middle: a_if <-> la (line) lb <-> b_if.
+                let line_ns = self.line_ns(l);
+                run_checked(
+                    &mut ip(&[
+                        "-n", &a_ns, "link", "add", &l.a_if, "type", "veth", "peer", "name", "la",
+                        "netns", &line_ns,
+                    ]),
+                    None,
+                    CMD_TIMEOUT,
+                )?;
+                run_checked(
+                    &mut ip(&[
+                        "-n", &line_ns, "link", "add", "lb", "type", "veth", "peer", "name",
+                        &l.b_if, "netns", &b_ns,
+                    ]),
+                    None,
+                    CMD_TIMEOUT,
+                )?;
+                continue;
+            }
             run_checked(
                 &mut ip(&[
                     "-n", &a_ns, "link", "add", &l.a_if, "type", "veth", "peer", "name", &l.b_if,
@@ -754,6 +817,7 @@ impl Lab {
                 CMD_TIMEOUT,
             )?;
         }
+        self.start_lines()?;
         if self.cfg.nat {
             let ns = self.ns_of("r1")?.to_string();
             let script = format!(
@@ -1076,6 +1140,62 @@ impl Lab {
     /// `timeout` for the reply. Returns the round-trip time.
     pub fn ping(&self, ns: &str, dst: IpAddr, timeout: Duration) -> Result<Duration> {
         util::ping_in_netns(ns, dst, timeout)
+    }
+
+    /// The delay line configured on link `l`, with its index.
+    fn line_of(&self, l: &LinkSpec) -> Option<(usize, &LineConfig)> {
+        self.cfg
+            .lines
+            .iter()
+            .enumerate()
+            .find(|(_, c)| (c.a == l.a && c.b == l.b) || (c.a == l.b && c.b == l.a))
+    }
+
+    /// The namespace of the delay line on link `l`.
+    fn line_ns(&self, l: &LinkSpec) -> String {
+        let i = self.line_of(l).map_or(0, |(i, _)| i);
+        format!("{}-line{i}", self.prefix)
+    }
+
+    /// Brings every delay line's interfaces up with offloads off (whole frames, checksums
+    /// computed: see the `line` module) on them and on the link's two ends, and starts its
+    /// forwarding threads.
+    fn start_lines(&mut self) -> Result<()> {
+        let mut started = Vec::new();
+        for l in &self.links {
+            let Some((i, cfg)) = self.line_of(l) else {
+                continue;
+            };
+            let ns = self.line_ns(l);
+            let batch = "link set la up\nlink set lb up\n";
+            run_checked(
+                &mut ip(&["-n", &ns, "-batch", "-"]),
+                Some(batch),
+                CMD_TIMEOUT,
+            )?;
+            let ends = [
+                (ns.clone(), "la".to_string()),
+                (ns.clone(), "lb".to_string()),
+                (self.ns_of(&l.a)?.to_string(), l.a_if.clone()),
+                (self.ns_of(&l.b)?.to_string(), l.b_if.clone()),
+            ];
+            for (ns, dev) in ends {
+                let mut c = self.command(&ns, "ethtool");
+                c.args([
+                    "-K", &dev, "tx", "off", "tso", "off", "gso", "off", "gro", "off",
+                ]);
+                run_checked(&mut c, None, CMD_TIMEOUT)
+                    .with_context(|| format!("offloads off on {dev} in {ns}"))?;
+            }
+            started.push(DelayLine::start(&ns, cfg.clone(), 0x5eed + i as u64)?);
+        }
+        self.lines = started;
+        Ok(())
+    }
+
+    /// The delay lines, in the order of [`LabConfig::lines`].
+    pub fn lines(&self) -> &[DelayLine] {
+        &self.lines
     }
 
     fn ns_of(&self, role: &str) -> Result<&str> {
@@ -1865,6 +1985,8 @@ fn remove_name_files(ns: &str) {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        // The lines' threads hold sockets in namespaces about to go.
+        self.lines.clear();
         let stops = std::mem::take(&mut *self.stops.lock().unwrap_or_else(|e| e.into_inner()));
         let mut any = false;
         for w in stops {

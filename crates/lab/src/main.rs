@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use svctr_lab::{parse_traceroute, tcp_download, tcp_server, Lab, LabConfig, Proto};
+use svctr_lab::{parse_traceroute, tcp_download, tcp_server, Lab, LabConfig, LineConfig, Proto};
 
 #[derive(Parser)]
 #[command(
@@ -56,6 +56,10 @@ enum Cmd {
         /// this many routers d1..dN between r3 and r2 (0: back through the branches).
         #[arg(long, default_value_t = 0)]
         return_branches: usize,
+        /// A delay-and-loss line on a link, repeatable: `A-B=DELAY[/JITTER][:LOSS%]` with a
+        /// one-way delay, e.g. `client-r1=0.5ms`, `r3-r4=20ms/1ms:5`.
+        #[arg(long = "line", value_parser = parse_line)]
+        lines: Vec<LineConfig>,
     },
     /// Remove the namespaces of a leftover lab (`NAME-*`).
     Down {
@@ -199,12 +203,14 @@ fn main() -> ExitCode {
             fanout,
             sub_branches,
             return_branches,
+            lines,
         } => up(
             nat,
             firewall,
             name,
             branches,
             (fanout, sub_branches, return_branches),
+            lines,
             &stop,
         ),
         Cmd::Down { name } => down(&name),
@@ -302,6 +308,46 @@ fn main() -> ExitCode {
     }
 }
 
+/// `A-B=DELAY[/JITTER][:LOSS%]` (see `up --line`).
+fn parse_line(s: &str) -> Result<LineConfig, String> {
+    let bad = || format!("{s:?}: want A-B=DELAY[/JITTER][:LOSS%], e.g. r3-r4=20ms/1ms:5");
+    let (link, spec) = s.split_once('=').ok_or_else(bad)?;
+    let (a, b) = link.split_once('-').ok_or_else(bad)?;
+    let (times, loss) = match spec.split_once(':') {
+        Some((t, l)) => (t, Some(l.trim_end_matches('%'))),
+        None => (spec, None),
+    };
+    let (delay, jitter) = match times.split_once('/') {
+        Some((d, j)) => (d, Some(j)),
+        None => (times, None),
+    };
+    let duration = |t: &str| -> Result<Duration, String> {
+        let (num, unit) = t
+            .find(|c: char| c.is_ascii_alphabetic())
+            .map_or((t, "ms"), |i| t.split_at(i));
+        let v: f64 = num.parse().map_err(|_| bad())?;
+        let scale = match unit {
+            "us" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            _ => return Err(bad()),
+        };
+        Duration::try_from_secs_f64(v * scale).map_err(|_| bad())
+    };
+    let mut cfg = LineConfig::new(a, b, duration(delay)?);
+    if let Some(j) = jitter {
+        cfg.jitter = duration(j)?;
+    }
+    if let Some(l) = loss {
+        let pct: f64 = l.parse().map_err(|_| bad())?;
+        if !(0.0..=100.0).contains(&pct) {
+            return Err(bad());
+        }
+        cfg.loss_ppm = (pct * 10_000.0).round() as u32;
+    }
+    Ok(cfg)
+}
+
 fn config(nat: bool, firewall: bool, branches: usize) -> LabConfig {
     LabConfig {
         branches,
@@ -335,6 +381,16 @@ fn print_summary(lab: &Lab) {
         c.nat,
         c.firewall
     );
+    for l in &c.lines {
+        println!(
+            "  line    {}-{}: {:?} one way, jitter {:?}, loss {} %",
+            l.a,
+            l.b,
+            l.delay,
+            l.jitter,
+            f64::from(l.loss_ppm) / 10_000.0
+        );
+    }
     println!(
         "  client  ns {:<16} {} {} dev {}",
         lab.client_ns(),
@@ -404,12 +460,14 @@ fn up(
     name: Option<String>,
     branches: usize,
     (fanout, sub_branches, return_branches): (usize, usize, usize),
+    lines: Vec<LineConfig>,
     stop: &AtomicBool,
 ) -> Result<u8> {
     let cfg = LabConfig {
         fanout,
         sub_branches,
         return_branches,
+        lines,
         ..config(nat, firewall, branches)
     };
     let lab = match &name {
