@@ -558,6 +558,10 @@ impl Trace {
         let round = (0..self.probes_per_hop).map(|_| Probe::unsent(ttl));
         let at = self.cursor.min(self.probes.len());
         self.probes.splice(at..at, round);
+        // The timer cursor may have passed every probe already (all resolved, the cancelled
+        // ones above the cursor too): the new round is not resolved, so it starts there again,
+        // or its probes' deadlines would never be looked at and the trace would wait forever.
+        self.oldest = self.oldest.min(at);
         if let Some(used) = self.retries_used.get_mut(usize::from(ttl - self.first_ttl)) {
             *used += 1;
         }

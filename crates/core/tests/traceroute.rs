@@ -136,6 +136,8 @@ struct Net {
     pacer: Option<Pacer>,
     /// Loop turns run.
     turns: usize,
+    /// Share of probes past TTL 1, and of their answers, lost (with a seeded generator).
+    loss: Option<(f64, u64)>,
 }
 
 impl Net {
@@ -152,6 +154,7 @@ impl Net {
             replies: Vec::new(),
             pacer: None,
             turns: 0,
+            loss: None,
         }
     }
     fn now(&self) -> Now {
@@ -164,10 +167,23 @@ impl Net {
         self.seq += 1;
         self.queue.insert((at, self.seq), p);
     }
+    /// Whether the seeded loss takes this packet.
+    fn lost(&mut self) -> bool {
+        let Some((p, state)) = &mut self.loss else {
+            return false;
+        };
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        (*state % 1_000_000) as f64 / 1e6 < *p
+    }
     fn on_probe(&mut self, dst: IpAddr, ttl: u8, probe: Vec<u8>) {
         self.sent += 1;
         let at = self.t;
         self.push(at, probe.clone()); // our own capture
+        if ttl > 1 && (self.lost() || self.lost()) {
+            return; // the probe, or its answer, lost on the way
+        }
         let v6 = dst.is_ipv6();
         let src = src_for(dst);
         let branch = branch_of(&probe);
@@ -292,6 +308,43 @@ impl Net {
             })
             .collect()
     }
+}
+
+/// Lossy paths (10 % of probes past TTL 1 and 10 % of their answers lost): with one probe per
+/// TTL and retries, every trace ends (the engine never waits with nothing to wait for), and
+/// most find every hop.
+#[test]
+fn retries_under_loss_always_end() {
+    let mut complete = 0;
+    for seed in 1..=400u64 {
+        for protocol in [Protocol::Udp, Protocol::Tcp, Protocol::Icmp] {
+            let mut net = Net::new(TracerouteConfig {
+                probes_per_hop: 1,
+                timeout: Duration::from_millis(200),
+                retries: 3,
+                ..cfg(protocol, Strategy::Paris)
+            });
+            net.loss = Some((0.1, seed * 7919));
+            let now = net.now();
+            let dst = targets(false, 1)[0];
+            net.engine.add_target(now.mono, dst, src_for(dst)).unwrap();
+            net.run();
+            let results = net.results();
+            assert_eq!(
+                results.len(),
+                1,
+                "seed {seed} {protocol:?}: the trace ended"
+            );
+            if results[0]
+                .hops
+                .iter()
+                .all(|h| h.probes.iter().any(|p| p.addr.is_some()))
+            {
+                complete += 1;
+            }
+        }
+    }
+    assert!(complete >= 1150, "{complete} of 1200 complete");
 }
 
 fn targets(v6: bool, n: u16) -> Vec<IpAddr> {
