@@ -15,7 +15,7 @@
 #   --targets T (1000), --parallel P (50), --reps R (3)
 #                                                    many-destination benchmark (`bench-trace`)
 #   --mp-reps N (10)                                 multipath benchmark (`bench-multipath`)
-#   --skip-flow, --skip-trace, --skip-flows, --skip-capture, --skip-multipath
+#   --skip-flow, --skip-trace, --skip-flows, --skip-capture, --skip-multipath, --skip-line
 #                                                    leave a section out
 #
 # Time: about 20 s for `bench`, 2-3 min for `bench-trace` (mostly trippy with its default
@@ -33,6 +33,7 @@ skip_trace=0
 skip_flows=0
 skip_capture=0
 skip_multipath=0
+skip_line=0
 mp_args=()
 while (($#)); do
   case "$1" in
@@ -47,6 +48,7 @@ while (($#)); do
     --skip-flows) skip_flows=1; shift ;;
     --skip-capture) skip_capture=1; shift ;;
     --skip-multipath) skip_multipath=1; shift ;;
+    --skip-line) skip_line=1; shift ;;
     --mp-reps)
       (($# >= 2)) || { echo "bench: $1 needs a value" >&2; exit 2; }
       mp_args+=(--reps "$2"); shift 2 ;;
@@ -103,5 +105,8 @@ if ((!skip_capture)); then
 fi
 if ((!skip_multipath)); then
   "$bin/svctr-lab" bench-multipath --tracer "$bin/service-traceroute" "${mp_args[@]}" || status=$?
+fi
+if ((!skip_line)); then
+  "$bin/svctr-lab" bench-line || status=$?
 fi
 exit "$status"

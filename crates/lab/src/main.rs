@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_flows;
+mod bench_line;
 mod bench_multipath;
 mod bench_reverse;
 
@@ -153,6 +154,20 @@ enum Cmd {
         #[arg(long, default_value_t = 10)]
         reps: usize,
     },
+    /// Benchmark of the delay line itself: requested against measured one-way delay at
+    /// several packet rates (a line on r1-r2, UDP datagrams client -> server, kernel receive
+    /// timestamps); prints a Markdown report.
+    BenchLine {
+        /// One-way delays to request, in ms (comma-separated; 0, no line, is measured anyway).
+        #[arg(long, value_delimiter = ',', default_value = "1,10,40")]
+        delays: Vec<u64>,
+        /// Datagrams per second (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "1000,10000,30000")]
+        rates: Vec<u64>,
+        /// Seconds per setting.
+        #[arg(long, default_value_t = 3)]
+        secs: u64,
+    },
     /// Benchmark: reverse traceroute, ours and (when given) the reference implementation's
     /// client and server: the time of a reverse trace of the lab's path, and a server's
     /// sessions per second and memory per session up to 50,000 open; prints a Markdown report.
@@ -265,6 +280,23 @@ fn main() -> ExitCode {
         Cmd::BenchCapture { tracer, secs, reps } => {
             bench_flows::run_capture(&bench_flows::CaptureBenchArgs { tracer, secs, reps }, &stop)
         }
+        Cmd::BenchLine {
+            delays,
+            rates,
+            secs,
+        } => bench_line::run(
+            &bench_line::LineArgs {
+                delays_ms: delays,
+                rates,
+                secs,
+            },
+            &std::env::args().collect::<Vec<_>>().join(" "),
+            &stop,
+        )
+        .map(|report| {
+            print!("{report}");
+            0
+        }),
         Cmd::BenchMultipath { tracer, reps } => bench_multipath::run(
             &bench_multipath::MultipathArgs { tracer, reps },
             &std::env::args().collect::<Vec<_>>().join(" "),
