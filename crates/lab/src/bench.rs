@@ -92,7 +92,7 @@ use nix::unistd::Pid;
 use serde_json::Value;
 use svctr_lab::{
     describe, parse_traceroute, parse_traceroute_ip, tcp_download, tcp_server, Lab, LabConfig,
-    Proto,
+    LineConfig, Proto,
 };
 
 /// Server port of the timing section's download.
@@ -120,6 +120,8 @@ pub(crate) struct BenchArgs {
     pub(crate) runs: usize,
     /// Concurrent flows of the load section.
     pub(crate) flows: usize,
+    /// Delay lines on the lab's links (none: the lab's round trips are tens of µs).
+    pub(crate) lines: Vec<LineConfig>,
 }
 
 /// Runs the benchmark and prints a Markdown report on stdout (progress on stderr).
@@ -138,7 +140,10 @@ pub(crate) fn run(args: &BenchArgs, stop: &AtomicBool) -> Result<u8> {
         ),
     };
     let command_line = std::env::args().collect::<Vec<_>>().join(" ");
-    let lab = Lab::build(LabConfig::default())?;
+    let lab = Lab::build(LabConfig {
+        lines: args.lines.clone(),
+        ..LabConfig::default()
+    })?;
     eprintln!("bench: lab {} is up", lab.name());
     let mut report = String::new();
     header(&mut report, &command_line, &tracer)?;
@@ -149,6 +154,30 @@ pub(crate) fn run(args: &BenchArgs, stop: &AtomicBool) -> Result<u8> {
         return Ok(130);
     }
     report.push_str(&timing);
+    for line in lab.lines() {
+        let (ab, ba) = line.stats();
+        let c = line.config();
+        writeln!(
+            report,
+            "Delay line {}-{} ({:?} one way): forwarded {} + {} frames, late median {} / {} µs, \
+             p99 {} / {} µs, max {} / {} µs (a->b / b->a), lost {} / {}, overflow {} / {}\n",
+            c.a,
+            c.b,
+            c.delay,
+            ab.forwarded,
+            ba.forwarded,
+            ab.late_us.0,
+            ba.late_us.0,
+            ab.late_us.1,
+            ba.late_us.1,
+            ab.late_us.2,
+            ba.late_us.2,
+            ab.lost,
+            ba.lost,
+            ab.overflow,
+            ba.overflow
+        )?;
+    }
     let load = load_section(&lab, &tracer, args.flows, stop)?;
     if stop.load(Ordering::SeqCst) {
         eprintln!("bench: interrupted");

@@ -93,6 +93,10 @@ enum Cmd {
         /// Concurrent flows for the CPU/memory measurement.
         #[arg(long, default_value_t = 200)]
         flows: usize,
+        /// A delay-and-loss line on a link, repeatable (as `up --line`), e.g.
+        /// `--line client-r1=0.5ms --line r3-r4=20ms`.
+        #[arg(long = "line", value_parser = parse_line)]
+        lines: Vec<LineConfig>,
     },
     /// Benchmark: trace many lab destinations with ours (one process), scamper (one
     /// process), trippy and traceroute (one process per destination); prints a Markdown
@@ -239,11 +243,13 @@ fn main() -> ExitCode {
             tracer,
             runs,
             flows,
+            lines,
         } => bench::run(
             &bench::BenchArgs {
                 tracer,
                 runs,
                 flows,
+                lines,
             },
             &stop,
         ),
