@@ -15,6 +15,9 @@
 #                     FUZZ_SANITIZER). `none` runs the targets about 2-3x faster; the code
 #                     fuzzed is safe Rust, see fuzz/README.md
 #
+# FUZZ_LOG_TAG=X writes the log to logs/<target>-X.log: two sessions of one target can then
+# run at once on the same corpus (each its own libFuzzer process and its own count).
+#
 # One target at a time, one libFuzzer process (no -jobs/-fork): the machine is shared.
 # The commit fuzzed (taken before the runs), and any uncommitted change to what is built.
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
@@ -96,7 +99,7 @@ for t in "${targets[@]}"; do
   [[ -d "seeds/$t" ]] && seeds=("seeds/$t")
   extra=()
   mapfile -t extra < <(target_args "$t")
-  log="logs/$t.log"
+  log="logs/$t${FUZZ_LOG_TAG:+-$FUZZ_LOG_TAG}.log"
   echo "fuzz: $t for ${runs:+$runs executions or }${secs}s${extra[*]:+ (${extra[*]})}" >&2
   if ! "${fuzz[@]}" run -s "$sanitizer" "$t" "corpus/$t" "${seeds[@]}" -- \
       "${limit[@]}" "${extra[@]}" -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1; then
