@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{stderr, tracer_for, TRACER};
+use common::{nft_in, stderr, tracer_for, TRACER};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use svctr_core::{Protocol, StopReason, TraceResult, TracerouteResult};
@@ -62,14 +62,6 @@ fn rest(child: Child) -> Output {
 
 /// A firewall on r3 that drops the SYNs to port 8099 (what makes a connection "hang").
 const SYN_DROP: &str = "table inet blk {\n chain f {\n  type filter hook forward priority 0;\n  tcp dport 8099 tcp flags syn drop\n }\n}\n";
-
-/// Runs an nft script in namespace `ns`; it must succeed.
-fn nft_in(lab: &Lab, ns: &str, script: &str) {
-    let mut c = lab.command(ns, "nft");
-    c.args(["-f", "-"]);
-    let out = svctr_lab::output_with_timeout(&mut c, Some(script), SECS(10)).expect("nft");
-    assert!(out.status.success(), "nft: {}", stderr(&out));
-}
 
 fn nft_tables(lab: &Lab) -> String {
     let out = lab

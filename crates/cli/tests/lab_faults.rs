@@ -14,7 +14,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{stderr, TRACER};
+use common::{nft_in, stderr, TRACER};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use svctr_core::{StopReason, TraceResult, TracerouteResult};
@@ -99,13 +99,6 @@ fn run_in(lab: &Lab, ns: &str, program: &str, args: &[&str]) -> String {
         stderr(&out)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn nft_in(lab: &Lab, ns: &str, script: &str) {
-    let mut c = lab.command(ns, "nft");
-    c.args(["-f", "-"]);
-    let out = output_with_timeout(&mut c, Some(script), SECS(10)).expect("nft");
-    assert!(out.status.success(), "nft in {ns}: {}", stderr(&out));
 }
 
 /// The shield tables (`svctr_<pid>`) in the client namespace.

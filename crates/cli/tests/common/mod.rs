@@ -47,3 +47,11 @@ pub(crate) fn json_lines<T: DeserializeOwned>(out: &Output) -> Vec<T> {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
         .collect()
 }
+
+/// Loads an nftables script in namespace `ns`; panics on failure.
+pub(crate) fn nft_in(lab: &Lab, ns: &str, script: &str) {
+    let mut c = lab.command(ns, "nft");
+    c.args(["-f", "-"]);
+    let out = output_with_timeout(&mut c, Some(script), Duration::from_secs(10)).expect("nft");
+    assert!(out.status.success(), "nft in {ns}: {}", stderr(&out));
+}
