@@ -182,6 +182,28 @@ impl From<PerArg> for Granularity {
     }
 }
 
+/// How `trace` and `reverse` receive replies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ReceiveArg {
+    /// raw sockets up to 16 targets, a libpcap capture beyond
+    Auto,
+    /// raw sockets with kernel filters: cheap to open and close; probe send times taken in
+    /// user space
+    Raw,
+    /// a libpcap capture: kernel timestamps of probes leaving too, a ring for many targets
+    Pcap,
+}
+
+impl From<ReceiveArg> for svctr_io::Receive {
+    fn from(r: ReceiveArg) -> Self {
+        match r {
+            ReceiveArg::Auto => Self::Auto,
+            ReceiveArg::Raw => Self::Raw,
+            ReceiveArg::Pcap => Self::Capture,
+        }
+    }
+}
+
 /// Output of the commands that trace (`flow`, `monitor`, `trace`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum Format {

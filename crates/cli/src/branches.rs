@@ -156,6 +156,7 @@ impl Printer {
             rate: self.cfg.rate,
             resolve_names: false,
             source: Some(source),
+            receive: svctr_io::Receive::Auto,
         })
     }
 

@@ -158,6 +158,7 @@ pub(crate) fn run_compare(a: CompareArgs) -> Result<Outcome, CliError> {
             rate: 0,
             resolve_names: false,
             source: Some(flow.flow.local.ip),
+            receive: svctr_io::Receive::Auto,
         };
         fresh.extend(traceroute(&topts, &stop, |_| {})?.results);
     }
@@ -202,6 +203,7 @@ fn compare_multipath(
         rate: 0,
         resolve_names: false,
         source: Some(flow.flow.local.ip),
+        receive: svctr_io::Receive::Auto,
     };
     let Some(mda) = multipath(&opts, &stop, |_| {})?.results.pop() else {
         return Ok(Outcome::nothing(

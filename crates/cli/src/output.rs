@@ -23,11 +23,24 @@ pub(crate) struct Run {
     pub(crate) stop: Arc<AtomicBool>,
     closed: Arc<AtomicBool>,
     error: Option<io::Error>,
+    /// The stdout watcher is still to be started (at the first output: see `start_lazy`).
+    watch_later: bool,
 }
 
 impl Run {
     /// Installs the signal handlers and the watcher of stdout.
     pub(crate) fn start() -> Result<Self, CliError> {
+        let mut run = Self::start_lazy()?;
+        run.start_watcher();
+        Ok(run)
+    }
+
+    /// As [`start`](Self::start), but the watcher of stdout starts with the first output:
+    /// for runs that write as they go (a trace prints its header once its sockets are open),
+    /// where a closed output shows at the next write anyway. No thread exists when the
+    /// privileges are dropped then, and a run whose output is a file or a terminal never
+    /// starts one.
+    pub(crate) fn start_lazy() -> Result<Self, CliError> {
         let stop = Arc::new(AtomicBool::new(false));
         for sig in [
             signal_hook::consts::SIGINT,
@@ -41,15 +54,21 @@ impl Run {
                 })
             })?;
         }
-        let closed = Arc::new(AtomicBool::new(false));
-        let (s, c) = (Arc::clone(&stop), Arc::clone(&closed));
-        // Detached: it either sees stdout close or dies with the process.
-        std::thread::spawn(move || watch_stdout(&s, &c));
         Ok(Self {
             stop,
-            closed,
+            closed: Arc::new(AtomicBool::new(false)),
             error: None,
+            watch_later: true,
         })
+    }
+
+    /// Starts the watcher of stdout if it is a pipe or a socket and none runs yet.
+    fn start_watcher(&mut self) {
+        if std::mem::take(&mut self.watch_later) && output_can_close() {
+            let (s, c) = (Arc::clone(&self.stop), Arc::clone(&self.closed));
+            // Detached: it either sees stdout close or dies with the process.
+            std::thread::spawn(move || watch_stdout(&s, &c));
+        }
     }
 
     /// Whether the run was asked to stop (a signal or a closed output).
@@ -68,6 +87,7 @@ impl Run {
         if self.output_closed() || self.error.is_some() {
             return;
         }
+        self.start_watcher();
         let mut out = io::stdout().lock();
         if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
             if e.kind() == io::ErrorKind::BrokenPipe {
@@ -85,6 +105,21 @@ impl Run {
             Some(e) => Err(CliError::Output(e)),
             None => Ok(()),
         }
+    }
+}
+
+/// Whether stdout can lose its reader: a pipe or a socket. Regular files and terminals never
+/// report it, so they get no watcher thread (a thread that exists when the privileges are
+/// dropped makes setuid(2) wait for it: glibc signals every thread).
+fn output_can_close() -> bool {
+    use nix::sys::stat::{fstat, SFlag};
+    match fstat(io::stdout().as_fd()) {
+        Ok(st) => {
+            let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+            kind == SFlag::S_IFIFO || kind == SFlag::S_IFSOCK
+        }
+        // No stdout to watch.
+        Err(_) => false,
     }
 }
 

@@ -19,7 +19,7 @@ use svctr_io::{
     ServerOptions, TracerouteOptions,
 };
 
-use crate::args::{DurationArg, MultipathOpts, TraceFormat};
+use crate::args::{DurationArg, MultipathOpts, ReceiveArg, TraceFormat};
 use crate::error::CliError;
 use crate::output::Run;
 use crate::Outcome;
@@ -97,6 +97,10 @@ pub(crate) struct ReverseArgs {
     /// Interface to send from and capture on.
     #[arg(short = 'i', long = "interface")]
     iface: Option<String>,
+    /// How responses (and, with --forward, replies) are received: raw sockets or a libpcap
+    /// capture (see `trace --receive`).
+    #[arg(long, value_enum, default_value = "auto")]
+    receive: ReceiveArg,
     /// This host's address toward the server.
     #[arg(short = 's', long = "source", value_name = "ADDR")]
     source: Option<IpAddr>,
@@ -202,6 +206,7 @@ fn forward(
         rate: a.rate,
         resolve_names: !a.numeric,
         source: a.source,
+        receive: a.receive.into(),
     };
     let text = a.format == TraceFormat::Text;
     let summary = traceroute(&opts, stop, |ev| match ev {
@@ -284,11 +289,12 @@ pub(crate) fn run_reverse(a: ReverseArgs) -> Result<Outcome, CliError> {
         rate: a.rate,
         source: a.source,
         resolve_names: !a.numeric,
+        receive: a.receive.into(),
     };
     if a.multipath {
         return run_reverse_multipath(&a, server, &opts);
     }
-    let mut run = Run::start()?;
+    let mut run = Run::start_lazy()?;
     let stop = std::sync::Arc::clone(&run.stop);
     let format = a.format;
     let forward_path = if a.two_way {
@@ -523,7 +529,7 @@ fn run_reverse_multipath(
         max_probes: a.mp.max_probes,
         ..MdaConfig::default()
     };
-    let mut run = Run::start()?;
+    let mut run = Run::start_lazy()?;
     let stop = std::sync::Arc::clone(&run.stop);
     let format = a.format;
     let text = format == TraceFormat::Text;
@@ -542,6 +548,7 @@ fn run_reverse_multipath(
             rate: a.rate,
             resolve_names: opts.resolve_names,
             source: a.source,
+            receive: opts.receive,
         };
         let summary = multipath(&fwd, &stop, |ev| {
             if !text {

@@ -138,6 +138,7 @@ fn trace_back(cfg: &BackConfig, r: TraceResult, stop: &AtomicBool) -> WithRevers
         iface: cfg.iface.clone(),
         rate: cfg.rate,
         source: Some(r.flow.local.ip),
+        receive: svctr_io::Receive::Auto,
         resolve_names: false,
     };
     let first = match reverse(&opts, stop, |_| {}) {

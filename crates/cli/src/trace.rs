@@ -15,7 +15,8 @@ use svctr_core::{
 use svctr_io::{multipath, traceroute, MultipathOptions, TracerouteOptions};
 
 use crate::args::{
-    parse_port, parse_sendwait, AlgorithmArg, DurationArg, MultipathOpts, StrategyArg, TraceFormat,
+    parse_port, parse_sendwait, AlgorithmArg, DurationArg, MultipathOpts, ReceiveArg, StrategyArg,
+    TraceFormat,
 };
 use crate::error::CliError;
 use crate::flow::json_collection;
@@ -124,6 +125,11 @@ pub(crate) struct TraceArgs {
     /// Interface to send from and capture on.
     #[arg(short = 'i', long = "interface")]
     iface: Option<String>,
+    /// How replies are received: raw sockets (a short run costs ~30 ms less: no packet
+    /// socket to set up and tear down) or a libpcap capture (probe send times from the
+    /// kernel; for many targets).
+    #[arg(long, value_enum, default_value = "auto")]
+    receive: ReceiveArg,
     /// Targets traced at once.
     #[arg(long, default_value_t = TracerouteConfig::default().parallel as u32,
           value_parser = clap::value_parser!(u32).range(1..))]
@@ -518,8 +524,9 @@ pub(crate) fn run_trace(a: TraceArgs) -> Result<Outcome, CliError> {
         rate: a.rate,
         resolve_names: !a.numeric,
         source: a.source,
+        receive: a.receive.into(),
     };
-    let mut run = Run::start()?;
+    let mut run = Run::start_lazy()?;
     let stop = std::sync::Arc::clone(&run.stop);
     let mut streamer = Streamer::new(targets, target_names.clone());
     let (format, extensions) = (a.format, a.extensions);
@@ -562,8 +569,9 @@ fn run_multipath(
         rate: a.rate,
         resolve_names: !a.numeric,
         source: a.source,
+        receive: a.receive.into(),
     };
-    let mut run = Run::start()?;
+    let mut run = Run::start_lazy()?;
     let stop = std::sync::Arc::clone(&run.stop);
     let mut streamer = Streamer::new(targets, names.clone());
     let format = a.format;

@@ -120,15 +120,63 @@ fn every_protocol_strategy_and_ip_version_matches_ground_truth() {
     ] {
         for protocol in [Protocol::Udp, Protocol::Tcp, Protocol::Icmp] {
             for strategy in ["classic", "paris", "dublin"] {
-                let d = dst.to_string();
-                let mut args = proto_flag(protocol);
-                args.extend(["--strategy", strategy, "-q", "3", "-w", "1", &d]);
-                let r = trace_json(&lab, &args);
-                assert_eq!(r.len(), 1);
-                assert_eq!(r[0].strategy.as_str(), strategy);
-                assert_eq!(r[0].ip_version, if dst.is_ipv4() { 4 } else { 6 });
-                assert_ground_truth(&lab, &r[0], &mut HashMap::new());
+                // Replies over raw sockets with their kernel filters (the default for one
+                // target) and over a capture: the same path, every probe answered.
+                for receive in ["raw", "pcap"] {
+                    let d = dst.to_string();
+                    let mut args = proto_flag(protocol);
+                    args.extend([
+                        "--strategy",
+                        strategy,
+                        "--receive",
+                        receive,
+                        "-q",
+                        "3",
+                        "-w",
+                        "1",
+                        &d,
+                    ]);
+                    let r = trace_json(&lab, &args);
+                    assert_eq!(r.len(), 1);
+                    assert_eq!(r[0].strategy.as_str(), strategy);
+                    assert_eq!(r[0].ip_version, if dst.is_ipv4() { 4 } else { 6 });
+                    assert_ground_truth(&lab, &r[0], &mut HashMap::new());
+                    // The lab's round trips are tens of µs: an RTT from a send time taken in
+                    // user space (raw) or by the kernel (pcap) is above 0 and well under 50 ms.
+                    for p in r[0].hops.iter().flat_map(|h| &h.probes) {
+                        let rtt = p.rtt_ms.expect("answered probe has an RTT");
+                        assert!(
+                            rtt > 0.0 && rtt < 50.0,
+                            "{receive} {protocol:?} {strategy} {d}: rtt {rtt} ms"
+                        );
+                    }
+                }
             }
+        }
+    }
+    // Both families in one run: an IPv4 and an IPv6 set of raw sockets side by side.
+    let (d4, d6) = (
+        lab.server_addr().to_string(),
+        lab.server_addr6().to_string(),
+    );
+    for receive in ["raw", "pcap"] {
+        let r = trace_json(
+            &lab,
+            &[
+                "-T",
+                "-p",
+                "8080",
+                "--receive",
+                receive,
+                "-w",
+                "1",
+                &d4,
+                &d6,
+            ],
+        );
+        assert_eq!(r.len(), 2, "{receive}: {r:?}");
+        for t in &r {
+            assert_ground_truth(&lab, t, &mut HashMap::new());
         }
     }
 }

@@ -173,8 +173,10 @@ pub struct ProbeReply {
     /// Its name by reverse DNS, when resolved (traceroute without `-n`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// Round-trip time in milliseconds, from the kernel timestamps of the probe's own capture
-    /// and of the reply.
+    /// Round-trip time in milliseconds: the reply's kernel receive timestamp minus the probe's
+    /// send time, which is the kernel timestamp of the probe's own capture, or, where replies
+    /// come over raw sockets (`trace` of a few targets), the time taken in user space right
+    /// before the probe was sent.
     pub rtt_ms: Option<f64>,
     /// ICMP type of the reply.
     pub icmp_type: Option<u8>,

@@ -207,7 +207,8 @@ pub fn monitor(
             SNAPLEN,
             ring,
             BATCHED,
-        )?,
+        )?
+        .into(),
         feed: Monitor::handle_packet,
         paced: true,
     });
@@ -217,11 +218,20 @@ pub fn monitor(
         quic: cfg.detector.quic,
     };
     let detection = match (&cfg.services, detection_filter(&cfg.filter, &local, what)) {
-        (Some(_), Some(f)) => Some(sources.add(Source {
-            cap: Capture::open_with(&opts.iface, &f, DETECTION_SNAPLEN, DETECTION_RING, BATCHED)?,
-            feed: |m: &mut Monitor, now, _ts, packet| m.handle_detection_packet(now, packet),
-            paced: false,
-        })),
+        (Some(_), Some(f)) => Some(
+            sources.add(Source {
+                cap: Capture::open_with(
+                    &opts.iface,
+                    &f,
+                    DETECTION_SNAPLEN,
+                    DETECTION_RING,
+                    BATCHED,
+                )?
+                .into(),
+                feed: |m: &mut Monitor, now, _ts, packet| m.handle_detection_packet(now, packet),
+                paced: false,
+            }),
+        ),
         _ => None,
     };
     let mut hooks = MonitorHooks {
@@ -436,7 +446,7 @@ impl Lane {
                     BATCHED,
                 )?;
                 let id = sources.add(Source {
-                    cap,
+                    cap: cap.into(),
                     feed: Monitor::handle_packet,
                     paced: false,
                 });

@@ -205,6 +205,16 @@ pub fn flow_filter(f: &FlowFilter, local: &[IpAddr], slot: u8) -> String {
 /// `ip6[40]`, the quoted IPv6 header at `ip6[48]` (next header at `ip6[54]`) and its transport
 /// header at `ip6[88]`.
 pub fn traceroute_filter(cfg: &TracerouteConfig, v4: bool, v6: bool) -> String {
+    traceroute_filter_with(cfg, v4, v6, true)
+}
+
+/// [`traceroute_filter`], without our probes leaving if `!leaving`: for raw reply sockets.
+pub(crate) fn traceroute_filter_with(
+    cfg: &TracerouteConfig,
+    v4: bool,
+    v6: bool,
+    leaving: bool,
+) -> String {
     let m = cfg.marker;
     let echo = match cfg.strategy {
         Strategy::Classic => EchoMark::Ident(m),
@@ -222,6 +232,7 @@ pub fn traceroute_filter(cfg: &TracerouteConfig, v4: bool, v6: bool) -> String {
             dest_port: cfg.dest_port(),
             marker: m,
             echo,
+            leaving,
         },
         v4,
         v6,
@@ -233,6 +244,11 @@ pub fn traceroute_filter(cfg: &TracerouteConfig, v4: bool, v6: bool) -> String {
 /// flow; TCP: the reserved block of source ports and the high half of the sequence number;
 /// ICMP: the reserved echo identifier).
 pub fn multipath_filter(cfg: &MdaConfig, v4: bool, v6: bool) -> String {
+    multipath_filter_with(cfg, v4, v6, true)
+}
+
+/// [`multipath_filter`], without our probes leaving if `!leaving`: for raw reply sockets.
+pub(crate) fn multipath_filter_with(cfg: &MdaConfig, v4: bool, v6: bool, leaving: bool) -> String {
     probe_filter(
         &ProbeMarks {
             protocol: cfg.protocol,
@@ -243,6 +259,7 @@ pub fn multipath_filter(cfg: &MdaConfig, v4: bool, v6: bool) -> String {
             dest_port: cfg.dest_port(),
             marker: cfg.marker,
             echo: EchoMark::Ident(cfg.marker),
+            leaving,
         },
         v4,
         v6,
@@ -334,6 +351,10 @@ struct ProbeMarks {
     /// TCP: the high half of every sequence number.
     marker: u16,
     echo: EchoMark,
+    /// Pass our probes leaving too (a capture sees them, and their kernel timestamps are
+    /// the send times); raw reply sockets never see them, and a UDP clause would not
+    /// compile for an IPv6 one (see the replies module).
+    leaving: bool,
 }
 
 fn probe_filter(marks: &ProbeMarks, v4: bool, v6: bool) -> String {
@@ -356,7 +377,9 @@ fn probe_filter(marks: &ProbeMarks, v4: bool, v6: bool) -> String {
                     "({errors6} and ip6[54] == 17 and ip6[88:2] >= {lo} and ip6[88:2] <= {hi})"
                 ));
             }
-            clauses.push(format!("(udp and src portrange {lo}-{hi})"));
+            if marks.leaving {
+                clauses.push(format!("(udp and src portrange {lo}-{hi})"));
+            }
         }
         Protocol::Tcp => {
             if v4 {
@@ -408,7 +431,9 @@ fn probe_filter(marks: &ProbeMarks, v4: bool, v6: bool) -> String {
                     "({errors4} and icmp[17] == 1 and {})",
                     request("icmp", 28)
                 ));
-                clauses.push(format!("(icmp[0] == 8 and {})", request("icmp", 0)));
+                if marks.leaving {
+                    clauses.push(format!("(icmp[0] == 8 and {})", request("icmp", 0)));
+                }
                 clauses.push(format!("(icmp[0] == 0 and {})", reply("icmp", 0, false)));
             }
             if v6 {
@@ -416,10 +441,12 @@ fn probe_filter(marks: &ProbeMarks, v4: bool, v6: bool) -> String {
                     "({errors6} and ip6[54] == 58 and {})",
                     request("ip6", 88)
                 ));
-                clauses.push(format!(
-                    "(ip6[6] == 58 and ip6[40] == 128 and {})",
-                    request("ip6", 40)
-                ));
+                if marks.leaving {
+                    clauses.push(format!(
+                        "(ip6[6] == 58 and ip6[40] == 128 and {})",
+                        request("ip6", 40)
+                    ));
+                }
                 clauses.push(format!(
                     "(ip6[6] == 58 and ip6[40] == 129 and {})",
                     reply("ip6", 40, true)

@@ -63,6 +63,7 @@ mod multipath;
 mod names;
 pub mod privilege;
 mod probing;
+mod replies;
 mod reserve;
 mod reverse;
 mod run;
@@ -85,6 +86,8 @@ pub use multipath::{
     multipath, multipath_one, spawn_multipath, MultipathOptions, MultipathSummary,
 };
 pub use names::{NameResolver, NAME_WAIT};
+pub use probing::Receive;
+pub use replies::RAW_TARGETS;
 pub use reverse::{reverse, reverse_multipath, serve, ReverseOptions, ServerOptions};
 pub use traceroute::{
     spawn_traceroute, traceroute, traceroute_one, TracerouteOptions, TracerouteSummary,

@@ -32,6 +32,8 @@ pub struct MultipathOptions {
     pub resolve_names: bool,
     /// The probes' source address (`None`: the routing table's for each destination).
     pub source: Option<IpAddr>,
+    /// How replies are received (see [`crate::Receive`]).
+    pub receive: crate::Receive,
 }
 
 /// What a multipath run did.
@@ -57,6 +59,7 @@ pub fn multipath(
         source: opts.source,
         iface: opts.iface.as_deref(),
         rate: opts.rate,
+        receive: opts.receive,
     };
     probing.check_iface()?;
     let mut cfg = opts.config.clone();
@@ -67,8 +70,10 @@ pub fn multipath(
         reserve_marker(cfg.protocol, cfg.sport, cfg.marker, cfg.reserved_ports())?;
     (cfg.sport, cfg.marker) = (sport, marker);
     let sources = probing.sources()?;
-    let (v4, v6) = probing.families();
-    let filter = crate::filter::multipath_filter(&cfg, v4, v6);
+    let filter_cfg = cfg.clone();
+    let filter =
+        move |v4, v6, leaving| crate::filter::multipath_filter_with(&filter_cfg, v4, v6, leaving);
+    let protocol = cfg.protocol;
     let mut engine = Mda::new(cfg)?;
     let start = Instant::now();
     for &(dst, src) in &sources {
@@ -83,7 +88,14 @@ pub fn multipath(
             results.push(*r);
         }
     });
-    let end = probing.run(&mut engine, &filter, Mda::handle_packet, stop, &mut hooks)?;
+    let end = probing.run(
+        &mut engine,
+        protocol,
+        filter,
+        Mda::handle_packet,
+        stop,
+        &mut hooks,
+    )?;
     drop(hooks);
     Ok(MultipathSummary {
         results,

@@ -42,7 +42,7 @@ use svctr_core::reverse::{
     ServerEvent, ServerStats,
 };
 
-use svctr_core::{Mda, MdaConfig, MdaEvent, MdaResult, ReverseMda};
+use svctr_core::{Mda, MdaConfig, MdaEvent, MdaResult, Protocol, ReverseMda};
 
 use crate::capture::Capture;
 use crate::names::{Named, NamedHooks};
@@ -68,6 +68,8 @@ pub struct ReverseOptions {
     /// Resolve the hops' addresses to names (reverse DNS, in background threads, never
     /// delaying a request; see [`crate::TracerouteOptions::resolve_names`]).
     pub resolve_names: bool,
+    /// How responses are received (see [`crate::Receive`]).
+    pub receive: crate::Receive,
 }
 
 /// Traces the path back from `opts.server`, calling `on_event` as TTLs complete, until it
@@ -92,7 +94,8 @@ pub fn reverse(
         });
         probing.run(
             &mut engine,
-            filter,
+            Protocol::Icmp,
+            |_, _, _| filter.to_string(),
             ReverseClient::handle_packet,
             stop,
             &mut hooks,
@@ -119,6 +122,7 @@ fn with_client<R>(
         source: opts.source,
         iface: opts.iface.as_deref(),
         rate: opts.rate,
+        receive: opts.receive,
     };
     probing.check_iface()?;
     let (first, count, _reservation) = crate::reserve::reverse_ident_block()?;
@@ -160,7 +164,15 @@ pub fn reverse_multipath(
                 result = Some(*r);
             }
         });
-        probing.run(&mut engine, filter, Mda::handle_packet, stop, &mut hooks)?;
+        // The server's responses are ICMP echo replies, whatever the probes' protocol.
+        probing.run(
+            &mut engine,
+            Protocol::Icmp,
+            |_, _, _| filter.to_string(),
+            Mda::handle_packet,
+            stop,
+            &mut hooks,
+        )?;
         drop(hooks);
         result.ok_or_else(|| Error::Unsupported(format!("no result from {server}")))
     })
@@ -248,7 +260,8 @@ pub fn serve(
             "any",
             &crate::filter::reverse_server_filter(v4, v6),
             32 << 20,
-        )?,
+        )?
+        .into(),
         feed: ReverseServer::handle_packet,
         paced: false,
     });

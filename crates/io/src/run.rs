@@ -22,6 +22,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use svctr_core::{Machine, Now, Pacer};
 
 use crate::capture::Capture;
+use crate::replies::RawReplies;
 use crate::sender::RawSockets;
 use crate::Error;
 
@@ -30,9 +31,82 @@ pub(crate) const DRAIN_MAX: usize = 4096;
 /// The longest the loop sleeps, so the stop flag and the duration are noticed promptly.
 const MAX_SLEEP: Duration = Duration::from_millis(50);
 
-/// A capture and what its packets are for.
+/// Where a source's packets come from: a libpcap capture, or raw sockets (replies only, for
+/// runs with few destinations: see the replies module).
+pub(crate) enum Input {
+    Capture(Capture),
+    Raw(RawReplies),
+}
+
+impl From<Capture> for Input {
+    fn from(c: Capture) -> Self {
+        Self::Capture(c)
+    }
+}
+
+impl From<RawReplies> for Input {
+    fn from(r: RawReplies) -> Self {
+        Self::Raw(r)
+    }
+}
+
+impl Input {
+    /// Reads what is there now, at most `max` packets (see [`Capture::drain`]).
+    fn drain(
+        &mut self,
+        max: usize,
+        iface: &str,
+        f: impl FnMut(SystemTime, &[u8]),
+    ) -> Result<usize, Error> {
+        match self {
+            Self::Capture(c) => c.drain(max, f).map_err(|e| Error::Capture {
+                iface: iface.to_string(),
+                source: e,
+            }),
+            Self::Raw(r) => r.drain(max, f).map_err(|e| Error::Socket {
+                what: "receiving replies".into(),
+                source: e,
+            }),
+        }
+    }
+
+    fn fds(&self) -> Vec<BorrowedFd<'_>> {
+        match self {
+            Self::Capture(c) => vec![c.fd()],
+            Self::Raw(r) => r.fds().collect(),
+        }
+    }
+
+    /// Packets its kernel filter passed so far.
+    fn received(&mut self) -> u32 {
+        match self {
+            Self::Capture(c) => c.received(),
+            Self::Raw(r) => r.received(),
+        }
+    }
+
+    /// Packets the kernel had no room for.
+    fn drops(&mut self) -> u32 {
+        match self {
+            Self::Capture(c) => c.drops(),
+            Self::Raw(r) => r.drops(),
+        }
+    }
+
+    /// Replaces a capture's kernel filter.
+    pub(crate) fn set_filter(&mut self, filter: &str) -> Result<(), Error> {
+        match self {
+            Self::Capture(c) => c.set_filter(filter),
+            Self::Raw(_) => Err(Error::Unsupported(
+                "changing the filter of raw reply sockets".into(),
+            )),
+        }
+    }
+}
+
+/// A capture (or raw sockets) and what its packets are for.
 pub(crate) struct Source<M> {
-    pub(crate) cap: Capture,
+    pub(crate) cap: Input,
     /// Hands one captured packet (with its kernel timestamp) to the machine.
     pub(crate) feed: fn(&mut M, Instant, SystemTime, &[u8]),
     /// A full drain of this capture holds probes back for a turn (back-pressure: every probe
@@ -142,10 +216,6 @@ pub(crate) fn run<M: Machine, H: Hooks<M>>(
     let mut end = End::default();
     let mut starting = true;
     let mut buf = Vec::with_capacity(256);
-    let capture_error = |e| Error::Capture {
-        iface: limits.iface.to_string(),
-        source: e,
-    };
     loop {
         let t = now();
         if limits.stop.load(Ordering::Relaxed) && !end.interrupted {
@@ -159,17 +229,20 @@ pub(crate) fn run<M: Machine, H: Hooks<M>>(
         let mut backlog = false;
         for src in sources.iter_mut() {
             let feed = src.feed;
-            let read = src
-                .cap
-                .drain(DRAIN_MAX, |ts, ip| feed(machine, Instant::now(), ts, ip))
-                .map_err(capture_error)?;
+            let read = src.cap.drain(DRAIN_MAX, limits.iface, |ts, ip| {
+                feed(machine, Instant::now(), ts, ip)
+            })?;
             backlog |= src.paced && read >= DRAIN_MAX;
         }
         let t = now();
         machine.handle_timeout(t);
         drain_events(machine, hooks)?;
         hooks.before_send(t.mono)?;
+        let mut t = t;
         while !backlog && pacer.next_at(t.mono).is_none() {
+            // Each probe its own time: where no capture sees probes leave (raw reply
+            // sockets), this is its send time.
+            t = now();
             let Some(tx) = machine.poll_transmit(t, &mut buf) else {
                 break;
             };
@@ -202,7 +275,7 @@ pub(crate) fn run<M: Machine, H: Hooks<M>>(
             wake.saturating_duration_since(t)
         };
         if !sleep.is_zero() {
-            let fds: Vec<BorrowedFd<'_>> = sources.iter_mut().map(|s| s.cap.fd()).collect();
+            let fds: Vec<BorrowedFd<'_>> = sources.iter_mut().flat_map(|s| s.cap.fds()).collect();
             wait_readable(&fds, sleep);
         }
     }
@@ -217,14 +290,25 @@ pub(crate) fn run<M: Machine, H: Hooks<M>>(
     Ok(end)
 }
 
-/// Closes the captures in parallel threads and waits for all.
+/// Closes the captures in parallel threads (each waits for an RCU grace period) and waits
+/// for all; raw sockets close at once, here.
 fn close_together<M>(sources: Sources<M>) {
-    std::thread::scope(|s| {
-        for src in sources.slots.into_iter().flatten() {
-            let cap = src.cap;
-            s.spawn(move || drop(cap));
-        }
-    });
+    let captures: Vec<Input> = sources
+        .slots
+        .into_iter()
+        .flatten()
+        .map(|s| s.cap)
+        .filter(|c| matches!(c, Input::Capture(_)))
+        .collect();
+    match captures.len() {
+        0 => {}
+        1 => drop(captures),
+        _ => std::thread::scope(|s| {
+            for cap in captures {
+                s.spawn(move || drop(cap));
+            }
+        }),
+    }
 }
 
 /// Sleeps until one of `fds` is readable or `d` has passed.

@@ -15,7 +15,7 @@ use std::time::Instant;
 use svctr_core::{Traceroute, TracerouteConfig, TracerouteEvent, TracerouteResult};
 
 use crate::names::NamedHooks;
-use crate::probing::{reserve_marker, Probing};
+use crate::probing::{reserve_marker, Probing, Receive};
 use crate::Error;
 
 /// What to trace.
@@ -39,6 +39,9 @@ pub struct TracerouteOptions {
     /// The probes' source address (traceroute's `-s`; `None`: the one the routing table picks
     /// for each target). Targets of the other IP version use the routing table's.
     pub source: Option<IpAddr>,
+    /// How replies are received: raw sockets (cheap to open and close) or a capture (see
+    /// [`Receive`]); by default raw sockets up to [`crate::RAW_TARGETS`] targets.
+    pub receive: Receive,
 }
 
 /// What a traceroute run did.
@@ -64,6 +67,7 @@ pub fn traceroute(
         source: opts.source,
         iface: opts.iface.as_deref(),
         rate: opts.rate,
+        receive: opts.receive,
     };
     probing.check_iface()?;
     let mut cfg = opts.config.clone();
@@ -74,8 +78,10 @@ pub fn traceroute(
         reserve_marker(cfg.protocol, cfg.sport, cfg.marker, cfg.tcp_ports())?;
     (cfg.sport, cfg.marker) = (sport, marker);
     let sources = probing.sources()?;
-    let (v4, v6) = probing.families();
-    let filter = crate::filter::traceroute_filter(&cfg, v4, v6);
+    let filter_cfg = cfg.clone();
+    let filter =
+        move |v4, v6, leaving| crate::filter::traceroute_filter_with(&filter_cfg, v4, v6, leaving);
+    let protocol = cfg.protocol;
     // The configuration is checked here, once, before anything needs privileges.
     let mut engine = Traceroute::new(cfg)?;
     let start = Instant::now();
@@ -93,7 +99,8 @@ pub fn traceroute(
     });
     let end = probing.run(
         &mut engine,
-        &filter,
+        protocol,
+        filter,
         Traceroute::handle_packet,
         stop,
         &mut hooks,

@@ -122,6 +122,8 @@ pub(crate) struct BenchArgs {
     pub(crate) flows: usize,
     /// Delay lines on the lab's links (none: the lab's round trips are tens of µs).
     pub(crate) lines: Vec<LineConfig>,
+    /// trippy's `trip` binary (default: found as for `bench-trace`).
+    pub(crate) trip: Option<PathBuf>,
 }
 
 /// Runs the benchmark and prints a Markdown report on stdout (progress on stderr).
@@ -148,7 +150,8 @@ pub(crate) fn run(args: &BenchArgs, stop: &AtomicBool) -> Result<u8> {
     let mut report = String::new();
     header(&mut report, &command_line, &tracer)?;
 
-    let timing = timing_section(&lab, &tracer, args.runs, stop)?;
+    let trip = find_trip(args.trip.as_deref());
+    let timing = timing_section(&lab, &tracer, &trip, args.runs, stop)?;
     if stop.load(Ordering::SeqCst) {
         eprintln!("bench: interrupted");
         return Ok(130);
@@ -707,20 +710,77 @@ impl Series {
     }
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Tool {
+    /// `flow`: the live download's own path.
     Ours,
+    /// `trace -T` to the server's port: one destination, no flow.
+    OursTraceTcp,
+    /// `trace -U`.
+    OursTraceUdp,
     ScamperAll,
     ScamperFirst,
     Traceroute,
+    TracerouteUdp,
+    TrippyTcp,
+    TrippyUdp,
+    MtrTcp,
+    MtrUdp,
     NetnsExec,
 }
 
-fn tool_args(tool: Tool, lab: &Lab) -> (&'static str, Vec<String>) {
+impl Tool {
+    const ALL: [Tool; 12] = [
+        Tool::Ours,
+        Tool::OursTraceTcp,
+        Tool::OursTraceUdp,
+        Tool::ScamperAll,
+        Tool::ScamperFirst,
+        Tool::Traceroute,
+        Tool::TracerouteUdp,
+        Tool::TrippyTcp,
+        Tool::TrippyUdp,
+        Tool::MtrTcp,
+        Tool::MtrUdp,
+        Tool::NetnsExec,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Tool::Ours => "service-traceroute `flow` (ours)",
+            Tool::OursTraceTcp => "service-traceroute `trace -T` (ours)",
+            Tool::OursTraceUdp => "service-traceroute `trace -U` (ours)",
+            Tool::ScamperAll => "scamper, 3 probes/TTL (`-q 3 -Q`)",
+            Tool::ScamperFirst => "scamper, first answer per TTL (`-q 3`)",
+            Tool::Traceroute => "traceroute -T (`-q 3`, `-N 16`)",
+            Tool::TracerouteUdp => "traceroute -U (`-q 3`, `-N 16`)",
+            Tool::TrippyTcp => "trippy --tcp, shortest round (`-i 0ms -g 10ms`)",
+            Tool::TrippyUdp => "trippy --udp, shortest round (`-i 0ms -g 10ms`)",
+            Tool::MtrTcp => "mtr -T --report, one cycle (`-c 1 -i 0.1 -G 0.1`)",
+            Tool::MtrUdp => "mtr -u --report, one cycle (`-c 1 -i 0.1 -G 0.1`)",
+            Tool::NetnsExec => "`ip netns exec true` (baseline)",
+        }
+    }
+
+    /// Ours in the same protocol, for the wall-time ratio of a one-destination tracer.
+    fn ours_alike(self) -> Option<Tool> {
+        match self {
+            Tool::ScamperAll | Tool::ScamperFirst | Tool::Traceroute | Tool::TrippyTcp => {
+                Some(Tool::OursTraceTcp)
+            }
+            Tool::MtrTcp => Some(Tool::OursTraceTcp),
+            Tool::TracerouteUdp | Tool::TrippyUdp | Tool::MtrUdp => Some(Tool::OursTraceUdp),
+            _ => None,
+        }
+    }
+}
+
+/// The program (empty: ours) and arguments of `tool`; `trip` is trippy's binary.
+fn tool_args(tool: Tool, lab: &Lab, trip: &str) -> (String, Vec<String>) {
     let s = lab.server_addr().to_string();
     let port = TIMING_PORT.to_string();
     let v = |a: &[&str]| a.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-    match tool {
+    let (prog, args) = match tool {
         Tool::Ours => (
             "",
             v(&[
@@ -738,6 +798,11 @@ fn tool_args(tool: Tool, lab: &Lab) -> (&'static str, Vec<String>) {
                 "json",
             ]),
         ),
+        Tool::OursTraceTcp => (
+            "",
+            v(&["trace", "-n", "-T", "-p", &port, "--format", "json", &s]),
+        ),
+        Tool::OursTraceUdp => ("", v(&["trace", "-n", "-U", "--format", "json", &s])),
         Tool::ScamperAll | Tool::ScamperFirst => {
             let all = if matches!(tool, Tool::ScamperAll) {
                 " -Q"
@@ -762,11 +827,41 @@ fn tool_args(tool: Tool, lab: &Lab) -> (&'static str, Vec<String>) {
             "traceroute",
             v(&["-T", "-n", "-p", &port, "-q", "3", "-w", "1", &s]),
         ),
+        Tool::TracerouteUdp => ("traceroute", v(&["-U", "-n", "-q", "3", "-w", "1", &s])),
+        Tool::TrippyTcp => (
+            trip,
+            v(&[
+                "-m", "json", "-C", "1", "--tcp", "-P", &port, "-i", "0ms", "-g", "10ms", &s,
+            ]),
+        ),
+        Tool::TrippyUdp => (
+            trip,
+            v(&[
+                "-m", "json", "-C", "1", "--udp", "-i", "0ms", "-g", "10ms", &s,
+            ]),
+        ),
+        Tool::MtrTcp => (
+            "mtr",
+            v(&[
+                "-n", "-j", "-c", "1", "-i", "0.1", "-G", "0.1", "-T", "-P", &port, &s,
+            ]),
+        ),
+        Tool::MtrUdp => (
+            "mtr",
+            v(&["-n", "-j", "-c", "1", "-i", "0.1", "-G", "0.1", "-u", &s]),
+        ),
         Tool::NetnsExec => ("true", Vec::new()),
-    }
+    };
+    (prog.to_string(), args)
 }
 
-fn timing_section(lab: &Lab, tracer: &Path, runs: usize, stop: &AtomicBool) -> Result<String> {
+fn timing_section(
+    lab: &Lab,
+    tracer: &Path,
+    trip: &Result<PathBuf, String>,
+    runs: usize,
+    stop: &AtomicBool,
+) -> Result<String> {
     let server = tcp_server(lab, TIMING_PORT, TIMING_RATE)?;
     // Long enough for every run: TIMING_RATE bytes/s for 10 min (it is stopped at the end).
     let dl = tcp_download(lab, TIMING_PORT, 0, TIMING_RATE * 600, false)?;
@@ -774,32 +869,22 @@ fn timing_section(lab: &Lab, tracer: &Path, runs: usize, stop: &AtomicBool) -> R
     std::thread::sleep(Duration::from_millis(500));
     let truth = lab.expected_path(Proto::Tcp, lport, TIMING_PORT)?;
     let tracer_s = tracer.to_string_lossy().into_owned();
+    let trip_s = trip
+        .as_ref()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "trip".into());
 
-    let tools = [
-        Tool::Ours,
-        Tool::ScamperAll,
-        Tool::ScamperFirst,
-        Tool::Traceroute,
-        Tool::NetnsExec,
-    ];
-    let names = [
-        "service-traceroute (ours)",
-        "scamper, 3 probes/TTL (`-q 3 -Q`)",
-        "scamper, first answer per TTL (`-q 3`)",
-        "traceroute -T (`-q 3`, `-N 16`)",
-        "`ip netns exec true` (baseline)",
-    ];
+    let tools = Tool::ALL;
     let mut series: Vec<Series> = tools
         .iter()
-        .zip(names)
-        .map(|(t, n)| {
-            let (prog, args) = tool_args(*t, lab);
+        .map(|t| {
+            let (prog, args) = tool_args(*t, lab, &trip_s);
             let prog = if prog.is_empty() {
-                "service-traceroute"
+                "service-traceroute".to_string()
             } else {
                 prog
             };
-            let mut line = prog.to_string();
+            let mut line = prog;
             for a in args {
                 line.push(' ');
                 if a.contains(' ') {
@@ -808,14 +893,21 @@ fn timing_section(lab: &Lab, tracer: &Path, runs: usize, stop: &AtomicBool) -> R
                     line.push_str(&a);
                 }
             }
-            Series::new(*t, n, line)
+            Series::new(*t, t.name(), line)
         })
         .collect();
     for (t, s) in tools.iter().zip(series.iter_mut()) {
-        let prog = tool_args(*t, lab).0;
-        if !prog.is_empty() && !in_path(prog) {
+        if matches!(t, Tool::TrippyTcp | Tool::TrippyUdp) {
+            if let Err(why) = trip {
+                s.skipped = Some(why.clone());
+            }
+            continue;
+        }
+        let prog = tool_args(*t, lab, &trip_s).0;
+        let package = if prog == "mtr" { "mtr-tiny" } else { &prog };
+        if !prog.is_empty() && !in_path(&prog) {
             s.skipped = Some(format!(
-                "`{prog}` is not installed (not found in PATH; Debian package `{prog}`)"
+                "`{prog}` is not installed (not found in PATH; Debian package `{package}`)"
             ));
         }
     }
@@ -829,8 +921,8 @@ fn timing_section(lab: &Lab, tracer: &Path, runs: usize, stop: &AtomicBool) -> R
             if s.skipped.is_some() {
                 continue;
             }
-            let (prog, args) = tool_args(*t, lab);
-            let prog = if prog.is_empty() { &tracer_s } else { prog };
+            let (prog, args) = tool_args(*t, lab, &trip_s);
+            let prog = if prog.is_empty() { &tracer_s } else { &prog };
             let mut cmd = lab.command(lab.client_ns(), prog);
             cmd.args(&args);
             let r = match run_timed(cmd, RUN_TIMEOUT) {
@@ -901,20 +993,127 @@ fn check_timing_run(tool: Tool, r: &Run, lab: &Lab, truth: &[Ipv4Addr]) -> Resul
                 Some(t.probe_count),
             ))
         }
-        Tool::Traceroute => {
-            let hops = parse_traceroute(&r.stdout);
-            let mut want6 = want.clone();
-            want6.push(Some(lab.server_addr()));
-            // Without --sport every probe has its own source port, so hops 3-4 may be
-            // on any branch: check the hop count and the branch-independent hops only.
-            let fixed = [0, 1, 4, 5];
-            if hops.len() != HOPS + 1 || fixed.iter().any(|&i| hops[i] != want6[i]) {
-                bail!("unexpected traceroute output: {:?}", r.stdout);
-            }
+        Tool::Traceroute | Tool::TracerouteUdp => {
+            check_one_path(&parse_traceroute(&r.stdout), lab, truth)
+                .with_context(|| format!("traceroute output {:?}", r.stdout))?;
             Ok((None, None, None))
+        }
+        Tool::OursTraceTcp | Tool::OursTraceUdp => {
+            let v: Value = serde_json::from_str(&r.stdout)
+                .with_context(|| format!("tracer output is not JSON: {:?}", r.stdout))?;
+            let t = parse_our_plain_trace(&v)?;
+            check_one_path(&t.hops, lab, truth)?;
+            if t.stop_reason != "remote-reached" {
+                bail!("trace ended {:?}, not at the destination", t.stop_reason);
+            }
+            Ok((None, Some(t.first_to_end), Some(t.probes_sent)))
+        }
+        Tool::TrippyTcp | Tool::TrippyUdp => {
+            let (_, d, sent) = parse_trippy(&r.stdout)?;
+            let hops: Vec<Option<Ipv4Addr>> = d
+                .hops
+                .iter()
+                .map(|h| {
+                    h.iter().find_map(|a| match a {
+                        IpAddr::V4(a) => Some(*a),
+                        IpAddr::V6(_) => None,
+                    })
+                })
+                .collect();
+            check_one_path(&hops, lab, truth)?;
+            Ok((None, None, Some(sent)))
+        }
+        Tool::MtrTcp | Tool::MtrUdp => {
+            let (hops, sent) = parse_mtr_json(&r.stdout)?;
+            check_one_path(&hops, lab, truth)?;
+            Ok((None, None, Some(sent)))
         }
         Tool::NetnsExec => Ok((None, None, None)),
     }
+}
+
+/// A one-destination tracer's hops (TTL order, first answer each) against the lab's path:
+/// the routers, then the server. Each probe of such a tracer may take its own branch (its
+/// own ports), so TTL 3-4 may be any branch's: the branch-independent hops are checked.
+fn check_one_path(hops: &[Option<Ipv4Addr>], lab: &Lab, truth: &[Ipv4Addr]) -> Result<()> {
+    let mut want: Vec<Option<Ipv4Addr>> = truth.iter().copied().map(Some).collect();
+    want.push(Some(lab.server_addr()));
+    let fixed = [0, 1, 4, 5];
+    if hops.len() != HOPS + 1 || fixed.iter().any(|&i| hops[i] != want[i]) {
+        bail!("unexpected path {hops:?} (lab: {want:?})");
+    }
+    Ok(())
+}
+
+/// What our `trace --format json` says of one destination.
+struct OurPlainTrace {
+    hops: Vec<Option<Ipv4Addr>>,
+    first_to_end: Duration,
+    probes_sent: u64,
+    stop_reason: String,
+}
+
+fn parse_our_plain_trace(v: &Value) -> Result<OurPlainTrace> {
+    let field = |k: &str| v.get(k).ok_or_else(|| anyhow!("result has no {k:?}: {v}"));
+    let ts = |k: &str| -> Result<i64> {
+        let s = field(k)?
+            .as_str()
+            .ok_or_else(|| anyhow!("{k:?} is not a string"))?;
+        parse_rfc3339_us(s).with_context(|| format!("field {k:?}"))
+    };
+    let (start, end) = (ts("start")?, ts("end")?);
+    let first_to_end = Duration::from_micros(
+        u64::try_from(end - start).map_err(|_| anyhow!("end before start in {v}"))?,
+    );
+    let mut hops: Vec<Option<Ipv4Addr>> = Vec::new();
+    for h in field("hops")?
+        .as_array()
+        .ok_or_else(|| anyhow!("\"hops\" is not an array"))?
+    {
+        let ttl = h.get("ttl").and_then(Value::as_u64).unwrap_or(0) as usize;
+        if ttl == 0 {
+            continue;
+        }
+        if hops.len() < ttl {
+            hops.resize(ttl, None);
+        }
+        hops[ttl - 1] = h.get("probes").and_then(Value::as_array).and_then(|ps| {
+            ps.iter()
+                .find_map(|p| p.get("addr").and_then(Value::as_str))
+                .and_then(|a| a.parse::<Ipv4Addr>().ok())
+        });
+    }
+    Ok(OurPlainTrace {
+        hops,
+        first_to_end,
+        probes_sent: field("probes_sent")?
+            .as_u64()
+            .ok_or_else(|| anyhow!("\"probes_sent\" is not a number"))?,
+        stop_reason: field("stop_reason")?
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+    })
+}
+
+/// mtr's `--json` report: each hop's address (`???`: none) and the probes sent in all.
+fn parse_mtr_json(out: &str) -> Result<(Vec<Option<Ipv4Addr>>, u64)> {
+    let v: Value = serde_json::from_str(out).context("mtr output is not JSON")?;
+    let hubs = v
+        .pointer("/report/hubs")
+        .and_then(Value::as_array)
+        .ok_or_else(|| anyhow!("mtr report without report.hubs"))?;
+    let mut hops = Vec::new();
+    let mut sent = 0;
+    for h in hubs {
+        hops.push(
+            h.get("host")
+                .and_then(Value::as_str)
+                .and_then(|a| a.parse().ok()),
+        );
+        sent += h.get("Snt").and_then(Value::as_u64).unwrap_or(0);
+    }
+    Ok((hops, sent))
 }
 
 fn timing_report(series: &[Series], runs: usize, truth: &[Ipv4Addr], lab: &Lab) -> Result<String> {
@@ -957,22 +1156,29 @@ fn timing_report(series: &[Series], runs: usize, truth: &[Ipv4Addr], lab: &Lab) 
         )?;
     }
     let ours = &series[0];
+    let alike = |t: Tool| series.iter().find(|s| s.tool == t);
     writeln!(
         o,
-        "\nRatios of medians, peer / ours (ours: TTL 1-5 is its whole trace):\n"
+        "\nRatios of medians, peer / ours: against our `flow` (TTL 1-5 is its whole trace), \
+         and the process wall time against our `trace` in the peer's protocol (one \
+         destination, no flow to wait for):\n"
     )?;
     writeln!(
         o,
-        "| peer | first probe → last reply, TTL 1-5 | first probe → last reply, all TTLs | process wall time |"
+        "| peer | first probe → last reply, TTL 1-5 (vs `flow`) | first probe → last reply, all TTLs (vs `flow`) | process wall time (vs `flow`) | process wall time (vs our `trace`) |"
     )?;
-    writeln!(o, "|---|---|---|---|")?;
+    writeln!(o, "|---|---|---|---|---|")?;
     for s in series.iter().skip(1) {
         if s.skipped.is_some() || matches!(s.tool, Tool::NetnsExec) {
             continue;
         }
+        let vs_trace = match s.tool.ours_alike().and_then(alike) {
+            Some(t) => ratio(&s.wall, &t.wall),
+            None => "n/a".into(),
+        };
         writeln!(
             o,
-            "| {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {vs_trace} |",
             s.name,
             ratio(&s.to_hop5, &ours.to_hop5),
             ratio(&s.to_last, &ours.to_hop5),

@@ -97,6 +97,9 @@ enum Cmd {
         /// `--line client-r1=0.5ms --line r3-r4=20ms`.
         #[arg(long = "line", value_parser = parse_line)]
         lines: Vec<LineConfig>,
+        /// trippy's binary (default: `trip` in $PATH, else ~/.cargo/bin/trip).
+        #[arg(long)]
+        trip: Option<PathBuf>,
     },
     /// Benchmark: trace many lab destinations with ours (one process), scamper (one
     /// process), trippy and traceroute (one process per destination); prints a Markdown
@@ -244,12 +247,14 @@ fn main() -> ExitCode {
             runs,
             flows,
             lines,
+            trip,
         } => bench::run(
             &bench::BenchArgs {
                 tracer,
                 runs,
                 flows,
                 lines,
+                trip,
             },
             &stop,
         ),
