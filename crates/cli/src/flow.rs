@@ -472,7 +472,7 @@ fn end_monitor<T: serde::Serialize>(
 /// The warning for a capture that overflowed.
 pub(crate) fn warn_drops(drops: u32) {
     eprintln!(
-        "service-traceroute: warning: the capture dropped {drops} packets (kernel ring full): \
+        "service-traceroute: warning: the capture dropped {drops} packets (kernel ring or socket buffer full): \
          some replies, or the kernel send timestamps of some probes, may be missing"
     );
 }

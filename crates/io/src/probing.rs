@@ -188,7 +188,9 @@ impl Probing<'_> {
             _ => None,
         };
         let cap = match raw {
-            Some(programs) => RawReplies::open(self.iface, protocol, &programs)?.into(),
+            Some(programs) => {
+                RawReplies::open(self.iface, protocol, &programs, self.targets.len())?.into()
+            }
             None => Capture::open_with_buffer(
                 self.iface.unwrap_or("any"),
                 &filter(v4, v6, true),

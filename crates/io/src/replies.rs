@@ -58,8 +58,12 @@ const BPF_LEN: u16 = 0x80;
 const BPF_MSH: u16 = 0xa0;
 /// The IPv6 header's length: where an IPv6 raw socket's data begins.
 const IPV6_HEADER: u32 = 40;
-/// Receive buffer of each socket: a trace's replies in a burst, with room to spare.
-const RCVBUF: usize = 1 << 20;
+/// Receive buffer of each socket per destination (a small reply takes about 1 KiB of it,
+/// kernel overhead included), from 1 MiB to 32 MiB: the replies to a turn's burst of
+/// probes (see `run::SEND_MAX`) and to the probes of a destination in flight, with room.
+const RCVBUF_PER_TARGET: usize = 64 << 10;
+const RCVBUF_MIN: usize = 1 << 20;
+const RCVBUF_MAX: usize = 32 << 20;
 
 /// `expr` compiled by libpcap for raw IP packets, as (code, jt, jf, k).
 fn compile(expr: &str) -> Result<Vec<(u16, u8, u8, u32)>, Error> {
@@ -183,7 +187,11 @@ impl RawReplies {
         iface: Option<&str>,
         protocol: Protocol,
         programs: &Programs,
+        targets: usize,
     ) -> Result<Self, Error> {
+        let rcvbuf = targets
+            .saturating_mul(RCVBUF_PER_TARGET)
+            .clamp(RCVBUF_MIN, RCVBUF_MAX);
         let mut socks = Vec::new();
         for (v6, prog) in [(false, &programs.v4), (true, &programs.v6)] {
             let Some(prog) = prog else { continue };
@@ -199,7 +207,7 @@ impl RawReplies {
                 protos.push(libc::IPPROTO_TCP);
             }
             for proto in protos {
-                socks.push(Self::open_one(iface, v6, proto, prog)?);
+                socks.push(Self::open_one(iface, v6, proto, prog, rcvbuf)?);
             }
         }
         Ok(Self {
@@ -222,6 +230,7 @@ impl RawReplies {
         v6: bool,
         proto: i32,
         prog: &[SockFilter],
+        rcvbuf: usize,
     ) -> Result<Inbound, Error> {
         let domain = if v6 { Domain::IPV6 } else { Domain::IPV4 };
         let sock = Socket::new(domain, Type::RAW, Some(socket2::Protocol::from(proto)))
@@ -234,8 +243,8 @@ impl RawReplies {
         sock.set_nonblocking(true)
             .map_err(socket_error("setting a raw socket non-blocking"))?;
         // Root may exceed net.core.rmem_max; others get what it allows.
-        if setsockopt(&sock, sockopt::RcvBufForce, &RCVBUF).is_err() {
-            let _ = sock.set_recv_buffer_size(RCVBUF);
+        if setsockopt(&sock, sockopt::RcvBufForce, &rcvbuf).is_err() {
+            let _ = sock.set_recv_buffer_size(rcvbuf);
         }
         let what = "asking for kernel timestamps on a raw socket";
         setsockopt(&sock, sockopt::ReceiveTimestampns, &true).map_err(nix_error(what))?;

@@ -5,7 +5,7 @@
 //! A turn: read what the captures hold (at most [`DRAIN_MAX`] packets each, so a flood cannot
 //! starve the timers), hand timers to the machine, take its events (before any probe: a UDP
 //! flow's shield must be in place before its first probe), send the probes due as the rate
-//! allows, take the events again, let the hooks do their housekeeping, then sleep in poll(2)
+//! allows (at most [`SEND_MAX`]: the replies are read between bursts), take the events again, let the hooks do their housekeeping, then sleep in poll(2)
 //! on the captures' descriptors until the next packet, the machine's next timer, the hooks'
 //! next wake-up or the rate's next token.
 //!
@@ -28,6 +28,11 @@ use crate::Error;
 
 /// Packets read from a capture per loop turn: timers and probes are served in between.
 pub(crate) const DRAIN_MAX: usize = 4096;
+/// Probes sent per loop turn at most: with no rate limit, thousands of destinations have
+/// tens of thousands of probes due at once, and their replies (and a capture's copies of the
+/// probes) would pile up in the kernel's buffer until the burst ends; a turn's worth of them
+/// is read before the next burst.
+pub(crate) const SEND_MAX: usize = 512;
 /// The longest the loop sleeps, so the stop flag and the duration are noticed promptly.
 const MAX_SLEEP: Duration = Duration::from_millis(50);
 
@@ -239,7 +244,9 @@ pub(crate) fn run<M: Machine, H: Hooks<M>>(
         drain_events(machine, hooks)?;
         hooks.before_send(t.mono)?;
         let mut t = t;
-        while !backlog && pacer.next_at(t.mono).is_none() {
+        let mut sent = 0;
+        while !backlog && sent < SEND_MAX && pacer.next_at(t.mono).is_none() {
+            sent += 1;
             // Each probe its own time: where no capture sees probes leave (raw reply
             // sockets), this is its send time.
             t = now();

@@ -245,6 +245,13 @@ pub struct LabConfig {
     /// 198.19.128.1.. and the IPv6 /128s 2001:2:0:1980::1.. (`fanout` of each, on its
     /// loopback), see [`Lab::fanout_targets`]. 0..=[`MAX_FANOUT`].
     pub fanout: usize,
+    /// The fan-out in IPv4 only, owned by one local route for the whole 198.19.128.0/17 on
+    /// the server's loopback (Linux "AnyIP": every address of the prefix is the server's,
+    /// and its errors come from the address probed, RTCF_LOCAL) instead of one address each:
+    /// tens of thousands of destinations cost nothing to set up. No IPv6 fan-out then
+    /// (adding IPv6 addresses grows quadratically, and IPv6's errors for an AnyIP address
+    /// come from the interface's address, not the one probed).
+    pub fanout_v4_only: bool,
     /// A second ECMP stage behind b1 only: b1 splits its traffic towards the server over
     /// `sub_branches` routers c1..cN, which lead to r3 (b1 has no direct link to r3). Paths
     /// through b1 are one router longer, so the lab's paths differ in width and length and
@@ -288,6 +295,7 @@ impl Default for LabConfig {
             service_ports_tcp: (8080..=8089).collect(),
             service_ports_udp: (9000..=9009).collect(),
             fanout: 0,
+            fanout_v4_only: false,
             sub_branches: 0,
             return_branches: 0,
             client_flow_labels: false,
@@ -1083,12 +1091,20 @@ impl Lab {
             // Fan-out destinations as host addresses on the loopback. Errors the
             // server sends for them (port unreachable, RST, echo reply) come from the
             // probed address (IPv4: RTCF_LOCAL; IPv6: icmp6_send uses a local daddr).
-            for i in 1..=self.cfg.fanout {
-                b.push_str(&format!("addr add {}/32 dev lo\n", plan::fanout_v4(i)));
+            if self.cfg.fanout_v4_only && self.cfg.fanout > 0 {
                 b.push_str(&format!(
-                    "addr add {}/128 dev lo nodad\n",
-                    plan::fanout_v6(i)
+                    "route add local {}/{} dev lo\n",
+                    plan::FANOUT_NET,
+                    plan::FANOUT_PREFIX_LEN
                 ));
+            } else {
+                for i in 1..=self.cfg.fanout {
+                    b.push_str(&format!("addr add {}/32 dev lo\n", plan::fanout_v4(i)));
+                    b.push_str(&format!(
+                        "addr add {}/128 dev lo nodad\n",
+                        plan::fanout_v6(i)
+                    ));
+                }
             }
         }
         b
@@ -1115,7 +1131,9 @@ impl Lab {
         if self.cfg.fanout > 0 {
             for i in [1, self.cfg.fanout] {
                 dsts.push(IpAddr::V4(plan::fanout_v4(i)));
-                dsts.push(IpAddr::V6(plan::fanout_v6(i)));
+                if !self.cfg.fanout_v4_only {
+                    dsts.push(IpAddr::V6(plan::fanout_v6(i)));
+                }
             }
         }
         for dst in dsts {
@@ -1301,7 +1319,11 @@ impl Lab {
     }
 
     /// The IPv6 fan-out destinations: 2001:2:0:1980::1, ::2, ... (`cfg.fanout`).
+    /// None with `fanout_v4_only`.
     pub fn fanout_targets_v6(&self) -> Vec<Ipv6Addr> {
+        if self.cfg.fanout_v4_only {
+            return Vec::new();
+        }
         (1..=self.cfg.fanout).map(plan::fanout_v6).collect()
     }
 
@@ -1323,7 +1345,8 @@ impl Lab {
             }
             IpAddr::V6(a) => {
                 let i = u128::from(a).wrapping_sub(u128::from(plan::FANOUT_NET6));
-                a == self.server_addr6() || (1..=self.cfg.fanout as u128).contains(&i)
+                a == self.server_addr6()
+                    || (!self.cfg.fanout_v4_only && (1..=self.cfg.fanout as u128).contains(&i))
             }
         }
     }

@@ -6,6 +6,7 @@ mod bench_flows;
 mod bench_line;
 mod bench_multipath;
 mod bench_reverse;
+mod bench_throughput;
 
 use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
@@ -100,6 +101,37 @@ enum Cmd {
         /// trippy's binary (default: `trip` in $PATH, else ~/.cargo/bin/trip).
         #[arg(long)]
         trip: Option<PathBuf>,
+    },
+    /// Benchmark: `trace` of many lab destinations (IPv4 fan-out, up to 32767) against the
+    /// raw send limit of the machine (a `sendmmsg` loop of the same probes, `blast`); prints
+    /// a Markdown report
+    BenchThroughput {
+        /// Path of the service-traceroute binary.
+        #[arg(long)]
+        tracer: PathBuf,
+        /// Numbers of destinations, comma-separated.
+        #[arg(long, value_delimiter = ',', default_values_t = [1000usize, 10000, 32000])]
+        targets: Vec<usize>,
+        /// Repetitions of each measurement (interleaved).
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// A delay-and-loss line on a link, repeatable (as `up --line`).
+        #[arg(long = "line", value_parser = parse_line)]
+        lines: Vec<LineConfig>,
+    },
+    /// The raw send loop of `bench-throughput`: UDP probes to COUNT consecutive IPv4
+    /// addresses from FIRST, TTL 1..=TTLS each, over one raw socket with sendmmsg, no reply
+    /// read. Prints `sent P probes in S s`. Run it in a lab namespace only
+    Blast {
+        /// First destination.
+        #[arg(long)]
+        first: Ipv4Addr,
+        /// Destinations.
+        #[arg(long)]
+        count: usize,
+        /// Probes (TTL 1..=TTLS) per destination.
+        #[arg(long, default_value_t = 16)]
+        ttls: u8,
     },
     /// Benchmark: trace many lab destinations with ours (one process), scamper (one
     /// process), trippy and traceroute (one process per destination); prints a Markdown
@@ -290,6 +322,23 @@ fn main() -> ExitCode {
         ),
         Cmd::BenchCapture { tracer, secs, reps } => {
             bench_flows::run_capture(&bench_flows::CaptureBenchArgs { tracer, secs, reps }, &stop)
+        }
+        Cmd::BenchThroughput {
+            tracer,
+            targets,
+            reps,
+            lines,
+        } => bench_throughput::run(
+            &bench_throughput::ThroughputArgs {
+                tracer,
+                targets,
+                reps,
+                lines,
+            },
+            &stop,
+        ),
+        Cmd::Blast { first, count, ttls } => {
+            bench_throughput::blast(first, count, ttls).map(|()| 0)
         }
         Cmd::BenchLine {
             delays,
