@@ -6,7 +6,9 @@
 # (`svctr-lab bench-trace`); then live flows traced per second and memory per concurrent flow at
 # 1,000 and 10,000 flows (`svctr-lab bench-flows`), and the capture's CPU next to a multi-gigabit
 # transfer against tcpdump (`svctr-lab bench-capture`); then multipath discovery on the
-# multipath lab against scamper tracelb and Dublin traceroute (`svctr-lab bench-multipath`).
+# multipath lab against scamper tracelb and Dublin traceroute (`svctr-lab bench-multipath`);
+# then `trace` of 1,000 to 32,000 destinations against the machine's raw send limit
+# (`svctr-lab bench-throughput`) and the delay line's own accuracy (`svctr-lab bench-line`).
 # Prints one Markdown report on stdout
 # (see BENCHMARKS.md). Needs root (network namespaces, raw sockets).
 #
@@ -15,8 +17,11 @@
 #   --targets T (1000), --parallel P (50), --reps R (3)
 #                                                    many-destination benchmark (`bench-trace`)
 #   --mp-reps N (10)                                 multipath benchmark (`bench-multipath`)
-#   --skip-flow, --skip-trace, --skip-flows, --skip-capture, --skip-multipath, --skip-line
-#                                                    leave a section out
+#   --tp-targets LIST (1000,10000,32000)             throughput benchmark (`bench-throughput`)
+#   --line A-B=DELAY[/JITTER][:LOSS%]                a delay line for `bench` and
+#                                                    `bench-throughput` (repeatable)
+#   --skip-flow, --skip-trace, --skip-flows, --skip-capture, --skip-multipath,
+#   --skip-throughput, --skip-line                   leave a section out
 #
 # Time: about 20 s for `bench`, 2-3 min for `bench-trace` (mostly trippy with its default
 # 1 s rounds), about 3 min for `bench-flows`, 2 min for `bench-capture` and 6 min for
@@ -34,7 +39,9 @@ skip_flows=0
 skip_capture=0
 skip_multipath=0
 skip_line=0
+skip_throughput=0
 mp_args=()
+tp_args=()
 while (($#)); do
   case "$1" in
     --runs | --flows)
@@ -49,6 +56,13 @@ while (($#)); do
     --skip-capture) skip_capture=1; shift ;;
     --skip-multipath) skip_multipath=1; shift ;;
     --skip-line) skip_line=1; shift ;;
+    --skip-throughput) skip_throughput=1; shift ;;
+    --tp-targets)
+      (($# >= 2)) || { echo "bench: $1 needs a value" >&2; exit 2; }
+      tp_args+=(--targets "$2"); shift 2 ;;
+    --line)
+      (($# >= 2)) || { echo "bench: $1 needs a value" >&2; exit 2; }
+      bench_args+=(--line "$2"); tp_args+=(--line "$2"); shift 2 ;;
     --mp-reps)
       (($# >= 2)) || { echo "bench: $1 needs a value" >&2; exit 2; }
       mp_args+=(--reps "$2"); shift 2 ;;
@@ -57,10 +71,10 @@ while (($#)); do
 done
 
 source scripts/setup.sh
-# Peers and measurement tools, only what is missing: scamper, tcpdump and dublin-traceroute
-# (peers), time (GNU time: max RSS).
+# Peers and measurement tools, only what is missing: scamper, tcpdump, dublin-traceroute and
+# mtr-tiny (peers), time (GNU time: max RSS).
 missing=()
-for p in scamper time tcpdump dublin-traceroute; do
+for p in scamper time tcpdump dublin-traceroute mtr-tiny; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if ((${#missing[@]})); then
@@ -78,7 +92,7 @@ fi
 cargo_bin="${CARGO_HOME:-$HOME/.cargo}/bin"
 trip="$(command -v trip || true)"
 [[ -n $trip || ! -x $cargo_bin/trip ]] || trip="$cargo_bin/trip"
-if ((!skip_trace)) && [[ -z $trip ]]; then
+if ((!skip_trace || !skip_flow)) && [[ -z $trip ]]; then
   echo "bench: installing trippy (cargo install trippy --locked; several minutes on 2 cores)" >&2
   if timeout 3600 cargo install --quiet trippy --locked >&2; then
     trip="$cargo_bin/trip"
@@ -91,6 +105,7 @@ cargo build --release --quiet -p service-traceroute -p svctr-lab
 bin="${CARGO_TARGET_DIR:-$PWD/target}/release"
 status=0
 if ((!skip_flow)); then
+  if [[ -n $trip ]]; then bench_args+=(--trip "$trip"); fi
   "$bin/svctr-lab" bench --tracer "$bin/service-traceroute" "${bench_args[@]}" || status=$?
 fi
 if ((!skip_trace)); then
@@ -105,6 +120,9 @@ if ((!skip_capture)); then
 fi
 if ((!skip_multipath)); then
   "$bin/svctr-lab" bench-multipath --tracer "$bin/service-traceroute" "${mp_args[@]}" || status=$?
+fi
+if ((!skip_throughput)); then
+  "$bin/svctr-lab" bench-throughput --tracer "$bin/service-traceroute" "${tp_args[@]}" || status=$?
 fi
 if ((!skip_line)); then
   "$bin/svctr-lab" bench-line || status=$?

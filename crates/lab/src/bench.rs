@@ -23,7 +23,18 @@
 //!   reply* is `min(tx)` → `max(tx + rtt)`, over TTL 1..5 (the hops ours probes) and over
 //!   all 6 TTLs. scamper timestamps in user space.
 //! * Debian `traceroute -T -n -p 8080 -q 3 -w 1` (default `-N 16` probes in flight): it has
-//!   no machine-readable timing, so only its process wall time is reported.
+//!   no machine-readable timing, so only its process wall time is reported; and
+//!   `traceroute -U -n -q 3 -w 1`.
+//! * ours as a one-destination tracer, no flow: `service-traceroute trace -n -T -p 8080
+//!   --format json S` and `trace -n -U --format json S` (replies over raw sockets, the
+//!   default for a few targets): the process wall time against traceroute's in the same
+//!   protocol, and `end - start` from the JSON.
+//! * trippy (when installed): `trip -m json -C 1 --udp -i 0ms -g 10ms S` (its shortest
+//!   round; in TCP mode this trippy's report had no destination hop in the lab, and its
+//!   rounds lasted 1 s), and mtr (`mtr-tiny`): `mtr -n -j -c 1 -i 0.1 -G 0.1 -T -P 8080 S`
+//!   and `-u` (one cycle, 0.1 s between probes and 0.1 s of grace at the end, where its
+//!   defaults are 1 s and 5 s). Their wall times; their paths are checked like traceroute's
+//!   (TTL 1, 2, 5 and the server; TTL 3-4 may be any branch, each probe has its own ports).
 //! * `true`: the cost of `ip netns exec` itself, included in every wall time.
 //!
 //! Wall time is spawn → exit of the `ip netns exec` process, observed with `waitid`
@@ -722,7 +733,6 @@ enum Tool {
     ScamperFirst,
     Traceroute,
     TracerouteUdp,
-    TrippyTcp,
     TrippyUdp,
     MtrTcp,
     MtrUdp,
@@ -730,7 +740,7 @@ enum Tool {
 }
 
 impl Tool {
-    const ALL: [Tool; 12] = [
+    const ALL: [Tool; 11] = [
         Tool::Ours,
         Tool::OursTraceTcp,
         Tool::OursTraceUdp,
@@ -738,7 +748,6 @@ impl Tool {
         Tool::ScamperFirst,
         Tool::Traceroute,
         Tool::TracerouteUdp,
-        Tool::TrippyTcp,
         Tool::TrippyUdp,
         Tool::MtrTcp,
         Tool::MtrUdp,
@@ -754,7 +763,6 @@ impl Tool {
             Tool::ScamperFirst => "scamper, first answer per TTL (`-q 3`)",
             Tool::Traceroute => "traceroute -T (`-q 3`, `-N 16`)",
             Tool::TracerouteUdp => "traceroute -U (`-q 3`, `-N 16`)",
-            Tool::TrippyTcp => "trippy --tcp, shortest round (`-i 0ms -g 10ms`)",
             Tool::TrippyUdp => "trippy --udp, shortest round (`-i 0ms -g 10ms`)",
             Tool::MtrTcp => "mtr -T --report, one cycle (`-c 1 -i 0.1 -G 0.1`)",
             Tool::MtrUdp => "mtr -u --report, one cycle (`-c 1 -i 0.1 -G 0.1`)",
@@ -765,9 +773,7 @@ impl Tool {
     /// Ours in the same protocol, for the wall-time ratio of a one-destination tracer.
     fn ours_alike(self) -> Option<Tool> {
         match self {
-            Tool::ScamperAll | Tool::ScamperFirst | Tool::Traceroute | Tool::TrippyTcp => {
-                Some(Tool::OursTraceTcp)
-            }
+            Tool::ScamperAll | Tool::ScamperFirst | Tool::Traceroute => Some(Tool::OursTraceTcp),
             Tool::MtrTcp => Some(Tool::OursTraceTcp),
             Tool::TracerouteUdp | Tool::TrippyUdp | Tool::MtrUdp => Some(Tool::OursTraceUdp),
             _ => None,
@@ -828,12 +834,6 @@ fn tool_args(tool: Tool, lab: &Lab, trip: &str) -> (String, Vec<String>) {
             v(&["-T", "-n", "-p", &port, "-q", "3", "-w", "1", &s]),
         ),
         Tool::TracerouteUdp => ("traceroute", v(&["-U", "-n", "-q", "3", "-w", "1", &s])),
-        Tool::TrippyTcp => (
-            trip,
-            v(&[
-                "-m", "json", "-C", "1", "--tcp", "-P", &port, "-i", "0ms", "-g", "10ms", &s,
-            ]),
-        ),
         Tool::TrippyUdp => (
             trip,
             v(&[
@@ -897,7 +897,7 @@ fn timing_section(
         })
         .collect();
     for (t, s) in tools.iter().zip(series.iter_mut()) {
-        if matches!(t, Tool::TrippyTcp | Tool::TrippyUdp) {
+        if *t == Tool::TrippyUdp {
             if let Err(why) = trip {
                 s.skipped = Some(why.clone());
             }
@@ -1008,7 +1008,7 @@ fn check_timing_run(tool: Tool, r: &Run, lab: &Lab, truth: &[Ipv4Addr]) -> Resul
             }
             Ok((None, Some(t.first_to_end), Some(t.probes_sent)))
         }
-        Tool::TrippyTcp | Tool::TrippyUdp => {
+        Tool::TrippyUdp => {
             let (_, d, sent) = parse_trippy(&r.stdout)?;
             let hops: Vec<Option<Ipv4Addr>> = d
                 .hops
@@ -1441,6 +1441,8 @@ pub(crate) struct TraceBenchArgs {
     pub(crate) reps: usize,
     /// trippy's `trip` binary; default: `trip` in $PATH, else `~/.cargo/bin/trip`.
     pub(crate) trip: Option<PathBuf>,
+    /// Delay lines (as `up --line`).
+    pub(crate) lines: Vec<LineConfig>,
 }
 
 /// Inner limit of one run (coreutils `timeout`, which signals the whole process group).
@@ -1477,6 +1479,7 @@ pub(crate) fn run_trace(args: &TraceBenchArgs, stop: &AtomicBool) -> Result<u8> 
     let command_line = std::env::args().collect::<Vec<_>>().join(" ");
     let lab = Lab::build(LabConfig {
         fanout: args.targets,
+        lines: args.lines.clone(),
         ..LabConfig::default()
     })
     .with_context(|| format!("building a lab with {} destinations", args.targets))?;
@@ -1525,6 +1528,7 @@ enum ManyTool {
     Scamper,
     Trippy,
     Traceroute,
+    Mtr,
 }
 
 /// One tool with one setting, and its runs.
@@ -1548,7 +1552,10 @@ impl ManySetting {
             tool,
             name,
             setting: setting.to_string(),
-            per_target: matches!(tool, ManyTool::Trippy | ManyTool::Traceroute),
+            per_target: matches!(
+                tool,
+                ManyTool::Trippy | ManyTool::Traceroute | ManyTool::Mtr
+            ),
             argv,
             skipped: None,
             runs: Vec::new(),
@@ -1578,7 +1585,7 @@ impl ManySetting {
         match self.tool {
             ManyTool::Ours => format!("{line} <{n} addresses>"),
             ManyTool::Scamper => line.replace(TARGETS_FILE_MARK, "targets.txt"),
-            ManyTool::Trippy | ManyTool::Traceroute => format!(
+            ManyTool::Trippy | ManyTool::Traceroute | ManyTool::Mtr => format!(
                 "xargs -a targets.txt -P {parallel} -n 1 sh -c 'exec {line} \"$0\" > \"$SVCTR_OUT/$0.out\" 2> \"$SVCTR_OUT/$0.err\"'"
             ),
         }
@@ -1887,6 +1894,14 @@ fn many_settings(
     v.push(t1);
     v.push(t2);
     v.push(ManySetting::new(
+        ManyTool::Mtr,
+        "mtr",
+        &format!("`--report` one cycle (`-c 1 -i 0.1 -G 0.1`), {parallel} processes at once"),
+        s(&[
+            "mtr", "-n", "-j", "-c", "1", "-i", "0.1", "-G", "0.1", "-u", "-P", "33434",
+        ]),
+    ));
+    v.push(ManySetting::new(
         ManyTool::Traceroute,
         "traceroute",
         &format!("`-U` (not Paris), default `-N 16`, {parallel} processes at once"),
@@ -2052,7 +2067,7 @@ fn many_run(
             let (m, p) = parse_scamper_many(&r.stdout)?;
             (m, Some(p))
         }
-        ManyTool::Trippy | ManyTool::Traceroute => {
+        ManyTool::Trippy | ManyTool::Traceroute | ManyTool::Mtr => {
             let mut m = BTreeMap::new();
             let mut probes = 0;
             let (mut unreadable, mut stderr_files, mut first_err) = (0, 0, None);
@@ -2074,6 +2089,18 @@ fn many_run(
                         Ok((dst, d, sent)) => {
                             probes += sent;
                             m.insert(dst, d);
+                        }
+                        Err(_) => unreadable += 1,
+                    }
+                } else if s.tool == ManyTool::Mtr {
+                    match parse_mtr_json(&out) {
+                        Ok((hops, sent)) => {
+                            probes += sent;
+                            let mut d = DestResult::default();
+                            for (i, h) in hops.into_iter().enumerate() {
+                                d.add(i + 1, h.map(IpAddr::V4));
+                            }
+                            m.insert(IpAddr::V4(*t), d);
                         }
                         Err(_) => unreadable += 1,
                     }
@@ -2099,7 +2126,10 @@ fn many_run(
                     "{stderr_files} processes wrote to stderr, e.g. {e:?}"
                 ));
             }
-            (m, (s.tool == ManyTool::Trippy).then_some(probes))
+            (
+                m,
+                matches!(s.tool, ManyTool::Trippy | ManyTool::Mtr).then_some(probes),
+            )
         }
     };
     let _ = std::fs::remove_dir_all(&out_dir);

@@ -152,6 +152,9 @@ enum Cmd {
         /// trippy's binary (default: `trip` in $PATH, else ~/.cargo/bin/trip).
         #[arg(long)]
         trip: Option<PathBuf>,
+        /// A delay-and-loss line on a link, repeatable (as `up --line`).
+        #[arg(long = "line", value_parser = parse_line)]
+        lines: Vec<LineConfig>,
     },
     /// Benchmark: live flows traced per second and memory per concurrent flow, at 1,000 and
     /// 10,000 flows of the lab's flow generator (UDP and TCP); prints a Markdown report.
@@ -296,6 +299,7 @@ fn main() -> ExitCode {
             parallel,
             reps,
             trip,
+            lines,
         } => bench::run_trace(
             &bench::TraceBenchArgs {
                 tracer,
@@ -303,6 +307,7 @@ fn main() -> ExitCode {
                 parallel,
                 reps,
                 trip,
+                lines,
             },
             &stop,
         ),
