@@ -292,10 +292,24 @@ fn three_processes_five_hundred_targets_each() {
         .map(ToString::to_string)
         .collect();
     let mut handles = Vec::new();
-    for _ in 0..3 {
+    // Replies over raw sockets in one process, over a capture in another, the default (a
+    // capture beyond 16 targets) in the third: side by side, none takes another's replies.
+    for receive in ["raw", "pcap", "auto"] {
         let mut c = lab.command(lab.client_ns(), TRACER);
         c.args([
-            "trace", "-n", "--format", "jsonl", "-U", "-q", "1", "-w", "2", "-m", "8",
+            "trace",
+            "-n",
+            "--format",
+            "jsonl",
+            "-U",
+            "-q",
+            "1",
+            "-w",
+            "2",
+            "-m",
+            "8",
+            "--receive",
+            receive,
         ])
         .args(&targets);
         handles.push(std::thread::spawn(move || {
