@@ -465,10 +465,11 @@ pub(crate) fn run_trace(a: TraceArgs) -> Result<Outcome, CliError> {
         _ => None,
     };
     let mut targets = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     let mut target_names = HashMap::new();
     for t in &names {
         let (ip, name) = resolve(t, a.ipv4, a.ipv6)?;
-        if targets.contains(&ip) {
+        if !seen.insert(ip) {
             return Err(CliError::input(format!("{t} ({ip}) is given twice")));
         }
         if let Some(n) = name {

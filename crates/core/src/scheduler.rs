@@ -25,7 +25,7 @@
 //! assert_eq!(s.dequeue(), None);
 //! ```
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::time::Instant;
@@ -147,6 +147,9 @@ impl<K: Copy + Ord + Hash> Scheduler<K> {
 #[derive(Debug, Default)]
 pub(crate) struct TargetQueue {
     waiting: VecDeque<(IpAddr, IpAddr)>,
+    /// The destinations in `waiting`: a duplicate is found without a scan (tens of thousands
+    /// of destinations queue behind `parallel`).
+    queued: HashSet<IpAddr>,
     closed: bool,
 }
 
@@ -162,9 +165,10 @@ impl TargetQueue {
         if dst.is_ipv4() != src.is_ipv4() {
             return Err(crate::TargetError::Family { src, dst });
         }
-        if active || self.waiting.iter().any(|(d, _)| *d == dst) {
+        if active || self.queued.contains(&dst) {
             return Err(crate::TargetError::Duplicate(dst));
         }
+        self.queued.insert(dst);
         self.waiting.push_back((dst, src));
         Ok(())
     }
@@ -175,13 +179,16 @@ impl TargetQueue {
         if self.closed || in_progress >= limit {
             return None;
         }
-        self.waiting.pop_front()
+        let next = self.waiting.pop_front()?;
+        self.queued.remove(&next.0);
+        Some(next)
     }
 
     /// No destination starts any more; those waiting are dropped.
     pub(crate) fn close(&mut self) {
         self.closed = true;
         self.waiting.clear();
+        self.queued.clear();
     }
 
     /// Destinations waiting.

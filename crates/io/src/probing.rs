@@ -135,16 +135,33 @@ impl Probing<'_> {
                 )));
             }
         }
-        self.targets
-            .iter()
-            .map(|&dst| {
-                let src = match self.source {
-                    Some(s) if s.is_ipv4() == dst.is_ipv4() => s,
-                    _ => source_for(dst, self.iface)?,
-                };
-                Ok((dst, src))
-            })
-            .collect()
+        let one = |dst: IpAddr| -> Result<(IpAddr, IpAddr), Error> {
+            let src = match self.source {
+                Some(s) if s.is_ipv4() == dst.is_ipv4() => s,
+                _ => source_for(dst, self.iface)?,
+            };
+            Ok((dst, src))
+        };
+        // Four system calls a destination: with tens of thousands, the cores share them.
+        let threads = std::thread::available_parallelism().map_or(1, usize::from);
+        if self.targets.len() < 1024 || threads < 2 {
+            return self.targets.iter().map(|&d| one(d)).collect();
+        }
+        let chunk = self.targets.len().div_ceil(threads);
+        std::thread::scope(|s| {
+            let parts: Vec<_> = self
+                .targets
+                .chunks(chunk)
+                .map(|c| s.spawn(move || c.iter().map(|&d| one(d)).collect::<Result<Vec<_>, _>>()))
+                .collect();
+            let mut all = Vec::with_capacity(self.targets.len());
+            for p in parts {
+                all.extend(p.join().map_err(|_| {
+                    Error::Unsupported("looking up source addresses failed".into())
+                })??);
+            }
+            Ok(all)
+        })
     }
 
     /// The capture's kernel ring: 512 KiB a target (a trace's probes and replies, a thousand

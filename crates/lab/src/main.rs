@@ -50,6 +50,10 @@ enum Cmd {
         /// Extra destinations behind r4 (IPv4 198.19.128.1.., IPv6 2001:2:0:1980::1..).
         #[arg(long, default_value_t = 0)]
         fanout: usize,
+        /// The fan-out in IPv4 only, by one AnyIP route on the server (up to 32767
+        /// destinations at no set-up cost).
+        #[arg(long)]
+        fanout_v4_only: bool,
         /// A second ECMP stage of this many routers (c1..cN) behind b1 only (0: none);
         /// then --branches may be 2 (the multipath lab: --branches 2 --sub-branches 3).
         #[arg(long, default_value_t = 0)]
@@ -258,6 +262,7 @@ fn main() -> ExitCode {
             name,
             branches,
             fanout,
+            fanout_v4_only,
             sub_branches,
             return_branches,
             lines,
@@ -267,7 +272,7 @@ fn main() -> ExitCode {
             name,
             branches,
             (fanout, sub_branches, return_branches),
-            lines,
+            (fanout_v4_only, lines),
             &stop,
         ),
         Cmd::Down { name } => down(&name),
@@ -535,14 +540,17 @@ fn print_summary(lab: &Lab) {
     }
     if c.fanout > 0 {
         let (v4, v6) = (lab.fanout_targets_v4(), lab.fanout_targets_v6());
-        println!(
-            "  fan-out: {} targets per family, {}..{} and {}..{} (server loopback)",
-            c.fanout,
-            v4[0],
-            v4[v4.len() - 1],
-            v6[0],
-            v6[v6.len() - 1]
-        );
+        match (v4.first(), v4.last(), v6.first(), v6.last()) {
+            (Some(a), Some(b), Some(c6), Some(d)) => println!(
+                "  fan-out: {} targets per family, {a}..{b} and {c6}..{d} (server loopback)",
+                c.fanout
+            ),
+            (Some(a), Some(b), _, _) => println!(
+                "  fan-out: {} IPv4 targets, {a}..{b} (one AnyIP route on the server)",
+                c.fanout
+            ),
+            _ => {}
+        }
     }
     println!(
         "  e.g.: ip netns exec {} traceroute -T -n -p 8080 {}",
@@ -557,11 +565,12 @@ fn up(
     name: Option<String>,
     branches: usize,
     (fanout, sub_branches, return_branches): (usize, usize, usize),
-    lines: Vec<LineConfig>,
+    (fanout_v4_only, lines): (bool, Vec<LineConfig>),
     stop: &AtomicBool,
 ) -> Result<u8> {
     let cfg = LabConfig {
         fanout,
+        fanout_v4_only,
         sub_branches,
         return_branches,
         lines,
