@@ -185,7 +185,7 @@ impl From<PerArg> for Granularity {
 /// How `trace` and `reverse` receive replies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum ReceiveArg {
-    /// raw sockets up to 16 targets, a libpcap capture beyond
+    /// raw sockets up to 1024 targets, a libpcap capture beyond
     Auto,
     /// raw sockets with kernel filters: cheap to open and close; probe send times taken in
     /// user space

@@ -292,8 +292,8 @@ fn three_processes_five_hundred_targets_each() {
         .map(ToString::to_string)
         .collect();
     let mut handles = Vec::new();
-    // Replies over raw sockets in one process, over a capture in another, the default (a
-    // capture beyond 16 targets) in the third: side by side, none takes another's replies.
+    // Replies over raw sockets in one process, over a capture in another, the default (raw
+    // sockets up to 1,024 targets) in the third: side by side, none takes another's replies.
     for receive in ["raw", "pcap", "auto"] {
         let mut c = lab.command(lab.client_ns(), TRACER);
         c.args([

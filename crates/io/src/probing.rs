@@ -92,7 +92,7 @@ pub(crate) struct Probing<'a> {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Receive {
-    /// Raw sockets up to 16 destinations, a capture beyond.
+    /// Raw sockets up to [`crate::RAW_TARGETS`] destinations, a capture beyond.
     #[default]
     Auto,
     /// Raw sockets with kernel filters (see the replies module): nothing to set up or tear

@@ -1,13 +1,15 @@
-//! Replies over raw sockets, for runs with few destinations: no packet socket at all.
+//! Replies over raw sockets, for runs of up to [`RAW_TARGETS`] destinations: no packet socket.
 //!
 //! Why: a libpcap capture is an AF_PACKET socket, and the kernel waits for an RCU grace period
-//! (`synchronize_net()`) both when its ring is set up on a running socket and when it is
+//! (`synchronize_net()`) both when its ring is set up and when it is
 //! closed: about 12 ms and 20 ms on this lab's kernel, strace shows, against ~2 ms for all the
 //! rest of a one-destination trace. Raw sockets cost neither. What they give up: the kernel
 //! timestamp of each probe leaving (a probe's send time is then taken in user space right
 //! before `sendto`, as Debian traceroute does: the send system call, a few µs, counts in the
-//! RTT), and the mmap ring that makes a capture cheap at hundreds of thousands of replies a
-//! second. So [`crate::probing`] uses them up to [`RAW_TARGETS`] destinations.
+//! RTT). Measured in the lab (BENCHMARKS.md), they also keep up with tens of thousands of
+//! destinations as well as a capture's memory-mapped ring (no copy of every probe leaving to
+//! make and read), so [`crate::probing`] uses them up to [`RAW_TARGETS`] destinations (the
+//! default `--parallel`), where a capture's fixed ~30 ms still shows.
 //!
 //! One socket per IP version and protocol a reply can come in (ICMP, and TCP for the
 //! destination's SYN-ACK or RST). The kernel filter is the capture's own (module `filter`,
@@ -42,7 +44,7 @@ use svctr_core::Protocol;
 use crate::Error;
 
 /// Up to this many destinations a run receives over raw sockets, beyond it over a capture.
-pub const RAW_TARGETS: usize = 16;
+pub const RAW_TARGETS: usize = 1024;
 
 /// `SKF_NET_OFF` of linux/filter.h: a load at this offset plus k reads the network header's
 /// byte k.

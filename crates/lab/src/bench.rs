@@ -168,11 +168,26 @@ pub(crate) fn run(args: &BenchArgs, stop: &AtomicBool) -> Result<u8> {
         return Ok(130);
     }
     report.push_str(&timing);
+    report.push_str(&line_report(&lab));
+    let load = load_section(&lab, &tracer, args.flows, stop)?;
+    if stop.load(Ordering::SeqCst) {
+        eprintln!("bench: interrupted");
+        return Ok(130);
+    }
+    report.push_str(&load);
+    drop(lab);
+    print!("{report}");
+    Ok(0)
+}
+
+/// What each delay line of `lab` did so far: frames, lateness, losses (one paragraph each).
+pub(crate) fn line_report(lab: &Lab) -> String {
+    let mut o = String::new();
     for line in lab.lines() {
         let (ab, ba) = line.stats();
         let c = line.config();
-        writeln!(
-            report,
+        let _ = writeln!(
+            o,
             "Delay line {}-{} ({:?} one way): forwarded {} + {} frames, late median {} / {} µs, \
              p99 {} / {} µs, max {} / {} µs (a->b / b->a), lost {} / {}, overflow {} / {}\n",
             c.a,
@@ -190,17 +205,9 @@ pub(crate) fn run(args: &BenchArgs, stop: &AtomicBool) -> Result<u8> {
             ba.lost,
             ab.overflow,
             ba.overflow
-        )?;
+        );
     }
-    let load = load_section(&lab, &tracer, args.flows, stop)?;
-    if stop.load(Ordering::SeqCst) {
-        eprintln!("bench: interrupted");
-        return Ok(130);
-    }
-    report.push_str(&load);
-    drop(lab);
-    print!("{report}");
-    Ok(0)
+    o
 }
 
 // ------------------------------------------------------------------ report header
@@ -227,6 +234,7 @@ pub(crate) fn header(out: &mut String, command_line: &str, tracer: &Path) -> Res
         "${Package} ${Version}, ",
         "scamper",
         "traceroute",
+        "mtr-tiny",
         "time",
     ]));
     writeln!(out, "# service-traceroute benchmark\n")?;
@@ -1981,7 +1989,10 @@ fn many_section(
             }
         }
     }
-    many_report(lab, &settings, args, command_line, tracer, &trip)
+    let mut report = many_report(lab, &settings, args, command_line, tracer, &trip)?;
+    report.push('\n');
+    report.push_str(&line_report(lab));
+    Ok(report)
 }
 
 fn many_run(

@@ -237,26 +237,8 @@ pub(crate) fn run(args: &ThroughputArgs, stop: &AtomicBool) -> Result<u8> {
          -w 1 --format jsonl --receive raw|pcap <N addresses>`.",
         svctr_lab::plan::fanout_v4(1)
     )?;
-    for line in lab.lines() {
-        let (ab, ba) = line.stats();
-        let c = line.config();
-        writeln!(
-            report,
-            "\nDelay line {}-{} ({:?} one way): forwarded {} + {} frames, late p99 {} / {} µs, \
-             lost {} / {}, overflow {} / {}",
-            c.a,
-            c.b,
-            c.delay,
-            ab.forwarded,
-            ba.forwarded,
-            ab.late_us.1,
-            ba.late_us.1,
-            ab.lost,
-            ba.lost,
-            ab.overflow,
-            ba.overflow
-        )?;
-    }
+    report.push('\n');
+    report.push_str(&crate::bench::line_report(&lab));
     drop(lab);
     print!("{report}");
     Ok(0)
