@@ -227,11 +227,16 @@ fn retries_find_every_hop_under_5_percent_loss() {
     );
     assert!(out.status.success(), "{}", stderr(&out));
     let r: TraceResult = serde_json::from_slice(&out.stdout).expect("a result");
-    let branch = lab
-        .route_branch(Proto::Udp, lab.client_addr(), lport, server, 9000)
-        .expect("r2's choice");
     let want: Vec<Option<IpAddr>> = lab
-        .path_ip(branch, None, false)
+        .expected_path_ip(
+            Proto::Udp,
+            IpAddr::V4(lab.client_addr()),
+            IpAddr::V4(server),
+            lport,
+            9000,
+            0,
+        )
+        .expect("r2's choice")
         .into_iter()
         .map(Some)
         .collect();

@@ -237,11 +237,16 @@ fn the_interface_going_down_mid_trace_costs_no_hop() {
         hops.values().any(|(_, l)| l.contains("(not sent: ")),
         "{out}"
     );
-    let branch = lab
-        .route_branch(Proto::Tcp, lab.client_addr(), lport, server, 8080)
-        .expect("r2's choice");
     let truth: Vec<Option<IpAddr>> = lab
-        .path_ip(branch, None, false)
+        .expected_path_ip(
+            Proto::Tcp,
+            IpAddr::V4(lab.client_addr()),
+            IpAddr::V4(server),
+            lport,
+            8080,
+            0,
+        )
+        .expect("r2's choice")
         .into_iter()
         .map(Some)
         .collect();

@@ -75,10 +75,11 @@ impl Input {
         }
     }
 
-    fn fds(&self) -> Vec<BorrowedFd<'_>> {
+    /// Adds the descriptors to wait on to `out`.
+    fn add_fds<'a>(&'a self, out: &mut Vec<BorrowedFd<'a>>) {
         match self {
-            Self::Capture(c) => vec![c.fd()],
-            Self::Raw(r) => r.fds().collect(),
+            Self::Capture(c) => out.push(c.fd()),
+            Self::Raw(r) => out.extend(r.fds()),
         }
     }
 
@@ -282,7 +283,10 @@ pub(crate) fn run<M: Machine, H: Hooks<M>>(
             wake.saturating_duration_since(t)
         };
         if !sleep.is_zero() {
-            let fds: Vec<BorrowedFd<'_>> = sources.iter_mut().flat_map(|s| s.cap.fds()).collect();
+            let mut fds: Vec<BorrowedFd<'_>> = Vec::new();
+            for s in sources.iter_mut() {
+                s.cap.add_fds(&mut fds);
+            }
             wait_readable(&fds, sleep);
         }
     }

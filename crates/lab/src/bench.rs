@@ -445,26 +445,27 @@ impl OurTrace {
     }
 }
 
-fn parse_our_trace(v: &Value) -> Result<OurTrace> {
-    let field = |k: &str| v.get(k).ok_or_else(|| anyhow!("result has no {k:?}: {v}"));
+/// `end - start` of one of our JSON results.
+fn start_to_end(v: &Value) -> Result<Duration> {
     let ts = |k: &str| -> Result<i64> {
-        let s = field(k)?
+        let s = v
+            .get(k)
+            .ok_or_else(|| anyhow!("result has no {k:?}: {v}"))?
             .as_str()
             .ok_or_else(|| anyhow!("{k:?} is not a string"))?;
         parse_rfc3339_us(s).with_context(|| format!("field {k:?}"))
     };
     let (start, end) = (ts("start")?, ts("end")?);
-    let first_to_end = Duration::from_micros(
+    Ok(Duration::from_micros(
         u64::try_from(end - start).map_err(|_| anyhow!("end before start in {v}"))?,
-    );
-    let local_port = v
-        .pointer("/flow/local/port")
-        .and_then(Value::as_u64)
-        .and_then(|p| u16::try_from(p).ok())
-        .ok_or_else(|| anyhow!("result has no flow.local.port"))?;
-    let hops = field("hops")?
-        .as_array()
-        .ok_or_else(|| anyhow!("\"hops\" is not an array"))?
+    ))
+}
+
+/// The first answering IPv4 address of each hop of one of our JSON results, in TTL order.
+fn first_answers(v: &Value) -> Result<Vec<Option<Ipv4Addr>>> {
+    Ok(v.get("hops")
+        .and_then(Value::as_array)
+        .ok_or_else(|| anyhow!("\"hops\" is missing or not an array: {v}"))?
         .iter()
         .map(|h| {
             h.get("probes").and_then(Value::as_array).and_then(|ps| {
@@ -473,7 +474,18 @@ fn parse_our_trace(v: &Value) -> Result<OurTrace> {
                     .and_then(|a| a.parse::<Ipv4Addr>().ok())
             })
         })
-        .collect();
+        .collect())
+}
+
+fn parse_our_trace(v: &Value) -> Result<OurTrace> {
+    let field = |k: &str| v.get(k).ok_or_else(|| anyhow!("result has no {k:?}: {v}"));
+    let first_to_end = start_to_end(v)?;
+    let local_port = v
+        .pointer("/flow/local/port")
+        .and_then(Value::as_u64)
+        .and_then(|p| u16::try_from(p).ok())
+        .ok_or_else(|| anyhow!("result has no flow.local.port"))?;
+    let hops = first_answers(v)?;
     let num = |k: &str| -> Result<u64> {
         field(k)?
             .as_u64()
@@ -1063,34 +1075,8 @@ struct OurPlainTrace {
 
 fn parse_our_plain_trace(v: &Value) -> Result<OurPlainTrace> {
     let field = |k: &str| v.get(k).ok_or_else(|| anyhow!("result has no {k:?}: {v}"));
-    let ts = |k: &str| -> Result<i64> {
-        let s = field(k)?
-            .as_str()
-            .ok_or_else(|| anyhow!("{k:?} is not a string"))?;
-        parse_rfc3339_us(s).with_context(|| format!("field {k:?}"))
-    };
-    let (start, end) = (ts("start")?, ts("end")?);
-    let first_to_end = Duration::from_micros(
-        u64::try_from(end - start).map_err(|_| anyhow!("end before start in {v}"))?,
-    );
-    let mut hops: Vec<Option<Ipv4Addr>> = Vec::new();
-    for h in field("hops")?
-        .as_array()
-        .ok_or_else(|| anyhow!("\"hops\" is not an array"))?
-    {
-        let ttl = h.get("ttl").and_then(Value::as_u64).unwrap_or(0) as usize;
-        if ttl == 0 {
-            continue;
-        }
-        if hops.len() < ttl {
-            hops.resize(ttl, None);
-        }
-        hops[ttl - 1] = h.get("probes").and_then(Value::as_array).and_then(|ps| {
-            ps.iter()
-                .find_map(|p| p.get("addr").and_then(Value::as_str))
-                .and_then(|a| a.parse::<Ipv4Addr>().ok())
-        });
-    }
+    let first_to_end = start_to_end(v)?;
+    let hops = first_answers(v)?;
     Ok(OurPlainTrace {
         hops,
         first_to_end,
@@ -1641,7 +1627,7 @@ impl ManyRun {
 /// What one tool reported for one destination: the distinct answering addresses per TTL
 /// (index 0 = TTL 1).
 #[derive(Debug, Default, PartialEq)]
-struct DestResult {
+pub(crate) struct DestResult {
     hops: Vec<BTreeSet<IpAddr>>,
 }
 
@@ -1659,14 +1645,14 @@ impl DestResult {
     }
 
     /// 6 TTLs, each answered, TTL 6 by the destination only.
-    fn reached(&self, dst: IpAddr) -> bool {
+    pub(crate) fn reached(&self, dst: IpAddr) -> bool {
         self.hops.len() == DEST_TTL
             && self.hops.iter().all(|h| !h.is_empty())
             && self.hops[DEST_TTL - 1] == BTreeSet::from([dst])
     }
 
     /// [`Self::reached`], and TTL 1-5 answered each by exactly the router of one branch.
-    fn complete(&self, dst: IpAddr, lab: &Lab) -> bool {
+    pub(crate) fn complete(&self, dst: IpAddr, lab: &Lab) -> bool {
         self.reached(dst)
             && (1..=lab.branches()).any(|k| {
                 lab.branch_path_ip(k, dst.is_ipv6())
@@ -1678,7 +1664,7 @@ impl DestResult {
 }
 
 /// Our JSON lines: one object per destination.
-fn parse_ours_many(out: &str) -> Result<(BTreeMap<IpAddr, DestResult>, u64)> {
+pub(crate) fn parse_ours_many(out: &str) -> Result<(BTreeMap<IpAddr, DestResult>, u64)> {
     let mut res = BTreeMap::new();
     let mut probes = 0;
     for (i, l) in out.lines().filter(|l| !l.trim().is_empty()).enumerate() {

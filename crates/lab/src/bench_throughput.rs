@@ -32,10 +32,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use serde_json::Value;
 use svctr_lab::{output_with_timeout, Lab, LabConfig, LineConfig, MAX_FANOUT};
 
-use crate::bench::{header, parse_rfc3339_us, stats};
+use crate::bench::{header, parse_ours_many, stats};
 
 /// Probes per destination of the raw loop: TTL 1..=6, what a complete trace of a lab
 /// destination needs (five routers, then the destination).
@@ -339,89 +338,18 @@ fn ours_run(
     Ok(r)
 }
 
-/// Our JSON lines: the rate and how many destinations are complete.
+/// Our JSON lines: the probes sent and how many destinations are complete (section 3's
+/// parser and criteria).
 fn check_ours(out: &str, lab: &Lab, dsts: &[Ipv4Addr]) -> Result<OursRun> {
-    let (mut first, mut last) = (i64::MAX, i64::MIN);
-    let mut probes = 0u64;
-    let (mut complete, mut reached) = (0, 0);
-    let mut seen = 0;
-    let paths: Vec<Vec<IpAddr>> = (1..=lab.branches())
-        .map(|k| lab.branch_path_ip(k, false))
-        .collect();
-    for line in out.lines().filter(|l| !l.trim().is_empty()) {
-        let v: Value = serde_json::from_str(line).context("tracer output is not JSON lines")?;
-        seen += 1;
-        let ts = |k: &str| -> Result<i64> {
-            parse_rfc3339_us(
-                v.get(k)
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| anyhow!("result without {k:?}"))?,
-            )
-        };
-        first = first.min(ts("start")?);
-        last = last.max(ts("end")?);
-        probes += v.get("probes_sent").and_then(Value::as_u64).unwrap_or(0);
-        let dst: IpAddr = v
-            .get("destination")
-            .and_then(Value::as_str)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| anyhow!("result without a destination"))?;
-        // Each TTL's answering addresses.
-        let mut hops: Vec<Vec<IpAddr>> = Vec::new();
-        for h in v
-            .get("hops")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            let ttl = h.get("ttl").and_then(Value::as_u64).unwrap_or(0) as usize;
-            if ttl == 0 {
-                continue;
-            }
-            if hops.len() < ttl {
-                hops.resize(ttl, Vec::new());
-            }
-            for p in h
-                .get("probes")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                if let Some(a) = p
-                    .get("addr")
-                    .and_then(Value::as_str)
-                    .and_then(|a| a.parse().ok())
-                {
-                    hops[ttl - 1].push(a);
-                }
-            }
-        }
-        let dest_ttl = paths.first().map_or(6, |p| p.len() + 1);
-        let is_reached = hops.len() >= dest_ttl
-            && hops[..dest_ttl].iter().all(|h| !h.is_empty())
-            && hops[dest_ttl - 1].iter().all(|a| *a == dst);
-        if is_reached {
-            reached += 1;
-            if paths.iter().any(|p| {
-                p.iter()
-                    .zip(&hops)
-                    .all(|(want, got)| got.iter().all(|a| a == want))
-            }) {
-                complete += 1;
-            }
-        }
-    }
-    if seen != dsts.len() {
-        bail!("{seen} results for {} destinations", dsts.len());
-    }
-    if last < first {
-        bail!("no trace started");
+    let (results, probes) = parse_ours_many(out)?;
+    if results.len() != dsts.len() {
+        bail!("{} results for {} destinations", results.len(), dsts.len());
     }
     Ok(OursRun {
         rate: Rate { probes, secs: 0.0 },
         limit: 0,
-        complete,
-        reached,
+        complete: results.iter().filter(|(d, r)| r.complete(**d, lab)).count(),
+        reached: results.iter().filter(|(d, r)| r.reached(**d)).count(),
         targets: dsts.len(),
         drops: false,
     })
