@@ -231,7 +231,9 @@ pub(crate) enum TraceFormat {
     Svg,
 }
 
-/// The options of every `--multipath` (they need it).
+// The options of every `--multipath` (they need it).
+// (Not a doc comment: clap would make it the `about` of every subcommand that flattens
+// this, since the subcommands' arguments are built late; see `Command` in main.rs.)
 #[derive(Debug, Clone, Copy, clap::Args)]
 pub(crate) struct MultipathOpts {
     /// --multipath: the probability of finding every node and link.

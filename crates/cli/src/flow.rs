@@ -21,7 +21,9 @@ use crate::output::Run;
 use crate::reverse_flow::BackConfig;
 use crate::Outcome;
 
-/// Which flows: by 5-tuple, by service, or both.
+// Which flows: by 5-tuple, by service, or both.
+// (Not a doc comment: clap would make it the `about` of every subcommand that flattens
+// this, since the subcommands' arguments are built late; see `Command` in main.rs.)
 #[derive(Args)]
 pub(crate) struct SelectArgs {
     /// Interface to capture on and send probes from (`any`: all of them).
@@ -63,7 +65,9 @@ pub(crate) struct SelectArgs {
     no_quic: bool,
 }
 
-/// How each flow is traced. The defaults are `svctr_core::TraceConfig`'s.
+// How each flow is traced. The defaults are `svctr_core::TraceConfig`'s.
+// (Not a doc comment: clap would make it the `about` of every subcommand that flattens
+// this, since the subcommands' arguments are built late; see `Command` in main.rs.)
 #[derive(Args)]
 pub(crate) struct TraceOpts {
     /// Probe scheduling.

@@ -151,3 +151,36 @@ impl Capture {
         self.cap.stats().map(|s| s.received).unwrap_or(0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The build links libpcap statically with D-Bus stand-ins where it can (build.rs): the
+    /// binaries then load no D-Bus, systemd or crypto library, and a D-Bus "device" fails
+    /// with the stand-ins' message instead of crashing. Needs no privilege: libpcap asks
+    /// D-Bus for the bus before anything else.
+    #[test]
+    fn static_libpcap_has_no_dbus() {
+        if !svctr_pcap_link::STATIC {
+            // Where build.rs fell back (its warning says why), but not on CI's Debian.
+            assert!(
+                std::env::var_os("CI").is_none()
+                    || std::env::var_os("SVCTR_PCAP_DYNAMIC").is_some(),
+                "libpcap is linked dynamically on CI (see build.rs's warning)"
+            );
+            return;
+        }
+        let e = pcap::Capture::from_device("dbus-system")
+            .and_then(|c| c.open())
+            .err()
+            .expect("a D-Bus capture cannot open");
+        assert!(
+            e.to_string()
+                .contains("D-Bus capture is not built into service-traceroute"),
+            "{e}"
+        );
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        for lib in ["libpcap.so", "libdbus-1", "libsystemd"] {
+            assert!(!maps.contains(lib), "{lib} is loaded");
+        }
+    }
+}

@@ -32,6 +32,7 @@
 use std::sync::Mutex;
 
 use caps::{CapSet, Capability, CapsHashSet};
+use nix::unistd::{Gid, Uid};
 
 use crate::Error;
 
@@ -47,7 +48,9 @@ pub struct Privileges {
     pub keep_admin: bool,
 }
 
-static PENDING: Mutex<Option<Privileges>> = Mutex::new(None);
+/// What [`init`] left for [`setup_done`]: the privileges, and the ids of the user to switch to.
+type Pending = (Privileges, Option<(Uid, Gid)>);
+static PENDING: Mutex<Option<Pending>> = Mutex::new(None);
 
 /// A switch of user is to come or under way (set by [`init`], cleared once it is done).
 static SWITCHING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -67,8 +70,12 @@ pub fn is_root() -> bool {
 /// At start (see the module doc): checks that the user to switch to exists, lets `nft`
 /// children have `CAP_NET_ADMIN`, and remembers what to keep for [`setup_done`].
 pub fn init(p: Privileges) -> Result<(), Error> {
+    // Looked up once, here: a second lookup at the switch would read the user database again
+    // (NSS: nsswitch.conf, passwd), part of every one-destination trace's start-up.
+    let mut ids = None;
     if let (Some(name), true) = (&p.user, is_root()) {
-        lookup(name)?;
+        let user = lookup(name)?;
+        ids = Some((user.uid, user.gid));
         // Every thread created from now on inherits it (see the module doc).
         caps::securebits::set_keepcaps(true)
             .map_err(|e| Error::Unsupported(format!("keeping capabilities: {e}")))?;
@@ -81,7 +88,7 @@ pub fn init(p: Privileges) -> Result<(), Error> {
         let _ = caps::raise(None, CapSet::Ambient, Capability::CAP_NET_ADMIN);
     }
     if let Ok(mut pending) = PENDING.lock() {
-        *pending = Some(p);
+        *pending = Some((p, ids));
     }
     Ok(())
 }
@@ -99,18 +106,17 @@ fn lookup(name: &str) -> Result<nix::unistd::User, Error> {
 /// Once the first run's captures and sockets are open: switch user and drop capabilities
 /// (see the module doc). Does nothing after the first call, or without [`init`].
 pub(crate) fn setup_done() -> Result<(), Error> {
-    let Some(p) = PENDING.lock().ok().and_then(|mut g| g.take()) else {
+    let Some((p, ids)) = PENDING.lock().ok().and_then(|mut g| g.take()) else {
         return Ok(());
     };
     let fail = |what: &str, e: &dyn std::fmt::Display| {
         Error::Unsupported(format!("dropping privileges: {what}: {e}"))
     };
-    if let (Some(name), true) = (&p.user, is_root()) {
-        let user = lookup(name)?;
+    if let (Some((uid, gid)), true) = (ids, is_root()) {
         caps::securebits::set_keepcaps(true).map_err(|e| fail("keep capabilities", &e))?;
         nix::unistd::setgroups(&[]).map_err(|e| fail("supplementary groups", &e))?;
-        nix::unistd::setgid(user.gid).map_err(|e| fail("group", &e))?;
-        nix::unistd::setuid(user.uid).map_err(|e| fail("user", &e))?;
+        nix::unistd::setgid(gid).map_err(|e| fail("group", &e))?;
+        nix::unistd::setuid(uid).map_err(|e| fail("user", &e))?;
         caps::securebits::set_keepcaps(false).map_err(|e| fail("keep capabilities", &e))?;
         SWITCHING.store(false, std::sync::atomic::Ordering::SeqCst);
     }

@@ -143,8 +143,13 @@ impl Probing<'_> {
             Ok((dst, src))
         };
         // Four system calls a destination: with tens of thousands, the cores share them.
-        let threads = std::thread::available_parallelism().map_or(1, usize::from);
-        if self.targets.len() < 1024 || threads < 2 {
+        // (Asked only then: std reads the cgroup files and mountinfo to answer.)
+        let threads = if self.targets.len() < 1024 {
+            1
+        } else {
+            std::thread::available_parallelism().map_or(1, usize::from)
+        };
+        if threads < 2 {
             return self.targets.iter().map(|&d| one(d)).collect();
         }
         let chunk = self.targets.len().div_ceil(threads);
