@@ -94,8 +94,7 @@ trip="$(command -v trip || true)"
 [[ -n $trip || ! -x $cargo_bin/trip ]] || trip="$cargo_bin/trip"
 if ((!skip_trace || !skip_flow)) && [[ -z $trip ]]; then
   echo "bench: installing trippy (cargo install trippy --locked; several minutes on 2 cores)" >&2
-  # From $HOME: this checkout's .cargo/config.toml (static binaries) is not for trippy.
-  if (cd "$HOME" && timeout 3600 cargo install --quiet trippy --locked) >&2; then
+  if timeout 3600 cargo install --quiet trippy --locked >&2; then
     trip="$cargo_bin/trip"
   else
     echo "bench: cargo install trippy failed; bench-trace runs without trippy" >&2
@@ -103,7 +102,7 @@ if ((!skip_trace || !skip_flow)) && [[ -z $trip ]]; then
 fi
 
 cargo build --release --quiet -p service-traceroute -p svctr-lab
-bin="$SVCTR_BIN"
+bin="${CARGO_TARGET_DIR:-$PWD/target}/release"
 status=0
 if ((!skip_flow)); then
   if [[ -n $trip ]]; then bench_args+=(--trip "$trip"); fi

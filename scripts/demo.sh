@@ -6,4 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 cargo build --release --quiet -p service-traceroute -p svctr-lab
-exec "$SVCTR_BIN/svctr-lab" demo --tracer "$SVCTR_BIN/service-traceroute" "$@"
+exec target/release/svctr-lab demo --tracer "$PWD/target/release/service-traceroute" "$@"

@@ -59,7 +59,7 @@ fi
 cd "$(dirname "$0")/../fuzz"
 if ! command -v cargo-fuzz >/dev/null; then
   echo "fuzz: installing cargo-fuzz (crates.io)" >&2
-  (cd "$HOME" && cargo install --locked cargo-fuzz) >/dev/null
+  cargo install --locked cargo-fuzz >/dev/null
 fi
 if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
   fuzz=(cargo +nightly fuzz)

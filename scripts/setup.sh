@@ -29,7 +29,3 @@ if ! command -v cargo >/dev/null; then
   for d in "$HOME/.cargo/bin" /usr/local/cargo/bin; do [[ -x $d/cargo ]] && export PATH="$d:$PATH"; done
 fi
 command -v cargo >/dev/null || { echo "setup: cargo not found: install Rust (rustup) first" >&2; exit 1; }
-# Where the release binaries land: .cargo/config.toml names the host as the target (static
-# binaries), so cargo puts them under target/<host triple>/release.
-SVCTR_BIN="${CARGO_TARGET_DIR:-$PWD/target}/$(rustc -vV | sed -n 's/^host: //p')/release"
-export SVCTR_BIN

@@ -95,10 +95,4 @@ fn build_archive(system: &Path, out: &Path) -> Result<PathBuf, String> {
 
 fn dynamic(why: &str) {
     println!("cargo:warning=libpcap linked dynamically: {why}");
-    if env::var("CARGO_CFG_TARGET_FEATURE").is_ok_and(|f| f.split(',').any(|f| f == "crt-static")) {
-        println!(
-            "cargo:warning=a static binary (.cargo/config.toml) cannot link a shared libpcap: \
-             build with `RUSTFLAGS= SVCTR_PCAP_DYNAMIC=1 cargo build` for a dynamic one"
-        );
-    }
 }
