@@ -21,6 +21,7 @@ mod branches;
 mod compare;
 mod error;
 mod flow;
+mod generate;
 mod graph;
 mod output;
 mod reverse;
@@ -62,6 +63,7 @@ fn keeps(c: &Command) -> (bool, bool) {
         Command::Reverse(a) => a.keeps(),
         // Its nftables table is removed at exit.
         Command::ReverseServer(_) => (false, true),
+        Command::Generate(_) => (false, false),
     }
 }
 
@@ -87,6 +89,8 @@ enum Command {
     Reverse(reverse::ReverseArgs),
     /// Serve reverse-traceroute requests on an interface (rate-limited, allowlists, logs).
     ReverseServer(reverse::ServerArgs),
+    /// Write the man pages or print shell completions (made from these very options).
+    Generate(generate::GenerateArgs),
 }
 
 /// How a run that did not fail ended (see the exit-status rule in the module doc).
@@ -146,13 +150,16 @@ fn parse_cli() -> Result<Cli, ExitCode> {
 }
 
 fn run(cli: Cli) -> Result<Outcome, CliError> {
-    // Before any thread exists (see svctr_io::privilege).
+    // Before any thread exists (see svctr_io::privilege). `generate` needs no privilege and
+    // switches to no one (a packager may run it as root while building a package).
     let (keep_raw, keep_admin) = keeps(&cli.command);
-    svctr_io::privilege::init(svctr_io::privilege::Privileges {
-        user: Some(cli.user.clone()),
-        keep_raw,
-        keep_admin,
-    })?;
+    if !matches!(cli.command, Command::Generate(_)) {
+        svctr_io::privilege::init(svctr_io::privilege::Privileges {
+            user: Some(cli.user.clone()),
+            keep_raw,
+            keep_admin,
+        })?;
+    }
     match cli.command {
         Command::Flow(a) => flow::run_flow(a),
         Command::Trace(a) => trace::run_trace(a),
@@ -161,6 +168,7 @@ fn run(cli: Cli) -> Result<Outcome, CliError> {
         Command::Services(a) => services::run_services(a),
         Command::Reverse(a) => reverse::run_reverse(a),
         Command::ReverseServer(a) => reverse::run_server(a),
+        Command::Generate(a) => generate::run_generate(a),
     }
 }
 
@@ -212,7 +220,10 @@ mod tests {
             let help = sub.render_help().to_string();
             assert!(help.starts_with(&about), "{name}'s help: {help}");
             // The arguments did get built.
-            assert!(sub.get_arguments().count() > 2, "{name}");
+            assert!(
+                sub.get_arguments().count() > 2 || sub.has_subcommands(),
+                "{name}"
+            );
         }
     }
 }
