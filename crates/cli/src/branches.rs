@@ -246,11 +246,7 @@ impl Printer {
                         svctr_core::render_text(&marked.result)
                     ));
                 }
-                Format::Jsonl => {
-                    if let Ok(t) = serde_json::to_string(&marked) {
-                        run.print(&(t + "\n"));
-                    }
-                }
+                Format::Jsonl => run.print(&crate::record::line(&marked)),
                 Format::Json => self.collected.push(marked),
             }
         }

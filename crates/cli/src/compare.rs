@@ -165,11 +165,7 @@ pub(crate) fn run_compare(a: CompareArgs) -> Result<Outcome, CliError> {
     let c = svctr_core::compare(flow, fresh);
     match a.format {
         CompareFormat::Text => run.print(&svctr_core::render_comparison(&c)),
-        CompareFormat::Json => {
-            if let Ok(t) = serde_json::to_string(&c) {
-                run.print(&(t + "\n"));
-            }
-        }
+        CompareFormat::Json => run.print(&crate::record::line(&c)),
         CompareFormat::Dot | CompareFormat::Svg => {}
     }
     run.finish()?;
@@ -227,11 +223,7 @@ fn compare_multipath(
     };
     match a.format {
         CompareFormat::Text => run.print(&svctr_core::render_multipath_comparison(&c)),
-        CompareFormat::Json => {
-            if let Ok(t) = serde_json::to_string(&c) {
-                run.print(&(t + "\n"));
-            }
-        }
+        CompareFormat::Json => run.print(&crate::record::line(&c)),
         CompareFormat::Dot => run.print(&dot()),
         CompareFormat::Svg => run.print(&crate::graph::svg(&dot())?),
     }

@@ -346,19 +346,9 @@ pub(crate) fn run_monitor_cmd(a: MonitorArgs) -> Result<Outcome, CliError> {
 fn render(format: Format, r: &TraceResult) -> Option<String> {
     match format {
         Format::Text => Some(format!("{}\n", svctr_core::render_text(r))),
-        Format::Jsonl => serde_json::to_string(r).ok().map(|t| t + "\n"),
+        Format::Jsonl => Some(crate::record::line(r)),
         Format::Json => None,
     }
-}
-
-/// Prints collected results as JSON: one object for one result, else an array.
-pub(crate) fn json_collection<T: serde::Serialize>(items: &[T]) -> String {
-    let text = if items.len() == 1 {
-        serde_json::to_string_pretty(&items[0])
-    } else {
-        serde_json::to_string_pretty(items)
-    };
-    text.map(|t| t + "\n").unwrap_or_default()
 }
 
 /// Runs the monitor and prints each result as it finishes (JSON: all at the end).
@@ -415,7 +405,7 @@ fn run_monitor_reverse(
 
 /// The monitor's results to a printer thread that adds to each (`spawn` starts it with the
 /// run's output), then the end of the run with what it printed.
-fn run_with_printer<T: serde::Serialize>(
+fn run_with_printer<T: crate::record::Record>(
     opts: &MonitorOptions,
     format: Format,
     show_stats: bool,
@@ -441,7 +431,7 @@ fn run_with_printer<T: serde::Serialize>(
 
 /// The end of a monitor run: nothing matched, a failure, or the JSON printed at the end, the
 /// statistics, the capture's drops and the outcome.
-fn end_monitor<T: serde::Serialize>(
+fn end_monitor<T: crate::record::Record>(
     opts: &MonitorOptions,
     result: Result<RunSummary, Error>,
     mut run: Run,
@@ -460,7 +450,7 @@ fn end_monitor<T: serde::Serialize>(
         Err(e) => return Err(CliError::from(e).naming_ttls("--first-ttl", "--max-ttl")),
     };
     if format == Format::Json {
-        run.print(&json_collection(collected));
+        run.print(&crate::record::collection(collected));
     }
     run.finish()?;
     if show_stats {

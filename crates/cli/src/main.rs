@@ -24,6 +24,7 @@ mod flow;
 mod generate;
 mod graph;
 mod output;
+mod record;
 mod reverse;
 mod reverse_flow;
 mod services;
@@ -48,6 +49,10 @@ struct Cli {
     /// only the capabilities still needed; `root` stays root, capabilities still dropped).
     #[arg(long, global = true, default_value = "nobody", value_name = "USER")]
     user: String,
+    /// The name of this vantage point in every JSON record (`vantage`; default: the host
+    /// name).
+    #[arg(long, global = true, value_name = "NAME")]
+    vantage: Option<String>,
 }
 
 /// What a subcommand keeps once its first run is set up: (`CAP_NET_RAW`, `CAP_NET_ADMIN`)
@@ -153,6 +158,7 @@ fn run(cli: Cli) -> Result<Outcome, CliError> {
     // Before any thread exists (see svctr_io::privilege). `generate` needs no privilege and
     // switches to no one (a packager may run it as root while building a package).
     let (keep_raw, keep_admin) = keeps(&cli.command);
+    record::set_vantage(cli.vantage.clone());
     if !matches!(cli.command, Command::Generate(_)) {
         svctr_io::privilege::init(svctr_io::privilege::Privileges {
             user: Some(cli.user.clone()),

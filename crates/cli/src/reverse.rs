@@ -313,18 +313,14 @@ pub(crate) fn run_reverse(a: ReverseArgs) -> Result<Outcome, CliError> {
     })
     .map_err(|e| CliError::from(e).naming_ttls("-f", "-m"))?;
     let json = match &forward_path {
-        Some(f) => serde_json::to_string(&TwoWayResult {
+        Some(f) => crate::record::line(&TwoWayResult {
             forward: f.clone(),
             reverse: result.clone(),
         }),
-        None => serde_json::to_string(&result),
+        None => crate::record::line(&result),
     };
     match format {
-        TraceFormat::Json | TraceFormat::Jsonl => {
-            if let Ok(t) = json {
-                run.print(&(t + "\n"));
-            }
-        }
+        TraceFormat::Json | TraceFormat::Jsonl => run.print(&json),
         TraceFormat::Dot => run.print(&dot(forward_path.as_ref(), &result)),
         TraceFormat::Svg => run.print(&crate::graph::svg(&dot(forward_path.as_ref(), &result))?),
         TraceFormat::Text => {}
@@ -499,11 +495,7 @@ pub(crate) fn run_server(a: ServerArgs) -> Result<Outcome, CliError> {
     };
     let stats = serve(&opts, &stop, ready, |ev| match format {
         LogFormat::Text => run.print(&log_line(ev)),
-        LogFormat::Jsonl => {
-            if let Ok(t) = serde_json::to_string(ev) {
-                run.print(&(t + "\n"));
-            }
-        }
+        LogFormat::Jsonl => run.print(&crate::record::line(ev)),
     })?;
     if let Ok(t) = serde_json::to_string(&stats) {
         eprintln!("service-traceroute reverse-server: stopped; counters {t}");
@@ -592,11 +584,11 @@ fn run_reverse_multipath(
     })
     .map_err(|e| CliError::from(e).naming_ttls("-f", "-m"))?;
     let json = match &forward {
-        Some(f) => serde_json::to_string(&TwoWayMultipath {
+        Some(f) => crate::record::line(&TwoWayMultipath {
             forward: f.clone(),
             reverse: result.clone(),
         }),
-        None => serde_json::to_string(&result),
+        None => crate::record::line(&result),
     };
     let picture = || {
         let pp = |r: &MdaResult| r.per_packet.iter().map(|p| p.addr).collect::<Vec<_>>();
@@ -627,11 +619,7 @@ fn run_reverse_multipath(
         svctr_core::render_dot(&parts)
     };
     match format {
-        TraceFormat::Json | TraceFormat::Jsonl => {
-            if let Ok(t) = json {
-                run.print(&(t + "\n"));
-            }
-        }
+        TraceFormat::Json | TraceFormat::Jsonl => run.print(&json),
         TraceFormat::Dot => run.print(&picture()),
         TraceFormat::Svg => run.print(&crate::graph::svg(&picture())?),
         TraceFormat::Text => {}

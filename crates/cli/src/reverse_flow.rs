@@ -82,11 +82,7 @@ pub(crate) fn spawn_printer(
             let item = trace_back(&cfg, r, &stop);
             match format {
                 Format::Text => run.print(&render_text(&item)),
-                Format::Jsonl => {
-                    if let Ok(t) = serde_json::to_string(&item) {
-                        run.print(&(t + "\n"));
-                    }
-                }
+                Format::Jsonl => run.print(&crate::record::line(&item)),
                 Format::Json => collected.push(item),
             }
         }

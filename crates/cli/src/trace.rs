@@ -19,7 +19,6 @@ use crate::args::{
     TraceFormat,
 };
 use crate::error::CliError;
-use crate::flow::json_collection;
 use crate::output::Run;
 use crate::Outcome;
 
@@ -416,15 +415,13 @@ fn titled(ip: IpAddr, names: &HashMap<IpAddr, String>) -> String {
 }
 
 /// One JSON line.
-fn print_line<T: serde::Serialize>(run: &mut Run, r: &T) {
-    if let Ok(t) = serde_json::to_string(r) {
-        run.print(&(t + "\n"));
-    }
+fn print_line<T: crate::record::Record>(run: &mut Run, r: &T) {
+    run.print(&crate::record::line(r));
 }
 
 /// The end of a run: what is printed at the end (JSON, or the picture), the capture's drops,
 /// the outcome.
-fn end_run<T: serde::Serialize>(
+fn end_run<T: crate::record::Record>(
     mut run: Run,
     format: TraceFormat,
     results: &[T],
@@ -432,7 +429,7 @@ fn end_run<T: serde::Serialize>(
     dot: impl FnOnce() -> String,
 ) -> Result<Outcome, CliError> {
     match format {
-        TraceFormat::Json => run.print(&json_collection(results)),
+        TraceFormat::Json => run.print(&crate::record::collection(results)),
         TraceFormat::Dot if !results.is_empty() => run.print(&dot()),
         TraceFormat::Svg if !results.is_empty() => run.print(&crate::graph::svg(&dot())?),
         _ => {}

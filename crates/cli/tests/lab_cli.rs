@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{nft_in, stderr, tracer_for, TRACER};
+use common::{nft_in, record, stderr, tracer_for, TRACER};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use svctr_core::{Protocol, StopReason, TraceResult, TracerouteResult};
@@ -175,7 +175,7 @@ fn a_connection_stuck_in_its_handshake_is_traced_where_its_syns_die() {
         SECS(60),
     );
     assert!(out.status.success(), "{}", stderr(&out));
-    let r: TraceResult = serde_json::from_slice(&out.stdout).expect("one result");
+    let r: TraceResult = record(&out.stdout);
     assert!(r.syn_copies, "{r:?}");
     assert_eq!(r.stop_reason, StopReason::MaxMissing, "{r:?}");
     let truth = lab
@@ -473,7 +473,7 @@ fn trace_follows_traceroute_habits() {
         all.extend_from_slice(args);
         let out = tracer_for(&lab, &all, SECS(60));
         assert!(out.status.success(), "{all:?}: {}", stderr(&out));
-        serde_json::from_slice(&out.stdout).expect("json")
+        record(&out.stdout)
     };
     let client = lab.client_addr().to_string();
     assert_eq!(json(&["-s", &client, &server]).source.to_string(), client);
@@ -502,7 +502,7 @@ fn trace_follows_traceroute_habits() {
         SECS(60),
     );
     assert!(out.status.success(), "{}", stderr(&out));
-    let r: TracerouteResult = serde_json::from_slice(&out.stdout).expect("json");
+    let r: TracerouteResult = record(&out.stdout);
     let ttls: Vec<u8> = r.hops.iter().map(|h| h.ttl).collect();
     assert_eq!(ttls, vec![2, 3]);
     assert!(r.hops.iter().all(|h| h.probes.len() == 2));
@@ -576,7 +576,7 @@ fn trace_follows_traceroute_habits() {
         SECS(60),
     );
     assert!(out.status.success(), "{}", stderr(&out));
-    let r: TraceResult = serde_json::from_slice(&out.stdout).expect("json");
+    let r: TraceResult = record(&out.stdout);
     assert_eq!(r.hops.iter().map(|h| h.ttl).collect::<Vec<_>>(), vec![2, 3]);
 }
 

@@ -9,7 +9,7 @@ mod common;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use common::{stderr, tracer_for};
+use common::{record, stderr, tracer_for};
 use svctr_core::{StopReason, TraceResult, TracerouteResult};
 use svctr_lab::{
     lab_test_guard, tcp_download_to, tcp_server_on, udp_server_on, udp_session_to, Lab, LabConfig,
@@ -106,7 +106,7 @@ fn a_flow_trace_over_40ms_takes_one_round_trip() {
                 SECS(60),
             );
             assert!(out.status.success(), "{server} {proto:?}: {}", stderr(&out));
-            let r: TraceResult = serde_json::from_slice(&out.stdout).expect("a result");
+            let r: TraceResult = record(&out.stdout);
             let rtt = |ttl: usize| -> Vec<f64> {
                 r.hops[ttl - 1]
                     .probes
@@ -174,7 +174,7 @@ fn retries_find_every_hop_under_5_percent_loss() {
             SECS(60),
         );
         assert!(out.status.success(), "{}", stderr(&out));
-        let r: TracerouteResult = serde_json::from_slice(&out.stdout).expect("a result");
+        let r: TracerouteResult = record(&out.stdout);
         let path = path_of(&r.hops);
         assert_eq!(path.len(), lab.hop_count() + 1, "round {round}: {r:?}");
         let k = lab
@@ -226,7 +226,7 @@ fn retries_find_every_hop_under_5_percent_loss() {
         SECS(60),
     );
     assert!(out.status.success(), "{}", stderr(&out));
-    let r: TraceResult = serde_json::from_slice(&out.stdout).expect("a result");
+    let r: TraceResult = record(&out.stdout);
     let want: Vec<Option<IpAddr>> = lab
         .expected_path_ip(
             Proto::Udp,
@@ -276,7 +276,7 @@ fn timeout_and_max_missing_with_real_delays() {
             SECS(60),
         );
         assert!(out.status.success(), "{}", stderr(&out));
-        serde_json::from_slice(&out.stdout).expect("a result")
+        record(&out.stdout)
     };
     let short = run("30ms");
     let path = path_of(&short.hops);

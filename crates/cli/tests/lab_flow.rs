@@ -4,6 +4,10 @@
 //! They need root. Without root they are skipped with a message, unless `CI` is set: then they
 //! fail, so they can never be skipped silently in CI.
 
+#[path = "common/record.rs"]
+mod record;
+use record::record;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::Output;
@@ -40,7 +44,7 @@ fn trace_jsonl(lab: &Lab, args: &[&str]) -> Vec<TraceResult> {
     assert!(out.status.success(), "tracer failed: {}", stderr(&out));
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+        .map(record)
         .collect()
 }
 
@@ -172,7 +176,7 @@ fn accuracy(nat: bool) {
     assert!(out.status.success(), "tracer failed: {}", stderr(&out));
     let results: Vec<TraceResult> = String::from_utf8_lossy(&out.stdout)
         .lines()
-        .map(|l| serde_json::from_str(l).expect("json"))
+        .map(record)
         .collect();
     assert_all_match(&results, &expected);
     for s in sessions {
@@ -585,7 +589,7 @@ fn every_algorithm_and_cooked_capture_trace_the_same_path() {
     ]);
     let out = output_with_timeout(&mut c, None, secs(60)).unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    let r: TraceResult = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let r: TraceResult = record(&out.stdout);
     assert_path_matches(&r, &want);
     // Text output: one line per hop, then the stop reason.
     let out = tracer(

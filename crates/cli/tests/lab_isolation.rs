@@ -95,8 +95,7 @@ fn trace_processes_on_one_target_never_take_each_others_replies() {
                             "{protocol:?} {strategy} {dst} round {round} ttl {first}-{max}"
                         );
                         assert!(out.status.success(), "{case}: {}", stderr(out));
-                        let r: TracerouteResult = serde_json::from_slice(&out.stdout)
-                            .unwrap_or_else(|e| panic!("{case}: {e}"));
+                        let r: TracerouteResult = common::record(&out.stdout);
                         markers.push(r.source_port);
                         for hop in &r.hops {
                             assert!(
@@ -225,8 +224,7 @@ fn flow_processes_on_one_flow_never_take_each_others_replies() {
                 for (out, (first, max)) in outs.iter().zip(FLOW_RANGES) {
                     let case = format!("{protocol:?} {dst} round {round} ttl {first}-{max}");
                     assert!(out.status.success(), "{case}: {}", stderr(out));
-                    let r: TraceResult = serde_json::from_slice(&out.stdout)
-                        .unwrap_or_else(|e| panic!("{case}: {e}"));
+                    let r: TraceResult = common::record(&out.stdout);
                     assert_eq!(r.flow.local.port, port, "{case}");
                     // The flow's own path, from the ECMP router's decision for its 5-tuple
                     // (and, over IPv6, the flow label its packets carry).

@@ -111,7 +111,7 @@ fn every_protocol_and_family_finds_the_labs_paths() {
                 args.push(&dst);
                 let out = tracer_for(&lab, &args, SECS(60));
                 assert!(out.status.success(), "{args:?}: {}", stderr(&out));
-                let r: MdaResult = serde_json::from_slice(&out.stdout).expect("result JSON");
+                let r: MdaResult = common::record(&out.stdout);
                 let (fnodes, flinks) = found(&r);
                 let false_nodes: Vec<_> = fnodes.difference(&tn).collect();
                 let false_links: Vec<_> = flinks.difference(&tl).collect();
@@ -251,7 +251,7 @@ fn text_dot_svg_and_many_destinations() {
         SECS(60),
     );
     assert!(out.status.success(), "{}", stderr(&out));
-    let r: MdaResult = serde_json::from_slice(&out.stdout).expect("JSON");
+    let r: MdaResult = common::record(&out.stdout);
     assert_eq!(r.stop_reason, MdaStop::MaxProbes);
     assert!(r.probes_sent <= 40);
 }
@@ -303,7 +303,7 @@ fn compare_multipath_places_the_flow_on_its_true_branch() {
             SECS(60),
         );
         assert!(out.status.success(), "{}", stderr(&out));
-        let c: MultipathComparison = serde_json::from_slice(&out.stdout).expect("JSON");
+        let c: MultipathComparison = common::record(&out.stdout);
         // Ground truth from the application's own packets.
         let flow = lab.app_flow(Proto::Tcp, port, dst).expect("app flow");
         let k = *lab.observed_branches().expect("observer")[&flow]

@@ -134,7 +134,7 @@ fn first_result(stdout: &str, err: &str) -> TraceResult {
         .lines()
         .next()
         .unwrap_or_else(|| panic!("no result: {err}"));
-    serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"))
+    common::record(line)
 }
 
 /// A user with only the file capabilities traces a live UDP session and a live TCP download,

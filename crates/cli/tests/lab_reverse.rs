@@ -103,7 +103,7 @@ fn reverse_json(lab: &Lab, args: &[&str]) -> ReverseResult {
     all.extend_from_slice(args);
     let out = tracer_for(lab, &all, SECS(60));
     assert!(out.status.success(), "{all:?}: {}", stderr(&out));
-    serde_json::from_slice(&out.stdout).expect("result JSON")
+    common::record(&out.stdout)
 }
 
 /// Per TTL the one address that answered (every probe of a TTL the same).
@@ -269,8 +269,7 @@ fn two_way_holds_both_directions_each_equal_to_its_truth() {
             SECS(60),
         );
         assert!(out.status.success(), "{}", stderr(&out));
-        let r: svctr_core::reverse::TwoWayResult =
-            serde_json::from_slice(&out.stdout).expect("JSON");
+        let r: svctr_core::reverse::TwoWayResult = common::record(&out.stdout);
         let sport = r.forward.source_port.expect("a source port");
         let mut want = lab
             .expected_path_ip(
@@ -431,7 +430,7 @@ fn the_server_runs_with_the_units_capabilities_and_no_more() {
     let _ = child.kill();
     let _ = child.wait();
     assert!(out.status.success(), "{}", stderr(&out));
-    let r: ReverseResult = serde_json::from_slice(&out.stdout).expect("JSON");
+    let r: ReverseResult = common::record(&out.stdout);
     assert_eq!(r.stop_reason, ReverseStop::Reached);
 }
 
@@ -674,8 +673,7 @@ fn reverse_multipath_finds_the_return_stage() {
                 ];
                 let out = tracer_for(&lab, &args, SECS(60));
                 assert!(out.status.success(), "{args:?}: {}", stderr(&out));
-                let r: svctr_core::MdaResult =
-                    serde_json::from_slice(&out.stdout).expect("result JSON");
+                let r: svctr_core::MdaResult = common::record(&out.stdout);
                 let after = lab.return_probe_counts().expect("counts");
                 assert_eq!(r.direction.as_deref(), Some("reverse"));
                 assert_eq!(r.stop_reason, svctr_core::MdaStop::Completed, "{args:?}");
@@ -746,8 +744,7 @@ fn reverse_multipath_finds_the_return_stage() {
         SECS(60),
     );
     assert!(out.status.success(), "{}", stderr(&out));
-    let both: svctr_core::reverse::TwoWayMultipath =
-        serde_json::from_slice(&out.stdout).expect("JSON");
+    let both: svctr_core::reverse::TwoWayMultipath = common::record(&out.stdout);
     assert_eq!(both.forward.direction, None);
     assert_eq!(both.forward.destination, IpAddr::from(lab.server_addr()));
     assert_eq!(both.reverse.source, IpAddr::from(lab.server_addr()));
@@ -839,7 +836,7 @@ fn flow_reverse(
     ];
     let out = tracer_for(lab, &args, SECS(60));
     assert!(out.status.success(), "{args:?}: {}", stderr(&out));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let v: serde_json::Value = common::record(&out.stdout);
     let forward: svctr_core::TraceResult = serde_json::from_value(v.clone()).expect("result");
     let back = serde_json::from_value(v["reverse"].clone()).ok();
     let note = v["reverse_note"].as_str().map(str::to_string);

@@ -3,6 +3,10 @@
 //! identifier, agreement with Debian traceroute and scamper on the same 5-tuple, several
 //! processes at once, and bad input. Root only (see `svctr_lab::lab_test_guard`).
 
+#[path = "common/record.rs"]
+mod record;
+use record::record;
+
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::process::Output;
@@ -30,7 +34,7 @@ fn trace_json(lab: &Lab, args: &[&str]) -> Vec<TracerouteResult> {
     );
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .map(|l| serde_json::from_str(l).expect("json"))
+        .map(record)
         .collect()
 }
 
@@ -310,6 +314,8 @@ fn three_processes_five_hundred_targets_each() {
             "8",
             "--receive",
             receive,
+            "--vantage",
+            &format!("vp-{receive}"),
         ])
         .args(&targets);
         handles.push(std::thread::spawn(move || {
@@ -317,17 +323,24 @@ fn three_processes_five_hundred_targets_each() {
         }));
     }
     let mut ports = Vec::new();
-    for h in handles {
+    // The JSON contract's envelope: every record names its process's vantage point, and
+    // the 1,500 record ids of three processes running at once are all different.
+    let mut ids = std::collections::HashSet::new();
+    for (h, receive) in handles.into_iter().zip(["raw", "pcap", "auto"]) {
         let out = h.join().unwrap().expect("tracer");
         assert!(
             out.status.success(),
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let results: Vec<TracerouteResult> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("json"))
-            .collect();
+        let text = String::from_utf8_lossy(&out.stdout);
+        for v in text.lines().map(record::<serde_json::Value>) {
+            assert_eq!(v["vantage"], format!("vp-{receive}"));
+            assert_eq!(v["record_type"], "traceroute");
+            assert_eq!(v["tool_version"], env!("CARGO_PKG_VERSION"));
+            assert!(ids.insert(v["record_id"].as_str().unwrap().to_string()));
+        }
+        let results: Vec<TracerouteResult> = text.lines().map(record).collect();
         assert_eq!(results.len(), 500);
         let port = results[0].source_port.unwrap();
         ports.push(port);
@@ -339,6 +352,7 @@ fn three_processes_five_hundred_targets_each() {
             assert_ground_truth(&lab, r, &mut cache);
         }
     }
+    assert_eq!(ids.len(), 1500);
     ports.sort();
     ports.dedup();
     assert_eq!(ports.len(), 3, "each process has its own source port");
@@ -420,8 +434,7 @@ fn compare_reports_differences_exactly_where_ground_truth_has_them() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let c: svctr_core::Comparison =
-            serde_json::from_slice(&out.stdout).expect("comparison json");
+        let c: svctr_core::Comparison = record(&out.stdout);
         let flow_path = lab
             .expected_path(Proto::Tcp, port, 8080)
             .expect("flow ground truth");
@@ -472,7 +485,7 @@ fn hop_names_are_resolved_unless_numeric() {
         &lab,
         &["trace", "--format", "json", "-q", "1", "-w", "1", &dst],
     );
-    let r: TracerouteResult = serde_json::from_slice(&out.stdout).expect("json");
+    let r: TracerouteResult = record(&out.stdout);
     assert_eq!(r.hops[1].probes[0].name.as_deref(), Some("r2.lab.test"));
     let out = tracer(&lab, &["trace", "-n", "-q", "1", "-w", "1", &dst]);
     assert!(!String::from_utf8_lossy(&out.stdout).contains(".lab.test"));

@@ -10,6 +10,9 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use svctr_lab::{output_with_timeout, Lab};
 
+pub(crate) mod record;
+pub(crate) use record::record;
+
 pub(crate) const TRACER: &str = env!("CARGO_BIN_EXE_service-traceroute");
 
 /// Runs the tracer in the client namespace (at most `timeout`).
@@ -44,7 +47,7 @@ pub(crate) fn json_lines<T: DeserializeOwned>(out: &Output) -> Vec<T> {
     );
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+        .map(record)
         .collect()
 }
 
