@@ -100,7 +100,8 @@ fn a_closed_output_ends_the_run() {
     let mut out = BufReader::new(child.stdout.take().expect("stdout"));
     let mut line = String::new();
     out.read_line(&mut line).expect("a first line");
-    assert!(line.starts_with("{\"flow\""), "{line}");
+    let first: serde_json::Value = record(&line);
+    assert_eq!(first["record_type"], "flow-trace", "{line}");
     drop(out); // `head -1` exits
     let closed = Instant::now();
     let mut reaper = Reaper(Some(child));

@@ -406,7 +406,8 @@ fn no_shield_table_outlives_its_process() {
     BufReader::new(t.0.stdout.take().expect("stdout"))
         .read_line(&mut first)
         .expect("a first result");
-    assert!(first.starts_with("{\"flow\""), "{first}");
+    let v: serde_json::Value = common::record(&first);
+    assert_eq!(v["record_type"], "flow-trace", "{first}");
     let closed = Instant::now();
     let (code, _, err) = t.finish(SECS(5));
     assert_eq!(code, Some(0), "{err}");
