@@ -702,6 +702,8 @@ impl Traceroute {
                     tcp_flags: None,
                     unreachable: false,
                     mpls: &[],
+                    interfaces: &[],
+                    mtu: 0,
                 };
                 (pkt.ip.src, n, reply)
             }
@@ -730,6 +732,8 @@ impl Traceroute {
                     tcp_flags: Some(t.flags),
                     unreachable: false,
                     mpls: &[],
+                    interfaces: &[],
+                    mtu: 0,
                 };
                 (pkt.ip.src, n, reply)
             }

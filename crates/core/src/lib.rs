@@ -84,8 +84,8 @@ pub use report::{
     traceroute_stop_line,
 };
 pub use result::{
-    Endpoint, FlowInfo, Hop, MatchSource, MplsEntry, ProbeReply, ServiceTag, StopReason,
-    TraceResult,
+    Endpoint, FlowInfo, Hop, InterfaceEntry, MatchSource, MplsEntry, ProbeReply, ServiceTag,
+    StopReason, TraceResult,
 };
 pub use scheduler::Scheduler;
 /// Service recognition (re-exported from `svctr-detect`): signatures and the detector's settings.

@@ -76,7 +76,7 @@ use crate::config::ConfigError;
 use crate::flow::{FlowKey, Protocol};
 use crate::machine::{Now, Transmit};
 use crate::path::{Diamond, GraphHop, Link, PathGraph};
-use crate::result::{MplsEntry, ProbeReply};
+use crate::result::{InterfaceEntry, MplsEntry, ProbeReply};
 use crate::reverse::IdentPool;
 use crate::scheduler::{Scheduler, TargetQueue};
 
@@ -1525,6 +1525,8 @@ fn error_reply(from: IpAddr, ttl: u8, err: &IcmpError<'_>) -> ProbeReply {
         reply_ttl: Some(ttl),
         quoted_ttl: Some(err.quote.ttl),
         mpls: err.mpls.iter().map(MplsEntry::from).collect(),
+        interfaces: err.interfaces.iter().map(InterfaceEntry::from).collect(),
+        mtu: (err.mtu != 0).then_some(err.mtu),
         ..ProbeReply::default()
     }
 }

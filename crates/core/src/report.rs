@@ -7,7 +7,7 @@ use crate::classic::{Strategy, TracerouteResult};
 use crate::flow::Protocol;
 use crate::mda::{MdaResult, MdaStop};
 use crate::path::{GraphHop, Link};
-use crate::result::{Hop, ProbeReply, StopReason, TraceResult};
+use crate::result::{Hop, InterfaceEntry, ProbeReply, StopReason, TraceResult};
 
 /// traceroute's annotation for a Destination Unreachable code (ICMP: RFC 792, RFC 1812
 /// §5.2.7.1; ICMPv6: RFC 4443 §3.1).
@@ -89,6 +89,8 @@ fn render_hop_into(out: &mut String, hop: &Hop, extensions: bool) {
     let _ = write!(out, "{:2} ", hop.ttl);
     let mut last_addr = None;
     let mut mpls = Vec::new();
+    let mut interfaces: Vec<&InterfaceEntry> = Vec::new();
+    let mut mtus: Vec<u32> = Vec::new();
     for p in &hop.probes {
         match (p.addr, p.rtt_ms) {
             (Some(a), rtt) => {
@@ -118,6 +120,14 @@ fn render_hop_into(out: &mut String, hop: &Hop, extensions: bool) {
                         mpls.push(*e);
                     }
                 }
+                for i in &p.interfaces {
+                    if !interfaces.contains(&i) {
+                        interfaces.push(i);
+                    }
+                }
+                if let Some(m) = p.mtu.filter(|m| !mtus.contains(m)) {
+                    mtus.push(m);
+                }
             }
             (None, _) => out.push_str(" *"),
         }
@@ -134,7 +144,10 @@ fn render_hop_into(out: &mut String, hop: &Hop, extensions: bool) {
         let _ = write!(out, "  (not sent: {})", errors.join("; "));
     }
     out.push('\n');
-    for e in mpls.iter().filter(|_| extensions) {
+    if !extensions {
+        return;
+    }
+    for e in &mpls {
         let _ = writeln!(
             out,
             "     [MPLS: Lbl {}, TC {}, S {}, TTL {}]",
@@ -144,6 +157,35 @@ fn render_hop_into(out: &mut String, hop: &Hop, extensions: bool) {
             e.ttl
         );
     }
+    for i in interfaces {
+        let _ = writeln!(out, "     [{}]", interface_text(i));
+    }
+    for m in mtus {
+        let _ = writeln!(out, "     [path MTU {m}]");
+    }
+}
+
+/// An RFC 5837 interface as a line of text: `IF incoming: eth1, 203.0.113.1, ifIndex 3,
+/// MTU 1500`. The name comes from the network: control characters are replaced.
+fn interface_text(i: &InterfaceEntry) -> String {
+    let mut parts = Vec::new();
+    if let Some(n) = &i.name {
+        parts.push(
+            n.chars()
+                .map(|c| if c.is_control() { '?' } else { c })
+                .collect::<String>(),
+        );
+    }
+    if let Some(a) = i.addr {
+        parts.push(a.to_string());
+    }
+    if let Some(x) = i.if_index {
+        parts.push(format!("ifIndex {x}"));
+    }
+    if let Some(m) = i.mtu {
+        parts.push(format!("MTU {m}"));
+    }
+    format!("IF {}: {}", i.role, parts.join(", "))
 }
 
 /// What a classic/Paris/Dublin trace's text starts with, printed before its first hop:
@@ -435,7 +477,7 @@ mod tests {
     use super::*;
     use crate::compare::{compare, render_comparison};
     use crate::config::Algorithm;
-    use crate::result::{Endpoint, FlowInfo, MplsEntry};
+    use crate::result::{Endpoint, FlowInfo, InterfaceEntry, MplsEntry};
 
     fn reply(addr: &str, ttl: u8) -> ProbeReply {
         ProbeReply {
@@ -455,6 +497,8 @@ mod tests {
                 s: true,
                 ttl: 1,
             }],
+            interfaces: Vec::new(),
+            mtu: None,
             error: None,
         }
     }
@@ -525,6 +569,50 @@ mod tests {
             ext,
             format!("{plain}     [MPLS: Lbl 300, TC 0, S 1, TTL 1]\n")
         );
+    }
+
+    #[test]
+    fn interfaces_and_path_mtu_are_extensions() {
+        let mut t = v6_trace(StopReason::MaxTtl);
+        let p = &mut t.hops[0].probes[0];
+        p.mpls.clear();
+        p.mtu = Some(1400);
+        p.interfaces = vec![
+            InterfaceEntry {
+                role: "incoming".into(),
+                if_index: Some(3),
+                addr: Some("2001:db8:1::1".parse().unwrap()),
+                name: Some("eth1\u{1b}[2J".into()),
+                mtu: Some(1500),
+            },
+            InterfaceEntry {
+                role: "outgoing".into(),
+                if_index: None,
+                addr: None,
+                name: Some("eth2".into()),
+                mtu: None,
+            },
+        ];
+        let hop = &t.hops[0];
+        let plain = render_hop(hop, false);
+        assert_eq!(plain, " 1  2001:db8:1::1  1.500 ms\n");
+        assert_eq!(
+            render_hop(hop, true),
+            format!(
+                "{plain}     [IF incoming: eth1?[2J, 2001:db8:1::1, ifIndex 3, MTU 1500]\n     \
+                 [IF outgoing: eth2]\n     [path MTU 1400]\n"
+            )
+        );
+        let json = serde_json::to_value(hop).unwrap();
+        assert_eq!(
+            json["probes"][0]["interfaces"],
+            serde_json::json!([
+                {"role": "incoming", "if_index": 3, "addr": "2001:db8:1::1",
+                 "name": "eth1\u{1b}[2J", "mtu": 1500},
+                {"role": "outgoing", "name": "eth2"}
+            ])
+        );
+        assert_eq!(json["probes"][0]["mtu"], 1400);
     }
 
     #[test]

@@ -165,6 +165,37 @@ impl From<&svctr_wire::icmp::MplsLabel> for MplsEntry {
     }
 }
 
+/// What a router said about one of its interfaces (RFC 5837 Interface Information Object).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InterfaceEntry {
+    /// `incoming`, `sub-ip-incoming`, `outgoing` or `next-hop` (RFC 5837 §4.1).
+    pub role: String,
+    /// The interface's ifIndex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub if_index: Option<u32>,
+    /// An address of the interface.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addr: Option<IpAddr>,
+    /// Its name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Its MTU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+}
+
+impl From<&svctr_wire::icmp::InterfaceInfo> for InterfaceEntry {
+    fn from(i: &svctr_wire::icmp::InterfaceInfo) -> Self {
+        Self {
+            role: i.role.as_str().to_owned(),
+            if_index: i.if_index,
+            addr: i.addr,
+            name: i.name.clone(),
+            mtu: i.mtu,
+        }
+    }
+}
+
 /// One probe and its reply (all reply fields are null for a probe nobody answered).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct ProbeReply {
@@ -202,6 +233,13 @@ pub struct ProbeReply {
     /// MPLS labels from an RFC 4950 extension.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mpls: Vec<MplsEntry>,
+    /// Interface information from RFC 5837 objects, in the order the router sent them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub interfaces: Vec<InterfaceEntry>,
+    /// The next-hop MTU of a Fragmentation Needed (RFC 1191) or Packet Too Big (RFC 4443
+    /// §3.2) error: the path MTU at that router.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
     /// Why the probe could not be sent, if it could not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,

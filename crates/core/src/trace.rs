@@ -16,12 +16,14 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant, SystemTime};
 
-use svctr_wire::icmp::{ErrorKind, IcmpError, MplsLabel};
+use svctr_wire::icmp::{ErrorKind, IcmpError, InterfaceInfo, MplsLabel};
 
 use crate::config::{Algorithm, TraceConfig};
 use crate::flow::FlowKey;
 use crate::probe::ProbeShape;
-use crate::result::{Endpoint, FlowInfo, Hop, MplsEntry, ProbeReply, StopReason, TraceResult};
+use crate::result::{
+    Endpoint, FlowInfo, Hop, InterfaceEntry, MplsEntry, ProbeReply, StopReason, TraceResult,
+};
 
 #[derive(Debug, Clone, PartialEq)]
 enum ProbeState {
@@ -55,6 +57,8 @@ struct Reply {
     tcp_flags: Option<u8>,
     unreachable: bool,
     mpls: Vec<MplsEntry>,
+    interfaces: Vec<InterfaceEntry>,
+    mtu: Option<u32>,
 }
 
 /// A reply as the engines hand it to a trace.
@@ -72,6 +76,9 @@ pub(crate) struct ReplyInfo<'a> {
     /// A Destination Unreachable: the probe's packets go no further.
     pub(crate) unreachable: bool,
     pub(crate) mpls: &'a [MplsLabel],
+    pub(crate) interfaces: &'a [InterfaceInfo],
+    /// The next-hop MTU an ICMP error carried (0: none).
+    pub(crate) mtu: u32,
 }
 
 impl<'a> ReplyInfo<'a> {
@@ -86,6 +93,8 @@ impl<'a> ReplyInfo<'a> {
             tcp_flags: None,
             unreachable: err.kind == ErrorKind::DestinationUnreachable,
             mpls: &err.mpls,
+            interfaces: &err.interfaces,
+            mtu: err.mtu,
         }
     }
 }
@@ -440,6 +449,8 @@ impl Trace {
             tcp_flags: reply.tcp_flags,
             unreachable: reply.unreachable,
             mpls: reply.mpls.iter().map(MplsEntry::from).collect(),
+            interfaces: reply.interfaces.iter().map(InterfaceEntry::from).collect(),
+            mtu: (reply.mtu != 0).then_some(reply.mtu),
         });
         let ttl = p.ttl;
         self.pending -= 1;
@@ -665,6 +676,8 @@ impl Trace {
             ip_id: v4.then_some(p.ident),
             tag: p.ident,
             mpls: r.map(|r| r.mpls.clone()).unwrap_or_default(),
+            interfaces: r.map(|r| r.interfaces.clone()).unwrap_or_default(),
+            mtu: r.and_then(|r| r.mtu),
             error: match &p.state {
                 ProbeState::Failed(e) => Some(e.clone()),
                 _ => None,

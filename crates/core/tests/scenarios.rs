@@ -30,6 +30,11 @@ enum HopKind {
     Unreachable(u8),
     /// Answers with an RFC 4884 MPLS extension carrying this label.
     Mpls(u32),
+    /// Answers with an RFC 5837 object about its incoming interface: ifIndex 7, its own
+    /// address, the name `ge-0/0/1`, MTU 1500.
+    Interface,
+    /// Fragmentation Needed (RFC 1191) with this next-hop MTU.
+    FragNeeded(u16),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -228,13 +233,38 @@ impl Sim {
                 icmp.extend_from_slice(&ext);
             }
         }
+        Self::ipv4_icmp(from, &icmp)
+    }
+
+    /// An RFC 4884 error about `probe` carrying these (encoded) extension objects.
+    fn icmp_error_objects(
+        from: Ipv4Addr,
+        icmp_type: u8,
+        code: u8,
+        probe: &[u8],
+        objects: &[u8],
+    ) -> Vec<u8> {
+        // The original datagram zero-padded to 128 bytes, its length in 32-bit words.
+        let mut icmp = vec![icmp_type, code, 0, 0, 0, 32, 0, 0];
+        let mut quote = probe.to_vec();
+        quote.resize(128, 0);
+        icmp.extend_from_slice(&quote);
+        let mut ext = vec![0x20, 0, 0, 0];
+        ext.extend_from_slice(objects);
+        let sum = internet_checksum(&ext);
+        ext[2..4].copy_from_slice(&sum.to_be_bytes());
+        icmp.extend_from_slice(&ext);
+        Self::ipv4_icmp(from, &icmp)
+    }
+
+    fn ipv4_icmp(from: Ipv4Addr, icmp: &[u8]) -> Vec<u8> {
         let total = 20 + icmp.len();
         let mut ip = vec![0x45, 0xc0];
         ip.extend_from_slice(&(total as u16).to_be_bytes());
         ip.extend_from_slice(&[0, 0, 0, 0, 64, 1, 0, 0]);
         ip.extend_from_slice(&from.octets());
         ip.extend_from_slice(&LOCAL.octets());
-        ip.extend_from_slice(&icmp);
+        ip.extend_from_slice(icmp);
         ip
     }
 
@@ -268,6 +298,23 @@ impl Sim {
                 }
                 HopKind::Unreachable(code) => {
                     self.push(at + rtt, Self::icmp_error(from, 3, code, &quoted, None))
+                }
+                HopKind::Interface => {
+                    // RFC 5837 §4.1: class-num 2, C-Type 0x0f (incoming; ifIndex, address,
+                    // name and MTU), length 4 + 4 + 8 + 12 + 4.
+                    let mut obj = vec![0, 32, 2, 0x0f, 0, 0, 0, 7, 0, 1, 0, 0];
+                    obj.extend_from_slice(&from.octets());
+                    obj.push(12);
+                    obj.extend_from_slice(b"ge-0/0/1\0\0\0");
+                    obj.extend_from_slice(&1500u32.to_be_bytes());
+                    let e = Self::icmp_error_objects(from, 11, 0, &quoted, &obj);
+                    self.push(at + rtt, e)
+                }
+                HopKind::FragNeeded(mtu) => {
+                    let mut e = Self::icmp_error(from, 3, 4, &quoted, None);
+                    // RFC 1191 §4: the next-hop MTU in the second word's low half.
+                    e[26..28].copy_from_slice(&mtu.to_be_bytes());
+                    self.push(at + rtt, e)
                 }
                 HopKind::Silent => {}
             }
@@ -924,6 +971,41 @@ fn mpls_labels_are_recorded() {
     assert_eq!(m.len(), 1);
     assert_eq!((m[0].label, m[0].s, m[0].ttl), (16012, true, 1));
     assert!(svctr_core::render_text(r).contains("MPLS: Lbl 16012"));
+}
+
+#[test]
+fn interface_information_and_path_mtu_are_recorded() {
+    let mut sim = Sim::new(
+        TraceConfig::default(),
+        tcp_sel(),
+        vec![
+            HopKind::Answers,
+            HopKind::Interface,
+            HopKind::FragNeeded(1400),
+        ],
+    );
+    sim.tcp_flow(&key(Protocol::Tcp, 40000, 443));
+    sim.run(10 * SEC);
+    let r = sim.only_result();
+    assert_eq!(hop_addrs(r), routers(3));
+    let i = &r.hops[1].probes[0].interfaces;
+    assert_eq!(i.len(), 1, "{r:?}");
+    assert_eq!(i[0].role, "incoming");
+    assert_eq!(i[0].if_index, Some(7));
+    assert_eq!(i[0].addr, Some(IpAddr::V4(router(2))));
+    assert_eq!(i[0].name.as_deref(), Some("ge-0/0/1"));
+    assert_eq!(i[0].mtu, Some(1500));
+    assert_eq!(r.hops[2].probes[0].mtu, Some(1400));
+    assert_eq!(r.hops[1].probes[0].mtu, None);
+    let text = svctr_core::render_text(r);
+    assert!(
+        text.contains(&format!(
+            "[IF incoming: ge-0/0/1, {}, ifIndex 7, MTU 1500]",
+            router(2)
+        )),
+        "{text}"
+    );
+    assert!(text.contains("[path MTU 1400]"), "{text}");
 }
 
 #[test]

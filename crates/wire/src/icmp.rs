@@ -85,6 +85,50 @@ pub struct IcmpError<'a> {
     pub quote: Quote<'a>,
     /// MPLS label stack entries from an RFC 4884/4950 extension, outermost first (empty if none).
     pub mpls: Vec<MplsLabel>,
+    /// RFC 5837 Interface Information Objects from the same extension, in the order sent.
+    pub interfaces: Vec<InterfaceInfo>,
+}
+
+/// What the interface of an RFC 5837 Interface Information Object is to the router (§4.1,
+/// the C-Type's Interface Role bits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InterfaceRole {
+    /// The IP interface on which the datagram arrived.
+    Incoming,
+    /// A sub-IP component of the incoming interface (a member of a bundle, say).
+    SubIpIncoming,
+    /// The IP interface through which the datagram would have been forwarded.
+    Outgoing,
+    /// The IP next hop to which it would have been forwarded.
+    NextHop,
+}
+
+impl InterfaceRole {
+    /// The role's name in the JSON output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Incoming => "incoming",
+            Self::SubIpIncoming => "sub-ip-incoming",
+            Self::Outgoing => "outgoing",
+            Self::NextHop => "next-hop",
+        }
+    }
+}
+
+/// An RFC 5837 Interface Information Object (class-num 2): what a router says about one of
+/// its interfaces. Every part but the role is optional (the C-Type says which are there).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterfaceInfo {
+    pub role: InterfaceRole,
+    /// The interface's ifIndex (RFC 2863).
+    pub if_index: Option<u32>,
+    /// An address of the interface.
+    pub addr: Option<IpAddr>,
+    /// The interface's name (RFC 2863 ifName), as sent: UTF-8, up to 63 bytes; bytes that
+    /// are not UTF-8 are replaced.
+    pub name: Option<String>,
+    /// The interface's MTU.
+    pub mtu: Option<u32>,
 }
 
 /// One MPLS label stack entry (RFC 4950 §7, RFC 3032 §2.1).
@@ -208,13 +252,23 @@ const EXTENSION_VERSION: u8 = 2;
 const MPLS_CLASS: u8 = 1;
 const MPLS_CTYPE: u8 = 1;
 
+/// RFC 5837 §4.1: Interface Information Object, class-num 2.
+const INTERFACE_CLASS: u8 = 2;
+
+/// What an extension structure carries (RFC 4884 §7-8).
+#[derive(Debug, Default)]
+struct Extensions {
+    mpls: Vec<MplsLabel>,
+    interfaces: Vec<InterfaceInfo>,
+}
+
 impl<'a> IcmpError<'a> {
     fn new(
         kind: ErrorKind,
         (icmp_type, icmp_code): (u8, u8),
         mtu: u32,
         quote: Quote<'a>,
-        mpls: Vec<MplsLabel>,
+        ext: Extensions,
     ) -> Self {
         Self {
             kind,
@@ -222,7 +276,8 @@ impl<'a> IcmpError<'a> {
             icmp_code,
             mtu,
             quote,
-            mpls,
+            mpls: ext.mpls,
+            interfaces: ext.interfaces,
         }
     }
 }
@@ -271,14 +326,14 @@ pub fn parse_icmpv4(icmp: &[u8]) -> Result<IcmpMessage<'_>, crate::Error> {
     // length of the original datagram field, in 32-bit words.
     let length_words = header[5];
     let payload = icmp.get(ICMP_HEADER_LEN..).unwrap_or_default();
-    let (quoted, mpls) = split_extensions(payload, usize::from(length_words) * 4, 20);
+    let (quoted, ext) = split_extensions(payload, usize::from(length_words) * 4, 20);
     let quote = parse_quote_v4(quoted)?;
     Ok(IcmpMessage::Error(IcmpError::new(
         kind,
         (icmp_type, icmp_code),
         mtu,
         quote,
-        mpls,
+        ext,
     )))
 }
 
@@ -305,10 +360,10 @@ pub fn parse_icmpv6(icmp: &[u8]) -> Result<IcmpMessage<'_>, crate::Error> {
     // field, in the first byte of the second word (offset 4), counted in 64-bit words. Packet
     // Too Big uses that word for the MTU and Parameter Problem for the pointer.
     let payload = icmp.get(ICMP_HEADER_LEN..).unwrap_or_default();
-    let (quoted, mpls) = if icmp_type == 1 || icmp_type == 3 {
+    let (quoted, ext) = if icmp_type == 1 || icmp_type == 3 {
         split_extensions(payload, usize::from(header[4]) * 8, 40)
     } else {
-        (payload, Vec::new())
+        (payload, Extensions::default())
     };
     let quote = parse_quote_v6(quoted)?;
     Ok(IcmpMessage::Error(IcmpError::new(
@@ -316,7 +371,7 @@ pub fn parse_icmpv6(icmp: &[u8]) -> Result<IcmpMessage<'_>, crate::Error> {
         (icmp_type, icmp_code),
         mtu,
         quote,
-        mpls,
+        ext,
     )))
 }
 
@@ -348,25 +403,25 @@ fn echo_fields(icmp: &[u8]) -> Result<(u16, u16), Error> {
 }
 
 /// Splits the ICMP payload (everything after the 8-byte header) of an error that has an
-/// RFC 4884 length field into the original-datagram field and the MPLS labels found in an
-/// extension structure, if any.
+/// RFC 4884 length field into the original-datagram field and what an extension structure
+/// carries, if there is one.
 ///
 /// `length` is the length field converted to bytes; `min_quote` is the size of the quoted IP
 /// header, below which a non-zero length field cannot be right.
-fn split_extensions(payload: &[u8], length: usize, min_quote: usize) -> (&[u8], Vec<MplsLabel>) {
+fn split_extensions(payload: &[u8], length: usize, min_quote: usize) -> (&[u8], Extensions) {
     if length != 0 {
         // RFC 4884 §4: the length field says where the original datagram field ends and the
         // extension structure begins. Before RFC 4884 this byte was "unused" and some stacks
         // left garbage in it, so a length too short to even hold the quoted IP header is
         // ignored rather than trusted.
         if length < min_quote {
-            return (payload, Vec::new());
+            return (payload, Extensions::default());
         }
         return match (payload.get(..length), payload.get(length..)) {
             (Some(quoted), Some(ext)) => (quoted, parse_extension(ext, false).unwrap_or_default()),
             // The capture (or the router) cut the message inside the original datagram field:
             // everything present is quote, there is no extension to see.
-            _ => (payload, Vec::new()),
+            _ => (payload, Extensions::default()),
         };
     }
     // RFC 4884 §5: a length of 0 with more than 128 bytes of payload may be a pre-RFC 4884
@@ -378,21 +433,21 @@ fn split_extensions(payload: &[u8], length: usize, min_quote: usize) -> (&[u8], 
             payload.get(..NON_COMPLIANT_OFFSET),
             payload.get(NON_COMPLIANT_OFFSET..),
         ) {
-            if let Some(mpls) = parse_extension(ext, true) {
-                return (quoted, mpls);
+            if let Some(found) = parse_extension(ext, true) {
+                return (quoted, found);
             }
         }
     }
-    (payload, Vec::new())
+    (payload, Extensions::default())
 }
 
-/// Parses an RFC 4884 §7 extension structure and returns the MPLS label stack entries of its
-/// objects (RFC 4950). Returns `None` when the bytes are not an extension structure (wrong
+/// Parses an RFC 4884 §7 extension structure and returns the MPLS label stack entries (RFC
+/// 4950) and the interface information (RFC 5837) of its objects. Returns `None` when the bytes are not an extension structure (wrong
 /// version, too short, or, when `strict`, a bad checksum / reserved bits / no valid object).
 ///
 /// Objects (RFC 4884 §8) are walked while their length is at least 4 (the object header) and
 /// fits in what was captured; the first malformed object ends the walk silently.
-fn parse_extension(ext: &[u8], strict: bool) -> Option<Vec<MplsLabel>> {
+fn parse_extension(ext: &[u8], strict: bool) -> Option<Extensions> {
     let header = ext.get(..4)?;
     if header[0] >> 4 != EXTENSION_VERSION {
         return None;
@@ -406,7 +461,7 @@ fn parse_extension(ext: &[u8], strict: bool) -> Option<Vec<MplsLabel>> {
             return None;
         }
     }
-    let mut labels = Vec::new();
+    let mut found = Extensions::default();
     let mut objects = ext.get(4..)?;
     let mut saw_object = false;
     while let Some(obj_header) = objects.get(..4) {
@@ -423,7 +478,7 @@ fn parse_extension(ext: &[u8], strict: bool) -> Option<Vec<MplsLabel>> {
         saw_object = true;
         if class == MPLS_CLASS && ctype == MPLS_CTYPE {
             // RFC 4950 §7 / RFC 3032 §2.1: label (20 bits) | TC (3) | S (1) | TTL (8).
-            labels.extend(body.chunks_exact(4).map(|e| {
+            found.mpls.extend(body.chunks_exact(4).map(|e| {
                 let v = u32::from_be_bytes([e[0], e[1], e[2], e[3]]);
                 MplsLabel {
                     label: v >> 12,
@@ -432,13 +487,82 @@ fn parse_extension(ext: &[u8], strict: bool) -> Option<Vec<MplsLabel>> {
                     ttl: (v & 0xff) as u8,
                 }
             }));
+        } else if class == INTERFACE_CLASS {
+            found.interfaces.extend(parse_interface(ctype, body));
         }
         objects = objects.get(len..).unwrap_or_default();
     }
     if strict && !saw_object {
         return None;
     }
-    Some(labels)
+    Some(found)
+}
+
+/// Parses the body of an RFC 5837 §4.1 Interface Information Object. The C-Type is
+/// `role (2 bits) | reserved (2) | ifIndex | IP address | name | MTU` (one bit each), and the
+/// parts the bits announce follow in that order: ifIndex (4 bytes); the IP Address
+/// Sub-Object (§4.2: AFI (2 bytes, 1 IPv4, 2 IPv6), reserved (2), the address); the
+/// Interface Name Sub-Object (§4.3: a length byte counting itself, a multiple of 4 up to 64,
+/// then the name, NUL-padded); the MTU (4 bytes). `None` when the body is shorter than what
+/// the bits announce, or a sub-object is malformed (an unknown AFI, a bad name length).
+fn parse_interface(ctype: u8, body: &[u8]) -> Option<InterfaceInfo> {
+    let role = match ctype >> 6 {
+        0 => InterfaceRole::Incoming,
+        1 => InterfaceRole::SubIpIncoming,
+        2 => InterfaceRole::Outgoing,
+        _ => InterfaceRole::NextHop,
+    };
+    let mut rest = body;
+    let mut take = |n: usize| -> Option<&[u8]> {
+        let (head, tail) = (rest.get(..n)?, rest.get(n..)?);
+        rest = tail;
+        Some(head)
+    };
+    let word = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    let if_index = if ctype & 0x08 != 0 {
+        Some(word(take(4)?))
+    } else {
+        None
+    };
+    let addr = if ctype & 0x04 != 0 {
+        let afi = take(4)?;
+        match u16::from_be_bytes([afi[0], afi[1]]) {
+            1 => {
+                let a: [u8; 4] = take(4)?.try_into().ok()?;
+                Some(IpAddr::from(a))
+            }
+            2 => {
+                let a: [u8; 16] = take(16)?.try_into().ok()?;
+                Some(IpAddr::from(a))
+            }
+            _ => return None,
+        }
+    } else {
+        None
+    };
+    let name = if ctype & 0x02 != 0 {
+        let len = usize::from(*take(1)?.first()?);
+        if !(4..=64).contains(&len) || len % 4 != 0 {
+            return None;
+        }
+        let bytes = take(len - 1)?;
+        let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+        Some(String::from_utf8_lossy(&bytes[..end]).into_owned())
+    } else {
+        None
+    };
+    let mtu = if ctype & 0x01 != 0 {
+        Some(word(take(4)?))
+    } else {
+        None
+    };
+    Some(InterfaceInfo {
+        role,
+        if_index,
+        addr,
+        name,
+        mtu,
+    })
 }
 
 /// The one's-complement sum (RFC 1071) of `bytes` as 16-bit big-endian words, an odd trailing
@@ -616,6 +740,87 @@ mod tests {
         let e = error(parse_icmpv4(icmp4(&v)));
         assert!(e.mpls.is_empty());
         assert_eq!(e.quote.transport.len(), 20);
+    }
+
+    /// RFC 5837 objects after a compliant original datagram field: the incoming interface
+    /// with every part, the outgoing one with its IPv6 address only.
+    fn ifinfo_vector(ext: &[u8]) -> Vec<u8> {
+        let mut v = TE_MPLS_4884[..156].to_vec();
+        v.extend_from_slice(ext);
+        v
+    }
+
+    #[test]
+    fn rfc5837_interface_information() {
+        let v = ifinfo_vector(IFINFO_5837_EXT);
+        // The vector's checksum is valid (checked independently of the parser).
+        assert_eq!(ones_complement_sum(IFINFO_5837_EXT), 0xffff);
+        let e = error(parse_icmpv4(icmp4(&v)));
+        assert_tcp_probe_quote(&e.quote);
+        assert!(e.mpls.is_empty());
+        assert_eq!(
+            e.interfaces,
+            vec![
+                InterfaceInfo {
+                    role: InterfaceRole::Incoming,
+                    if_index: Some(3),
+                    addr: Some(IpAddr::V4(Ipv4Addr::new(203, 0, 113, 1))),
+                    name: Some("eth1".into()),
+                    mtu: Some(1500),
+                },
+                InterfaceInfo {
+                    role: InterfaceRole::Outgoing,
+                    if_index: None,
+                    addr: Some(IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1))),
+                    name: None,
+                    mtu: None,
+                },
+            ]
+        );
+        // The roles of the C-Type's two high bits.
+        for (ctype, role) in [
+            (0x84, InterfaceRole::Outgoing),
+            (0x44, InterfaceRole::SubIpIncoming),
+            (0xc4, InterfaceRole::NextHop),
+        ] {
+            let v = ifinfo_vector(&edited(IFINFO_5837_EXT, &[(35, ctype)]));
+            assert_eq!(error(parse_icmpv4(icmp4(&v))).interfaces[1].role, role);
+        }
+        // Beside an MPLS object, in the same structure: both are read.
+        let mut ext = IFINFO_5837_EXT.to_vec();
+        ext.extend_from_slice(&[0x00, 0x08, 0x01, 0x01, 0x03, 0xe8, 0x51, 0x01]);
+        let v = ifinfo_vector(&ext);
+        let e = error(parse_icmpv4(icmp4(&v)));
+        assert_eq!((e.interfaces.len(), e.mpls.len()), (2, 1));
+        assert_eq!(e.mpls[0].label, 16005);
+    }
+
+    #[test]
+    fn rfc5837_malformed_objects_are_skipped() {
+        // A name length that is not a multiple of 4, or beyond the object: the first object
+        // is dropped, the second still read.
+        for len in [0x07, 0x00, 0x44] {
+            let v = ifinfo_vector(&edited(IFINFO_5837_EXT, &[(20, len)]));
+            let e = error(parse_icmpv4(icmp4(&v)));
+            assert_eq!(e.interfaces.len(), 1, "name length {len:#x}");
+            assert_eq!(e.interfaces[0].role, InterfaceRole::Outgoing);
+        }
+        // An unknown AFI.
+        let v = ifinfo_vector(&edited(IFINFO_5837_EXT, &[(13, 9)]));
+        assert_eq!(error(parse_icmpv4(icmp4(&v))).interfaces.len(), 1);
+        // Bits that announce more than the object holds: MTU and name on the second object.
+        let v = ifinfo_vector(&edited(IFINFO_5837_EXT, &[(35, 0x87)]));
+        assert_eq!(error(parse_icmpv4(icmp4(&v))).interfaces.len(), 1);
+        // A name that is not UTF-8 is kept, replaced.
+        let v = ifinfo_vector(&edited(IFINFO_5837_EXT, &[(21, 0xff)]));
+        let e = error(parse_icmpv4(icmp4(&v)));
+        assert_eq!(e.interfaces[0].name.as_deref(), Some("\u{fffd}th1"));
+        // Cut anywhere: never a panic, and never an object that was not whole.
+        let whole = ifinfo_vector(IFINFO_5837_EXT);
+        for cut in 156..whole.len() {
+            let e = error(parse_icmpv4(icmp4(&whole[..cut])));
+            assert!(e.interfaces.len() <= 1, "cut at {cut}");
+        }
     }
 
     #[test]

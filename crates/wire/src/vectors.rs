@@ -976,3 +976,33 @@ fn write_revtr_fuzz_seeds() {
         std::fs::write(dir.join(format!("{name}.bin")), v).unwrap();
     }
 }
+
+/// An RFC 4884 extension structure with two RFC 5837 Interface Information Objects, to
+/// follow the 128-byte original datagram field of `TE_MPLS_4884` (its first 156 bytes).
+/// (56 bytes)
+#[rustfmt::skip]
+pub(crate) const IFINFO_5837_EXT: &[u8] = &[
+    // extension header (RFC 4884 §7): version 2, reserved 0, checksum 0xbdcc
+    0x20, 0x00, 0xbd, 0xcc,
+    // object (RFC 4884 §8): length 28, class-num 2 (RFC 5837), C-Type 0x0f: role 0
+    // (incoming), ifIndex, IP address, name and MTU present
+    0x00, 0x1c, 0x02, 0x0f,
+    // ifIndex 3
+    0x00, 0x00, 0x00, 0x03,
+    // IP Address Sub-Object (RFC 5837 §4.2): AFI 1 (IPv4), reserved, 203.0.113.1
+    0x00, 0x01, 0x00, 0x00,
+    0xcb, 0x00, 0x71, 0x01,
+    // Interface Name Sub-Object (§4.3): length 8 (with itself), "eth1", NUL padding
+    0x08, b'e', b't', b'h',
+    b'1', 0x00, 0x00, 0x00,
+    // MTU 1500
+    0x00, 0x00, 0x05, 0xdc,
+    // object: length 24, class-num 2, C-Type 0x84: role 2 (outgoing), IP address only
+    0x00, 0x18, 0x02, 0x84,
+    // AFI 2 (IPv6), reserved, 2001:db8::1
+    0x00, 0x02, 0x00, 0x00,
+    0x20, 0x01, 0x0d, 0xb8,
+    0x00, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x01,
+];
