@@ -8,17 +8,19 @@
 #   sudo scripts/install.sh --setcap         # and give the binary CAP_NET_RAW and CAP_NET_ADMIN
 #   scripts/install.sh --prefix ~/.local     # no root needed (run the tool with sudo, or setcap)
 #   scripts/install.sh --destdir /tmp/pkg --prefix /usr --binary target/release/service-traceroute
+#   sudo scripts/install.sh --systemd        # and the units of dist/ (monitor, reverse server)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-prefix=/usr/local destdir="" binary="" setcap=0
+prefix=/usr/local destdir="" binary="" setcap=0 systemd=0
 while (($#)); do
   case $1 in
     --prefix) prefix=${2:?--prefix needs a directory}; shift 2 ;;
     --destdir) destdir=${2:?--destdir needs a directory}; shift 2 ;;
     --binary) binary=${2:?--binary needs a path}; shift 2 ;;
     --setcap) setcap=1; shift ;;
-    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    --systemd) systemd=1; shift ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
     *) echo "install: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -51,7 +53,17 @@ install -m 0644 "$tmp/bash" "$bash_dir/service-traceroute"
 install -m 0644 "$tmp/zsh" "$zsh_dir/_service-traceroute"
 install -m 0644 "$tmp/fish" "$fish_dir/service-traceroute.fish"
 
+if ((systemd)); then
+  # The units run the binary where it was installed, as a dynamic user with only the
+  # capabilities they name (no setcap needed).
+  unit_dir="$root/lib/systemd/system"
+  install -d "$unit_dir"
+  for u in dist/*.service; do
+    sed "s|/usr/local/bin/service-traceroute|$prefix/bin/service-traceroute|" "$u" > "$tmp/unit"
+    install -m 0644 "$tmp/unit" "$unit_dir/$(basename "$u")"
+  done
+fi
 if ((setcap)); then
   setcap cap_net_raw,cap_net_admin+ep "$tool"
 fi
-echo "install: $tool, $(ls "$tmp"/*.1 | wc -l) man pages in $mandir, completions for bash, zsh and fish"
+echo "install: $tool, $(ls "$tmp"/*.1 | wc -l) man pages in $mandir, completions for bash, zsh and fish$( ((systemd)) && echo ", systemd units in $root/lib/systemd/system")"

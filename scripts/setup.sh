@@ -6,12 +6,12 @@
 # bindings with bindgen at build time),
 # traceroute (the demo's comparison), the lab's real applications and test tools
 # (dnsmasq-base: DNS server; curl + openssl: TLS clients and server; ethtool: offloads;
-# tcpdump: captures in the lab's self-tests), man-db, zsh and fish (the install test reads
-# the man pages and completions with them), and a Rust toolchain check.
+# tcpdump: captures in the lab's self-tests), man-db, zsh, fish and systemd (the install test
+# reads the man pages, completions and units with them), and a Rust toolchain check.
 set -euo pipefail
 
 need=(libpcap-dev pkg-config iproute2 nftables conntrack traceroute scamper procps util-linux
-      man-db zsh fish
+      man-db zsh fish systemd
       libcap2-bin libclang-dev dnsmasq-base curl openssl ethtool tcpdump graphviz)
 missing=()
 for p in "${need[@]}"; do

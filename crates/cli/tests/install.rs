@@ -92,7 +92,13 @@ fn install_puts_man_pages_and_completions_where_their_readers_find_them() {
     let root = Prefix(std::env::temp_dir().join(format!("svctr-install-{}", std::process::id())));
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/install.sh");
     let out = Command::new(&script)
-        .args(["--prefix", root.0.to_str().unwrap(), "--binary", TRACER])
+        .args([
+            "--prefix",
+            root.0.to_str().unwrap(),
+            "--binary",
+            TRACER,
+            "--systemd",
+        ])
         .output()
         .expect("install.sh runs");
     let said = ok(out, "install.sh");
@@ -165,6 +171,29 @@ fn install_puts_man_pages_and_completions_where_their_readers_find_them() {
     };
     assert_eq!(ask("service-traceroute tr"), ["trace"]);
     assert_eq!(ask("service-traceroute trace --rec"), ["--receive"]);
+
+    // systemd: each unit of dist/ runs the installed binary, and systemd's own checker
+    // accepts it (directives, the command's path; as an instance, the way it is enabled).
+    let units = root.join("lib/systemd/system");
+    for name in [
+        "service-traceroute-monitor@.service",
+        "service-traceroute-reverse@.service",
+    ] {
+        let text = std::fs::read_to_string(units.join(name)).expect("unit installed");
+        let exec = format!("ExecStart={}/bin/service-traceroute ", root.display());
+        assert!(text.contains(&exec), "{name}: {text}");
+        let instance = name.replace("@.", "@eth0.");
+        let out = tool("systemd-analyze")
+            .current_dir(&units)
+            .args(["verify", "--man=no", &format!("./{instance}")])
+            .output()
+            .expect("systemd-analyze runs");
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && said.trim().is_empty(),
+            "{name}: {said}"
+        );
+    }
 
     // zsh: the function is found on the fpath and registered for the command by compinit
     // (zsh completes only in an interactive line editor, so this is as far as a script goes).
