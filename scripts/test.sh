@@ -8,5 +8,13 @@ source scripts/setup.sh
 if [[ $(id -u) -ne 0 && -z "${CI:-}" ]]; then
   echo "test: not root: the namespace-lab tests will be skipped (run as root to include them)" >&2
 fi
+# RIPE Atlas's own result parser, which the Atlas-format test runs on our output: from PyPI
+# into a virtual environment of its own (target/sagan-venv), once.
+sagan=target/sagan-venv
+if [[ ! -x $sagan/bin/python ]] || ! "$sagan/bin/python" -c 'import ripe.atlas.sagan' 2>/dev/null; then
+  python3 -m venv "$sagan"
+  "$sagan/bin/pip" install --quiet --disable-pip-version-check 'ripe.atlas.sagan>=2,<3'
+fi
+export SVCTR_SAGAN_PYTHON="$PWD/$sagan/bin/python"
 cargo build --quiet --workspace --all-targets
 cargo test --workspace --no-fail-fast -- --test-threads=2

@@ -229,6 +229,9 @@ pub(crate) enum TraceFormat {
     Dot,
     /// the Graphviz graph rendered as SVG by Graphviz's `dot` program
     Svg,
+    /// RIPE Atlas traceroute results, one JSON object per line, as Atlas's own tools read
+    /// them (ripe.atlas.sagan); trace without --multipath only
+    Atlas,
 }
 
 // The options of every `--multipath` (they need it).

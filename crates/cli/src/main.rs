@@ -17,6 +17,7 @@
 //!   another process holds) or to run (capture, output); one line on stderr.
 
 mod args;
+mod atlas;
 mod branches;
 mod compare;
 mod error;

@@ -263,6 +263,11 @@ pub(crate) fn run_reverse(a: ReverseArgs) -> Result<Outcome, CliError> {
     if a.format == TraceFormat::Svg {
         crate::graph::check_dot()?;
     }
+    if a.format == TraceFormat::Atlas {
+        return Err(CliError::input(
+            "--format atlas is for trace: RIPE Atlas has no reverse-traceroute results",
+        ));
+    }
     let protocol = if a.icmp {
         Protocol::Icmp
     } else if a.tcp {
@@ -323,7 +328,7 @@ pub(crate) fn run_reverse(a: ReverseArgs) -> Result<Outcome, CliError> {
         TraceFormat::Json | TraceFormat::Jsonl => run.print(&json),
         TraceFormat::Dot => run.print(&dot(forward_path.as_ref(), &result)),
         TraceFormat::Svg => run.print(&crate::graph::svg(&dot(forward_path.as_ref(), &result))?),
-        TraceFormat::Text => {}
+        TraceFormat::Text | TraceFormat::Atlas => {}
     }
     run.finish()?;
     if run.output_closed() {
@@ -622,7 +627,7 @@ fn run_reverse_multipath(
         TraceFormat::Json | TraceFormat::Jsonl => run.print(&json),
         TraceFormat::Dot => run.print(&picture()),
         TraceFormat::Svg => run.print(&crate::graph::svg(&picture())?),
-        TraceFormat::Text => {}
+        TraceFormat::Text | TraceFormat::Atlas => {}
     }
     run.finish()?;
     if run.output_closed() {

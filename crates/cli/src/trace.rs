@@ -478,6 +478,11 @@ pub(crate) fn run_trace(a: TraceArgs) -> Result<Outcome, CliError> {
         crate::graph::check_dot()?;
     }
     if a.multipath {
+        if a.format == TraceFormat::Atlas {
+            return Err(CliError::input(
+                "--format atlas takes no --multipath: an Atlas traceroute result is one path",
+            ));
+        }
         if packet_len.is_some() {
             return Err(CliError::input(
                 "--multipath takes no packet length: its probes are as small as they can be",
@@ -531,6 +536,9 @@ pub(crate) fn run_trace(a: TraceArgs) -> Result<Outcome, CliError> {
     let summary = traceroute(&opts, &stop, |ev| match (format, ev) {
         (TraceFormat::Text, _) => streamer.traceroute_event(ev, &config, extensions, &mut run),
         (TraceFormat::Jsonl, TracerouteEvent::Finished(r)) => print_line(&mut run, r),
+        (TraceFormat::Atlas, TracerouteEvent::Finished(r)) => {
+            run.print(&crate::atlas::traceroute_line(r));
+        }
         _ => {}
     })
     .map_err(|e| CliError::from(e).naming_ttls("-f", "-m"))?;

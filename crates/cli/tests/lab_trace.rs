@@ -490,3 +490,129 @@ fn hop_names_are_resolved_unless_numeric() {
     let out = tracer(&lab, &["trace", "-n", "-q", "1", "-w", "1", &dst]);
     assert!(!String::from_utf8_lossy(&out.stdout).contains(".lab.test"));
 }
+
+/// `--format atlas`: RIPE Atlas's own parser (ripe.atlas.sagan, installed by scripts/test.sh
+/// from PyPI) reads every result without a malformation, finds it a success that reached its
+/// destination, and sees the hops, addresses and RTTs we wrote; the addresses are those of a
+/// JSON run of the same 5-tuple (same ECMP branch).
+#[test]
+fn atlas_results_are_read_by_ripe_atlas_sagan() {
+    let Some(_g) = lab_test_guard() else { return };
+    let Ok(python) = std::env::var("SVCTR_SAGAN_PYTHON") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs scripts/test.sh, which installs ripe.atlas.sagan and sets SVCTR_SAGAN_PYTHON"
+        );
+        eprintln!("skipped: SVCTR_SAGAN_PYTHON is not set (scripts/test.sh sets it)");
+        return;
+    };
+    // Reads one Atlas result per line; prints what sagan made of each.
+    const SAGAN: &str = r#"
+import json, sys
+from ripe.atlas.sagan import TracerouteResult
+for line in sys.stdin:
+    r = TracerouteResult(json.loads(line), on_malformation=TracerouteResult.ACTION_FAIL)
+    print(json.dumps({
+        "is_success": r.is_success, "reached": r.destination_ip_responded,
+        "af": r.af, "protocol": r.protocol, "dst": r.destination_address,
+        "src": r.source_address, "total_hops": r.total_hops,
+        "paths": r.ip_path, "rtts": [[p.rtt for p in h.packets] for h in r.hops],
+        "created": r.created_timestamp,
+    }))
+"#;
+    let lab = Lab::build(LabConfig::default()).expect("build lab");
+    let v4 = lab.server_addr().to_string();
+    let v6 = lab.server_addr6().to_string();
+    let cases: [(&str, Vec<&str>, &str); 3] = [
+        ("UDP", vec!["-U", "--sport", "40123"], &v4),
+        ("TCP", vec!["-T", "-p", "8080", "--sport", "40200"], &v4),
+        ("UDP", vec!["-U", "--sport", "40321"], &v6),
+    ];
+    for (proto, flags, dst) in cases {
+        let mut args = vec!["trace", "-n", "-q", "2"];
+        args.extend(&flags);
+        let ours = {
+            let mut a = args.clone();
+            a.extend(["--format", "jsonl", dst]);
+            trace_json_raw(&lab, &a)
+        };
+        let mut a = args.clone();
+        a.extend(["--format", "atlas", dst]);
+        let out = tracer(&lab, &a);
+        assert!(
+            out.status.success(),
+            "{a:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let atlas_text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let atlas: serde_json::Value =
+            serde_json::from_str(atlas_text.trim()).expect("one Atlas result");
+        let mut py = std::process::Command::new(&python);
+        py.args(["-c", SAGAN]);
+        let read = output_with_timeout(&mut py, Some(&atlas_text), Duration::from_secs(60))
+            .expect("python runs");
+        assert!(
+            read.status.success(),
+            "sagan: {}",
+            String::from_utf8_lossy(&read.stderr)
+        );
+        let sagan: serde_json::Value =
+            serde_json::from_slice(&read.stdout).expect("sagan's summary");
+        let case = format!("{proto} {dst}");
+        assert_eq!(sagan["is_success"], true, "{case}: {sagan}");
+        assert_eq!(sagan["reached"], true, "{case}: {sagan}");
+        assert_eq!(sagan["protocol"], proto, "{case}");
+        assert_eq!(sagan["dst"], dst, "{case}");
+        assert_eq!(sagan["af"], if dst.contains(':') { 6 } else { 4 }, "{case}");
+        assert_eq!(sagan["created"], atlas["timestamp"], "{case}");
+        // The hops: sagan's, the Atlas line's, and a JSON run's of the same 5-tuple.
+        let hops = atlas["result"].as_array().unwrap();
+        assert_eq!(sagan["total_hops"], hops.len(), "{case}");
+        assert_eq!(hops.len(), ours.hops.len(), "{case}: {sagan}");
+        for (i, (h, o)) in hops.iter().zip(&ours.hops).enumerate() {
+            let written: Vec<serde_json::Value> = h["result"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p.get("from").cloned().unwrap_or(serde_json::Value::Null))
+                .collect();
+            assert_eq!(
+                sagan["paths"][i],
+                serde_json::Value::from(written.clone()),
+                "{case}"
+            );
+            let rtts: Vec<serde_json::Value> = h["result"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p.get("rtt").cloned().unwrap_or(serde_json::Value::Null))
+                .collect();
+            assert_eq!(sagan["rtts"][i], serde_json::Value::from(rtts), "{case}");
+            let mut theirs: Vec<String> = written
+                .iter()
+                .filter_map(|a| a.as_str().map(str::to_string))
+                .collect();
+            let mut mine: Vec<String> = o
+                .probes
+                .iter()
+                .filter_map(|p| p.addr.map(|a| a.to_string()))
+                .collect();
+            theirs.sort();
+            theirs.dedup();
+            mine.sort();
+            mine.dedup();
+            assert_eq!(theirs, mine, "{case}: TTL {}", o.ttl);
+        }
+    }
+}
+
+/// One JSON result of `args` (validated against the schema).
+fn trace_json_raw(lab: &Lab, args: &[&str]) -> TracerouteResult {
+    let out = tracer(lab, args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    record(String::from_utf8_lossy(&out.stdout).trim())
+}
