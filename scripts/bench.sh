@@ -72,9 +72,10 @@ done
 
 source scripts/setup.sh
 # Peers and measurement tools, only what is missing: scamper, tcpdump, dublin-traceroute and
-# mtr-tiny (peers), time (GNU time: max RSS).
+# mtr-tiny (peers), time (GNU time: max RSS), hyperfine (BENCHMARKS.md's one-destination
+# start-up figures).
 missing=()
-for p in scamper time tcpdump dublin-traceroute mtr-tiny; do
+for p in scamper time tcpdump dublin-traceroute mtr-tiny hyperfine; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if ((${#missing[@]})); then

@@ -70,17 +70,19 @@ fn static_archive() -> Result<PathBuf, String> {
 /// because the linker rescans an archive for its own members' references but never goes
 /// back to an earlier one.
 fn build_archive(system: &Path, out: &Path) -> Result<PathBuf, String> {
-    let objects = cc::Build::new()
+    let mut build = cc::Build::new();
+    build
         .file("build/dbus_stub.c")
         .warnings(true)
-        .cargo_metadata(false)
+        .cargo_metadata(false);
+    let objects = build
         .try_compile_intermediates()
         .map_err(|e| format!("compiling the D-Bus stand-ins: {e}"))?;
     let dir = out.join("static-pcap");
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let archive = dir.join("libpcap.a");
     std::fs::copy(system, &archive).map_err(|e| format!("{}: {e}", system.display()))?;
-    let mut ar = cc::Build::new().get_archiver();
+    let mut ar = build.get_archiver();
     let status = ar
         .arg("qs")
         .arg(&archive)

@@ -52,7 +52,7 @@ pub(crate) fn run_generate(a: GenerateArgs) -> Result<Outcome, CliError> {
         What::Completions { shell } => {
             let mut cmd = cmd;
             let mut script = Vec::new();
-            clap_complete::generate(shell, &mut cmd, BIN, &mut script);
+            clap_complete::generate(shell, &mut cmd, crate::BIN, &mut script);
             let mut script = String::from_utf8_lossy(&script).into_owned();
             if shell == clap_complete::Shell::Bash {
                 script = fix_bash(&script);
@@ -66,15 +66,16 @@ pub(crate) fn run_generate(a: GenerateArgs) -> Result<Outcome, CliError> {
     }
 }
 
-const BIN: &str = "service-traceroute";
-
 /// clap_complete (4.6) names a subcommand's case in the bash script after its bin name with
 /// every `-` turned into `__subcmd__`, the separator of subcommands, but the dispatch loop
 /// after the bin name with `-` turned into `__`: for a bin name with a hyphen, such as ours,
 /// no subcommand's options were ever completed (`service-traceroute trace --rec<TAB>`). The
 /// cases are renamed to what the loop computes; the install test completes through bash.
 fn fix_bash(script: &str) -> String {
-    script.replace("service__subcmd__traceroute", "service__traceroute")
+    script.replace(
+        &crate::BIN.replace('-', "__subcmd__"),
+        &crate::BIN.replace('-', "__"),
+    )
 }
 
 #[cfg(test)]
@@ -86,7 +87,7 @@ mod tests {
         clap_complete::generate(
             clap_complete::Shell::Bash,
             &mut cmd,
-            super::BIN,
+            crate::BIN,
             &mut script,
         );
         let fixed = super::fix_bash(&String::from_utf8(script).unwrap());

@@ -16,6 +16,9 @@
 //! * **2**: bad input, a failure to start (privileges, unknown interface, a port or marker
 //!   another process holds) or to run (capture, output); one line on stderr.
 
+/// The program's name, as the records, man pages and completions give it.
+pub(crate) const BIN: &str = env!("CARGO_BIN_NAME");
+
 mod args;
 mod atlas;
 mod branches;

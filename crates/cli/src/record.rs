@@ -78,7 +78,7 @@ pub(crate) fn stamp<T: Record>(record: &T) -> Stamped<'_, T> {
         schema_version: SCHEMA_VERSION,
         record_type: T::TYPE,
         record_id: uuid::Uuid::now_v7().to_string(),
-        tool: "service-traceroute",
+        tool: crate::BIN,
         tool_version: env!("CARGO_PKG_VERSION"),
         vantage: VANTAGE.get().map_or("", String::as_str),
         record,

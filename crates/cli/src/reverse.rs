@@ -317,7 +317,7 @@ pub(crate) fn run_reverse(a: ReverseArgs) -> Result<Outcome, CliError> {
         _ => {}
     })
     .map_err(|e| CliError::from(e).naming_ttls("-f", "-m"))?;
-    let json = match &forward_path {
+    let json = || match &forward_path {
         Some(f) => crate::record::line(&TwoWayResult {
             forward: f.clone(),
             reverse: result.clone(),
@@ -325,7 +325,7 @@ pub(crate) fn run_reverse(a: ReverseArgs) -> Result<Outcome, CliError> {
         None => crate::record::line(&result),
     };
     match format {
-        TraceFormat::Json | TraceFormat::Jsonl => run.print(&json),
+        TraceFormat::Json | TraceFormat::Jsonl => run.print(&json()),
         TraceFormat::Dot => run.print(&dot(forward_path.as_ref(), &result)),
         TraceFormat::Svg => run.print(&crate::graph::svg(&dot(forward_path.as_ref(), &result))?),
         TraceFormat::Text | TraceFormat::Atlas => {}
@@ -588,7 +588,7 @@ fn run_reverse_multipath(
         }
     })
     .map_err(|e| CliError::from(e).naming_ttls("-f", "-m"))?;
-    let json = match &forward {
+    let json = || match &forward {
         Some(f) => crate::record::line(&TwoWayMultipath {
             forward: f.clone(),
             reverse: result.clone(),
@@ -624,7 +624,7 @@ fn run_reverse_multipath(
         svctr_core::render_dot(&parts)
     };
     match format {
-        TraceFormat::Json | TraceFormat::Jsonl => run.print(&json),
+        TraceFormat::Json | TraceFormat::Jsonl => run.print(&json()),
         TraceFormat::Dot => run.print(&picture()),
         TraceFormat::Svg => run.print(&crate::graph::svg(&picture())?),
         TraceFormat::Text | TraceFormat::Atlas => {}

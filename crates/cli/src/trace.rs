@@ -414,11 +414,6 @@ fn titled(ip: IpAddr, names: &HashMap<IpAddr, String>) -> String {
     }
 }
 
-/// One JSON line.
-fn print_line<T: crate::record::Record>(run: &mut Run, r: &T) {
-    run.print(&crate::record::line(r));
-}
-
 /// The end of a run: what is printed at the end (JSON, or the picture), the capture's drops,
 /// the outcome.
 fn end_run<T: crate::record::Record>(
@@ -535,7 +530,7 @@ pub(crate) fn run_trace(a: TraceArgs) -> Result<Outcome, CliError> {
     let (format, extensions) = (a.format, a.extensions);
     let summary = traceroute(&opts, &stop, |ev| match (format, ev) {
         (TraceFormat::Text, _) => streamer.traceroute_event(ev, &config, extensions, &mut run),
-        (TraceFormat::Jsonl, TracerouteEvent::Finished(r)) => print_line(&mut run, r),
+        (TraceFormat::Jsonl, TracerouteEvent::Finished(r)) => run.print(&crate::record::line(r)),
         (TraceFormat::Atlas, TracerouteEvent::Finished(r)) => {
             run.print(&crate::atlas::traceroute_line(r));
         }
@@ -583,7 +578,7 @@ fn run_multipath(
     let format = a.format;
     let summary = multipath(&opts, &stop, |ev| match (format, ev) {
         (TraceFormat::Text, _) => streamer.multipath_event(ev, &config, &mut run),
-        (TraceFormat::Jsonl, MdaEvent::Finished(r)) => print_line(&mut run, r),
+        (TraceFormat::Jsonl, MdaEvent::Finished(r)) => run.print(&crate::record::line(r)),
         _ => {}
     })
     .map_err(|e| CliError::from(e).naming_ttls("-f", "-m"))?;

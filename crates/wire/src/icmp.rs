@@ -442,8 +442,9 @@ fn split_extensions(payload: &[u8], length: usize, min_quote: usize) -> (&[u8], 
 }
 
 /// Parses an RFC 4884 §7 extension structure and returns the MPLS label stack entries (RFC
-/// 4950) and the interface information (RFC 5837) of its objects. Returns `None` when the bytes are not an extension structure (wrong
-/// version, too short, or, when `strict`, a bad checksum / reserved bits / no valid object).
+/// 4950) and the interface information (RFC 5837) of its objects. Returns `None` when the
+/// bytes are not an extension structure (wrong version, too short, or, when `strict`, a bad
+/// checksum / reserved bits / no valid object).
 ///
 /// Objects (RFC 4884 §8) are walked while their length is at least 4 (the object header) and
 /// fits in what was captured; the first malformed object ends the walk silently.
@@ -514,7 +515,7 @@ fn parse_interface(ctype: u8, body: &[u8]) -> Option<InterfaceInfo> {
     };
     let mut rest = body;
     let mut take = |n: usize| -> Option<&[u8]> {
-        let (head, tail) = (rest.get(..n)?, rest.get(n..)?);
+        let (head, tail) = rest.split_at_checked(n)?;
         rest = tail;
         Some(head)
     };
