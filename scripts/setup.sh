@@ -6,14 +6,15 @@
 # bindings with bindgen at build time),
 # traceroute (the demo's comparison), the lab's real applications and test tools
 # (dnsmasq-base: DNS server; curl + openssl: TLS clients and server; ethtool: offloads;
-# tcpdump: captures in the lab's self-tests), man-db, zsh, fish and systemd (the install test
+# tcpdump: captures in the lab's self-tests; tshark: reads the --pcap files in a lab test; prometheus: the server that scrapes
+# `monitor --metrics-listen` in a lab test), man-db, zsh, fish and systemd (the install test
 # reads the man pages, completions and units with them), python3-venv (RIPE Atlas's parser
 # for the Atlas-format test, from PyPI), and a Rust toolchain check.
 set -euo pipefail
 
 need=(libpcap-dev pkg-config iproute2 nftables conntrack traceroute scamper procps util-linux
       man-db zsh fish systemd python3-venv
-      libcap2-bin libclang-dev dnsmasq-base curl openssl ethtool tcpdump graphviz)
+      libcap2-bin libclang-dev dnsmasq-base curl openssl ethtool tcpdump tshark graphviz prometheus)
 missing=()
 for p in "${need[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -16,5 +16,13 @@ if [[ ! -x $sagan/bin/python ]] || ! "$sagan/bin/python" -c 'import ripe.atlas.s
   "$sagan/bin/pip" install --quiet --disable-pip-version-check 'ripe.atlas.sagan>=2,<3'
 fi
 export SVCTR_SAGAN_PYTHON="$PWD/$sagan/bin/python"
+# ClickHouse as a Python module (chdb: the ClickHouse engine in-process, no server), which
+# the replies test loads our rows into to run schema/clickhouse's table and queries.
+chdb=target/chdb-venv
+if [[ ! -x $chdb/bin/python ]] || ! "$chdb/bin/python" -c 'import chdb' 2>/dev/null; then
+  python3 -m venv "$chdb"
+  "$chdb/bin/pip" install --quiet --disable-pip-version-check 'chdb>=3,<5'
+fi
+export SVCTR_CHDB_PYTHON="$PWD/$chdb/bin/python"
 cargo build --quiet --workspace --all-targets
 cargo test --workspace --no-fail-fast -- --test-threads=2

@@ -214,6 +214,12 @@ pub(crate) enum Format {
     Json,
     /// one JSON object per line, printed as each trace finishes
     Jsonl,
+    /// RIPE Atlas traceroute results, one JSON object per line, as Atlas's own tools read
+    /// them (ripe.atlas.sagan); not with --multipath or --reverse
+    Atlas,
+    /// one flat JSON object per probe, answered or not, for analytics stores (ClickHouse:
+    /// schema/clickhouse/replies.sql); not with --multipath or --reverse
+    Replies,
 }
 
 /// Output of `trace`: the formats of the other commands, and graphs.
@@ -232,6 +238,12 @@ pub(crate) enum TraceFormat {
     /// RIPE Atlas traceroute results, one JSON object per line, as Atlas's own tools read
     /// them (ripe.atlas.sagan); trace without --multipath only
     Atlas,
+    /// one flat JSON object per probe, answered or not, for analytics stores (ClickHouse:
+    /// schema/clickhouse/replies.sql); without --multipath only
+    Replies,
+    /// scamper's binary warts format (warts(5)), as sc_warts2json and sc_wartsdump read it;
+    /// without --multipath only
+    Warts,
 }
 
 // The options of every `--multipath` (they need it).

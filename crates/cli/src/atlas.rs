@@ -6,54 +6,102 @@
 //! versions below 4460); `timestamp` and `endtime` are integer Unix seconds; a probe nobody
 //! answered is `{"x": "*"}`.
 
+use std::net::IpAddr;
+
 use serde_json::{json, Map, Value};
-use svctr_core::{Hop, ProbeReply, Protocol, Strategy, TracerouteResult};
+use svctr_core::{Hop, ProbeReply, Protocol, Strategy, TraceResult, TracerouteResult};
 
 /// The firmware version the records claim: the modern result layout (>= 4460; 5020 is the
 /// version that introduced the current traceroute fields).
 const FIRMWARE: u32 = 5020;
 
-/// One Atlas traceroute result as one JSON line.
-pub(crate) fn traceroute_line(r: &TracerouteResult) -> String {
-    let proto = match r.protocol {
-        Protocol::Icmp => "ICMP",
-        Protocol::Udp => "UDP",
-        Protocol::Tcp => "TCP",
-    };
-    let v = json!({
-        "fw": FIRMWARE,
-        "lts": -1,
-        "af": r.ip_version,
-        "dst_addr": r.destination.to_string(),
-        "dst_name": r.destination.to_string(),
-        "src_addr": r.source.to_string(),
-        "from": r.source.to_string(),
-        "proto": proto,
-        // Atlas's Paris traceroute varies its flow identifier per measurement (1-16); ours
-        // keeps one flow per target: 1 for Paris and Dublin, 0 (no Paris) for classic.
-        "paris_id": u8::from(r.strategy != Strategy::Classic),
-        "msm_id": 0,
-        "prb_id": 0,
-        "msm_name": "Traceroute",
-        "type": "traceroute",
-        "timestamp": unix_seconds(&r.start),
-        "endtime": unix_seconds(&r.end),
-        "result": r.hops.iter().map(|h| hop(h, r)).collect::<Vec<_>>(),
-    });
-    serde_json::to_string(&v).map_or_else(|_| String::new(), |t| t + "\n")
+/// What an Atlas result is made of, from a traceroute or a live flow's trace.
+struct Trace<'a> {
+    af: u8,
+    destination: IpAddr,
+    source: IpAddr,
+    protocol: Protocol,
+    paris_id: u8,
+    start: &'a str,
+    end: &'a str,
+    hops: &'a [Hop],
 }
 
-fn hop(h: &Hop, r: &TracerouteResult) -> Value {
-    json!({
-        "hop": h.ttl,
-        "result": h.probes.iter().map(|p| packet(p, r)).collect::<Vec<_>>(),
-    })
+/// One Atlas traceroute result as one JSON line.
+pub(crate) fn traceroute_line(r: &TracerouteResult) -> String {
+    Trace {
+        af: r.ip_version,
+        destination: r.destination,
+        source: r.source,
+        protocol: r.protocol,
+        // Atlas's Paris traceroute varies its flow identifier per measurement (1-16); ours
+        // keeps one flow per target: 1 for Paris and Dublin, 0 (no Paris) for classic.
+        paris_id: u8::from(r.strategy != Strategy::Classic),
+        start: &r.start,
+        end: &r.end,
+        hops: &r.hops,
+    }
+    .line()
+}
+
+/// A live flow's trace as one Atlas traceroute result: the probes are the flow's own
+/// packets, so the flow identifier is constant (Paris), and the destination is the flow's
+/// remote end. A flow trace stops one hop short of the remote when it knows the remote's
+/// distance, so Atlas's `destination_ip_responded` is then false: the remote was not probed.
+pub(crate) fn flow_line(r: &TraceResult) -> String {
+    Trace {
+        af: if r.flow.remote.ip.is_ipv4() { 4 } else { 6 },
+        destination: r.flow.remote.ip,
+        source: r.flow.local.ip,
+        protocol: r.flow.protocol,
+        paris_id: 1,
+        start: &r.start,
+        end: &r.end,
+        hops: &r.hops,
+    }
+    .line()
+}
+
+impl Trace<'_> {
+    fn line(&self) -> String {
+        let proto = match self.protocol {
+            Protocol::Icmp => "ICMP",
+            Protocol::Udp => "UDP",
+            Protocol::Tcp => "TCP",
+        };
+        let v = json!({
+            "fw": FIRMWARE,
+            "lts": -1,
+            "af": self.af,
+            "dst_addr": self.destination.to_string(),
+            "dst_name": self.destination.to_string(),
+            "src_addr": self.source.to_string(),
+            "from": self.source.to_string(),
+            "proto": proto,
+            "paris_id": self.paris_id,
+            "msm_id": 0,
+            "prb_id": 0,
+            "msm_name": "Traceroute",
+            "type": "traceroute",
+            "timestamp": unix_seconds(self.start),
+            "endtime": unix_seconds(self.end),
+            "result": self.hops.iter().map(|h| self.hop(h)).collect::<Vec<_>>(),
+        });
+        serde_json::to_string(&v).map_or_else(|_| String::new(), |t| t + "\n")
+    }
+
+    fn hop(&self, h: &Hop) -> Value {
+        json!({
+            "hop": h.ttl,
+            "result": h.probes.iter().map(|p| packet(p, self.af, self.destination)).collect::<Vec<_>>(),
+        })
+    }
 }
 
 /// One probe's answer, as Atlas writes it: `from`, `rtt` (ms), `ttl` (of the reply), `err`
 /// for an unreachable from a router (N, H, A, P, p: Atlas's letters for the ICMP codes), TCP
 /// `flags` of the destination's answer, MPLS labels as Atlas's `icmpext`.
-fn packet(p: &ProbeReply, r: &TracerouteResult) -> Value {
+fn packet(p: &ProbeReply, af: u8, destination: IpAddr) -> Value {
     let (Some(addr), Some(rtt)) = (p.addr, p.rtt_ms) else {
         return json!({"x": "*"});
     };
@@ -65,8 +113,8 @@ fn packet(p: &ProbeReply, r: &TracerouteResult) -> Value {
     }
     // The destination's own Port Unreachable (UDP) or Echo Reply is the answer the trace
     // wants, not an error; Atlas marks only the others.
-    if addr != r.destination {
-        if let Some(e) = unreachable_letter(r.ip_version, p.icmp_type, p.icmp_code) {
+    if addr != destination {
+        if let Some(e) = unreachable_letter(af, p.icmp_type, p.icmp_code) {
             o.insert("err".into(), json!(e));
         }
     }

@@ -248,6 +248,8 @@ impl Printer {
                 }
                 Format::Jsonl => run.print(&crate::record::line(&marked)),
                 Format::Json => self.collected.push(marked),
+                // Refused before the run (see flow::run_monitor).
+                Format::Atlas | Format::Replies => {}
             }
         }
     }

@@ -159,6 +159,7 @@ pub(crate) fn run_compare(a: CompareArgs) -> Result<Outcome, CliError> {
             resolve_names: false,
             source: Some(flow.flow.local.ip),
             receive: svctr_io::Receive::Auto,
+            pcap: None,
         };
         fresh.extend(traceroute(&topts, &stop, |_| {})?.results);
     }

@@ -20,6 +20,13 @@ pub(crate) enum CliError {
     /// stdout failed for another reason than a closed pipe (a full disk, `/dev/full`).
     #[error("writing output: {0}")]
     Output(io::Error),
+    /// The metrics endpoint cannot listen (`--metrics-listen`: address in use, not this
+    /// host's, a port below 1024 without the privilege).
+    #[error("--metrics-listen {addr}: cannot listen: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: io::Error,
+    },
 }
 
 impl CliError {

@@ -1,6 +1,6 @@
 //! `flow` and `monitor`: trace live flows picked by 5-tuple or by service.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ use crate::args::{
 };
 use crate::branches::MarkerConfig;
 use crate::error::CliError;
+use crate::metrics::Metrics;
 use crate::output::Run;
 use crate::reverse_flow::BackConfig;
 use crate::Outcome;
@@ -138,6 +139,14 @@ pub(crate) struct TraceOpts {
     /// traced, probes, the most traces at once).
     #[arg(long)]
     stats: bool,
+    /// Keep every probe as it left and every reply matched to one in this pcap file, with
+    /// their kernel timestamps (tshark, Wireshark and tcpdump -r read it).
+    #[arg(long, value_name = "FILE")]
+    pcap: Option<PathBuf>,
+    /// The AS number of each hop from this offline IP-to-AS table: an ip2asn TSV file of
+    /// iptoasn.com, uncompressed.
+    #[arg(long, value_name = "FILE")]
+    asn: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -190,6 +199,12 @@ pub(crate) struct MonitorArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "jsonl")]
     format: Format,
+    /// Serve Prometheus metrics at http://ADDR/metrics while the monitor runs (e.g.
+    /// 127.0.0.1:9464, [::1]:9464): flows recognised and watched, traces by service and stop
+    /// reason, probes, replies, trace durations, path changes, capture drops, traces in
+    /// progress.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 /// The signature set the selection asks for: none (select by 5-tuple alone), or the named
@@ -256,6 +271,9 @@ fn monitor_options(
 ) -> Result<MonitorOptions, CliError> {
     let trace = t.trace_config();
     let services = services(s)?;
+    if let Some(path) = &t.asn {
+        crate::asn::load(path)?;
+    }
     let protocol = match (s.tcp, s.udp) {
         (true, false) => Some(Protocol::Tcp),
         (false, true) => Some(Protocol::Udp),
@@ -293,6 +311,8 @@ fn monitor_options(
         udp_shield: !t.no_udp_shield,
         rate: t.rate,
         capture_buffer: t.capture_buffer.map(|m| usize::from(m) << 20),
+        live: None,
+        pcap: t.pcap.clone(),
     })
 }
 
@@ -315,7 +335,7 @@ impl MonitorArgs {
 pub(crate) fn run_flow(a: FlowArgs) -> Result<Outcome, CliError> {
     let opts = monitor_options(&a.select, &a.trace, a.count)?;
     let back = a.reverse.then(|| back_config(&opts, &a.trace));
-    run_monitor(&opts, a.format, a.trace.stats, None, back)
+    run_monitor(&opts, a.format, a.trace.stats, None, back, None)
 }
 
 /// `--reverse`: the way back of each flow, with the trace's probes per TTL and wait.
@@ -340,13 +360,20 @@ pub(crate) fn run_monitor_cmd(a: MonitorArgs) -> Result<Outcome, CliError> {
         timeout: opts.config.trace.timeout,
     });
     let back = a.reverse.then(|| back_config(&opts, &a.trace));
-    run_monitor(&opts, a.format, a.trace.stats, marker, back)
+    // Bound now, before the privileges are dropped and anything runs.
+    let metrics = match a.metrics_listen {
+        Some(addr) => Some(crate::metrics::start(addr, &mut opts)?),
+        None => None,
+    };
+    run_monitor(&opts, a.format, a.trace.stats, marker, back, metrics)
 }
 
 fn render(format: Format, r: &TraceResult) -> Option<String> {
     match format {
         Format::Text => Some(format!("{}\n", svctr_core::render_text(r))),
         Format::Jsonl => Some(crate::record::line(r)),
+        Format::Atlas => Some(crate::atlas::flow_line(r)),
+        Format::Replies => Some(crate::replies::flow_lines(r)),
         Format::Json => None,
     }
 }
@@ -358,17 +385,40 @@ fn run_monitor(
     show_stats: bool,
     marker: Option<MarkerConfig>,
     back: Option<BackConfig>,
+    mut metrics: Option<Metrics>,
 ) -> Result<Outcome, CliError> {
+    if matches!(format, Format::Atlas | Format::Replies) && (marker.is_some() || back.is_some()) {
+        let (f, with) = match (format, marker.is_some()) {
+            (Format::Atlas, _) => ("atlas", "an Atlas traceroute result is one path, one way"),
+            (_, true) => (
+                "replies",
+                "a multipath marking's probes are not kept one by one",
+            ),
+            _ => ("replies", "a row is one probe of the way out"),
+        };
+        let opt = if marker.is_some() {
+            "--multipath"
+        } else {
+            "--reverse"
+        };
+        return Err(CliError::input(format!(
+            "--format {f} takes no {opt}: {with}"
+        )));
+    }
     if let Some(m) = marker {
-        return run_monitor_marked(opts, format, show_stats, m);
+        return run_monitor_marked(opts, format, show_stats, m, metrics);
     }
     if let Some(b) = back {
-        return run_monitor_reverse(opts, format, show_stats, b);
+        return run_monitor_reverse(opts, format, show_stats, b, metrics);
     }
     let mut run = Run::start()?;
     let stop = std::sync::Arc::clone(&run.stop);
     let mut collected = Vec::new();
-    let result = monitor(opts, &stop, |r| {
+    let result = monitor(opts, &stop, |mut r| {
+        crate::asn::annotate(&mut r.hops);
+        if let Some(m) = &mut metrics {
+            m.observe(&r);
+        }
         if let Some(text) = render(format, &r) {
             run.print(&text);
         }
@@ -385,8 +435,9 @@ fn run_monitor_marked(
     format: Format,
     show_stats: bool,
     marker: MarkerConfig,
+    metrics: Option<Metrics>,
 ) -> Result<Outcome, CliError> {
-    run_with_printer(opts, format, show_stats, |run| {
+    run_with_printer(opts, format, show_stats, metrics, |run| {
         crate::branches::spawn_printer(run, format, marker)
     })
 }
@@ -397,8 +448,9 @@ fn run_monitor_reverse(
     format: Format,
     show_stats: bool,
     back: BackConfig,
+    metrics: Option<Metrics>,
 ) -> Result<Outcome, CliError> {
-    run_with_printer(opts, format, show_stats, |run| {
+    run_with_printer(opts, format, show_stats, metrics, |run| {
         crate::reverse_flow::spawn_printer(run, format, back)
     })
 }
@@ -409,6 +461,7 @@ fn run_with_printer<T: crate::record::Record>(
     opts: &MonitorOptions,
     format: Format,
     show_stats: bool,
+    mut metrics: Option<Metrics>,
     spawn: impl FnOnce(
         Run,
     ) -> (
@@ -419,7 +472,11 @@ fn run_with_printer<T: crate::record::Record>(
     let run = Run::start()?;
     let stop = std::sync::Arc::clone(&run.stop);
     let (tx, printer) = spawn(run);
-    let result = monitor(opts, &stop, |r| {
+    let result = monitor(opts, &stop, |mut r| {
+        crate::asn::annotate(&mut r.hops);
+        if let Some(m) = &mut metrics {
+            m.observe(&r);
+        }
         let _ = tx.send(r);
     });
     drop(tx);

@@ -20,6 +20,7 @@
 pub(crate) const BIN: &str = env!("CARGO_BIN_NAME");
 
 mod args;
+mod asn;
 mod atlas;
 mod branches;
 mod compare;
@@ -27,12 +28,15 @@ mod error;
 mod flow;
 mod generate;
 mod graph;
+mod metrics;
 mod output;
 mod record;
+mod replies;
 mod reverse;
 mod reverse_flow;
 mod services;
 mod trace;
+mod warts;
 
 use std::process::ExitCode;
 

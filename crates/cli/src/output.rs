@@ -84,12 +84,17 @@ impl Run {
     /// Writes `text` to stdout and flushes; a closed output stops the run, another failure
     /// too (reported by [`finish`](Self::finish)). Nothing is written once either happened.
     pub(crate) fn print(&mut self, text: &str) {
+        self.write(text.as_bytes());
+    }
+
+    /// [`print`](Self::print) for bytes (a binary format).
+    pub(crate) fn write(&mut self, bytes: &[u8]) {
         if self.output_closed() || self.error.is_some() {
             return;
         }
         self.start_watcher();
         let mut out = io::stdout().lock();
-        if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        if let Err(e) = out.write_all(bytes).and_then(|()| out.flush()) {
             if e.kind() == io::ErrorKind::BrokenPipe {
                 self.closed.store(true, Ordering::Relaxed);
             } else {

@@ -207,6 +207,7 @@ fn forward(
         resolve_names: !a.numeric,
         source: a.source,
         receive: a.receive.into(),
+        pcap: None,
     };
     let text = a.format == TraceFormat::Text;
     let summary = traceroute(&opts, stop, |ev| match ev {
@@ -263,10 +264,23 @@ pub(crate) fn run_reverse(a: ReverseArgs) -> Result<Outcome, CliError> {
     if a.format == TraceFormat::Svg {
         crate::graph::check_dot()?;
     }
-    if a.format == TraceFormat::Atlas {
-        return Err(CliError::input(
-            "--format atlas is for trace: RIPE Atlas has no reverse-traceroute results",
-        ));
+    match a.format {
+        TraceFormat::Atlas => {
+            return Err(CliError::input(
+                "--format atlas is for trace: RIPE Atlas has no reverse-traceroute results",
+            ))
+        }
+        TraceFormat::Replies | TraceFormat::Warts => {
+            return Err(CliError::input(format!(
+                "--format {} is for trace, flow and monitor, not reverse",
+                if a.format == TraceFormat::Warts {
+                    "warts"
+                } else {
+                    "replies"
+                }
+            )))
+        }
+        _ => {}
     }
     let protocol = if a.icmp {
         Protocol::Icmp
@@ -328,7 +342,7 @@ pub(crate) fn run_reverse(a: ReverseArgs) -> Result<Outcome, CliError> {
         TraceFormat::Json | TraceFormat::Jsonl => run.print(&json()),
         TraceFormat::Dot => run.print(&dot(forward_path.as_ref(), &result)),
         TraceFormat::Svg => run.print(&crate::graph::svg(&dot(forward_path.as_ref(), &result))?),
-        TraceFormat::Text | TraceFormat::Atlas => {}
+        TraceFormat::Text | TraceFormat::Atlas | TraceFormat::Replies | TraceFormat::Warts => {}
     }
     run.finish()?;
     if run.output_closed() {
@@ -627,7 +641,7 @@ fn run_reverse_multipath(
         TraceFormat::Json | TraceFormat::Jsonl => run.print(&json()),
         TraceFormat::Dot => run.print(&picture()),
         TraceFormat::Svg => run.print(&crate::graph::svg(&picture())?),
-        TraceFormat::Text | TraceFormat::Atlas => {}
+        TraceFormat::Text | TraceFormat::Atlas | TraceFormat::Replies | TraceFormat::Warts => {}
     }
     run.finish()?;
     if run.output_closed() {

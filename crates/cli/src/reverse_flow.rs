@@ -84,6 +84,8 @@ pub(crate) fn spawn_printer(
                 Format::Text => run.print(&render_text(&item)),
                 Format::Jsonl => run.print(&crate::record::line(&item)),
                 Format::Json => collected.push(item),
+                // Refused before the run (see flow::run_monitor).
+                Format::Atlas | Format::Replies => {}
             }
         }
         (run, collected)

@@ -129,6 +129,15 @@ pub(crate) struct TraceArgs {
     /// kernel; for many targets).
     #[arg(long, value_enum, default_value = "auto")]
     receive: ReceiveArg,
+    /// Keep every probe as it left and every reply matched to one in this pcap file, with
+    /// their kernel timestamps (tshark, Wireshark and tcpdump -r read it; receives with a
+    /// capture).
+    #[arg(long, value_name = "FILE", conflicts_with = "multipath")]
+    pcap: Option<std::path::PathBuf>,
+    /// The AS number of each hop from this offline IP-to-AS table: an ip2asn TSV file of
+    /// iptoasn.com, uncompressed (shown as traceroute -A shows them, `[AS64512]`).
+    #[arg(long, value_name = "FILE", conflicts_with = "multipath")]
+    asn: Option<std::path::PathBuf>,
     /// Targets traced at once.
     #[arg(long, default_value_t = TracerouteConfig::default().parallel as u32,
           value_parser = clap::value_parser!(u32).range(1..))]
@@ -439,9 +448,12 @@ fn end_run<T: crate::record::Record>(
 pub(crate) fn run_trace(a: TraceArgs) -> Result<Outcome, CliError> {
     if a.as_lookups {
         return Err(CliError::input(
-            "-A (AS path lookups) is not supported: it queries a routing registry over the \
-             Internet",
+            "-A (AS path lookups) queries a routing registry over the Internet: use --asn FILE \
+             with an offline table (iptoasn.com's ip2asn TSV)",
         ));
+    }
+    if let Some(path) = &a.asn {
+        crate::asn::load(path)?;
     }
     let protocol = protocol(&a)?;
     let mut names = a.targets.clone();
@@ -473,10 +485,19 @@ pub(crate) fn run_trace(a: TraceArgs) -> Result<Outcome, CliError> {
         crate::graph::check_dot()?;
     }
     if a.multipath {
-        if a.format == TraceFormat::Atlas {
-            return Err(CliError::input(
-                "--format atlas takes no --multipath: an Atlas traceroute result is one path",
-            ));
+        let refused = match a.format {
+            TraceFormat::Atlas => Some(("atlas", "an Atlas traceroute result is one path")),
+            TraceFormat::Warts => Some(("warts", "a warts trace object is one path")),
+            TraceFormat::Replies => Some((
+                "replies",
+                "a multipath result is a graph, its probes are not kept one by one",
+            )),
+            _ => None,
+        };
+        if let Some((f, why)) = refused {
+            return Err(CliError::input(format!(
+                "--format {f} takes no --multipath: {why}"
+            )));
         }
         if packet_len.is_some() {
             return Err(CliError::input(
@@ -523,23 +544,62 @@ pub(crate) fn run_trace(a: TraceArgs) -> Result<Outcome, CliError> {
         resolve_names: !a.numeric,
         source: a.source,
         receive: a.receive.into(),
+        pcap: a.pcap,
     };
+    if a.format == TraceFormat::Warts && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        return Err(CliError::input(
+            "--format warts is binary: redirect the output to a file (> FILE.warts)",
+        ));
+    }
     let mut run = Run::start_lazy()?;
     let stop = std::sync::Arc::clone(&run.stop);
     let mut streamer = Streamer::new(targets, target_names.clone());
+    let mut warts = crate::warts::Writer::new();
     let (format, extensions) = (a.format, a.extensions);
-    let summary = traceroute(&opts, &stop, |ev| match (format, ev) {
-        (TraceFormat::Text, _) => streamer.traceroute_event(ev, &config, extensions, &mut run),
-        (TraceFormat::Jsonl, TracerouteEvent::Finished(r)) => run.print(&crate::record::line(r)),
-        (TraceFormat::Atlas, TracerouteEvent::Finished(r)) => {
-            run.print(&crate::atlas::traceroute_line(r));
+    let summary = traceroute(&opts, &stop, |ev| {
+        let ev = with_asn(ev);
+        match (format, &*ev) {
+            (TraceFormat::Text, ev) => {
+                streamer.traceroute_event(ev, &config, extensions, &mut run);
+            }
+            (TraceFormat::Jsonl, TracerouteEvent::Finished(r)) => {
+                run.print(&crate::record::line(r));
+            }
+            (TraceFormat::Atlas, TracerouteEvent::Finished(r)) => {
+                run.print(&crate::atlas::traceroute_line(r));
+            }
+            (TraceFormat::Replies, TracerouteEvent::Finished(r)) => {
+                run.print(&crate::replies::traceroute_lines(r));
+            }
+            (TraceFormat::Warts, TracerouteEvent::Finished(r)) => run.write(&warts.trace(r)),
+            _ => {}
         }
-        _ => {}
     })
     .map_err(|e| CliError::from(e).naming_ttls("-f", "-m"))?;
+    let mut summary = summary;
+    for r in &mut summary.results {
+        crate::asn::annotate(&mut r.hops);
+    }
+    if format == TraceFormat::Warts {
+        run.write(&warts.finish());
+    }
     end_run(run, format, &summary.results, summary.capture_drops, || {
         traceroute_dot(&summary.results, &target_names)
     })
+}
+
+/// The event with the AS numbers of its hops (`--asn`; the event itself without a table).
+fn with_asn(ev: &TracerouteEvent) -> std::borrow::Cow<'_, TracerouteEvent> {
+    if !crate::asn::loaded() {
+        return std::borrow::Cow::Borrowed(ev);
+    }
+    let mut ev = ev.clone();
+    match &mut ev {
+        TracerouteEvent::Hop { hop, .. } => crate::asn::annotate(std::slice::from_mut(hop)),
+        TracerouteEvent::Finished(r) => crate::asn::annotate(&mut r.hops),
+        _ => {}
+    }
+    std::borrow::Cow::Owned(ev)
 }
 
 /// `trace --multipath`.

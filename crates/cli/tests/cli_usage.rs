@@ -221,3 +221,104 @@ fn reverse_bad_input_is_one_line_and_exit_2() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The formats other tools read and the files a run takes or writes: combinations that
+/// cannot work and bad files are refused in one line with exit 2, before anything is sent.
+#[test]
+fn format_and_file_usage_errors_are_one_line() {
+    let dir = std::env::temp_dir().join(format!("svctr-usage-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = |name: &str, bytes: &[u8]| {
+        let p = dir.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let gz = file("ip2asn-v4.tsv.gz", &[0x1f, 0x8b, 8, 0, 0, 0, 0, 0]);
+    let bad = file(
+        "bad.tsv",
+        b"1.0.0.0\t1.0.0.255\t13335\tUS\tX\n1.0.1.0\t1.0.1.255\tAS1\n",
+    );
+    let empty = file("empty.tsv", b"\n");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["trace", "--multipath", "--format", "atlas", "192.0.2.1"],
+            "takes no --multipath",
+        ),
+        (
+            vec!["trace", "--multipath", "--format", "replies", "192.0.2.1"],
+            "takes no --multipath",
+        ),
+        (
+            vec!["trace", "--multipath", "--format", "warts", "192.0.2.1"],
+            "takes no --multipath",
+        ),
+        (
+            vec!["trace", "--multipath", "--pcap", "x.pcap", "192.0.2.1"],
+            "cannot be used with",
+        ),
+        (
+            vec!["trace", "--asn", "/nonexistent/ip2asn.tsv", "192.0.2.1"],
+            "cannot read",
+        ),
+        (vec!["trace", "--asn", &gz, "192.0.2.1"], "gunzip it first"),
+        (
+            vec!["trace", "--asn", &bad, "192.0.2.1"],
+            "line 2: AS number",
+        ),
+        (vec!["trace", "--asn", &empty, "192.0.2.1"], "no ranges"),
+        (vec!["trace", "-A", "192.0.2.1"], "--asn FILE"),
+        (
+            vec![
+                "flow",
+                "-i",
+                "lo",
+                "--tcp",
+                "--remote",
+                "192.0.2.1:80",
+                "--asn",
+                &bad,
+            ],
+            "line 2:",
+        ),
+        (
+            vec![
+                "monitor",
+                "-i",
+                "lo",
+                "--cidr",
+                "192.0.2.0/24",
+                "--multipath",
+                "--format",
+                "replies",
+            ],
+            "--format replies takes no --multipath",
+        ),
+        (
+            vec![
+                "flow",
+                "-i",
+                "lo",
+                "--tcp",
+                "--remote",
+                "192.0.2.1:80",
+                "--reverse",
+                "--format",
+                "atlas",
+            ],
+            "--format atlas takes no --reverse",
+        ),
+    ];
+    for (args, says) in cases {
+        let out = run(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(
+            err.trim_end().lines().count(),
+            1,
+            "{args:?}: one line: {err}"
+        );
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -313,6 +313,8 @@ pub struct Traceroute {
     /// thousands of targets under a rate limit (a loop turn per few probes) stay cheap.
     scheduler: Scheduler<IpAddr>,
     scratch: Vec<u8>,
+    /// Replies matched to a probe (see [`crate::Machine::replies_matched`]).
+    replies_matched: u64,
 }
 
 fn be16(b: &[u8], at: usize) -> Option<u16> {
@@ -359,6 +361,7 @@ impl Traceroute {
             events: VecDeque::new(),
             scheduler: Scheduler::default(),
             scratch: Vec::new(),
+            replies_matched: 0,
         })
     }
 
@@ -423,6 +426,11 @@ impl Traceroute {
     /// Whether every trace is over and no target is waiting.
     pub fn is_done(&self) -> bool {
         self.targets.is_empty() && self.waiting.is_empty()
+    }
+
+    /// Replies matched to a probe so far (see [`crate::Machine::replies_matched`]).
+    pub fn replies_matched(&self) -> Option<u64> {
+        Some(self.replies_matched)
     }
 
     /// Stops every trace now, results coming out as `interrupted` (with what was found), and
@@ -743,6 +751,7 @@ impl Traceroute {
             return;
         };
         if target.trace.handle_reply(now, ts, n, |_| true, reply) == ReplyOutcome::Matched {
+            self.replies_matched += 1;
             self.touch(dst, now, ts);
         }
     }

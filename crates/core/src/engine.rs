@@ -312,6 +312,11 @@ impl Engine {
         self.tracing == 0 && (!self.accepting || self.traces_exhausted())
     }
 
+    /// Replies matched to a probe so far (see [`crate::Machine::replies_matched`]).
+    pub fn replies_matched(&self) -> Option<u64> {
+        Some(self.stats.replies_matched)
+    }
+
     /// Finish every trace now (stop reason `interrupted` unless one was already known) and
     /// select no new flows.
     pub fn interrupt(&mut self, now: Now) {

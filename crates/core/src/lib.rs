@@ -35,6 +35,7 @@
 //! let _ = Duration::ZERO;
 //! ```
 
+mod asn;
 mod classic;
 mod compare;
 mod config;
@@ -55,6 +56,7 @@ mod trace;
 
 pub mod reverse;
 
+pub use asn::{AsnError, AsnTable};
 pub use classic::{
     Strategy, TargetError, Traceroute, TracerouteConfig, TracerouteEvent, TracerouteResult,
     CLASSIC_TCP_PORTS,

@@ -86,6 +86,10 @@ pub trait Machine {
     fn interrupt(&mut self, now: Now);
     /// Nothing in progress, and nothing more will start.
     fn is_done(&self) -> bool;
+    /// Replies matched to a probe so far, if it counts them (None: it does not). A driver
+    /// that keeps the run's packets (`--pcap`) compares the count before and after each
+    /// packet: the packet that raised it is a reply of the run.
+    fn replies_matched(&self) -> Option<u64>;
 }
 
 /// Implements [`Machine`] for a type whose inherent methods have the machine's names and
@@ -132,6 +136,9 @@ macro_rules! machine_by_inherent_methods {
             }
             fn is_done(&self) -> bool {
                 <$ty>::is_done(self)
+            }
+            fn replies_matched(&self) -> Option<u64> {
+                <$ty>::replies_matched(self)
             }
         }
     };

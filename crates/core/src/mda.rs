@@ -583,6 +583,12 @@ impl Mda {
         self.targets.is_empty() && self.waiting.is_empty()
     }
 
+    /// Not counted: keeping a run's replies (`--pcap`) is for the flow and traceroute
+    /// engines.
+    pub fn replies_matched(&self) -> Option<u64> {
+        None
+    }
+
     // ---- the rounds ----------------------------------------------------------------------
 
     /// The flows that reached TTL `ttl` through each node (only flows that have not ended

@@ -273,6 +273,11 @@ impl Monitor {
         self.is_idle() && !self.is_selecting()
     }
 
+    /// The engine's replies matched to a probe (see [`crate::Machine::replies_matched`]).
+    pub fn replies_matched(&self) -> Option<u64> {
+        self.engine.replies_matched()
+    }
+
     /// Finish every trace now (`interrupted`) and select no new flows.
     pub fn interrupt(&mut self, now: Now) {
         self.last_now = Some(now.mono);

@@ -104,6 +104,10 @@ fn render_hop_into(out: &mut String, hop: &Hop, extensions: bool) {
                             let _ = write!(out, " {a}");
                         }
                     }
+                    // traceroute(8) -A style: the AS after the address.
+                    if let Some(asn) = p.asn {
+                        let _ = write!(out, " [AS{asn}]");
+                    }
                     last_addr = Some(a);
                 }
                 match rtt {
@@ -483,6 +487,7 @@ mod tests {
         ProbeReply {
             addr: Some(addr.parse().unwrap()),
             name: None,
+            asn: None,
             rtt_ms: Some(1.5),
             icmp_type: Some(3),
             icmp_code: Some(0),

@@ -204,6 +204,9 @@ pub struct ProbeReply {
     /// Its name by reverse DNS, when resolved (traceroute without `-n`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// The AS announcing it, from an offline IP-to-AS table (`--asn FILE`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asn: Option<u32>,
     /// Round-trip time in milliseconds: the reply's kernel receive timestamp minus the probe's
     /// send time, which is the kernel timestamp of the probe's own capture, or, where replies
     /// come over raw sockets (`trace` of a few targets), the time taken in user space right

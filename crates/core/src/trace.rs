@@ -667,6 +667,7 @@ impl Trace {
         ProbeReply {
             addr: r.map(|r| r.addr),
             name: None,
+            asn: None,
             rtt_ms,
             icmp_type: r.and_then(|r| r.icmp_type),
             icmp_code: r.and_then(|r| r.icmp_code),

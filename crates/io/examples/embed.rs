@@ -129,6 +129,8 @@ fn watch_service(iface: &str, name: &str) -> ExitCode {
         udp_shield: true,
         rate: 1000,
         capture_buffer: None,
+        live: None,
+        pcap: None,
     });
     for trace in run.by_ref() {
         print(&trace);

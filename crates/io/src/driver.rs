@@ -5,7 +5,8 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use svctr_core::{
@@ -16,6 +17,7 @@ use svctr_core::{
 use crate::capture::{Capture, Delivery, DETECTION_SNAPLEN, SNAPLEN};
 use crate::filter::{detection_filter, flow_filter, lane_filter, DetectionSources, LANE_FLOWS};
 use crate::iface::interface_addresses;
+use crate::live::{LiveStats, LIVE_EVERY};
 use crate::run::{Hooks, Limits, Source, Sources};
 use crate::sender::RawSockets;
 use crate::shield::{Guarded, Shield};
@@ -57,6 +59,12 @@ pub struct MonitorOptions {
     /// The flow capture's kernel ring in bytes (`None`: 4 MiB when at most 64 traces are
     /// asked for, else 32 MiB).
     pub capture_buffer: Option<usize>,
+    /// Counters to keep up to date while the run goes on, for another thread to read (`None`:
+    /// none; the [`RunSummary`] has them all at the end).
+    pub live: Option<Arc<LiveStats>>,
+    /// Keep every probe as it left and every reply matched to one in this pcap file, with
+    /// their kernel timestamps.
+    pub pcap: Option<std::path::PathBuf>,
 }
 
 impl From<&FlowTraceOptions> for MonitorOptions {
@@ -76,6 +84,8 @@ impl From<&FlowTraceOptions> for MonitorOptions {
             udp_shield: o.udp_shield,
             rate: 0,
             capture_buffer: None,
+            live: None,
+            pcap: None,
         }
     }
 }
@@ -242,15 +252,27 @@ pub fn monitor(
         active: 0,
         peak_traces: 0,
         not_traced: Vec::new(),
+        live: opts.live.clone(),
+        next_live: Instant::now(),
         on_result,
     };
+    let packets = opts
+        .pcap
+        .as_deref()
+        .map(crate::savefile::PacketLog::create)
+        .transpose()?
+        .map(std::cell::RefCell::new);
     let limits = Limits {
         iface: &opts.iface,
         rate: opts.rate,
         duration: opts.duration,
         stop,
+        packets: packets.as_ref(),
     };
     let end = crate::run::run(&mut mon, sources, &sender, &limits, &mut hooks)?;
+    if let Some(p) = packets {
+        p.into_inner().finish()?;
+    }
     let received = |id: Option<usize>| id.and_then(|i| end.received.get(i).copied()).unwrap_or(0);
     let summary = RunSummary {
         traced: hooks.traced,
@@ -261,6 +283,15 @@ pub fn monitor(
         peak_traces: hooks.peak_traces,
         not_traced: hooks.not_traced,
     };
+    if let Some(live) = &opts.live {
+        // The final values (the captures' last drops were read at their close).
+        let st = &summary.stats;
+        store(&live.flows_recognised, st.flows_recognised);
+        store(&live.flows_watched, st.flows_watched);
+        store(&live.traces_active, 0);
+        live.capture_drops
+            .fetch_max(u64::from(summary.capture_drops), Ordering::Relaxed);
+    }
     if summary.traced == 0 && !end.interrupted {
         if let Some(d) = opts.duration {
             if summary.stats.flows_watched == 0 {
@@ -285,7 +316,15 @@ struct MonitorHooks<F> {
     active: usize,
     peak_traces: usize,
     not_traced: Vec<(FlowKey, NotTraced)>,
+    /// Counters for another thread, and when those read from the monitor and the captures
+    /// are next refreshed.
+    live: Option<Arc<LiveStats>>,
+    next_live: Instant,
     on_result: F,
+}
+
+fn store(counter: &AtomicU64, v: u64) {
+    counter.store(v, Ordering::Relaxed);
 }
 
 impl<F: FnMut(TraceResult)> Hooks<Monitor> for MonitorHooks<F> {
@@ -302,6 +341,10 @@ impl<F: FnMut(TraceResult)> Hooks<Monitor> for MonitorHooks<F> {
                 self.lane.remove(&flow);
                 self.active += 1;
                 self.peak_traces = self.peak_traces.max(self.active);
+                if let Some(live) = &self.live {
+                    live.traces_started.fetch_add(1, Ordering::Relaxed);
+                    store(&live.traces_active, self.active as u64);
+                }
                 let guard = match (flow.protocol, syn_copy_of) {
                     (Protocol::Udp, _) => Some(Guarded::Udp(flow)),
                     (Protocol::Tcp, Some(seq)) => Some(Guarded::SynCopies(flow, seq)),
@@ -318,6 +361,9 @@ impl<F: FnMut(TraceResult)> Hooks<Monitor> for MonitorHooks<F> {
                 }
                 self.traced += 1;
                 self.active = self.active.saturating_sub(1);
+                if let Some(live) = &self.live {
+                    store(&live.traces_active, self.active as u64);
+                }
                 (self.on_result)(*r);
             }
             _ => {}
@@ -341,6 +387,18 @@ impl<F: FnMut(TraceResult)> Hooks<Monitor> for MonitorHooks<F> {
         }
         self.shielded.finished.clear();
         self.lane.update(now, sources)
+    }
+
+    fn observe(&mut self, now: Instant, mon: &Monitor, sources: &mut Sources<Monitor>) {
+        let Some(live) = &self.live else { return };
+        if now < self.next_live {
+            return;
+        }
+        self.next_live = now + LIVE_EVERY;
+        let st = mon.stats();
+        store(&live.flows_recognised, st.flows_recognised);
+        store(&live.flows_watched, st.flows_watched);
+        store(&live.capture_drops, u64::from(sources.drops()));
     }
 
     fn next_wake(&self) -> Option<Instant> {

@@ -64,6 +64,14 @@ pub enum Error {
     /// Something this version cannot do.
     #[error("{0}")]
     Unsupported(String),
+    /// The packet file (`--pcap`) could not be created or written.
+    #[error("packet file {path}: {source}")]
+    Savefile {
+        /// the file
+        path: String,
+        /// libpcap's error
+        source: pcap::Error,
+    },
 }
 
 fn humantime_secs(d: Duration) -> String {

@@ -47,6 +47,8 @@
 //!     udp_shield: true,
 //!     rate: 1000,
 //!     capture_buffer: None,
+//!     live: None,
+//!     pcap: None,
 //! });
 //! for result in run {
 //!     println!("{:?} {:?}: {} hops", result.flow.service, result.flow.name, result.hops.len());
@@ -59,6 +61,7 @@ mod error;
 mod filter;
 mod handle;
 mod iface;
+mod live;
 mod multipath;
 mod names;
 pub mod privilege;
@@ -67,6 +70,7 @@ mod replies;
 mod reserve;
 mod reverse;
 mod run;
+mod savefile;
 mod sender;
 mod shield;
 mod traceroute;
@@ -82,6 +86,7 @@ pub use filter::{
 };
 pub use handle::{Canceller, RunHandle};
 pub use iface::interface_addresses;
+pub use live::{LiveStats, LIVE_EVERY};
 pub use multipath::{
     multipath, multipath_one, spawn_multipath, MultipathOptions, MultipathSummary,
 };

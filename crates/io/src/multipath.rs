@@ -60,6 +60,7 @@ pub fn multipath(
         iface: opts.iface.as_deref(),
         rate: opts.rate,
         receive: opts.receive,
+        pcap: None,
     };
     probing.check_iface()?;
     let mut cfg = opts.config.clone();

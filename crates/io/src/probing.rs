@@ -86,6 +86,9 @@ pub(crate) struct Probing<'a> {
     pub(crate) rate: u32,
     /// How replies are received.
     pub(crate) receive: Receive,
+    /// Keep the run's probes and replies in this pcap file (needs a capture: see
+    /// [`Receive`]).
+    pub(crate) pcap: Option<&'a std::path::Path>,
 }
 
 /// How a run receives replies (and, with a capture, sees its probes leave).
@@ -199,7 +202,17 @@ impl Probing<'_> {
                 v6.then(|| filter(false, true, false)).as_deref(),
             )
         };
-        let raw = match self.receive {
+        // A packet file needs the probes' own captures (kernel timestamps of them leaving):
+        // a capture, not raw sockets.
+        let receive = match (self.pcap, self.receive) {
+            (Some(_), Receive::Raw) => return Err(Error::Unsupported(
+                "--pcap needs a capture (--receive pcap): raw sockets do not see the probes leave"
+                    .into(),
+            )),
+            (Some(_), _) => Receive::Capture,
+            (None, r) => r,
+        };
+        let raw = match receive {
             // A program that cannot run on an IPv6 raw socket falls back to a capture.
             Receive::Auto if self.targets.len() <= RAW_TARGETS => programs()?,
             Receive::Raw => Some(programs()?.ok_or_else(|| {
@@ -226,12 +239,22 @@ impl Probing<'_> {
             feed,
             paced: true,
         });
+        let packets = self
+            .pcap
+            .map(crate::savefile::PacketLog::create)
+            .transpose()?
+            .map(std::cell::RefCell::new);
         let limits = Limits {
             iface: self.iface.unwrap_or("any"),
             rate: self.rate,
             duration: None,
             stop,
+            packets: packets.as_ref(),
         };
-        crate::run::run(engine, sources, &sender, &limits, hooks)
+        let end = crate::run::run(engine, sources, &sender, &limits, hooks)?;
+        if let Some(p) = packets {
+            p.into_inner().finish()?;
+        }
+        Ok(end)
     }
 }

@@ -123,6 +123,7 @@ fn with_client<R>(
         iface: opts.iface.as_deref(),
         rate: opts.rate,
         receive: opts.receive,
+        pcap: None,
     };
     probing.check_iface()?;
     let (first, count, _reservation) = crate::reserve::reverse_ident_block()?;
@@ -275,6 +276,7 @@ pub fn serve(
         rate: 0,
         duration: None,
         stop,
+        packets: None,
     };
     let mut hooks = ServerHooks {
         on_event: &mut on_event,

@@ -142,6 +142,13 @@ impl<M> Sources<M> {
         self.slots.get_mut(id).and_then(Option::as_mut)
     }
 
+    /// Packets the kernel dropped so far, all captures together.
+    pub(crate) fn drops(&mut self) -> u32 {
+        self.iter_mut()
+            .map(|s| s.cap.drops())
+            .fold(0, u32::saturating_add)
+    }
+
     fn iter_mut(&mut self) -> impl Iterator<Item = &mut Source<M>> {
         self.slots.iter_mut().flatten()
     }
@@ -159,6 +166,8 @@ pub(crate) trait Hooks<M: Machine> {
     fn after_turn(&mut self, _now: Instant, _sources: &mut Sources<M>) -> Result<(), Error> {
         Ok(())
     }
+    /// After the turn's housekeeping: a look at the machine and the captures (live counters).
+    fn observe(&mut self, _now: Instant, _machine: &M, _sources: &mut Sources<M>) {}
     /// When the hooks next need a turn.
     fn next_wake(&self) -> Option<Instant> {
         None
@@ -179,6 +188,8 @@ pub(crate) struct Limits<'a> {
     pub(crate) duration: Option<Duration>,
     /// Set from elsewhere (a signal, a closed output, a canceller): everything ends now.
     pub(crate) stop: &'a AtomicBool,
+    /// Where the run's probes and replies are kept (`--pcap`), if anywhere.
+    pub(crate) packets: Option<&'a std::cell::RefCell<crate::savefile::PacketLog>>,
 }
 
 /// How a run ended.
@@ -236,7 +247,10 @@ pub(crate) fn run<M: Machine, H: Hooks<M>>(
         for src in sources.iter_mut() {
             let feed = src.feed;
             let read = src.cap.drain(DRAIN_MAX, limits.iface, |ts, ip| {
-                feed(machine, Instant::now(), ts, ip)
+                feed(machine, Instant::now(), ts, ip);
+                if let Some(log) = limits.packets {
+                    log.borrow_mut().after(machine.replies_matched(), ts, ip);
+                }
             })?;
             backlog |= src.paced && read >= DRAIN_MAX;
         }
@@ -257,10 +271,14 @@ pub(crate) fn run<M: Machine, H: Hooks<M>>(
             pacer.try_take(t.mono);
             if let Err(e) = sender.send(tx.dst, &buf[..tx.len]) {
                 machine.handle_send_error(t, &tx, e.to_string());
+            } else if let Some(log) = limits.packets {
+                log.borrow_mut()
+                    .sent(t.mono, tx.dst, tx.ttl, &buf[..tx.len]);
             }
         }
         drain_events(machine, hooks)?;
         hooks.after_turn(t.mono, &mut sources)?;
+        hooks.observe(t.mono, machine, &mut sources);
         if machine.is_done() && !hooks.busy() {
             break;
         }

@@ -42,6 +42,9 @@ pub struct TracerouteOptions {
     /// How replies are received: raw sockets (cheap to open and close) or a capture (see
     /// [`Receive`]); by default raw sockets up to [`crate::RAW_TARGETS`] targets.
     pub receive: Receive,
+    /// Keep every probe as it left and every reply matched to one in this pcap file, with
+    /// their kernel timestamps (receives with a capture; an error with [`Receive::Raw`]).
+    pub pcap: Option<std::path::PathBuf>,
 }
 
 /// What a traceroute run did.
@@ -68,6 +71,7 @@ pub fn traceroute(
         iface: opts.iface.as_deref(),
         rate: opts.rate,
         receive: opts.receive,
+        pcap: opts.pcap.as_deref(),
     };
     probing.check_iface()?;
     let mut cfg = opts.config.clone();

@@ -777,6 +777,12 @@ impl ReverseClient {
     pub fn is_done(&self) -> bool {
         self.phase == Phase::Done
     }
+
+    /// Not counted: keeping a run's replies (`--pcap`) is for the flow and traceroute
+    /// engines.
+    pub fn replies_matched(&self) -> Option<u64> {
+        None
+    }
 }
 
 crate::machine::machine_by_inherent_methods!(ReverseClient, ReverseEvent);

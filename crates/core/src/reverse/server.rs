@@ -892,6 +892,12 @@ impl ReverseServer {
     pub fn is_done(&self) -> bool {
         self.stopped && self.sessions.is_empty() && self.out.is_empty()
     }
+
+    /// Not counted: keeping a run's replies (`--pcap`) is for the flow and traceroute
+    /// engines.
+    pub fn replies_matched(&self) -> Option<u64> {
+        None
+    }
 }
 
 crate::machine::machine_by_inherent_methods!(ReverseServer, ServerEvent);
