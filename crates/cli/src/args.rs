@@ -220,6 +220,9 @@ pub(crate) enum Format {
     /// one flat JSON object per probe, answered or not, for analytics stores (ClickHouse:
     /// schema/clickhouse/replies.sql); not with --multipath or --reverse
     Replies,
+    /// scamper's binary warts format (warts(5)), as sc_warts2json and sc_wartsdump read it;
+    /// not with --multipath or --reverse
+    Warts,
 }
 
 /// Output of `trace`: the formats of the other commands, and graphs.

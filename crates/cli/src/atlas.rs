@@ -183,49 +183,7 @@ fn unix_seconds(t: &str) -> u64 {
 mod tests {
     use super::*;
 
-    fn result() -> TracerouteResult {
-        let reply = |addr: &str, rtt: f64, icmp: (u8, u8)| ProbeReply {
-            addr: Some(addr.parse().unwrap()),
-            rtt_ms: Some(rtt),
-            icmp_type: Some(icmp.0),
-            icmp_code: Some(icmp.1),
-            reply_ttl: Some(63),
-            ..ProbeReply::default()
-        };
-        TracerouteResult {
-            destination: "198.19.1.2".parse().unwrap(),
-            port: Some(33434),
-            source: "198.18.1.2".parse().unwrap(),
-            source_port: Some(40000),
-            source_port_count: None,
-            protocol: Protocol::Udp,
-            strategy: Strategy::Paris,
-            ip_version: 4,
-            algorithm: svctr_core::Algorithm::Concurrent,
-            start: "2026-12-05T15:26:34.980058Z".into(),
-            end: "2026-12-05T15:26:35.500000Z".into(),
-            stop_reason: svctr_core::StopReason::RemoteReached,
-            hops: vec![
-                Hop {
-                    ttl: 1,
-                    probes: vec![
-                        reply("198.18.1.1", 0.0504641, (11, 0)),
-                        ProbeReply::default(),
-                    ],
-                },
-                Hop {
-                    ttl: 2,
-                    probes: vec![reply("198.18.2.2", 1.5, (3, 1))],
-                },
-                Hop {
-                    ttl: 3,
-                    probes: vec![reply("198.19.1.2", 2.25, (3, 3))],
-                },
-            ],
-            probes_sent: 4,
-            replies: 3,
-        }
-    }
+    use crate::testdata::udp4 as result;
 
     #[test]
     fn atlas_fields_as_atlas_writes_them() {

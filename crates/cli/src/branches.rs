@@ -249,7 +249,7 @@ impl Printer {
                 Format::Jsonl => run.print(&crate::record::line(&marked)),
                 Format::Json => self.collected.push(marked),
                 // Refused before the run (see flow::run_monitor).
-                Format::Atlas | Format::Replies => {}
+                Format::Atlas | Format::Replies | Format::Warts => {}
             }
         }
     }

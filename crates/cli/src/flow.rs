@@ -374,7 +374,7 @@ fn render(format: Format, r: &TraceResult) -> Option<String> {
         Format::Jsonl => Some(crate::record::line(r)),
         Format::Atlas => Some(crate::atlas::flow_line(r)),
         Format::Replies => Some(crate::replies::flow_lines(r)),
-        Format::Json => None,
+        Format::Json | Format::Warts => None,
     }
 }
 
@@ -387,9 +387,12 @@ fn run_monitor(
     back: Option<BackConfig>,
     mut metrics: Option<Metrics>,
 ) -> Result<Outcome, CliError> {
-    if matches!(format, Format::Atlas | Format::Replies) && (marker.is_some() || back.is_some()) {
+    if matches!(format, Format::Atlas | Format::Replies | Format::Warts)
+        && (marker.is_some() || back.is_some())
+    {
         let (f, with) = match (format, marker.is_some()) {
             (Format::Atlas, _) => ("atlas", "an Atlas traceroute result is one path, one way"),
+            (Format::Warts, _) => ("warts", "a warts trace object is one path, one way"),
             (_, true) => (
                 "replies",
                 "a multipath marking's probes are not kept one by one",
@@ -411,9 +414,15 @@ fn run_monitor(
     if let Some(b) = back {
         return run_monitor_reverse(opts, format, show_stats, b, metrics);
     }
+    if format == Format::Warts && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        return Err(CliError::input(
+            "--format warts is binary: redirect the output to a file (> FILE.warts)",
+        ));
+    }
     let mut run = Run::start()?;
     let stop = std::sync::Arc::clone(&run.stop);
     let mut collected = Vec::new();
+    let mut warts = crate::warts::Writer::new();
     let result = monitor(opts, &stop, |mut r| {
         crate::asn::annotate(&mut r.hops);
         if let Some(m) = &mut metrics {
@@ -422,10 +431,15 @@ fn run_monitor(
         if let Some(text) = render(format, &r) {
             run.print(&text);
         }
-        if format == Format::Json {
-            collected.push(r);
+        match format {
+            Format::Json => collected.push(r),
+            Format::Warts => run.write(&warts.trace(&crate::warts::flow_as_traceroute(&r))),
+            _ => {}
         }
     });
+    if format == Format::Warts && result.is_ok() {
+        run.write(&warts.finish());
+    }
     end_monitor(opts, result, run, format, &collected, show_stats)
 }
 

@@ -35,6 +35,8 @@ mod replies;
 mod reverse;
 mod reverse_flow;
 mod services;
+#[cfg(test)]
+mod testdata;
 mod trace;
 mod warts;
 

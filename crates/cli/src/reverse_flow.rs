@@ -85,7 +85,7 @@ pub(crate) fn spawn_printer(
                 Format::Jsonl => run.print(&crate::record::line(&item)),
                 Format::Json => collected.push(item),
                 // Refused before the run (see flow::run_monitor).
-                Format::Atlas | Format::Replies => {}
+                Format::Atlas | Format::Replies | Format::Warts => {}
             }
         }
         (run, collected)

@@ -622,6 +622,30 @@ fn unix_seconds_u32(t: SystemTime) -> u32 {
         .map_or(0, |d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX))
 }
 
+/// A live flow's trace as the traceroute it is to warts: the flow's 5-tuple, one flow
+/// identifier (Paris), up to the routers before the remote (a trace that knew the remote's
+/// distance stops there: `HOPLIMIT`, the remote not probed).
+pub(crate) fn flow_as_traceroute(r: &svctr_core::TraceResult) -> TracerouteResult {
+    let f = &r.flow;
+    TracerouteResult {
+        destination: f.remote.ip,
+        port: Some(f.remote.port),
+        source: f.local.ip,
+        source_port: Some(f.local.port),
+        source_port_count: None,
+        protocol: f.protocol,
+        strategy: Strategy::Paris,
+        ip_version: if f.remote.ip.is_ipv4() { 4 } else { 6 },
+        algorithm: r.algorithm,
+        start: r.start.clone(),
+        end: r.end.clone(),
+        stop_reason: r.stop_reason,
+        hops: r.hops.clone(),
+        probes_sent: r.probes_sent,
+        replies: r.replies,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::{Path, PathBuf};
@@ -638,53 +662,7 @@ mod tests {
         UNIX_EPOCH + Duration::from_secs(1_796_484_394)
     }
 
-    fn reply(addr: &str, rtt: f64, icmp: (u8, u8)) -> ProbeReply {
-        ProbeReply {
-            addr: Some(addr.parse().unwrap()),
-            rtt_ms: Some(rtt),
-            icmp_type: Some(icmp.0),
-            icmp_code: Some(icmp.1),
-            reply_ttl: Some(63),
-            ..ProbeReply::default()
-        }
-    }
-
-    /// IPv4 UDP Paris, 3 hops, the second probe at TTL 1 unanswered.
-    fn udp4() -> TracerouteResult {
-        TracerouteResult {
-            destination: "198.19.1.2".parse().unwrap(),
-            port: Some(33434),
-            source: "198.18.1.2".parse().unwrap(),
-            source_port: Some(40000),
-            source_port_count: None,
-            protocol: Protocol::Udp,
-            strategy: Strategy::Paris,
-            ip_version: 4,
-            algorithm: Algorithm::Concurrent,
-            start: "2026-12-05T15:26:34.980058Z".into(),
-            end: "2026-12-05T15:26:35.500000Z".into(),
-            stop_reason: StopReason::RemoteReached,
-            hops: vec![
-                Hop {
-                    ttl: 1,
-                    probes: vec![
-                        reply("198.18.1.1", 0.0504641, (11, 0)),
-                        ProbeReply::default(),
-                    ],
-                },
-                Hop {
-                    ttl: 2,
-                    probes: vec![reply("198.18.2.2", 1.5, (3, 1))],
-                },
-                Hop {
-                    ttl: 3,
-                    probes: vec![reply("198.19.1.2", 2.25, (3, 3))],
-                },
-            ],
-            probes_sent: 4,
-            replies: 3,
-        }
-    }
+    use crate::testdata::{reply, udp4};
 
     /// IPv6 UDP classic that ran to its max TTL (2): one reply, to the second probe of TTL 1.
     fn udp6() -> TracerouteResult {

@@ -161,8 +161,9 @@ fn clickhouse(python: &str, rows: &[Value]) -> Value {
 
 /// A monitor's rows of three flows on three branches and a repeated `trace` of one 5-tuple
 /// across a route change, loaded into ClickHouse: the view rebuilds every trace's path, and
-/// the example queries find the one path change, the flows off the fresh flow's branch, and
-/// the per-hop RTTs, each equal to what the rows say and to the lab's routing.
+/// the example queries find the path changes (the branches and the route change), the flows
+/// off the fresh flow's branch, and the per-hop RTTs, each equal to what the rows say and to
+/// the lab's routing.
 #[test]
 fn replies_load_into_clickhouse_and_the_example_queries_answer() {
     let Some(_g) = lab_test_guard() else { return };
@@ -303,28 +304,20 @@ fn replies_load_into_clickhouse_and_the_example_queries_answer() {
         .map(|t| (text(&t["trace_id"]), text(&t["path"])))
         .collect();
     assert_eq!(view, paths);
-    // Path changes: the route change and nothing else (the monitor's flows are traced once
-    // each; the trace's two runs are one flow).
-    let changes: u64 = ch["path_changes"]
+    // Path changes, per destination of a service: the monitor's three flows took three
+    // branches (two changes), and the trace's two runs the route change (one).
+    let by_service: BTreeMap<String, (u64, u64)> = ch["path_changes"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| text(&r["path_changes"]).parse::<u64>().unwrap())
-        .sum();
-    let traces: u64 = ch["path_changes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| text(&r["traces"]).parse::<u64>().unwrap())
-        .sum();
-    assert_eq!((traces, changes), (5, 1), "{}", ch["path_changes"]);
-    let changed = ch["path_changes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| text(&r["path_changes"]) == "1")
-        .unwrap();
-    assert_eq!(changed["service"], "", "a trace has no service");
+        .fold(BTreeMap::new(), |mut m, r| {
+            let e = m.entry(text(&r["service"])).or_insert((0, 0));
+            e.0 += text(&r["traces"]).parse::<u64>().unwrap();
+            e.1 += text(&r["path_changes"]).parse::<u64>().unwrap();
+            m
+        });
+    let want = BTreeMap::from([(String::new(), (2, 1)), (service.clone(), (3, 2))]);
+    assert_eq!(by_service, want, "{}", ch["path_changes"]);
     // Flows off the fresh flow's path: of the monitor's three flows on three branches, the
     // two that are not the last traced; the trace's one flow is its own fresh flow.
     let listed: BTreeSet<u64> = ch["differs_from_fresh"]
@@ -608,7 +601,8 @@ fn pcap_files_hold_exactly_the_runs_probes_and_replies_for_tshark() {
 /// `trace --format warts`, read back by scamper's own sc_warts2json and sc_wartsdump: every
 /// trace's method, endpoints and stop reason, and every reply on the routers of the branch
 /// the lab's ECMP router picks for that 5-tuple (the destination last), for UDP, TCP and
-/// ICMP over IPv4 and IPv6 in one file per protocol.
+/// ICMP over IPv4 and IPv6 in one file per protocol; and a live flow's trace
+/// (`flow --format warts`) on its branch.
 #[test]
 fn warts_files_are_read_by_scamper_with_the_labs_hops() {
     let Some(_g) = lab_test_guard() else { return };
@@ -690,6 +684,56 @@ fn warts_files_are_read_by_scamper_with_the_labs_hops() {
                 "{name}: sc_wartsdump names {d}"
             );
         }
+    }
+    // A live flow's trace (`flow --format warts`): TCP, the flow's ports, every probe of
+    // every TTL answered by its branch's router, up to the one before the server.
+    let server = SocketAddr::new(lab.server_addr().into(), 8080);
+    let _srv = tcp_server_on(&lab, "0.0.0.0:8080".parse().unwrap(), 200_000).expect("server");
+    let flows = port_per_branch(&lab, server, 46100);
+    let _downloads = downloads(&lab, server, &flows[..1]);
+    let (port, k) = flows[0];
+    let out = tracer_for(
+        &lab,
+        &[
+            "flow",
+            "-i",
+            "eth0",
+            "--tcp",
+            "--remote",
+            &server.to_string(),
+            "--local-port",
+            &port.to_string(),
+            "--count",
+            "1",
+            "--duration",
+            "20",
+            "--format",
+            "warts",
+        ],
+        secs(60),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let file = dir.join("flow.warts");
+    std::fs::write(&file, &out.stdout).unwrap();
+    let mut c = std::process::Command::new("sc_warts2json");
+    c.arg(&file);
+    let read = output_with_timeout(&mut c, None, secs(30)).expect("sc_warts2json runs");
+    assert!(read.status.success(), "sc_warts2json: {}", stderr(&read));
+    let t: Value = String::from_utf8_lossy(&read.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("sc_warts2json's JSON"))
+        .find(|v| v["type"] == "trace")
+        .expect("the flow's trace");
+    assert_eq!(t["method"], "tcp");
+    assert_eq!(t["sport"], port);
+    assert_eq!(t["dport"], 8080);
+    assert_eq!(t["stop_reason"], "HOPLIMIT", "{t}");
+    let truth = lab.branch_path_ip(k, false);
+    let hops = t["hops"].as_array().unwrap();
+    assert_eq!(hops.len(), 3 * truth.len(), "{t}");
+    for h in hops {
+        let ttl = h["probe_ttl"].as_u64().unwrap() as usize;
+        assert_eq!(text(&h["addr"]), truth[ttl - 1].to_string(), "{h}");
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

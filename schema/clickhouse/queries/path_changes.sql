@@ -1,9 +1,9 @@
--- Path changes per service and hour: a trace whose path differs from the previous trace of
--- the same flow (same vantage point, protocol, addresses and ports). A monitor retraces a
--- flow with `--retrace-after` and `--per flow`; `trace` with a fixed `--sport` repeats one.
--- Flows of one service that take different load-balanced branches are not changes: see
--- differs_from_fresh.sql. A hop that answered in one trace and not in the other (`*`)
--- counts as a change.
+-- Path changes per service and hour: a trace whose path differs from the previous trace to
+-- the same destination of the same service (vantage point, protocol, remote address and
+-- port), the rule of `monitor --metrics-listen`'s path_changes_total. Flows that a load
+-- balancer spreads over several paths count as changes too: that is the service's path
+-- changing as its users see it (differs_from_fresh.sql lists which flows go where). A hop
+-- that answered in one trace and not in the other (`*`) counts as a change.
 SELECT
     svc AS service,
     toStartOfHour(trace_start) AS hour,
@@ -16,8 +16,7 @@ FROM
         trace_start,
         path,
         lagInFrame(path, 1, '') OVER (
-            PARTITION BY vantage, probe_protocol, probe_src_addr, ifNull(probe_src_port, 0),
-                         probe_dst_addr, ifNull(probe_dst_port, 0)
+            PARTITION BY vantage, svc, probe_protocol, probe_dst_addr, ifNull(probe_dst_port, 0)
             ORDER BY trace_start, trace_id
             ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
         ) AS previous
