@@ -157,6 +157,7 @@ impl Printer {
             resolve_names: false,
             source: Some(source),
             receive: svctr_io::Receive::Auto,
+            pcap: None,
         })
     }
 

@@ -201,6 +201,7 @@ fn compare_multipath(
         resolve_names: false,
         source: Some(flow.flow.local.ip),
         receive: svctr_io::Receive::Auto,
+        pcap: None,
     };
     let Some(mda) = multipath(&opts, &stop, |_| {})?.results.pop() else {
         return Ok(Outcome::nothing(

@@ -560,6 +560,7 @@ fn run_reverse_multipath(
             resolve_names: opts.resolve_names,
             source: a.source,
             receive: opts.receive,
+            pcap: None,
         };
         let summary = multipath(&fwd, &stop, |ev| {
             if !text {

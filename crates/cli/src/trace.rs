@@ -132,7 +132,7 @@ pub(crate) struct TraceArgs {
     /// Keep every probe as it left and every reply matched to one in this pcap file, with
     /// their kernel timestamps (tshark, Wireshark and tcpdump -r read it; receives with a
     /// capture).
-    #[arg(long, value_name = "FILE", conflicts_with = "multipath")]
+    #[arg(long, value_name = "FILE")]
     pcap: Option<std::path::PathBuf>,
     /// The AS number of each hop from this offline IP-to-AS table: an ip2asn TSV file of
     /// iptoasn.com, uncompressed (shown as traceroute -A shows them, `[AS64512]`).
@@ -455,6 +455,11 @@ pub(crate) fn run_trace(a: TraceArgs) -> Result<Outcome, CliError> {
     if let Some(path) = &a.asn {
         crate::asn::load(path)?;
     }
+    if a.pcap.is_some() && a.receive == ReceiveArg::Raw {
+        return Err(CliError::input(
+            "--pcap needs a capture (--receive pcap or auto): raw sockets do not see the probes leave",
+        ));
+    }
     let protocol = protocol(&a)?;
     let mut names = a.targets.clone();
     // traceroute(8): `HOST PACKETLEN`.
@@ -631,6 +636,7 @@ fn run_multipath(
         resolve_names: !a.numeric,
         source: a.source,
         receive: a.receive.into(),
+        pcap: a.pcap,
     };
     let mut run = Run::start_lazy()?;
     let stop = std::sync::Arc::clone(&run.stop);

@@ -253,8 +253,8 @@ fn format_and_file_usage_errors_are_one_line() {
             "takes no --multipath",
         ),
         (
-            vec!["trace", "--multipath", "--pcap", "x.pcap", "192.0.2.1"],
-            "cannot be used with",
+            vec!["trace", "--pcap", "x.pcap", "--receive", "raw", "192.0.2.1"],
+            "--pcap needs a capture",
         ),
         (
             vec!["trace", "--asn", "/nonexistent/ip2asn.tsv", "192.0.2.1"],

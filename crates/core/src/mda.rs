@@ -454,6 +454,8 @@ pub struct Mda {
     events: VecDeque<MdaEvent>,
     /// Reverse mode: outstanding requests' identifiers, to (server, probe number).
     ids: IdentPool<(IpAddr, u16)>,
+    /// Replies matched to a probe (see [`crate::Machine::replies_matched`]).
+    replies_matched: u64,
 }
 
 /// The IPv6 flow label of flow `f`: distinct and non-zero for every `f`, so that routers
@@ -490,6 +492,7 @@ impl Mda {
             scheduler: Scheduler::default(),
             events: VecDeque::new(),
             ids,
+            replies_matched: 0,
         })
     }
 
@@ -583,10 +586,9 @@ impl Mda {
         self.targets.is_empty() && self.waiting.is_empty()
     }
 
-    /// Not counted: keeping a run's replies (`--pcap`) is for the flow and traceroute
-    /// engines.
+    /// Replies matched to a probe so far (see [`crate::Machine::replies_matched`]).
     pub fn replies_matched(&self) -> Option<u64> {
-        None
+        Some(self.replies_matched)
     }
 
     // ---- the rounds ----------------------------------------------------------------------
@@ -1102,6 +1104,7 @@ impl Mda {
                         p.reply_wall = Some(ts);
                         t.outstanding -= 1;
                         t.replies += 1;
+                        self.replies_matched += 1;
                     }
                 }
                 self.round_done(server, now, ts);
@@ -1302,6 +1305,7 @@ impl Mda {
         p.reply = Some(reply);
         let (f, ttl, check) = (p.flow, p.ttl, p.check);
         t.replies += 1;
+        self.replies_matched += 1;
         t.outstanding -= 1;
         let seen = Seen::Addr(addr);
         if check {

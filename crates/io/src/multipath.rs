@@ -34,6 +34,9 @@ pub struct MultipathOptions {
     pub source: Option<IpAddr>,
     /// How replies are received (see [`crate::Receive`]).
     pub receive: crate::Receive,
+    /// Keep every probe as it left and every reply matched to one in this pcap file (see
+    /// [`crate::TracerouteOptions::pcap`]).
+    pub pcap: Option<std::path::PathBuf>,
 }
 
 /// What a multipath run did.
@@ -60,7 +63,7 @@ pub fn multipath(
         iface: opts.iface.as_deref(),
         rate: opts.rate,
         receive: opts.receive,
-        pcap: None,
+        pcap: opts.pcap.as_deref(),
     };
     probing.check_iface()?;
     let mut cfg = opts.config.clone();
