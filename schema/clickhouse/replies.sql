@@ -29,6 +29,7 @@ CREATE TABLE IF NOT EXISTS replies
     probe_dst_port    Nullable(UInt16),
     probe_ttl         UInt8,
     probe_index       UInt16,
+    probe_flow        Nullable(UInt16),
     probe_tag         UInt16,
     probe_error       Nullable(String),
     reply_src_addr    Nullable(IPv6),

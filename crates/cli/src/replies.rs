@@ -11,7 +11,10 @@
 use std::net::IpAddr;
 
 use serde::Serialize;
-use svctr_core::{Hop, ProbeReply, Protocol, Strategy, TraceResult, TracerouteResult};
+use svctr_core::reverse::{ForwardPath, ReverseResult};
+use svctr_core::{
+    Hop, MdaResult, PathGraph, ProbeReply, Protocol, Strategy, TraceResult, TracerouteResult,
+};
 
 /// One probe and its reply: a row.
 #[derive(Serialize)]
@@ -35,6 +38,9 @@ pub(crate) struct Reply<'a> {
     probe_ttl: u8,
     /// The probe's place among the probes of its TTL (0, 1, ...).
     probe_index: usize,
+    /// A multipath discovery's flow identifier (probes of one flow take one path through
+    /// per-flow load balancers); a reverse trace's flow value; null otherwise.
+    probe_flow: Option<u16>,
     /// What told the probe apart from the trace's others (the record's `tag`).
     probe_tag: u16,
     /// Why the probe could not be sent, if it could not.
@@ -65,7 +71,7 @@ struct Trace<'a> {
     id: String,
     kind: &'static str,
     start: &'a str,
-    stop: &'a str,
+    stop: String,
     service: Option<&'a str>,
     server_name: Option<&'a str>,
     protocol: Protocol,
@@ -73,6 +79,8 @@ struct Trace<'a> {
     dst: (IpAddr, Option<u16>),
     /// Classic traceroute's ports move with the probe number (the tag).
     ports: Ports,
+    /// A reverse trace's flow value (each probe of a multipath discovery has its own).
+    flow: Option<u16>,
 }
 
 /// How a probe's ports follow from its number: fixed (Paris, Dublin, live flows), or classic
@@ -97,9 +105,25 @@ impl Trace<'_> {
         out
     }
 
+    /// The rows of a path graph's probes (multipath, reverse): TTL by TTL, each TTL's nodes
+    /// in order of first answer, the unanswered last. A multipath discovery's probes that
+    /// only checked for per-packet balancing are not in its graph, so not in its rows.
+    fn graph_lines(&self, graph: &PathGraph) -> String {
+        let mut out = String::new();
+        for h in &graph.hops {
+            let probes = h.nodes.iter().flat_map(|n| &n.probes);
+            for (i, p) in probes.enumerate() {
+                out.push_str(&crate::record::line(&self.row(h.ttl, i, p)));
+            }
+        }
+        out
+    }
+
     fn row<'a>(&'a self, ttl: u8, index: usize, p: &'a ProbeReply) -> Reply<'a> {
         let step = p.tag.wrapping_sub(1);
         let (src_port, dst_port) = match self.ports {
+            // A multipath probe's own ports, which vary with its flow.
+            _ if p.src_port.is_some() || p.dst_port.is_some() => (p.src_port, p.dst_port),
             Ports::Fixed => (self.src.1, self.dst.1),
             Ports::ClassicUdp => (self.src.1, self.dst.1.map(|d| d.wrapping_add(step))),
             Ports::ClassicTcp(n) => (
@@ -111,7 +135,7 @@ impl Trace<'_> {
             trace_id: &self.id,
             trace_type: self.kind,
             trace_start: self.start,
-            trace_stop_reason: self.stop,
+            trace_stop_reason: &self.stop,
             service: self.service,
             server_name: self.server_name,
             probe_protocol: self.protocol,
@@ -121,6 +145,7 @@ impl Trace<'_> {
             probe_dst_port: dst_port,
             probe_ttl: ttl,
             probe_index: index,
+            probe_flow: p.flow.or(self.flow),
             probe_tag: p.tag,
             probe_error: p.error.as_deref(),
             reply_src_addr: p.addr,
@@ -148,13 +173,14 @@ pub(crate) fn flow_lines(r: &TraceResult) -> String {
         id: trace_id(),
         kind: "flow-trace",
         start: &r.start,
-        stop: r.stop_reason.as_str(),
+        stop: r.stop_reason.as_str().into(),
         service: f.service.as_deref(),
         server_name: f.name.as_deref(),
         protocol: f.protocol,
         src: (f.local.ip, Some(f.local.port)),
         dst: (f.remote.ip, Some(f.remote.port)),
         ports: Ports::Fixed,
+        flow: None,
     }
     .lines(&r.hops)
 }
@@ -165,7 +191,7 @@ pub(crate) fn traceroute_lines(r: &TracerouteResult) -> String {
         id: trace_id(),
         kind: "traceroute",
         start: &r.start,
-        stop: r.stop_reason.as_str(),
+        stop: r.stop_reason.as_str().into(),
         service: None,
         server_name: None,
         protocol: r.protocol,
@@ -178,8 +204,94 @@ pub(crate) fn traceroute_lines(r: &TracerouteResult) -> String {
             }
             _ => Ports::Fixed,
         },
+        flow: None,
     }
     .lines(&r.hops)
+}
+
+/// What the rows of a path graph share (multipath, reverse, the way out of `reverse
+/// --two-way`).
+fn graph_trace<'a>(
+    kind: &'static str,
+    start: &'a str,
+    stop: String,
+    protocol: Protocol,
+    src: (IpAddr, Option<u16>),
+    dst: (IpAddr, Option<u16>),
+    flow: Option<u16>,
+) -> Trace<'a> {
+    Trace {
+        id: trace_id(),
+        kind,
+        start,
+        stop,
+        service: None,
+        server_name: None,
+        protocol,
+        src,
+        dst,
+        ports: Ports::Fixed,
+        flow,
+    }
+}
+
+/// The rows of a multipath discovery (forward, or the way back with `direction` reverse):
+/// each probe with its own flow and ports.
+pub(crate) fn multipath_lines(r: &MdaResult) -> String {
+    let kind = if r.direction.is_some() {
+        "reverse-multipath"
+    } else {
+        "multipath"
+    };
+    graph_trace(
+        kind,
+        &r.start,
+        r.stop_reason.as_str().into(),
+        r.protocol,
+        (r.source, None),
+        (r.destination, None),
+        None,
+    )
+    .graph_lines(&r.graph)
+}
+
+/// The rows of a reverse trace: probes from the server back to this host, at the server's
+/// times.
+pub(crate) fn reverse_lines(r: &ReverseResult) -> String {
+    graph_trace(
+        "reverse",
+        &r.start,
+        stop_name(&r.stop_reason),
+        r.protocol,
+        (r.source, None),
+        (r.destination, None),
+        Some(r.flow),
+    )
+    .graph_lines(&r.graph)
+}
+
+/// The rows of `reverse --two-way`'s way out (a traceroute toward the server).
+pub(crate) fn forward_lines(r: &ForwardPath) -> String {
+    graph_trace(
+        "traceroute",
+        &r.start,
+        r.stop_reason.as_str().into(),
+        r.protocol,
+        (r.source, r.source_port),
+        (r.destination, r.port),
+        None,
+    )
+    .graph_lines(&r.graph)
+}
+
+/// A stop reason's name as its JSON says it: the string, or the key of an object
+/// (`{"server-error": {"state": 3}}`: `server-error`).
+fn stop_name<T: Serialize>(reason: &T) -> String {
+    match serde_json::to_value(reason) {
+        Ok(serde_json::Value::String(s)) => s,
+        Ok(serde_json::Value::Object(o)) => o.keys().next().cloned().unwrap_or_default(),
+        _ => String::new(),
+    }
 }
 
 #[cfg(test)]
@@ -300,5 +412,72 @@ mod tests {
         // Probe 6 of 4 ports: 40000 + (5 mod 4).
         let sports: Vec<_> = tcp.iter().map(|r| r["probe_src_port"].clone()).collect();
         assert_eq!(sports, [40000, 40001, 40001]);
+    }
+
+    /// A multipath discovery's rows: each probe with its own flow and ports, the unanswered
+    /// too, TTL by TTL.
+    #[test]
+    fn multipath_rows_carry_each_probes_flow_and_ports() {
+        let r: MdaResult = serde_json::from_value(serde_json::json!({
+            "destination": "198.19.1.2", "source": "198.18.1.2", "protocol": "udp",
+            "ip_version": 4, "start": "2026-12-05T15:26:34.98Z", "end": "2026-12-05T15:26:35Z",
+            "stop_reason": "completed", "confidence": 0.95,
+            "hops": [{"ttl": 3, "nodes": [
+                {"addr": "198.18.11.2", "probes": [
+                    {"addr": "198.18.11.2", "rtt_ms": 0.5, "icmp_type": 11, "icmp_code": 0,
+                     "tag": 7, "flow": 0, "src_port": 40000, "dst_port": 33434}]},
+                {"addr": "198.18.12.2", "probes": [
+                    {"addr": "198.18.12.2", "rtt_ms": 0.6, "icmp_type": 11, "icmp_code": 0,
+                     "tag": 8, "flow": 1, "src_port": 40000, "dst_port": 33435}]},
+                {"addr": null, "probes": [
+                    {"addr": null, "rtt_ms": null, "icmp_type": null, "icmp_code": null,
+                     "tag": 0, "flow": 2, "src_port": 40000, "dst_port": 33436}]}]}],
+            "links": [], "diamonds": [], "flows": 3, "probes_sent": 3, "replies": 2
+        }))
+        .unwrap();
+        let rows = rows(&multipath_lines(&r));
+        assert_eq!(rows.len(), 3);
+        let col = |k: &str| rows.iter().map(|r| r[k].clone()).collect::<Vec<_>>();
+        assert_eq!(col("trace_type"), ["multipath"; 3]);
+        assert_eq!(col("trace_stop_reason"), ["completed"; 3]);
+        assert_eq!(col("probe_flow"), [0, 1, 2]);
+        assert_eq!(col("probe_dst_port"), [33434, 33435, 33436]);
+        assert_eq!(col("probe_index"), [0, 1, 2]);
+        assert_eq!(col("reply_src_addr")[..2], ["198.18.11.2", "198.18.12.2"]);
+        assert!(rows[2]["reply_src_addr"].is_null());
+        assert!(rows.iter().all(|x| x["trace_id"] == rows[0]["trace_id"]));
+        // The same discovery of the way back.
+        let back = MdaResult {
+            direction: Some("reverse".into()),
+            ..r
+        };
+        assert!(self::rows(&multipath_lines(&back))
+            .iter()
+            .all(|x| x["trace_type"] == "reverse-multipath"));
+    }
+
+    /// A reverse trace's rows: from the server back to this host, its flow value on every
+    /// row, and a stop reason that is an object in the JSON named by its key.
+    #[test]
+    fn reverse_rows_go_from_the_server() {
+        let r: ReverseResult = serde_json::from_value(serde_json::json!({
+            "direction": "reverse", "source": "198.19.1.2", "destination": "198.18.1.2",
+            "protocol": "icmp", "flow": 7, "ip_version": 4,
+            "start": "2026-12-05T15:26:34.98Z", "end": "2026-12-05T15:26:35Z",
+            "stop_reason": {"server-error": {"state": 3}},
+            "hops": [{"ttl": 1, "nodes": [{"addr": "198.19.1.1", "probes": [
+                {"addr": "198.19.1.1", "rtt_ms": 0.2, "icmp_type": 11, "icmp_code": 0,
+                 "tag": 1}]}]}],
+            "links": [], "requests_sent": 2, "responses": 1
+        }))
+        .unwrap();
+        let rows = rows(&reverse_lines(&r));
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0]["trace_type"], "reverse");
+        assert_eq!(rows[0]["trace_stop_reason"], "server-error");
+        assert_eq!(rows[0]["probe_src_addr"], "198.19.1.2");
+        assert_eq!(rows[0]["probe_dst_addr"], "198.18.1.2");
+        assert_eq!(rows[0]["probe_flow"], 7);
+        assert!(rows[0]["probe_src_port"].is_null());
     }
 }

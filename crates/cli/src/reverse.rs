@@ -270,16 +270,9 @@ pub(crate) fn run_reverse(a: ReverseArgs) -> Result<Outcome, CliError> {
                 "--format atlas is for trace: RIPE Atlas has no reverse-traceroute results",
             ))
         }
-        TraceFormat::Replies | TraceFormat::Warts => {
-            return Err(CliError::input(format!(
-                "--format {} is for trace, flow and monitor, not reverse",
-                if a.format == TraceFormat::Warts {
-                    "warts"
-                } else {
-                    "replies"
-                }
-            )))
-        }
+        TraceFormat::Warts => return Err(CliError::input(
+            "--format warts is for trace, flow and monitor: a warts trace object has no way back",
+        )),
         _ => {}
     }
     let protocol = if a.icmp {
@@ -342,7 +335,13 @@ pub(crate) fn run_reverse(a: ReverseArgs) -> Result<Outcome, CliError> {
         TraceFormat::Json | TraceFormat::Jsonl => run.print(&json()),
         TraceFormat::Dot => run.print(&dot(forward_path.as_ref(), &result)),
         TraceFormat::Svg => run.print(&crate::graph::svg(&dot(forward_path.as_ref(), &result))?),
-        TraceFormat::Text | TraceFormat::Atlas | TraceFormat::Replies | TraceFormat::Warts => {}
+        TraceFormat::Replies => {
+            if let Some(f) = &forward_path {
+                run.print(&crate::replies::forward_lines(f));
+            }
+            run.print(&crate::replies::reverse_lines(&result));
+        }
+        TraceFormat::Text | TraceFormat::Atlas | TraceFormat::Warts => {}
     }
     run.finish()?;
     if run.output_closed() {
@@ -642,7 +641,13 @@ fn run_reverse_multipath(
         TraceFormat::Json | TraceFormat::Jsonl => run.print(&json()),
         TraceFormat::Dot => run.print(&picture()),
         TraceFormat::Svg => run.print(&crate::graph::svg(&picture())?),
-        TraceFormat::Text | TraceFormat::Atlas | TraceFormat::Replies | TraceFormat::Warts => {}
+        TraceFormat::Replies => {
+            if let Some(f) = &forward {
+                run.print(&crate::replies::multipath_lines(f));
+            }
+            run.print(&crate::replies::multipath_lines(&result));
+        }
+        TraceFormat::Text | TraceFormat::Atlas | TraceFormat::Warts => {}
     }
     run.finish()?;
     if run.output_closed() {

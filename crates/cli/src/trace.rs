@@ -493,10 +493,6 @@ pub(crate) fn run_trace(a: TraceArgs) -> Result<Outcome, CliError> {
         let refused = match a.format {
             TraceFormat::Atlas => Some(("atlas", "an Atlas traceroute result is one path")),
             TraceFormat::Warts => Some(("warts", "a warts trace object is one path")),
-            TraceFormat::Replies => Some((
-                "replies",
-                "a multipath result is a graph, its probes are not kept one by one",
-            )),
             _ => None,
         };
         if let Some((f, why)) = refused {
@@ -645,6 +641,9 @@ fn run_multipath(
     let summary = multipath(&opts, &stop, |ev| match (format, ev) {
         (TraceFormat::Text, _) => streamer.multipath_event(ev, &config, &mut run),
         (TraceFormat::Jsonl, MdaEvent::Finished(r)) => run.print(&crate::record::line(r)),
+        (TraceFormat::Replies, MdaEvent::Finished(r)) => {
+            run.print(&crate::replies::multipath_lines(r));
+        }
         _ => {}
     })
     .map_err(|e| CliError::from(e).naming_ttls("-f", "-m"))?;

@@ -245,8 +245,8 @@ fn format_and_file_usage_errors_are_one_line() {
             "takes no --multipath",
         ),
         (
-            vec!["trace", "--multipath", "--format", "replies", "192.0.2.1"],
-            "takes no --multipath",
+            vec!["reverse", "--format", "warts", "192.0.2.1"],
+            "a warts trace object has no way back",
         ),
         (
             vec!["trace", "--multipath", "--format", "warts", "192.0.2.1"],

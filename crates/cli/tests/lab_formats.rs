@@ -756,3 +756,51 @@ fn warts_files_are_read_by_scamper_with_the_labs_hops() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `trace --multipath --format replies`: a row for every probe of the discovery's graph, each
+/// with its own ports, and every answer the router of the branch the lab's ECMP router picks
+/// for that probe's 5-tuple (the destination last), for UDP (the destination port varies) and
+/// TCP (the source port varies).
+#[test]
+fn multipath_rows_follow_each_probes_flow_on_its_branch() {
+    let Some(_g) = lab_test_guard() else { return };
+    let lab = Lab::build(LabConfig::default()).expect("build lab");
+    let dst = lab.server_addr();
+    let dst_s = dst.to_string();
+    for (proto, flags) in [
+        (Proto::Udp, vec!["-U"]),
+        (Proto::Tcp, vec!["-T", "-p", "8080"]),
+    ] {
+        let mut args = vec!["trace", "-n", "--multipath", "--format", "replies"];
+        args.extend(&flags);
+        args.push(&dst_s);
+        let out = tracer_for(&lab, &args, secs(120));
+        let rows = rows(&out);
+        assert!(rows.len() >= 20, "{proto:?}: {} rows", rows.len());
+        let mut branches = BTreeSet::new();
+        let mut cache: BTreeMap<(u16, u16), usize> = BTreeMap::new();
+        for r in &rows {
+            assert_eq!(r["trace_type"], "multipath", "{r}");
+            assert!(r["probe_flow"].is_u64(), "{r}");
+            let Some(from) = r["reply_src_addr"].as_str() else {
+                continue;
+            };
+            let sport = r["probe_src_port"].as_u64().expect("a port") as u16;
+            let dport = r["probe_dst_port"].as_u64().expect("a port") as u16;
+            let k = *cache.entry((sport, dport)).or_insert_with(|| {
+                lab.route_branch(proto, lab.client_addr(), sport, dst, dport)
+                    .expect("the lab's branch")
+            });
+            branches.insert(k);
+            let ttl = r["probe_ttl"].as_u64().unwrap() as usize;
+            let mut truth = lab.branch_path_ip(k, false);
+            truth.push(dst.into());
+            assert_eq!(from, truth[ttl - 1].to_string(), "{proto:?}: {r}");
+        }
+        assert_eq!(
+            branches.len(),
+            lab.branches(),
+            "{proto:?}: every branch found"
+        );
+    }
+}

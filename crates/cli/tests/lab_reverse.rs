@@ -300,6 +300,59 @@ fn two_way_holds_both_directions_each_equal_to_its_truth() {
             "{proto:?}: back"
         );
     }
+    // The same as rows (`--format replies`): the way out as a traceroute's rows, the way
+    // back as rows of probes from the server, each answer the truth's.
+    let out = tracer_for(
+        &lab,
+        &[
+            "reverse",
+            "--two-way",
+            "--format",
+            "replies",
+            "-U",
+            "--flow",
+            "5000",
+            &s4,
+        ],
+        SECS(60),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(common::record)
+        .collect();
+    let (fwd, back): (Vec<_>, Vec<_>) = rows.iter().partition(|r| r["trace_type"] == "traceroute");
+    assert!(!fwd.is_empty() && !back.is_empty(), "{rows:?}");
+    let sport = fwd[0]["probe_src_port"].as_u64().expect("a source port") as u16;
+    let mut want = lab
+        .expected_path_ip(
+            Proto::Udp,
+            lab.client_addr().into(),
+            lab.server_addr().into(),
+            sport,
+            5000,
+            0,
+        )
+        .expect("forward truth");
+    want.push(lab.server_addr().into());
+    let back_truth = lab.reverse_path_ip(
+        lab.reverse_branch_v4(Proto::Udp, 1021, 5000)
+            .expect("reverse truth"),
+        false,
+    );
+    for (rows, truth, from) in [
+        (&fwd, &want, lab.client_addr().to_string()),
+        (&back, &back_truth, s4.clone()),
+    ] {
+        for r in rows {
+            assert_eq!(r["probe_src_addr"], from.as_str(), "{r}");
+            let ttl = r["probe_ttl"].as_u64().unwrap() as usize;
+            assert_eq!(r["reply_src_addr"], truth[ttl - 1].to_string(), "{r}");
+        }
+    }
+    assert!(back
+        .iter()
+        .all(|r| r["trace_type"] == "reverse" && r["probe_flow"] == 5000));
     // Text: both sections, each with its stop line; DOT: a cluster per direction.
     let out = tracer_for(&lab, &["reverse", "--two-way", "-I", &s4], SECS(60));
     let text = String::from_utf8_lossy(&out.stdout);

@@ -458,6 +458,19 @@ pub struct Mda {
     replies_matched: u64,
 }
 
+/// The source and destination ports of flow `f`'s probes (None for ICMP): the source port
+/// varies where the configuration says so, else the destination port.
+fn probe_ports(c: &MdaConfig, f: u16) -> Option<(u16, u16)> {
+    match c.protocol {
+        Protocol::Icmp => None,
+        _ if c.varies_source_port() => Some((
+            c.sport.wrapping_add(f % c.source_ports.max(1)),
+            c.dest_port(),
+        )),
+        _ => Some((c.sport, c.dest_port().wrapping_add(f))),
+    }
+}
+
 /// The IPv6 flow label of flow `f`: distinct and non-zero for every `f`, so that routers
 /// hashing the label (RFC 6438) see a different flow.
 fn flow_label(f: u16) -> u32 {
@@ -824,7 +837,7 @@ impl Mda {
         while u16::from(first) + u16::from(t.emitted) <= last {
             let ttl = first + t.emitted;
             t.emitted += 1;
-            if let Some(hop) = graph_hop(t, ttl) {
+            if let Some(hop) = graph_hop(t, ttl, &self.cfg) {
                 let links = links(t).into_iter().filter(|l| l.ttl + 1 == ttl).collect();
                 self.events.push_back(MdaEvent::Hop {
                     target: dst,
@@ -853,7 +866,7 @@ impl Mda {
                 self.ids.expired(p.ident);
             }
         }
-        let graph = build_graph(&t);
+        let graph = build_graph(&t, &self.cfg);
         let start = t
             .probes
             .iter()
@@ -907,14 +920,7 @@ impl Mda {
         buf: &mut Vec<u8>,
     ) -> Option<FlowKey> {
         let c = &self.cfg;
-        let (sport, dport) = match c.protocol {
-            Protocol::Icmp => (0, 0),
-            _ if c.varies_source_port() => (
-                c.sport.wrapping_add(f % c.source_ports.max(1)),
-                c.dest_port(),
-            ),
-            _ => (c.sport, c.dest_port().wrapping_add(f)),
-        };
+        let (sport, dport) = probe_ports(c, f).unwrap_or((0, 0));
         let ip = match (src, dst) {
             (IpAddr::V4(s), IpAddr::V4(d)) => IpFields::V4(Ipv4Fields {
                 src: s,
@@ -1304,6 +1310,15 @@ impl Mda {
         }
         p.reply = Some(reply);
         let (f, ttl, check) = (p.flow, p.ttl, p.check);
+        if let Some(r) = &mut p.reply {
+            r.flow = Some(f);
+            // Forward only: a reverse discovery's probes are the server's, their ports its.
+            if let Some((sport, dport)) =
+                probe_ports(&self.cfg, f).filter(|_| self.cfg.reverse.is_none())
+            {
+                (r.src_port, r.dst_port) = (Some(sport), Some(dport));
+            }
+        }
         t.replies += 1;
         self.replies_matched += 1;
         t.outstanding -= 1;
@@ -1542,15 +1557,22 @@ fn error_reply(from: IpAddr, ttl: u8, err: &IcmpError<'_>) -> ProbeReply {
 }
 
 /// A TTL's nodes: its probes (checks excluded) grouped by who answered.
-fn graph_hop(t: &Target, ttl: u8) -> Option<GraphHop> {
+fn graph_hop(t: &Target, ttl: u8, cfg: &MdaConfig) -> Option<GraphHop> {
     let probes: Vec<ProbeReply> = t
         .probes
         .iter()
         .filter(|p| p.ttl == ttl && !p.check)
         .map(|p| {
-            p.reply.clone().unwrap_or(ProbeReply {
-                tag: 0,
-                ..ProbeReply::default()
+            p.reply.clone().unwrap_or_else(|| {
+                // Unanswered: its flow and ports all the same (forward only, as in `reply`).
+                let ports = probe_ports(cfg, p.flow).filter(|_| cfg.reverse.is_none());
+                ProbeReply {
+                    tag: 0,
+                    flow: Some(p.flow),
+                    src_port: ports.map(|p| p.0),
+                    dst_port: ports.map(|p| p.1),
+                    ..ProbeReply::default()
+                }
             })
         })
         .collect();
@@ -1558,7 +1580,7 @@ fn graph_hop(t: &Target, ttl: u8) -> Option<GraphHop> {
 }
 
 /// The graph of a discovery: every TTL probed, the links one flow took.
-fn build_graph(t: &Target) -> PathGraph {
+fn build_graph(t: &Target, cfg: &MdaConfig) -> PathGraph {
     let mut ttls: Vec<u8> = t
         .probes
         .iter()
@@ -1567,7 +1589,10 @@ fn build_graph(t: &Target) -> PathGraph {
         .collect();
     ttls.sort_unstable();
     ttls.dedup();
-    let hops = ttls.iter().filter_map(|&ttl| graph_hop(t, ttl)).collect();
+    let hops = ttls
+        .iter()
+        .filter_map(|&ttl| graph_hop(t, ttl, cfg))
+        .collect();
     PathGraph {
         hops,
         links: links(t),

@@ -504,6 +504,9 @@ mod tests {
             }],
             interfaces: Vec::new(),
             mtu: None,
+            flow: None,
+            src_port: None,
+            dst_port: None,
             error: None,
         }
     }

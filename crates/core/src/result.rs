@@ -243,6 +243,17 @@ pub struct ProbeReply {
     /// §3.2) error: the path MTU at that router.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
+    /// Multipath discovery: the flow identifier of the probe (probes of one flow take one
+    /// path through per-flow load balancers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow: Option<u16>,
+    /// Multipath discovery (UDP, TCP): the probe's own source and destination ports, which
+    /// vary with its flow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src_port: Option<u16>,
+    /// See `src_port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dst_port: Option<u16>,
     /// Why the probe could not be sent, if it could not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,

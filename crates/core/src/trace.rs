@@ -679,6 +679,9 @@ impl Trace {
             mpls: r.map(|r| r.mpls.clone()).unwrap_or_default(),
             interfaces: r.map(|r| r.interfaces.clone()).unwrap_or_default(),
             mtu: r.and_then(|r| r.mtu),
+            flow: None,
+            src_port: None,
+            dst_port: None,
             error: match &p.state {
                 ProbeState::Failed(e) => Some(e.clone()),
                 _ => None,
