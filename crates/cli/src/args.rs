@@ -244,8 +244,8 @@ pub(crate) enum TraceFormat {
     /// one flat JSON object per probe, answered or not, for analytics stores (ClickHouse:
     /// schema/clickhouse/replies.sql); without --multipath only
     Replies,
-    /// scamper's binary warts format (warts(5)), as sc_warts2json and sc_wartsdump read it;
-    /// without --multipath only
+    /// scamper's binary warts format (warts(5)), as sc_warts2json and sc_wartsdump read it
+    /// (with --multipath: scamper's tracelb objects)
     Warts,
 }
 

@@ -492,7 +492,6 @@ pub(crate) fn run_trace(a: TraceArgs) -> Result<Outcome, CliError> {
     if a.multipath {
         let refused = match a.format {
             TraceFormat::Atlas => Some(("atlas", "an Atlas traceroute result is one path")),
-            TraceFormat::Warts => Some(("warts", "a warts trace object is one path")),
             _ => None,
         };
         if let Some((f, why)) = refused {
@@ -547,11 +546,7 @@ pub(crate) fn run_trace(a: TraceArgs) -> Result<Outcome, CliError> {
         receive: a.receive.into(),
         pcap: a.pcap,
     };
-    if a.format == TraceFormat::Warts && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
-        return Err(CliError::input(
-            "--format warts is binary: redirect the output to a file (> FILE.warts)",
-        ));
-    }
+    check_binary_output(a.format)?;
     let mut run = Run::start_lazy()?;
     let stop = std::sync::Arc::clone(&run.stop);
     let mut streamer = Streamer::new(targets, target_names.clone());
@@ -587,6 +582,16 @@ pub(crate) fn run_trace(a: TraceArgs) -> Result<Outcome, CliError> {
     end_run(run, format, &summary.results, summary.capture_drops, || {
         traceroute_dot(&summary.results, &target_names)
     })
+}
+
+/// A binary format (warts) is not written to a terminal.
+fn check_binary_output(format: TraceFormat) -> Result<(), CliError> {
+    if format == TraceFormat::Warts && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        return Err(CliError::input(
+            "--format warts is binary: redirect the output to a file (> FILE.warts)",
+        ));
+    }
+    Ok(())
 }
 
 /// The event with the AS numbers of its hops (`--asn`; the event itself without a table).
@@ -634,9 +639,11 @@ fn run_multipath(
         receive: a.receive.into(),
         pcap: a.pcap,
     };
+    check_binary_output(a.format)?;
     let mut run = Run::start_lazy()?;
     let stop = std::sync::Arc::clone(&run.stop);
     let mut streamer = Streamer::new(targets, names.clone());
+    let mut warts = crate::warts::Writer::new();
     let format = a.format;
     let summary = multipath(&opts, &stop, |ev| match (format, ev) {
         (TraceFormat::Text, _) => streamer.multipath_event(ev, &config, &mut run),
@@ -644,9 +651,14 @@ fn run_multipath(
         (TraceFormat::Replies, MdaEvent::Finished(r)) => {
             run.print(&crate::replies::multipath_lines(r));
         }
+        // scamper's tracelb object: its multipath traceroute.
+        (TraceFormat::Warts, MdaEvent::Finished(r)) => run.write(&warts.tracelb(r)),
         _ => {}
     })
     .map_err(|e| CliError::from(e).naming_ttls("-f", "-m"))?;
+    if format == TraceFormat::Warts {
+        run.write(&warts.finish());
+    }
     end_run(run, format, &summary.results, summary.capture_drops, || {
         multipath_dot(&summary.results, &names)
     })

@@ -33,6 +33,9 @@
 //! `scamper_file_warts.c` and `trace/scamper_trace_warts.c`: for example the attempt number
 //! on disk is 0-based and flag bit `n` of the flag bytes is bit `(n - 1) % 7` of byte
 //! `(n - 1) / 7`.
+//!
+//! A multipath (MDA) discovery is written as scamper's *tracelb* object (type 8, laid out as
+//! in `tracelb/scamper_tracelb_warts.c`); `tracelb_object` says how our graph maps onto it.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -48,6 +51,8 @@ const OBJ_LIST: u16 = 0x0001;
 const OBJ_CYCLE_START: u16 = 0x0002;
 const OBJ_CYCLE_STOP: u16 = 0x0004;
 const OBJ_TRACE: u16 = 0x0006;
+/// A load-balancer (MDA) traceroute (scamper's `SCAMPER_FILE_OBJ_TRACELB`).
+const OBJ_TRACELB: u16 = 0x0008;
 
 /// The list's id as warts numbers lists: readers count them from 1 (0 means "no list") and
 /// check that the first list in a file says 1.
@@ -120,6 +125,78 @@ mod hop_param {
     pub(super) const ADDR: usize = 18;
     pub(super) const NAME: usize = 20;
 }
+
+/// Tracelb methods (scamper's `SCAMPER_TRACELB_TYPE_*`): which probe field carries the flow
+/// identifier.
+const LB_TYPE_UDP_DPORT: u8 = 0x01;
+const LB_TYPE_ICMP_ECHO: u8 = 0x02;
+const LB_TYPE_UDP_SPORT: u8 = 0x03;
+const LB_TYPE_TCP_SPORT: u8 = 0x04;
+
+/// Tracelb reply flags (scamper's `SCAMPER_TRACELB_REPLY_FLAG_*`): the reply TTL field is
+/// valid; the reply is TCP (else ICMP).
+const LB_REPLY_FLAG_REPLY_TTL: u8 = 0x01;
+const LB_REPLY_FLAG_TCP: u8 = 0x02;
+
+/// Tracelb parameters (`WARTS_TRACELB_*` of scamper's `tracelb/scamper_tracelb_warts.c`).
+mod lb_param {
+    pub(super) const LIST_ID: usize = 1;
+    pub(super) const CYCLE_ID: usize = 2;
+    pub(super) const START: usize = 5;
+    pub(super) const SPORT: usize = 6;
+    pub(super) const DPORT: usize = 7;
+    pub(super) const TYPE: usize = 9;
+    pub(super) const FIRSTHOP: usize = 10;
+    pub(super) const CONFIDENCE: usize = 14;
+    pub(super) const NODEC: usize = 16;
+    pub(super) const LINKC: usize = 17;
+    pub(super) const PROBEC: usize = 18;
+    pub(super) const SRC: usize = 21;
+    pub(super) const DST: usize = 22;
+}
+
+/// Tracelb node parameters (`WARTS_TRACELB_NODE_*`).
+mod lb_node_param {
+    pub(super) const FLAGS: usize = 2;
+    pub(super) const LINKC: usize = 3;
+    pub(super) const ADDR: usize = 5;
+    pub(super) const NAME: usize = 6;
+}
+
+/// Tracelb link parameters (`WARTS_TRACELB_LINK_*`): node indexes and the probe set count.
+mod lb_link_param {
+    pub(super) const FROM: usize = 1;
+    pub(super) const TO: usize = 2;
+    pub(super) const HOPC: usize = 3;
+}
+
+/// Tracelb probe set (`WARTS_TRACELB_PROBESET_PROBEC`) and probe parameters
+/// (`WARTS_TRACELB_PROBE_*`).
+mod lb_probe_param {
+    pub(super) const SET_PROBEC: usize = 1;
+    pub(super) const TX: usize = 1;
+    pub(super) const FLOWID: usize = 2;
+    pub(super) const TTL: usize = 3;
+    pub(super) const ATTEMPT: usize = 4;
+    pub(super) const RXC: usize = 5;
+}
+
+/// Tracelb reply parameters (`WARTS_TRACELB_REPLY_*`).
+mod lb_reply_param {
+    pub(super) const RX: usize = 1;
+    pub(super) const TTL: usize = 3;
+    pub(super) const FLAGS: usize = 4;
+    pub(super) const ICMP_TC: usize = 5;
+    pub(super) const TCP_FLAGS: usize = 6;
+    pub(super) const ICMP_EXT: usize = 7;
+    pub(super) const Q_TTL: usize = 8;
+    pub(super) const FROM: usize = 11;
+}
+
+/// At most this many probe records go into one tracelb object (a probe answered by a node
+/// with many links into it is written once per link): about 50 MB, far more than any
+/// discovery sends, and it keeps the object's u32 length true for any input.
+const MAX_LB_PROBES: usize = 1_000_000;
 
 /// At most this many MPLS labels (the top of the stack) go into a hop record: RFC 4950
 /// stacks are a few entries deep, and scamper's JSON conversion (`sc_warts2json`, Debian's
@@ -196,6 +273,16 @@ impl Writer {
         let mut out = self.header();
         let cycle = self.open_cycle.unwrap_or(self.cycles);
         out.extend(trace_object(r, cycle));
+        out
+    }
+
+    /// One tracelb object (scamper's MDA traceroute) for a forward multipath discovery
+    /// (after the header, if that was not written yet). See [`tracelb_object`] for the
+    /// mapping.
+    pub(crate) fn tracelb(&mut self, r: &svctr_core::MdaResult) -> Vec<u8> {
+        let mut out = self.header();
+        let cycle = self.open_cycle.unwrap_or(self.cycles);
+        out.extend(tracelb_object(r, cycle));
         out
     }
 
@@ -620,6 +707,304 @@ fn timeval(t: &str) -> Option<[u8; 8]> {
 fn unix_seconds_u32(t: SystemTime) -> u32 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX))
+}
+
+/// The tracelb object of a multipath discovery. Scamper's model is a graph of *nodes*
+/// (interface addresses) and *links* between them, each link holding the probes (flow id,
+/// TTL, attempt, send time) whose replies (receive time, TTL, ICMP type and code or TCP
+/// flags, address) showed it. Ours maps onto it as follows:
+///
+/// * **Nodes**: every distinct address that answered, once (scamper's nodes are interfaces,
+///   not (address, TTL) pairs), in order of its first TTL; the silent probes are no node.
+/// * **Links**: our links (`from` at `ttl`, `to` at `ttl + 1`), once per address pair, in
+///   order of their `from` node (the reader hands a node the links that name it, in file
+///   order). Each has one probe set (hop count 1: our links join consecutive TTLs): the
+///   probes `to` answered at `ttl + 1` whose flow `from` answered at `ttl`, which are the
+///   probes that showed the link; if none (flows unknown) all of `to`'s probes at that TTL.
+///   A link into or out of a silence is left out (the reader needs an address for a node,
+///   and `sc_warts2json` crashes on a node with several links one of which has no `to`).
+/// * **Method**: ICMP is `icmp-echo`, TCP `tcp-sport` (our TCP discovery varies the source
+///   port); UDP is `udp-dport` when the probes' destination ports vary (ours fix the
+///   source port), `udp-sport` when only their source ports do. The ports are the lowest
+///   each probe carried.
+/// * **Times**: we keep no send time per probe, only its RTT: every probe is written as sent
+///   at the discovery's start and its reply as received an RTT later, so that readers'
+///   RTTs (receive minus send time) are ours, to the microsecond. A reply without an RTT is
+///   written as received when sent.
+/// * **Confidence**: scamper knows 95 and 99 %; ours is written as the nearer of the two.
+/// * **Attempts** are the 0-based position of the probe among the probes of its flow and TTL
+///   that the node answered (retries of a probe nobody answered are not known).
+/// * **Left out**: what we do not know (probe size, ToS, waits, attempts per flow, gap limit,
+///   the reply's IP-ID, the probe count limit), unanswered probes (scamper records them,
+///   our graph keeps them only as silent nodes), the stop reason and end time (tracelb has
+///   no field for them), node quoted-TTL flags, and links of a reverse discovery (the CLI
+///   writes only forward ones). Counts are capped at their fields' u16 range and the probe
+///   records at [`MAX_LB_PROBES`].
+fn tracelb_object(r: &svctr_core::MdaResult, cycle: u32) -> Vec<u8> {
+    use lb_param as t;
+    let mut table = AddrTable::default();
+
+    // The hops in TTL order (ours come sorted; the stable sort is for any other input).
+    let mut hops: Vec<&svctr_core::GraphHop> = r.graph.hops.iter().collect();
+    hops.sort_by_key(|h| h.ttl);
+    let all_probes = || {
+        hops.iter()
+            .flat_map(|h| h.nodes.iter().flat_map(|n| &n.probes))
+    };
+
+    // Nodes: distinct answering addresses (u16 indexes: further ones are left out).
+    let mut nodes: Vec<IpAddr> = Vec::new();
+    let mut index: HashMap<IpAddr, u16> = HashMap::new();
+    for a in hops.iter().flat_map(|h| h.addrs()) {
+        if index.contains_key(&a) {
+            continue;
+        }
+        // At most u16::MAX nodes, indexed 0 to u16::MAX - 1.
+        let Some(i) = u16::try_from(nodes.len()).ok().filter(|&i| i < u16::MAX) else {
+            break;
+        };
+        index.insert(a, i);
+        nodes.push(a);
+    }
+
+    // Links: one per (from, to) pair, both nodes known, sorted by their indexes.
+    let mut links: Vec<(u16, u16, &svctr_core::Link)> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for l in &r.graph.links {
+        if let (Some(&f), Some(&to)) = (index.get(&l.from), index.get(&l.to)) {
+            if seen.insert((f, to)) {
+                links.push((f, to, l));
+            }
+        }
+    }
+    links.sort_by_key(|&(f, to, _)| (f, to));
+    links.truncate(usize::from(u16::MAX));
+
+    let mut p = Params::default();
+    p.set(t::LIST_ID, &LIST_ID.to_be_bytes());
+    p.set(t::CYCLE_ID, &cycle.to_be_bytes());
+    let start = timeval(&r.start);
+    if let Some(tv) = start {
+        p.set(t::START, &tv);
+    }
+    let (method, sport, dport) = tracelb_method(r.protocol, all_probes());
+    if let Some(s) = sport {
+        p.set(t::SPORT, &s.to_be_bytes());
+    }
+    if let Some(d) = dport {
+        p.set(t::DPORT, &d.to_be_bytes());
+    }
+    p.set(t::TYPE, &[method]);
+    // TTL 0 is no TTL a probe is sent with.
+    if let Some(first) = hops.iter().map(|h| h.ttl).find(|&t| t > 0) {
+        p.set(t::FIRSTHOP, &[first]);
+    }
+    if let Some(c) = tracelb_confidence(r.confidence) {
+        p.set(t::CONFIDENCE, &[c]);
+    }
+    // Both fit: nodes and links were capped at u16 above.
+    p.set(
+        t::NODEC,
+        &u16::try_from(nodes.len()).unwrap_or(u16::MAX).to_be_bytes(),
+    );
+    p.set(
+        t::LINKC,
+        &u16::try_from(links.len()).unwrap_or(u16::MAX).to_be_bytes(),
+    );
+    p.set(t::PROBEC, &r.probes_sent.to_be_bytes());
+    p.set(t::SRC, &table.encode(r.source));
+    p.set(t::DST, &table.encode(r.destination));
+    let mut body = Vec::new();
+    p.write(&mut body);
+
+    // The node records: flags (none), their link count, the address, a name if resolved.
+    for (i, &addr) in nodes.iter().enumerate() {
+        use lb_node_param as n;
+        let linkc = links.iter().filter(|&&(f, ..)| usize::from(f) == i).count();
+        let mut p = Params::default();
+        p.set(n::FLAGS, &[0]);
+        p.set(
+            n::LINKC,
+            &u16::try_from(linkc).unwrap_or(u16::MAX).to_be_bytes(),
+        );
+        p.set(n::ADDR, &table.encode(addr));
+        let name = hops
+            .iter()
+            .flat_map(|h| h.nodes.iter().filter(|n| n.addr == Some(addr)))
+            .flat_map(|n| &n.probes)
+            .find_map(|p| p.name.as_ref())
+            .filter(|name| !name.contains('\0') && name.len() <= MAX_NAME);
+        if let Some(name) = name {
+            let mut v = Vec::with_capacity(name.len() + 1);
+            push_string(&mut v, name);
+            p.set(n::NAME, &v);
+        }
+        p.write(&mut body);
+    }
+
+    // The link records, each with its one probe set.
+    let node_at = |ttl: u8, addr: IpAddr| {
+        hops.iter()
+            .filter(|h| h.ttl == ttl)
+            .flat_map(|h| &h.nodes)
+            .find(|n| n.addr == Some(addr))
+    };
+    let mut budget = MAX_LB_PROBES;
+    for (from, to, l) in links {
+        use lb_link_param as k;
+        let mut p = Params::default();
+        p.set(k::FROM, &from.to_be_bytes());
+        p.set(k::TO, &to.to_be_bytes());
+        p.set(k::HOPC, &[1]);
+        p.write(&mut body);
+
+        let to_ttl = l.ttl.checked_add(1);
+        let answered: Vec<&ProbeReply> = to_ttl
+            .and_then(|t| node_at(t, l.to))
+            .map(|n| n.probes.iter().collect())
+            .unwrap_or_default();
+        let from_flows: Vec<u16> = node_at(l.ttl, l.from)
+            .map(|n| n.probes.iter().filter_map(|p| p.flow).collect())
+            .unwrap_or_default();
+        let through: Vec<usize> = (0..answered.len())
+            .filter(|&i| answered[i].flow.is_some_and(|f| from_flows.contains(&f)))
+            .collect();
+        let chosen: Vec<usize> = if through.is_empty() {
+            (0..answered.len()).collect()
+        } else {
+            through
+        };
+        let count = chosen.len().min(usize::from(u16::MAX)).min(budget);
+        budget -= count;
+        let mut set = Params::default();
+        set.set(
+            lb_probe_param::SET_PROBEC,
+            &u16::try_from(count).unwrap_or(u16::MAX).to_be_bytes(),
+        );
+        set.write(&mut body);
+        for &i in &chosen[..count] {
+            let probe = answered[i];
+            // Earlier probes of the same flow (and TTL) answered by this node.
+            let attempt = answered[..i]
+                .iter()
+                .filter(|q| q.flow == probe.flow)
+                .count();
+            // `to_ttl` is set: `answered` is empty otherwise.
+            let ttl = to_ttl.unwrap_or(u8::MAX);
+            body.extend(tracelb_probe(probe, ttl, attempt, start, l.to, &mut table));
+        }
+    }
+    object(OBJ_TRACELB, &body)
+}
+
+/// A tracelb probe record and its one reply (from `addr`), sent at `tx` (absent: the epoch).
+fn tracelb_probe(
+    r: &ProbeReply,
+    ttl: u8,
+    attempt: usize,
+    tx: Option<[u8; 8]>,
+    addr: IpAddr,
+    table: &mut AddrTable,
+) -> Vec<u8> {
+    use lb_probe_param as q;
+    use lb_reply_param as y;
+    let tx = tx.unwrap_or([0; 8]);
+    let mut out = Vec::new();
+    let mut p = Params::default();
+    p.set(q::TX, &tx);
+    if let Some(f) = r.flow {
+        p.set(q::FLOWID, &f.to_be_bytes());
+    }
+    p.set(q::TTL, &[ttl]);
+    // The 256th and later probes of one flow at one TTL (never sent) share the last number.
+    p.set(q::ATTEMPT, &[u8::try_from(attempt).unwrap_or(u8::MAX)]);
+    p.set(q::RXC, &1u16.to_be_bytes());
+    p.write(&mut out);
+
+    let tcp = r.tcp_flags.is_some();
+    let mut p = Params::default();
+    p.set(
+        y::RX,
+        &timeval_plus(tx, r.rtt_ms.and_then(rtt_micros).unwrap_or(0)),
+    );
+    if let Some(t) = r.reply_ttl {
+        p.set(y::TTL, &[t]);
+    }
+    let mut flags = 0;
+    if r.reply_ttl.is_some() {
+        flags |= LB_REPLY_FLAG_REPLY_TTL;
+    }
+    if tcp {
+        flags |= LB_REPLY_FLAG_TCP;
+    }
+    p.set(y::FLAGS, &[flags]);
+    if !tcp {
+        if let (Some(ty), Some(code)) = (r.icmp_type, r.icmp_code) {
+            p.set(y::ICMP_TC, &[ty, code]);
+        }
+    }
+    if let Some(f) = r.tcp_flags {
+        p.set(y::TCP_FLAGS, &[f]);
+    }
+    if !tcp && !r.mpls.is_empty() {
+        p.set(y::ICMP_EXT, &mpls_extension(&r.mpls));
+    }
+    if !tcp {
+        // Unlike a trace's hop record, a tracelb reply has no default of 1 to omit.
+        if let Some(qt) = r.quoted_ttl {
+            p.set(y::Q_TTL, &[qt]);
+        }
+    }
+    p.set(y::FROM, &table.encode(addr));
+    p.write(&mut out);
+    out
+}
+
+/// Scamper's tracelb method for our protocol, and the lowest source and destination ports
+/// of the probes (see [`tracelb_object`]).
+fn tracelb_method<'a>(
+    protocol: Protocol,
+    probes: impl Iterator<Item = &'a ProbeReply>,
+) -> (u8, Option<u16>, Option<u16>) {
+    let (mut sports, mut dports) = (
+        std::collections::BTreeSet::new(),
+        std::collections::BTreeSet::new(),
+    );
+    for p in probes {
+        sports.extend(p.src_port);
+        dports.extend(p.dst_port);
+    }
+    let method = match protocol {
+        Protocol::Icmp => LB_TYPE_ICMP_ECHO,
+        Protocol::Tcp => LB_TYPE_TCP_SPORT,
+        Protocol::Udp if dports.len() <= 1 && sports.len() > 1 => LB_TYPE_UDP_SPORT,
+        Protocol::Udp => LB_TYPE_UDP_DPORT,
+    };
+    (method, sports.first().copied(), dports.first().copied())
+}
+
+/// The confidence scamper can express (its `-c` takes 95 or 99 %) nearest ours (a fraction,
+/// 0.95; a value above 1 is taken for a percentage); None if it is not a number.
+fn tracelb_confidence(c: f64) -> Option<u8> {
+    if c.is_nan() {
+        return None;
+    }
+    let percent = if c <= 1.0 { c * 100.0 } else { c };
+    Some(if percent >= 97.0 { 99 } else { 95 })
+}
+
+/// A timeval plus some microseconds (the seconds saturate at the u32 maximum).
+fn timeval_plus(tv: [u8; 8], micros: u32) -> [u8; 8] {
+    let secs = u32::from_be_bytes([tv[0], tv[1], tv[2], tv[3]]);
+    let usec = u32::from_be_bytes([tv[4], tv[5], tv[6], tv[7]]);
+    let total = u64::from(usec) + u64::from(micros);
+    let secs = u64::from(secs) + total / 1_000_000;
+    let usec = u32::try_from(total % 1_000_000).unwrap_or(0);
+    let secs = u32::try_from(secs).unwrap_or(u32::MAX);
+    let mut out = [0; 8];
+    out[..4].copy_from_slice(&secs.to_be_bytes());
+    out[4..].copy_from_slice(&usec.to_be_bytes());
+    out
 }
 
 /// A live flow's trace as the traceroute it is to warts: the flow's 5-tuple, one flow
@@ -1135,6 +1520,260 @@ mod tests {
             {
                 assert!(text.contains(&a.to_string()), "{a} missing from:\n{text}");
             }
+        }
+    }
+
+    /// A diamond found by a UDP discovery (source port fixed, destination port per flow):
+    /// 198.18.1.1 at TTL 1, 198.18.11.2 (flow 0) and 198.18.12.2 (flow 1) at TTL 2 (flow 2
+    /// unanswered), the destination 198.19.1.2 at TTL 3.
+    fn diamond() -> svctr_core::MdaResult {
+        let probe = |addr: &str, rtt: f64, tc: (u8, u8), tag: u16, flow: u16| {
+            serde_json::json!({
+                "addr": addr, "rtt_ms": rtt, "icmp_type": tc.0, "icmp_code": tc.1,
+                "reply_ttl": 64 - tag, "quoted_ttl": 1, "tag": tag, "flow": flow,
+                "src_port": 40000, "dst_port": 33434 + flow
+            })
+        };
+        serde_json::from_value(serde_json::json!({
+            "destination": "198.19.1.2", "source": "198.18.1.2", "protocol": "udp",
+            "ip_version": 4, "start": "2026-12-05T15:26:34.980058Z",
+            "end": "2026-12-05T15:26:36Z", "stop_reason": "completed", "confidence": 0.95,
+            "hops": [
+                {"ttl": 1, "nodes": [{"addr": "198.18.1.1", "probes": [
+                    probe("198.18.1.1", 0.25, (11, 0), 1, 0),
+                    probe("198.18.1.1", 0.375, (11, 0), 2, 1)]}]},
+                {"ttl": 2, "nodes": [
+                    {"addr": "198.18.11.2", "probes": [
+                        probe("198.18.11.2", 1.125, (11, 0), 3, 0)]},
+                    {"addr": "198.18.12.2", "probes": [
+                        probe("198.18.12.2", 1.25, (11, 0), 4, 1)]},
+                    {"addr": null, "probes": [
+                        {"addr": null, "rtt_ms": null, "icmp_type": null, "icmp_code": null,
+                         "tag": 5, "flow": 2, "src_port": 40000, "dst_port": 33436}]}]},
+                {"ttl": 3, "nodes": [{"addr": "198.19.1.2", "probes": [
+                    probe("198.19.1.2", 2.5, (3, 3), 6, 0),
+                    probe("198.19.1.2", 2.625, (3, 3), 7, 1)]}]}
+            ],
+            "links": [
+                {"ttl": 1, "from": "198.18.1.1", "to": "198.18.11.2"},
+                {"ttl": 1, "from": "198.18.1.1", "to": "198.18.12.2"},
+                {"ttl": 2, "from": "198.18.11.2", "to": "198.19.1.2"},
+                {"ttl": 2, "from": "198.18.12.2", "to": "198.19.1.2"}
+            ],
+            "diamonds": [], "flows": 3, "probes_sent": 7, "replies": 6
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn tracelb_params_bytes() {
+        #[rustfmt::skip]
+        let params: Vec<u8> = [
+            // Flags: 1 2 5 6 7 | 9 10 14 | 16 17 18 21 | 22 (0x80: another byte follows).
+            &[0xf3, 0xc6, 0xce, 0x01][..],
+            &[0x00, 0x2b],             // parameters: 43 bytes
+            &[0, 0, 0, 1],             // 1: list id
+            &[0, 0, 0, 1],             // 2: cycle id
+            &[0x6b, 0x14, 0x2d, 0x2a, 0x00, 0x0e, 0xf4, 0x5a], // 5: start 1796484394.980058
+            &[0x9c, 0x40],             // 6: sport 40000 (fixed)
+            &[0x82, 0x9a],             // 7: dport 33434 (the lowest; it varies)
+            &[0x01],                   // 9: type udp-dport
+            &[0x01],                   // 10: first hop
+            &[95],                     // 14: confidence 0.95 -> 95
+            &[0x00, 0x04],             // 16: nodes
+            &[0x00, 0x04],             // 17: links
+            &[0, 0, 0, 7],             // 18: probes sent (u32)
+            &[4, 1, 198, 18, 1, 2],    // 21: src, defined (address #0)
+            &[4, 1, 198, 19, 1, 2],    // 22: dst, defined (address #1)
+        ]
+        .concat();
+        let mut w = Writer::with_clock(fixed_clock);
+        w.header();
+        let obj = w.tracelb(&diamond());
+        // Magic, type 8 (tracelb), then the body's length.
+        assert_eq!(&obj[..4], &[0x12, 0x05, 0x00, 0x08]);
+        let len = u32::from_be_bytes([obj[4], obj[5], obj[6], obj[7]]) as usize;
+        assert_eq!(obj.len(), 8 + len);
+        assert_eq!(&obj[8..8 + params.len()], &params[..]);
+        // The first node record follows: flags 2 3 5 (flags 0, 2 links, 198.18.1.1 defined).
+        assert_eq!(
+            &obj[8 + params.len()..8 + params.len() + 12],
+            &[0x16, 0x00, 0x09, 0x00, 0x00, 0x02, 4, 1, 198, 18, 1, 1]
+        );
+        assert_eq!(tracelb_confidence(0.99), Some(99));
+        assert_eq!(tracelb_confidence(99.0), Some(99));
+        assert_eq!(tracelb_confidence(0.5), Some(95));
+        assert_eq!(tracelb_confidence(f64::NAN), None);
+        assert_eq!(
+            timeval_plus([0, 0, 0, 1, 0, 0x0f, 0x42, 0x3f], 2),
+            [0, 0, 0, 2, 0, 0, 0, 1]
+        );
+    }
+
+    #[test]
+    fn tracelb_of_odd_input_is_well_formed() {
+        let mut r = diamond();
+        r.start = "not a time".into();
+        r.confidence = f64::INFINITY;
+        r.probes_sent = u32::MAX;
+        // A link to a silence, one to an address of no node, a repeated one, one at TTL 255.
+        let a: IpAddr = "198.18.1.1".parse().unwrap();
+        let b: IpAddr = "198.18.11.2".parse().unwrap();
+        r.graph.links.push(svctr_core::Link {
+            ttl: 255,
+            from: a,
+            to: "203.0.113.1".parse().unwrap(),
+        });
+        r.graph.links.push(svctr_core::Link {
+            ttl: 255,
+            from: a,
+            to: b,
+        });
+        r.graph.hops[0].nodes[0].probes[0].rtt_ms = Some(f64::NAN);
+        r.graph.hops[0].nodes[0].probes[1].mpls = vec![
+            MplsEntry {
+                label: u32::MAX,
+                tc: 0xff,
+                s: true,
+                ttl: 1
+            };
+            100
+        ];
+        r.graph.hops[2].nodes[0].probes[0].tcp_flags = Some(0x12);
+        r.graph.hops[2].nodes[0].probes[1].flow = None;
+        let mut w = Writer::with_clock(fixed_clock);
+        w.header();
+        let obj = w.tracelb(&r);
+        let len = u32::from_be_bytes([obj[4], obj[5], obj[6], obj[7]]) as usize;
+        assert_eq!(obj.len(), 8 + len);
+        let empty = svctr_core::MdaResult {
+            graph: svctr_core::PathGraph::default(),
+            ..diamond()
+        };
+        let obj = w.tracelb(&empty);
+        let len = u32::from_be_bytes([obj[4], obj[5], obj[6], obj[7]]) as usize;
+        assert_eq!(obj.len(), 8 + len);
+        if let Some(dir) = TempDir::new() {
+            let path = dir.0.join("odd-lb.warts");
+            let mut w = Writer::with_clock(fixed_clock);
+            let mut bytes = w.tracelb(&r);
+            bytes.extend(w.tracelb(&empty));
+            bytes.extend(w.finish());
+            std::fs::write(&path, bytes).unwrap();
+            if let Some(lines) = run_json(&path) {
+                let lb: Vec<&Value> = lines.iter().filter(|v| v["type"] == "tracelb").collect();
+                assert_eq!(lb.len(), 2);
+                assert_eq!(lb[0]["linkc"], 4);
+                assert_eq!(lb[1]["nodec"], 0);
+            }
+        }
+    }
+
+    #[test]
+    fn scamper_reads_our_tracelb() {
+        let r = diamond();
+        let dir = TempDir::new().expect("a temporary directory");
+        let path = dir.0.join("tracelb.warts");
+        let mut w = Writer::new();
+        let mut bytes = w.header();
+        bytes.extend(w.tracelb(&r));
+        bytes.extend(w.finish());
+        std::fs::write(&path, &bytes).unwrap();
+
+        let Some(lines) = run_json(&path) else {
+            return;
+        };
+        let types: Vec<&str> = lines.iter().filter_map(|v| v["type"].as_str()).collect();
+        assert_eq!(types, ["cycle-start", "tracelb", "cycle-stop"]);
+        let lb = lines.iter().find(|v| v["type"] == "tracelb").unwrap();
+        assert_eq!(lb["src"], "198.18.1.2");
+        assert_eq!(lb["dst"], "198.19.1.2");
+        assert_eq!(lb["method"], "udp-dport");
+        assert_eq!(lb["sport"], 40000);
+        assert_eq!(lb["dport"], 33434);
+        assert_eq!(lb["firsthop"], 1);
+        assert_eq!(lb["confidence"], 95);
+        assert_eq!(lb["probec"], 7);
+        assert_eq!(lb["nodec"], 4);
+        assert_eq!(lb["linkc"], 4);
+        assert_eq!(lb["start"]["usec"], 980_058);
+
+        // Ours: the answering addresses and the links.
+        let ours_nodes: std::collections::BTreeSet<String> = r
+            .graph
+            .hops
+            .iter()
+            .flat_map(|h| h.addrs())
+            .map(|a| a.to_string())
+            .collect();
+        let ours_links: std::collections::BTreeSet<(String, String)> = r
+            .graph
+            .links
+            .iter()
+            .map(|l| (l.from.to_string(), l.to.to_string()))
+            .collect();
+        // Scamper's JSON lists the nodes with links (not the destination, which has none),
+        // each with its links' `to` nodes and the probes that showed them.
+        let mut nodes = std::collections::BTreeSet::new();
+        let mut links = std::collections::BTreeSet::new();
+        let mut replies = 0;
+        for node in lb["nodes"].as_array().unwrap() {
+            let from = node["addr"].as_str().unwrap().to_string();
+            nodes.insert(from.clone());
+            for link in node["links"].as_array().unwrap() {
+                for to in link.as_array().unwrap() {
+                    let to_addr = to["addr"].as_str().unwrap().to_string();
+                    nodes.insert(to_addr.clone());
+                    links.insert((from.clone(), to_addr.clone()));
+                    let ttl = r
+                        .graph
+                        .links
+                        .iter()
+                        .find(|l| l.from.to_string() == from && l.to.to_string() == to_addr)
+                        .unwrap()
+                        .ttl
+                        + 1;
+                    let hop = r.graph.hops.iter().find(|h| h.ttl == ttl).unwrap();
+                    let node = hop
+                        .nodes
+                        .iter()
+                        .find(|n| n.addr.map(|a| a.to_string()) == Some(to_addr.clone()))
+                        .unwrap();
+                    for probe in to["probes"].as_array().unwrap() {
+                        assert_eq!(probe["ttl"], ttl);
+                        let ours = node
+                            .probes
+                            .iter()
+                            .find(|p| p.flow.map(u64::from) == probe["flowid"].as_u64())
+                            .unwrap();
+                        assert_eq!(probe["replyc"], 1);
+                        let reply = &probe["replies"][0];
+                        let rtt = reply["rtt"].as_f64().unwrap();
+                        assert!(
+                            (rtt - ours.rtt_ms.unwrap()).abs() <= 0.001,
+                            "{rtt} {ours:?}"
+                        );
+                        assert_eq!(reply["ttl"], ours.reply_ttl.unwrap());
+                        assert_eq!(reply["icmp_type"], ours.icmp_type.unwrap());
+                        assert_eq!(reply["icmp_code"], ours.icmp_code.unwrap());
+                        assert_eq!(reply["icmp_q_ttl"], 1);
+                        replies += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(nodes, ours_nodes);
+        assert_eq!(links, ours_links);
+        // One probe per link: the flow that showed it.
+        assert_eq!(replies, 4);
+
+        let Some(out) = run_tool("sc_wartsdump", &path) else {
+            return;
+        };
+        assert!(out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout);
+        for a in &ours_nodes {
+            assert!(text.contains(a.as_str()), "{a} missing from:\n{text}");
         }
     }
 }

@@ -249,8 +249,17 @@ fn format_and_file_usage_errors_are_one_line() {
             "a warts trace object has no way back",
         ),
         (
-            vec!["trace", "--multipath", "--format", "warts", "192.0.2.1"],
-            "takes no --multipath",
+            vec![
+                "monitor",
+                "-i",
+                "lo",
+                "--cidr",
+                "192.0.2.0/24",
+                "--multipath",
+                "--format",
+                "warts",
+            ],
+            "--format warts takes no --multipath",
         ),
         (
             vec!["trace", "--pcap", "x.pcap", "--receive", "raw", "192.0.2.1"],

@@ -804,3 +804,69 @@ fn multipath_rows_follow_each_probes_flow_on_its_branch() {
         );
     }
 }
+
+/// `trace --multipath --format warts`: scamper's tracelb object, read back by sc_warts2json,
+/// holds exactly the lab's nodes and links toward the server (every ECMP branch), for UDP
+/// (the destination port varies) and TCP (the source port varies).
+#[test]
+fn multipath_warts_is_scampers_tracelb_with_the_labs_graph() {
+    let Some(_g) = lab_test_guard() else { return };
+    let lab = Lab::build(LabConfig::default()).expect("build lab");
+    let dst: IpAddr = lab.server_addr().into();
+    let dst_s = dst.to_string();
+    let mut want_nodes = BTreeSet::new();
+    let mut want_links = BTreeSet::new();
+    for p in lab.all_paths_ip(false) {
+        let full: Vec<IpAddr> = p.into_iter().chain([dst]).collect();
+        want_nodes.extend(full.iter().copied());
+        want_links.extend(full.windows(2).map(|w| (w[0], w[1])));
+    }
+    let dir = std::env::temp_dir().join(format!("svctr-tracelb-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, flags, method) in [
+        ("udp", vec!["-U"], "udp-dport"),
+        ("tcp", vec!["-T", "-p", "8080"], "tcp-sport"),
+    ] {
+        let mut args = vec!["trace", "-n", "--multipath", "--format", "warts"];
+        args.extend(&flags);
+        args.push(&dst_s);
+        let out = tracer_for(&lab, &args, secs(120));
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        let file = dir.join(format!("{name}.warts"));
+        std::fs::write(&file, &out.stdout).unwrap();
+        let mut c = std::process::Command::new("sc_warts2json");
+        c.arg(&file);
+        let read = output_with_timeout(&mut c, None, secs(30)).expect("sc_warts2json runs");
+        assert!(read.status.success(), "sc_warts2json: {}", stderr(&read));
+        let lb: Value = String::from_utf8_lossy(&read.stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).expect("sc_warts2json's JSON"))
+            .find(|v| v["type"] == "tracelb")
+            .expect("a tracelb object");
+        assert_eq!(lb["method"], method, "{name}");
+        assert_eq!(lb["src"], lab.client_addr().to_string());
+        assert_eq!(lb["dst"], dst_s);
+        let (mut nodes, mut links) = (BTreeSet::new(), BTreeSet::new());
+        for n in lb["nodes"].as_array().unwrap() {
+            let from: IpAddr = text(&n["addr"]).parse().unwrap();
+            nodes.insert(from);
+            for set in n["links"].as_array().unwrap() {
+                for l in set.as_array().unwrap() {
+                    let to: IpAddr = text(&l["addr"]).parse().unwrap();
+                    // scamper lists only nodes with links out: the destination is a target.
+                    nodes.insert(to);
+                    links.insert((from, to));
+                    for p in l["probes"].as_array().unwrap() {
+                        for r in p["replies"].as_array().unwrap() {
+                            let rtt = r["rtt"].as_f64().unwrap();
+                            assert!(rtt > 0.0 && rtt < 1000.0, "{r}");
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(nodes, want_nodes, "{name}: nodes");
+        assert_eq!(links, want_links, "{name}: links");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
