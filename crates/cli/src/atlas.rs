@@ -15,87 +15,49 @@ use svctr_core::{Hop, ProbeReply, Protocol, Strategy, TraceResult, TracerouteRes
 /// version that introduced the current traceroute fields).
 const FIRMWARE: u32 = 5020;
 
-/// What an Atlas result is made of, from a traceroute or a live flow's trace.
-struct Trace<'a> {
-    af: u8,
-    destination: IpAddr,
-    source: IpAddr,
-    protocol: Protocol,
-    paris_id: u8,
-    start: &'a str,
-    end: &'a str,
-    hops: &'a [Hop],
-}
-
 /// One Atlas traceroute result as one JSON line.
 pub(crate) fn traceroute_line(r: &TracerouteResult) -> String {
-    Trace {
-        af: r.ip_version,
-        destination: r.destination,
-        source: r.source,
-        protocol: r.protocol,
+    let proto = match r.protocol {
+        Protocol::Icmp => "ICMP",
+        Protocol::Udp => "UDP",
+        Protocol::Tcp => "TCP",
+    };
+    let v = json!({
+        "fw": FIRMWARE,
+        "lts": -1,
+        "af": r.ip_version,
+        "dst_addr": r.destination.to_string(),
+        "dst_name": r.destination.to_string(),
+        "src_addr": r.source.to_string(),
+        "from": r.source.to_string(),
+        "proto": proto,
         // Atlas's Paris traceroute varies its flow identifier per measurement (1-16); ours
         // keeps one flow per target: 1 for Paris and Dublin, 0 (no Paris) for classic.
-        paris_id: u8::from(r.strategy != Strategy::Classic),
-        start: &r.start,
-        end: &r.end,
-        hops: &r.hops,
-    }
-    .line()
+        "paris_id": u8::from(r.strategy != Strategy::Classic),
+        "msm_id": 0,
+        "prb_id": 0,
+        "msm_name": "Traceroute",
+        "type": "traceroute",
+        "timestamp": unix_seconds(&r.start),
+        "endtime": unix_seconds(&r.end),
+        "result": r.hops.iter().map(|h| hop(h, r)).collect::<Vec<_>>(),
+    });
+    serde_json::to_string(&v).map_or_else(|_| String::new(), |t| t + "\n")
 }
 
-/// A live flow's trace as one Atlas traceroute result: the probes are the flow's own
-/// packets, so the flow identifier is constant (Paris), and the destination is the flow's
-/// remote end. A flow trace stops one hop short of the remote when it knows the remote's
-/// distance, so Atlas's `destination_ip_responded` is then false: the remote was not probed.
+/// A live flow's trace as one Atlas traceroute result: the Paris traceroute of the flow's
+/// 5-tuple to its remote end (`TraceResult::to_traceroute`). A flow trace stops one hop short
+/// of the remote when it knows the remote's distance, so Atlas's `destination_ip_responded`
+/// is then false: the remote was not probed.
 pub(crate) fn flow_line(r: &TraceResult) -> String {
-    Trace {
-        af: if r.flow.remote.ip.is_ipv4() { 4 } else { 6 },
-        destination: r.flow.remote.ip,
-        source: r.flow.local.ip,
-        protocol: r.flow.protocol,
-        paris_id: 1,
-        start: &r.start,
-        end: &r.end,
-        hops: &r.hops,
-    }
-    .line()
+    traceroute_line(&r.to_traceroute())
 }
 
-impl Trace<'_> {
-    fn line(&self) -> String {
-        let proto = match self.protocol {
-            Protocol::Icmp => "ICMP",
-            Protocol::Udp => "UDP",
-            Protocol::Tcp => "TCP",
-        };
-        let v = json!({
-            "fw": FIRMWARE,
-            "lts": -1,
-            "af": self.af,
-            "dst_addr": self.destination.to_string(),
-            "dst_name": self.destination.to_string(),
-            "src_addr": self.source.to_string(),
-            "from": self.source.to_string(),
-            "proto": proto,
-            "paris_id": self.paris_id,
-            "msm_id": 0,
-            "prb_id": 0,
-            "msm_name": "Traceroute",
-            "type": "traceroute",
-            "timestamp": unix_seconds(self.start),
-            "endtime": unix_seconds(self.end),
-            "result": self.hops.iter().map(|h| self.hop(h)).collect::<Vec<_>>(),
-        });
-        serde_json::to_string(&v).map_or_else(|_| String::new(), |t| t + "\n")
-    }
-
-    fn hop(&self, h: &Hop) -> Value {
-        json!({
-            "hop": h.ttl,
-            "result": h.probes.iter().map(|p| packet(p, self.af, self.destination)).collect::<Vec<_>>(),
-        })
-    }
+fn hop(h: &Hop, r: &TracerouteResult) -> Value {
+    json!({
+        "hop": h.ttl,
+        "result": h.probes.iter().map(|p| packet(p, r.ip_version, r.destination)).collect::<Vec<_>>(),
+    })
 }
 
 /// One probe's answer, as Atlas writes it: `from`, `rtt` (ms), `ttl` (of the reply), `err`

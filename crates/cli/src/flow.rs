@@ -414,10 +414,8 @@ fn run_monitor(
     if let Some(b) = back {
         return run_monitor_reverse(opts, format, show_stats, b, metrics);
     }
-    if format == Format::Warts && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
-        return Err(CliError::input(
-            "--format warts is binary: redirect the output to a file (> FILE.warts)",
-        ));
+    if format == Format::Warts {
+        crate::output::binary_output_ok()?;
     }
     let mut run = Run::start()?;
     let stop = std::sync::Arc::clone(&run.stop);
@@ -433,7 +431,7 @@ fn run_monitor(
         }
         match format {
             Format::Json => collected.push(r),
-            Format::Warts => run.write(&warts.trace(&crate::warts::flow_as_traceroute(&r))),
+            Format::Warts => run.write(&warts.trace(&r.to_traceroute())),
             _ => {}
         }
     });

@@ -113,6 +113,16 @@ impl Run {
     }
 }
 
+/// A binary format (warts) goes to a file or a pipe, never to a terminal.
+pub(crate) fn binary_output_ok() -> Result<(), CliError> {
+    if io::IsTerminal::is_terminal(&io::stdout()) {
+        return Err(CliError::input(
+            "--format warts is binary: redirect the output to a file (> FILE.warts)",
+        ));
+    }
+    Ok(())
+}
+
 /// Whether stdout can lose its reader: a pipe or a socket. Regular files and terminals never
 /// report it, so they get no watcher thread (a thread that exists when the privileges are
 /// dropped makes setuid(2) wait for it: glibc signals every thread).

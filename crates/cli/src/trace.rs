@@ -546,7 +546,9 @@ pub(crate) fn run_trace(a: TraceArgs) -> Result<Outcome, CliError> {
         receive: a.receive.into(),
         pcap: a.pcap,
     };
-    check_binary_output(a.format)?;
+    if a.format == TraceFormat::Warts {
+        crate::output::binary_output_ok()?;
+    }
     let mut run = Run::start_lazy()?;
     let stop = std::sync::Arc::clone(&run.stop);
     let mut streamer = Streamer::new(targets, target_names.clone());
@@ -582,16 +584,6 @@ pub(crate) fn run_trace(a: TraceArgs) -> Result<Outcome, CliError> {
     end_run(run, format, &summary.results, summary.capture_drops, || {
         traceroute_dot(&summary.results, &target_names)
     })
-}
-
-/// A binary format (warts) is not written to a terminal.
-fn check_binary_output(format: TraceFormat) -> Result<(), CliError> {
-    if format == TraceFormat::Warts && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
-        return Err(CliError::input(
-            "--format warts is binary: redirect the output to a file (> FILE.warts)",
-        ));
-    }
-    Ok(())
 }
 
 /// The event with the AS numbers of its hops (`--asn`; the event itself without a table).
@@ -639,7 +631,9 @@ fn run_multipath(
         receive: a.receive.into(),
         pcap: a.pcap,
     };
-    check_binary_output(a.format)?;
+    if a.format == TraceFormat::Warts {
+        crate::output::binary_output_ok()?;
+    }
     let mut run = Run::start_lazy()?;
     let stop = std::sync::Arc::clone(&run.stop);
     let mut streamer = Streamer::new(targets, names.clone());

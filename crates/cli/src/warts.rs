@@ -1007,30 +1007,6 @@ fn timeval_plus(tv: [u8; 8], micros: u32) -> [u8; 8] {
     out
 }
 
-/// A live flow's trace as the traceroute it is to warts: the flow's 5-tuple, one flow
-/// identifier (Paris), up to the routers before the remote (a trace that knew the remote's
-/// distance stops there: `HOPLIMIT`, the remote not probed).
-pub(crate) fn flow_as_traceroute(r: &svctr_core::TraceResult) -> TracerouteResult {
-    let f = &r.flow;
-    TracerouteResult {
-        destination: f.remote.ip,
-        port: Some(f.remote.port),
-        source: f.local.ip,
-        source_port: Some(f.local.port),
-        source_port_count: None,
-        protocol: f.protocol,
-        strategy: Strategy::Paris,
-        ip_version: if f.remote.ip.is_ipv4() { 4 } else { 6 },
-        algorithm: r.algorithm,
-        start: r.start.clone(),
-        end: r.end.clone(),
-        stop_reason: r.stop_reason,
-        hops: r.hops.clone(),
-        probes_sent: r.probes_sent,
-        replies: r.replies,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::path::{Path, PathBuf};

@@ -70,6 +70,40 @@ fn downloads(lab: &Lab, dst: SocketAddr, ports: &[(u16, usize)]) -> Vec<TcpDownl
         .collect()
 }
 
+/// `flow` tracing one live TCP flow: to `remote` from local port `port`, once.
+fn flow_args<'a>(remote: &'a str, port: &'a str) -> Vec<&'a str> {
+    vec![
+        "flow",
+        "-i",
+        "eth0",
+        "--tcp",
+        "--remote",
+        remote,
+        "--local-port",
+        port,
+        "--count",
+        "1",
+        "--duration",
+        "20",
+    ]
+}
+
+/// The objects of one `type` that scamper's sc_warts2json reads in the warts output of a
+/// successful run (kept in `file`).
+fn warts_objects(out: &std::process::Output, file: &std::path::Path, kind: &str) -> Vec<Value> {
+    assert!(out.status.success(), "{}", stderr(out));
+    std::fs::write(file, &out.stdout).unwrap();
+    let mut c = std::process::Command::new("sc_warts2json");
+    c.arg(file);
+    let read = output_with_timeout(&mut c, None, secs(30)).expect("sc_warts2json runs");
+    assert!(read.status.success(), "sc_warts2json: {}", stderr(&read));
+    String::from_utf8_lossy(&read.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("sc_warts2json's JSON"))
+        .filter(|v| v["type"] == kind)
+        .collect()
+}
+
 /// The rows of a successful `--format replies` run, each checked against the schema.
 fn rows(out: &std::process::Output) -> Vec<Value> {
     assert!(out.status.success(), "{:?}: {}", out.status, stderr(out));
@@ -389,26 +423,10 @@ fn a_flows_trace_as_atlas_is_read_by_ripe_atlas_sagan() {
     let flows = port_per_branch(&lab, server, 44000);
     let _downloads = downloads(&lab, server, &flows[..1]);
     let (port, k) = flows[0];
-    let out = tracer_for(
-        &lab,
-        &[
-            "flow",
-            "-i",
-            "eth0",
-            "--tcp",
-            "--remote",
-            &server.to_string(),
-            "--local-port",
-            &port.to_string(),
-            "--count",
-            "1",
-            "--duration",
-            "20",
-            "--format",
-            "atlas",
-        ],
-        secs(60),
-    );
+    let (remote, port_s) = (server.to_string(), port.to_string());
+    let mut args = flow_args(&remote, &port_s);
+    args.extend(["--format", "atlas"]);
+    let out = tracer_for(&lab, &args, secs(60));
     assert!(out.status.success(), "{}", stderr(&out));
     let line = String::from_utf8_lossy(&out.stdout).into_owned();
     const SAGAN: &str = r#"
@@ -524,23 +542,7 @@ fn pcap_files_hold_exactly_the_runs_probes_and_replies_for_tshark() {
             "tcp",
             vec!["trace", "-n", "-q", "3", "-T", "-p", "8080", &v4, &v6],
         ),
-        (
-            "flow",
-            vec![
-                "flow",
-                "-i",
-                "eth0",
-                "--tcp",
-                "--remote",
-                &remote,
-                "--local-port",
-                &flow_port,
-                "--count",
-                "1",
-                "--duration",
-                "20",
-            ],
-        ),
+        ("flow", flow_args(&remote, &flow_port)),
     ];
     for (name, args) in runs {
         let file = dir.join(format!("{name}.pcap"));
@@ -653,17 +655,7 @@ fn warts_files_are_read_by_scamper_with_the_labs_hops() {
         args.extend(&flags);
         args.extend([v4.as_str(), v6.as_str()]);
         let out = tracer_for(&lab, &args, secs(60));
-        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
-        std::fs::write(&file, &out.stdout).unwrap();
-        let mut c = std::process::Command::new("sc_warts2json");
-        c.arg(&file);
-        let read = output_with_timeout(&mut c, None, secs(30)).expect("sc_warts2json runs");
-        assert!(read.status.success(), "sc_warts2json: {}", stderr(&read));
-        let traces: Vec<Value> = String::from_utf8_lossy(&read.stdout)
-            .lines()
-            .map(|l| serde_json::from_str::<Value>(l).expect("sc_warts2json's JSON"))
-            .filter(|v| v["type"] == "trace")
-            .collect();
+        let traces = warts_objects(&out, &file, "trace");
         assert_eq!(traces.len(), 2, "{name}: {traces:?}");
         for t in &traces {
             let dst: IpAddr = text(&t["dst"]).parse().unwrap();
@@ -711,37 +703,12 @@ fn warts_files_are_read_by_scamper_with_the_labs_hops() {
     let flows = port_per_branch(&lab, server, 46100);
     let _downloads = downloads(&lab, server, &flows[..1]);
     let (port, k) = flows[0];
-    let out = tracer_for(
-        &lab,
-        &[
-            "flow",
-            "-i",
-            "eth0",
-            "--tcp",
-            "--remote",
-            &server.to_string(),
-            "--local-port",
-            &port.to_string(),
-            "--count",
-            "1",
-            "--duration",
-            "20",
-            "--format",
-            "warts",
-        ],
-        secs(60),
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
-    let file = dir.join("flow.warts");
-    std::fs::write(&file, &out.stdout).unwrap();
-    let mut c = std::process::Command::new("sc_warts2json");
-    c.arg(&file);
-    let read = output_with_timeout(&mut c, None, secs(30)).expect("sc_warts2json runs");
-    assert!(read.status.success(), "sc_warts2json: {}", stderr(&read));
-    let t: Value = String::from_utf8_lossy(&read.stdout)
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).expect("sc_warts2json's JSON"))
-        .find(|v| v["type"] == "trace")
+    let (remote, port_s) = (server.to_string(), port.to_string());
+    let mut args = flow_args(&remote, &port_s);
+    args.extend(["--format", "warts"]);
+    let out = tracer_for(&lab, &args, secs(60));
+    let t = warts_objects(&out, &dir.join("flow.warts"), "trace")
+        .pop()
         .expect("the flow's trace");
     assert_eq!(t["method"], "tcp");
     assert_eq!(t["sport"], port);
@@ -831,17 +798,8 @@ fn multipath_warts_is_scampers_tracelb_with_the_labs_graph() {
         args.extend(&flags);
         args.push(&dst_s);
         let out = tracer_for(&lab, &args, secs(120));
-        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
-        let file = dir.join(format!("{name}.warts"));
-        std::fs::write(&file, &out.stdout).unwrap();
-        let mut c = std::process::Command::new("sc_warts2json");
-        c.arg(&file);
-        let read = output_with_timeout(&mut c, None, secs(30)).expect("sc_warts2json runs");
-        assert!(read.status.success(), "sc_warts2json: {}", stderr(&read));
-        let lb: Value = String::from_utf8_lossy(&read.stdout)
-            .lines()
-            .map(|l| serde_json::from_str::<Value>(l).expect("sc_warts2json's JSON"))
-            .find(|v| v["type"] == "tracelb")
+        let lb = warts_objects(&out, &dir.join(format!("{name}.warts")), "tracelb")
+            .pop()
             .expect("a tracelb object");
         assert_eq!(lb["method"], method, "{name}");
         assert_eq!(lb["src"], lab.client_addr().to_string());

@@ -117,6 +117,31 @@ pub struct FlowInfo {
 }
 
 impl TraceResult {
+    /// The trace as the traceroute it is to tools that know only traceroutes (Atlas, warts):
+    /// a Paris traceroute of the flow's 5-tuple to its remote end (one flow identifier),
+    /// stopping where the flow trace stopped (short of the remote when its distance was
+    /// known).
+    pub fn to_traceroute(&self) -> crate::TracerouteResult {
+        let f = &self.flow;
+        crate::TracerouteResult {
+            destination: f.remote.ip,
+            port: Some(f.remote.port),
+            source: f.local.ip,
+            source_port: Some(f.local.port),
+            source_port_count: None,
+            protocol: f.protocol,
+            strategy: crate::Strategy::Paris,
+            ip_version: if f.remote.ip.is_ipv4() { 4 } else { 6 },
+            algorithm: self.algorithm,
+            start: self.start.clone(),
+            end: self.end.clone(),
+            stop_reason: self.stop_reason,
+            hops: self.hops.clone(),
+            probes_sent: self.probes_sent,
+            replies: self.replies,
+        }
+    }
+
     /// The trace as a path graph (one flow: a chain of links where each TTL has one router).
     pub fn graph(&self) -> crate::PathGraph {
         crate::PathGraph::from_flow(&self.hops)

@@ -33,8 +33,29 @@ const SIGNATURE_BYTES: usize = 48;
 /// A sent probe's copy not captured after this long never will be (the capture dropped it).
 const PENDING_FOR: Duration = Duration::from_secs(10);
 
-/// What identifies a probe's captured copy: destination, TTL, transport bytes.
-type Signature = (IpAddr, u8, Vec<u8>);
+/// What identifies a probe's captured copy: destination, TTL, and the transport bytes (their
+/// first [`SIGNATURE_BYTES`] and how many), kept inline: no allocation per packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Signature {
+    dst: IpAddr,
+    ttl: u8,
+    len: u8,
+    bytes: [u8; SIGNATURE_BYTES],
+}
+
+impl Signature {
+    fn new(dst: IpAddr, ttl: u8, transport: &[u8]) -> Self {
+        let mut bytes = [0; SIGNATURE_BYTES];
+        let n = transport.len().min(SIGNATURE_BYTES);
+        bytes[..n].copy_from_slice(&transport[..n]);
+        Self {
+            dst,
+            ttl,
+            len: n as u8,
+            bytes,
+        }
+    }
+}
 
 /// Probes and replies written.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -89,8 +110,8 @@ impl PacketLog {
             }
         }
         let Some(t) = transport(ip) else { return };
-        let sig = (dst, ttl, t.to_vec());
-        *self.pending.entry(sig.clone()).or_default() += 1;
+        let sig = Signature::new(dst, ttl, t);
+        *self.pending.entry(sig).or_default() += 1;
         self.sent.push_back((now, sig));
     }
 
@@ -148,15 +169,14 @@ impl PacketLog {
 }
 
 /// The transport bytes of an IP datagram of ours (no IPv4 options, no IPv6 extension
-/// headers), at most [`SIGNATURE_BYTES`].
+/// headers).
 fn transport(ip: &[u8]) -> Option<&[u8]> {
     let start = match ip.first()? >> 4 {
         4 => usize::from(ip[0] & 0x0f) * 4,
         6 => 40,
         _ => return None,
     };
-    let t = ip.get(start..)?;
-    Some(&t[..t.len().min(SIGNATURE_BYTES)])
+    ip.get(start..)
 }
 
 /// A captured packet's signature: destination, TTL (hop limit) and transport bytes.
@@ -172,7 +192,7 @@ fn signature(ip: &[u8]) -> Option<Signature> {
         }
         _ => return None,
     };
-    Some((dst, ttl, transport(ip)?.to_vec()))
+    Some(Signature::new(dst, ttl, transport(ip)?))
 }
 
 /// The datagram's length from its own header (IPv4 total length; IPv6 payload length plus
